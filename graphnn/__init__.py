@@ -1,0 +1,27 @@
+"""graphnn: a symbolic computation-graph compiler for neural networks.
+
+Declare a static DAG of inputs, parameters, constants and ops; graphnn infers shapes as you
+go, shares identical nodes, builds the derivative graph, and compiles forward pass, backward
+pass and parameter updates to generated Numba kernels. See README.md and docs/.
+
+    import numpy as np, graphnn as gn
+    x = gn.input("x", (None, 2))
+    W = gn.param("W", shape=(2, 1), seed=0)
+    loss = gn.mean(gn.sigmoid(x @ W))
+    f = gn.compile(loss, backend="numpy")
+"""
+from .errors import (GraphError, ShapeError, DTypeError, FeedError, GradError, NumericalError,
+                     BackendError)
+from .node import Node
+from .api import input, param, variable, const
+from .ops import (add, sub, mul, div, neg, pow, exp, log, sqrt, abs, square, maximum, minimum,
+                  sigmoid, tanh, relu, leaky_relu, elu, softplus, step, sign, softmax,
+                  log_softmax, matmul, transpose, reshape, concat, sum, mean, max, conv2d,
+                  max_pool2d, avg_pool2d, flatten, mse, binary_cross_entropy,
+                  softmax_cross_entropy, cast, clip, one_hot, slice_axis)
+from .graph import Graph
+from .autodiff import grad
+from .compile import compile
+from . import eager, optim, testing
+
+__version__ = "0.1.0"

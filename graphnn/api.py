@@ -1,0 +1,119 @@
+"""Declaring graph leaves: inputs (fed at call time), parameters, variables and constants."""
+import weakref
+
+import numpy as np
+
+from . import shapes as S
+from .errors import DTypeError, GraphError, ShapeError, user_location
+from .initializers import initialize
+from .node import make_node
+from .registry import const_node
+
+FLOAT_DTYPES = ("float32", "float64")
+
+# registry of declared inputs by name, so a compiled function can tell an input it does not
+# need (ignored) from a name that is no input at all (an error)
+declared_inputs = weakref.WeakValueDictionary()
+INPUT_DTYPES = FLOAT_DTYPES + ("int32", "int64")
+
+
+class ValueState:
+    """The mutable value of a parameter or variable. The node itself stays immutable."""
+
+    __slots__ = ("value", "version")
+
+    def __init__(self, value):
+        self.value = value
+        self.version = 0
+
+    def set(self, node, array):
+        array = np.asarray(array)
+        if array.shape != node.shape:
+            raise ShapeError(f"{node.label()}: new value has shape {array.shape}, "
+                             f"expected {node.shape} (at {user_location()})")
+        self.value = np.array(array, dtype=node.dtype, order="C")
+        self.version += 1
+
+
+def _check_name(name, what):
+    if not isinstance(name, str) or not name:
+        raise GraphError(f"{what} needs a non-empty string name, got {name!r} "
+                         f"(at {user_location()})")
+
+
+def _check_dtype(dtype, allowed, what, name):
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise DTypeError(f"{what} '{name}': unknown dtype {dtype!r} (at {user_location()})") \
+            from None
+    if dtype.name not in allowed:
+        raise DTypeError(f"{what} '{name}': dtype {dtype} is not supported; use one of "
+                         f"{', '.join(allowed)} (at {user_location()})")
+    return dtype
+
+
+def input(name, shape, dtype="float32"):  # noqa: A001 - the public API name
+    """A graph input, fed by name when the compiled function is called.
+
+    `None` in the shape is a dim known only at call time (a batch size); a string names a
+    symbolic dim shared by every input that uses it. Example: `gn.input("x", (None, 784))`.
+    """
+    _check_name(name, "gn.input")
+    dtype = _check_dtype(dtype, INPUT_DTYPES, "input", name)
+    try:
+        sym_shape = S.make_shape(shape)
+    except ShapeError as exc:
+        raise ShapeError(f"input '{name}': {exc} (at {user_location()})") from None
+    node = make_node("input", {"name": name}, (), sym_shape, dtype, name=name, intern=False)
+    declared_inputs[name] = node
+    return node
+
+
+def param(name, value=None, shape=None, init="glorot_uniform", seed=None, dtype="float32"):
+    """A trainable parameter: from an array, or from `shape` + `init` + `seed`.
+
+    `gn.param("W", shape=(784, 10), init="glorot_uniform", seed=0)` or
+    `gn.param("b", np.zeros(10, np.float32))`. Its current value is `node.value`.
+    """
+    return _stateful("param", name, value, shape, init, seed, dtype)
+
+
+def variable(name, value=None, shape=None, init="zeros", seed=None, dtype="float32"):
+    """A non-trainable stateful value, e.g. an optimizer's moment estimate."""
+    return _stateful("variable", name, value, shape, init, seed, dtype)
+
+
+def _stateful(op, name, value, shape, init, seed, dtype):
+    _check_name(name, f"gn.{op}")
+    where = user_location()
+    if value is None:
+        if shape is None:
+            raise GraphError(f"{op} '{name}' needs a value or a shape (at {where})")
+        dtype = _check_dtype(dtype, FLOAT_DTYPES, op, name)
+        shape = tuple(shape) if not isinstance(shape, int) else (shape,)
+        if any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+            raise ShapeError(f"{op} '{name}': shape {shape} must be non-negative ints "
+                             f"(at {where})")
+        value = initialize(init, shape, dtype, seed, where)
+    else:
+        value = np.array(value, copy=True)
+        if value.dtype.kind not in "f":
+            if value.dtype.kind in "iu":
+                value = value.astype(np.float32)
+            else:
+                raise DTypeError(f"{op} '{name}': value has dtype {value.dtype} (at {where})")
+        value = np.array(value, order="C")
+    node = make_node(op, {"name": name}, (), value.shape, value.dtype, name=name, intern=False)
+    node.state = ValueState(value)
+    return node
+
+
+def const(value, dtype=None, name=None):
+    """A constant: `gn.const(3.0)` or `gn.const(np.eye(3))`. Equal constants are one node."""
+    if dtype is None and isinstance(value, (int, float)):
+        dtype = "float32"
+    array = np.asarray(value, dtype=dtype)
+    if array.dtype.kind not in "fiu":
+        raise DTypeError(f"gn.const: dtype {array.dtype} is not supported (at {user_location()})")
+    return const_node(array, name)

@@ -1,0 +1,36 @@
+"""The `graphnn` command: `graphnn demo`, and more subcommands as they are added."""
+import argparse
+import os
+import runpy
+import sys
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def _run_example(name):
+    path = os.path.join(EXAMPLES, name)
+    print(f"\n=== examples/{name} " + "=" * max(0, 60 - len(name)))
+    runpy.run_path(path, run_name="__main__")
+
+
+def cmd_demo(args):
+    """The lecture examples, one after another."""
+    for name in DEMO_EXAMPLES:
+        if os.path.exists(os.path.join(EXAMPLES, name)):
+            _run_example(name)
+    return 0
+
+
+DEMO_EXAMPLES = ["lecture_graph.py", "backprop_step_by_step.py"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="graphnn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="run the lecture examples").set_defaults(fn=cmd_demo)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

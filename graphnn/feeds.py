@@ -1,0 +1,69 @@
+"""Checking the arrays fed to a compiled function, before anything runs.
+
+Dtype policy: a float input accepts any real numeric array (float64 data into a float32
+input is cast, as are ints and bools); an integer input accepts integer or bool arrays and
+refuses floats (labels must be whole numbers); strings, objects and complex numbers are
+refused. A feed named after a declared input that this function does not need is ignored;
+a name that no input has is an error. Non-contiguous and read-only arrays are accepted (copied when needed). Symbolic
+dims are bound from the first input that has them and must agree everywhere else.
+"""
+import numpy as np
+
+from . import shapes as S
+from .errors import FeedError, user_location
+
+
+class FeedChecker:
+    def __init__(self, inputs):
+        self.inputs = list(inputs)
+        self.by_name = {n.name: n for n in self.inputs}
+
+    def check(self, feeds, check_finite=False):
+        """Return (list of arrays in input order, Binding) or raise FeedError."""
+        where = user_location()
+        from .api import declared_inputs
+        unknown = sorted(k for k in set(feeds) - set(self.by_name) if k not in declared_inputs)
+        if unknown:
+            expected = ", ".join(sorted(self.by_name)) or "nothing"
+            raise FeedError(f"unknown feed {', '.join(map(repr, unknown))}: no input has that "
+                            f"name; this function takes "
+                            f"{expected} (call at {where})")
+        missing = [n for n in self.inputs if n.name not in feeds]
+        if missing:
+            raise FeedError("missing feed " + ", ".join(
+                f"'{n.name}' {S.format_shape(n.sym_shape)} {n.dtype} (declared at {n.where})"
+                for n in missing) + f" (call at {where})")
+        binding = S.Binding()
+        arrays = []
+        for node in self.inputs:
+            arrays.append(self._convert(node, feeds[node.name], binding, where, check_finite))
+        return arrays, binding
+
+    def _convert(self, node, value, binding, where, check_finite):
+        def fail(msg):
+            raise FeedError(f"feed '{node.name}' (declared at {node.where} as "
+                            f"{S.format_shape(node.sym_shape)} {node.dtype}): {msg} "
+                            f"(call at {where})")
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError) as exc:
+            fail(f"cannot be turned into an array ({exc})")
+        kind = array.dtype.kind
+        if kind not in "biuf":
+            fail(f"has dtype {array.dtype}; feeds must be real numbers")
+        if node.dtype.kind in "iu" and kind == "f":
+            fail(f"has float dtype {array.dtype}; this input holds integers (labels): "
+                 "convert with .astype(int)")
+        if array.ndim != node.ndim:
+            fail(f"has shape {array.shape} of rank {array.ndim}, expected rank {node.ndim}")
+        for axis, (dim, size) in enumerate(zip(node.sym_shape, array.shape)):
+            problem = binding.bind(dim, size, f"'{node.name}' axis {axis}")
+            if problem:
+                fail(f"has shape {array.shape}: axis {axis} is {size}, {problem}")
+        if array.dtype != node.dtype or not array.flags.c_contiguous:
+            array = np.array(array, dtype=node.dtype, order="C", copy=None)
+        if check_finite and kind == "f" and not np.isfinite(array).all():
+            bad = np.argwhere(~np.isfinite(array))[0]
+            fail(f"holds {array[tuple(bad)]} at index {tuple(int(i) for i in bad)} "
+                 "(check_finite=True)")
+        return array

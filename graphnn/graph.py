@@ -1,0 +1,162 @@
+"""`Graph`: the nodes that some outputs reach, in topological order, with checks and a summary."""
+import networkx as nx
+import numpy as np
+
+from . import shapes as S
+from .errors import GraphError, user_location
+from .node import Node, LEAF_OPS, _interned
+from .registry import OPS
+
+
+def as_node_list(outputs, what="outputs"):
+    """Accept a Node, a list/tuple of Nodes or a Graph; return (list of Nodes, was_single)."""
+    if isinstance(outputs, Graph):
+        return list(outputs.outputs), False
+    if isinstance(outputs, Node):
+        return [outputs], True
+    if isinstance(outputs, (list, tuple)):
+        nodes = list(outputs)
+        for i, n in enumerate(nodes):
+            if not isinstance(n, Node):
+                raise GraphError(f"{what}[{i}] is {type(n).__name__}, not a graph node "
+                                 f"(at {user_location()})")
+        return nodes, False
+    raise GraphError(f"{what} must be a node or a list of nodes, got {type(outputs).__name__} "
+                     f"(at {user_location()})")
+
+
+def topological_order(outputs):
+    """Every node the outputs depend on, each after its inputs: a depth-first post-order
+    from the outputs, inputs visited left to right, so the order follows how the user wrote
+    the expression. (Nodes are immutable, so a cycle cannot be built.)"""
+    order, done = [], set()
+    for root in outputs:
+        if id(root) in done:
+            continue
+        stack = [(root, iter(root.inputs))]
+        done.add(id(root))
+        while stack:
+            node, pending = stack[-1]
+            for inp in pending:
+                if id(inp) not in done:
+                    done.add(id(inp))
+                    stack.append((inp, iter(inp.inputs)))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
+    return order
+
+
+def to_networkx(nodes):
+    """The graph as a networkx DiGraph (edges input -> user), for analysis and drawing."""
+    dag = nx.DiGraph()
+    for node in nodes:
+        dag.add_node(node)
+        for inp in node.inputs:
+            dag.add_edge(inp, node)
+    return dag
+
+
+class Graph:
+    """The sub-DAG reached from `outputs`.
+
+    `g = gn.Graph([loss])`; `g.nodes` (topological), `g.inputs`, `g.params`, `g.outputs`,
+    `g.lint()`, `print(g.summary())`.
+    """
+
+    def __init__(self, outputs):
+        self.outputs, self.single = as_node_list(outputs)
+        if not self.outputs:
+            raise GraphError(f"a graph needs at least one output (at {user_location()})")
+        self.nodes = topological_order(self.outputs)
+        self.inputs = [n for n in self.nodes if n.op == "input"]
+        self.params = [n for n in self.nodes if n.op == "param"]
+        self.variables = [n for n in self.nodes if n.op == "variable"]
+        self._check_unique_names(self.inputs, "input")
+        self._check_unique_names(self.params + self.variables, "parameter")
+
+    @staticmethod
+    def _check_unique_names(nodes, what):
+        seen = {}
+        for n in nodes:
+            if n.name in seen:
+                raise GraphError(f"two different {what}s are named '{n.name}': one made at "
+                                 f"{seen[n.name].where}, one at {n.where}")
+            seen[n.name] = n
+
+    def lint(self):
+        """Check the invariants: acyclic topological order, inferred shapes and dtypes
+        consistent with each op's rule, and no two nodes with the same (op, attrs, inputs).
+        Returns self; raises GraphError naming the offending node."""
+        from .registry import Spec
+        if not nx.is_directed_acyclic_graph(to_networkx(self.nodes)):
+            raise GraphError("lint: the graph has a cycle")
+        position = {id(n): i for i, n in enumerate(self.nodes)}
+        keys = {}
+        for i, node in enumerate(self.nodes):
+            for inp in node.inputs:
+                if position.get(id(inp), len(self.nodes)) >= i:
+                    raise GraphError(f"lint: {node.label()} comes before its input {inp.label()}")
+            if node.op in LEAF_OPS:
+                continue
+            opdef = OPS[node.op]
+            specs = [Spec(inp.sym_shape, inp.dtype) for inp in node.inputs]
+            shape, dtype = opdef.infer(specs, **node.attrs)
+            if len(shape) != len(node.sym_shape) or not all(
+                    S.dims_equal(a, b) for a, b in zip(shape, node.sym_shape)):
+                raise GraphError(f"lint: {node.label()} has shape {S.format_shape(node.sym_shape)}"
+                                 f" but its rule gives {S.format_shape(shape)}")
+            if np.dtype(dtype) != node.dtype:
+                raise GraphError(f"lint: {node.label()} has dtype {node.dtype}, rule gives {dtype}")
+            key = (node.op, node._attrs, tuple(id(x) for x in node.inputs))
+            if key in keys:
+                raise GraphError(f"lint: {node.label()} duplicates {keys[key].label()}")
+            keys[key] = node
+        return self
+
+    def param_count(self):
+        return int(sum(n.value.size for n in self.params))
+
+    def summary(self):
+        """A table like Keras' model.summary(): node, op, output shape, parameters."""
+        rows = [("#", "node", "op", "shape", "dtype", "params")]
+        names = self.display_names()
+        for i, node in enumerate(self.nodes):
+            count = node.value.size if node.op == "param" else ""
+            op = node.op if node.op != "const" else f"const {node.attr('value')!r}"
+            rows.append((str(i), names[node], op, S.format_shape(node.sym_shape),
+                         node.dtype.name, str(count)))
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        line = "-" * (sum(widths) + 2 * (len(widths) - 1))
+        out = [line]
+        for j, r in enumerate(rows):
+            out.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+            if j == 0:
+                out.append(line)
+        out.append(line)
+        out.append(f"nodes: {len(self.nodes)}   inputs: {len(self.inputs)}   "
+                   f"parameters: {len(self.params)} ({self.param_count():,} values)   "
+                   f"outputs: {', '.join(names[o] for o in self.outputs)}")
+        return "\n".join(out)
+
+    def display_names(self):
+        """A readable unique name per node: its own name, else op + index."""
+        names, used = {}, set()
+        for i, node in enumerate(self.nodes):
+            name = node.name or f"{node.op}_{i}"
+            if name in used:
+                name = f"{name}_{i}"
+            used.add(name)
+            names[node] = name
+        return names
+
+    def _repr_svg_(self):
+        from visualize import to_svg
+        return to_svg(self)
+
+    def __repr__(self):
+        return f"<Graph {len(self.nodes)} nodes, outputs {[o.name or o.op for o in self.outputs]}>"
+
+    def __len__(self):
+        return len(self.nodes)

@@ -1,0 +1,150 @@
+"""Nodes of the computation graph: immutable, hash-consed, shapes inferred on creation.
+
+Creating a node whose (op, attrs, inputs) already exists returns the existing node, so a
+subexpression such as the lecture's `3*x3` is one node however often it is written.
+Inputs, parameters and variables are never shared this way: each declaration is new.
+"""
+import weakref
+
+import numpy as np
+
+from . import shapes as S
+from .errors import user_location
+
+_interned = weakref.WeakValueDictionary()  # registry: (op, attrs, inputs) -> Node
+
+LEAF_OPS = ("input", "param", "variable", "const")
+
+
+class ConstValue:
+    """A constant array, hashable by its dtype, shape and bytes (so equal constants share)."""
+
+    __slots__ = ("array", "_key")
+
+    def __init__(self, array):
+        self.array = np.array(array, order="C", copy=True)
+        self.array.setflags(write=False)
+        self._key = (self.array.dtype.str, self.array.shape, self.array.tobytes())
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, ConstValue) and self._key == other._key
+
+    def __repr__(self):
+        if self.array.size == 1:
+            return repr(self.array.reshape(()).item())
+        return f"array{self.array.shape}"
+
+
+class Node:
+    """One value in the graph: the result of `op` applied to `inputs` with `attrs`.
+
+    Attributes: `.op` (str), `.inputs` (tuple of Nodes), `.attrs` (dict), `.shape` (tuple;
+    None for a symbolic dim), `.dtype` (numpy.dtype), `.name`, `.where` (the user's file:line).
+    """
+
+    __slots__ = ("op", "_attrs", "inputs", "sym_shape", "dtype", "name", "where",
+                 "state", "__weakref__")
+    __array_ufunc__ = None  # make NumPy defer `array + node` to Node.__radd__
+
+    def __init__(self, op, attrs, inputs, sym_shape, dtype, name=None, where=None):
+        self.op = op
+        self._attrs = attrs
+        self.inputs = tuple(inputs)
+        self.sym_shape = tuple(sym_shape)
+        self.dtype = np.dtype(dtype)
+        self.name = name
+        self.where = where or user_location()
+        self.state = None  # a parameter's or variable's value holder
+
+    @property
+    def attrs(self):
+        return dict(self._attrs)
+
+    def attr(self, key, default=None):
+        for k, v in self._attrs:
+            if k == key:
+                return v
+        return default
+
+    @property
+    def shape(self):
+        return S.public_shape(self.sym_shape)
+
+    @property
+    def ndim(self):
+        return len(self.sym_shape)
+
+    @property
+    def value(self):
+        """Current value of a parameter, variable or constant (np.ndarray)."""
+        if self.op == "const":
+            return self.attr("value").array
+        if self.state is None:
+            raise AttributeError(f"{self.label()} has no value: only params, variables "
+                                 "and constants hold one")
+        return self.state.value
+
+    @value.setter
+    def value(self, array):
+        if self.state is None:
+            raise AttributeError(f"{self.label()} has no value to set")
+        self.state.set(self, array)
+
+    def label(self):
+        """How errors name this node: its name or op, shape and where it was made."""
+        ident = f"'{self.name}'" if self.name else f"{self.op}"
+        return f"{ident} {S.format_shape(self.sym_shape)} (made at {self.where})"
+
+    def __repr__(self):
+        name = f" {self.name!r}" if self.name else ""
+        return f"<Node {self.op}{name} {S.format_shape(self.sym_shape)} {self.dtype}>"
+
+    def __bool__(self):
+        raise TypeError("a graph Node has no truth value; compare values after compiling")
+
+    # Python operators build graph nodes; definitions live in ops.py.
+    def __add__(self, o): return _ops().add(self, o)
+    def __radd__(self, o): return _ops().add(o, self)
+    def __sub__(self, o): return _ops().sub(self, o)
+    def __rsub__(self, o): return _ops().sub(o, self)
+    def __mul__(self, o): return _ops().mul(self, o)
+    def __rmul__(self, o): return _ops().mul(o, self)
+    def __truediv__(self, o): return _ops().div(self, o)
+    def __rtruediv__(self, o): return _ops().div(o, self)
+    def __pow__(self, o): return _ops().pow(self, o)
+    def __rpow__(self, o): return _ops().pow(o, self)
+    def __matmul__(self, o): return _ops().matmul(self, o)
+    def __rmatmul__(self, o): return _ops().matmul(o, self)
+    def __neg__(self): return _ops().neg(self)
+    def __pos__(self): return self
+
+    @property
+    def T(self):
+        return _ops().transpose(self)
+
+    def __getitem__(self, index):
+        raise TypeError("indexing a Node is not supported; use reshape/concat/sum")
+
+
+def _ops():
+    from . import ops
+    return ops
+
+
+def make_node(op, attrs, inputs, sym_shape, dtype, name=None, intern=True):
+    """Create a node, or return the existing one with the same (op, attrs, inputs)."""
+    attrs = tuple(sorted(attrs.items())) if isinstance(attrs, dict) else tuple(attrs)
+    if not intern:
+        return Node(op, attrs, inputs, sym_shape, dtype, name)
+    key = (op, attrs, tuple(inputs))
+    existing = _interned.get(key)
+    if existing is not None:
+        if name and not existing.name:
+            existing.name = name
+        return existing
+    node = Node(op, attrs, inputs, sym_shape, dtype, name)
+    _interned[key] = node
+    return node

@@ -1,0 +1,1137 @@
+"""Every op of graphnn, one stanza each: shape rule, NumPy implementation, gradient rule
+(VJP in graphnn's own ops), decomposition into primitives, scalar kernel template, category.
+
+To add an op: write its stanza here with `register(OpDef(...))` and a public function below
+it. Graph mode, eager mode, gradients, the compilers and the renderer all read the stanza.
+
+VJP rules take `(g, out, *inputs, **attrs)` and return one entry per input: a zero-argument
+function computing that input's adjoint, or None when the input gets no gradient. Because
+they are written with the op functions of this module, the same rule builds graph nodes in
+graph mode and computes arrays in eager mode.
+
+Choices at kinks: relu'(0) = 0; step has zero gradient everywhere (the perceptron learns
+with its own rule); abs'(0) = 0; max/max_pool pass the gradient to ONE winner, the first
+maximal element in row-major order; maximum(a, b) sends it to `a` on ties.
+"""
+import builtins
+import math
+
+import numpy as np
+
+from . import shapes as S
+from .errors import GraphError, user_location
+from .node import Node
+from .registry import (OPS, OpDef, Mismatch, WrongDType, apply, graph_dtype, register,
+                       const_node)
+
+# ---------------------------------------------------------------------------------------
+# Shape and dtype rules shared by families of ops
+# ---------------------------------------------------------------------------------------
+
+
+def _need_float(specs, opname):
+    dtype = graph_dtype(specs)
+    if dtype.kind != "f":
+        raise WrongDType(f"{opname} needs float inputs, got {dtype}; "
+                         "cast first with gn.cast(x, 'float32')")
+    return dtype
+
+
+def infer_broadcast(specs, float_only=False, opname=""):
+    shape = S.broadcast_shapes(*[s.sym_shape for s in specs])
+    if shape is None:
+        raise Mismatch("shapes " + " and ".join(S.format_shape(s.sym_shape) for s in specs)
+                       + " do not broadcast")
+    dtype = _need_float(specs, opname) if float_only else graph_dtype(specs)
+    return shape, dtype
+
+
+def _norm_axes(axis, ndim):
+    """Normalise an axis argument (None, int or tuple) to a sorted tuple of axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        a = int(a)
+        if not -ndim <= a < ndim:
+            raise Mismatch(f"axis {a} is out of range for rank {ndim}")
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise Mismatch(f"repeated axis in {axis!r}")
+    return tuple(sorted(out))
+
+
+def reduced_shape(sym_shape, axes, keepdims):
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(sym_shape))
+    return tuple(d for i, d in enumerate(sym_shape) if i not in axes)
+
+
+def sum_to(g, x):
+    """Sum the adjoint `g` back to the shape of `x` (undo broadcasting)."""
+    gshape = _shape_of(g)
+    xshape = _shape_of(x)
+    lead = len(gshape) - len(xshape)
+    axes = list(range(lead))
+    for i, d in enumerate(xshape):
+        gd = gshape[lead + i]
+        if S.resolve(d) == 1 and S.resolve(gd) != 1:
+            axes.append(lead + i)
+    if axes:
+        g = sum(g, axis=tuple(axes), keepdims=True)
+    if lead or axes:
+        g = reshape(g, xshape)
+    return g
+
+
+def _shape_of(v):
+    return v.sym_shape if isinstance(v, Node) else np.shape(v)
+
+
+def _contiguous(a):
+    """A C-contiguous copy that keeps 0-d arrays 0-d (np.ascontiguousarray would not)."""
+    return np.array(a, order="C", copy=True)
+
+
+def _float_eltwise(specs, opname):
+    return infer_broadcast(specs, float_only=True, opname=opname)
+
+
+# ---------------------------------------------------------------------------------------
+# Leaves: input, param, variable, const (created by graphnn.api, never through apply)
+# ---------------------------------------------------------------------------------------
+
+for _leaf, _cat in (("input", "Data"), ("param", "Data"), ("variable", "Data"),
+                    ("const", "Data")):
+    register(OpDef(_leaf, _cat, infer=None, impl=None, kind="leaf"))
+
+
+# ---------------------------------------------------------------------------------------
+# Elementwise arithmetic
+# ---------------------------------------------------------------------------------------
+
+def _binary(name, impl, vjp, scalar, float_only=False, doc=""):
+    register(OpDef(name, "", lambda specs: infer_broadcast(specs, float_only, name),
+                   impl, vjp, scalar=scalar, doc=doc))
+
+
+_binary("add", np.add, lambda g, out, a, b: (lambda: sum_to(g, a), lambda: sum_to(g, b)),
+        "{0} + {1}")
+_binary("sub", np.subtract,
+        lambda g, out, a, b: (lambda: sum_to(g, a), lambda: sum_to(neg(g), b)), "{0} - {1}")
+_binary("mul", np.multiply,
+        lambda g, out, a, b: (lambda: sum_to(g * b, a), lambda: sum_to(g * a, b)),
+        "{0} * {1}")
+register(OpDef(
+    "div", "",
+    lambda specs: _infer_div(specs),
+    np.true_divide,
+    lambda g, out, a, b: (lambda: sum_to(g / b, a), lambda: sum_to(neg(g) * out / b, b)),
+    scalar="{0} / {1}"))
+
+
+def _infer_div(specs):
+    shape, dtype = infer_broadcast(specs, opname="div")
+    if dtype.kind != "f":
+        raise WrongDType("dividing integers would silently truncate or change dtype; "
+                         "cast one side with gn.cast(x, 'float32')")
+    return shape, dtype
+
+
+def _pow_impl(a, b):
+    return np.power(a, b)
+
+
+def _pow_vjp(g, out, a, b):
+    return (lambda: sum_to(g * b * a ** (b - 1), a),
+            lambda: sum_to(g * out * log(a), b))
+
+
+register(OpDef("pow", "", lambda specs: infer_broadcast(specs, True, "pow"), _pow_impl,
+               _pow_vjp, scalar="{0} ** {1}"))
+
+
+def _maximum_vjp(g, out, a, b):
+    mask = ge(a, b)
+    return (lambda: sum_to(g * mask, a), lambda: sum_to(g * (1 - mask), b))
+
+
+def _minimum_vjp(g, out, a, b):
+    mask = ge(b, a)
+    return (lambda: sum_to(g * mask, a), lambda: sum_to(g * (1 - mask), b))
+
+
+_binary("maximum", np.maximum, _maximum_vjp, "max({0}, {1})")
+_binary("minimum", np.minimum, _minimum_vjp, "min({0}, {1})")
+
+
+# Comparisons give a 0/1 mask in the float dtype; they have no gradient.
+def _mask_infer(specs):
+    shape, dtype = infer_broadcast(specs)
+    return shape, (dtype if dtype.kind == "f" else np.dtype(np.float32))
+
+
+for _name, _fn, _sym in (("ge", np.greater_equal, ">="), ("gt", np.greater, ">"),
+                         ("eq", np.equal, "==")):
+    register(OpDef(_name, "", _mask_infer, _fn, lambda g, out, a, b: (None, None),
+                   scalar=f"{{T}}(1) if {{0}} {_sym} {{1}} else {{T}}(0)"))
+
+
+# ---------------------------------------------------------------------------------------
+# Elementwise unary ops and activations
+# ---------------------------------------------------------------------------------------
+
+def _unary(name, impl, vjp, scalar, category="", float_only=True, extra_attrs=()):
+    def infer(specs, **attrs):
+        return infer_broadcast(specs, float_only, name)
+    register(OpDef(name, category, infer, impl, vjp, scalar=scalar))
+
+
+def _sigmoid_impl(x):
+    # Stable for |x| ~ 1000: never exponentiates a large positive number.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+
+
+def _softplus_impl(x):
+    return (np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))).astype(x.dtype)
+
+
+_unary("neg", np.negative, lambda g, out, x: (lambda: neg(g),), "-{0}", float_only=False)
+_unary("exp", np.exp, lambda g, out, x: (lambda: g * out,), "exp({0})")
+_unary("log", np.log, lambda g, out, x: (lambda: g / x,), "log({0})")
+_unary("sqrt", np.sqrt, lambda g, out, x: (lambda: g * 0.5 / out,), "sqrt({0})")
+_unary("abs", np.abs, lambda g, out, x: (lambda: g * sign(x),), "abs({0})", float_only=False)
+_unary("sign", np.sign, lambda g, out, x: (None,),
+       "{T}(1) if {0} > {T}(0) else ({T}(-1) if {0} < {T}(0) else {T}(0))", float_only=False)
+_unary("square", np.square, lambda g, out, x: (lambda: g * 2 * x,), "{0} * {0}",
+       float_only=False)
+_unary("sigmoid", _sigmoid_impl, lambda g, out, x: (lambda: g * out * (1 - out),),
+       "{T}(1) / ({T}(1) + exp(-{0})) if {0} >= {T}(0) else exp({0}) / ({T}(1) + exp({0}))",
+       category="Activation")
+_unary("tanh", np.tanh, lambda g, out, x: (lambda: g * (1 - out * out),), "tanh({0})",
+       category="Activation")
+_unary("relu", lambda x: np.maximum(x, 0), lambda g, out, x: (lambda: g * gt(x, 0),),
+       "{0} if {0} > {T}(0) else {T}(0)", category="Activation")
+_unary("softplus", _softplus_impl, lambda g, out, x: (lambda: g * sigmoid(x),),
+       "max({0}, {T}(0)) + log1p(exp(-abs({0})))", category="Activation")
+_unary("step", lambda x: (x > 0).astype(x.dtype), lambda g, out, x: (None,),
+       "{T}(1) if {0} > {T}(0) else {T}(0)", category="Activation")
+
+
+def _with_alpha(name, impl, vjp, scalar):
+    def infer(specs, alpha):
+        return infer_broadcast(specs, True, name)
+    register(OpDef(name, "Activation", infer, impl, vjp, scalar=scalar))
+
+
+_with_alpha("leaky_relu", lambda x, alpha: np.where(x > 0, x, x * x.dtype.type(alpha)),
+            lambda g, out, x, alpha: (lambda: g * leaky_relu_grad(x, alpha),),
+            "{0} if {0} > {T}(0) else {T}({alpha}) * {0}")
+_with_alpha("leaky_relu_grad",
+            lambda x, alpha: np.where(x > 0, 1, alpha).astype(x.dtype),
+            lambda g, out, x, alpha: (None,),
+            "{T}(1) if {0} > {T}(0) else {T}({alpha})")
+_with_alpha("elu", lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
+            lambda g, out, x, alpha: (lambda: g * elu_grad(x, alpha),),
+            "{0} if {0} > {T}(0) else {T}({alpha}) * (exp({0}) - {T}(1))")
+_with_alpha("elu_grad",
+            lambda x, alpha: np.where(x > 0, 1, alpha * np.exp(np.minimum(x, 0))),
+            lambda g, out, x, alpha: (lambda: g * (1 - gt(x, 0)) * alpha * exp(
+                minimum(x, 0)),),
+            "{T}(1) if {0} > {T}(0) else {T}({alpha}) * exp({0})")
+
+
+def _infer_cast(specs, dtype):
+    return specs[0].sym_shape, np.dtype(dtype)
+
+
+register(OpDef("cast", "Transform", _infer_cast, lambda x, dtype: x.astype(dtype),
+               lambda g, out, x, dtype: (
+                   (lambda: cast(g, x.dtype)) if np.dtype(_dtype_of(x)).kind == "f" else None,),
+               scalar="{T}({0})"))
+
+
+def _dtype_of(v):
+    return v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
+
+
+# ---------------------------------------------------------------------------------------
+# Reductions and broadcasting back
+# ---------------------------------------------------------------------------------------
+
+def _infer_reduce(specs, axis, keepdims, float_only=False):
+    (x,) = specs
+    axes = _norm_axes(axis, x.ndim)
+    dtype = _need_float(specs, "reduction") if float_only else x.dtype
+    return reduced_shape(x.sym_shape, axes, keepdims), dtype
+
+
+def _sum_vjp(g, out, x, axis, keepdims):
+    return (lambda: broadcast_like(g, x, axis=axis, keepdims=keepdims),)
+
+
+register(OpDef("sum", "Reduce", _infer_reduce,
+               lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims),
+               _sum_vjp, kind="reduce", extra={"reducer": "sum"}))
+
+
+def _max_vjp(g, out, x, axis, keepdims):
+    return (lambda: broadcast_like(g, x, axis=axis, keepdims=keepdims)
+            * argmax_mask(x, axis=axis),)
+
+
+def _max_infer(specs, axis, keepdims):
+    shape, dtype = _infer_reduce(specs, axis, keepdims)
+    axes = _norm_axes(axis, specs[0].ndim)
+    for a in axes:
+        if S.resolve(specs[0].sym_shape[a]) == 0:
+            raise Mismatch("max over an empty axis has no value")
+    return shape, dtype
+
+
+register(OpDef("max", "Reduce", _max_infer,
+               lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims),
+               _max_vjp, kind="reduce", extra={"reducer": "max"}))
+
+
+def _mean_decompose(x, axis, keepdims):
+    return sum(x, axis=axis, keepdims=keepdims) * reciprocal_count(x, axis=axis)
+
+
+register(OpDef("mean", "Reduce",
+               lambda specs, axis, keepdims: _infer_reduce(specs, axis, keepdims, True),
+               lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims),
+               lambda g, out, x, axis, keepdims: (
+                   lambda: broadcast_like(g, x, axis=axis, keepdims=keepdims)
+                   * reciprocal_count(x, axis=axis),),
+               decompose=_mean_decompose, kind="composite"))
+
+
+def _argmax_mask_impl(x, axis):
+    axes = tuple(range(x.ndim)) if axis is None else (
+        (axis,) if isinstance(axis, int) else tuple(axis))
+    axes = tuple(a % x.ndim for a in axes)
+    keep = [a for a in range(x.ndim) if a not in axes]
+    moved = np.transpose(x, keep + list(axes))
+    flat = moved.reshape(moved.shape[:len(keep)] + (-1,))
+    winner = np.argmax(flat, axis=-1)
+    mask = np.zeros_like(flat)
+    np.put_along_axis(mask, winner[..., None], 1, axis=-1)
+    mask = mask.reshape(moved.shape)
+    return np.transpose(mask, np.argsort(keep + list(axes)))
+
+
+register(OpDef("argmax_mask", "Reduce",
+               lambda specs, axis: (specs[0].sym_shape, _need_float(specs, "argmax_mask")),
+               _argmax_mask_impl, lambda g, out, x, axis: (None,), kind="reduce",
+               extra={"reducer": "argmax_mask"}))
+
+
+def _infer_broadcast_like(specs, axis, keepdims):
+    g, x = specs
+    axes = _norm_axes(axis, x.ndim)
+    expect = reduced_shape(x.sym_shape, axes, keepdims)
+    if len(expect) != g.ndim or not all(S.unify_dims(a, b) for a, b in zip(expect, g.sym_shape)):
+        raise Mismatch(f"cannot broadcast {S.format_shape(g.sym_shape)} back over axes {axes} "
+                       f"of {S.format_shape(x.sym_shape)}")
+    return x.sym_shape, g.dtype
+
+
+def _broadcast_like_impl(g, x, axis, keepdims):
+    axes = tuple(range(x.ndim)) if axis is None else (
+        (axis,) if isinstance(axis, int) else tuple(axis))
+    if not keepdims:
+        g = np.expand_dims(g, tuple(a % x.ndim for a in axes))
+    return _contiguous(np.broadcast_to(g, x.shape))
+
+
+register(OpDef("broadcast_like", "Shape", _infer_broadcast_like, _broadcast_like_impl,
+               lambda gg, out, g, x, axis, keepdims: (
+                   lambda: sum(gg, axis=axis, keepdims=keepdims), None),
+               kind="elementwise_bcast"))
+
+
+def _infer_reciprocal_count(specs, axis):
+    (x,) = specs
+    _norm_axes(axis, x.ndim)
+    return (), _need_float(specs, "mean")
+
+
+def _reciprocal_count_impl(x, axis):
+    axes = _norm_axes_concrete(axis, x.ndim)
+    n = 1
+    for a in axes:
+        n *= x.shape[a]
+    return np.asarray(1.0 / n if n else np.nan, dtype=x.dtype)
+
+
+def _norm_axes_concrete(axis, ndim):
+    try:
+        return _norm_axes(axis, ndim)
+    except Mismatch as exc:
+        raise GraphError(str(exc)) from None
+
+
+register(OpDef("reciprocal_count", "Shape", _infer_reciprocal_count, _reciprocal_count_impl,
+               lambda g, out, x, axis: (None,), kind="shape_scalar",
+               doc="1 / (number of elements of x over the given axes), known at run time"))
+
+
+# ---------------------------------------------------------------------------------------
+# Matmul, transpose, reshape, concat
+# ---------------------------------------------------------------------------------------
+
+def _infer_matmul(specs):
+    a, b = specs
+    if a.ndim != 2 or b.ndim != 2:
+        raise Mismatch(f"matmul takes two 2-D operands, got {S.format_shape(a.sym_shape)} and "
+                       f"{S.format_shape(b.sym_shape)} (reshape first)")
+    if not S.unify_dims(a.sym_shape[1], b.sym_shape[0]):
+        raise Mismatch(f"inner dims differ: {S.format_shape(a.sym_shape)} @ "
+                       f"{S.format_shape(b.sym_shape)}")
+    return (a.sym_shape[0], b.sym_shape[1]), _need_float(specs, "matmul")
+
+
+register(OpDef("matmul", "Layer", _infer_matmul, np.matmul,
+               lambda g, out, a, b: (lambda: g @ transpose(b), lambda: transpose(a) @ g),
+               kind="matmul"))
+
+
+def _infer_transpose(specs, axes):
+    (x,) = specs
+    if sorted(axes) != list(range(x.ndim)):
+        raise Mismatch(f"axes {axes} are not a permutation of rank {x.ndim}")
+    return tuple(x.sym_shape[a] for a in axes), x.dtype
+
+
+register(OpDef("transpose", "Transform", _infer_transpose,
+               lambda x, axes: _contiguous(np.transpose(x, axes)),
+               lambda g, out, x, axes: (lambda: transpose(g, tuple(np.argsort(axes))),),
+               kind="shape"))
+
+
+def _infer_reshape(specs, shape):
+    (x,) = specs
+    return _reshape_target(x.sym_shape, shape), x.dtype
+
+
+def _reshape_target(src, target):
+    """Resolve -1 and check sizes; a symbolic dim may pass through unchanged."""
+    src = tuple(S.resolve(d) for d in src)
+    target = list(target)
+    if target.count(-1) > 1:
+        raise Mismatch(f"at most one -1 in shape {tuple(target)}")
+    src_syms = [d for d in src if isinstance(d, S.Sym)]
+    tgt_syms = [d for d in target if isinstance(S.resolve(d), S.Sym)]
+    known_src = S.static_size([d for d in src if isinstance(d, int)])
+    known_tgt = S.static_size([d for d in target if isinstance(S.resolve(d), int) and d != -1])
+    if -1 in target:
+        if len(src_syms) == 1 and not tgt_syms:
+            if known_tgt == 0 or known_src % known_tgt:
+                raise Mismatch(f"cannot reshape {S.format_shape(src)} to {tuple(target)}")
+            rest = known_src // known_tgt
+            if rest != 1:
+                raise Mismatch(f"cannot reshape {S.format_shape(src)} to {tuple(target)}: "
+                               "the -1 would mix a symbolic dim with others")
+            target[target.index(-1)] = src_syms[0]
+            tgt_syms = src_syms
+        elif src_syms and len(src_syms) == len(tgt_syms):
+            target[target.index(-1)] = known_src // builtins.max(known_tgt, 1)
+        elif not src_syms:
+            if known_tgt == 0 or known_src % known_tgt:
+                raise Mismatch(f"cannot reshape {S.format_shape(src)} to {tuple(target)}")
+            target[target.index(-1)] = known_src // known_tgt
+        else:
+            raise Mismatch(f"cannot infer -1 in {tuple(target)} from {S.format_shape(src)}")
+        known_tgt = S.static_size([d for d in target if isinstance(S.resolve(d), int)])
+    if sorted(id(S.resolve(d)) for d in src_syms) != sorted(id(S.resolve(d)) for d in tgt_syms):
+        raise Mismatch(f"reshape must keep the symbolic dims of {S.format_shape(src)}")
+    if known_src != known_tgt:
+        raise Mismatch(f"cannot reshape {S.format_shape(src)} ({known_src} elements) to "
+                       f"{S.format_shape(target)} ({known_tgt} elements)")
+    return tuple(target)
+
+
+def _reshape_impl(x, shape):
+    return np.reshape(x, tuple(-1 if isinstance(d, S.Sym) else d for d in shape)).copy()
+
+
+def _reshape_vjp(g, out, x, shape):
+    return (lambda: reshape(g, _shape_of(x)),)
+
+
+register(OpDef("reshape", "Shape", _infer_reshape, _reshape_impl, _reshape_vjp, kind="shape"))
+
+
+def _infer_concat(specs, axis):
+    first = specs[0]
+    if not -first.ndim <= axis < first.ndim:
+        raise Mismatch(f"axis {axis} out of range for rank {first.ndim}")
+    axis %= first.ndim
+    total = 0
+    for s in specs:
+        if s.ndim != first.ndim:
+            raise Mismatch(f"all inputs need rank {first.ndim}")
+        for i, (a, b) in enumerate(zip(first.sym_shape, s.sym_shape)):
+            if i != axis and not S.unify_dims(a, b):
+                raise Mismatch(f"{S.format_shape(s.sym_shape)} differs from "
+                               f"{S.format_shape(first.sym_shape)} off the concat axis {axis}")
+        d = S.resolve(s.sym_shape[axis])
+        if not isinstance(d, int):
+            raise Mismatch("cannot concat along a symbolic dim")
+        total += d
+    shape = list(first.sym_shape)
+    shape[axis] = total
+    return tuple(shape), graph_dtype(specs)
+
+
+def _concat_vjp(g, out, *xs, axis):
+    offsets, start = [], 0
+    for x in xs:
+        size = _shape_of(x)[axis]
+        offsets.append((start, start + S.resolve(size)))
+        start += S.resolve(size)
+    return tuple((lambda a=a, b=b: slice_axis(g, axis=axis, start=a, stop=b)) for a, b in offsets)
+
+
+register(OpDef("concat", "Tensor", _infer_concat,
+               lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_vjp, kind="shape"))
+
+
+def _infer_slice(specs, axis, start, stop):
+    (x,) = specs
+    if not -x.ndim <= axis < x.ndim:
+        raise Mismatch(f"axis {axis} out of range for rank {x.ndim}")
+    d = S.resolve(x.sym_shape[axis])
+    if not isinstance(d, int) or not 0 <= start < stop <= d:
+        raise Mismatch(f"slice {start}:{stop} does not fit axis {axis} of size {d}")
+    shape = list(x.sym_shape)
+    shape[axis] = stop - start
+    return tuple(shape), x.dtype
+
+
+def _slice_impl(x, axis, start, stop):
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, stop)
+    return _contiguous(x[tuple(index)])
+
+
+def _pad_impl(x, axis, before, after):
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (before, after)
+    return np.pad(x, widths)
+
+
+register(OpDef("slice_axis", "Tensor", _infer_slice, _slice_impl,
+               lambda g, out, x, axis, start, stop: (
+                   lambda: pad_axis(g, axis=axis, before=start,
+                                    after=S.resolve(_shape_of(x)[axis]) - stop),),
+               kind="shape"))
+
+
+def _infer_pad(specs, axis, before, after):
+    (x,) = specs
+    shape = list(x.sym_shape)
+    shape[axis] = S.resolve(shape[axis]) + before + after
+    return tuple(shape), x.dtype
+
+
+register(OpDef("pad_axis", "Tensor", _infer_pad, _pad_impl,
+               lambda g, out, x, axis, before, after: (
+                   lambda: slice_axis(g, axis=axis, start=before,
+                                      stop=before + S.resolve(_shape_of(x)[axis])),),
+               kind="shape"))
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution and pooling (NHWC images, HWIO kernels, Keras/TensorFlow padding)
+# ---------------------------------------------------------------------------------------
+
+def conv_geometry(in_size, k, stride, padding):
+    """(out_size, pad_before) along one spatial axis, as Keras/TensorFlow compute it."""
+    if padding == "valid":
+        return (in_size - k) // stride + 1, 0
+    out = -(-in_size // stride)
+    total = builtins.max((out - 1) * stride + k - in_size, 0)
+    return out, total // 2
+
+
+def _check_padding(padding):
+    if padding not in ("valid", "same"):
+        raise Mismatch(f"padding must be 'valid' or 'same', got {padding!r}")
+
+
+def _spatial(x, what):
+    if x.ndim != 4:
+        raise Mismatch(f"{what} takes NHWC images of rank 4, got {S.format_shape(x.sym_shape)}")
+    h, w = S.resolve(x.sym_shape[1]), S.resolve(x.sym_shape[2])
+    if not isinstance(h, int) or not isinstance(w, int):
+        raise Mismatch(f"{what} needs static height and width")
+    return h, w
+
+
+def _infer_conv2d(specs, stride, padding):
+    x, w = specs
+    _check_padding(padding)
+    h, wd = _spatial(x, "conv2d")
+    if w.ndim != 4:
+        raise Mismatch(f"kernel must be HWIO of rank 4, got {S.format_shape(w.sym_shape)}")
+    kh, kw, cin, cout = (S.resolve(d) for d in w.sym_shape)
+    if not S.unify_dims(x.sym_shape[3], cin):
+        raise Mismatch(f"input has {S.resolve(x.sym_shape[3])} channels but the kernel "
+                       f"expects {cin}")
+    if stride < 1:
+        raise Mismatch(f"stride must be >= 1, got {stride}")
+    oh, _ = conv_geometry(h, kh, stride, padding)
+    ow, _ = conv_geometry(wd, kw, stride, padding)
+    if oh < 1 or ow < 1:
+        raise Mismatch(f"kernel {kh}x{kw} is larger than the {h}x{wd} input")
+    return (x.sym_shape[0], oh, ow, cout), _need_float(specs, "conv2d")
+
+
+def _pad_hw(x, kh, kw, stride, padding):
+    n, h, w, c = x.shape
+    oh, ph = conv_geometry(h, kh, stride, padding)
+    ow, pw = conv_geometry(w, kw, stride, padding)
+    need_h = (oh - 1) * stride + kh
+    need_w = (ow - 1) * stride + kw
+    xp = np.zeros((n, builtins.max(need_h, h + ph), builtins.max(need_w, w + pw), c), x.dtype)
+    xp[:, ph:ph + h, pw:pw + w, :] = x
+    return xp, oh, ow, ph, pw
+
+
+def _conv2d_impl(x, w, stride, padding):
+    kh, kw, cin, cout = w.shape
+    xp, oh, ow, _, _ = _pad_hw(x, kh, kw, stride, padding)
+    out = np.zeros((x.shape[0], oh, ow, cout), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+            out += patch @ w[i, j]
+    return out
+
+
+def _conv2d_grad_input_impl(g, w, x_like, stride, padding):
+    kh, kw, cin, cout = w.shape
+    xp, oh, ow, ph, pw = _pad_hw(np.zeros_like(x_like), kh, kw, stride, padding)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride] += \
+                g @ w[i, j].T
+    h, wd = x_like.shape[1:3]
+    return _contiguous(xp[:, ph:ph + h, pw:pw + wd, :])
+
+
+def _conv2d_grad_filter_impl(x, g, w_like, stride, padding):
+    kh, kw, cin, cout = w_like.shape
+    xp, oh, ow, _, _ = _pad_hw(x, kh, kw, stride, padding)
+    dw = np.zeros_like(w_like)
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+            dw[i, j] = np.tensordot(patch, g, axes=([0, 1, 2], [0, 1, 2]))
+    return dw
+
+
+register(OpDef("conv2d", "Layer", _infer_conv2d, _conv2d_impl,
+               lambda g, out, x, w, stride, padding: (
+                   lambda: apply("conv2d_grad_input", (g, w, x),
+                                 {"stride": stride, "padding": padding}),
+                   lambda: apply("conv2d_grad_filter", (x, g, w),
+                                 {"stride": stride, "padding": padding})),
+               kind="window"))
+register(OpDef("conv2d_grad_input", "Layer",
+               lambda specs, stride, padding: (specs[2].sym_shape, specs[0].dtype),
+               _conv2d_grad_input_impl,
+               lambda gg, out, g, w, x, stride, padding: (
+                   lambda: conv2d(gg, w, stride=stride, padding=padding),
+                   lambda: apply("conv2d_grad_filter", (gg, g, w),
+                                 {"stride": stride, "padding": padding}),
+                   None),
+               kind="window"))
+register(OpDef("conv2d_grad_filter", "Layer",
+               lambda specs, stride, padding: (specs[2].sym_shape, specs[0].dtype),
+               _conv2d_grad_filter_impl,
+               lambda gg, out, x, g, w, stride, padding: (
+                   lambda: apply("conv2d_grad_input", (g, gg, x),
+                                 {"stride": stride, "padding": padding}),
+                   lambda: conv2d(x, gg, stride=stride, padding=padding),
+                   None),
+               kind="window"))
+
+
+def _infer_pool(specs, size, stride):
+    (x,) = specs
+    h, w = _spatial(x, "pooling")
+    if size < 1 or stride < 1:
+        raise Mismatch(f"pool size and stride must be >= 1, got {size} and {stride}")
+    if size > h or size > w:
+        raise Mismatch(f"pool window {size}x{size} is larger than the {h}x{w} input")
+    oh, ow = (h - size) // stride + 1, (w - size) // stride + 1
+    return (x.sym_shape[0], oh, ow, x.sym_shape[3]), _need_float(specs, "pooling")
+
+
+def _windows(x, size, stride):
+    n, h, w, c = x.shape
+    oh, ow = (h - size) // stride + 1, (w - size) // stride + 1
+    for i in range(size):
+        for j in range(size):
+            yield i, j, (slice(None), slice(i, i + stride * (oh - 1) + 1, stride),
+                         slice(j, j + stride * (ow - 1) + 1, stride))
+
+
+def _max_pool_impl(x, size, stride):
+    out = None
+    for _, _, idx in _windows(x, size, stride):
+        out = x[idx].copy() if out is None else np.maximum(out, x[idx])
+    return out
+
+
+def _max_pool_grad_impl(x, g, size, stride):
+    """Send each window's gradient to its first maximal element (row-major)."""
+    out = _max_pool_impl(x, size, stride)
+    dx = np.zeros_like(x)
+    taken = np.zeros(out.shape, bool)
+    for _, _, idx in _windows(x, size, stride):
+        win = (x[idx] == out) & ~taken
+        dx[idx] += np.where(win, g, 0)
+        taken |= win
+    return dx
+
+
+def _avg_pool_impl(x, size, stride):
+    out = 0
+    for _, _, idx in _windows(x, size, stride):
+        out = out + x[idx]
+    return (out / (size * size)).astype(x.dtype)
+
+
+def _avg_pool_grad_impl(g, x_like, size, stride):
+    dx = np.zeros_like(x_like)
+    for _, _, idx in _windows(x_like, size, stride):
+        dx[idx] += g / (size * size)
+    return dx
+
+
+register(OpDef("max_pool2d", "Pool", _infer_pool, _max_pool_impl,
+               lambda g, out, x, size, stride: (
+                   lambda: apply("max_pool2d_grad", (x, g), {"size": size, "stride": stride}),),
+               kind="window"))
+register(OpDef("max_pool2d_grad", "Pool",
+               lambda specs, size, stride: (specs[0].sym_shape, specs[0].dtype),
+               _max_pool_grad_impl, None, kind="window"))
+register(OpDef("avg_pool2d", "Pool", _infer_pool, _avg_pool_impl,
+               lambda g, out, x, size, stride: (
+                   lambda: apply("avg_pool2d_grad", (g, x), {"size": size, "stride": stride}),),
+               kind="window"))
+register(OpDef("avg_pool2d_grad", "Pool",
+               lambda specs, size, stride: (specs[1].sym_shape, specs[0].dtype),
+               _avg_pool_grad_impl,
+               lambda gg, out, g, x, size, stride: (
+                   lambda: avg_pool2d(gg, size=size, stride=stride), None),
+               kind="window"))
+
+
+# ---------------------------------------------------------------------------------------
+# Softmax and losses (composites: the compilers use their decompositions)
+# ---------------------------------------------------------------------------------------
+
+def _softmax_impl(x, axis):
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _log_softmax_impl(x, axis):
+    z = x - np.max(x, axis=axis, keepdims=True)
+    return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+
+
+def _infer_softmax(specs, axis):
+    _norm_axes(axis, specs[0].ndim)
+    return specs[0].sym_shape, _need_float(specs, "softmax")
+
+
+def _softmax_decompose(x, axis):
+    e = exp(x - max(x, axis=axis, keepdims=True))
+    return e / sum(e, axis=axis, keepdims=True)
+
+
+def _log_softmax_decompose(x, axis):
+    z = x - max(x, axis=axis, keepdims=True)
+    return z - log(sum(exp(z), axis=axis, keepdims=True))
+
+
+register(OpDef("softmax", "Activation", _infer_softmax, _softmax_impl,
+               lambda g, out, x, axis: (
+                   lambda: out * (g - sum(g * out, axis=axis, keepdims=True)),),
+               decompose=_softmax_decompose, kind="composite"))
+register(OpDef("log_softmax", "Activation", _infer_softmax, _log_softmax_impl,
+               lambda g, out, x, axis: (
+                   lambda: g - exp(out) * sum(g, axis=axis, keepdims=True),),
+               decompose=_log_softmax_decompose, kind="composite"))
+
+
+def _infer_loss_pair(specs, name):
+    shape, dtype = infer_broadcast(specs, True, name)
+    return (), dtype
+
+
+def _mse_decompose(pred, target):
+    return mean(square(pred - target))
+
+
+register(OpDef("mse", "Loss", lambda specs: _infer_loss_pair(specs, "mse"),
+               lambda p, t: np.mean(np.square(p - t)),
+               lambda g, out, p, t: (
+                   lambda: sum_to(g * 2 * (p - t) * reciprocal_count(p - t), p),
+                   lambda: sum_to(g * 2 * (t - p) * reciprocal_count(p - t), t)),
+               decompose=_mse_decompose, kind="composite"))
+
+_BCE_EPS = 1e-7
+
+
+def _bce_impl(p, y, from_logits):
+    if from_logits:
+        loss = np.maximum(p, 0) - p * y + np.log1p(np.exp(-np.abs(p)))
+    else:
+        q = np.clip(p, _BCE_EPS, 1 - _BCE_EPS)
+        loss = -(y * np.log(q) + (1 - y) * np.log(1 - q))
+    return np.mean(loss)
+
+
+def _bce_decompose(p, y, from_logits):
+    if from_logits:
+        return mean(softplus(p) - p * y)
+    q = clip(p, _BCE_EPS, 1 - _BCE_EPS)
+    return mean(neg(y * log(q) + (1 - y) * log(1 - q)))
+
+
+def _bce_vjp(g, out, p, y, from_logits):
+    scale = g * reciprocal_count(p - y)
+    if from_logits:
+        return (lambda: sum_to(scale * (sigmoid(p) - y), p),
+                lambda: sum_to(neg(scale) * p, y))
+    q = clip(p, _BCE_EPS, 1 - _BCE_EPS)
+    inside = gt(p, _BCE_EPS) * gt(1 - _BCE_EPS, p)
+    return (lambda: sum_to(scale * inside * (q - y) / (q * (1 - q)), p),
+            lambda: sum_to(scale * (log(1 - q) - log(q)), y))
+
+
+register(OpDef("binary_cross_entropy", "Loss",
+               lambda specs, from_logits: _infer_loss_pair(specs, "binary_cross_entropy"),
+               _bce_impl, _bce_vjp, decompose=_bce_decompose, kind="composite"))
+
+
+def _infer_sce(specs):
+    z, y = specs
+    if z.ndim != 2:
+        raise Mismatch(f"logits must be (batch, classes), got {S.format_shape(z.sym_shape)}")
+    if y.dtype.kind in "iu":
+        if y.ndim != 1 or not S.unify_dims(y.sym_shape[0], z.sym_shape[0]):
+            raise Mismatch(f"integer labels must be (batch,) matching logits "
+                           f"{S.format_shape(z.sym_shape)}, got {S.format_shape(y.sym_shape)}")
+    elif y.ndim != 2 or not all(S.unify_dims(a, b) for a, b in zip(y.sym_shape, z.sym_shape)):
+        raise Mismatch(f"probability labels must have the logits' shape "
+                       f"{S.format_shape(z.sym_shape)}, got {S.format_shape(y.sym_shape)}")
+    if z.dtype.kind != "f":
+        raise WrongDType(f"logits must be float, got {z.dtype}")
+    return (), z.dtype
+
+
+def _sce_targets(z, y):
+    """Labels as a (batch, classes) float array: one-hot for integer labels."""
+    if _dtype_of(y).kind in "iu":
+        classes = S.resolve(_shape_of(z)[1])
+        return one_hot(y, classes, _dtype_of(z))
+    return y
+
+
+def _sce_impl(z, y):
+    lse = np.log(np.sum(np.exp(z - z.max(axis=1, keepdims=True)), axis=1)) + z.max(axis=1)
+    if y.dtype.kind in "iu":
+        if y.size and (y.min() < 0 or y.max() >= z.shape[1]):
+            raise GraphError(f"softmax_cross_entropy: labels must lie in [0, {z.shape[1]}), "
+                             f"got values from {y.min()} to {y.max()}")
+        picked = z[np.arange(z.shape[0]), y]
+        return np.mean(lse - picked)
+    return np.mean(lse * y.sum(axis=1) - np.sum(z * y, axis=1))
+
+
+def _sce_decompose(z, y):
+    t = _sce_targets(z, y)
+    zs = z - max(z, axis=1, keepdims=True)
+    lse = log(sum(exp(zs), axis=1, keepdims=True))
+    return mean(sum(t * (lse - zs), axis=1))
+
+
+def _sce_vjp(g, out, z, y):
+    t = _sce_targets(z, y)
+    scale = g * reciprocal_count(z, axis=0)
+    grad_z = lambda: scale * (softmax(z, axis=1) * sum(t, axis=1, keepdims=True) - t)
+    grad_y = None
+    if _dtype_of(y).kind == "f":
+        grad_y = lambda: scale * (neg(log_softmax(z, axis=1)))
+    return (grad_z, grad_y)
+
+
+register(OpDef("softmax_cross_entropy", "Loss", _infer_sce, _sce_impl, _sce_vjp,
+               decompose=_sce_decompose, kind="composite"))
+
+
+def _infer_one_hot(specs, classes, dtype):
+    (y,) = specs
+    if y.dtype.kind not in "iu":
+        raise WrongDType(f"one_hot needs integer labels, got {y.dtype}")
+    return y.sym_shape + (classes,), np.dtype(dtype)
+
+
+def _one_hot_decompose(y, classes, dtype):
+    labels = cast(reshape(y, y.sym_shape + (1,)), dtype)
+    return eq(labels, const_node(np.arange(classes, dtype=dtype)))
+
+
+register(OpDef("one_hot", "Tensor", _infer_one_hot,
+               lambda y, classes, dtype: (y[..., None] == np.arange(classes)).astype(dtype),
+               lambda g, out, y, classes, dtype: (None,), decompose=_one_hot_decompose,
+               kind="composite"))
+
+
+def _clip_decompose(x, low, high):
+    return minimum(maximum(x, low), high)
+
+
+register(OpDef("clip", "Activation",
+               lambda specs, low, high: infer_broadcast(specs, False, "clip"),
+               lambda x, low, high: np.clip(x, low, high),
+               lambda g, out, x, low, high: (lambda: g * gt(x, low) * gt(high, x),),
+               scalar="min(max({0}, {T}({low})), {T}({high}))"))
+
+
+# ---------------------------------------------------------------------------------------
+# Public op functions
+# ---------------------------------------------------------------------------------------
+
+def add(a, b, name=None):
+    """a + b with NumPy broadcasting."""
+    return apply("add", (a, b), name=name)
+
+
+def sub(a, b, name=None):
+    return apply("sub", (a, b), name=name)
+
+
+def mul(a, b, name=None):
+    return apply("mul", (a, b), name=name)
+
+
+def div(a, b, name=None):
+    """a / b on floats (dividing integers is refused: cast first)."""
+    return apply("div", (a, b), name=name)
+
+
+def pow(a, b, name=None):  # noqa: A001 - mirrors the operator
+    return apply("pow", (a, b), name=name)
+
+
+def maximum(a, b, name=None):
+    return apply("maximum", (a, b), name=name)
+
+
+def minimum(a, b, name=None):
+    return apply("minimum", (a, b), name=name)
+
+
+def ge(a, b):
+    """1 where a >= b else 0, in the float dtype (no gradient)."""
+    return apply("ge", (a, b))
+
+
+def gt(a, b):
+    return apply("gt", (a, b))
+
+
+def eq(a, b):
+    return apply("eq", (a, b))
+
+
+def _make_unary(opname, doc):
+    def fn(x, name=None):
+        return apply(opname, (x,), name=name)
+    fn.__name__ = opname
+    fn.__doc__ = doc
+    return fn
+
+
+neg = _make_unary("neg", "-x")
+exp = _make_unary("exp", "e**x")
+log = _make_unary("log", "natural logarithm")
+sqrt = _make_unary("sqrt", "square root")
+abs = _make_unary("abs", "absolute value; abs'(0) = 0")  # noqa: A001
+sign = _make_unary("sign", "-1, 0 or 1 (no gradient)")
+square = _make_unary("square", "x*x")
+sigmoid = _make_unary("sigmoid", "1 / (1 + e**-x), computed stably for large |x|")
+tanh = _make_unary("tanh", "hyperbolic tangent")
+relu = _make_unary("relu", "max(x, 0); relu'(0) = 0")
+softplus = _make_unary("softplus", "log(1 + e**x), computed stably")
+step = _make_unary("step", "1 where x > 0 else 0: the perceptron's activation (zero gradient)")
+
+
+def leaky_relu(x, alpha=0.01, name=None):
+    """x where x > 0 else alpha*x."""
+    return apply("leaky_relu", (x,), {"alpha": float(alpha)}, name)
+
+
+def leaky_relu_grad(x, alpha=0.01):
+    return apply("leaky_relu_grad", (x,), {"alpha": float(alpha)})
+
+
+def elu(x, alpha=1.0, name=None):
+    """x where x > 0 else alpha*(e**x - 1)."""
+    return apply("elu", (x,), {"alpha": float(alpha)}, name)
+
+
+def elu_grad(x, alpha=1.0):
+    return apply("elu_grad", (x,), {"alpha": float(alpha)})
+
+
+def cast(x, dtype, name=None):
+    """Convert to another dtype, e.g. `gn.cast(labels, "float32")`."""
+    return apply("cast", (x,), {"dtype": np.dtype(dtype).name}, name)
+
+
+def clip(x, low, high, name=None):
+    return apply("clip", (x,), {"low": float(low), "high": float(high)}, name)
+
+
+def _axis_attr(axis):
+    if axis is None or isinstance(axis, (int, np.integer)):
+        return None if axis is None else int(axis)
+    return tuple(int(a) for a in axis)
+
+
+def sum(x, axis=None, keepdims=False, name=None):  # noqa: A001
+    """Sum over `axis` (None: all axes)."""
+    return apply("sum", (x,), {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name)
+
+
+def mean(x, axis=None, keepdims=False, name=None):
+    return apply("mean", (x,), {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name)
+
+
+def max(x, axis=None, keepdims=False, name=None):  # noqa: A001
+    """Maximum over `axis`; its gradient goes to the first maximal element."""
+    return apply("max", (x,), {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name)
+
+
+def argmax_mask(x, axis=None):
+    return apply("argmax_mask", (x,), {"axis": _axis_attr(axis)})
+
+
+def broadcast_like(g, x, axis=None, keepdims=False):
+    """Broadcast `g`, a reduction of `x` over `axis`, back to x's shape."""
+    return apply("broadcast_like", (g, x), {"axis": _axis_attr(axis), "keepdims": keepdims})
+
+
+def reciprocal_count(x, axis=None):
+    """1 / the number of elements of x over `axis`; known when the graph runs."""
+    return apply("reciprocal_count", (x,), {"axis": _axis_attr(axis)})
+
+
+def matmul(a, b, name=None):
+    """(n, k) @ (k, m) -> (n, m)."""
+    return apply("matmul", (a, b), name=name)
+
+
+def transpose(x, axes=None, name=None):
+    """Permute axes (default: reverse them)."""
+    ndim = len(_shape_of(x))
+    axes = tuple(reversed(range(ndim))) if axes is None else tuple(int(a) for a in axes)
+    return apply("transpose", (x,), {"axes": axes}, name)
+
+
+def reshape(x, shape, name=None):
+    """Reshape; one -1 may be inferred. A symbolic dim (e.g. the batch) may be kept as -1."""
+    shape = (shape,) if isinstance(shape, (int, S.Sym)) else tuple(shape)
+    shape = tuple(d if isinstance(d, S.Sym) else int(d) for d in shape)
+    if not isinstance(x, Node):
+        shape = tuple(-1 if isinstance(d, S.Sym) else d for d in shape)
+    return apply("reshape", (x,), {"shape": shape}, name)
+
+
+def flatten(x, name=None):
+    """Keep the first (batch) axis, flatten the rest: (n, h, w, c) -> (n, h*w*c)."""
+    shape = _shape_of(x)
+    rest = S.static_size(shape[1:])
+    if rest is None:
+        raise GraphError(f"flatten needs static dims after the first, got "
+                         f"{S.format_shape(shape)} (at {user_location()})")
+    return reshape(x, (shape[0] if isinstance(x, Node) else -1, rest), name=name)
+
+
+def concat(xs, axis=0, name=None):
+    """Join along an existing axis."""
+    xs = list(xs)
+    if not xs:
+        raise GraphError(f"concat needs at least one input (at {user_location()})")
+    return apply("concat", tuple(xs), {"axis": int(axis)}, name)
+
+
+def slice_axis(x, axis, start, stop, name=None):
+    """x[..., start:stop, ...] along one axis with static bounds."""
+    return apply("slice_axis", (x,), {"axis": int(axis), "start": int(start),
+                                      "stop": int(stop)}, name)
+
+
+def pad_axis(x, axis, before, after):
+    return apply("pad_axis", (x,), {"axis": int(axis), "before": int(before),
+                                    "after": int(after)})
+
+
+def conv2d(x, w, stride=1, padding="valid", name=None):
+    """2-D convolution (cross-correlation), NHWC input, HWIO kernel."""
+    return apply("conv2d", (x, w), {"stride": int(stride), "padding": padding}, name)
+
+
+def max_pool2d(x, size=2, stride=None, name=None):
+    """Max over size x size windows (floor, 'valid'); stride defaults to size."""
+    return apply("max_pool2d", (x,), {"size": int(size), "stride": int(stride or size)}, name)
+
+
+def avg_pool2d(x, size=2, stride=None, name=None):
+    return apply("avg_pool2d", (x,), {"size": int(size), "stride": int(stride or size)}, name)
+
+
+def softmax(x, axis=-1, name=None):
+    return apply("softmax", (x,), {"axis": int(axis)}, name)
+
+
+def log_softmax(x, axis=-1, name=None):
+    return apply("log_softmax", (x,), {"axis": int(axis)}, name)
+
+
+def one_hot(labels, classes, dtype="float32"):
+    return apply("one_hot", (labels,), {"classes": int(classes), "dtype": np.dtype(dtype).name})
+
+
+def mse(pred, target, name=None):
+    """Mean squared error: mean((pred - target)**2)."""
+    return apply("mse", (pred, target), name=name)
+
+
+def binary_cross_entropy(p, y, from_logits=False, name=None):
+    """Mean binary cross-entropy of probabilities `p` (clipped to [1e-7, 1-1e-7]) or of
+    logits with `from_logits=True` (exact and stable for large |logits|)."""
+    return apply("binary_cross_entropy", (p, y), {"from_logits": bool(from_logits)}, name)
+
+
+def softmax_cross_entropy(logits, labels, name=None):
+    """Mean over the batch of -log softmax(logits)[label]; labels are integer class ids
+    (batch,) or probabilities (batch, classes). Stable for large logits."""
+    return apply("softmax_cross_entropy", (logits, labels), name=name)
+
+
+def zeros_like(x):
+    return const_node(np.zeros(S.public_shape(_shape_of(x)), _dtype_of(x))) \
+        if S.is_static(_shape_of(x)) else x * 0

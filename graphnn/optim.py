@@ -1,0 +1,124 @@
+"""Optimizers as update graphs compiled into the training step (one call per step).
+
+`opt.updates(loss, params)` returns {param: new value node, state variable: new value node};
+pass it to `gn.compile(loss, updates=...)`. Moment estimates are `gn.variable`s, updated in
+place with the parameters.
+
+    step = gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, [W, b]))
+"""
+import numpy as np
+
+from .api import variable
+from .autodiff import grad
+from .errors import GraphError, user_location
+from .registry import const_node
+
+
+def _scalar(value, dtype):
+    return const_node(np.asarray(value, dtype=dtype))
+
+
+class Optimizer:
+    def updates(self, loss, params):
+        params = list(params)
+        if not params:
+            raise GraphError(f"{type(self).__name__}.updates: no parameters given "
+                             f"(at {user_location()})")
+        for p in params:
+            if getattr(p, "op", None) != "param":
+                raise GraphError(f"{type(self).__name__}.updates: {p!r} is not a gn.param "
+                                 f"(at {user_location()})")
+        grads = grad(loss, params)
+        updates = {}
+        for p, g in zip(params, grads):
+            updates.update(self.rule(p, g))
+        return updates
+
+    def slot(self, p, name, fill=0.0):
+        return variable(f"{p.name}/{type(self).__name__.lower()}_{name}",
+                        np.full(p.shape, fill, p.dtype))
+
+
+class SGD(Optimizer):
+    """θ ← θ − η∇L; with momentum β: m ← βm − η∇L, θ ← θ + m."""
+
+    def __init__(self, lr=0.01, momentum=0.0):
+        self.lr, self.momentum = lr, momentum
+
+    def rule(self, p, g):
+        lr = _scalar(self.lr, p.dtype)
+        if not self.momentum:
+            return {p: p - lr * g}
+        m = self.slot(p, "m")
+        m_new = _scalar(self.momentum, p.dtype) * m - lr * g
+        return {m: m_new, p: p + m_new}
+
+
+class Adagrad(Optimizer):
+    """G ← G + g²; θ ← θ − η g / (√G + ε)."""
+
+    def __init__(self, lr=0.01, eps=1e-7):
+        self.lr, self.eps = lr, eps
+
+    def rule(self, p, g):
+        acc = self.slot(p, "acc")
+        acc_new = acc + g * g
+        return {acc: acc_new, p: p - _scalar(self.lr, p.dtype) * g / (
+            (acc_new ** 0.5) + _scalar(self.eps, p.dtype))}
+
+
+class RMSprop(Optimizer):
+    """v ← ρv + (1−ρ)g²; θ ← θ − η g / (√v + ε)."""
+
+    def __init__(self, lr=0.001, rho=0.9, eps=1e-7):
+        self.lr, self.rho, self.eps = lr, rho, eps
+
+    def rule(self, p, g):
+        v = self.slot(p, "v")
+        v_new = _scalar(self.rho, p.dtype) * v + _scalar(1 - self.rho, p.dtype) * g * g
+        return {v: v_new, p: p - _scalar(self.lr, p.dtype) * g / (
+            (v_new ** 0.5) + _scalar(self.eps, p.dtype))}
+
+
+class Adadelta(Optimizer):
+    """v ← ρv + (1−ρ)g²; Δ = −√(u+ε)/√(v+ε)·g; u ← ρu + (1−ρ)Δ²; θ ← θ + lr·Δ."""
+
+    def __init__(self, lr=1.0, rho=0.95, eps=1e-6):
+        self.lr, self.rho, self.eps = lr, rho, eps
+
+    def rule(self, p, g):
+        v, u = self.slot(p, "v"), self.slot(p, "u")
+        rho, one_minus = _scalar(self.rho, p.dtype), _scalar(1 - self.rho, p.dtype)
+        eps = _scalar(self.eps, p.dtype)
+        v_new = rho * v + one_minus * g * g
+        delta = -((u + eps) ** 0.5) / ((v_new + eps) ** 0.5) * g
+        return {v: v_new, u: rho * u + one_minus * delta * delta,
+                p: p + _scalar(self.lr, p.dtype) * delta}
+
+
+class Adam(Optimizer):
+    """m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²; θ ← θ − η m̂ / (√v̂ + ε), bias-corrected."""
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-7):
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self._t = None
+
+    def updates(self, loss, params):
+        self._t = variable("adam/t", np.zeros((), np.float32))
+        ups = super().updates(loss, params)
+        ups[self._t] = self._t + _scalar(1, self._t.dtype)
+        return ups
+
+    def rule(self, p, g):
+        dt = p.dtype
+        m, v = self.slot(p, "m"), self.slot(p, "v")
+        b1, b2 = _scalar(self.beta1, dt), _scalar(self.beta2, dt)
+        m_new = b1 * m + _scalar(1 - self.beta1, dt) * g
+        v_new = b2 * v + _scalar(1 - self.beta2, dt) * g * g
+        t = self._t + 1 if dt == self._t.dtype else self._t + 1
+        from .ops import cast
+        t = cast(t, dt)
+        m_hat = m_new / (1 - b1 ** t)
+        v_hat = v_new / (1 - b2 ** t)
+        return {m: m_new, v: v_new,
+                p: p - _scalar(self.lr, dt) * m_hat / (v_hat ** 0.5 + _scalar(self.eps, dt))}

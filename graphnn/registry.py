@@ -1,0 +1,157 @@
+"""The op registry and `apply`, the one door through which every op is created or run.
+
+Each op is one `OpDef` stanza (see ops.py): its shape/dtype rule, its NumPy implementation,
+its gradient rule (a VJP written with graphnn's own ops), an optional decomposition into
+primitive ops for the compilers, an optional scalar template for fused elementwise kernels,
+and its Netron category. `apply` builds a Node when any argument is a Node (graph mode) and
+otherwise computes at once on NumPy arrays (eager mode), recording on an active tape.
+"""
+import contextvars
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import shapes as S
+from .errors import DTypeError, GraphError, ShapeError, user_location
+from .node import Node, ConstValue, make_node
+
+OPS = {}  # registry, filled at import time by ops.py
+
+# The eager tape in force, if any (see eager.py). A context variable, not a global.
+active_tape = contextvars.ContextVar("graphnn_active_tape", default=None)
+
+
+class Mismatch(Exception):
+    """Raised by shape rules; `apply` turns it into a ShapeError naming the node."""
+
+
+class WrongDType(Exception):
+    """Raised by dtype rules; `apply` turns it into a DTypeError naming the node."""
+
+
+@dataclass
+class OpDef:
+    name: str
+    category: str                      # Netron category, see visualize
+    infer: Callable                    # (specs, **attrs) -> (sym_shape, dtype)
+    impl: Callable                     # (*arrays, **attrs) -> np.ndarray
+    vjp: Optional[Callable] = None     # (g, out, *inputs, **attrs) -> tuple of thunks/None
+    decompose: Optional[Callable] = None  # (*input_nodes, **attrs) -> Node of primitives
+    scalar: Optional[str] = None       # fused-elementwise template, "{0}", "{1}", "{T}"
+    kind: str = "elementwise"          # elementwise | reduce | matmul | window | shape | leaf
+    doc: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def register(opdef):
+    OPS[opdef.name] = opdef
+    return opdef
+
+
+class Spec:
+    """The static type of an argument: shape (ints and Syms), dtype, and whether it is a
+    weak Python scalar (which adopts the dtype of the other operands, as in NumPy 2)."""
+
+    __slots__ = ("sym_shape", "dtype", "weak")
+
+    def __init__(self, sym_shape, dtype, weak=False):
+        self.sym_shape = tuple(sym_shape)
+        self.dtype = np.dtype(dtype)
+        self.weak = weak
+
+    @property
+    def ndim(self):
+        return len(self.sym_shape)
+
+
+def spec_of(value):
+    if isinstance(value, Node):
+        return Spec(value.sym_shape, value.dtype)
+    if isinstance(value, (bool, np.bool_)):
+        return Spec((), np.bool_)
+    if isinstance(value, (int, float)):
+        return Spec((), np.float64 if isinstance(value, float) else np.int64, weak=True)
+    arr = np.asarray(value)
+    return Spec(arr.shape, arr.dtype)
+
+
+def _describe(value):
+    if isinstance(value, Node):
+        return value.label()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    arr = np.asarray(value)
+    return f"array{S.format_shape(arr.shape)} {arr.dtype}"
+
+
+def graph_dtype(specs):
+    """The dtype of an arithmetic result: the widest strong float, else int; weak scalars
+    adopt it. Integer inputs mixed with float ones take the float dtype."""
+    strong = [s.dtype for s in specs if not s.weak]
+    floats = [d for d in strong if d.kind == "f"]
+    if floats:
+        return max(floats, key=lambda d: d.itemsize)
+    if any(s.weak and s.dtype.kind == "f" for s in specs):
+        return np.dtype(np.float32)
+    ints = [d for d in strong if d.kind in "iu"]
+    return max(ints, key=lambda d: d.itemsize) if ints else np.dtype(np.int64)
+
+
+def as_const(value, dtype):
+    """A constant node for a Python number or array used beside graph nodes."""
+    if isinstance(value, (int, float, bool)):
+        return const_node(np.asarray(value, dtype=dtype))
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise DTypeError(f"cannot use an array of dtype {arr.dtype} in a graph "
+                         f"(at {user_location()})")
+    return const_node(arr)
+
+
+def const_node(array, name=None):
+    array = np.asarray(array)
+    return make_node("const", {"value": ConstValue(array)}, (), array.shape, array.dtype, name)
+
+
+def apply(opname, args, attrs=None, name=None):
+    """Create the node for `opname(*args, **attrs)`, or compute it eagerly on arrays."""
+    opdef = OPS[opname]
+    attrs = attrs or {}
+    graph_mode = any(isinstance(a, Node) for a in args)
+    specs = [spec_of(a) for a in args]
+    for spec, arg in zip(specs, args):
+        if spec.dtype.kind not in "fiu":
+            raise DTypeError(f"{opname}: argument {_describe(arg)} has dtype {spec.dtype}; "
+                             f"graphnn computes on float and int arrays (at {user_location()})")
+    try:
+        sym_shape, dtype = opdef.infer(specs, **attrs)
+    except Mismatch as exc:
+        inputs = ", ".join(_describe(a) for a in args)
+        raise ShapeError(f"{opname}: {exc}; inputs: {inputs}; at {user_location()}") from None
+    except WrongDType as exc:
+        inputs = ", ".join(_describe(a) for a in args)
+        raise DTypeError(f"{opname}: {exc}; inputs: {inputs}; at {user_location()}") from None
+    if graph_mode:
+        nodes = [a if isinstance(a, Node) else as_const(a, dtype if s.weak else None)
+                 for a, s in zip(args, specs)]
+        return make_node(opname, attrs, nodes, sym_shape, dtype, name)
+    arrays = [np.asarray(a, dtype=dtype) if s.weak else np.asarray(a)
+              for a, s in zip(args, specs)]
+    out = np.asarray(opdef.impl(*arrays, **attrs))
+    if out.dtype != dtype:
+        out = out.astype(dtype)
+    tape = active_tape.get()
+    if tape is None:
+        return out
+    # While a tape records, results are eager Tensors (ndarray views) whose identity the
+    # tape tracks; the arguments are recorded as the caller passed them.
+    out = tape.wrap(out.copy() if any(out is a for a in arrays) else out)
+    tape.record(opdef, [a if isinstance(a, np.ndarray) else t for a, t in zip(args, arrays)],
+                attrs, out)
+    return out
+
+
+def check_not_node(value, what):
+    if isinstance(value, Node):
+        raise GraphError(f"{what} must be a Python value, not a graph node (at {user_location()})")
