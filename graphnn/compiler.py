@@ -1,0 +1,101 @@
+"""The compiled back ends: optimise the graph, lower it to the kernel IR, generate code.
+
+`CpuFunction` (backend="cpu") turns the whole step into one generated module whose single
+`program` function Numba compiles and caches on disk; a call checks the feeds in Python,
+then makes ONE call into compiled code, which also writes the parameter updates in place.
+"""
+import os
+import time
+
+import numpy as np
+
+from kernels import cpu as cpu_codegen
+
+from .compile import CompiledFunction
+from .errors import BackendError, GraphError
+from .lowering import lower
+from .passes import optimize
+
+
+class CpuFunction(CompiledFunction):
+    """A graph compiled to one Numba-compiled function. See `gn.compile`.
+
+    `.source` is the generated module; `.stats` reports nodes after each pass, kernels,
+    fused nodes, buffer bytes, compile time and whether Numba's cache was hit;
+    `.kernels` lists each step's name and the graph nodes it computes (for pictures).
+    """
+
+    backend = "cpu"
+
+    def __init__(self, outputs, updates=None, check_finite=False, parallel=False,
+                 optimize_graph=True):
+        super().__init__(outputs, updates, check_finite)
+        if check_finite:
+            raise BackendError("check_finite=True runs node by node: use backend='numpy' "
+                               "to find the first node that produces NaN/Inf")
+        started = time.perf_counter()
+        roots = self.outputs + [v for _, v in self.update_pairs]
+        if optimize_graph:
+            roots, report = optimize(roots)
+        else:
+            report = []
+        self.optimized_outputs = roots[:len(self.outputs)]
+        opt_updates = [(p, v) for (p, _), v in zip(self.update_pairs, roots[len(self.outputs):])]
+        self.program, lowering = lower(roots, self.graph.inputs, self.state_nodes,
+                                       self.optimized_outputs, opt_updates)
+        self.source = cpu_codegen.generate(self.program, parallel=parallel)
+        self.module, self.path = cpu_codegen.load_module(self.source)
+        self._fn = self.module.program
+        self.kernels = [{"name": f"step {k}: {type(step).__name__.lower()}",
+                         "nodes": nodes, "buffer": step.out.name}
+                        for k, (step, nodes) in enumerate(zip(lowering.steps,
+                                                              lowering.step_nodes))]
+        self._const_arrays = [np.array(n.value, order="C") for n in lowering.consts]
+        self.stats.update({
+            "passes": report,
+            "kernels": len(self.program.steps),
+            "fused_nodes": sum(max(len(k["nodes"]) - 1, 0) for k in self.kernels),
+            "module": self.path,
+            "lower_seconds": time.perf_counter() - started,
+            "compile_seconds": None,
+            "cache_hit": None,
+        })
+        self._compiled = False
+
+    def _first_call(self, args):
+        started = time.perf_counter()
+        try:
+            result = self._fn(*args)
+        except Exception as exc:
+            if not _looks_like_cache_failure(exc):
+                raise
+            # A damaged cache file: drop Numba's cache for this module and compile afresh.
+            cpu_codegen.clear_numba_cache(self.path)
+            self.module = cpu_codegen.reload_module(self.path)
+            self._fn = self.module.program
+            result = self._fn(*args)
+        self.stats["compile_seconds"] = time.perf_counter() - started
+        hits = sum(self._fn.stats.cache_hits.values())
+        self.stats["cache_hit"] = hits > 0
+        self._compiled = True
+        return result
+
+    def _run(self, arrays, binding):
+        args = list(arrays) + [p.state.value for p in self.state_nodes] + self._const_arrays
+        if not self._compiled:
+            return list(self._first_call(args))
+        return list(self._fn(*args))
+
+
+def _looks_like_cache_failure(exc):
+    text = f"{type(exc).__name__}: {exc}"
+    return any(word in text for word in ("pickle", "cache", "EOF", "unmarshal", "truncated",
+                                         "UnpicklingError", "corrupt"))
+
+
+class CudaFunction(CompiledFunction):
+    backend = "cuda"
+
+    def __init__(self, outputs, updates=None, check_finite=False, **options):
+        raise BackendError("backend='cuda' is not available yet in this version of graphnn; "
+                           "use backend='cpu' or backend='numpy'")

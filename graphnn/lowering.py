@@ -1,0 +1,427 @@
+"""Lowering: an optimised graph becomes a kernel-IR Program (kernels/ir.py).
+
+Decisions made here:
+- elementwise fusion: an elementwise node used once, by an elementwise node of the same
+  shape or by a reduction over its shape, is computed inside its consumer's loop (no
+  buffer); transposes, slices and broadcasts are index patterns, so they fuse too;
+- a 2-D transpose read only by matmuls is not materialised: the matmul reads it transposed;
+- memory planning: a buffer whose last reader has run is reused for a later buffer of the
+  same shape and dtype, and an elementwise step may write in place over an input it reads
+  element for element and that dies there.
+"""
+import numpy as np
+
+from kernels import ir
+
+from . import shapes as S
+from .errors import GraphError
+from .graph import topological_order
+from .node import LEAF_OPS
+from .ops import _norm_axes, conv_geometry
+from .registry import OPS
+
+PATTERN_OPS = ("broadcast_like", "transpose", "slice_axis")
+WINDOW_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_filter", "max_pool2d",
+              "max_pool2d_grad", "avg_pool2d", "avg_pool2d_grad")
+
+
+def is_elementwise(node):
+    return node.op in PATTERN_OPS or node.op == "reciprocal_count" or (
+        node.op not in LEAF_OPS and OPS[node.op].scalar is not None)
+
+
+def _float_literal(value, dtype):
+    value = np.asarray(value, dtype=dtype).reshape(-1)[0]
+    if np.dtype(dtype).kind == "f":
+        text = repr(float(value))
+        if text in ("inf", "-inf", "nan"):
+            text = {"inf": "np.inf", "-inf": "-np.inf", "nan": "np.nan"}[text]
+        return f"T({text})"
+    return repr(int(value))
+
+
+class Lowering:
+    def __init__(self, roots, inputs, states, outputs, update_pairs):
+        self.nodes = topological_order(roots)
+        self.inputs = list(inputs)
+        self.states = list(states)
+        self.outputs = list(outputs)
+        self.update_pairs = list(update_pairs)
+        self.consumers = {id(n): [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                self.consumers[id(i)].append(n)
+        self.dims = {}          # representative Sym -> dim name
+        self.dim_sources = {}   # dim name -> (input index, axis)
+        self.buffers = {}       # id(node) -> Buffer
+        self.steps = []
+        self.step_nodes = []    # nodes each step computes (for comments and pictures)
+        self.consts = []
+        self.pinned = {id(n) for n in self.outputs} | {id(v) for _, v in self.update_pairs}
+        self.counter = 0
+        self._bind_dims()
+
+    # -- shapes -------------------------------------------------------------------------
+    def _bind_dims(self):
+        for index, node in enumerate(self.inputs):
+            for axis, d in enumerate(node.sym_shape):
+                d = S.resolve(d)
+                if isinstance(d, S.Sym) and d not in self.dims:
+                    name = f"d{len(self.dims)}"
+                    self.dims[d] = name
+                    self.dim_sources[name] = (index, axis)
+
+    def shape(self, node):
+        out = []
+        for d in node.sym_shape:
+            d = S.resolve(d)
+            if isinstance(d, int):
+                out.append(d)
+            elif d in self.dims:
+                out.append(self.dims[d])
+            else:
+                raise GraphError(f"the symbolic dim of {node.label()} is not bound by any input")
+        return tuple(out)
+
+    def size_expr(self, node, axes):
+        shape = self.shape(node)
+        parts = [str(shape[a]) for a in axes] or ["1"]
+        return " * ".join(parts)
+
+    # -- fusion decisions ----------------------------------------------------------------
+    def inlined(self, node):
+        """True when `node` is computed inside its single consumer's loop."""
+        if node.op == "reciprocal_count":
+            return True
+        if node.op == "const" and node.value.size == 1:
+            return all(is_elementwise(c) for c in self.consumers[id(node)]) \
+                and id(node) not in self.pinned
+        if not is_elementwise(node) or id(node) in self.pinned:
+            return False
+        users = self.consumers[id(node)]
+        if len(users) != 1:
+            return False
+        user = users[0]
+        if user.op in ("sum", "max"):
+            return True
+        if not is_elementwise(user) or user.op in PATTERN_OPS and node is not user.inputs[0]:
+            return False
+        if user.op in PATTERN_OPS:
+            return False
+        return node.sym_shape == user.sym_shape or node.ndim == 0 or all(
+            S.dims_equal(a, b) for a, b in zip(node.sym_shape, user.sym_shape)) and \
+            node.ndim == user.ndim
+
+    def transposed_view(self, node):
+        """A 2-D transpose read only by matmuls: the matmul reads its input transposed."""
+        return node.op == "transpose" and node.ndim == 2 and id(node) not in self.pinned and \
+            all(c.op == "matmul" for c in self.consumers[id(node)])
+
+    # -- buffers ---------------------------------------------------------------------------
+    def new_buffer(self, node, role="temp"):
+        self.counter += 1
+        label = node.name if node.name and node.name.isidentifier() else node.op
+        name = f"b{self.counter}_{label}"[:40]
+        return ir.Buffer(name, self.shape(node), node.dtype.name, role)
+
+    def leaf_buffer(self, node):
+        if id(node) in self.buffers:
+            return self.buffers[id(node)]
+        if node.op == "input":
+            index = self.inputs.index(node)
+            buf = ir.Buffer(f"in{index}", self.shape(node), node.dtype.name, "input", index)
+        elif node.op in ("param", "variable"):
+            index = self.states.index(node)
+            buf = ir.Buffer(f"st{index}", self.shape(node), node.dtype.name, "state", index)
+        else:
+            index = len(self.consts)
+            buf = ir.Buffer(f"c{index}", self.shape(node), node.dtype.name, "const", index)
+            self.consts.append(node)
+        self.buffers[id(node)] = buf
+        return buf
+
+    def buffer_of(self, node):
+        if node.op in LEAF_OPS:
+            return self.leaf_buffer(node)
+        return self.buffers[id(node)]
+
+    # -- scalar expressions for fused elementwise groups -----------------------------------
+    def expression(self, root, loopvars):
+        """ScalarExpr computing `root` at loop index `loopvars` (one per axis of root)."""
+        loads, stmts, memo = {}, [], {}
+
+        def var(prefix):
+            return f"{prefix}{len(loads) + len(stmts)}"
+
+        def value_of(node, index):
+            key = (id(node), tuple(index))
+            if key in memo:
+                return memo[key]
+            if node.op == "const" and node.value.size == 1 and self.inlined(node):
+                result = _float_literal(node.value, node.dtype)
+            elif node.op == "reciprocal_count":
+                axes = _norm_axes(node.attr("axis"), node.inputs[0].ndim)
+                result = f"(T(1) / T({self.size_expr(node.inputs[0], axes)}))"
+            elif node is root or self.inlined(node):
+                result = compute(node, index)
+            else:
+                buf = self.buffer_of(node)
+                v = var("x")
+                loads[v] = ir.Load(buf, tuple(index) if buf.ndim else ())
+                result = v
+            memo[key] = result
+            return result
+
+        def compute(node, index):
+            op = node.op
+            if op == "broadcast_like":
+                g, x = node.inputs
+                axes = _norm_axes(node.attr("axis"), x.ndim)
+                if node.attr("keepdims"):
+                    sub = ["0" if k in axes else index[k] for k in range(x.ndim)]
+                else:
+                    sub = [index[k] for k in range(x.ndim) if k not in axes]
+                return value_of(g, sub)
+            if op == "transpose":
+                axes = node.attr("axes")
+                sub = [None] * len(axes)
+                for k, a in enumerate(axes):
+                    sub[a] = index[k]
+                return value_of(node.inputs[0], sub)
+            if op == "slice_axis":
+                axis, start = node.attr("axis"), node.attr("start")
+                sub = list(index)
+                sub[axis] = f"{index[axis]} + {start}"
+                return value_of(node.inputs[0], sub)
+            args = []
+            for inp in node.inputs:
+                args.append(value_of(inp, self.broadcast_index(inp, node, index)))
+            attrs = {k: (repr(float(v)) if isinstance(v, float) else v)
+                     for k, v in node.attrs.items()}
+            code = OPS[op].scalar.format(*args, T="T", **attrs)
+            v = var("v")
+            stmts.append((v, code))
+            return v
+
+        result = value_of(root, loopvars)
+        return ir.ScalarExpr(loads, stmts, result)
+
+    @staticmethod
+    def broadcast_index(inp, user, index):
+        """Index of `inp` inside `user`'s loop, NumPy broadcasting (right-aligned)."""
+        lead = user.ndim - inp.ndim
+        sub = []
+        for j, d in enumerate(inp.sym_shape):
+            k = lead + j
+            ud = user.sym_shape[k]
+            if S.resolve(d) == 1 and S.resolve(ud) != 1:
+                sub.append("0")
+            else:
+                sub.append(index[k])
+        return sub
+
+    # -- steps -----------------------------------------------------------------------------
+    def lower(self):
+        for node in self.nodes:
+            if node.op in LEAF_OPS:
+                if id(node) in self.pinned or not self.inlined(node):
+                    self.leaf_buffer(node)
+                continue
+            if self.inlined(node) or self.transposed_view(node):
+                continue
+            self.lower_node(node)
+        outputs = [self.buffer_of(n) for n in self.outputs]
+        updates = [(self.leaf_buffer(p), self.buffer_of(v)) for p, v in self.update_pairs]
+        return outputs, updates
+
+    def add_step(self, step, nodes):
+        self.steps.append(step)
+        self.step_nodes.append(nodes)
+
+    def group_nodes(self, root):
+        """The nodes fused into root's step (root first)."""
+        found, stack = [], [root]
+        while stack:
+            n = stack.pop()
+            found.append(n)
+            for i in n.inputs:
+                if i.op not in LEAF_OPS and self.inlined(i) and i.op != "reciprocal_count":
+                    stack.append(i)
+        return found
+
+    def lower_node(self, node):
+        op = node.op
+        comment = _describe(node)
+        if is_elementwise(node):
+            out = self.buffers[id(node)] = self.new_buffer(node)
+            loopvars = [f"i{k}" for k in range(node.ndim)]
+            expr = self.expression(node, loopvars)
+            nodes = self.group_nodes(node)
+            if len(nodes) > 1:
+                comment += "  <- fused: " + ", ".join(_describe(n) for n in nodes[1:][:6]) + (
+                    " ..." if len(nodes) > 7 else "")
+            self.add_step(ir.Elementwise(out, expr, comment), nodes)
+        elif op in ("sum", "max"):
+            x = node.inputs[0]
+            axes = _norm_axes(node.attr("axis"), x.ndim)
+            reduced = tuple(d for k, d in enumerate(self.shape(x)) if k not in axes)
+            out = ir.Buffer(f"b{self.counter + 1}_{op}", reduced, node.dtype.name)
+            self.counter += 1
+            loopvars = [f"i{k}" for k in range(x.ndim)]
+            if self.inlined(x):
+                expr = self.expression(x, loopvars)
+                nodes = [node] + self.group_nodes(x)
+            else:
+                buf = self.buffer_of(x)
+                expr = ir.ScalarExpr({"x0": ir.Load(buf, tuple(loopvars))}, [], "x0")
+                nodes = [node]
+            self.add_step(ir.Reduce(out, expr, self.shape(x), axes, op, comment), nodes)
+            self.buffers[id(node)] = out
+            if node.attr("keepdims"):
+                view = self.new_buffer(node, "view")
+                view.base = out
+                self.add_step(ir.Reshape(view, out, "keepdims"), [node])
+                self.buffers[id(node)] = view
+        elif op == "argmax_mask":
+            out = self.buffers[id(node)] = self.new_buffer(node)
+            x = node.inputs[0]
+            axes = _norm_axes(node.attr("axis"), x.ndim)
+            self.add_step(ir.ArgmaxMask(out, self.buffer_of(x), axes, comment), [node])
+        elif op == "matmul":
+            out = self.buffers[id(node)] = self.new_buffer(node)
+            operands = []
+            for inp in node.inputs:
+                if self.transposed_view(inp):
+                    operands.append((self.buffer_of(inp.inputs[0]), True))
+                else:
+                    operands.append((self.buffer_of(inp), False))
+            (a, ta), (b, tb) = operands
+            self.add_step(ir.Matmul(out, a, b, ta, tb, comment), [node])
+        elif op in WINDOW_OPS:
+            self.lower_window(node, comment)
+        elif op == "reshape":
+            src = self.buffer_of(node.inputs[0])
+            view = self.buffers[id(node)] = self.new_buffer(node, "view")
+            view.base = src.base or src
+            self.add_step(ir.Reshape(view, src, comment), [node])
+        elif op == "concat":
+            out = self.buffers[id(node)] = self.new_buffer(node)
+            axis = node.attr("axis") % node.ndim
+            parts, start = [], 0
+            for inp in node.inputs:
+                parts.append((self.buffer_of(inp), axis, start))
+                start += S.resolve(inp.sym_shape[axis])
+            self.add_step(ir.Place(out, parts, False, comment), [node])
+        elif op == "pad_axis":
+            out = self.buffers[id(node)] = self.new_buffer(node)
+            self.add_step(ir.Place(out, [(self.buffer_of(node.inputs[0]), node.attr("axis"),
+                                          node.attr("before"))], True, comment), [node])
+        else:
+            raise GraphError(f"the compiled backends cannot lower op '{op}' of {node.label()}")
+
+    def lower_window(self, node, comment):
+        op = node.op
+        out = self.buffers[id(node)] = self.new_buffer(node)
+        ins = [self.buffer_of(i) for i in node.inputs]
+        if op.startswith("conv2d"):
+            stride, padding = node.attr("stride"), node.attr("padding")
+            image = node.inputs[0] if op != "conv2d_grad_input" else node.inputs[2]
+            kernel = node.inputs[1] if op != "conv2d_grad_filter" else node.inputs[2]
+            h, w = S.resolve(image.sym_shape[1]), S.resolve(image.sym_shape[2])
+            kh, kw = S.resolve(kernel.sym_shape[0]), S.resolve(kernel.sym_shape[1])
+            _, ph = conv_geometry(h, kh, stride, padding)
+            _, pw = conv_geometry(w, kw, stride, padding)
+            args = ins[:2]
+            params = (stride, ph, pw)
+        else:
+            size, stride = node.attr("size"), node.attr("stride")
+            args = ins[:1] if op in ("max_pool2d", "avg_pool2d", "avg_pool2d_grad") else ins[:2]
+            params = (size, stride)
+        self.add_step(ir.Window(out, op, args, params, comment), [node])
+
+    # -- memory planning -------------------------------------------------------------------
+    def plan_memory(self, outputs, updates):
+        """Reuse dead temporaries (same shape and dtype) and write in place where safe."""
+        last_use = {}
+        for s, step in enumerate(self.steps):
+            for buf in _reads(step):
+                last_use[buf.name] = s
+                if buf.base is not None:
+                    last_use[buf.base.name] = s
+        end = len(self.steps)
+        for buf in outputs + [v for _, v in updates]:
+            last_use[buf.name] = end
+            if buf.base is not None:
+                last_use[buf.base.name] = end
+        no_reuse = {b.base.name for step in self.steps for b in [step.out]
+                    if b.base is not None}
+        free = []  # (shape, dtype, Buffer)
+        rename = {}
+        for s, step in enumerate(self.steps):
+            out = step.out
+            if out.role == "temp" and out.name not in no_reuse and \
+                    last_use.get(out.name, -1) < end:
+                candidate = None
+                if isinstance(step, ir.Elementwise):
+                    for load in step.expr.loads.values():
+                        b = load.buffer
+                        if b.role == "temp" and b.name not in no_reuse and \
+                                last_use.get(b.name) == s and b.shape == out.shape and \
+                                b.dtype == out.dtype and _only_elementwise_reads(step, b):
+                            candidate = b
+                            break
+                if candidate is None:
+                    for k, (shape, dtype, b) in enumerate(free):
+                        if shape == out.shape and dtype == out.dtype:
+                            candidate = free.pop(k)[2]
+                            break
+                if candidate is not None:
+                    old = out.name
+                    rename[old] = candidate.name
+                    out.name = candidate.name
+                    last_use[candidate.name] = last_use.get(old, s)
+            for buf in set(b for b in _reads(step) if b.role == "temp"):
+                if last_use.get(buf.name) == s and buf.name not in no_reuse and \
+                        buf is not out and buf.name != out.name:
+                    free.append((buf.shape, buf.dtype, buf))
+        return rename
+
+
+def _only_elementwise_reads(step, buf):
+    loops = tuple(f"i{k}" for k in range(step.out.ndim))
+    return all(tuple(l.index) == loops for l in step.expr.loads.values() if l.buffer is buf)
+
+
+def _reads(step):
+    if isinstance(step, (ir.Elementwise, ir.Reduce)):
+        return [l.buffer for l in step.expr.loads.values()]
+    if isinstance(step, ir.ArgmaxMask):
+        return [step.src]
+    if isinstance(step, ir.Matmul):
+        return [step.a, step.b]
+    if isinstance(step, ir.Window):
+        return list(step.args)
+    if isinstance(step, ir.Reshape):
+        return [step.src]
+    if isinstance(step, ir.Place):
+        return [p[0] for p in step.parts]
+    return []
+
+
+def _describe(node):
+    name = f"{node.name}=" if node.name else ""
+    return f"{name}{node.op}{S.format_shape(node.sym_shape)}"
+
+
+def lower(roots, inputs, states, outputs, update_pairs, plan_memory=True):
+    """Lower the graph to a kernel-IR Program; returns (program, lowering)."""
+    lowering = Lowering(roots, inputs, states, outputs, update_pairs)
+    out_bufs, updates = lowering.lower()
+    if plan_memory:
+        lowering.plan_memory(out_bufs, updates)
+    in_bufs = [lowering.leaf_buffer(n) for n in lowering.inputs]
+    state_bufs = [lowering.leaf_buffer(n) for n in lowering.states]
+    const_bufs = [lowering.leaf_buffer(n) for n in list(lowering.consts)]
+    program = ir.Program(in_bufs, state_bufs, const_bufs, lowering.steps, out_bufs, updates,
+                         dict(lowering.dim_sources))
+    return program, lowering

@@ -1,0 +1,136 @@
+"""Graph passes: each a pure function from output nodes to new output nodes.
+
+Nodes are immutable, so a pass rebuilds what changes and keeps the rest; rebuilt nodes go
+through hash-consing, so two nodes that become equal become one (common subexpressions are
+shared). Dead code never survives a pass: only what the outputs reach is kept.
+"""
+import numpy as np
+
+from .graph import topological_order
+from .node import LEAF_OPS, make_node
+from .registry import OPS, const_node
+
+FOLD_LIMIT = 1 << 16  # constant folding keeps results up to this many elements
+
+
+def rebuild(roots, rule):
+    """Apply `rule(node, new_inputs) -> Node or None` bottom-up; None keeps the node (rebuilt
+    with new inputs when they changed). Returns the new roots."""
+    memo = {}
+    for node in topological_order(roots):
+        new_inputs = [memo[id(i)] for i in node.inputs]
+        replacement = rule(node, new_inputs)
+        if replacement is None:
+            if all(a is b for a, b in zip(new_inputs, node.inputs)):
+                replacement = node
+            else:
+                replacement = make_node(node.op, node._attrs, new_inputs, node.sym_shape,
+                                        node.dtype, node.name)
+        memo[id(node)] = replacement
+    return [memo[id(r)] for r in roots]
+
+
+def dead_code_elimination(roots):
+    """Keep only what the roots reach (a rebuild that changes nothing)."""
+    return list(roots)
+
+
+def decompose(roots):
+    """Rewrite composite ops (softmax, losses, mean, one_hot...) into primitive ops."""
+    def rule(node, inputs):
+        opdef = OPS.get(node.op)
+        if opdef is None or opdef.decompose is None:
+            return None
+        out = opdef.decompose(*inputs, **node.attrs)
+        if node.name and not out.name:
+            out.name = node.name
+        return out
+    while True:
+        new = rebuild(roots, rule)
+        if not any(OPS[n.op].decompose for n in topological_order(new)):
+            return new
+        roots = new
+
+
+def fold_constants(roots):
+    """Evaluate ops whose inputs are all constants (results up to FOLD_LIMIT elements)."""
+    def rule(node, inputs):
+        if node.op in LEAF_OPS or not inputs or not all(i.op == "const" for i in inputs):
+            return None
+        if OPS[node.op].impl is None:
+            return None
+        with np.errstate(all="ignore"):
+            value = np.asarray(OPS[node.op].impl(*[i.value for i in inputs], **node.attrs))
+        if value.size > FOLD_LIMIT or value.shape != node.shape:
+            return None
+        return const_node(value.astype(node.dtype))
+    return rebuild(roots, rule)
+
+
+def _const_equals(node, number):
+    return node.op == "const" and node.value.size == 1 and \
+        float(node.value.reshape(-1)[0]) == number
+
+
+def simplify(roots):
+    """x*1, 1*x, x+0, 0+x, x-0, x/1, x**1 -> x; --x -> x (when shape and dtype stay)."""
+    def keeps(node, x):
+        return x.sym_shape == node.sym_shape and x.dtype == node.dtype
+
+    def rule(node, inputs):
+        op = node.op
+        if op == "neg" and inputs[0].op == "neg" and keeps(node, inputs[0].inputs[0]):
+            return inputs[0].inputs[0]
+        if len(inputs) != 2:
+            return None
+        a, b = inputs
+        if op == "mul":
+            if _const_equals(b, 1) and keeps(node, a):
+                return a
+            if _const_equals(a, 1) and keeps(node, b):
+                return b
+        if op == "add":
+            if _const_equals(b, 0) and keeps(node, a):
+                return a
+            if _const_equals(a, 0) and keeps(node, b):
+                return b
+        if op in ("sub", "div", "pow"):
+            unit = 0 if op == "sub" else 1
+            if _const_equals(b, unit) and keeps(node, a):
+                return a
+        if op == "pow" and _const_equals(b, 2):
+            return make_node("square", (), [a], node.sym_shape, node.dtype, node.name) \
+                if keeps(node, a) else None
+        return None
+    return rebuild(roots, rule)
+
+
+def common_subexpressions(roots):
+    """Share nodes with equal (op, attrs, inputs) that hash-consing did not catch."""
+    seen = {}
+
+    def rule(node, inputs):
+        if node.op in ("input", "param", "variable"):
+            return None
+        key = (node.op, node._attrs, tuple(id(i) for i in inputs))
+        if key in seen:
+            return seen[key]
+        same = all(a is b for a, b in zip(inputs, node.inputs))
+        seen[key] = node if same else make_node(node.op, node._attrs, inputs, node.sym_shape,
+                                                node.dtype, node.name)
+        return seen[key]
+    return rebuild(roots, rule)
+
+
+PIPELINE = (("decompose", decompose), ("fold_constants", fold_constants),
+            ("simplify", simplify), ("common_subexpressions", common_subexpressions),
+            ("dead_code_elimination", dead_code_elimination))
+
+
+def optimize(roots, passes=PIPELINE):
+    """Run the pass pipeline; return (new roots, [(pass name, node count after)])."""
+    report = [("input", len(topological_order(roots)))]
+    for name, fn in passes:
+        roots = fn(roots)
+        report.append((name, len(topological_order(roots))))
+    return roots, report

@@ -1,0 +1,122 @@
+"""The kernel IR: buffers and a short list of primitive steps. It knows nothing of graphs,
+nodes or gradients; graphnn lowers a graph into a `Program`, and each backend turns the
+program's steps into code.
+
+Shapes are tuples whose entries are ints or dim-variable names (strings such as "d0") bound
+from the input arrays at run time. Scalar expressions are Python expression strings over
+loop-local variables, using only arithmetic, comparisons, conditional expressions and the
+functions exp, log, log1p, sqrt, tanh, abs, max, min; `T(...)` converts to the step's dtype.
+Both the CPU (numba.njit) and the GPU (numba.cuda) generators accept that language.
+"""
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple, Union
+
+Dim = Union[int, str]
+
+
+@dataclass(eq=False)
+class Buffer:
+    name: str
+    shape: Tuple[Dim, ...]
+    dtype: str
+    role: str = "temp"        # input | state | const | temp | view
+    arg_index: int = -1       # position among the role's arguments (input/state/const)
+    base: Optional["Buffer"] = None  # for views: the buffer whose memory this one shares
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+
+@dataclass
+class Load:
+    """Read `buffer` at `index` (one expression per buffer axis over the loop variables)."""
+    buffer: Buffer
+    index: Tuple[str, ...]
+
+
+@dataclass
+class ScalarExpr:
+    """Statements `var = expression`, in order; `loads` bind variables to buffer reads."""
+    loads: dict                       # var -> Load
+    stmts: List[Tuple[str, str]]      # (var, expression)
+    result: str
+
+
+@dataclass
+class Elementwise:
+    """out[i0, ..., ik] = expr, over out's shape (i0.. are the loop variables)."""
+    out: Buffer
+    expr: ScalarExpr
+    comment: str = ""
+    inplace_of: Optional[Buffer] = None
+
+
+@dataclass
+class Reduce:
+    """out = reduce(kind, expr over `domain`, axes) with out shaped keepdims=False over axes."""
+    out: Buffer
+    expr: ScalarExpr
+    domain: Tuple[Dim, ...]
+    axes: Tuple[int, ...]
+    kind: str                          # sum | max
+    comment: str = ""
+
+
+@dataclass
+class ArgmaxMask:
+    """out = 1 at the first maximal element of src over `axes` (row-major), 0 elsewhere."""
+    out: Buffer
+    src: Buffer
+    axes: Tuple[int, ...]
+    comment: str = ""
+
+
+@dataclass
+class Matmul:
+    """out = op(a) @ op(b) where op transposes when asked (2-D, via BLAS)."""
+    out: Buffer
+    a: Buffer
+    b: Buffer
+    trans_a: bool = False
+    trans_b: bool = False
+    comment: str = ""
+
+
+@dataclass
+class Window:
+    """A convolution or pooling window op done by a named helper kernel."""
+    out: Buffer
+    helper: str                        # conv2d | conv2d_grad_input | ... (see kernels.windows)
+    args: List[Buffer]
+    params: Tuple[int, ...]            # stride, pads, sizes...
+    comment: str = ""
+
+
+@dataclass
+class Reshape:
+    """out is a view of src with another shape (same elements, C order)."""
+    out: Buffer
+    src: Buffer
+    comment: str = ""
+
+
+@dataclass
+class Place:
+    """out = zeros, then each (src, axis, start) copied into out along axis from start."""
+    out: Buffer
+    parts: List[Tuple[Buffer, int, int]]
+    zero_fill: bool
+    comment: str = ""
+
+
+@dataclass
+class Program:
+    inputs: List[Buffer]
+    states: List[Buffer]
+    consts: List[Buffer]
+    steps: list
+    outputs: List[Buffer]
+    updates: List[Tuple[Buffer, Buffer]]      # (state buffer, new value buffer)
+    dims: dict = field(default_factory=dict)  # dim name -> (input index, axis)
+    kernel_names: list = field(default_factory=list)
