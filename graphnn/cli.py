@@ -28,6 +28,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="graphnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="run the lecture examples").set_defaults(fn=cmd_demo)
+    bench = sub.add_parser("bench", help="graph vs eager benchmarks (see graphnn.bench)",
+                           add_help=False)
+    bench.set_defaults(fn=None)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from . import bench as bench_module
+        return bench_module.main(argv[1:])
     args = parser.parse_args(argv)
     return args.fn(args)
 

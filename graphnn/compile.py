@@ -91,6 +91,7 @@ class CompiledFunction:
         self.feeds = FeedChecker(self.graph.inputs)
         self.stats = {"backend": self.backend, "nodes": len(self.graph.nodes)}
         self._state_shapes = {id(p): p.shape for p in self.state_nodes}
+        self._state_versions = None
         self.stats["build_seconds"] = time.perf_counter() - started
 
     @property
@@ -98,6 +99,10 @@ class CompiledFunction:
         return self.graph.inputs
 
     def _check_state(self):
+        versions = [p.state.version for p in self.state_nodes]
+        if versions == self._state_versions:
+            return  # nothing was assigned to .value since the last call
+        self._state_versions = versions
         for p in self.state_nodes:
             value = p.state.value
             if value.shape != self._state_shapes[id(p)] or value.dtype != p.dtype:
@@ -106,7 +111,10 @@ class CompiledFunction:
                                  f"for {self._state_shapes[id(p)]} {p.dtype}")
 
     def __call__(self, **feeds):
-        arrays, binding = self.feeds.check(feeds, check_finite=self.check_finite)
+        arrays = None if self.check_finite else self.feeds.fast_check(feeds)
+        binding = None
+        if arrays is None:
+            arrays, binding = self.feeds.check(feeds, check_finite=self.check_finite)
         self._check_state()
         results = self._run(arrays, binding)
         return results[0] if self.single else tuple(results)

@@ -60,6 +60,7 @@ class CpuFunction(CompiledFunction):
             "compile_seconds": None,
             "cache_hit": None,
         })
+        self._states = [p.state for p in self.state_nodes]
         self._compiled = False
 
     def _first_call(self, args):
@@ -81,10 +82,10 @@ class CpuFunction(CompiledFunction):
         return result
 
     def _run(self, arrays, binding):
-        args = list(arrays) + [p.state.value for p in self.state_nodes] + self._const_arrays
+        args = arrays + [s.value for s in self._states] + self._const_arrays
         if not self._compiled:
-            return list(self._first_call(args))
-        return list(self._fn(*args))
+            return self._first_call(args)
+        return self._fn(*args)
 
 
 def _looks_like_cache_failure(exc):

@@ -17,6 +17,30 @@ class FeedChecker:
     def __init__(self, inputs):
         self.inputs = list(inputs)
         self.by_name = {n.name: n for n in self.inputs}
+        self._fast = [(n.name, n.dtype, n.ndim, tuple(S.resolve(d) for d in n.sym_shape))
+                      for n in self.inputs]
+
+    def fast_check(self, feeds):
+        """The common case in one pass: exactly the right names, C-contiguous arrays of the
+        right dtype and rank, consistent dims. Returns the arrays, or None to take the slow
+        path (which converts, or explains what is wrong)."""
+        if len(feeds) != len(self._fast):
+            return None
+        sizes = {}
+        arrays = []
+        for name, dtype, ndim, dims in self._fast:
+            a = feeds.get(name)
+            if type(a) is not np.ndarray or a.dtype != dtype or a.ndim != ndim \
+                    or not a.flags.c_contiguous:
+                return None
+            for dim, size in zip(dims, a.shape):
+                if dim.__class__ is int:
+                    if dim != size:
+                        return None
+                elif sizes.setdefault(dim, size) != size:
+                    return None
+            arrays.append(a)
+        return arrays
 
     def check(self, feeds, check_finite=False):
         """Return (list of arrays in input order, Binding) or raise FeedError."""
