@@ -70,7 +70,9 @@ def spec_of(value):
         return Spec(value.sym_shape, value.dtype)
     if isinstance(value, (bool, np.bool_)):
         return Spec((), np.bool_)
-    if isinstance(value, (int, float)):
+    # Only Python numbers are weak; NumPy scalars (np.float64 subclasses float) keep their
+    # dtype, as in NumPy 2 (a VJP rule's 0-d result may come back as a NumPy scalar).
+    if isinstance(value, (int, float)) and not isinstance(value, np.generic):
         return Spec((), np.float64 if isinstance(value, float) else np.int64, weak=True)
     arr = np.asarray(value)
     return Spec(arr.shape, arr.dtype)
@@ -125,7 +127,8 @@ def apply(opname, args, attrs=None, name=None):
             raise DTypeError(f"{opname}: argument {_describe(arg)} has dtype {spec.dtype}; "
                              f"graphnn computes on float and int arrays (at {user_location()})")
     try:
-        sym_shape, dtype = opdef.infer(specs, **attrs)
+        with S.undo_unification_on_error(s.sym_shape for s in specs):
+            sym_shape, dtype = opdef.infer(specs, **attrs)
     except Mismatch as exc:
         inputs = ", ".join(_describe(a) for a in args)
         raise ShapeError(f"{opname}: {exc}; inputs: {inputs}; at {user_location()}") from None

@@ -7,6 +7,7 @@ dims (for example `pred - target`, both with a batch dim), the two symbols are u
 they must then be bound to the same size at call time. A symbol is never broadcast: a
 symbolic dim is assumed not to be 1 (feed it with a concrete 1 in the shape instead).
 """
+import contextlib
 import itertools
 
 from .errors import ShapeError
@@ -108,6 +109,20 @@ def unify_dims(a, b):
     return True
 
 
+@contextlib.contextmanager
+def undo_unification_on_error(shapes):
+    """Undo what the block unified among the symbols of `shapes` if it raises, so that a
+    declaration that fails leaves the shapes of the nodes it looked at as they were.
+    (Unification only ever sets the `parent` of a representative symbol.)"""
+    roots = [d for shape in shapes for d in map(resolve, shape) if isinstance(d, Sym)]
+    try:
+        yield
+    except Exception:
+        for root in roots:
+            root.parent = None
+        raise
+
+
 def dims_equal(a, b):
     a, b = resolve(a), resolve(b)
     return a is b or a == b
@@ -116,9 +131,13 @@ def dims_equal(a, b):
 def broadcast_shapes(*shapes):
     """NumPy broadcasting over static and symbolic dims. Returns the result or None on clash."""
     rank = max(len(s) for s in shapes)
-    padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
+    columns = list(zip(*[(1,) * (rank - len(s)) + tuple(s) for s in shapes]))
+    # Look for a clash of sizes before unifying anything: a failed broadcast changes no symbol.
+    for dims in columns:
+        if len({d for d in map(resolve, dims) if isinstance(d, int) and d != 1}) > 1:
+            return None
     result = []
-    for dims in zip(*padded):
+    for dims in columns:
         out = 1
         for d in dims:
             d = resolve(d)
