@@ -21,7 +21,8 @@ def cmd_demo(args):
     return 0
 
 
-DEMO_EXAMPLES = ["lecture_graph.py", "backprop_step_by_step.py"]
+DEMO_EXAMPLES = ["lecture_graph.py", "backprop_step_by_step.py", "render_lecture.py",
+                 "render_mlp.py"]
 
 
 def main(argv=None):
@@ -31,6 +32,10 @@ def main(argv=None):
     bench = sub.add_parser("bench", help="graph vs eager benchmarks (see graphnn.bench)",
                            add_help=False)
     bench.set_defaults(fn=None)
+    import visualize
+    render = sub.add_parser("render", help="draw a model file's graph (Netron style)")
+    visualize.add_render_arguments(render)
+    render.set_defaults(fn=visualize.cli_render)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         from . import bench as bench_module

@@ -11,7 +11,7 @@ import numpy as np
 
 import graphnn as gn
 
-BACKENDS = ["numpy"]  # extend with "cpu", "cuda" as those backends land
+BACKENDS = ["numpy", "cpu"]  # extend with "cuda" when that backend lands
 
 # default tolerances per result dtype (the reference is computed in float64)
 TOLERANCES = {np.dtype("float32"): (2e-5, 1e-6), np.dtype("float64"): (1e-11, 1e-13)}

@@ -1,0 +1,18 @@
+"""Pictures of graphnn graphs in the style of Netron, drawn with Graphviz.
+
+    import visualize
+    visualize.render(loss, "mlp.svg")                          # forward graph
+    visualize.render(loss, "mlp_grad.png", grads={W: gW})      # with its derivative graph
+    visualize.render(compiled, "kernels.svg")                  # fused kernels as clusters
+    print(visualize.to_dot(loss))                              # DOT text, no Graphviz needed
+
+Modules: `style` (op -> category -> colour, the one table), `draw` (graph -> DOT),
+`render` (DOT -> SVG/PNG/PDF files), `cli` (the `render` command-line entry).
+"""
+from .style import CATEGORY_COLOUR, OP_CATEGORY, category_of, header_colour
+from .draw import build_digraph, to_dot
+from .render import GraphvizNotFound, render, to_svg
+from .cli import add_render_arguments, cli_render
+
+__all__ = ["render", "to_svg", "to_dot", "build_digraph", "cli_render", "add_render_arguments",
+           "GraphvizNotFound", "CATEGORY_COLOUR", "OP_CATEGORY", "category_of", "header_colour"]

@@ -1,0 +1,329 @@
+"""visualize: the DOT text (no Graphviz needed) and, when `dot` is installed, real pictures."""
+import argparse
+import importlib.util
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import graphnn as gn
+import visualize
+from graphnn.registry import OPS
+from visualize.style import CATEGORY_COLOUR, NO_CATEGORY_COLOUR, OP_CATEGORY
+
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def node_lines(source):
+    """DOT statements of the drawn graph nodes (n<index>), by id."""
+    return dict(re.findall(r"^\s*(n\d+) \[(.*)\]$", source, re.M))
+
+
+def edge_lines(source):
+    return [line.strip() for line in source.splitlines() if "->" in line]
+
+
+def load_example(name):
+    """A module of examples/ (the tests draw the same graphs the examples draw)."""
+    path = Path(__file__).resolve().parents[2] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def mlp():
+    """x -> matmul W1 -> add b1 -> relu -> matmul W2 -> add b2 -> softmax_cross_entropy."""
+    loss = load_example("render_mlp").build()
+    return loss, gn.Graph(loss).params
+
+
+def lecture():
+    return load_example("lecture_graph").build()
+
+
+def line_of(source, header):
+    """The one node statement whose header (op name) is `header`."""
+    found = [line for line in node_lines(source).values()
+             if re.search(rf'<FONT COLOR="white">{re.escape(header)}</FONT>', line)]
+    assert len(found) == 1, f"{len(found)} nodes headed {header!r}"
+    return found[0]
+
+
+# -- the style table ------------------------------------------------------------------------
+
+def test_style_table_covers_every_op_with_a_netron_category():
+    assert set(OPS) <= set(OP_CATEGORY), set(OPS) - set(OP_CATEGORY)
+    assert all(c is None or c in CATEGORY_COLOUR for c in OP_CATEGORY.values())
+    assert visualize.header_colour("matmul") == "#335588"
+    assert visualize.header_colour("relu") == "#702921"
+    assert visualize.header_colour("add") == NO_CATEGORY_COLOUR == "#333333"
+
+
+def test_headers_take_their_category_colour():
+    x = gn.input("img", (None, 8, 8, 3))
+    k = gn.param("k", shape=(3, 3, 3, 4), seed=0)
+    pooled = gn.max_pool2d(gn.relu(gn.conv2d(x, k, padding="same")))
+    flat = gn.flatten(pooled)
+    out = gn.concat([flat, flat * 2.0], axis=1)
+    src = visualize.to_dot(out)
+    assert 'BGCOLOR="#335588"' in line_of(src, "conv2d")      # Layer
+    assert 'BGCOLOR="#702921"' in line_of(src, "relu")        # Activation
+    assert 'BGCOLOR="#335533"' in line_of(src, "max_pool2d")  # Pool
+    assert 'BGCOLOR="#6C4F47"' in line_of(src, "reshape")     # Shape
+    assert 'BGCOLOR="#59423B"' in line_of(src, "concat")      # Tensor
+    assert 'BGCOLOR="#333333"' in line_of(src, "mul")         # no category
+    # the header text is white on the colour
+    assert '<FONT COLOR="white">conv2d</FONT>' in src
+
+
+# -- parameters, constants, shapes ------------------------------------------------------------
+
+def test_params_are_rows_inside_the_node_that_consumes_them():
+    loss, _ = mlp()
+    src = visualize.to_dot(loss)
+    nodes = node_lines(src)
+    with_w1 = [line for line in nodes.values() if "<B>W1</B>" in line]
+    assert len(with_w1) == 1
+    assert "<B>W1</B> \u27e8784\u00d7256\u27e9" in with_w1[0]
+    assert "matmul" in with_w1[0]
+    with_b2 = [line for line in nodes.values() if "<B>b2</B> \u27e810\u27e9" in line]
+    assert len(with_b2) == 1 and '<FONT COLOR="white">add</FONT>' in with_b2[0]
+    # no box of their own: 2 inputs + 6 ops (matmul add relu matmul add xent)
+    assert len(nodes) == 8
+    assert not any(line.startswith("label=<W1") for line in nodes.values())
+
+
+def test_edges_carry_shapes_with_question_marks_for_symbolic_dims():
+    loss, _ = mlp()
+    edges = edge_lines(visualize.to_dot(loss))
+    labels = [re.search(r"label=<([^>]*)>", e).group(1) for e in edges if "label=" in e]
+    assert "?\u00d7256" in labels and "?\u00d7784" in labels and "?\u00d710" in labels
+    named = gn.input("x", ("batch", 4)) @ gn.param("W", shape=(4, 2), seed=0)
+    assert "?batch\u00d74" in visualize.to_dot(named)
+
+
+def test_scalar_edges_are_unlabelled_and_shapes_can_be_hidden():
+    loss, _ = mlp()
+    src = visualize.to_dot(loss, show_shapes=False)
+    assert "\u00d7" not in "".join(edge_lines(src))
+    assert "\u27e8784\u00d7256\u27e9" in src  # parameter rows keep their shapes
+
+
+def test_lecture_graph_draws_3_x3_once_feeding_both_outputs():
+    _, (f1, f2) = lecture()
+    src = visualize.to_dot([f1, f2], names={f1: "f1", f2: "f2"})
+    nodes = node_lines(src)
+    three = [nid for nid, line in nodes.items() if "<B>const</B> = 3" in line]
+    assert len(three) == 1
+    users = [e for e in edge_lines(src) if e.startswith(f"{three[0]} ->")]
+    assert len(users) == 2
+    assert "<B>const</B> = 4" in src and "<B>const</B> = 2" in src
+    assert re.search(r"out0 \[label=<f1>", src) and re.search(r"out1 \[label=<f2>", src)
+
+
+def test_inputs_and_outputs_are_light_grey_rounded_boxes():
+    loss, _ = mlp()
+    src = visualize.to_dot(loss)
+    for ident in [nid for nid, line in node_lines(src).items() if "label=<x>" in line] + ["out0"]:
+        line = re.search(rf"^\s*{ident} \[(.*)\]$", src, re.M).group(1)
+        assert 'style="rounded,filled"' in line and 'fillcolor="#EEEEEE"' in line
+    assert "out0 [label=<loss>" in src  # the output's name
+    _, (f1, f2) = lecture()
+    unnamed = visualize.to_dot([f1, f2])
+    assert "out0 [label=<output 0>" in unnamed and "out1 [label=<output 1>" in unnamed
+    assert "out0 [label=<output>" in visualize.to_dot(f1)
+
+
+# -- derivative graphs ------------------------------------------------------------------------
+
+def test_gradient_nodes_are_dashed_with_nabla_and_named_partials():
+    loss, params = mlp()
+    grads = dict(zip(params, gn.grad(loss, params)))
+    src = visualize.to_dot(loss, grads=grads)
+    nodes = node_lines(src).values()
+    gradient = [line for line in nodes if "\u2207" in line]
+    forward = [line for line in nodes if "\u2207" not in line and "TABLE" in line]
+    assert len(gradient) >= 10
+    assert all('STYLE="rounded,dashed"' in line for line in gradient)
+    assert not any("dashed" in line for line in forward)
+    assert "\u2207 matmul" in src
+    assert sum('<FONT COLOR="white">matmul</FONT>' in line for line in forward) == 2
+    for w in ("W1", "b1", "W2", "b2"):
+        assert f"\u2202loss/\u2202{w}" in src
+    assert "gradient (backward)" in src                       # the legend
+    plain = visualize.to_dot(loss)
+    assert "\u2207" not in plain and "legend" not in plain
+
+
+def test_named_loss_and_string_keys_name_the_partials():
+    loss, params = mlp()
+    g = gn.grad(loss, params[0])
+    src = visualize.to_dot(loss, grads={"weights": g}, names={loss: "J"})
+    assert "\u2202J/\u2202weights" in src
+
+
+def test_backward_only_draws_gradient_nodes_and_forward_references():
+    loss, params = mlp()
+    grads = dict(zip(params, gn.grad(loss, params)))
+    src = visualize.to_dot(loss, grads=grads, backward_only=True)
+    ops = [line for line in node_lines(src).values() if "TABLE" in line]
+    assert ops and all("\u2207" in line for line in ops)
+    assert "forward</FONT>" in src                       # the relu output the backward uses
+    assert "\u2202loss/\u2202W1" in src and "label=<loss>" not in src
+    with pytest.raises(gn.GraphError, match="grads"):
+        visualize.to_dot(loss, backward_only=True)
+
+
+def test_gradient_outputs_of_a_compiled_function_are_not_forward_outputs():
+    loss, params = mlp()
+    gW1 = gn.grad(loss, params[0])
+    compiled = SimpleNamespace(graph=gn.Graph([loss, gW1]))
+    src = visualize.to_dot(compiled, grads={params[0]: gW1})
+    assert "\u2202loss/\u2202W1" in src and "\u2207 matmul" in src
+    assert re.findall(r"^\s*(out\d+) \[label=<([^>]*)>", src, re.M) == [
+        ("out0", "loss"), ("out1", "\u2202loss/\u2202W1")]
+
+
+# -- compiled view ----------------------------------------------------------------------------
+
+def fake_compiled():
+    x = gn.input("x", (None, 4))
+    W = gn.param("W", shape=(4, 3), seed=0)
+    b = gn.param("b", shape=(3,), init="zeros")
+    z = x @ W
+    h = gn.relu(z + b)
+    out = gn.softmax(h)
+    kernels = [SimpleNamespace(name="k0_matmul", nodes=[z]),
+               {"name": "k1_add_relu", "nodes": [h.inputs[0], h]},
+               SimpleNamespace(name="k2 <softmax> & co", nodes=[out])]
+    return SimpleNamespace(graph=gn.Graph(out), kernels=kernels), (z, h, out)
+
+
+def cluster_blocks(source):
+    return dict(re.findall(r"subgraph (cluster_\d+) \{(.*?)\n\t\}", source, re.S))
+
+
+def test_each_kernel_is_a_cluster_labelled_with_its_name():
+    compiled, _ = fake_compiled()
+    src = visualize.to_dot(compiled)
+    blocks = cluster_blocks(src)
+    assert len(blocks) == 3
+    assert "label=<k0_matmul>" in blocks["cluster_0"] and "matmul" in blocks["cluster_0"]
+    assert "label=<k1_add_relu>" in blocks["cluster_1"]
+    assert ">add<" in blocks["cluster_1"] and ">relu<" in blocks["cluster_1"]
+    assert "label=<k2 &lt;softmax&gt; &amp; co>" in blocks["cluster_2"]
+    assert "softmax" in blocks["cluster_2"] and "relu" not in blocks["cluster_2"]
+    no_kernels = visualize.to_dot(SimpleNamespace(graph=compiled.graph))
+    assert "cluster" not in no_kernels
+
+
+# -- options ----------------------------------------------------------------------------------
+
+def test_show_attrs_lists_attributes_as_rows():
+    x = gn.input("img", (None, 8, 8, 3))
+    k = gn.param("k", shape=(3, 3, 3, 4), seed=0)
+    out = gn.softmax(gn.flatten(gn.leaky_relu(gn.conv2d(x, k, stride=2, padding="same"),
+                                              alpha=0.2)), axis=-1)
+    plain = visualize.to_dot(out)
+    shown = visualize.to_dot(out, show_attrs=True)
+    for row in ("stride = 2", "padding = same", "alpha = 0.2", "axis = -1"):
+        assert row not in plain and row in shown
+
+
+def test_show_names_and_rankdir():
+    loss, _ = mlp()
+    h = gn.exp(gn.relu(gn.input("x", (None, 3)), name="hidden"))
+    assert "hidden" not in visualize.to_dot(h)
+    assert "hidden" in visualize.to_dot(h, show_names=True)
+    assert "rankdir=TB" in visualize.to_dot(loss)
+    assert "rankdir=LR" in visualize.to_dot(loss, rankdir="LR")
+    with pytest.raises(ValueError, match="rankdir"):
+        visualize.to_dot(loss, rankdir="sideways")
+
+
+def test_user_text_is_escaped_in_labels():
+    weird = 'a<b>&"c"\n{d}|\u00e9'
+    x = gn.input(weird, (2,))
+    src = visualize.to_dot(gn.relu(x))
+    assert "a&lt;b&gt;&amp;&quot;c&quot;<BR/>{d}|\u00e9" in src
+    assert "a<b>" not in src
+
+
+def test_a_graph_and_a_node_list_draw_the_same():
+    loss, _ = mlp()
+    assert visualize.to_dot(gn.Graph(loss)) == visualize.to_dot([loss])
+    with pytest.raises(gn.GraphError, match="cannot draw"):
+        visualize.to_dot(42)
+
+
+# -- files ------------------------------------------------------------------------------------
+
+def test_render_dot_needs_no_graphviz(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `dot` anywhere
+    loss, _ = mlp()
+    path = visualize.render(loss, tmp_path / "g.dot")
+    assert path.endswith("g.dot") and "digraph" in (tmp_path / "g.dot").read_text()
+    with pytest.raises(ValueError, match="format"):
+        visualize.render(loss, tmp_path / "g.gif")
+
+
+def test_render_without_dot_writes_source_and_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    loss, _ = mlp()
+    with pytest.raises(visualize.GraphvizNotFound, match="apt-get install graphviz"):
+        visualize.render(loss, tmp_path / "g.png")
+    assert "matmul" in (tmp_path / "g.dot").read_text()
+    assert not (tmp_path / "g.png").exists()
+
+
+@needs_dot
+def test_svg_has_one_box_per_drawn_node_with_colours_rows_and_edge_shapes(tmp_path):
+    loss, params = mlp()
+    grads = dict(zip(params, gn.grad(loss, params)))
+    path = visualize.render(loss, tmp_path / "mlp.svg", grads=grads)
+    root = ET.parse(path).getroot()
+    groups = [g for g in root.iter(f"{SVG}g") if g.get("class") == "node"]
+    expected = len(node_lines(visualize.to_dot(loss, grads=grads))) + 4 + 1 + 1  # outs, legend
+    assert len(groups) == expected
+    text = " ".join(t.text or "" for t in root.iter(f"{SVG}text"))
+    assert "\u27e8784\u00d7256\u27e9" in text and "?\u00d7256" in text
+    assert "\u2207 matmul" in text and "\u2202loss/\u2202W1" in text
+    fills = {p.get("fill", "").lower() for p in root.iter() if p.get("fill")}
+    assert {"#335588", "#702921", "#333333", "#eeeeee"} <= fills
+    dashed = [p for p in root.iter() if p.get("stroke-dasharray")]
+    assert dashed
+
+
+@needs_dot
+def test_png_pdf_and_notebook_svg(tmp_path):
+    _, (f1, f2) = lecture()
+    png = visualize.render([f1, f2], tmp_path / "lecture.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    pdf = visualize.render([f1, f2], tmp_path / "lecture.pdf")
+    assert open(pdf, "rb").read(5) == b"%PDF-"
+    svg = gn.Graph([f1, f2])._repr_svg_()
+    assert svg.lstrip().startswith("<?xml") and ">x3</text>" in svg
+
+
+# -- command line -----------------------------------------------------------------------------
+
+def test_cli_render_reads_build_and_draws_gradients(tmp_path):
+    script = tmp_path / "net.py"
+    script.write_text(
+        "import graphnn as gn\n"
+        "def build():\n"
+        "    x = gn.input('x', (None, 3))\n"
+        "    W = gn.param('W', shape=(3, 2), seed=0)\n"
+        "    return gn.mean(gn.sigmoid(x @ W))\n")
+    parser = visualize.add_render_arguments(argparse.ArgumentParser())
+    out = tmp_path / "net.dot"
+    args = parser.parse_args([str(script), "-o", str(out), "--grad"])
+    assert visualize.cli_render(args) == 0
+    src = out.read_text()
+    assert "\u2202loss/\u2202W" in src and "\u2207 matmul" in src
+    assert "<B>W</B> \u27e83\u00d72\u27e9" in src

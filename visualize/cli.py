@@ -1,0 +1,87 @@
+"""`graphnn render FILE.py -o out.svg`: the command-line door to `visualize.render`.
+
+FILE.py describes the graph in one of two ways:
+  - a function `build()` returning the outputs: a node, a list of nodes, a gn.Graph, a
+    compiled function, or a pair `(inputs, outputs)` as in examples/lecture_graph.py;
+  - or a module-level variable `outputs` holding one of those.
+
+With `--grad` the first output (a scalar, such as a loss) is differentiated with respect
+to the graph's parameters (or, in a graph without parameters, its float inputs) and the
+gradient nodes are drawn too; `--backward-only` draws only them. `--compiled` compiles
+the outputs first (`--backend`, default cpu) and draws the fused kernels as clusters.
+
+To wire it into an argparse CLI:
+
+    p = subparsers.add_parser("render", help="draw a graph")
+    visualize.add_render_arguments(p)
+    p.set_defaults(fn=visualize.cli_render)
+"""
+import runpy
+
+import graphnn as gn
+
+
+def add_render_arguments(parser):
+    """Add the `render` command's arguments to an argparse parser."""
+    parser.add_argument("file", help="a Python file defining build() or `outputs`")
+    parser.add_argument("-o", "--output", default=None,
+                        help="picture to write (.svg .png .pdf .dot); default FILE.svg")
+    parser.add_argument("--format", choices=("svg", "png", "pdf", "dot"), default=None,
+                        help="picture format (default: from the output's suffix)")
+    parser.add_argument("--grad", action="store_true",
+                        help="also draw the derivative graph of the first output")
+    parser.add_argument("--backward-only", action="store_true",
+                        help="with --grad, draw only the gradient nodes")
+    parser.add_argument("--compiled", action="store_true",
+                        help="compile first and draw the fused kernels as clusters")
+    parser.add_argument("--backend", default="cpu", help="backend for --compiled")
+    parser.add_argument("--names", action="store_true", help="show node names")
+    parser.add_argument("--attrs", action="store_true", help="show op attributes")
+    parser.add_argument("--lr", action="store_true", help="lay out left to right")
+    return parser
+
+
+def load_outputs(path):
+    """What FILE.py describes: the result of its build(), or its `outputs`."""
+    namespace = runpy.run_path(path, run_name="graphnn_render")
+    if callable(namespace.get("build")):
+        result = namespace["build"]()
+    elif "outputs" in namespace:
+        result = namespace["outputs"]
+    else:
+        raise gn.GraphError(f"{path} defines neither build() nor `outputs`")
+    if isinstance(result, tuple) and len(result) == 2 and _all_inputs(result[0]):
+        result = result[1]  # (inputs, outputs)
+    return list(result) if isinstance(result, tuple) else result
+
+
+def _all_inputs(value):
+    nodes = value if isinstance(value, (list, tuple)) else [value]
+    return bool(nodes) and all(isinstance(n, gn.Node) and n.op == "input" for n in nodes)
+
+
+def gradient_pairs(outputs):
+    """{wrt: gradient} for the first output, against the params or else the float inputs."""
+    graph = gn.Graph(outputs)
+    loss = graph.outputs[0]
+    wrt = graph.params or [n for n in graph.inputs if n.dtype.kind == "f"]
+    return dict(zip(wrt, gn.grad(loss, wrt))), loss
+
+
+def cli_render(args):
+    """Run the `render` command for parsed `args` (see add_render_arguments); returns 0."""
+    from .render import render
+    target = load_outputs(args.file)
+    options = {"show_names": args.names, "show_attrs": args.attrs,
+               "rankdir": "LR" if args.lr else "TB"}
+    if args.grad or args.backward_only:
+        grads, loss = gradient_pairs(target)
+        options.update(grads=grads, backward_only=args.backward_only)
+        target = loss
+        if args.compiled:
+            target = gn.compile([loss, *grads.values()], backend=args.backend)
+    elif args.compiled:
+        target = gn.compile(target, backend=args.backend)
+    output = args.output or str(args.file).rsplit(".", 1)[0] + "." + (args.format or "svg")
+    print(render(target, output, format=args.format, **options))
+    return 0

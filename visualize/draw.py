@@ -1,0 +1,366 @@
+"""Turn a graph into Graphviz DOT in the Netron style (the pure part: no `dot` needed).
+
+What gets drawn, and how:
+
+- each op node is a rounded box whose header cell, in the op's category colour, holds the
+  op name in white; parameters, variables and constants it consumes are rows inside it
+  ("**W1** ⟨784×256⟩", "**const** = 3"), not boxes of their own;
+- graph inputs and outputs are light grey rounded boxes;
+- edges carry the tensor shape, `?` standing for a symbolic dim (`?×256`);
+- gradient nodes (see `grads=`) have a dashed outline and a "∇" before the op name, edges
+  between them are drawn in a warm colour, and a legend says so;
+- fused kernels (see `kernels=`) are clusters labelled with the kernel name.
+
+Every piece of user text (names, attribute values, kernel names) goes into an HTML-like
+label through `escape`, so `<`, `&`, quotes, braces, newlines or non-ASCII never break it.
+"""
+import html
+from dataclasses import dataclass, field
+
+import graphviz
+import numpy as np
+
+import graphnn as gn
+from graphnn.graph import as_node_list, topological_order
+from graphnn.node import ConstValue, Node
+from graphnn.shapes import Sym, format_shape, resolve
+
+from . import style as st
+
+INLINE_LEAVES = ("param", "variable", "const")  # drawn as rows inside their consumer
+
+
+def escape(text):
+    """Text safe inside a Graphviz HTML-like label; a newline becomes a line break."""
+    return "<BR/>".join(html.escape(line, quote=True) for line in str(text).split("\n"))
+
+
+def format_dims(sym_shape):
+    """`?×256` for (None, 256); '' for a scalar. Named symbols keep their name: `?batch`."""
+    inner = format_shape(sym_shape)[1:-1].rstrip(",")
+    return inner.replace(", ", st.TIMES)
+
+
+def format_attr(value):
+    """An attribute value as Netron would print it: `(0, 1)`, `same`, `0.01`, `?×784`."""
+    if isinstance(value, ConstValue):
+        return repr(value)
+    if isinstance(value, Sym):
+        return format_dims((value,))
+    if isinstance(value, (tuple, list)):
+        if any(isinstance(resolve(v), Sym) for v in value):
+            return format_dims(value)
+        inner = ", ".join(format_attr(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, np.dtype):
+        return value.name
+    return str(value)
+
+
+@dataclass
+class Kernel:
+    """A fused kernel to draw as a cluster: its name and the graph nodes it computes."""
+    name: str
+    nodes: list = field(default_factory=list)
+
+
+def as_kernels(kernels):
+    """Accept objects with `.name`/`.nodes` or dicts with those keys."""
+    out = []
+    for k in kernels or ():
+        if isinstance(k, dict):
+            out.append(Kernel(str(k["name"]), list(k.get("nodes", ()))))
+        else:
+            out.append(Kernel(str(k.name), list(k.nodes)))
+    return out
+
+
+def resolve_target(target):
+    """(forward outputs, kernels) for a Node, a list of Nodes, a gn.Graph, or a compiled
+    function (anything with `.graph`, and optionally `.kernels`)."""
+    if isinstance(target, (Node, list, tuple, gn.Graph)):
+        return as_node_list(target)[0], None
+    graph = getattr(target, "graph", None)
+    if isinstance(graph, gn.Graph):
+        return list(graph.outputs), getattr(target, "kernels", None)
+    raise gn.GraphError(f"cannot draw a {type(target).__name__}: pass a node, a list of "
+                        "nodes, a gn.Graph, or a compiled function")
+
+
+class Scene:
+    """Decides what each node becomes (box, row, reference or nothing), then writes DOT."""
+
+    def __init__(self, target, grads=None, backward_only=False, show_names=False,
+                 show_attrs=False, show_shapes=True, rankdir="TB", names=None, kernels=None,
+                 legend=None):
+        if rankdir not in ("TB", "LR", "BT", "RL"):
+            raise ValueError(f"rankdir must be 'TB', 'LR', 'BT' or 'RL', got {rankdir!r}")
+        forward, target_kernels = resolve_target(target)
+        self.grads = self._grad_pairs(grads)
+        if backward_only and not self.grads:
+            raise gn.GraphError("backward_only=True needs grads={param: gradient node}")
+        # A compiled function's outputs may hold the gradients too: those are drawn as
+        # gradient outputs, not forward ones.
+        gradient_outputs = {id(g) for _, g in self.grads}
+        forward = [n for n in forward if id(n) not in gradient_outputs]
+        if not forward:
+            raise gn.GraphError("nothing to draw: give the forward outputs (e.g. the loss) "
+                                "besides grads=")
+        self.forward_outputs = forward
+        self.graph = gn.Graph(forward + [g for _, g in self.grads])
+        self.nodes = self.graph.nodes
+        self.index = {id(n): i for i, n in enumerate(self.nodes)}
+        self.names = self.graph.display_names()
+        self.renamed = set()
+        for node, name in (names or {}).items():
+            self.names[node] = str(name)
+            self.renamed.add(node)
+        forward_ids = {id(n) for n in topological_order(forward)}
+        self.gradient_ids = {id(n) for n in self.nodes if id(n) not in forward_ids}
+        self.backward_only = backward_only
+        self.show_names, self.show_attrs, self.show_shapes = show_names, show_attrs, show_shapes
+        self.rankdir = rankdir
+        self.kernels = as_kernels(kernels if kernels is not None else target_kernels)
+        self.legend = bool(self.gradient_ids) if legend is None else legend
+        self._choose_roles()
+
+    # -- what is drawn ------------------------------------------------------------------
+
+    @staticmethod
+    def _grad_pairs(grads):
+        pairs = []
+        for wrt, g in (grads or {}).items():
+            if not isinstance(g, Node):
+                raise gn.GraphError(f"grads[{wrt!r}] is {type(g).__name__}, not a graph node")
+            pairs.append((wrt, g))
+        return pairs
+
+    def _choose_roles(self):
+        """role per node id: 'op' (a box), 'terminal' (grey input box), 'reference' (a
+        forward value the backward part uses), or absent (a row, or not drawn)."""
+        outputs = {id(n) for n in self.output_nodes()}
+        if self.backward_only:
+            ops = [n for n in self.nodes if id(n) in self.gradient_ids and n.inputs]
+        else:
+            ops = [n for n in self.nodes if n.inputs]
+        self.role = {id(n): "op" for n in ops}
+        for node in ops:
+            for inp in node.inputs:
+                if id(inp) not in self.role:
+                    self._place_input(inp)
+        for node in self.nodes:
+            if id(node) in outputs and id(node) not in self.role:
+                self._place_input(node, force_box=True)
+
+    def _place_input(self, node, force_box=False):
+        if node.op == "input":
+            self.role[id(node)] = "terminal"
+        elif node.op in INLINE_LEAVES:
+            if force_box:
+                self.role[id(node)] = "terminal"
+        else:
+            self.role[id(node)] = "reference"
+
+    def output_nodes(self):
+        return [node for node, _ in self.output_boxes()]
+
+    def output_boxes(self):
+        """(node, label) of each output box, forward outputs first."""
+        boxes = []
+        if not self.backward_only:
+            single = len(self.forward_outputs) == 1
+            for k, node in enumerate(self.forward_outputs):
+                label = self.names[node] if self._has_name(node) else (
+                    "output" if single else f"output {k}")
+                boxes.append((node, label))
+        y = self._differentiated_name()
+        for wrt, g in self.grads:
+            w = wrt if isinstance(wrt, str) else self.names.get(wrt, wrt.name or wrt.op)
+            boxes.append((g, f"{st.PARTIAL}{y}/{st.PARTIAL}{w}"))
+        return boxes
+
+    def _has_name(self, node):
+        return bool(node.name) or node in self.renamed
+
+    def _differentiated_name(self):
+        if len(self.forward_outputs) == 1:
+            y = self.forward_outputs[0]
+            if self._has_name(y):
+                return self.names[y]
+            return "loss" if y.ndim == 0 else "y"
+        return "y"
+
+    # -- labels ---------------------------------------------------------------------------
+
+    def dot_id(self, node):
+        return f"n{self.index[id(node)]}"
+
+    def rows(self, node):
+        rows, seen = [], set()
+        for inp in node.inputs:
+            if inp.op in INLINE_LEAVES and id(inp) not in seen:
+                seen.add(id(inp))
+                rows.append(self.leaf_row(inp))
+        if self.show_attrs:
+            for key, value in sorted(node.attrs.items()):
+                rows.append(f'<FONT COLOR="{st.MUTED_TEXT}">{escape(key)} = '
+                            f'{escape(format_attr(value))}</FONT>')
+        return rows
+
+    def leaf_row(self, leaf):
+        """The row a parameter, variable or constant gets inside its consumer."""
+        if leaf.op == "const" and leaf.ndim == 0:
+            return f"<B>{escape(leaf.name or 'const')}</B> = {escape(self._scalar_text(leaf))}"
+        name = self.names[leaf] if leaf.op != "const" else (leaf.name or "const")
+        return f"<B>{escape(name)}</B> {escape(self._bracketed(leaf))}"
+
+    @staticmethod
+    def _scalar_text(const):
+        value = const.value.reshape(()).item()
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    @staticmethod
+    def _bracketed(leaf):
+        return f"{st.SHAPE_OPEN}{format_dims(leaf.sym_shape) or 'scalar'}{st.SHAPE_CLOSE}"
+
+    def op_label(self, node):
+        gradient = id(node) in self.gradient_ids
+        colour = st.header_colour(node.op)
+        title = escape(f"{st.NABLA} {node.op}" if gradient else node.op)
+        header = f'<FONT COLOR="white">{title}</FONT>'
+        if self.show_names:
+            header += (f'<BR/><FONT COLOR="#DDDDDD" POINT-SIZE="{st.EDGE_FONT_SIZE}">'
+                       f'{escape(self.names[node])}</FONT>')
+        rows = self.rows(node)
+        if not rows and not gradient:
+            return (f'<<TABLE STYLE="rounded" BORDER="1" CELLBORDER="0" CELLSPACING="0" '
+                    f'CELLPADDING="4" COLOR="{st.BORDER_COLOUR}" BGCOLOR="{colour}">'
+                    f'<TR><TD>{header}</TD></TR></TABLE>>')
+        # With rows (or a dashed gradient outline that must stay visible), a white box
+        # holds the coloured header.
+        table_style = "rounded,dashed" if gradient else "rounded"
+        body = "".join(f'<TR><TD ALIGN="LEFT">{row}</TD></TR>' for row in rows)
+        return (f'<<TABLE STYLE="{table_style}" BORDER="1" CELLBORDER="0" CELLSPACING="1" '
+                f'CELLPADDING="3" COLOR="{st.BORDER_COLOUR}" BGCOLOR="white">'
+                f'<TR><TD BGCOLOR="{colour}" STYLE="rounded">{header}</TD></TR>'
+                f'{body}</TABLE>>')
+
+    def terminal_label(self, text, detail=""):
+        detail = (f'<BR/><FONT COLOR="{st.MUTED_TEXT}" POINT-SIZE="{st.EDGE_FONT_SIZE}">'
+                  f'{escape(detail)}</FONT>') if detail else ""
+        return f"<{escape(text)}{detail}>"
+
+    def edge_label(self, node):
+        dims = format_dims(node.sym_shape) if self.show_shapes else ""
+        return f"<{escape(dims)}>" if dims else None
+
+    # -- DOT ------------------------------------------------------------------------------
+
+    def digraph(self):
+        dot = graphviz.Digraph("graphnn")
+        dot.attr(rankdir=self.rankdir, bgcolor="white", nodesep="0.3", ranksep="0.3",
+                 fontname=st.FONT, fontsize=str(st.FONT_SIZE))
+        dot.attr("node", shape="plain", fontname=st.FONT, fontsize=str(st.FONT_SIZE))
+        dot.attr("edge", fontname=st.FONT, fontsize=str(st.EDGE_FONT_SIZE),
+                 color=st.EDGE_COLOUR, fontcolor=st.EDGE_LABEL_COLOUR, arrowsize="0.6")
+        cluster_of = self._cluster_membership()
+        clusters = [graphviz.Digraph(f"cluster_{k}") for k in range(len(self.kernels))]
+        for k, (kernel, sub) in enumerate(zip(self.kernels, clusters)):
+            sub.attr(label=f"<{escape(kernel.name)}>", style="rounded,dashed",
+                     color=st.CLUSTER_COLOUR, fontcolor=st.CLUSTER_COLOUR,
+                     fontsize=str(st.EDGE_FONT_SIZE), labeljust="l", margin="6")
+        for node in self.nodes:
+            role = self.role.get(id(node))
+            if role is None:
+                continue
+            where = clusters[cluster_of[id(node)]] if id(node) in cluster_of else dot
+            self._draw_node(where, node, role)
+        for sub in clusters:
+            dot.subgraph(sub)
+        for node in self.nodes:
+            if self.role.get(id(node)) == "op":
+                self._draw_input_edges(dot, node)
+        for k, (node, label) in enumerate(self.output_boxes()):
+            dot.node(f"out{k}", self.terminal_label(label), shape="box",
+                     style="rounded,filled", fillcolor=st.TERMINAL_FILL,
+                     color=st.TERMINAL_BORDER, margin="0.12,0.04", height="0.3")
+            gradient = k >= len(self.output_boxes()) - len(self.grads)
+            self._edge(dot, node, f"out{k}", gradient)
+        if self.legend:
+            self._draw_legend(dot)
+        return dot
+
+    def _draw_node(self, where, node, role):
+        if role == "op":
+            where.node(self.dot_id(node), self.op_label(node))
+        elif role == "terminal":
+            text, detail = self.names[node], ""
+            if node.op == "const" and node.ndim == 0:
+                text, detail = self._scalar_text(node), "const"
+            elif node.op in INLINE_LEAVES:
+                detail = f"{node.op} {self._bracketed(node)}"
+            where.node(self.dot_id(node), self.terminal_label(text, detail),
+                       shape="box", style="rounded,filled", fillcolor=st.TERMINAL_FILL,
+                       color=st.TERMINAL_BORDER, margin="0.12,0.04", height="0.3")
+        else:  # a forward value used by the backward part
+            where.node(self.dot_id(node), self.terminal_label(self.names[node], "forward"),
+                       shape="box", style="rounded,filled,dotted", fillcolor="white",
+                       color=st.TERMINAL_BORDER, margin="0.1,0.03", height="0.3")
+
+    def _draw_input_edges(self, dot, node):
+        gradient = id(node) in self.gradient_ids
+        for inp in node.inputs:
+            if self.role.get(id(inp)) is not None:
+                self._edge(dot, inp, self.dot_id(node), gradient)
+
+    def _edge(self, dot, source, target_id, gradient):
+        if self.role.get(id(source)) is None:
+            return
+        attrs = {"color": st.GRAD_EDGE_COLOUR} if gradient and id(source) in self.gradient_ids \
+            else {}
+        label = self.edge_label(source)
+        if label:
+            attrs["label"] = label
+        dot.edge(self.dot_id(source), target_id, **attrs)
+
+    def _cluster_membership(self):
+        by_name = {}
+        for node in self.nodes:
+            by_name.setdefault(self.names[node], node)
+            if node.name:
+                by_name.setdefault(node.name, node)
+        member = {}
+        for k, kernel in enumerate(self.kernels):
+            for entry in kernel.nodes:
+                node = by_name.get(entry) if isinstance(entry, str) else entry
+                if isinstance(node, Node) and id(node) in self.index:
+                    member.setdefault(id(node), k)  # a node recomputed by two kernels: first
+        return member
+
+    def _draw_legend(self, dot):
+        grey = st.NO_CATEGORY_COLOUR
+        cell = ('<TD><TABLE STYLE="{style}" BORDER="1" CELLBORDER="0" CELLSPACING="1" '
+                'CELLPADDING="2" COLOR="{border}" BGCOLOR="white"><TR><TD BGCOLOR="{grey}" '
+                'STYLE="rounded"><FONT COLOR="white">{text}</FONT></TD></TR></TABLE></TD>')
+        forward = cell.format(style="rounded", border=st.BORDER_COLOUR, grey=grey, text="op")
+        backward = cell.format(style="rounded,dashed", border=st.BORDER_COLOUR, grey=grey,
+                               text=f"{st.NABLA} op")
+        label = (f'<<TABLE BORDER="0" CELLSPACING="4" CELLPADDING="0">'
+                 f'<TR>{forward}<TD ALIGN="LEFT"> forward</TD>'
+                 f'{backward}<TD ALIGN="LEFT"> gradient (backward)</TD></TR></TABLE>>')
+        dot.node("legend", label, fontsize=str(st.EDGE_FONT_SIZE))
+
+
+def build_digraph(target, **options):
+    """The `graphviz.Digraph` for `target`; see `visualize.render` for the options."""
+    return Scene(target, **options).digraph()
+
+
+def to_dot(target, **options):
+    """The DOT source (str) of `target` in the Netron style; needs no Graphviz install.
+
+        print(visualize.to_dot(loss, show_attrs=True))
+    """
+    return build_digraph(target, **options).source
