@@ -36,7 +36,7 @@ def compile(outputs, updates=None, backend="cpu", check_finite=False, **options)
     if backend == "cpu":
         from .compiler import CpuFunction
         return CpuFunction(outputs, updates, check_finite=check_finite, **options)
-    from .compiler import CudaFunction
+    from .cuda_backend import CudaFunction
     return CudaFunction(outputs, updates, check_finite=check_finite, **options)
 
 

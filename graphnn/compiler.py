@@ -92,11 +92,3 @@ def _looks_like_cache_failure(exc):
     text = f"{type(exc).__name__}: {exc}"
     return any(word in text for word in ("pickle", "cache", "EOF", "unmarshal", "truncated",
                                          "UnpicklingError", "corrupt"))
-
-
-class CudaFunction(CompiledFunction):
-    backend = "cuda"
-
-    def __init__(self, outputs, updates=None, check_finite=False, **options):
-        raise BackendError("backend='cuda' is not available yet in this version of graphnn; "
-                           "use backend='cpu' or backend='numpy'")
