@@ -409,7 +409,11 @@ def _reads(step):
 
 
 def _describe(node):
-    name = f"{node.name}=" if node.name else ""
+    """How a generated-code comment names a node: user names are repr'd unless they are
+    plain identifiers, so no name can end the comment line."""
+    name = ""
+    if node.name:
+        name = (node.name if node.name.isidentifier() else repr(node.name)) + "="
     return f"{name}{node.op}{S.format_shape(node.sym_shape)}"
 
 

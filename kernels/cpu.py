@@ -91,8 +91,17 @@ def generate(program, parallel=False):
             for line in step.comment.splitlines():
                 em.emit(f"# {line}")
         _emit_step(em, step, allocated, loop)
-    for state, value in program.updates:
-        em.emit(f"{state.name}[...] = {value.name}")
+    # New values are all computed from the old ones: a value that shares memory with a
+    # state (e.g. {a: b, b: a}) is copied before any state is overwritten.
+    sources = []
+    for k, (state, value) in enumerate(program.updates):
+        if value.role != "temp":
+            em.emit(f"new{k} = {value.name}.copy()")
+            sources.append(f"new{k}")
+        else:
+            sources.append(value.name)
+    for (state, _), source in zip(program.updates, sources):
+        em.emit(f"{state.name}[...] = {source}")
     results = [f"{b.name}.copy()" if b.role in ("input", "state", "const", "view")
                else b.name for b in program.outputs]
     em.emit("return (" + ", ".join(results) + ("," if len(results) == 1 else "") + ")")

@@ -1,0 +1,218 @@
+"""The compiler: passes (pure, lint-clean), lowering and fusion, memory planning, the
+generated module and its on-disk cache, and that user strings cannot change the code."""
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import graphnn as gn
+from graphnn import passes
+from graphnn.graph import topological_order
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def ops_of(roots):
+    return [n.op for n in topological_order(roots)]
+
+
+def test_decompose_leaves_only_primitives_and_lints():
+    x = gn.input("x", (None, 5))
+    y = gn.input("y", (None,), dtype="int64")
+    loss = gn.softmax_cross_entropy(gn.log_softmax(x), y) + gn.mse(gn.softmax(x), x)
+    (out,) = passes.decompose([loss])
+    assert not {"softmax", "log_softmax", "softmax_cross_entropy", "mse", "mean",
+                "one_hot"} & set(ops_of([out]))
+    gn.Graph([out]).lint()
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32),
+             "y": np.array([0, 4, 2])}
+    a = gn.compile(loss, backend="numpy")(**feeds)
+    b = gn.compile(out, backend="numpy")(**feeds)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_passes_are_pure():
+    x = gn.input("x", (3,))
+    y = (x * 1.0 + 0.0) * gn.const(2.0) * gn.const(3.0)
+    before = topological_order([y])
+    passes.optimize([y])
+    assert topological_order([y]) == before  # the input graph is untouched
+
+
+def test_fold_constants_and_simplify():
+    x = gn.input("x", (3,))
+    y = x * (gn.const(2.0) * gn.const(3.0)) + gn.const(0.0)
+    (folded,) = passes.fold_constants([y])
+    consts = [n for n in topological_order([folded]) if n.op == "const"]
+    assert any(float(c.value) == 6.0 for c in consts)
+    (simple,) = passes.simplify([folded])
+    assert simple.op == "mul" and simple.inputs[0] is x
+    assert float(simple.inputs[1].value) == 6.0
+    z = gn.neg(gn.neg(x)) * 1.0
+    assert passes.simplify([z])[0] is x
+    gn.Graph([simple]).lint()
+
+
+def test_simplify_keeps_broadcasting_shapes():
+    x = gn.input("x", (3,))
+    y = x * gn.const(np.ones((2, 3), np.float32))  # a multiply by ones that broadcasts
+    (out,) = passes.simplify([y])
+    assert out.shape == (2, 3)
+
+
+def test_cse_and_dce():
+    x = gn.input("x", (3,))
+    a = gn.exp(x)
+    # a node made without hash-consing, as a rewrite might make one
+    from graphnn.node import make_node
+    twin = make_node("exp", (), [x], a.sym_shape, a.dtype, intern=False)
+    y = a + twin
+    (out,) = passes.common_subexpressions([y])
+    assert out.inputs[0] is out.inputs[1]
+    unused = gn.tanh(x)  # not reached from y: never part of the compiled graph
+    assert unused not in topological_order(passes.dead_code_elimination([out]))
+
+
+def training_step(backend="cpu"):
+    x = gn.input("x", (None, 3))
+    y = gn.input("y", (None,), dtype="int64")
+    W = gn.param("W", shape=(3, 4), seed=0)
+    b = gn.param("b", np.zeros(4, np.float32))
+    loss = gn.softmax_cross_entropy(gn.tanh(x @ W + b), y)
+    step = gn.compile(loss, updates=gn.optim.SGD(0.1).updates(loss, [W, b]), backend=backend)
+    return step, (W, b)
+
+
+def test_fusion_and_memory_planning_report():
+    step, _ = training_step()
+    stats = step.stats
+    assert stats["kernels"] < stats["nodes"]
+    assert stats["fused_nodes"] > 0
+    names = [p[0] for p in stats["passes"]]
+    assert names == ["input", "decompose", "fold_constants", "simplify",
+                     "common_subexpressions", "dead_code_elimination"]
+    temps = {s.out.name for s in step.program.steps if s.out.role == "temp"}
+    temp_steps = [s for s in step.program.steps if s.out.role == "temp"]
+    assert len(temps) < len(temp_steps)  # some buffers were reused
+    assert "<- fused:" in step.source
+    assert step.source.count("def program(") == 1
+
+
+def test_training_step_matches_numpy_backend():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((6, 3)).astype(np.float32)
+    Y = rng.integers(0, 4, 6)
+    results = {}
+    for backend in ("numpy", "cpu"):
+        step, params = training_step(backend)
+        losses = [float(step(x=X, y=Y)) for _ in range(5)]
+        results[backend] = losses, [p.value.copy() for p in params]
+    np.testing.assert_allclose(results["cpu"][0], results["numpy"][0], rtol=1e-5)
+    for a, b in zip(results["cpu"][1], results["numpy"][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert results["cpu"][0][-1] < results["cpu"][0][0]
+
+
+def test_cpu_feed_errors_are_raised_before_running():
+    step, (W, b) = training_step()
+    before = W.value.copy()
+    with pytest.raises(gn.FeedError, match="'x'"):
+        step(x=np.ones((2, 5), np.float32), y=np.array([0, 1]))
+    with pytest.raises(gn.FeedError, match="'y'"):
+        step(x=np.ones((2, 3), np.float32), y=np.array([0, 1, 2]))
+    np.testing.assert_array_equal(W.value, before)
+
+
+def test_float32_graph_has_no_float64_arithmetic(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))  # a fresh compile to inspect
+    x = gn.input("x", (None, 4))
+    W = gn.param("W", shape=(4, 3), seed=0)
+    h = gn.elu(gn.tanh(x @ W)) * 0.5 + gn.softplus(x @ W) + gn.sigmoid(x @ W)
+    loss = gn.mean(h * h)
+    f = gn.compile([loss, gn.grad(loss, W)], backend="cpu")
+    f(x=np.ones((2, 4), np.float32))
+    llvm = "\n".join(f._fn.inspect_llvm().values())
+    assert "fpext" not in llvm
+    # (Numba's own reshape size check compares in double; no arithmetic may be double)
+    assert not re.search(r"= f(add|sub|mul|div)[a-z ]* double ", llvm)
+    assert not re.search(r"call [a-z ]*double @", llvm)  # e.g. exp on doubles
+
+
+def test_hostile_names_cannot_change_generated_code(tmp_path):
+    hostile = 'x"); import os; os.system("echo HACKED > ' + str(tmp_path / "hacked") + '")\n#'
+    x = gn.input(hostile, (2,))
+    W = gn.param("w\nimport os\nos.system('echo HACKED')", np.ones(2, np.float32))
+    y = gn.sum(gn.mul(x, W, name="z\n__import__('os').system('echo HACKED')"))
+    f = gn.compile([y, gn.grad(y, W)], backend="cpu")
+    out, g = f(**{hostile: np.array([1.0, 2.0], np.float32)})
+    assert float(out) == 3.0
+    np.testing.assert_array_equal(g, [1.0, 2.0])
+    assert not (tmp_path / "hacked").exists()
+    for line in f.source.splitlines():
+        if "import os" in line or "system" in line:
+            assert line.lstrip().startswith("#"), line
+
+
+GRAPH_SCRIPT = textwrap.dedent("""
+    import numpy as np, graphnn as gn
+    x = gn.input("x", (None, 3))
+    W = gn.param("W", np.arange(12, dtype=np.float32).reshape(3, 4) / 10)
+    f = gn.compile(gn.sum(gn.tanh(x @ W) * 1.2345), backend="cpu")
+    print(float(f(x=np.ones((2, 3), np.float32))), f.stats["cache_hit"], f.path)
+""")
+
+
+def _run_script(cache_dir):
+    env = dict(os.environ, GRAPHNN_CACHE_DIR=str(cache_dir))
+    out = subprocess.run([sys.executable, "-c", GRAPH_SCRIPT], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    value, hit, path = out.stdout.split()
+    return float(value), hit == "True", path
+
+
+def test_second_process_hits_the_cache_and_survives_corruption(tmp_path):
+    value, hit, path = _run_script(tmp_path)
+    assert not hit
+    value2, hit2, path2 = _run_script(tmp_path)
+    assert hit2 and value2 == value and path2 == path
+    pycache = os.path.join(os.path.dirname(path), "__pycache__")
+    damaged = [f for f in os.listdir(pycache) if f.endswith((".nbi", ".nbc"))]
+    assert damaged
+    for f in damaged:
+        with open(os.path.join(pycache, f), "wb") as fh:
+            fh.write(b"\x80\x04garbage")
+    value3, hit3, _ = _run_script(tmp_path)
+    assert value3 == value and not hit3
+
+
+def test_outputs_are_fresh_arrays_not_parameter_storage():
+    W = gn.param("W", np.ones((2, 2), np.float32))
+    f = gn.compile([W, W * 2.0], backend="cpu")
+    w, w2 = f()
+    w[...] = 7
+    assert float(W.value[0, 0]) == 1.0
+    np.testing.assert_array_equal(w2, 2 * np.ones((2, 2)))
+
+
+def test_updates_use_old_values_everywhere():
+    a = gn.param("a", np.array([1.0], np.float32))
+    b = gn.param("b", np.array([10.0], np.float32))
+    for backend in ("numpy", "cpu"):
+        a.value, b.value = np.array([1.0], np.float32), np.array([10.0], np.float32)
+        swap = gn.compile(a + b, updates={a: b * 1.0, b: a * 1.0}, backend=backend)
+        assert float(swap()[0]) == 11.0
+        assert float(a.value[0]) == 10.0 and float(b.value[0]) == 1.0
+
+
+def test_parallel_option_gives_the_same_numbers():
+    x = gn.input("x", (None,))
+    y = gn.sigmoid(x) * gn.tanh(x) + x * x - 0.5 * x
+    X = np.linspace(-3, 3, 1001).astype(np.float32)
+    serial = gn.compile(y, backend="cpu")(x=X)
+    parallel = gn.compile(y, backend="cpu", parallel=True)(x=X)
+    np.testing.assert_allclose(parallel, serial, rtol=1e-6)
