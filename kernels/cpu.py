@@ -237,6 +237,22 @@ def _emit_reduce(em, step, allocated, loop):
         em.dedent()
         em.emit(f"{out.name}[()] = acc")
         return
+    if kept and max(step.axes) < max(kept):
+        # A kept axis is innermost in memory (e.g. a bias gradient summed over the batch):
+        # walk the domain in memory order and accumulate into the output row.
+        em.emit(f"{out.name}[...] = {_typed(init, out.dtype)}")
+        for k in range(len(domain)):
+            em.emit(f"for i{k} in range({domain[k]}):")
+            em.indent()
+        _emit_loads(em, body, lambda l: ", ".join(l.index))
+        _emit_stmts(em, body, out.dtype)
+        target = f"{out.name}[{', '.join(f'i{k}' for k in kept)}]"
+        if step.kind == "sum":
+            em.emit(f"{target} += {expr.result}")
+        else:
+            em.emit(f"{target} = {expr.result} if {expr.result} > {target} else {target}")
+        em.dedent(len(domain))
+        return
     for depth, k in enumerate(kept):
         em.emit(f"for i{k} in {loop if depth == 0 else 'range'}({domain[k]}):")
         em.indent()
