@@ -105,10 +105,15 @@ def _eltwise_fn(x):
     return gn.sigmoid(x) * gn.tanh(x) + x * x - 0.5 * x
 
 
-class EltwiseWorkload:
-    name = "eltwise"
+def _arith_fn(x):
+    return x * x - 0.5 * x + 0.25
 
-    def __init__(self, n=4 * 1024 * 1024):
+
+class EltwiseWorkload:
+    """An elementwise chain on 4M float32 values (`fn` picks the chain)."""
+
+    def __init__(self, name="eltwise", fn=_eltwise_fn, n=4 * 1024 * 1024):
+        self.name, self.fn = name, fn
         self.X = np.random.default_rng(0).standard_normal(n).astype(np.float32)
         self.train = False
 
@@ -117,11 +122,11 @@ class EltwiseWorkload:
 
     def graph_step(self, backend):
         x = gn.input("x", (None,))
-        f = gn.compile(_eltwise_fn(x), backend=backend)
+        f = gn.compile(self.fn(x), backend=backend)
         return f, lambda: f(x=self.X)
 
     def eager_step(self):
-        return lambda: _eltwise_fn(self.X)
+        return lambda: self.fn(self.X)
 
 
 def make_workloads():
@@ -132,6 +137,7 @@ def make_workloads():
         "mlp-medium-infer": lambda: Workload("mlp-medium-infer", [784, 512, 256, 10], gn.relu,
                                              "sce", 256, train=False),
         "eltwise": EltwiseWorkload,
+        "eltwise-arith": lambda: EltwiseWorkload("eltwise-arith", _arith_fn),
     }
 
 
@@ -197,7 +203,7 @@ def run(workloads, modes, repeat, budget_seconds=20.0, warm=True):
         if "eager" in modes:
             for m in modes:
                 row["modes"][m]["speedup_vs_eager"] = med["eager"] / med[m]
-        if name == "eltwise":
+        if name.startswith("eltwise"):
             row["bandwidth"] = _bandwidth(w.X, med.get("cpu"))
         rows.append(row)
         print(format_row(row), flush=True)
@@ -243,7 +249,7 @@ def format_row(row):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="graphnn bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default="xor,mlp-small,mlp-medium,mlp-medium-infer,eltwise")
+    parser.add_argument("--workloads", default="xor,mlp-small,mlp-medium,mlp-medium-infer,eltwise,eltwise-arith")
     parser.add_argument("--modes", default="eager,numpy,cpu")
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument("--budget", type=float, default=20.0,

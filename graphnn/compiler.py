@@ -17,6 +17,26 @@ from .lowering import lower
 from .passes import optimize
 
 
+def lower_graph(compiled, optimize_graph=True):
+    """Optimise a compiled function's graph and lower it to the kernel IR (every compiled
+    back end starts here). Sets `.optimized_outputs`, `.program` and `.kernels` (each step's
+    name and the graph nodes it computes); returns (pass report, Lowering)."""
+    roots = compiled.outputs + [v for _, v in compiled.update_pairs]
+    report = []
+    if optimize_graph:
+        roots, report = optimize(roots)
+    n_out = len(compiled.outputs)
+    compiled.optimized_outputs = roots[:n_out]
+    opt_updates = [(p, v) for (p, _), v in zip(compiled.update_pairs, roots[n_out:])]
+    compiled.program, lowering = lower(roots, compiled.graph.inputs, compiled.state_nodes,
+                                       compiled.optimized_outputs, opt_updates)
+    compiled.kernels = [{"name": f"step {k}: {type(step).__name__.lower()}",
+                         "nodes": nodes, "buffer": step.out.name}
+                        for k, (step, nodes) in enumerate(zip(lowering.steps,
+                                                              lowering.step_nodes))]
+    return report, lowering
+
+
 class CpuFunction(CompiledFunction):
     """A graph compiled to one Numba-compiled function. See `gn.compile`.
 
@@ -34,22 +54,10 @@ class CpuFunction(CompiledFunction):
             raise BackendError("check_finite=True runs node by node: use backend='numpy' "
                                "to find the first node that produces NaN/Inf")
         started = time.perf_counter()
-        roots = self.outputs + [v for _, v in self.update_pairs]
-        if optimize_graph:
-            roots, report = optimize(roots)
-        else:
-            report = []
-        self.optimized_outputs = roots[:len(self.outputs)]
-        opt_updates = [(p, v) for (p, _), v in zip(self.update_pairs, roots[len(self.outputs):])]
-        self.program, lowering = lower(roots, self.graph.inputs, self.state_nodes,
-                                       self.optimized_outputs, opt_updates)
+        report, lowering = lower_graph(self, optimize_graph)
         self.source = cpu_codegen.generate(self.program, parallel=parallel)
         self.module, self.path = cpu_codegen.load_module(self.source)
         self._fn = self.module.program
-        self.kernels = [{"name": f"step {k}: {type(step).__name__.lower()}",
-                         "nodes": nodes, "buffer": step.out.name}
-                        for k, (step, nodes) in enumerate(zip(lowering.steps,
-                                                              lowering.step_nodes))]
         self._const_arrays = [np.array(n.value, order="C") for n in lowering.consts]
         self.stats.update({
             "passes": report,

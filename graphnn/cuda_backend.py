@@ -1,11 +1,191 @@
-"""The GPU back end (backend="cuda"): generated numba.cuda kernels for the whole program."""
+"""The GPU back end (backend="cuda"): the whole program as generated numba.cuda kernels.
+
+`CudaFunction` lowers the graph exactly like the CPU back end, then kernels/cuda.py emits
+one module holding a kernel per step and a host function that launches them in order.
+
+Where the data lives:
+- constants and parameters are copied to the device once and stay there; parameter
+  updates are written in place on the device;
+- a call copies its feeds to the device and its outputs back, nothing else (the counts are
+  in `.stats["host_to_device"]` and `.stats["device_to_host"]`);
+- device temporaries are allocated once per binding of the symbolic dims (batch size)
+  and reused by later calls with the same sizes.
+
+Parameter values and the host: after training on the device, `W.value` on the host is
+stale until `compiled.params_to_host()` copies the updated parameters back (or compile
+with `sync_params=True` to do that after every call, at the cost of one copy per updated
+parameter). Assigning `W.value = ...` on the host is seen by the next call, which uploads
+the new value. Writes made in place into `W.value` by another back end (a "cpu" or "numpy"
+training step) are not seen: call `compiled.params_to_device()` after them.
+
+Without a GPU, set NUMBA_ENABLE_CUDASIM=1 before Python starts to run the kernels in
+Numba's CUDA simulator (slow: tiny shapes only). `generate_only=True` builds the source
+and the kernel module without touching a device, so `.ptx()` can compile every kernel to
+PTX on a machine with the CUDA compiler libraries but no GPU.
+"""
+import time
+
+import numpy as np
+
+from kernels import cpu as module_loader
+from kernels import cuda as cuda_codegen
+
 from .compile import CompiledFunction
+from .compiler import lower_graph
 from .errors import BackendError
+
+SIMULATOR_HINT = ("To run the generated kernels without a GPU, use Numba's CUDA simulator: "
+                  "set NUMBA_ENABLE_CUDASIM=1 in the environment before Python starts "
+                  "(slow; fine for tiny shapes and tests), or use backend='cpu'.")
+TEMP_SETS_KEPT = 4  # device temporaries kept for this many different dim bindings
+
+
+def _numba_cuda():
+    try:
+        from numba import cuda
+    except ImportError as exc:  # a broken numba-cuda install
+        raise BackendError(f"backend='cuda': numba.cuda cannot be imported ({exc}). "
+                           "Install the GPU extra: pip install 'graphnn[gpu]'") from None
+    return cuda
+
+
+def simulator_enabled():
+    """True when Numba's CUDA simulator stands in for the GPU (NUMBA_ENABLE_CUDASIM=1)."""
+    from numba.core import config
+    return bool(config.ENABLE_CUDASIM)
 
 
 class CudaFunction(CompiledFunction):
+    """A graph compiled to numba.cuda kernels with device-resident parameters.
+
+        step = gn.compile(loss, updates=sgd.updates(loss, [W, b]), backend="cuda")
+        for X, Y in batches:
+            step(x=X, y=Y)          # W and b change on the device
+        step.params_to_host()       # now W.value and b.value are the trained values
+
+    Options: `block` threads per 1-D block (a power of two), `tile` the matmul tile edge,
+    `sync_params` copy updated parameters to the host after every call, `generate_only`
+    build `.source` without a device (see `.ptx()`). `.source` is the generated module.
+    """
+
     backend = "cuda"
 
-    def __init__(self, outputs, updates=None, check_finite=False, **options):
-        raise BackendError("backend='cuda' is not available yet in this version of graphnn; "
-                           "use backend='cpu' or backend='numpy'")
+    def __init__(self, outputs, updates=None, check_finite=False, optimize_graph=True,
+                 block=128, tile=16, sync_params=False, generate_only=False):
+        super().__init__(outputs, updates, check_finite)
+        if check_finite:
+            raise BackendError("check_finite=True runs node by node: use backend='numpy' "
+                               "to find the first node that produces NaN/Inf")
+        self.cuda = _numba_cuda()
+        if not generate_only and not self.cuda.is_available():
+            raise BackendError("backend='cuda': no CUDA GPU was found "
+                               "(numba.cuda.is_available() is False). " + SIMULATOR_HINT)
+        started = time.perf_counter()
+        report, lowering = lower_graph(self, optimize_graph)
+        try:
+            self.source = cuda_codegen.generate(self.program, block=block, tile=tile)
+        except ValueError as exc:
+            raise BackendError(f"backend='cuda': {exc}") from None
+        self.module, self.path = module_loader.load_module(self.source)
+        self.generate_only = generate_only
+        self.sync_params = sync_params
+        self.stats.update({
+            "passes": report,
+            "kernels": len(self.module.SIGNATURES),
+            "steps": len(self.program.steps),
+            "module": self.path,
+            "simulator": simulator_enabled(),
+            "lower_seconds": time.perf_counter() - started,
+            "host_to_device": 0,
+            "device_to_host": 0,
+            "param_uploads": 0,
+        })
+        self._states = [p.state for p in self.state_nodes]
+        self._updated = [i for i, p in enumerate(self.state_nodes)
+                         if any(p is t for t, _ in self.update_pairs)]
+        self._device_states = [None] * len(self._states)
+        self._uploaded_versions = [None] * len(self._states)
+        self._device_newer = False
+        self._temps = {}
+        self._device_consts = None
+        if not generate_only:
+            self._device_consts = [self._to_device(n.value) for n in lowering.consts]
+
+    # -- transfers -------------------------------------------------------------------------
+    def _to_device(self, array):
+        array = np.ascontiguousarray(array)
+        return self.cuda.to_device(array.reshape(array.shape or (1,)))
+
+    def params_to_device(self):
+        """Copy every parameter's host value to the device (after a host-side change made in
+        place, e.g. a training step on another back end)."""
+        self._device_newer = False
+        for i, state in enumerate(self._states):
+            self._device_states[i] = self._to_device(state.value)
+            self._uploaded_versions[i] = state.version
+            self.stats["param_uploads"] += 1
+
+    def params_to_host(self):
+        """Copy the parameters this function updates from the device into their `.value`
+        (in place), so `W.value` holds the values trained on the device.
+
+        Other compiled functions that share these parameters upload the new values on
+        their next call."""
+        if not self._device_newer:
+            return
+        for i in self._updated:
+            state = self._states[i]
+            state.value[...] = self._device_states[i].copy_to_host().reshape(state.value.shape)
+            state.version += 1  # other device copies of this parameter are now stale
+            self._uploaded_versions[i] = state.version
+            self.stats["device_to_host"] += 1
+        self._device_newer = False
+
+    def _refresh_states(self):
+        for i, state in enumerate(self._states):
+            if self._uploaded_versions[i] != state.version:
+                self._device_states[i] = self._to_device(state.value)
+                self._uploaded_versions[i] = state.version
+                self.stats["param_uploads"] += 1
+
+    def _temporaries(self, dims):
+        temps = self._temps.pop(dims, None)
+        if temps is None:
+            temps = self.module.allocate(*dims)
+            if len(self._temps) >= TEMP_SETS_KEPT:
+                self._temps.pop(next(iter(self._temps)))
+        self._temps[dims] = temps  # most recently used last
+        return temps
+
+    # -- the call --------------------------------------------------------------------------
+    def _run(self, arrays, binding):
+        if self.generate_only:
+            raise BackendError("this cuda function was built with generate_only=True: it has "
+                               "source and PTX but cannot run")
+        self._refresh_states()
+        dims = tuple(arrays[index].shape[axis]
+                     for index, axis in self.program.dims.values())
+        feeds = [self._to_device(a) for a in arrays]
+        outs = self.module.program(*feeds, *self._device_states, *self._device_consts,
+                                   self._temporaries(dims))
+        # 0-d buffers are 1-element arrays on the device
+        results = [out.copy_to_host().reshape(out.shape if buf.ndim else ())
+                   for out, buf in zip(outs, self.program.outputs)]
+        self.stats["host_to_device"] += len(feeds)
+        self.stats["device_to_host"] += len(results)
+        if self.program.updates:
+            self._device_newer = True
+            if self.sync_params:
+                self.params_to_host()
+        return results
+
+    # -- PTX -------------------------------------------------------------------------------
+    def ptx(self, cc=(7, 5)):
+        """{kernel name: PTX text} for every generated kernel, compiled for compute
+        capability `cc` with `numba.cuda.compile_ptx`. Needs the CUDA compiler library
+        (NVVM) but no GPU; not available in the simulator."""
+        if simulator_enabled():
+            raise BackendError("PTX cannot be made in the CUDA simulator: run without "
+                               "NUMBA_ENABLE_CUDASIM")
+        return {name: self.cuda.compile_ptx(getattr(self.module, name).py_func, sig, cc=cc)[0]
+                for name, sig in self.module.SIGNATURES.items()}

@@ -340,6 +340,34 @@ class Lowering:
         self.add_step(ir.Window(out, op, args, params, comment), [node])
 
     # -- memory planning -------------------------------------------------------------------
+    def update_in_place(self, outputs, updates):
+        """Let the elementwise step that computes a state's new value write straight into
+        the state when nothing reads the old value afterwards (an SGD step then touches W
+        once). Returns the updates still to copy at the end."""
+        producer = {id(step.out): s for s, step in enumerate(self.steps)}
+        last_read = {}
+        for s, step in enumerate(self.steps):
+            for buf in _reads(step):
+                last_read[buf.name] = s
+        output_names = {b.name for b in outputs}
+        remaining = []
+        for state, value in updates:
+            s = producer.get(id(value))
+            step = self.steps[s] if s is not None else None
+            ok = (isinstance(step, ir.Elementwise) and value.role == "temp"
+                  and value.name not in output_names
+                  and last_read.get(state.name, -1) <= s
+                  and last_read.get(value.name, -1) < 0
+                  and value.shape == state.shape
+                  and all(tuple(l.index) == tuple(f"i{k}" for k in range(state.ndim))
+                          for l in step.expr.loads.values() if l.buffer is state))
+            if ok:
+                step.out = state
+                step.comment += f"  (written in place into {state.name})"
+            else:
+                remaining.append((state, value))
+        return remaining
+
     def plan_memory(self, outputs, updates):
         """Reuse dead temporaries (same shape and dtype) and write in place where safe."""
         last_use = {}
@@ -422,6 +450,7 @@ def lower(roots, inputs, states, outputs, update_pairs, plan_memory=True):
     lowering = Lowering(roots, inputs, states, outputs, update_pairs)
     out_bufs, updates = lowering.lower()
     if plan_memory:
+        updates = lowering.update_in_place(out_bufs, updates)
         lowering.plan_memory(out_bufs, updates)
     in_bufs = [lowering.leaf_buffer(n) for n in lowering.inputs]
     state_bufs = [lowering.leaf_buffer(n) for n in lowering.states]

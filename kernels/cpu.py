@@ -190,7 +190,7 @@ def _emit_elementwise(em, step, allocated, loop):
     if out.ndim == 0:
         _emit_loads(em, body, lambda l: "()")
         _emit_stmts(em, body, out.dtype)
-        em.emit(f"{out.name}[()] = {expr.result}")
+        em.emit(f"{out.name}[()] = {_typed(expr.result, out.dtype)}")
         return
     if _flat_ok(body, out.shape):
         flat = {b.name for b in [out] + [l.buffer for l in arrays.values()]}
@@ -200,7 +200,7 @@ def _emit_elementwise(em, step, allocated, loop):
         em.indent()
         _emit_loads(em, body, lambda l: "k", "_f")
         _emit_stmts(em, body, out.dtype)
-        em.emit(f"{out.name}_f[k] = {expr.result}")
+        em.emit(f"{out.name}_f[k] = {_typed(expr.result, out.dtype)}")
         em.dedent()
         return
     for k, dim in enumerate(out.shape):
@@ -208,7 +208,8 @@ def _emit_elementwise(em, step, allocated, loop):
         em.indent()
     _emit_loads(em, body, lambda l: ", ".join(l.index))
     _emit_stmts(em, body, out.dtype)
-    em.emit(f"{out.name}[{', '.join(f'i{k}' for k in range(out.ndim))}] = {expr.result}")
+    em.emit(f"{out.name}[{', '.join(f'i{k}' for k in range(out.ndim))}] = "
+            f"{_typed(expr.result, out.dtype)}")
     em.dedent(out.ndim)
 
 
@@ -233,7 +234,7 @@ def _emit_reduce(em, step, allocated, loop):
         em.indent()
         _emit_loads(em, body, lambda l: "k", "_f")
         _emit_stmts(em, body, out.dtype)
-        em.emit(combine.format(r=expr.result))
+        em.emit(combine.format(r=_typed(expr.result, out.dtype)))
         em.dedent()
         em.emit(f"{out.name}[()] = acc")
         return
@@ -248,9 +249,10 @@ def _emit_reduce(em, step, allocated, loop):
         _emit_stmts(em, body, out.dtype)
         target = f"{out.name}[{', '.join(f'i{k}' for k in kept)}]"
         if step.kind == "sum":
-            em.emit(f"{target} += {expr.result}")
+            em.emit(f"{target} += {_typed(expr.result, out.dtype)}")
         else:
-            em.emit(f"{target} = {expr.result} if {expr.result} > {target} else {target}")
+            r = _typed(expr.result, out.dtype)
+            em.emit(f"{target} = {r} if {r} > {target} else {target}")
         em.dedent(len(domain))
         return
     for depth, k in enumerate(kept):
@@ -262,7 +264,7 @@ def _emit_reduce(em, step, allocated, loop):
         em.indent()
     _emit_loads(em, body, lambda l: ", ".join(l.index))
     _emit_stmts(em, body, out.dtype)
-    em.emit(combine.format(r=expr.result))
+    em.emit(combine.format(r=_typed(expr.result, out.dtype)))
     em.dedent(len(step.axes))
     index = ", ".join(f"i{k}" for k in kept) if kept else "()"
     em.emit(f"{out.name}[{index}] = acc")

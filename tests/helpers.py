@@ -11,7 +11,9 @@ import numpy as np
 
 import graphnn as gn
 
-BACKENDS = ["numpy", "cpu"]  # extend with "cuda" when that backend lands
+BACKENDS = ["numpy", "cpu"]  # "cuda" runs in the simulator: see tests/kernels/test_cuda.py
+# compile options per backend: small CUDA blocks and tiles keep the simulator fast
+BACKEND_OPTIONS = {"cuda": {"block": 32, "tile": 4}}
 
 # default tolerances per result dtype (the reference is computed in float64)
 TOLERANCES = {np.dtype("float32"): (2e-5, 1e-6), np.dtype("float64"): (1e-11, 1e-13)}
@@ -67,7 +69,8 @@ def assert_op_matches(build, reference, feeds, rtol=None, atol=None, shapes=None
 
     results = {}
     for backend in backends or BACKENDS:
-        results[backend] = gn.compile(out, backend=backend)(**feeds)
+        results[backend] = gn.compile(out, backend=backend,
+                                      **BACKEND_OPTIONS.get(backend, {}))(**feeds)
     if eager:
         values = {k: (v.view(gn.eager.Tensor) if v.dtype.kind == "f" else v)
                   for k, v in feeds.items()}
