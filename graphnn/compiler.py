@@ -71,6 +71,27 @@ class CpuFunction(CompiledFunction):
         self._states = [p.state for p in self.state_nodes]
         self._compiled = False
 
+    def explain(self):
+        """A readable report: nodes after each pass, the generated steps with the nodes each
+        one fuses, temporaries after memory planning, compile time and cache use."""
+        lines = [f"graphnn cpu function: {len(self.graph.nodes)} nodes in the graph"]
+        for name, count in self.stats.get("passes", []):
+            lines.append(f"  after {name:<24s}{count:5d} nodes")
+        temps = {s.out.name for s in self.program.steps if s.out.role == "temp"}
+        made = sum(1 for s in self.program.steps if s.out.role == "temp")
+        lines.append(f"  {len(self.program.steps)} steps in one generated function "
+                     f"({self.stats['fused_nodes']} nodes fused into their consumers); "
+                     f"{len(temps)} temporaries for {made} results after buffer reuse")
+        for k in self.kernels:
+            nodes = ", ".join(n.op for n in k["nodes"])
+            lines.append(f"    {k['name']:<26s} -> {k['buffer']:<18s} [{nodes}]")
+        compiled = self.stats.get("compile_seconds")
+        lines.append(f"  module {self.path}")
+        lines.append("  not called yet" if compiled is None else
+                     f"  first call {compiled:.2f} s, Numba cache "
+                     f"{'hit' if self.stats['cache_hit'] else 'miss (compiled now)'}")
+        return "\n".join(lines)
+
     def _first_call(self, args):
         started = time.perf_counter()
         try:

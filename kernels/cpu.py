@@ -98,10 +98,10 @@ def generate(program, parallel=False, approximate=True):
         em.emit(f"{dim} = {program.inputs[index].name}.shape[{axis}]")
     allocated = set(b.name for b in program.inputs + program.states + program.consts)
     loop = "prange" if parallel else "range"
-    for step in program.steps:
-        if step.comment:
-            for line in step.comment.splitlines():
-                em.emit(f"# {line}")
+    for number, step in enumerate(program.steps):
+        em.emit(f"# step {number}: {type(step).__name__.lower()}")
+        for line in step.comment.splitlines():
+            em.emit(f"# {line}")
         _emit_step(em, step, allocated, loop)
     # New values are all computed from the old ones: a value that shares memory with a
     # state (e.g. {a: b, b: a}) is copied before any state is overwritten.
