@@ -13,6 +13,7 @@ from kernels import cpu as cpu_codegen
 
 from .compile import CompiledFunction
 from .errors import BackendError, GraphError
+from .graph import Graph
 from .lowering import lower
 from .passes import optimize
 
@@ -27,6 +28,7 @@ def lower_graph(compiled, optimize_graph=True):
         roots, report = optimize(roots)
     n_out = len(compiled.outputs)
     compiled.optimized_outputs = roots[:n_out]
+    compiled.optimized_graph = Graph(roots)
     opt_updates = [(p, v) for (p, _), v in zip(compiled.update_pairs, roots[n_out:])]
     compiled.program, lowering = lower(roots, compiled.graph.inputs, compiled.state_nodes,
                                        compiled.optimized_outputs, opt_updates)

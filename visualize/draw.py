@@ -82,7 +82,8 @@ def resolve_target(target):
     function (anything with `.graph`, and optionally `.kernels`)."""
     if isinstance(target, (Node, list, tuple, gn.Graph)):
         return as_node_list(target)[0], None
-    graph = getattr(target, "graph", None)
+    # a compiled function: draw the graph its kernels were made from (after the passes)
+    graph = getattr(target, "optimized_graph", None) or getattr(target, "graph", None)
     if isinstance(graph, gn.Graph):
         return list(graph.outputs), getattr(target, "kernels", None)
     raise gn.GraphError(f"cannot draw a {type(target).__name__}: pass a node, a list of "
