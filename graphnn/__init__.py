@@ -22,6 +22,9 @@ from .ops import (add, sub, mul, div, neg, pow, exp, log, sqrt, abs, square, max
 from .graph import Graph
 from .autodiff import grad
 from .compile import compile
-from . import eager, optim, testing
+from .serialize import save, load
+from . import eager, optim, testing, onnx
+from . import data, metrics, nn
+from .train import fit, evaluate, History
 
 __version__ = "0.1.0"

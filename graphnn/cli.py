@@ -36,6 +36,8 @@ def main(argv=None):
     render = sub.add_parser("render", help="draw a model file's graph (Netron style)")
     visualize.add_render_arguments(render)
     render.set_defaults(fn=visualize.cli_render)
+    from . import onnx as onnx_interop  # `export` and `run`: ONNX files
+    onnx_interop.add_cli_commands(sub)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         from . import bench as bench_module

@@ -1,6 +1,7 @@
 """`graphnn render FILE.py -o out.svg`: the command-line door to `visualize.render`.
 
-FILE.py describes the graph in one of two ways:
+FILE may also be an ONNX model (`graphnn render model.onnx -o model.svg`), imported with
+gn.onnx.load. FILE.py describes the graph in one of two ways:
   - a function `build()` returning the outputs: a node, a list of nodes, a gn.Graph, a
     compiled function, or a pair `(inputs, outputs)` as in examples/lecture_graph.py;
   - or a module-level variable `outputs` holding one of those.
@@ -23,7 +24,8 @@ import graphnn as gn
 
 def add_render_arguments(parser):
     """Add the `render` command's arguments to an argparse parser."""
-    parser.add_argument("file", help="a Python file defining build() or `outputs`")
+    parser.add_argument("file", help="a Python file defining build() or `outputs`, "
+                        "or an ONNX model (.onnx)")
     parser.add_argument("-o", "--output", default=None,
                         help="picture to write (.svg .png .pdf .dot); default FILE.svg")
     parser.add_argument("--format", choices=("svg", "png", "pdf", "dot"), default=None,
@@ -42,7 +44,10 @@ def add_render_arguments(parser):
 
 
 def load_outputs(path):
-    """What FILE.py describes: the result of its build(), or its `outputs`."""
+    """What FILE.py describes: the result of its build(), or its `outputs`; for an ONNX
+    file (model.onnx), the outputs of the imported model (see gn.onnx.load)."""
+    if str(path).lower().endswith(".onnx"):
+        return gn.onnx.load(path).outputs
     namespace = runpy.run_path(path, run_name="graphnn_render")
     if callable(namespace.get("build")):
         result = namespace["build"]()

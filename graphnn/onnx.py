@@ -1,0 +1,1419 @@
+"""ONNX interop: export graphnn graphs to ONNX files, import ONNX models as graphnn graphs.
+
+    import graphnn as gn
+    gn.onnx.export(logits, "mlp.onnx")              # open it in Netron, run it anywhere
+    outputs, inputs = gn.onnx.load("model.onnx")    # graphnn nodes, ready to render/compile
+    f = gn.compile(outputs, backend="cpu")
+    (y,) = f(**{inputs[0].name: x_nchw})
+
+The `onnx` package is an optional extra (`pip install "graphnn[onnx]"`); it is imported
+only when one of these functions runs.
+
+Layout. graphnn images are NHWC with HWIO kernels; ONNX images are NCHW with OIHW kernels.
+`export` keeps graphnn's semantics: an exported model takes NHWC inputs as the graphnn
+graph did, and each conv/pool is wrapped in Transposes. `load` keeps ONNX's semantics:
+users feed NCHW as the file says. Inside, the importer converts a tensor to channels-last
+once, where a Conv or pool first needs it, keeps it channels-last through elementwise ops,
+batch normalization and further convs/pools, and converts it back only where an
+NCHW-specific op (Reshape, Flatten, an output ...) needs it. Conv weights become HWIO
+parameters. Transposes that cancel are removed as they are built.
+
+docs/ONNX.md has the op mapping table and the list of what is not supported.
+"""
+import builtins
+from typing import List, NamedTuple
+
+import numpy as np
+
+from . import ops
+from . import shapes as S
+from .api import input as gn_input, param
+from .errors import GraphError
+from .graph import Graph
+from .node import Node
+from .registry import OPS, const_node
+
+DEFAULT_OPSET = 17
+
+
+def _require_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("graphnn's ONNX support needs the `onnx` package: "
+                          "pip install \"graphnn[onnx]\" (or pip install onnx)") from None
+    return onnx
+
+
+# =======================================================================================
+# Import
+# =======================================================================================
+
+class ImportedModel(NamedTuple):
+    """What `gn.onnx.load` returns; unpacks as `outputs, inputs = gn.onnx.load(path)`.
+
+    outputs: list of graphnn Nodes, one per ONNX graph output, in the file's order and
+             named as in the file.
+    inputs:  list of `gn.input` nodes, one per ONNX graph input that is not an
+             initializer, in the file's order, named as in the file, in the file's layout
+             (NCHW images). Feed them by name: `f(**{inputs[0].name: array})`.
+    """
+    outputs: List[Node]
+    inputs: List[Node]
+
+
+class _Unsupported(Exception):
+    """A node the importer cannot express in graphnn; collected, then reported at once."""
+
+
+_ONNX_DTYPES = {1: "float32", 11: "float64", 6: "int32", 7: "int64"}
+
+
+def load(path_or_model):
+    """Import an ONNX model (a path or an `onnx.ModelProto`) as graphnn nodes.
+
+    Returns an `ImportedModel(outputs, inputs)`. Float initializers become `gn.param`s
+    named as in the file (Conv weights converted to HWIO); other constants become
+    `gn.const`s. Raises gn.GraphError listing every unsupported op of the file at once.
+    """
+    onnx = _require_onnx()
+    model = path_or_model
+    where = "the model"
+    if not isinstance(model, onnx.ModelProto):
+        where = str(path_or_model)
+        model = onnx.load(where)
+    return _Importer(model, where).run()
+
+
+class _Importer:
+    def __init__(self, model, where):
+        self.model = model
+        self.graph = model.graph
+        self.where = where
+        self.opset = builtins.max([o.version for o in model.opset_import
+                                   if o.domain in ("", "ai.onnx")] or [1])
+        self.static = {}      # name -> np.ndarray known when importing
+        self.initializers = set()
+        self.values = {}      # name -> Node in ONNX layout
+        self.channels_last = {}  # name -> Node in NHWC layout (rank-4 tensors only)
+        self.made = {}        # (initializer name, form) -> param/const node
+        self.problems = []
+        self.missing = set()  # outputs of nodes that could not be imported
+
+    # ---- values -------------------------------------------------------------------------
+
+    def run(self):
+        from onnx import numpy_helper
+        for init in self.graph.initializer:
+            self.static[init.name] = numpy_helper.to_array(init)
+            self.initializers.add(init.name)
+        self.conv_weights = {n.input[1] for n in self.graph.node
+                             if n.op_type == "Conv" and len(n.input) > 1}
+        inputs = [self.declare_input(vi) for vi in self.graph.input
+                  if vi.name not in self.initializers]
+        self.check_op_types()
+        for node in self.graph.node:
+            if node.op_type not in IMPORTERS or any(
+                    name in self.missing for name in node.input if name):
+                self.missing.update(node.output)
+                continue
+            try:
+                self.import_node(node)
+            except _Unsupported as exc:
+                self.problems.append(f"{node.op_type}: {exc}")
+                self.missing.update(node.output)
+        if self.problems:
+            raise GraphError(f"cannot import {self.where} (opset {self.opset}): "
+                             + "; ".join(dict.fromkeys(self.problems)))
+        outputs = []
+        for vi in self.graph.output:
+            node = self.node(vi.name)
+            if node.op not in ("input", "param", "const"):
+                node.name = vi.name
+            outputs.append(node)
+        return ImportedModel(outputs, inputs)
+
+    def check_op_types(self):
+        unknown = {}
+        for node in self.graph.node:
+            domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+            if domain or node.op_type not in IMPORTERS:
+                key = f"{domain}::{node.op_type}" if domain else node.op_type
+                unknown[key] = unknown.get(key, 0) + 1
+        if unknown:
+            listed = ", ".join(f"{k} ({n} node{'s' if n > 1 else ''})"
+                               for k, n in sorted(unknown.items()))
+            self.problems.append(f"unsupported ops: {listed}")
+            for node in self.graph.node:
+                if node.op_type not in IMPORTERS:
+                    self.missing.update(node.output)
+
+    def declare_input(self, vi):
+        ttype = vi.type.tensor_type
+        dtype = _ONNX_DTYPES.get(ttype.elem_type)
+        if dtype is None:
+            self.problems.append(f"input '{vi.name}': element type {ttype.elem_type} is not "
+                                 "supported (float32, float64, int32, int64 are)")
+            dtype = "float32"
+        shape = []
+        for d in ttype.shape.dim:
+            if d.HasField("dim_value"):
+                shape.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param:
+                shape.append(d.dim_param)
+            else:
+                shape.append(None)
+        node = gn_input(vi.name, tuple(shape), dtype=dtype)
+        self.values[vi.name] = node
+        return node
+
+    def node(self, name):
+        """The graph node for ONNX value `name`, in ONNX layout."""
+        if name in self.values:
+            return self.values[name]
+        if name in self.channels_last:
+            node = transpose(self.channels_last[name], (0, 3, 1, 2))
+        elif name in self.static:
+            node = self.leaf(name, "raw")
+        else:
+            raise _Unsupported(f"value '{name}' is used but never produced")
+        self.values[name] = node
+        return node
+
+    def nhwc(self, name):
+        """The graph node for rank-4 ONNX value `name`, channels-last."""
+        if name not in self.channels_last:
+            self.channels_last[name] = transpose(self.node(name), (0, 2, 3, 1))
+        return self.channels_last[name]
+
+    def has_nhwc(self, name):
+        return name in self.channels_last
+
+    def leaf(self, name, form):
+        """A param (float initializer) or const for static value `name`; form "raw"/"hwio"."""
+        key = (name, form)
+        if key not in self.made:
+            array = self.static[name]
+            if form == "hwio":
+                array = np.transpose(array, (2, 3, 1, 0))
+            param_name = name
+            if form == "raw" and name in self.conv_weights:
+                param_name = f"{name}:oihw"
+            if name in self.initializers and array.dtype.kind == "f":
+                self.made[key] = param(param_name, np.ascontiguousarray(array))
+            else:
+                self.made[key] = const_node(np.ascontiguousarray(array))
+        return self.made[key]
+
+    def set(self, name, node, channels_last=False):
+        if not name:
+            return
+        if isinstance(node, np.ndarray):
+            self.static[name] = node
+            return
+        if node.name is None and node.op not in ("input", "param", "const", "variable"):
+            node.name = name
+        (self.channels_last if channels_last else self.values)[name] = node
+
+    def is_static(self, name):
+        return name in self.static and name not in self.values
+
+    def static_value(self, node, index, what):
+        name = node.input[index] if index < len(node.input) else ""
+        if not name:
+            return None
+        if name not in self.static:
+            raise _Unsupported(f"{what} must be a constant known when importing")
+        return self.static[name]
+
+    def shape(self, name):
+        if name in self.static and name not in self.values and name not in self.channels_last:
+            return tuple(self.static[name].shape)
+        if name in self.values:
+            return self.values[name].sym_shape
+        s = self.channels_last[name].sym_shape
+        return (s[0], s[3], s[1], s[2])
+
+    # ---- nodes --------------------------------------------------------------------------
+
+    def import_node(self, node):
+        inputs = [n for n in node.input]
+        if (node.op_type in FOLDABLE and inputs
+                and all(not n or (n in self.static and not (
+                    n in self.initializers and self.static[n].dtype.kind == "f"
+                    and node.op_type not in SHAPE_OPS)) for n in inputs)):
+            for name, value in zip(node.output, _fold(node, self.static, self.opset)):
+                self.static[name] = value
+            return
+        IMPORTERS[node.op_type](self, node, _attrs(node))
+
+
+def _attrs(node):
+    from onnx import helper
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _fold(node, static, opset):
+    """Evaluate a node whose inputs are all known, with ONNX's reference evaluator."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    inputs = [f"in{i}" if n else "" for i, n in enumerate(node.input)]
+    outputs = [f"out{i}" for i in range(len(node.output))]
+    folded = helper.make_node(node.op_type, inputs, outputs)
+    folded.attribute.extend(node.attribute)
+    feeds = {f"in{i}": static[n] for i, n in enumerate(node.input) if n}
+    graph = helper.make_graph(
+        [folded], "fold",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+         for k, v in feeds.items()],
+        [helper.make_tensor_value_info(o, 0, None) for o in outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, feeds)]
+    except Exception as exc:  # the reference evaluator's own errors
+        raise _Unsupported(f"could not evaluate a constant: {exc}") from None
+
+
+# ---- helpers that build graphnn nodes --------------------------------------------------
+
+def transpose(x, perm):
+    """gn.transpose, cancelling with a transpose below it (identity perms vanish)."""
+    perm = tuple(int(p) for p in perm)
+    if x.op == "transpose":
+        inner = x.attr("axes")
+        perm = tuple(inner[p] for p in perm)
+        x = x.inputs[0]
+    if perm == tuple(range(len(perm))):
+        return x
+    return ops.transpose(x, perm)
+
+
+def _static_dim(d, what):
+    d = S.resolve(d)
+    if not isinstance(d, int):
+        raise _Unsupported(f"{what} needs a static size, got a symbolic dim")
+    return d
+
+
+def strided(x, axis, start, step, count):
+    """Elements start, start+step, ..., start+step*(count-1) along `axis`, from slices and
+    reshapes (graphnn's slice_axis has no step)."""
+    if step == 1:
+        return ops.slice_axis(x, axis, start, start + count)
+    length = _static_dim(x.sym_shape[axis], "a strided slice")
+    stop = builtins.min(length, start + step * count)
+    x = ops.slice_axis(x, axis, start, stop) if (start, stop) != (0, length) else x
+    if stop - start < step * count:
+        x = ops.pad_axis(x, axis, 0, step * count - (stop - start))
+    shape = tuple(x.sym_shape)
+    x = ops.reshape(x, shape[:axis] + (count, step) + shape[axis + 1:])
+    x = ops.slice_axis(x, axis + 1, 0, 1)
+    return ops.reshape(x, shape[:axis] + (count,) + shape[axis + 1:])
+
+
+def dilate(w, axis, rate):
+    """Insert rate-1 zeros between kernel taps along `axis` (a dilated kernel)."""
+    k = _static_dim(w.sym_shape[axis], "a dilated kernel")
+    if rate == 1 or k == 1:
+        return w
+    taps = []
+    for i in range(k):
+        tap = ops.slice_axis(w, axis, i, i + 1)
+        taps.append(ops.pad_axis(tap, axis, 0, rate - 1) if i < k - 1 else tap)
+    return ops.concat(taps, axis=axis)
+
+
+def pad_spatial(x, pads, value=0.0):
+    """Pad NHWC `x` by pads (top, left, bottom, right); a non-zero `value` fills the pad."""
+    top, left, bottom, right = pads
+    n, h, w, c = x.sym_shape
+    if top or bottom:
+        x = ops.pad_axis(x, 1, top, bottom)
+    if left or right:
+        x = ops.pad_axis(x, 2, left, right)
+    if value and any(pads):
+        hp, wp = h + top + bottom, w + left + right
+        mask = np.full((1, hp, wp, 1), value, dtype=x.dtype)
+        mask[:, top:top + h, left:left + w, :] = 0
+        x = x + const_node(mask)
+    return x
+
+
+def _spatial_attrs(node, attrs, kernel, in_hw):
+    """(strides, pads (t, l, b, r), dilations) of a Conv or pool with a 2-D kernel."""
+    strides = tuple(attrs.get("strides", (1, 1)))
+    dilations = tuple(attrs.get("dilations", (1, 1)))
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0, 0, 0, 0]
+        for i in range(2):
+            out = -(-in_hw[i] // strides[i])
+            total = builtins.max((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+                                 - in_hw[i], 0)
+            before = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            pads[i], pads[i + 2] = before, total - before
+    elif auto_pad == "VALID":
+        pads = [0, 0, 0, 0]
+    else:
+        pads = list(attrs.get("pads", (0, 0, 0, 0)))
+    if len(strides) != 2 or len(dilations) != 2 or len(pads) != 4:
+        raise _Unsupported("attributes do not describe a 2-D window")
+    if builtins.min(pads) < 0:
+        raise _Unsupported("negative pads")
+    return strides, tuple(pads), dilations
+
+
+class _Spatial:
+    """A 1-D or 2-D Conv/pool operand converted to NHWC (1-D: height 1)."""
+
+    def __init__(self, imp, name):
+        shape = imp.shape(name)
+        self.rank = len(shape)
+        if self.rank == 4:
+            self.x = imp.nhwc(name)
+        elif self.rank == 3:
+            x = transpose(imp.node(name), (0, 2, 1))
+            n, length, c = x.sym_shape
+            self.x = ops.reshape(x, (n, 1, length, c))
+        else:
+            raise _Unsupported(f"{self.rank - 2}-D windows (graphnn has 1-D and 2-D)")
+        self.h = _static_dim(self.x.sym_shape[1], "a window op")
+        self.w = _static_dim(self.x.sym_shape[2], "a window op")
+
+    def store(self, imp, name, y):
+        if self.rank == 4:
+            imp.set(name, y, channels_last=True)
+        else:
+            n, _, length, c = y.sym_shape
+            imp.set(name, transpose(ops.reshape(y, (n, length, c)), (0, 2, 1)))
+
+
+def _pair(values, rank, default):
+    values = tuple(values) if values is not None else (default,) * (rank - 2)
+    return (1,) + values if rank == 3 else values
+
+
+def _windowed_attrs(attrs, rank):
+    """ONNX window attributes of a 1-D op, rewritten for a height-1 2-D op."""
+    if rank != 3:
+        return attrs
+    out = dict(attrs)
+    for key in ("strides", "dilations"):
+        if key in attrs:
+            out[key] = (1,) + tuple(attrs[key])
+    if "pads" in attrs:
+        b, e = attrs["pads"]
+        out["pads"] = (0, b, 0, e)
+    return out
+
+
+def import_conv(imp, node, attrs):
+    if len(imp.shape(node.input[1])) not in (3, 4):
+        raise _Unsupported(f"{len(imp.shape(node.input[1])) - 2}-D convolution "
+                           "(graphnn has 1-D and 2-D)")
+    src = _Spatial(imp, node.input[0])
+    attrs = _windowed_attrs(attrs, src.rank)
+    wname = node.input[1]
+    if imp.is_static(wname):
+        array = imp.static[wname]
+        if array.ndim == 3:
+            imp.static[wname] = array = array[:, :, None, :]
+        w = imp.leaf(wname, "hwio")
+    else:
+        w = imp.node(wname)
+        if w.ndim == 3:
+            w = ops.reshape(w, w.sym_shape[:2] + (1,) + w.sym_shape[2:])
+        w = transpose(w, (2, 3, 1, 0))
+    kh, kw = (_static_dim(d, "a Conv kernel") for d in w.sym_shape[:2])
+    strides, pads, dilations = _spatial_attrs(node, attrs, (kh, kw), (src.h, src.w))
+    groups = int(attrs.get("group", 1))
+    x = src.x
+    w = dilate(dilate(w, 0, dilations[0]), 1, dilations[1])
+    kh, kw = (kh - 1) * dilations[0] + 1, (kw - 1) * dilations[1] + 1
+    padding = "valid"
+    if strides[0] == strides[1] and pads == _same_pads(src.h, src.w, kh, kw, strides[0]):
+        padding = "same"
+    elif any(pads):
+        x = pad_spatial(x, pads)
+    stride = strides[0] if strides[0] == strides[1] else 1
+    cin = _static_dim(x.sym_shape[3], "Conv input channels")
+    cout = _static_dim(w.sym_shape[3], "Conv output channels")
+    if groups == 1:
+        y = ops.conv2d(x, w, stride=stride, padding=padding)
+    else:
+        gin, gout = cin // groups, cout // groups
+        y = ops.concat([ops.conv2d(ops.slice_axis(x, 3, g * gin, (g + 1) * gin),
+                                   ops.slice_axis(w, 3, g * gout, (g + 1) * gout),
+                                   stride=stride, padding=padding)
+                        for g in range(groups)], axis=3)
+    if stride == 1 and strides != (1, 1):
+        oh = (_static_dim(x.sym_shape[1], "Conv") - kh) // strides[0] + 1
+        ow = (_static_dim(x.sym_shape[2], "Conv") - kw) // strides[1] + 1
+        y = strided(strided(y, 1, 0, strides[0], oh), 2, 0, strides[1], ow)
+    if len(node.input) > 2 and node.input[2]:
+        y = y + imp.node(node.input[2])
+    src.store(imp, node.output[0], y)
+
+
+def _same_pads(h, w, kh, kw, stride):
+    """The pads graphnn's padding="same" applies: (top, left, bottom, right)."""
+    from .ops import conv_geometry
+    oh, top = conv_geometry(h, kh, stride, "same")
+    ow, left = conv_geometry(w, kw, stride, "same")
+    bottom = builtins.max((oh - 1) * stride + kh - h, 0) - top
+    right = builtins.max((ow - 1) * stride + kw - w, 0) - left
+    return (top, left, bottom, right)
+
+
+def _pool(imp, node, attrs, kind):
+    if len(node.output) > 1 and node.output[1]:
+        raise _Unsupported("the Indices output")
+    src = _Spatial(imp, node.input[0])
+    attrs = _windowed_attrs(attrs, src.rank)
+    kernel = _pair(attrs.get("kernel_shape"), src.rank, 1)
+    strides, pads, dilations = _spatial_attrs(node, attrs, kernel, (src.h, src.w))
+    if kind == "avg" and dilations != (1, 1):
+        raise _Unsupported("AveragePool with dilations")
+    size = [(kernel[i] - 1) * dilations[i] + 1 for i in range(2)]
+    hw = (src.h, src.w)
+    out, pads = list(pads[:2]), list(pads)
+    for i in range(2):
+        span = hw[i] + pads[i] + pads[i + 2] - size[i]
+        if attrs.get("ceil_mode", 0):
+            out[i] = -(-span // strides[i]) + 1
+            if (out[i] - 1) * strides[i] >= hw[i] + pads[i]:
+                out[i] -= 1  # a window may not start in the end padding
+            pads[i + 2] += builtins.max((out[i] - 1) * strides[i] + size[i] - hw[i]
+                                        - pads[i] - pads[i + 2], 0)
+        else:
+            out[i] = span // strides[i] + 1
+    x = src.x
+    include_pad = kind == "avg" and attrs.get("count_include_pad", 0)
+    fill = float(np.finfo(x.dtype).min) if kind == "max" else 0.0
+    x = pad_spatial(x, pads, fill)
+    native = (kernel[0] == kernel[1] and strides[0] == strides[1] and dilations == (1, 1))
+    if native and kind == "max":
+        y = ops.max_pool2d(x, kernel[0], strides[0])
+    elif native:
+        y = ops.avg_pool2d(x, kernel[0], strides[0])
+    else:
+        taps = [strided(strided(x, 1, i * dilations[0], strides[0], out[0]),
+                        2, j * dilations[1], strides[1], out[1])
+                for i in range(kernel[0]) for j in range(kernel[1])]
+        y = taps[0]
+        for t in taps[1:]:
+            y = ops.maximum(y, t) if kind == "max" else y + t
+        if kind == "avg":
+            y = y * (1.0 / (kernel[0] * kernel[1]))
+    if kind == "avg" and any(pads):
+        counts = _window_counts(hw, pads, kernel, strides, out, include_pad,
+                                attrs.get("pads", (0,) * 4))
+        scale = kernel[0] * kernel[1] / counts
+        if not np.all(scale == 1):
+            y = y * const_node(scale.reshape(1, out[0], out[1], 1).astype(x.dtype))
+    src.store(imp, node.output[0], y)
+
+
+def _window_counts(hw, pads, kernel, strides, out, include_pad, explicit_pads):
+    """How many elements each average-pool window divides by (ONNX's count_include_pad)."""
+    hp, wp = hw[0] + pads[0] + pads[2], hw[1] + pads[1] + pads[3]
+    valid = np.zeros((hp, wp))
+    if include_pad:  # the explicit pads count, the extra ceil_mode pad does not
+        ep = list(explicit_pads) + [0] * (4 - len(explicit_pads))
+        valid[:hw[0] + pads[0] + ep[2], :hw[1] + pads[1] + ep[3]] = 1
+    else:
+        valid[pads[0]:pads[0] + hw[0], pads[1]:pads[1] + hw[1]] = 1
+    counts = np.zeros(out)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            counts += valid[i:i + strides[0] * (out[0] - 1) + 1:strides[0],
+                            j:j + strides[1] * (out[1] - 1) + 1:strides[1]]
+    return np.maximum(counts, 1)
+
+
+def import_global_pool(imp, node, attrs, reducer):
+    name = node.input[0]
+    rank = len(imp.shape(name))
+    if rank == 4 and imp.has_nhwc(name):
+        y = reducer(imp.nhwc(name), axis=(1, 2), keepdims=True)
+        imp.set(node.output[0], y, channels_last=True)
+    else:
+        imp.set(node.output[0], reducer(imp.node(name), axis=tuple(range(2, rank)),
+                                        keepdims=True))
+
+
+def _channel_vector(imp, name, rank, channels_last):
+    """A per-channel (C,) operand shaped to broadcast against a rank-`rank` tensor."""
+    v = imp.node(name)
+    if channels_last:
+        return v
+    return ops.reshape(v, (v.sym_shape[0],) + (1,) * (rank - 2))
+
+
+def import_batch_norm(imp, node, attrs):
+    if any(node.output[1:]):
+        raise _Unsupported("training mode (running statistics outputs)")
+    name = node.input[0]
+    rank = len(imp.shape(name))
+    last = rank == 4 and imp.has_nhwc(name)
+    x = imp.nhwc(name) if last else imp.node(name)
+    scale, bias, mean, var = (_channel_vector(imp, n, rank, last) for n in node.input[1:5])
+    eps = float(attrs.get("epsilon", 1e-5))
+    y = (x - mean) * (scale / ops.sqrt(var + eps)) + bias
+    imp.set(node.output[0], y, channels_last=last)
+
+
+def import_instance_norm(imp, node, attrs):
+    x = imp.node(node.input[0])
+    axes = tuple(range(2, x.ndim))
+    scale, bias = (_channel_vector(imp, n, x.ndim, False) for n in node.input[1:3])
+    centred = x - ops.mean(x, axis=axes, keepdims=True)
+    var = ops.mean(ops.square(centred), axis=axes, keepdims=True)
+    eps = float(attrs.get("epsilon", 1e-5))
+    imp.set(node.output[0], centred / ops.sqrt(var + eps) * scale + bias)
+
+
+def _elementwise(fn):
+    """An elementwise op: computed channels-last when every image operand is available
+    so (keeps conv -> relu -> pool chains free of transposes)."""
+    def importer(imp, node, attrs):
+        names = [n for n in node.input if n]
+        ranks = [len(imp.shape(n)) for n in names]
+        images = [n for n, r in zip(names, ranks) if r == 4]
+        scalar_like = all(r == 0 or (r <= 4 and all(d == 1 for d in imp.shape(n)))
+                          for n, r in zip(names, ranks) if r != 4)
+        last = bool(images) and all(imp.has_nhwc(n) for n in images) and scalar_like
+        args = []
+        for n, r in zip(names, ranks):
+            if r == 4 and last:
+                args.append(imp.nhwc(n))
+            elif last and r:
+                args.append(ops.reshape(imp.node(n), ()) if r else imp.node(n))
+            else:
+                args.append(imp.node(n))
+        imp.set(node.output[0], fn(*args, **_clean(attrs)), channels_last=last)
+    return importer
+
+
+def _clean(attrs):
+    return {k: v for k, v in attrs.items() if k not in ("consumed_inputs", "broadcast",
+                                                         "axis", "is_test")}
+
+
+def _variadic(fn):
+    def combine(*xs):
+        y = xs[0]
+        for x in xs[1:]:
+            y = fn(y, x)
+        return y
+    return combine
+
+
+def _needs_float_pair(fn):
+    def apply(a, b):
+        if a.dtype.kind != "f" and b.dtype.kind == "f":
+            a = ops.cast(a, b.dtype)
+        if b.dtype.kind != "f" and a.dtype.kind == "f":
+            b = ops.cast(b, a.dtype)
+        return fn(a, b)
+    return apply
+
+
+def _legacy_broadcast(imp, node, attrs):
+    """Opset < 7 binary ops may broadcast B from `axis` on (attribute broadcast=1)."""
+    if imp.opset >= 7 or not attrs.get("broadcast") or "axis" not in attrs:
+        return None
+    a, b = imp.shape(node.input[0]), imp.shape(node.input[1])
+    axis = attrs["axis"] % len(a)
+    trailing = len(a) - axis - len(b)
+    if trailing:
+        return ops.reshape(imp.node(node.input[1]), tuple(b) + (1,) * trailing)
+    return None
+
+
+def _binary(fn):
+    base = _elementwise(fn)
+
+    def importer(imp, node, attrs):
+        b = _legacy_broadcast(imp, node, attrs)
+        if b is None:
+            return base(imp, node, attrs)
+        imp.set(node.output[0], fn(imp.node(node.input[0]), b))
+    return importer
+
+
+def import_clip(imp, node, attrs):
+    if imp.opset < 11:
+        low, high = attrs.get("min"), attrs.get("max")
+    else:
+        low, high = (imp.static_value(node, i, "Clip's bound") for i in (1, 2))
+        low = None if low is None else float(low)
+        high = None if high is None else float(high)
+
+    def clip(x):
+        if low is not None and high is not None:
+            return ops.clip(x, low, high)
+        if low is not None:
+            return ops.maximum(x, low)
+        return ops.minimum(x, high) if high is not None else x
+    _elementwise(clip)(imp, _first_input_only(node), {})
+
+
+class _NodeView:
+    def __init__(self, node, inputs):
+        self.input, self.output, self.op_type = inputs, node.output, node.op_type
+
+
+def _first_input_only(node):
+    return _NodeView(node, [node.input[0]])
+
+
+def _softmax(fn, composite):
+    def importer(imp, node, attrs):
+        x = imp.node(node.input[0])
+        if imp.opset >= 13:
+            imp.set(node.output[0], fn(x, axis=int(attrs.get("axis", -1))))
+            return
+        axis = int(attrs.get("axis", 1)) % builtins.max(x.ndim, 1)
+        if axis == x.ndim - 1:
+            imp.set(node.output[0], fn(x, axis=axis))
+        else:  # opsets < 13 flatten to 2-D at `axis`: normalise over all trailing axes
+            imp.set(node.output[0], composite(x, tuple(range(axis, x.ndim))))
+    return importer
+
+
+def import_matmul(imp, node, attrs):
+    a, b = imp.node(node.input[0]), imp.node(node.input[1])
+    imp.set(node.output[0], _matmul(a, b))
+
+
+def _matmul(a, b):
+    if a.ndim == 2 and b.ndim == 2:
+        return ops.matmul(a, b)
+    if b.ndim == 2 and a.ndim >= 1:
+        lead = a.sym_shape[:-1]
+        flat = ops.reshape(a, (-1, a.sym_shape[-1])) if a.ndim != 2 else a
+        return ops.reshape(ops.matmul(flat, b), lead + (b.sym_shape[1],))
+    if b.ndim == 1:
+        return ops.reshape(_matmul(a, ops.reshape(b, (b.sym_shape[0], 1))), a.sym_shape[:-1])
+    raise _Unsupported("batched MatMul with a rank > 2 right operand")
+
+
+def import_gemm(imp, node, attrs):
+    a, b = imp.node(node.input[0]), imp.node(node.input[1])
+    if attrs.get("transA", 0):
+        a = transpose(a, (1, 0))
+    if attrs.get("transB", 0):
+        b = transpose(b, (1, 0))
+    y = ops.matmul(a, b)
+    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    if alpha != 1.0:
+        y = y * alpha
+    if len(node.input) > 2 and node.input[2]:
+        c = imp.node(node.input[2])
+        y = y + (c * beta if beta != 1.0 else c)
+    imp.set(node.output[0], y)
+
+
+def import_transpose(imp, node, attrs):
+    x = imp.node(node.input[0])
+    perm = attrs.get("perm", tuple(reversed(range(x.ndim))))
+    imp.set(node.output[0], transpose(x, perm))
+
+
+def _target_shape(x, target, allowzero=False):
+    dims = []
+    for i, d in enumerate(int(v) for v in target):
+        dims.append(x.sym_shape[i] if d == 0 and not allowzero else d)
+    return tuple(dims)
+
+
+def import_reshape(imp, node, attrs):
+    x = imp.node(node.input[0])
+    if imp.opset < 5:
+        target = attrs["shape"]
+    else:
+        target = imp.static_value(node, 1, "Reshape's shape")
+    imp.set(node.output[0], _reshape(x, _target_shape(x, target, attrs.get("allowzero", 0))))
+
+
+def _reshape(x, shape):
+    try:
+        return ops.reshape(x, shape)
+    except GraphError as exc:
+        raise _Unsupported(f"reshape to {tuple(shape)}: {str(exc).split(';')[0]}") from None
+
+
+def _product(dims):
+    """The product of dims: an int, or the one symbolic dim when it is alone."""
+    dims = [S.resolve(d) for d in dims]
+    if len(dims) == 1:
+        return dims[0]
+    if all(isinstance(d, int) for d in dims):
+        return int(np.prod(dims, dtype=np.int64))
+    raise _Unsupported("flattening a symbolic dim together with others")
+
+
+def import_flatten(imp, node, attrs):
+    x = imp.node(node.input[0])
+    axis = int(attrs.get("axis", 1)) % (x.ndim + 1) if x.ndim else 0
+    shape = (_product(x.sym_shape[:axis]) if axis else 1,
+             _product(x.sym_shape[axis:]) if axis < x.ndim else 1)
+    imp.set(node.output[0], _reshape(x, shape))
+
+
+def import_concat(imp, node, attrs):
+    xs = [imp.node(n) for n in node.input if n]
+    imp.set(node.output[0], ops.concat(xs, axis=int(attrs.get("axis", 0))) if len(xs) > 1
+            else xs[0])
+
+
+def _axes(imp, node, attrs, index, attr_until):
+    """Reduction/squeeze axes: an attribute before opset `attr_until`, an input after."""
+    if imp.opset < attr_until:
+        axes = attrs.get("axes")
+    else:
+        axes = imp.static_value(node, index, "the axes")
+    return None if axes is None else tuple(int(a) for a in np.ravel(axes))
+
+
+def _reduce(fn, attr_until):
+    def importer(imp, node, attrs):
+        x = imp.node(node.input[0])
+        axes = _axes(imp, node, attrs, 1, attr_until)
+        keep = bool(attrs.get("keepdims", 1))
+        if not axes:
+            if attrs.get("noop_with_empty_axes", 0):
+                imp.set(node.output[0], x)
+                return
+            axes = None
+        imp.set(node.output[0], fn(x, axis=axes, keepdims=keep))
+    return importer
+
+
+def import_squeeze(imp, node, attrs):
+    x = imp.node(node.input[0])
+    axes = _axes(imp, node, attrs, 1, 13)
+    shape = x.sym_shape
+    if axes is None:
+        axes = [i for i, d in enumerate(shape) if S.resolve(d) == 1]
+    axes = {a % x.ndim for a in axes}
+    imp.set(node.output[0], _reshape(x, tuple(d for i, d in enumerate(shape) if i not in axes)))
+
+
+def import_unsqueeze(imp, node, attrs):
+    x = imp.node(node.input[0])
+    axes = _axes(imp, node, attrs, 1, 13)
+    rank = x.ndim + len(axes)
+    axes = {a % rank for a in axes}
+    dims = iter(x.sym_shape)
+    imp.set(node.output[0], _reshape(x, tuple(1 if i in axes else next(dims)
+                                              for i in range(rank))))
+
+
+def import_split(imp, node, attrs):
+    x = imp.node(node.input[0])
+    axis = int(attrs.get("axis", 0)) % x.ndim
+    length = _static_dim(x.sym_shape[axis], "Split")
+    if imp.opset >= 13 and len(node.input) > 1 and node.input[1]:
+        sizes = [int(s) for s in imp.static_value(node, 1, "Split's sizes")]
+    elif "split" in attrs:
+        sizes = list(attrs["split"])
+    else:
+        parts = len(node.output)
+        chunk = -(-length // parts)
+        sizes = [builtins.min(chunk, length - i * chunk) for i in range(parts)]
+    start = 0
+    for name, size in zip(node.output, sizes):
+        imp.set(name, ops.slice_axis(x, axis, start, start + size)
+                if (start, size) != (0, length) else x)
+        start += size
+
+
+def import_slice(imp, node, attrs):
+    x = imp.node(node.input[0])
+    if imp.opset < 10:
+        starts, ends = attrs["starts"], attrs["ends"]
+        axes, steps = attrs.get("axes"), None
+    else:
+        starts, ends = (imp.static_value(node, i, "Slice's bounds") for i in (1, 2))
+        axes, steps = (imp.static_value(node, i, "Slice's axes/steps") for i in (3, 4))
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    y = x
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis, step = int(axis) % x.ndim, int(step)
+        if step < 1:
+            raise _Unsupported("negative Slice steps")
+        length = _static_dim(x.sym_shape[axis], "Slice")
+        start, end, _ = slice(int(start), int(end)).indices(length)
+        count = -(-(end - start) // step)
+        if count <= 0:
+            raise _Unsupported("an empty slice")
+        if (start, count, step) != (0, length, 1):
+            y = strided(y, axis, start, step, count)
+    imp.set(node.output[0], y)
+
+
+def import_pad(imp, node, attrs):
+    x = imp.node(node.input[0])
+    if imp.opset < 11:
+        pads, value = list(attrs.get("pads", attrs.get("paddings"))), attrs.get("value", 0.0)
+        axes = None
+    else:
+        pads = [int(p) for p in imp.static_value(node, 1, "Pad's pads")]
+        value = imp.static_value(node, 2, "Pad's value")
+        value = 0.0 if value is None else float(np.ravel(value)[0]) if np.size(value) else 0.0
+        axes = imp.static_value(node, 3, "Pad's axes")
+    axes = list(range(x.ndim)) if axes is None else [int(a) % x.ndim for a in axes]
+    mode = attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    half = len(pads) // 2
+    y = x
+    for i, axis in enumerate(axes):
+        before, after = int(pads[i]), int(pads[i + half])
+        if before < 0 or after < 0:
+            length = _static_dim(y.sym_shape[axis], "Pad")
+            y = ops.slice_axis(y, axis, builtins.max(-before, 0),
+                               length - builtins.max(-after, 0))
+            before, after = builtins.max(before, 0), builtins.max(after, 0)
+        if before or after:
+            y = _pad_one_axis(y, axis, before, after, mode)
+    if value and mode == "constant":
+        y = y + _pad_mask(y, axes, pads, value)
+    imp.set(node.output[0], y)
+
+
+def _pad_mask(y, axes, pads, value):
+    half = len(pads) // 2
+    shape, index = [], []
+    for a in range(y.ndim):
+        if a in axes and (pads[axes.index(a)] or pads[axes.index(a) + half]):
+            size = _static_dim(y.sym_shape[a], "Pad with a value")
+            b = builtins.max(int(pads[axes.index(a)]), 0)
+            shape.append(size)
+            index.append(slice(b, size - builtins.max(int(pads[axes.index(a) + half]), 0)))
+        else:
+            shape.append(1)
+            index.append(slice(None))
+    mask = np.full(shape, value, dtype=y.dtype)
+    mask[tuple(index)] = 0
+    return const_node(mask)
+
+
+def _pad_one_axis(x, axis, before, after, mode):
+    if mode == "constant":
+        return ops.pad_axis(x, axis, before, after)
+    length = _static_dim(x.sym_shape[axis], "Pad")
+
+    def piece(i):
+        return ops.slice_axis(x, axis, i, i + 1)
+    if mode == "edge":
+        head, tail = [piece(0)] * before, [piece(length - 1)] * after
+    elif mode == "reflect":
+        if before >= length or after >= length:
+            raise _Unsupported("reflect padding wider than the axis")
+        head = [piece(i) for i in range(before, 0, -1)]
+        tail = [piece(length - 2 - i) for i in range(after)]
+    else:
+        raise _Unsupported(f"Pad mode {mode!r}")
+    return ops.concat(head + [x] + tail, axis=axis)
+
+
+def import_tile(imp, node, attrs):
+    x = imp.node(node.input[0])
+    repeats = imp.static_value(node, 1, "Tile's repeats")
+    for axis, r in enumerate(int(v) for v in repeats):
+        if r > 1:
+            x = ops.concat([x] * r, axis=axis)
+    imp.set(node.output[0], x)
+
+
+def import_gather(imp, node, attrs):
+    """Gather along axis 0 of a 2-D table (an embedding): one_hot(indices) @ table."""
+    data = imp.node(node.input[0])
+    axis = int(attrs.get("axis", 0))
+    if axis % builtins.max(data.ndim, 1) != 0 or data.ndim != 2:
+        raise _Unsupported("Gather other than rows of a 2-D table")
+    rows = _static_dim(data.sym_shape[0], "Gather")
+    if imp.is_static(node.input[1]):
+        idx = imp.static[node.input[1]].astype(np.int64) % rows
+        hot = const_node((idx[..., None] == np.arange(rows)).astype(data.dtype))
+    else:
+        hot = ops.one_hot(imp.node(node.input[1]), rows, data.dtype)
+    imp.set(node.output[0], _matmul(hot, data))
+
+
+def import_constant(imp, node, attrs):
+    from onnx import numpy_helper
+    if "value" in attrs:
+        value = numpy_helper.to_array(attrs["value"])
+    elif "value_float" in attrs:
+        value = np.array(attrs["value_float"], np.float32)
+    elif "value_floats" in attrs:
+        value = np.array(attrs["value_floats"], np.float32)
+    elif "value_int" in attrs:
+        value = np.array(attrs["value_int"], np.int64)
+    elif "value_ints" in attrs:
+        value = np.array(attrs["value_ints"], np.int64)
+    else:
+        raise _Unsupported("a Constant without a numeric value")
+    imp.set(node.output[0], value)
+
+
+def import_constant_of_shape(imp, node, attrs):
+    from onnx import numpy_helper
+    shape = imp.static_value(node, 0, "ConstantOfShape's shape")
+    fill = numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
+    imp.set(node.output[0], np.full(tuple(int(d) for d in shape), fill.ravel()[0], fill.dtype))
+
+
+def import_shape(imp, node, attrs):
+    shape = [S.resolve(d) for d in imp.shape(node.input[0])]
+    if not all(isinstance(d, int) for d in shape):
+        raise _Unsupported("Shape of a tensor with a symbolic dim")
+    shape = shape[attrs.get("start", 0):attrs.get("end", len(shape))]
+    imp.set(node.output[0], np.array(shape, np.int64))
+
+
+def import_identity(imp, node, attrs):
+    name = node.input[0]
+    if imp.is_static(name):
+        imp.set(node.output[0], imp.static[name])
+    elif imp.has_nhwc(name):
+        imp.set(node.output[0], imp.nhwc(name), channels_last=True)
+    else:
+        imp.set(node.output[0], imp.node(name))
+
+
+def import_dropout(imp, node, attrs):
+    if len(node.output) > 1 and node.output[1]:
+        raise _Unsupported("the mask output (graphnn runs Dropout as inference: identity)")
+    import_identity(imp, node, attrs)
+
+
+def import_cast(imp, node, attrs):
+    dtype = _ONNX_DTYPES.get(attrs["to"])
+    if dtype is None:
+        raise _Unsupported(f"Cast to element type {attrs['to']}")
+    _elementwise(lambda x: ops.cast(x, dtype) if x.dtype != dtype else x)(imp, node, {})
+
+
+def import_prelu(imp, node, attrs):
+    x, slope = imp.node(node.input[0]), imp.node(node.input[1])
+    if imp.opset < 7 and slope.ndim == 1 and x.ndim > 2 and slope.sym_shape[0] != 1:
+        slope = ops.reshape(slope, (slope.sym_shape[0],) + (1,) * (x.ndim - 2))
+    imp.set(node.output[0], ops.relu(x) - slope * ops.relu(ops.neg(x)))
+
+
+def _selu(x, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
+    return ops.elu(x, alpha) * gamma
+
+
+def _pow(a, b):
+    if b.dtype != a.dtype:
+        b = ops.cast(b, a.dtype)
+    return ops.pow(a, b)
+
+
+IMPORTERS = {
+    "Add": _binary(_needs_float_pair(ops.add)), "Sub": _binary(_needs_float_pair(ops.sub)),
+    "Mul": _binary(_needs_float_pair(ops.mul)), "Div": _binary(_needs_float_pair(ops.div)),
+    "Pow": _binary(_pow),
+    "Neg": _elementwise(ops.neg), "Sqrt": _elementwise(ops.sqrt),
+    "Exp": _elementwise(ops.exp), "Log": _elementwise(ops.log), "Abs": _elementwise(ops.abs),
+    "Reciprocal": _elementwise(lambda x: 1.0 / x), "Sign": _elementwise(ops.sign),
+    "Relu": _elementwise(ops.relu),
+    "LeakyRelu": _elementwise(lambda x, alpha=0.01: ops.leaky_relu(x, alpha)),
+    "Elu": _elementwise(lambda x, alpha=1.0: ops.elu(x, alpha)),
+    "Selu": _elementwise(_selu),
+    "Sigmoid": _elementwise(ops.sigmoid), "Tanh": _elementwise(ops.tanh),
+    "Softplus": _elementwise(ops.softplus),
+    # opsets < 13 normalise over all trailing axes: the decompositions take a tuple of axes
+    "Softmax": _softmax(ops.softmax, ops._softmax_decompose),
+    "LogSoftmax": _softmax(ops.log_softmax, ops._log_softmax_decompose),
+    "MatMul": import_matmul, "Gemm": import_gemm, "Transpose": import_transpose,
+    "Reshape": import_reshape, "Flatten": import_flatten, "Concat": import_concat,
+    "Sum": _elementwise(_variadic(ops.add)), "Max": _elementwise(_variadic(ops.maximum)),
+    "Min": _elementwise(_variadic(ops.minimum)), "Mean": _elementwise(
+        lambda *xs: _variadic(ops.add)(*xs) * (1.0 / len(xs))),
+    "ReduceSum": _reduce(ops.sum, 13), "ReduceMean": _reduce(ops.mean, 18),
+    "ReduceMax": _reduce(ops.max, 18),
+    "Conv": import_conv,
+    "MaxPool": lambda imp, node, attrs: _pool(imp, node, attrs, "max"),
+    "AveragePool": lambda imp, node, attrs: _pool(imp, node, attrs, "avg"),
+    "GlobalAveragePool": lambda imp, node, attrs: import_global_pool(imp, node, attrs,
+                                                                     ops.mean),
+    "GlobalMaxPool": lambda imp, node, attrs: import_global_pool(imp, node, attrs, ops.max),
+    "BatchNormalization": import_batch_norm, "InstanceNormalization": import_instance_norm,
+    "Dropout": import_dropout, "Identity": import_identity, "Constant": import_constant,
+    "ConstantOfShape": import_constant_of_shape, "Clip": import_clip,
+    "Squeeze": import_squeeze, "Unsqueeze": import_unsqueeze, "Split": import_split,
+    "Slice": import_slice, "Pad": import_pad, "Tile": import_tile, "Gather": import_gather,
+    "Shape": import_shape, "Cast": import_cast, "PRelu": import_prelu,
+    # comparisons give graphnn's 0/1 masks in the float dtype (a Cast to float keeps them)
+    "Equal": _elementwise(ops.eq), "Greater": _elementwise(ops.gt),
+    "GreaterOrEqual": _elementwise(ops.ge), "Less": _elementwise(lambda a, b: ops.gt(b, a)),
+    "LessOrEqual": _elementwise(lambda a, b: ops.ge(b, a)),
+}
+
+# Ops evaluated at import time when all their inputs are known constants (shape
+# arithmetic such as Shape -> Gather -> Concat -> Reshape). Float initializers stay
+# parameters unless the op only rearranges a shape.
+FOLDABLE = {"Add", "Sub", "Mul", "Div", "Neg", "Cast", "Concat", "Gather", "Unsqueeze",
+            "Squeeze", "Slice", "Reshape", "Range", "Equal", "Where", "Transpose", "Sqrt",
+            "ConstantOfShape", "Identity", "Floor", "Ceil", "Min", "Max", "Abs"}
+SHAPE_OPS = {"Shape", "Size"}
+
+
+def _only_constant(imp, node, attrs):
+    raise _Unsupported("only on constants known when importing (graphnn has no such op)")
+
+
+IMPORTERS.update({op: _only_constant for op in ("Range", "Where", "Floor", "Ceil")})
+
+
+# =======================================================================================
+# Export
+# =======================================================================================
+
+def export(outputs_or_graph, path, opset=DEFAULT_OPSET, model_name="graphnn"):
+    """Write a forward graph as an ONNX model (opset >= 13); returns `path`.
+
+        gn.onnx.export(logits, "mlp.onnx")                 # or a list of nodes, a gn.Graph
+
+    Inputs, parameters and outputs keep their names; parameters (and variables) become
+    initializers holding their current values, constants become Constant nodes. Images
+    stay NHWC as in graphnn (each conv/pool is wrapped in Transposes). Derivative-graph
+    ops (conv2d_grad_input, max_pool2d_grad, ...) are not exported: export forward graphs.
+    """
+    onnx = _require_onnx()
+    if opset < 13:
+        raise GraphError(f"gn.onnx.export needs opset 13 or newer, got {opset}")
+    graph = outputs_or_graph if isinstance(outputs_or_graph, Graph) else Graph(outputs_or_graph)
+    model = _Exporter(graph, opset).build(model_name)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+_NP_TO_ONNX = {"float32": 1, "float64": 11, "int32": 6, "int64": 7, "bool": 9}
+
+
+class _Exporter:
+    def __init__(self, graph, opset):
+        from onnx import helper
+        self.helper = helper
+        self.graph = graph
+        self.opset = opset
+        self.nodes, self.initializers = [], []
+        self.names = {}   # id(graphnn node) -> ONNX value name
+        self.used = set()
+        self.unsupported = {}
+
+    def fresh(self, base):
+        name, i = base, 1
+        while name in self.used:
+            name, i = f"{base}_{i}", i + 1
+        self.used.add(name)
+        return name
+
+    def emit(self, op_type, inputs, base, **attrs):
+        out = self.fresh(base)
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), [out],
+                                                name=self.fresh(f"{out}/{op_type}"), **attrs))
+        return out
+
+    def constant(self, array, base="const"):
+        """A Constant node (parameters, not constants, become initializers)."""
+        from onnx import numpy_helper
+        name = self.fresh(base)
+        self.nodes.append(self.helper.make_node(
+            "Constant", [], [name], name=self.fresh(f"{name}/Constant"),
+            value=numpy_helper.from_array(np.asarray(array), name)))
+        return name
+
+    def build(self, model_name):
+        helper = self.helper
+        for node in self.graph.inputs + self.graph.params + self.graph.variables:
+            self.names[id(node)] = self.fresh(node.name)
+        display = self.graph.display_names()
+        inputs = [helper.make_tensor_value_info(self.names[id(n)], _NP_TO_ONNX[n.dtype.name],
+                                                _onnx_dims(n.sym_shape))
+                  for n in self.graph.inputs]
+        for node in self.graph.params + self.graph.variables:
+            from onnx import numpy_helper
+            self.initializers.append(numpy_helper.from_array(node.value, self.names[id(node)]))
+        for node in self.graph.nodes:
+            self.export_node(node, display[node])
+        if self.unsupported:
+            listed = ", ".join(f"{k} ({v})" for k, v in sorted(self.unsupported.items()))
+            raise GraphError(f"gn.onnx.export: no ONNX form for these ops: {listed}; export "
+                             "the forward graph (before gn.grad)")
+        outputs = []
+        for out in self.graph.outputs:
+            name = self.names[id(out)]
+            if out.op in ("input", "param", "variable", "const") or name in (
+                    o.name for o in outputs):
+                name = self.emit("Identity", [name], out.name or f"{name}_out")
+            outputs.append(helper.make_tensor_value_info(
+                name, _NP_TO_ONNX[out.dtype.name], _onnx_dims(out.sym_shape)))
+        onnx_graph = helper.make_graph(self.nodes, model_name, inputs, outputs,
+                                       initializer=self.initializers)
+        return helper.make_model(onnx_graph, producer_name="graphnn",
+                                 opset_imports=[helper.make_opsetid("", self.opset)])
+
+    def export_node(self, node, display_name):
+        if id(node) in self.names:
+            return
+        if node.op == "const":
+            self.names[id(node)] = self.constant(node.value, node.name or "const")
+            return
+        ins = [self.names[id(i)] for i in node.inputs]
+        rule = EXPORTERS.get(node.op)
+        if rule is not None:
+            self.names[id(node)] = rule(self, node, ins, node.name or display_name,
+                                        **node.attrs)
+            return
+        decompose = OPS[node.op].decompose
+        if decompose is None:
+            self.unsupported[node.op] = self.unsupported.get(node.op, 0) + 1
+            self.names[id(node)] = "?"
+            return
+        expanded = decompose(*node.inputs, **node.attrs)
+        from .graph import topological_order
+        for inner in topological_order([expanded]):
+            self.export_node(inner, f"{display_name}/{inner.op}")
+        self.names[id(node)] = self.emit("Identity", [self.names[id(expanded)]],
+                                         node.name or display_name)
+
+
+def _onnx_dims(sym_shape):
+    dims = []
+    for d in map(S.resolve, sym_shape):
+        if isinstance(d, int):
+            dims.append(d)
+        else:
+            dims.append(f"N{d.label}" if d.label.isdigit() else d.label)
+    return dims
+
+
+def _simple(op_type, **fixed):
+    return lambda ex, node, ins, name, **attrs: ex.emit(op_type, ins, name, **fixed)
+
+
+def _float_mask(op_type):
+    def rule(ex, node, ins, name, **attrs):
+        mask = ex.emit(op_type, ins, f"{name}/mask")
+        return ex.emit("Cast", [mask], name, to=_NP_TO_ONNX[node.dtype.name])
+    return rule
+
+
+def _axes_list(axis, ndim):
+    if axis is None:
+        return list(range(ndim))
+    axes = [axis] if isinstance(axis, int) else list(axis)
+    return [a % ndim for a in axes] if ndim else []
+
+
+def _reduce_rule(op_type, axes_input_from):
+    def rule(ex, node, ins, name, axis, keepdims):
+        x = node.inputs[0]
+        axes = _axes_list(axis, x.ndim)
+        if not axes:
+            return ex.emit("Identity", ins, name)
+        if ex.opset >= axes_input_from:
+            return ex.emit(op_type, ins + [ex.constant(np.array(axes, np.int64), "axes")],
+                           name, keepdims=int(keepdims))
+        return ex.emit(op_type, ins, name, axes=axes, keepdims=int(keepdims))
+    return rule
+
+
+def _export_reshape(ex, node, ins, name, shape):
+    x = node.inputs[0]
+    target, wild = [], 0
+    for i, d in enumerate(shape):
+        d = S.resolve(d)
+        if isinstance(d, int):
+            target.append(d)
+        elif i < x.ndim and S.resolve(x.sym_shape[i]) is d:
+            target.append(0)
+        else:
+            target.append(-1)
+            wild += 1
+    if wild > 1:
+        ex.unsupported["reshape moving several symbolic dims"] = 1
+    return ex.emit("Reshape", [ins[0], ex.constant(np.array(target, np.int64), "shape")], name)
+
+
+def _export_slice(ex, node, ins, name, axis, start, stop):
+    c = lambda v: ex.constant(np.array([v], np.int64), "slice")  # noqa: E731
+    return ex.emit("Slice", [ins[0], c(start), c(stop), c(axis)], name)
+
+
+def _export_pad(ex, node, ins, name, axis, before, after):
+    pads = np.zeros(2 * node.ndim, np.int64)
+    pads[axis % node.ndim], pads[node.ndim + axis % node.ndim] = before, after
+    return ex.emit("Pad", [ins[0], ex.constant(pads, "pads")], name)
+
+
+def _nchw(ex, x, name):
+    return ex.emit("Transpose", [x], f"{name}/nchw", perm=[0, 3, 1, 2])
+
+
+def _nhwc(ex, y, name):
+    return ex.emit("Transpose", [y], name, perm=[0, 2, 3, 1])
+
+
+def _export_conv(ex, node, ins, name, stride, padding):
+    x, w = node.inputs
+    h, wd = S.resolve(x.sym_shape[1]), S.resolve(x.sym_shape[2])
+    kh, kw = S.resolve(w.sym_shape[0]), S.resolve(w.sym_shape[1])
+    pads = [0, 0, 0, 0] if padding == "valid" else list(_same_pads(h, wd, kh, kw, stride))
+    oihw = ex.emit("Transpose", [ins[1]], f"{ins[1]}/oihw", perm=[3, 2, 0, 1])
+    y = ex.emit("Conv", [_nchw(ex, ins[0], name), oihw], f"{name}/nchw_out",
+                kernel_shape=[kh, kw], strides=[stride, stride],
+                pads=[pads[0], pads[1], pads[2], pads[3]])
+    return _nhwc(ex, y, name)
+
+
+def _pool_rule(op_type):
+    def rule(ex, node, ins, name, size, stride):
+        y = ex.emit(op_type, [_nchw(ex, ins[0], name)], f"{name}/nchw_out",
+                    kernel_shape=[size, size], strides=[stride, stride])
+        return _nhwc(ex, y, name)
+    return rule
+
+
+def _export_clip(ex, node, ins, name, low, high):
+    dtype = node.dtype
+    return ex.emit("Clip", [ins[0], ex.constant(np.array(low, dtype), "low"),
+                            ex.constant(np.array(high, dtype), "high")], name)
+
+
+def _export_broadcast_like(ex, node, ins, name, axis, keepdims):
+    g, x = node.inputs
+    src = ins[0]
+    if not keepdims:
+        axes = _axes_list(axis, x.ndim)
+        src = ex.emit("Unsqueeze", [src, ex.constant(np.array(axes, np.int64), "axes")],
+                      f"{name}/keep")
+    shape = ex.emit("Shape", [ins[1]], f"{name}/shape")
+    return ex.emit("Expand", [src, shape], name)
+
+
+def _export_reciprocal_count(ex, node, ins, name, axis):
+    x = node.inputs[0]
+    axes = _axes_list(axis, x.ndim)
+    dims = [S.resolve(x.sym_shape[a]) for a in axes]
+    if all(isinstance(d, int) for d in dims):
+        n = int(np.prod(dims, dtype=np.int64))
+        return ex.constant(np.array(1.0 / n if n else np.nan, node.dtype), name)
+    shape = ex.emit("Shape", [ins[0]], f"{name}/shape")
+    picked = ex.emit("Gather", [shape, ex.constant(np.array(axes, np.int64), "axes")],
+                     f"{name}/dims")
+    count = ex.emit("ReduceProd", [picked], f"{name}/count", keepdims=0)
+    count = ex.emit("Cast", [count], f"{name}/float", to=_NP_TO_ONNX[node.dtype.name])
+    return ex.emit("Reciprocal", [count], name)
+
+
+def _export_step(ex, node, ins, name):
+    zero = ex.constant(np.array(0, node.dtype), "zero")
+    mask = ex.emit("Greater", [ins[0], zero], f"{name}/mask")
+    return ex.emit("Cast", [mask], name, to=_NP_TO_ONNX[node.dtype.name])
+
+
+EXPORTERS = {
+    "add": _simple("Add"), "sub": _simple("Sub"), "mul": _simple("Mul"),
+    "div": _simple("Div"), "pow": _simple("Pow"), "maximum": _simple("Max"),
+    "minimum": _simple("Min"), "neg": _simple("Neg"), "exp": _simple("Exp"),
+    "log": _simple("Log"), "sqrt": _simple("Sqrt"), "abs": _simple("Abs"),
+    "sign": _simple("Sign"), "sigmoid": _simple("Sigmoid"), "tanh": _simple("Tanh"),
+    "relu": _simple("Relu"), "softplus": _simple("Softplus"),
+    "square": lambda ex, node, ins, name: ex.emit("Mul", [ins[0], ins[0]], name),
+    "step": _export_step,
+    "ge": _float_mask("GreaterOrEqual"), "gt": _float_mask("Greater"),
+    "eq": _float_mask("Equal"),
+    "leaky_relu": lambda ex, node, ins, name, alpha: ex.emit("LeakyRelu", ins, name,
+                                                             alpha=alpha),
+    "elu": lambda ex, node, ins, name, alpha: ex.emit("Elu", ins, name, alpha=alpha),
+    "cast": lambda ex, node, ins, name, dtype: ex.emit("Cast", ins, name,
+                                                       to=_NP_TO_ONNX[dtype]),
+    "clip": _export_clip,
+    "sum": _reduce_rule("ReduceSum", 13), "mean": _reduce_rule("ReduceMean", 18),
+    "max": _reduce_rule("ReduceMax", 18),
+    "matmul": _simple("MatMul"),
+    "transpose": lambda ex, node, ins, name, axes: ex.emit("Transpose", ins, name,
+                                                           perm=list(axes)),
+    "reshape": _export_reshape,
+    "concat": lambda ex, node, ins, name, axis: ex.emit("Concat", ins, name, axis=axis),
+    "slice_axis": _export_slice, "pad_axis": _export_pad,
+    "conv2d": _export_conv, "max_pool2d": _pool_rule("MaxPool"),
+    "avg_pool2d": _pool_rule("AveragePool"),
+    "softmax": lambda ex, node, ins, name, axis: ex.emit("Softmax", ins, name, axis=axis),
+    "log_softmax": lambda ex, node, ins, name, axis: ex.emit("LogSoftmax", ins, name,
+                                                             axis=axis),
+    "broadcast_like": _export_broadcast_like, "reciprocal_count": _export_reciprocal_count,
+}
+
+
+# =======================================================================================
+# Command line: `graphnn export` and `graphnn run`
+# =======================================================================================
+
+def add_cli_commands(subparsers):
+    """Register `export` and `run` on the `graphnn` command's argparse subparsers."""
+    export_cmd = subparsers.add_parser("export", help="write a model file's graph as ONNX")
+    export_cmd.add_argument("file", help="a Python file defining build() or `outputs`")
+    export_cmd.add_argument("-o", "--output", default=None,
+                            help="ONNX file to write (default FILE.onnx)")
+    export_cmd.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                            help=f"ONNX opset (13 or newer, default {DEFAULT_OPSET})")
+    export_cmd.set_defaults(fn=cli_export)
+    run_cmd = subparsers.add_parser("run", help="run an ONNX model with graphnn")
+    run_cmd.add_argument("file", help="an ONNX model (.onnx)")
+    run_cmd.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                         help="feed input NAME from a .npy file (repeat per input)")
+    run_cmd.add_argument("--backend", default="cpu", help="cpu (default) or numpy")
+    run_cmd.add_argument("--save", default=None, metavar="DIR",
+                         help="also save each output as DIR/OUTPUT_NAME.npy")
+    run_cmd.set_defaults(fn=cli_run)
+
+
+def cli_export(args):
+    """`graphnn export FILE.py -o model.onnx`."""
+    from visualize.cli import load_outputs
+    target = load_outputs(args.file)
+    if hasattr(target, "outputs") and not isinstance(target, (Graph, list, Node)):
+        target = target.outputs  # a compiled function
+    path = args.output or str(args.file).rsplit(".", 1)[0] + ".onnx"
+    print(export(target, path, opset=args.opset))
+    return 0
+
+
+def cli_run(args):
+    """`graphnn run model.onnx --input NAME=file.npy`: print (and optionally save) outputs."""
+    import os
+    from .compile import compile as compile_graph
+    model = load(args.file)
+    feeds = {}
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise GraphError(f"--input expects NAME=FILE.npy, got {item!r}")
+        feeds[name] = np.load(path)
+    missing = [n.name for n in model.inputs if n.name not in feeds]
+    if missing:
+        raise GraphError(f"{args.file} needs inputs {', '.join(missing)}: pass "
+                         "--input NAME=FILE.npy for each")
+    results = compile_graph(model.outputs, backend=args.backend)(**feeds)
+    results = results if isinstance(results, tuple) else (results,)
+    with np.printoptions(precision=5, suppress=True, threshold=200):
+        for node, value in zip(model.outputs, results):
+            print(f"{node.name} {value.shape} {value.dtype}:\n{value}")
+            if args.save:
+                os.makedirs(args.save, exist_ok=True)
+                safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in node.name)
+                np.save(os.path.join(args.save, f"{safe}.npy"), value)
+    return 0

@@ -1,0 +1,283 @@
+"""gn.onnx: export to ONNX and import from ONNX, checked against onnx's own reference
+evaluator and against the test models the onnx package ships."""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx.reference import ReferenceEvaluator  # noqa: E402
+
+import graphnn as gn  # noqa: E402
+from graphnn.ops import pad_axis  # noqa: E402
+from graphnn.cli import main as graphnn_main  # noqa: E402
+
+RNG = np.random.default_rng(0)
+DATA = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
+
+
+# ---- graphnn models exported, checked and imported back ----------------------------------
+
+def mlp():
+    x = gn.input("x", (None, 6))
+    w1 = gn.param("W1", shape=(6, 5), seed=0)
+    b1 = gn.param("b1", np.linspace(-0.2, 0.2, 5).astype(np.float32))
+    w2 = gn.param("W2", shape=(5, 3), seed=1)
+    h = gn.tanh(x @ w1 + b1)
+    probs = gn.softmax(gn.leaky_relu(h, 0.1) @ w2, name="probs")
+    return [probs], {"x": RNG.standard_normal((4, 6)).astype(np.float32)}
+
+
+def cnn():
+    x = gn.input("image", (None, 8, 8, 3))
+    y = gn.input("labels", (None,), dtype="int64")
+    w1 = gn.param("conv1", shape=(3, 3, 3, 4), seed=1)
+    b1 = gn.param("b1", np.linspace(-0.1, 0.1, 4).astype(np.float32))
+    h = gn.max_pool2d(gn.relu(gn.conv2d(x, w1, padding="same") + b1), 2)
+    w2 = gn.param("conv2", shape=(3, 3, 4, 6), seed=2)
+    h = gn.avg_pool2d(gn.elu(gn.conv2d(h, w2, stride=1)), 2)
+    logits = gn.flatten(h) @ gn.param("dense", shape=(6, 5), seed=3)
+    probs = gn.softmax(logits, name="probs")
+    loss = gn.softmax_cross_entropy(logits, y, name="loss")
+    feeds = {"image": RNG.standard_normal((2, 8, 8, 3)).astype(np.float32),
+             "labels": np.array([1, 3])}
+    return [probs, loss], feeds
+
+
+def lecture():
+    x1, x2, x3 = gn.input("x1", ()), gn.input("x2", ()), gn.input("x3", ())
+    f1 = gn.add(4 * x2 + x2 ** 2, 3 * x3, name="f1")
+    f2 = gn.add(x1 * x2, 3 * x3, name="f2")
+    feeds = {k: np.array(v, np.float32) for k, v in (("x1", 1), ("x2", 2), ("x3", 2))}
+    return [f1, f2], feeds
+
+
+def ops_zoo():
+    x = gn.input("x", (3, 4))
+    z = gn.concat([gn.sqrt(gn.abs(x) + 1), gn.clip(x, -0.5, 0.5), gn.softplus(x)], axis=1)
+    z = gn.slice_axis(z, 1, 2, 10) - gn.transpose(gn.mean(x, axis=1, keepdims=True), (0, 1))
+    z = pad_axis(gn.log_softmax(z), 0, 1, 0)
+    r = gn.sum(gn.reshape(z, (2, 16)), axis=1) + gn.max(z) + gn.mean(gn.sigmoid(z))
+    return [gn.maximum(r, 0.0) * gn.minimum(r, 1.0) / 2 - gn.step(r), gn.exp(-z)], \
+        {"x": RNG.standard_normal((3, 4)).astype(np.float32)}
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "lecture": lecture, "ops": ops_zoo}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_export_passes_checker_and_reference_evaluator_agrees(name, tmp_path):
+    outputs, feeds = MODELS[name]()
+    path = gn.onnx.export(outputs, tmp_path / f"{name}.onnx")
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version >= 13
+    expected = gn.compile(outputs, backend="numpy")(**feeds)
+    got = ReferenceEvaluator(model).run(None, feeds)
+    assert [o.name for o in model.graph.output] == [
+        n.name or o.name for n, o in zip(outputs, model.graph.output)]
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+    params = gn.Graph(outputs).params
+    assert {i.name for i in model.graph.initializer} == {p.name for p in params}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_round_trip_gives_the_same_outputs(name, tmp_path):
+    outputs, feeds = MODELS[name]()
+    path = gn.onnx.export(outputs, tmp_path / f"{name}.onnx")
+    imported = gn.onnx.load(path)
+    assert [n.name for n in imported.inputs] == [n.name for n in gn.Graph(outputs).inputs]
+    assert [n.name for n in imported.outputs] == [o.name for o in onnx.load(path).graph.output]
+    backend = "cpu" if name == "cnn" else "numpy"
+    got = gn.compile(imported.outputs, backend=backend)(**feeds)
+    expected = gn.compile(outputs, backend="numpy")(**feeds)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+    # the exported NHWC<->NCHW transposes cancel on import, and parameters keep their names
+    graph = gn.Graph(imported.outputs)
+    assert not [n for n in graph.nodes if n.op == "transpose" and n.ndim == 4]
+    assert {p.name for p in graph.params} == {p.name for p in gn.Graph(outputs).params}
+
+
+def test_export_refuses_derivative_graph_ops(tmp_path):
+    x = gn.input("x", (None, 4, 4, 1))
+    loss = gn.sum(gn.max_pool2d(x, 2))
+    (gx,) = gn.grad(loss, [x])
+    with pytest.raises(gn.GraphError, match="max_pool2d_grad"):
+        gn.onnx.export(gx, tmp_path / "grad.onnx")
+
+
+# ---- ONNX models (NCHW) imported --------------------------------------------------------
+
+def onnx_cnn_model(batch="N"):
+    """A small NCHW classifier written directly in ONNX, as another framework would."""
+    rng = np.random.default_rng(1)
+
+    def init(name, *shape, scale=0.3):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale)
+                                       .astype(np.float32), name)
+    inits = [init("conv1.weight", 8, 3, 3, 3), init("conv1.bias", 8),
+             init("bn.scale", 8), init("bn.bias", 8), init("bn.mean", 8),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), "bn.var"),
+             init("conv2.weight", 16, 4, 3, 3), init("fc.weight", 10, 16), init("fc.bias", 10)]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["c1"],
+                         pads=[1, 1, 1, 1], strides=[1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "bn.scale", "bn.bias", "bn.mean",
+                                                "bn.var"], ["bn1"], epsilon=1e-5),
+        helper.make_node("Relu", ["bn1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "conv2.weight"], ["c2"], group=2, pads=[0, 0, 1, 1],
+                         strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "onnx_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 12, 12])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_import_nchw_model_matches_reference_and_keeps_layout_inside():
+    model = onnx_cnn_model()
+    outputs, inputs = gn.onnx.load(model)
+    assert [i.name for i in inputs] == ["input"] and inputs[0].shape == (None, 3, 12, 12)
+    assert outputs[0].name == "probs" and outputs[0].shape == (None, 10)
+    x = RNG.standard_normal((3, 3, 12, 12)).astype(np.float32)
+    (expected,) = ReferenceEvaluator(model).run(None, {"input": x})
+    got = gn.compile(outputs[0], backend="numpy")(input=x)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    graph = gn.Graph(outputs)
+    # one transpose into channels-last at the input, one out before Flatten: no others
+    assert len([n for n in graph.nodes if n.op == "transpose" and n.ndim == 4]) == 2
+    assert graph.param_count() == 8 * 27 + 8 * 5 + 16 * 36 + 170
+    assert next(p for p in graph.params if p.name == "conv1.weight").shape == (3, 3, 3, 8)
+
+
+def test_unsupported_ops_are_all_listed_at_once():
+    nodes = [helper.make_node("Erf", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("LpNormalization", ["b"], ["c"]),
+             helper.make_node("Erf", ["c"], ["d"]), helper.make_node("Relu", ["x"], ["e"])]
+    graph = helper.make_graph(
+        nodes, "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("d", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(gn.GraphError, match=r"Erf \(2 nodes\), LpNormalization \(1 node\)"):
+        gn.onnx.load(model)
+
+
+def test_unsupported_attributes_are_reported_with_the_ops():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"]),
+             helper.make_node("Tanh", ["y"], ["z"]), helper.make_node("Celu", ["z"], ["o"])]
+    w = numpy_helper.from_array(np.ones((2, 1, 2, 2, 2), np.float32), "w")
+    graph = helper.make_graph(
+        nodes, "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 3, 3, 3])],
+        [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(gn.GraphError) as info:
+        gn.onnx.load(model)
+    assert "Celu (1 node)" in str(info.value) and "3-D convolution" in str(info.value)
+
+
+def test_missing_onnx_package_gives_a_clear_error(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r"graphnn\[onnx\]"):
+        gn.onnx.load("model.onnx")
+
+
+# ---- the test models shipped with the onnx package ----------------------------------------
+
+# Not expressible in graphnn (see docs/ONNX.md): 3-D convolution and pooling, ConvTranspose.
+UNSUPPORTED = {"test_AvgPool3d", "test_AvgPool3d_stride", "test_AvgPool3d_stride1_pad0_gpu_input",
+               "test_Conv3d", "test_Conv3d_dilated", "test_Conv3d_dilated_strided",
+               "test_Conv3d_groups", "test_Conv3d_no_bias", "test_Conv3d_stride",
+               "test_Conv3d_stride_padding", "test_MaxPool3d", "test_MaxPool3d_stride",
+               "test_MaxPool3d_stride_padding", "test_ConvTranspose2d",
+               "test_ConvTranspose2d_no_bias", "test_operator_convtranspose"}
+# Compiled with the cpu backend (Numba compiles cost seconds each); the others run on the
+# numpy backend, which executes the same imported graph op by op.
+CPU_MODELS = {"test_Conv2d_groups", "test_Conv2d_dilated", "test_Conv2d_depthwise_padded",
+              "test_Conv1d_pad2", "test_MaxPool2d", "test_AvgPool2d_stride",
+              "test_BatchNorm2d_eval", "test_Linear", "test_log_softmax_dim3",
+              "test_operator_pad"}
+
+
+def shipped_models():
+    return sorted(glob.glob(os.path.join(DATA, "pytorch-converted", "*"))
+                  + glob.glob(os.path.join(DATA, "pytorch-operator", "*")))
+
+
+def run_shipped_model(folder, backend):
+    outputs, inputs = gn.onnx.load(os.path.join(folder, "model.onnx"))
+    data = os.path.join(folder, "test_data_set_0")
+    read = lambda pattern: [numpy_helper.to_array(onnx.load_tensor(f))  # noqa: E731
+                            for f in sorted(glob.glob(os.path.join(data, pattern)))]
+    feeds = {node.name: array for node, array in zip(inputs, read("input_*.pb"))}
+    got = gn.compile(outputs, backend=backend)(**feeds)
+    got = got if isinstance(got, tuple) else (got,)
+    expected = read("output_*.pb")
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g, e, rtol=1e-3, atol=1e-4)  # NaN where PyTorch has NaN
+
+
+def test_onnx_shipped_test_models():
+    folders = shipped_models()
+    assert len(folders) > 100
+    supported, passed, cpu_passed, failures, refused = 0, 0, 0, [], set()
+    for folder in folders:
+        name = os.path.basename(folder)
+        try:
+            gn.onnx.load(os.path.join(folder, "model.onnx"))
+        except gn.GraphError:
+            refused.add(name)
+            continue
+        supported += 1
+        backend = "cpu" if name in CPU_MODELS else "numpy"
+        try:
+            run_shipped_model(folder, backend)
+        except Exception as exc:  # collect every failure, report them together
+            failures.append(f"{name} ({backend}): {type(exc).__name__}: {exc}"[:300])
+            continue
+        passed += 1
+        cpu_passed += backend == "cpu"
+    print(f"\nonnx shipped test models: {len(folders)}, supported {supported}, passed "
+          f"{passed} ({cpu_passed} of them on the cpu backend, the rest on numpy), "
+          f"unsupported {len(refused)}")
+    assert not failures, "\n".join(failures)
+    assert refused == UNSUPPORTED
+    assert cpu_passed == len(CPU_MODELS)
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+def test_cli_export_render_and_run(tmp_path, capsys):
+    source = tmp_path / "model.py"
+    source.write_text("import numpy as np, graphnn as gn\n"
+                      "x = gn.input('x', (None, 3))\n"
+                      "W = gn.param('W', np.arange(6, dtype=np.float32).reshape(3, 2))\n"
+                      "outputs = gn.relu(x @ W - 4, name='y')\n")
+    onnx_path = tmp_path / "model.onnx"
+    assert graphnn_main(["export", str(source), "-o", str(onnx_path)]) == 0
+    onnx.checker.check_model(onnx.load(onnx_path))
+    np.save(tmp_path / "x.npy", np.array([[1, 0, 1], [0, 1, 0]], np.float32))
+    capsys.readouterr()
+    assert graphnn_main(["run", str(onnx_path), "--input", f"x={tmp_path / 'x.npy'}",
+                         "--backend", "numpy", "--save", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("y (2, 2) float32")
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "y.npy"), [[0, 2], [0, 0]])
+    picture = tmp_path / "model.dot"
+    assert graphnn_main(["render", str(onnx_path), "-o", str(picture)]) == 0
+    assert "matmul" in picture.read_text()
