@@ -30,14 +30,40 @@ def is_elementwise(node):
         node.op not in LEAF_OPS and OPS[node.op].scalar is not None)
 
 
+def _number_source(value):
+    """Python source for a float: repr, with inf and nan spelled as NumPy names."""
+    text = repr(float(value))
+    return {"inf": "np.inf", "-inf": "-np.inf", "nan": "np.nan"}.get(text, text)
+
+
 def _float_literal(value, dtype):
     value = np.asarray(value, dtype=dtype).reshape(-1)[0]
     if np.dtype(dtype).kind == "f":
-        text = repr(float(value))
-        if text in ("inf", "-inf", "nan"):
-            text = {"inf": "np.inf", "-inf": "-np.inf", "nan": "np.nan"}[text]
-        return f"T({text})"
+        return f"T({_number_source(value)})"
     return repr(int(value))
+
+
+class _NotANumber:
+    """Stands for a non-numeric attr in a scalar template: formatting it is an error, so an
+    attr value (say a string) can never become generated source."""
+
+    def __init__(self, node, key):
+        self.node, self.key = node, key
+
+    def __format__(self, spec):
+        raise GraphError(f"attr {self.key!r} of {self.node.label()} must be a number to be "
+                         f"compiled, got {self.node.attr(self.key)!r}")
+
+
+def _attr_source(node, key, value):
+    """Source text of a numeric attr used by an op's scalar template."""
+    if isinstance(value, (bool, np.bool_)):
+        return repr(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return repr(int(value))
+    if isinstance(value, (float, np.floating)):
+        return _number_source(value)
+    return _NotANumber(node, key)
 
 
 class Lowering:
@@ -196,8 +222,7 @@ class Lowering:
             args = []
             for inp in node.inputs:
                 args.append(value_of(inp, self.broadcast_index(inp, node, index)))
-            attrs = {k: (repr(float(v)) if isinstance(v, float) else v)
-                     for k, v in node.attrs.items()}
+            attrs = {k: _attr_source(node, k, v) for k, v in node.attrs.items()}
             code = OPS[op].scalar.format(*args, T="T", **attrs)
             v = var("v")
             stmts.append((v, code))
@@ -337,7 +362,9 @@ class Lowering:
             size, stride = node.attr("size"), node.attr("stride")
             args = ins[:1] if op in ("max_pool2d", "avg_pool2d", "avg_pool2d_grad") else ins[:2]
             params = (size, stride)
-        self.add_step(ir.Window(out, op, args, params, comment), [node])
+        if not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in params):
+            raise GraphError(f"window sizes of {node.label()} must be ints, got {params!r}")
+        self.add_step(ir.Window(out, op, args, tuple(int(p) for p in params), comment), [node])
 
     # -- memory planning -------------------------------------------------------------------
     def update_in_place(self, outputs, updates):
@@ -349,13 +376,13 @@ class Lowering:
         for s, step in enumerate(self.steps):
             for buf in _reads(step):
                 last_read[buf.name] = s
-        output_names = {b.name for b in outputs}
+        output_names = {b.name for b in outputs} | {b.base.name for b in outputs if b.base}
         remaining = []
         for state, value in updates:
             s = producer.get(id(value))
             step = self.steps[s] if s is not None else None
             ok = (isinstance(step, ir.Elementwise) and value.role == "temp"
-                  and value.name not in output_names
+                  and value.name not in output_names and state.name not in output_names
                   and last_read.get(state.name, -1) <= s
                   and last_read.get(value.name, -1) < 0
                   and value.shape == state.shape
@@ -437,12 +464,13 @@ def _reads(step):
 
 
 def _describe(node):
-    """How a generated-code comment names a node: user names are repr'd unless they are
-    plain identifiers, so no name can end the comment line."""
+    """How a generated-code comment names a node: user names (and names of symbolic dims)
+    are repr'd unless they are plain identifiers, so no name can end the comment line."""
     name = ""
     if node.name:
         name = (node.name if node.name.isidentifier() else repr(node.name)) + "="
-    return f"{name}{node.op}{S.format_shape(node.sym_shape)}"
+    shape = S.format_shape(node.sym_shape)  # a named symbolic dim is user text too
+    return f"{name}{node.op}{shape if shape.isprintable() else ascii(shape)}"
 
 
 def lower(roots, inputs, states, outputs, update_pairs, plan_memory=True):

@@ -216,3 +216,15 @@ def test_parallel_option_gives_the_same_numbers():
     serial = gn.compile(y, backend="cpu")(x=X)
     parallel = gn.compile(y, backend="cpu", parallel=True)(x=X)
     np.testing.assert_allclose(parallel, serial, rtol=1e-6)
+
+
+def test_an_output_that_is_updated_returns_its_value_before_the_update():
+    for backend in ("numpy", "cpu"):
+        W = gn.param("W", np.ones((2, 2), np.float32))
+        x = gn.input("x", (None, 2))
+        loss = gn.sum(x @ W)
+        step = gn.compile([loss, W], updates=gn.optim.SGD(0.5).updates(loss, [W]),
+                          backend=backend)
+        _, w_out = step(x=np.ones((1, 2), np.float32))
+        np.testing.assert_array_equal(w_out, np.ones((2, 2)))
+        np.testing.assert_array_equal(W.value, 0.5 * np.ones((2, 2)))
