@@ -30,12 +30,56 @@ _T_CALL = re.compile(r"\bT\(")
 
 
 def cache_dir():
-    """Where generated modules live: $GRAPHNN_CACHE_DIR, else ~/.cache/graphnn/kernels."""
+    """Where generated modules live: $GRAPHNN_CACHE_DIR, else ~/.cache/graphnn/kernels.
+    When that directory cannot be created or written, a private temporary directory."""
     path = os.environ.get("GRAPHNN_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
         "graphnn", "kernels")
-    os.makedirs(path, exist_ok=True)
-    return path
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return fallback_cache_dir()
+    return path if os.access(path, os.W_OK) else fallback_cache_dir()
+
+
+_private_dir = []  # registry: this process's fallback directory, made once
+
+
+def fallback_cache_dir():
+    """A cache directory only this user can write: <tmp>/graphnn-kernels-<uid> when it is
+    ours and private, else a fresh directory for this process."""
+    if not _private_dir:
+        uid = os.getuid() if hasattr(os, "getuid") else None
+        path = os.path.join(tempfile.gettempdir(), f"graphnn-kernels-{uid}")
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            info = os.stat(path)
+            private = (uid is None or info.st_uid == uid) and not info.st_mode & 0o022 \
+                and os.access(path, os.W_OK)
+        except OSError:
+            private = False
+        _private_dir.append(path if private else tempfile.mkdtemp(prefix="graphnn-kernels-"))
+    return _private_dir[0]
+
+
+def _holds(path, data):
+    try:
+        with open(path, "rb") as fh:
+            return fh.read() == data
+    except OSError:
+        return False
+
+
+def _write_atomically(directory, path, data):
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _shape_src(shape):
@@ -103,6 +147,15 @@ def generate(program, parallel=False, approximate=True):
         for line in step.comment.splitlines():
             em.emit(f"# {line}")
         _emit_step(em, step, allocated, loop)
+    # Outputs that share memory with an input, state or constant are copied now, so they
+    # hold the values from before the updates below.
+    results = []
+    for k, b in enumerate(program.outputs):
+        if b.role in ("input", "state", "const", "view"):
+            em.emit(f"out{k} = {b.name}.copy()")
+            results.append(f"out{k}")
+        else:
+            results.append(b.name)
     # New values are all computed from the old ones: a value that shares memory with a
     # state (e.g. {a: b, b: a}) is copied before any state is overwritten.
     sources = []
@@ -114,8 +167,6 @@ def generate(program, parallel=False, approximate=True):
             sources.append(value.name)
     for (state, _), source in zip(program.updates, sources):
         em.emit(f"{state.name}[...] = {source}")
-    results = [f"{b.name}.copy()" if b.role in ("input", "state", "const", "view")
-               else b.name for b in program.outputs]
     em.emit("return (" + ", ".join(results) + ("," if len(results) == 1 else "") + ")")
     out += em.lines
     return "\n".join(out) + "\n"
@@ -306,17 +357,23 @@ def load_module(source):
 
     Returns (module, path). The module name is a hash of the source, the generator version
     and the Numba version, so a new process that builds the same graph finds the same file
-    and Numba's cache next to it."""
+    and Numba's cache next to it. A cached file that differs from `source` by one byte
+    (truncated, corrupted, edited) is rewritten before it is imported. Anyone who can
+    write the cache directory can change the code that runs: keep it private."""
     digest = hashlib.sha256(
         (source + GENERATOR_VERSION + numba.__version__).encode()).hexdigest()[:20]
     name = f"graphnn_kernel_{digest}"
+    data = source.encode("utf-8")
     directory = cache_dir()
     path = os.path.join(directory, name + ".py")
-    if not os.path.exists(path) or open(path).read() != source:
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(source)
-        os.replace(tmp, path)
+    if not _holds(path, data):  # missing, truncated or altered: (re)write it
+        try:
+            _write_atomically(directory, path, data)
+        except OSError:  # a cache directory we cannot write after all
+            directory = fallback_cache_dir()
+            path = os.path.join(directory, name + ".py")
+            if not _holds(path, data):
+                _write_atomically(directory, path, data)
     if name in sys.modules:
         return sys.modules[name], path
     spec = importlib.util.spec_from_file_location(name, path)
@@ -344,7 +401,8 @@ def reload_module(path):
     """Import the module at `path` again, fresh (after its Numba cache was cleared)."""
     name = os.path.splitext(os.path.basename(path))[0]
     sys.modules.pop(name, None)
-    return load_module(open(path).read())[0]
+    with open(path, encoding="utf-8") as fh:
+        return load_module(fh.read())[0]
 
 
 def indent(source, prefix="    "):
