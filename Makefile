@@ -7,12 +7,12 @@ STAMP   := $(VENV)/.installed-stamp
 export OPENBLAS_NUM_THREADS ?= 1
 export GRAPHNN_CACHE_DIR ?= $(CURDIR)/.graphnn-cache
 
-.PHONY: demo test fuzz bench dot clean
+.PHONY: demo test fuzz bench dot mpi clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,onnx]"
 	@touch $(STAMP)
 
 # Graphviz's `dot` renders the pictures; without it graphnn writes .dot files instead.
@@ -26,10 +26,23 @@ dot:
 	    echo "(graphnn goes on and writes .dot files instead of pictures)"; \
 	  fi; }
 
+# OpenMPI and mpi4py (extra [mpi]) run the 2-rank tests of gn.distributed; without them
+# those tests skip and say why.
+mpi: $(STAMP)
+	@command -v mpirun >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null) \
+	      || echo "warning: could not install OpenMPI; the MPI tests will skip"; \
+	  else \
+	    echo "OpenMPI is missing. Install it with:  sudo apt-get install openmpi-bin libopenmpi-dev"; \
+	  fi; }
+	@$(PY) -c "import mpi4py" 2>/dev/null || $(PY) -m pip install -q -e ".[mpi]" \
+	  || echo "warning: could not install mpi4py; the MPI tests will skip"
+
 demo: $(STAMP) dot
 	$(PY) -m graphnn demo
 
-test: $(STAMP) dot
+test: $(STAMP) dot mpi
 	$(PY) -m pytest -q
 
 fuzz: $(STAMP)

@@ -11,6 +11,7 @@ import numpy as np
 from .api import variable
 from .autodiff import grad
 from .errors import GraphError, user_location
+from .ops import cast
 from .registry import const_node
 
 
@@ -19,7 +20,23 @@ def _scalar(value, dtype):
 
 
 class Optimizer:
+    """Base class: `updates` differentiates the loss once and asks `rule(p, g, **shared)` for
+    each parameter's new value and its state variables' new values."""
+
     def updates(self, loss, params):
+        """{param: new value node, state variable: new value node} for `gn.compile`."""
+        return self._param_updates(loss, params)
+
+    def apply_updates(self, params, grads):
+        """Like `updates`, but from given gradient nodes instead of differentiating a loss,
+        e.g. `gn.input` nodes fed with gradients averaged over processes (gn.distributed).
+
+            g = gn.input("gW", W.shape)
+            apply = gn.compile([], updates=opt.apply_updates([W], [g]))
+        """
+        return self._param_updates(None, params, grads)
+
+    def _param_updates(self, loss, params, grads=None, **shared):
         params = list(params)
         if not params:
             raise GraphError(f"{type(self).__name__}.updates: no parameters given "
@@ -28,10 +45,16 @@ class Optimizer:
             if getattr(p, "op", None) != "param":
                 raise GraphError(f"{type(self).__name__}.updates: {p!r} is not a gn.param "
                                  f"(at {user_location()})")
-        grads = grad(loss, params)
+        if grads is None:
+            grads = grad(loss, params)
+        grads = list(grads)
+        if len(grads) != len(params) or any(g.shape != p.shape for p, g in zip(params, grads)):
+            raise GraphError(f"{type(self).__name__}.apply_updates: the gradients' shapes "
+                             f"{[g.shape for g in grads]} do not match the parameters' "
+                             f"{[p.shape for p in params]} (at {user_location()})")
         updates = {}
         for p, g in zip(params, grads):
-            updates.update(self.rule(p, g))
+            updates.update(self.rule(p, g, **shared))
         return updates
 
     def slot(self, p, name, fill=0.0):
@@ -101,23 +124,22 @@ class Adam(Optimizer):
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-7):
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
-        self._t = None
 
-    def updates(self, loss, params):
-        self._t = variable("adam/t", np.zeros((), np.float32))
-        ups = super().updates(loss, params)
-        ups[self._t] = self._t + _scalar(1, self._t.dtype)
+    def _param_updates(self, loss, params, grads=None):
+        # one step counter for all parameters; the bias correction uses the new count t + 1
+        t = variable("adam/t", np.zeros((), np.float32))
+        t_next = t + _scalar(1, t.dtype)
+        ups = super()._param_updates(loss, params, grads, t_next=t_next)
+        ups[t] = t_next
         return ups
 
-    def rule(self, p, g):
+    def rule(self, p, g, t_next):
         dt = p.dtype
+        t = t_next if t_next.dtype == dt else cast(t_next, dt)
         m, v = self.slot(p, "m"), self.slot(p, "v")
         b1, b2 = _scalar(self.beta1, dt), _scalar(self.beta2, dt)
         m_new = b1 * m + _scalar(1 - self.beta1, dt) * g
         v_new = b2 * v + _scalar(1 - self.beta2, dt) * g * g
-        t = self._t + 1 if dt == self._t.dtype else self._t + 1
-        from .ops import cast
-        t = cast(t, dt)
         m_hat = m_new / (1 - b1 ** t)
         v_hat = v_new / (1 - b2 ** t)
         return {m: m_new, v: v_new,
