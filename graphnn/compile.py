@@ -71,6 +71,7 @@ class CompiledFunction:
     """What every backend shares: the graph, feed checks, state access and the call."""
 
     backend = "?"
+    math_errors = ()  # exceptions a back end raises where IEEE arithmetic gives NaN or Inf
 
     def __init__(self, outputs, updates=None, check_finite=False):
         started = time.perf_counter()
@@ -88,7 +89,7 @@ class CompiledFunction:
                 self.state_nodes.append(t)
         Graph._check_unique_names(self.state_nodes, "parameter")
         self.check_finite = check_finite
-        self.feeds = FeedChecker(self.graph.inputs)
+        self.feeds = FeedChecker(self.graph.inputs, self.state_nodes)
         self.stats = {"backend": self.backend, "nodes": len(self.graph.nodes)}
         self._state_shapes = {id(p): p.shape for p in self.state_nodes}
         self._state_versions = None
@@ -116,40 +117,121 @@ class CompiledFunction:
         if arrays is None:
             arrays, binding = self.feeds.check(feeds, check_finite=self.check_finite)
         self._check_state()
-        results = self._run(arrays, binding)
+        if self.check_finite:
+            results = self._run_checked(arrays, binding)
+        else:
+            results = self._run(arrays, binding)
         return results[0] if self.single else tuple(results)
 
     def _run(self, arrays, binding):
         raise NotImplementedError
 
+    # -- check_finite on compiled back ends -------------------------------------------------
+    # The compiled program runs as usual; when an output or a new parameter value holds NaN
+    # or Inf, the parameters get back their values from before the call and the same feeds
+    # are interpreted node by node (the numpy back end) to name the first bad node.
+
+    def _run_checked(self, arrays, binding):
+        before = self._save_updated_states()
+        try:
+            results = self._run(arrays, binding)
+        except self.math_errors as exc:
+            bad = [f"a kernel that raised {type(exc).__name__}: {exc}"]
+        else:
+            new_values = self._updated_state_values()
+            bad = [f"output {o.label()}" for o, r in zip(self.outputs, results)
+                   if not _finite(r)]
+            bad += [f"the new value of {p.label()}" for (p, _), v
+                    in zip(self.update_pairs, new_values) if not _finite(v)]
+            if not bad:
+                return results
+        self._restore_states(before)
+        node = first_non_finite(self.graph.nodes, self.graph.inputs, arrays,
+                                self._state_values(before))
+        if node is not None:
+            raise NumericalError(non_finite_message(node))
+        raise NumericalError(f"{bad[0]}: NaN or Inf on the {self.backend} back end, but "
+                             "no node does on the numpy back end (check_finite=True; call "
+                             f"at {user_location()}); parameters keep their values from "
+                             "before this call")
+
+    def _save_updated_states(self):
+        """Copies of the values of the parameters this function updates."""
+        return [np.array(p.state.value, copy=True) for p, _ in self.update_pairs]
+
+    def _updated_state_values(self):
+        return [p.state.value for p, _ in self.update_pairs]
+
+    def _restore_states(self, saved):
+        for (p, _), value in zip(self.update_pairs, saved):
+            p.state.value[...] = value
+
+    def _state_values(self, saved):
+        """{id(state node): value before the call} for every state node of the graph."""
+        values = {id(p): p.state.value for p in self.state_nodes}
+        values.update((id(p), v) for (p, _), v in zip(self.update_pairs, saved))
+        return values
+
+
+def _finite(array):
+    array = np.asarray(array)
+    return array.dtype.kind != "f" or bool(np.isfinite(array).all())
+
+
+def non_finite_message(node):
+    return f"{node.label()} produced NaN or Inf (check_finite=True; call at {user_location()})"
+
+
+def interpret(nodes, inputs, arrays, state_values, check_finite=False):
+    """Run `nodes` (topologically ordered) one by one with each op's NumPy implementation.
+    Returns {id(node): value}; with `check_finite`, raises NumericalError at the first node
+    whose value holds NaN or Inf."""
+    values = {id(n): a for n, a in zip(inputs, arrays)}
+    for node in nodes:
+        if node.op == "input":
+            continue
+        if node.op in ("param", "variable"):
+            values[id(node)] = state_values[id(node)]
+        elif node.op == "const":
+            values[id(node)] = node.value
+        else:
+            args = [values[id(i)] for i in node.inputs]
+            with np.errstate(all="ignore"):
+                out = np.asarray(OPS[node.op].impl(*args, **node.attrs))
+            if out.dtype != node.dtype:
+                out = out.astype(node.dtype)
+            values[id(node)] = out
+            if check_finite and not _finite(out):
+                error = NumericalError(non_finite_message(node))
+                error.node = node
+                raise error
+    return values
+
+
+def first_non_finite(nodes, inputs, arrays, state_values):
+    """The first node (in `nodes` order) whose value holds NaN or Inf, or None."""
+    try:
+        interpret(nodes, inputs, arrays, state_values, check_finite=True)
+    except NumericalError as exc:
+        return exc.node
+    return None
+
 
 class NumpyFunction(CompiledFunction):
-    """The reference backend: interpret the graph node by node with each op's NumPy impl."""
+    """The reference backend: interpret the graph node by node with each op's NumPy impl.
+    With check_finite=True it stops at the first node that produces NaN or Inf, before any
+    parameter is updated."""
 
     backend = "numpy"
 
     def _run(self, arrays, binding):
-        values = {}
-        fed = {id(n): a for n, a in zip(self.graph.inputs, arrays)}
-        for node in self.graph.nodes:
-            if node.op == "input":
-                values[id(node)] = fed[id(node)]
-            elif node.op in ("param", "variable"):
-                values[id(node)] = node.state.value
-            elif node.op == "const":
-                values[id(node)] = node.value
-            else:
-                args = [values[id(i)] for i in node.inputs]
-                with np.errstate(all="ignore"):
-                    out = np.asarray(OPS[node.op].impl(*args, **node.attrs))
-                if out.dtype != node.dtype:
-                    out = out.astype(node.dtype)
-                values[id(node)] = out
-                if self.check_finite and out.dtype.kind == "f" and not np.isfinite(out).all():
-                    raise NumericalError(f"{node.label()} produced NaN or Inf "
-                                         f"(check_finite=True)")
+        states = {id(p): p.state.value for p in self.state_nodes}
+        values = interpret(self.graph.nodes, self.graph.inputs, arrays, states,
+                           self.check_finite)
         results = [np.array(values[id(o)], copy=True) for o in self.outputs]
         new_values = [(p, np.array(values[id(v)], copy=True)) for p, v in self.update_pairs]
         for p, v in new_values:
             p.state.value[...] = v
         return results
+
+    _run_checked = _run

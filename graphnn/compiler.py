@@ -12,7 +12,6 @@ import numpy as np
 from kernels import cpu as cpu_codegen
 
 from .compile import CompiledFunction
-from .errors import BackendError, GraphError
 from .graph import Graph
 from .lowering import lower
 from .passes import optimize
@@ -45,6 +44,8 @@ class CpuFunction(CompiledFunction):
     `.source` is the generated module; `.stats` reports nodes after each pass, kernels,
     fused nodes, buffer bytes, compile time and whether Numba's cache was hit;
     `.kernels` lists each step's name and the graph nodes it computes (for pictures).
+    With `check_finite=True`, a call whose outputs or new parameter values hold NaN or Inf
+    restores the parameters and names the first bad node (see CompiledFunction).
     """
 
     backend = "cpu"
@@ -52,9 +53,6 @@ class CpuFunction(CompiledFunction):
     def __init__(self, outputs, updates=None, check_finite=False, parallel=False,
                  optimize_graph=True):
         super().__init__(outputs, updates, check_finite)
-        if check_finite:
-            raise BackendError("check_finite=True runs node by node: use backend='numpy' "
-                               "to find the first node that produces NaN/Inf")
         started = time.perf_counter()
         report, lowering = lower_graph(self, optimize_graph)
         self.source = cpu_codegen.generate(self.program, parallel=parallel)

@@ -69,13 +69,12 @@ class CudaFunction(CompiledFunction):
     """
 
     backend = "cuda"
+    # The simulator runs kernels as Python, whose math functions raise where a GPU gives NaN
+    math_errors = (ValueError, OverflowError, ZeroDivisionError)
 
     def __init__(self, outputs, updates=None, check_finite=False, optimize_graph=True,
                  block=128, tile=16, sync_params=False, generate_only=False):
         super().__init__(outputs, updates, check_finite)
-        if check_finite:
-            raise BackendError("check_finite=True runs node by node: use backend='numpy' "
-                               "to find the first node that produces NaN/Inf")
         self.cuda = _numba_cuda()
         if not generate_only and not self.cuda.is_available():
             raise BackendError("backend='cuda': no CUDA GPU was found "
@@ -173,11 +172,29 @@ class CudaFunction(CompiledFunction):
                    for out, buf in zip(outs, self.program.outputs)]
         self.stats["host_to_device"] += len(feeds)
         self.stats["device_to_host"] += len(results)
-        if self.program.updates:
+        if self._updated:  # also when updates were written in place (program.updates empty)
             self._device_newer = True
             if self.sync_params:
                 self.params_to_host()
         return results
+
+    # -- check_finite: parameters are saved and restored on the device ---------------------
+    def _update_indices(self):
+        return [self.state_nodes.index(p) for p, _ in self.update_pairs]
+
+    def _save_updated_states(self):
+        self._refresh_states()
+        return [self._device_states[i].copy_to_host().reshape(self.state_nodes[i].shape)
+                for i in self._update_indices()]
+
+    def _updated_state_values(self):
+        return [self._device_states[i].copy_to_host() for i in self._update_indices()]
+
+    def _restore_states(self, saved):
+        for i, value in zip(self._update_indices(), saved):
+            self._device_states[i].copy_to_device(value.reshape(value.shape or (1,)))
+            if self.sync_params:
+                self._states[i].value[...] = value
 
     # -- PTX -------------------------------------------------------------------------------
     def ptx(self, cc=(7, 5)):

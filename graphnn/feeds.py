@@ -3,9 +3,12 @@
 Dtype policy: a float input accepts any real numeric array (float64 data into a float32
 input is cast, as are ints and bools); an integer input accepts integer or bool arrays and
 refuses floats (labels must be whole numbers); strings, objects and complex numbers are
-refused. A feed named after a declared input that this function does not need is ignored;
-a name that no input has is an error. Non-contiguous and read-only arrays are accepted (copied when needed). Symbolic
-dims are bound from the first input that has them and must agree everywhere else.
+refused. A symbolic dim (a batch size) must be at least 1: an empty batch is refused, since
+a mean or a maximum over no examples has no honest value. A feed named after a declared
+input that this function does not need is ignored; a name that no input has is an error
+(a parameter's name too). Non-contiguous and read-only arrays are accepted (copied when
+needed). Symbolic dims are bound from the first input that has them and must agree
+everywhere else.
 """
 import numpy as np
 
@@ -14,8 +17,9 @@ from .errors import FeedError, user_location
 
 
 class FeedChecker:
-    def __init__(self, inputs):
+    def __init__(self, inputs, params=()):
         self.inputs = list(inputs)
+        self.params = {p.name: p for p in params}
         self.by_name = {n.name: n for n in self.inputs}
         self._fast = [(n.name, n.dtype, n.ndim, tuple(S.resolve(d) for d in n.sym_shape))
                       for n in self.inputs]
@@ -37,7 +41,7 @@ class FeedChecker:
                 if dim.__class__ is int:
                     if dim != size:
                         return None
-                elif sizes.setdefault(dim, size) != size:
+                elif size == 0 or sizes.setdefault(dim, size) != size:
                     return None
             arrays.append(a)
         return arrays
@@ -47,6 +51,11 @@ class FeedChecker:
         where = user_location()
         from .api import declared_inputs
         unknown = sorted(k for k in set(feeds) - set(self.by_name) if k not in declared_inputs)
+        for name in unknown:
+            if name in self.params:
+                raise FeedError(f"feed '{name}': {self.params[name].label()} is a parameter, "
+                                "not an input; assign its .value to change it "
+                                f"(call at {where})")
         if unknown:
             expected = ", ".join(sorted(self.by_name)) or "nothing"
             raise FeedError(f"unknown feed {', '.join(map(repr, unknown))}: no input has that "
@@ -81,6 +90,9 @@ class FeedChecker:
         if array.ndim != node.ndim:
             fail(f"has shape {array.shape} of rank {array.ndim}, expected rank {node.ndim}")
         for axis, (dim, size) in enumerate(zip(node.sym_shape, array.shape)):
+            if size == 0 and not isinstance(S.resolve(dim), int):
+                fail(f"has shape {array.shape}: axis {axis} is empty; a batch needs at least "
+                     "one example")
             problem = binding.bind(dim, size, f"'{node.name}' axis {axis}")
             if problem:
                 fail(f"has shape {array.shape}: axis {axis} is {size}, {problem}")

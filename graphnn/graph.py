@@ -82,7 +82,8 @@ class Graph:
         for n in nodes:
             if n.name in seen:
                 raise GraphError(f"two different {what}s are named '{n.name}': one made at "
-                                 f"{seen[n.name].where}, one at {n.where}")
+                                 f"{seen[n.name].where}, one at {n.where} "
+                                 f"(at {user_location()})")
             seen[n.name] = n
 
     def lint(self):

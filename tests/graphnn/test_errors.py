@@ -234,9 +234,10 @@ def test_duplicate_input_names_in_one_graph():
     second = location(1)
     x_test = gn.input("x", (None, 2))
     with pytest.raises(gn.GraphError) as err:
+        call = location(1)
         gn.Graph([x_train + x_test])
     assert str(err.value) == (f"two different inputs are named 'x': one made at {first}, "
-                              f"one at {second}")
+                              f"one at {second} (at {call})")
     with pytest.raises(gn.GraphError, match="two different inputs are named 'x'"):
         gn.compile(gn.sum(x_train) + gn.sum(x_test), backend="numpy")
 
@@ -247,9 +248,10 @@ def test_duplicate_parameter_names_in_one_graph():
     second = location(1)
     w2 = gn.param("W", shape=(2, 2), seed=1)
     with pytest.raises(gn.GraphError) as err:
+        call = location(1)
         gn.Graph([w1 @ w2])
     assert str(err.value) == (f"two different parameters are named 'W': one made at {first}, "
-                              f"one at {second}")
+                              f"one at {second} (at {call})")
 
 
 def test_updates_to_a_non_parameter():
@@ -462,8 +464,9 @@ def test_check_finite_names_the_node():
     y = gn.log(x, name="log_x")
     f = gn.compile(y, check_finite=True, backend="numpy")
     with pytest.raises(gn.NumericalError) as err:
+        call = location(1)
         f(x=np.array([1.0, 0.0]))
     assert str(err.value) == (f"'log_x' (2,) (made at {made}) produced NaN or Inf "
-                              "(check_finite=True)")
+                              f"(check_finite=True; call at {call})")
     with pytest.raises(gn.FeedError, match=r"feed 'x' .*holds nan at index \(1,\)"):
         f(x=np.array([1.0, np.nan]))
