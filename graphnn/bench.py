@@ -1,22 +1,51 @@
 """`graphnn bench`: graph vs eager, measured side by side in one run.
 
 Each workload is one training step (forward, loss, backward, SGD update) unless it says
-"infer". Modes: `eager` (graphnn ops executed at once on NumPy, gradients from the tape),
-`numpy` (the graph interpreted node by node), `cpu` (the whole step compiled to one Numba
-function). Modes are interleaved round by round so machine drift hits all alike; the table
-shows medians, the spread (min-max), and each mode's speed-up over eager. First-step losses
-of every mode are compared, so nothing is faster by being wrong. Compile time is reported
-apart from step time: cold (this process, empty cache unless it was warm already) and
-warm (a fresh process loading the cached module).
+"infer" (or is an elementwise chain). Modes:
 
-    python -m graphnn bench --workloads xor,mlp-small --repeat 200
+  eager   graphnn ops executed at once on NumPy, gradients from the tape (gn.eager)
+  numpy   the graph interpreted node by node (backend="numpy")
+  cpu     the whole step compiled to one generated Numba function (backend="cpu")
+  cuda    the same on a GPU (backend="cuda"); skipped without one
+  torch   PyTorch eager, when installed (optional peer)
+  torch-compile  torch.compile of the loss (forward and backward), opt-in: slow to compile
+  jax     jax.jit of the whole step, when installed (optional peer)
+
+Every mode starts from the same initial weights and data. Before timing, each runs two
+steps and its two losses (for inference and elementwise workloads: the whole output) are
+compared with the reference mode's (eager when present): the first checks the forward pass,
+the second the gradients and the update. A mode that differs is flagged DIFFERS, so nothing
+is faster by being wrong.
+
+Timing: warm-up rounds, then rounds in which every mode runs one step, in turn
+(interleaved), so drift of the shared machine hits all modes alike; up to --repeat rounds or
+--budget seconds per workload. The table shows medians, the interquartile range, and the
+speed-up over eager as the median of the per-round ratios. References timed in the same
+rounds: `np.copyto` on the same array for the elementwise chains (memory bandwidth), and the
+step's matmuls alone in one @njit function for the MLPs (the BLAS floor).
+
+Compile time is apart from step time: "cold" is the first build and call of the cpu mode in
+this process, with an empty cache directory (a fresh temporary one unless --cache-dir);
+"warm" is a new process that builds the same step and calls it once, hitting that cache.
+The same new process (one per workload and mode, skipped with --quick) measures peak memory:
+the growth of the process's peak resident set (VmHWM) while it builds the step and runs it,
+above the process with its libraries imported and the data made, and the transient peak of
+steady-state steps alone.
+
+    graphnn bench --quick
+    graphnn bench --workloads xor,mlp-small --repeat 500 --json out.json --plot out.png
 """
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
+import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -24,259 +53,1039 @@ import numpy as np
 import graphnn as gn
 
 LR = 0.1
+SCHEMA = "graphnn-bench/1"
+RTOL, ATOL = 1e-3, 1e-4
+ALL_MODES = ["eager", "numpy", "cpu", "cuda", "torch", "torch-compile", "jax"]
+DEFAULT_MODES = ["eager", "numpy", "cpu", "cuda", "torch", "jax"]
 
 
-def _mlp_params(sizes, seed, init="glorot_uniform"):
-    params = []
-    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        params.append(gn.param(f"W{k + 1}", shape=(a, b), init=init, seed=seed + k))
-        params.append(gn.param(f"b{k + 1}", np.zeros(b, np.float32)))
-    return params
+class Skip(Exception):
+    """A mode that cannot run here (no GPU, peer not installed): listed as skipped."""
 
 
-def _mlp_forward(x, params, act):
-    h = x
-    n = len(params) // 2
-    for k in range(n):
-        h = gn.matmul(h, params[2 * k]) + params[2 * k + 1]
-        if k < n - 1:
-            h = act(h)
-    return h
+# ---------------------------------------------------------------------------------------
+# Op namespaces: one model definition runs on graphnn (graph or eager), PyTorch and JAX.
 
 
-class Workload:
-    """A model built twice from the same initial values: as a graph and as an eager fn."""
+class GnOps:
+    """graphnn ops: on nodes they build the graph, on arrays they run at once (eager)."""
 
-    def __init__(self, name, sizes, act, loss, batch, train=True, seed=0):
-        self.name, self.sizes, self.act, self.loss_kind = name, sizes, act, loss
-        self.batch, self.train = batch, train
-        rng = np.random.default_rng(seed)
-        self.X = rng.standard_normal((batch, sizes[0])).astype(np.float32)
-        if loss == "mse":
-            self.Y = rng.integers(0, 2, (batch, sizes[-1])).astype(np.float32)
-        else:
-            self.Y = rng.integers(0, sizes[-1], batch).astype(np.int64)
-        self.params = _mlp_params(sizes, seed)
-        self.init = [p.value.copy() for p in self.params]
+    matmul = staticmethod(gn.matmul)
+    add = staticmethod(gn.add)
+    sigmoid = staticmethod(gn.sigmoid)
+    tanh = staticmethod(gn.tanh)
+    relu = staticmethod(gn.relu)
+    flatten = staticmethod(gn.flatten)
+    mse = staticmethod(gn.mse)
+    softmax_cross_entropy = staticmethod(gn.softmax_cross_entropy)
 
-    def reset(self):
-        for p, v in zip(self.params, self.init):
-            p.value = v
+    @staticmethod
+    def conv2d_same(x, w):
+        return gn.conv2d(x, w, padding="same")
 
-    def _loss(self, logits, y):
+    @staticmethod
+    def max_pool2(x):
+        return gn.max_pool2d(x, 2)
+
+    @staticmethod
+    def time_step(x, t, features):
+        return gn.reshape(gn.slice_axis(x, 1, t, t + 1), (-1, features))
+
+
+class TorchOps:
+    """The same ops in PyTorch, NHWC images and HWIO kernels as in graphnn."""
+
+    def __init__(self):
+        import torch
+        import torch.nn.functional as F
+        self.torch, self.F = torch, F
+        self.sigmoid, self.tanh, self.relu = torch.sigmoid, torch.tanh, torch.relu
+
+    def matmul(self, a, b):
+        return a @ b
+
+    def add(self, a, b):
+        return a + b
+
+    def conv2d_same(self, x, w):
+        y = self.F.conv2d(x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1), padding="same")
+        return y.permute(0, 2, 3, 1)
+
+    def max_pool2(self, x):
+        return self.F.max_pool2d(x.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+
+    def flatten(self, x):
+        return x.reshape(x.shape[0], -1)
+
+    def time_step(self, x, t, features):
+        return x[:, t, :]
+
+    def mse(self, p, t):
+        return self.F.mse_loss(p, t)
+
+    def softmax_cross_entropy(self, logits, y):
+        return self.F.cross_entropy(logits, y)
+
+
+class JaxOps:
+    """The same ops in JAX."""
+
+    def __init__(self):
+        import jax
+        import jax.numpy as jnp
+        self.jax, self.jnp = jax, jnp
+        self.sigmoid, self.tanh, self.relu = jax.nn.sigmoid, jnp.tanh, jax.nn.relu
+
+    def matmul(self, a, b):
+        return a @ b
+
+    def add(self, a, b):
+        return a + b
+
+    def conv2d_same(self, x, w):
+        return self.jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def max_pool2(self, x):
+        return self.jax.lax.reduce_window(x, -self.jnp.inf, self.jax.lax.max, (1, 2, 2, 1),
+                                          (1, 2, 2, 1), "VALID")
+
+    def flatten(self, x):
+        return x.reshape(x.shape[0], -1)
+
+    def time_step(self, x, t, features):
+        return x[:, t, :]
+
+    def mse(self, p, t):
+        return self.jnp.mean((p - t) ** 2)
+
+    def softmax_cross_entropy(self, logits, y):
+        logp = self.jax.nn.log_softmax(logits)
+        return -self.jnp.mean(self.jnp.take_along_axis(logp, y[:, None], axis=1))
+
+
+# ---------------------------------------------------------------------------------------
+# Workloads
+
+
+def _glorot(rng, shape):
+    fan_in = int(np.prod(shape[:-1]))
+    fan_out = int(shape[-1]) * (int(np.prod(shape[:-2])) if len(shape) > 2 else 1)
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape).astype(np.float32)
+
+
+class Model:
+    """A workload, defined once: `forward(ops, x, params)` and `loss(ops, out, y)` run on any
+    op namespace. `param_inits` [(name, array)] and `feeds` {name: array} are the shared
+    starting point of every mode; `inputs` {name: (shape with None for the batch, dtype)}."""
+
+    train = True
+    loss_kind = None
+    mlp_sizes = None  # MLPs also get the BLAS-floor reference
+    eltwise = False
+
+    def __init__(self, name, description):
+        self.name, self.description = name, description
+
+    def forward(self, ops, x, params):
+        raise NotImplementedError
+
+    def loss(self, ops, out, y):
+        if self.loss_kind == "mse_sigmoid":
+            return ops.mse(ops.sigmoid(out), y)
         if self.loss_kind == "mse":
-            return gn.mse(gn.sigmoid(logits), y)
-        return gn.softmax_cross_entropy(logits, y)
-
-    def graph_step(self, backend):
-        x = gn.input("x", (None, self.sizes[0]))
-        y = gn.input("y", (None, self.sizes[-1]) if self.loss_kind == "mse" else (None,),
-                     dtype="float32" if self.loss_kind == "mse" else "int64")
-        logits = _mlp_forward(x, self.params, self.act)
-        if not self.train:
-            f = gn.compile(logits, backend=backend)
-            return f, lambda: f(x=self.X)
-        loss = self._loss(logits, y)
-        f = gn.compile(loss, updates=gn.optim.SGD(lr=LR).updates(loss, self.params),
-                       backend=backend)
-        return f, lambda: f(x=self.X, y=self.Y)
-
-    def eager_step(self):
-        values = [v.copy() for v in self.init]
-        X, Y = self.X, self.Y
-
-        def loss_fn(*ps):
-            logits = _mlp_forward(X, list(ps), self.act)
-            return self._loss(logits, Y)
-
-        grad_fn = gn.eager.value_and_grad(loss_fn, argnums=tuple(range(len(values))))
-        if not self.train:
-            return lambda: _mlp_forward(X, values, self.act)
-
-        def step():
-            loss, grads = grad_fn(*values)
-            for v, g in zip(values, grads):
-                v -= np.float32(LR) * g
-            return loss
-        return step
+            return ops.mse(out, y)
+        return ops.softmax_cross_entropy(out, y)
 
 
-def _eltwise_fn(x):
-    return gn.sigmoid(x) * gn.tanh(x) + x * x - 0.5 * x
+class MLP(Model):
+    def __init__(self, name, sizes, act, loss_kind, batch, train=True, xor=False, seed=0):
+        kind = "train" if train else "infer"
+        super().__init__(name, f"{'-'.join(map(str, sizes))} {act} MLP, "
+                               f"{'MSE' if loss_kind.startswith('mse') else 'softmax CE'}, "
+                               f"batch {batch}, {kind}")
+        self.sizes, self.act, self.loss_kind, self.train = sizes, act, loss_kind, train
+        self.mlp_sizes = sizes
+        rng = np.random.default_rng(seed)
+        self.param_inits = []
+        for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            self.param_inits += [(f"W{k + 1}", _glorot(rng, (a, b))),
+                                 (f"b{k + 1}", np.zeros(b, np.float32))]
+        if xor:
+            X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+            Y = np.array([[0], [1], [1], [0]], np.float32)
+        else:
+            X = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+            Y = rng.integers(0, sizes[-1], batch).astype(np.int64)
+        self.feeds = {"x": X}
+        self.inputs = {"x": ((None, sizes[0]), "float32")}
+        if train:
+            self.feeds["y"] = Y
+            self.inputs["y"] = ((None, sizes[-1]), "float32") if xor else ((None,), "int64")
+
+    def forward(self, ops, x, params):
+        h, n = x, len(params) // 2
+        for k in range(n):
+            h = ops.add(ops.matmul(h, params[2 * k]), params[2 * k + 1])
+            if k < n - 1:
+                h = getattr(ops, self.act)(h)
+        return h
 
 
-def _arith_fn(x):
+class CNN(Model):
+    """conv 3x3 (same, bias, relu) -> max pool 2 -> flatten -> dense 10 -> softmax CE."""
+
+    loss_kind = "sce"
+
+    def __init__(self, name="cnn-digits", batch=64, filters=16, seed=0):
+        super().__init__(name, f"8x8x1 images, conv3x3x{filters}+relu, maxpool2, dense 10, "
+                               f"softmax CE, batch {batch}, train")
+        rng = np.random.default_rng(seed)
+        self.param_inits = [("Wc", _glorot(rng, (3, 3, 1, filters))),
+                            ("bc", np.zeros(filters, np.float32)),
+                            ("Wd", _glorot(rng, (16 * filters, 10))),
+                            ("bd", np.zeros(10, np.float32))]
+        # digit-like: pixels in [0, 1], ten classes (the timing does not depend on the data)
+        self.feeds = {"x": rng.uniform(0, 1, (batch, 8, 8, 1)).astype(np.float32),
+                      "y": rng.integers(0, 10, batch).astype(np.int64)}
+        self.inputs = {"x": ((None, 8, 8, 1), "float32"), "y": ((None,), "int64")}
+
+    def forward(self, ops, x, params):
+        Wc, bc, Wd, bd = params
+        h = ops.max_pool2(ops.relu(ops.add(ops.conv2d_same(x, Wc), bc)))
+        return ops.add(ops.matmul(ops.flatten(h), Wd), bd)
+
+
+class RNN(Model):
+    """y_t = tanh(x_t Wx + y_{t-1} Wy + b), y_0 = 0, unrolled over T steps with shared
+    weights; MSE of the last state against a target."""
+
+    loss_kind = "mse"
+
+    def __init__(self, name="rnn", batch=32, steps=10, features=8, units=32, seed=0):
+        super().__init__(name, f"simple RNN unrolled over T={steps}, {features} inputs, "
+                               f"{units} units, MSE on the last state, batch {batch}, train")
+        self.steps, self.features = steps, features
+        rng = np.random.default_rng(seed)
+        self.param_inits = [("Wx", _glorot(rng, (features, units))),
+                            ("Wy", _glorot(rng, (units, units))),
+                            ("b", np.zeros(units, np.float32))]
+        self.feeds = {"x": rng.standard_normal((batch, steps, features)).astype(np.float32),
+                      "y": rng.uniform(-1, 1, (batch, units)).astype(np.float32)}
+        self.inputs = {"x": ((None, steps, features), "float32"),
+                       "y": ((None, units), "float32")}
+
+    def forward(self, ops, x, params):
+        Wx, Wy, b = params
+        y = None
+        for t in range(self.steps):
+            z = ops.add(ops.matmul(ops.time_step(x, t, self.features), Wx), b)
+            if y is not None:  # y_0 = 0 adds nothing
+                z = ops.add(z, ops.matmul(y, Wy))
+            y = ops.tanh(z)
+        return y
+
+
+class Eltwise(Model):
+    """An elementwise chain on a large float32 vector (no parameters, no training)."""
+
+    train, eltwise = False, True
+
+    def __init__(self, name, chain, text, n=4 * 1024 * 1024):
+        super().__init__(name, f"{text} on {n / 2 ** 20:g}M float32")
+        self.chain, self.param_inits = chain, []
+        self.feeds = {"x": np.random.default_rng(0).standard_normal(n).astype(np.float32)}
+        self.inputs = {"x": ((None,), "float32")}
+
+    def forward(self, ops, x, params):
+        return self.chain(ops, x)
+
+
+def _eltwise_chain(ops, x):
+    return ops.sigmoid(x) * ops.tanh(x) + x * x - 0.5 * x
+
+
+def _arith_chain(ops, x):
     return x * x - 0.5 * x + 0.25
 
 
-class EltwiseWorkload:
-    """An elementwise chain on 4M float32 values (`fn` picks the chain)."""
-
-    def __init__(self, name="eltwise", fn=_eltwise_fn, n=4 * 1024 * 1024):
-        self.name, self.fn = name, fn
-        self.X = np.random.default_rng(0).standard_normal(n).astype(np.float32)
-        self.train = False
-
-    def reset(self):
-        pass
-
-    def graph_step(self, backend):
-        x = gn.input("x", (None,))
-        f = gn.compile(self.fn(x), backend=backend)
-        return f, lambda: f(x=self.X)
-
-    def eager_step(self):
-        return lambda: self.fn(self.X)
+WORKLOADS = {
+    "xor": lambda: MLP("xor", [2, 2, 1], "sigmoid", "mse_sigmoid", 4, xor=True),
+    "mlp-small": lambda: MLP("mlp-small", [64, 64, 10], "tanh", "sce", 32),
+    "mlp-medium": lambda: MLP("mlp-medium", [784, 512, 256, 10], "relu", "sce", 256),
+    "mlp-medium-infer": lambda: MLP("mlp-medium-infer", [784, 512, 256, 10], "relu", "sce",
+                                    256, train=False),
+    "cnn-digits": CNN,
+    "rnn": RNN,
+    "eltwise": lambda: Eltwise("eltwise", _eltwise_chain, "sigmoid(x)*tanh(x) + x*x - 0.5*x"),
+    "eltwise-arith": lambda: Eltwise("eltwise-arith", _arith_chain, "x*x - 0.5*x + 0.25"),
+}
 
 
 def make_workloads():
-    return {
-        "xor": lambda: Workload("xor", [2, 2, 1], gn.sigmoid, "mse", 4),
-        "mlp-small": lambda: Workload("mlp-small", [64, 64, 10], gn.tanh, "sce", 32),
-        "mlp-medium": lambda: Workload("mlp-medium", [784, 512, 256, 10], gn.relu, "sce", 256),
-        "mlp-medium-infer": lambda: Workload("mlp-medium-infer", [784, 512, 256, 10], gn.relu,
-                                             "sce", 256, train=False),
-        "eltwise": EltwiseWorkload,
-        "eltwise-arith": lambda: EltwiseWorkload("eltwise-arith", _arith_fn),
-    }
+    return dict(WORKLOADS)
 
 
-def _time_once(fn):
+# ---------------------------------------------------------------------------------------
+# Modes: each builder returns a Runner (a step callable and what its build cost) or raises
+# Skip. Every runner owns its state (its own copy of the initial weights).
+
+
+class Runner:
+    def __init__(self, step, to_numpy=np.asarray, info=None):
+        self.step, self.to_numpy, self.info = step, to_numpy, info or {}
+
+    def value(self):
+        """One step; its loss (or output) as a NumPy array."""
+        return np.array(self.to_numpy(self.step()), dtype=np.float64, copy=True)
+
+
+def _graph_runner(model, backend):
+    feeds_in = {name: gn.input(name, shape, dtype=dtype)
+                for name, (shape, dtype) in model.inputs.items()}
+    params = [gn.param(name, value.copy()) for name, value in model.param_inits]
+    out = model.forward(GnOps, feeds_in["x"], params)
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    if model.train:
+        loss = model.loss(GnOps, out, feeds_in["y"])
+        f = gn.compile(loss, updates=gn.optim.SGD(lr=LR).updates(loss, params), backend=backend)
+    else:
+        f = gn.compile(out, backend=backend)
+    build = time.perf_counter() - t0
+    feeds = dict(model.feeds)
+    return Runner(lambda: f(**feeds), info={"build_s": build, "function": f})
 
 
-def _warm_load_seconds(workload_name):
-    """Seconds for a fresh process to build the same step and make its first call."""
-    code = ("import time, graphnn.bench as b; w = b.make_workloads()[%r](); "
-            "f, step = w.graph_step('cpu'); t0 = time.perf_counter(); step(); "
-            "print(time.perf_counter() - t0, f.stats['cache_hit'])" % workload_name)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
+def _eager_runner(model):
+    values = [v.copy() for _, v in model.param_inits]
+    X, Y = model.feeds["x"], model.feeds.get("y")
+    if not model.train:
+        return Runner(lambda: model.forward(GnOps, X, values))
+
+    def loss_fn(*ps):
+        return model.loss(GnOps, model.forward(GnOps, X, list(ps)), Y)
+
+    grad_fn = gn.eager.value_and_grad(loss_fn, argnums=tuple(range(len(values))))
+    lr = np.float32(LR)
+
+    def step():
+        loss, grads = grad_fn(*values)
+        for v, g in zip(values, grads):
+            v -= lr * g
+        return loss
+    return Runner(step)
+
+
+def _cuda_runner(model):
+    try:
+        from numba import cuda
+        from .cuda_backend import simulator_enabled
+    except ImportError as exc:  # pragma: no cover - numba is a dependency
+        raise Skip(f"numba.cuda not importable ({exc})")
+    if simulator_enabled():
+        raise Skip("the CUDA simulator is not a GPU (NUMBA_ENABLE_CUDASIM=1)")
+    if not cuda.is_available():
+        raise Skip("no GPU (numba.cuda.is_available() is False)")
+    return _graph_runner(model, "cuda")
+
+
+def _peer_missing(module):
+    if importlib.util.find_spec(module) is None:
+        raise Skip("not installed")
+
+
+def _torch_runner(model, compiled=False):
+    _peer_missing("torch")
+    import torch
+    ops = TorchOps()
+    params = [torch.tensor(v.copy(), requires_grad=model.train) for _, v in model.param_inits]
+    x = torch.from_numpy(model.feeds["x"].copy())
+    y = torch.from_numpy(model.feeds["y"].copy()) if model.train else None
+    info = {}
+    if not model.train:
+        def forward():
+            with torch.no_grad():
+                return model.forward(ops, x, params)
+        fn = torch.compile(forward) if compiled else forward
+        return Runner(fn, lambda t: t.numpy(), info)
+
+    def loss_fn():
+        return model.loss(ops, model.forward(ops, x, params), y)
+    loss_of = torch.compile(loss_fn) if compiled else loss_fn
+
+    def step():
+        loss = loss_of()
+        loss.backward()
+        with torch.no_grad():
+            for p in params:
+                p -= LR * p.grad
+                p.grad = None
+        return loss.detach()
+    return Runner(step, lambda t: t.numpy(), info)
+
+
+def _jax_runner(model):
+    _peer_missing("jax")
+    import jax
+    import jax.numpy as jnp
+    ops = JaxOps()
+    x = jnp.asarray(model.feeds["x"])
+    if not model.train:
+        params = [jnp.asarray(v) for _, v in model.param_inits]
+        fwd = jax.jit(lambda ps, x: model.forward(ops, x, ps))
+        return Runner(lambda: fwd(params, x).block_until_ready(), np.asarray)
+    y = jnp.asarray(model.feeds["y"])
+
+    def loss_fn(ps, x, y):
+        return model.loss(ops, model.forward(ops, x, ps), y)
+
+    @jax.jit
+    def train(ps, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(ps, x, y)
+        return loss, [p - LR * g for p, g in zip(ps, grads)]
+
+    state = [[jnp.asarray(v) for _, v in model.param_inits]]
+
+    def step():
+        loss, state[0] = train(state[0], x, y)
+        return loss.block_until_ready()
+    return Runner(step, np.asarray)
+
+
+MODE_BUILDERS = {
+    "eager": _eager_runner,
+    "numpy": lambda m: _graph_runner(m, "numpy"),
+    "cpu": lambda m: _graph_runner(m, "cpu"),
+    "cuda": _cuda_runner,
+    "torch": _torch_runner,
+    "torch-compile": lambda m: _torch_runner(m, compiled=True),
+    "jax": _jax_runner,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# References timed in the same rounds
+
+
+_MATMULS = None
+
+
+def _matmuls_fn():
+    """An @njit function doing exactly an MLP step's matmuls into preallocated arrays."""
+    global _MATMULS
+    if _MATMULS is None:
+        from numba import njit
+
+        @njit(cache=False)
+        def matmuls(x, Ws, hs, gs, dWs, train):
+            n = len(Ws)
+            np.dot(x, Ws[0], hs[0])
+            for k in range(1, n):
+                np.dot(hs[k - 1], Ws[k], hs[k])
+            if train:
+                for k in range(n - 1, -1, -1):
+                    inp = x if k == 0 else hs[k - 1]
+                    np.dot(inp.T, gs[k], dWs[k])
+                    if k > 0:
+                        np.dot(gs[k], Ws[k].T, gs[k - 1])
+        _MATMULS = matmuls
+    return _MATMULS
+
+
+def _references(model):
+    """{name: (callable, description)} timed beside the modes."""
+    refs = {}
+    x = model.feeds["x"]
+    if model.eltwise:
+        dst = np.empty_like(x)
+        refs["np.copyto"] = (lambda: np.copyto(dst, x),
+                             "np.copyto of the same array: the memory-bandwidth reference")
+    if model.mlp_sizes:
+        fn = _matmuls_fn()
+        batch = x.shape[0]
+        Ws = tuple(v for name, v in model.param_inits if name.startswith("W"))
+        hs = tuple(np.empty((batch, W.shape[1]), np.float32) for W in Ws)
+        gs = tuple(np.full((batch, W.shape[1]), 1e-3, np.float32) for W in Ws)
+        dWs = tuple(np.empty_like(W) for W in Ws)
+        train = model.train
+        fn(x, Ws, hs, gs, dWs, train)  # compile now, not in the rounds
+        count = len(Ws) * (3 if train else 1) - (1 if train else 0)
+        refs["matmuls only"] = (lambda: fn(x, Ws, hs, gs, dWs, train),
+                                f"the step's {count} matmuls alone in one @njit function "
+                                "(np.dot into preallocated arrays): the BLAS floor")
+    return refs
+
+
+# ---------------------------------------------------------------------------------------
+# Measuring
+
+
+def _summary(times):
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "q1_s": q[0], "q3_s": q[2], "samples": len(times)}
+
+
+def _agrees(value, reference):
+    return bool(value.shape == reference.shape
+                and np.allclose(value, reference, rtol=RTOL, atol=ATOL))
+
+
+def _flat_first(a):
+    return float(a.reshape(-1)[0]) if a.size else float("nan")
+
+
+def run_workload(name, modes, repeat=200, budget=20.0, warmup=3, subprocess_info=True,
+                 threads=None, log=print):
+    """Measure one workload in every mode; returns its result row (see `check_schema`)."""
+    model = WORKLOADS[name]()
+    row = {"workload": name, "description": model.description, "train": model.train,
+           "modes": {}, "references": {}}
+    runners = {}
+    checks = {}
+    for mode in modes:
+        entry = row["modes"][mode] = {"status": "ok"}
+        try:
+            t0 = time.perf_counter()
+            runner = MODE_BUILDERS[mode](model)
+            built = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            first = runner.value()
+            first_call = time.perf_counter() - t0
+            second = runner.value() if model.train else first
+        except Skip as exc:
+            entry.update(status="skipped", reason=str(exc))
+            continue
+        except Exception as exc:  # a peer that fails must not stop the benchmark
+            entry.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:300])
+            continue
+        runners[mode] = runner
+        checks[mode] = (first, second)
+        entry["first_value"] = _flat_first(first)
+        entry["second_value"] = _flat_first(second)
+        entry["compile"] = {"build_s": built, "first_call_s": first_call,
+                            "total_s": built + first_call}
+        f = runner.info.get("function")
+        if f is not None and mode == "cpu":
+            entry["compile"]["cache_hit"] = bool(f.stats.get("cache_hit"))
+            entry["compile"]["kernels"] = f.stats.get("kernels")
+    ok = list(runners)
+    reference = "eager" if "eager" in ok else (ok[0] if ok else None)
+    row["reference_mode"] = reference
+    for mode in ok:
+        first, second = checks[mode]
+        ref_first, ref_second = checks[reference]
+        row["modes"][mode]["agrees"] = (_agrees(first, ref_first)
+                                        and _agrees(second, ref_second))
+    refs = _references(model) if ok else {}
+    row["references"] = {r: {"description": d} for r, (_, d) in refs.items()}
+    calls = [(m, runners[m].step) for m in ok] + [(r, fn) for r, (fn, _) in refs.items()]
+    times = {key: [] for key, _ in calls}
+    for _ in range(warmup):
+        for _, fn in calls:
+            fn()
+    started = time.perf_counter()
+    for r in range(max(repeat, 1)):
+        for key, fn in calls:
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+        if r >= 4 and time.perf_counter() - started > budget:
+            break
+    row["rounds"] = len(times[calls[0][0]]) if calls else 0
+    for key, samples in times.items():
+        target = row["modes"][key] if key in runners else row["references"][key]
+        target.update(_summary(samples))
+    if "eager" in ok:
+        for m in ok:
+            ratios = [e / t for e, t in zip(times["eager"], times[m])]
+            row["modes"][m]["speedup_vs_eager"] = statistics.median(ratios)
+    if model.eltwise and "np.copyto" in row["references"]:
+        copy_s = row["references"]["np.copyto"]["median_s"]
+        nbytes = 2 * model.feeds["x"].nbytes  # one read and one write of the array
+        row["bandwidth"] = {"bytes_moved": nbytes, "copyto_GBps": nbytes / copy_s / 1e9}
+        for m in ok:
+            row["modes"][m]["GBps"] = nbytes / row["modes"][m]["median_s"] / 1e9
+            row["modes"][m]["share_of_copyto"] = copy_s / row["modes"][m]["median_s"]
+    if subprocess_info:
+        for m in ok:
+            info = measure_in_new_process(name, m, threads)
+            if m == "cpu" and "error" not in info:  # the warm load: median of 3 processes
+                samples = [info] + [measure_in_new_process(name, m, threads, steps=0)
+                                    for _ in range(2)]
+                samples = [x for x in samples if "error" not in x]
+                info["warm_samples_s"] = [x["warm_total_s"] for x in samples]
+                info["warm_total_s"] = statistics.median(info["warm_samples_s"])
+                info["cache_hit"] = all(x["cache_hit"] for x in samples)
+            row["modes"][m]["new_process"] = info
+    log(format_row(row))
+    return row
+
+
+def _rss_kib(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def _reset_peak():
+    """Reset VmHWM to the current resident size (Linux >= 4.0); False when not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_in_new_process(workload, mode, threads=None, steps=20, timeout=600):
+    """Run `_child` in a fresh interpreter: warm build + first call time, and memory."""
+    args = json.dumps({"workload": workload, "mode": mode, "threads": threads,
+                       "steps": steps})
+    code = "import sys, graphnn.bench as b; b._child(sys.argv[1])"
+    try:
+        out = subprocess.run([sys.executable, "-c", code, args], capture_output=True,
+                             text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
     if out.returncode:
-        return None, None
-    seconds, hit = out.stdout.split()
-    return float(seconds), hit == "True"
+        return {"error": (out.stderr.strip().splitlines() or ["exit code %d" % out.returncode])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(workloads, modes, repeat, budget_seconds=20.0, warm=True):
-    rows = []
-    for name in workloads:
-        w = make_workloads()[name]()
-        steps, first, compile_info = {}, {}, {}
-        for mode in modes:
-            w.reset()
-            if mode == "eager":
-                step = w.eager_step()
-                first[mode] = np.asarray(step()).copy()
-            else:
-                t0 = time.perf_counter()
-                f, step = w.graph_step(mode)
-                built = time.perf_counter() - t0
-                first_call = _time_once(lambda: first.__setitem__(mode, np.asarray(step()).copy()))
-                if mode == "cpu":
-                    compile_info = {"cold_s": built + first_call,
-                                    "cache_hit": f.stats.get("cache_hit")}
-            steps[mode] = step
-        reference = first[modes[0]]
-        agree = {m: bool(np.allclose(first[m], reference, rtol=1e-3, atol=1e-4))
-                 for m in modes}
-        # interleave: one call of each mode per round, until repeat rounds or the budget
-        times = {m: [] for m in modes}
-        started = time.perf_counter()
-        for _ in range(3):
-            for m in modes:
-                steps[m]()
-        for r in range(repeat):
-            for m in modes:
-                times[m].append(_time_once(steps[m]))
-            if time.perf_counter() - started > budget_seconds and r >= 5:
-                break
-        if warm and "cpu" in modes:
-            compile_info["warm_s"], compile_info["warm_cache_hit"] = _warm_load_seconds(name)
-        med = {m: statistics.median(times[m]) for m in modes}
-        row = {"workload": name, "rounds": len(times[modes[0]]), "compile": compile_info,
-               "modes": {m: {"median_s": med[m], "min_s": min(times[m]), "max_s": max(times[m]),
-                             "first_value": float(np.asarray(first[m]).reshape(-1)[0]),
-                             "agrees": agree[m]} for m in modes}}
-        if "eager" in modes:
-            for m in modes:
-                row["modes"][m]["speedup_vs_eager"] = med["eager"] / med[m]
-        if name.startswith("eltwise"):
-            row["bandwidth"] = _bandwidth(w.X, med.get("cpu"))
-        rows.append(row)
-        print(format_row(row), flush=True)
-    return rows
+def _child(args_json):
+    """In a new process: import times, build + first call (the warm load for cpu, which hits
+    the cache the parent filled), and peak memory of building and running the step."""
+    args = json.loads(args_json)
+    t0 = time.perf_counter()
+    importlib.import_module("numba")  # imported before the baseline by every mode alike
+    numba_import = time.perf_counter() - t0
+    peer = {"torch": "torch", "torch-compile": "torch", "jax": "jax"}.get(args["mode"])
+    if peer:
+        __import__(peer)
+    _limit_threads(args["threads"])
+    model = WORKLOADS[args["workload"]]()
+    base_kib = _rss_kib("VmRSS")
+    _reset_peak()
+    t0 = time.perf_counter()
+    runner = MODE_BUILDERS[args["mode"]](model)
+    built = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    runner.step()
+    first_call = time.perf_counter() - t0
+    build_peak = _rss_kib("VmHWM")
+    steady = _rss_kib("VmRSS")
+    resettable = _reset_peak()
+    for _ in range(args["steps"]):
+        runner.step()
+    step_peak = _rss_kib("VmHWM")
+    f = runner.info.get("function")
+    result = {"numba_import_s": numba_import, "build_s": built, "first_call_s": first_call,
+              "warm_total_s": built + first_call,
+              "cache_hit": bool(f.stats.get("cache_hit")) if f is not None and
+              args["mode"] == "cpu" else None,
+              "baseline_MB": base_kib / 1024,
+              "peak_MB": (max(build_peak, step_peak) - base_kib) / 1024,
+              "step_transient_MB": (step_peak - steady) / 1024 if resettable else None}
+    print(json.dumps(result))
 
 
-def _bandwidth(x, fused_seconds):
-    dst = np.empty_like(x)
-    t = statistics.median(_time_once(lambda: np.copyto(dst, x)) for _ in range(30))
-    info = {"copyto_s": t, "copyto_GBps": 2 * x.nbytes / t / 1e9}
-    if fused_seconds:
-        info["fused_GBps"] = 2 * x.nbytes / fused_seconds / 1e9
-        info["fused_share_of_copyto"] = t / fused_seconds
-    return info
+# ---------------------------------------------------------------------------------------
+# Output
 
 
 def _fmt_time(s):
-    return f"{s * 1e6:9.1f} µs" if s < 1e-3 else f"{s * 1e3:9.2f} ms"
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} µs"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
 
 
 def format_row(row):
-    lines = [f"\n{row['workload']}  ({row['rounds']} rounds, interleaved)"]
+    lines = [f"\n{row['workload']}: {row['description']}  "
+             f"({row['rounds']} interleaved rounds; reference for the check: "
+             f"{row['reference_mode']})"]
     for m, r in row["modes"].items():
-        ratio = f"{r['speedup_vs_eager']:7.1f}x vs eager" if "speedup_vs_eager" in r else ""
-        ok = "ok" if r["agrees"] else "DIFFERS"
-        lines.append(f"  {m:6s} median {_fmt_time(r['median_s'])}  "
-                     f"[{_fmt_time(r['min_s']).strip()} .. {_fmt_time(r['max_s']).strip()}]  "
-                     f"{ratio}  first value {r['first_value']:.6g} {ok}")
-    c = row.get("compile") or {}
-    if c:
-        warm = f"{c['warm_s']:.2f} s (cache hit: {c.get('warm_cache_hit')})" \
-            if c.get("warm_s") is not None else "not measured"
-        lines.append(f"  compile (cpu): first build+call {c['cold_s']:.2f} s "
-                     f"(cache hit: {c['cache_hit']}), new process {warm}")
-    b = row.get("bandwidth")
-    if b:
-        lines.append(f"  np.copyto {b['copyto_GBps']:.1f} GB/s; fused kernel "
-                     f"{b.get('fused_GBps', 0):.1f} GB/s = {100 * b.get('fused_share_of_copyto', 0):.0f}% "
-                     "of copyto")
+        if r["status"] != "ok":
+            lines.append(f"  {m:14s} {r['status']} ({r['reason']})")
+            continue
+        ratio = f"{r['speedup_vs_eager']:8.2f}x eager" if "speedup_vs_eager" in r else ""
+        check = "ok" if r["agrees"] else "DIFFERS"
+        extra = ""
+        if "share_of_copyto" in r:
+            extra = f"  {r['GBps']:.1f} GB/s = {100 * r['share_of_copyto']:.0f}% of copyto"
+        lines.append(f"  {m:14s} median {_fmt_time(r['median_s']):>10s}  IQR "
+                     f"[{_fmt_time(r['q1_s'])} .. {_fmt_time(r['q3_s'])}]  {ratio}  "
+                     f"loss/out {r['first_value']:.6g}, {r['second_value']:.6g} {check}{extra}")
+    for name, r in row["references"].items():
+        lines.append(f"  {name:14s} median {_fmt_time(r['median_s']):>10s}  ({r['description']})")
+    if "bandwidth" in row:
+        lines.append(f"  np.copyto moves {row['bandwidth']['copyto_GBps']:.1f} GB/s "
+                     "(read + write)")
+    for m, r in row["modes"].items():
+        c = r.get("compile")
+        if r["status"] != "ok" or m not in ("cpu", "cuda", "jax", "torch-compile"):
+            continue
+        text = f"  compile {m}: first build + call {c['total_s']:.2f} s"
+        if "cache_hit" in c:
+            text += f" (cache {'hit' if c['cache_hit'] else 'miss: cold'})"
+        n = r.get("new_process")
+        if n and "error" not in n:
+            text += (f"; new process: build {n['build_s']:.2f} s + first call "
+                     f"{n['first_call_s']:.2f} s")
+            if "warm_samples_s" in n:
+                text += (f", median of {len(n['warm_samples_s'])} processes "
+                         f"{n['warm_total_s']:.2f} s")
+            else:
+                text += f" = {n['warm_total_s']:.2f} s"
+            if n.get("cache_hit") is not None:
+                text += f" (cache {'hit' if n['cache_hit'] else 'MISS'})"
+            text += f", numba import {n['numba_import_s']:.2f} s"
+        lines.append(text)
+    mem = [(m, r["new_process"]) for m, r in row["modes"].items()
+           if r.get("new_process") and "error" not in r["new_process"]]
+    if mem:
+        lines.append("  peak memory above baseline (build + run / steps alone): " + ", ".join(
+            f"{m} {n['peak_MB']:.0f}/{(n['step_transient_MB'] or 0):.0f} MB" for m, n in mem))
+    errors = [(m, r["new_process"]["error"]) for m, r in row["modes"].items()
+              if r.get("new_process") and "error" in r["new_process"]]
+    for m, e in errors:
+        lines.append(f"  new process for {m} failed: {e}")
     return "\n".join(lines)
 
 
-def main(argv=None):
+def format_table(result):
+    """A Markdown table: median step time per workload (rows) and mode (columns), with the
+    speed-up over eager."""
+    modes = []
+    for row in result["workloads"]:
+        for m, r in row["modes"].items():
+            if m not in modes and r["status"] == "ok":
+                modes.append(m)
+    lines = ["| workload | " + " | ".join(modes) + " | reference | cpu compile cold / warm |",
+             "|---|" + "---|" * len(modes) + "---|---|"]
+    for row in result["workloads"]:
+        cells = []
+        for m in modes:
+            r = row["modes"].get(m)
+            if not r or r["status"] != "ok":
+                cells.append("skipped" if r and r["status"] == "skipped" else "–")
+                continue
+            cell = _fmt_time(r["median_s"])
+            if "speedup_vs_eager" in r and m != "eager":
+                cell += f" ({r['speedup_vs_eager']:.1f}x)"
+            if not r["agrees"]:
+                cell += " DIFFERS"
+            cells.append(cell)
+        cpu = row["modes"].get("cpu", {})
+        comp = "–"
+        if cpu.get("status") == "ok":
+            comp = f"{cpu['compile']['total_s']:.2f} s"
+            n = cpu.get("new_process")
+            if n and "error" not in n:
+                comp += f" / {n['warm_total_s']:.2f} s"
+        ref = ", ".join(f"{k} {_fmt_time(r['median_s'])}" for k, r in row["references"].items()
+                        if "median_s" in r) or "–"
+        lines.append(f"| {row['workload']} | " + " | ".join(cells) + f" | {ref} | {comp} |")
+    skipped = {}
+    for row in result["workloads"]:
+        for m, r in row["modes"].items():
+            if r["status"] != "ok":
+                skipped.setdefault(f"{m}: {r['status']} ({r['reason']})", None)
+    return "\n".join(lines + [f"\n{s}" for s in skipped])
+
+
+def plot(result, path):
+    """Bar chart (log scale) of the median step time per workload and mode; the whiskers
+    span the interquartile range."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = result["workloads"]
+    modes = []
+    for row in rows:
+        for m, r in row["modes"].items():
+            if r["status"] == "ok" and m not in modes:
+                modes.append(m)
+    refs = []
+    for row in rows:
+        for name in row["references"]:
+            if name not in refs:
+                refs.append(name)
+    series = modes + refs
+    colors = dict(zip(series, plt.get_cmap("tab10").colors))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 * len(rows) + 2), 5.2))
+    drawn = set()
+    for j, row in enumerate(rows):
+        present = []  # the bars of this workload, side by side and centred on its tick
+        for key in series:
+            r = row["modes"].get(key) or row["references"].get(key)
+            if r and r.get("status", "ok") == "ok" and "median_s" in r:
+                present.append((key, r))
+        width = 0.8 / max(len(present), 1)
+        for i, (key, r) in enumerate(present):
+            x, y = j - 0.4 + width * (i + 0.5), r["median_s"]
+            err = [[y - r["q1_s"]], [r["q3_s"] - y]]
+            hatch = "//" if key in refs else None
+            ax.bar([x], [y], width, yerr=err, color=colors[key], hatch=hatch,
+                   edgecolor="white" if hatch else None, capsize=2, error_kw={"lw": 0.8},
+                   label=None if key in drawn else key)
+            drawn.add(key)
+            ax.text(x, r["q3_s"] * 1.12, _fmt_time(y).replace(" ", "\u2009"), rotation=90,
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([row["workload"] for row in rows], rotation=20, ha="right")
+    ax.set_ylabel("median time per step (s, log scale)")
+    smallest = min((r["median_s"] for row in rows
+                    for r in list(row["modes"].values()) + list(row["references"].values())
+                    if "median_s" in r), default=1e-6)
+    ax.set_ylim(smallest / 3, ax.get_ylim()[1] * 8)  # bars visible; room for the labels
+    env = result.get("environment", {})
+    ax.set_title(f"graphnn bench: step time per workload and mode "
+                 f"({env.get('cpu', '?')}, BLAS threads {env.get('blas_threads', '?')})",
+                 fontsize=10)
+    ax.grid(axis="y", which="major", alpha=0.3)
+    ax.legend(ncol=min(len(series), 4), fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# The JSON document
+
+
+def check_schema(result):
+    """Raise ValueError unless `result` has the shape `graphnn bench --json` writes:
+
+    {"schema": "graphnn-bench/1", "environment": {...}, "options": {...},
+     "workloads": [{"workload", "description", "train", "rounds", "reference_mode",
+                    "modes": {mode: {"status": "ok", "median_s", "min_s", "max_s", "q1_s",
+                                     "q3_s", "samples", "first_value", "second_value",
+                                     "agrees", "compile": {...}, ["speedup_vs_eager"],
+                                     ["new_process"]}
+                                   | {"status": "skipped" | "failed", "reason"}},
+                    "references": {name: {"description", "median_s", ...}},
+                    ["bandwidth": {"bytes_moved", "copyto_GBps"}]}]}
+    """
+    def need(obj, key, types, where):
+        if not isinstance(obj, dict) or key not in obj:
+            raise ValueError(f"{where}: missing {key!r}")
+        if not isinstance(obj[key], types):
+            raise ValueError(f"{where}.{key}: expected {types}, got {type(obj[key]).__name__}")
+        return obj[key]
+
+    number = (int, float)
+    if need(result, "schema", str, "result") != SCHEMA:
+        raise ValueError(f"result.schema: expected {SCHEMA!r}")
+    need(result, "environment", dict, "result")
+    need(result, "options", dict, "result")
+    for i, row in enumerate(need(result, "workloads", list, "result")):
+        where = f"workloads[{i}]"
+        for key, types in (("workload", str), ("description", str), ("train", bool),
+                           ("rounds", int), ("modes", dict), ("references", dict)):
+            need(row, key, types, where)
+        if row.get("reference_mode") is not None and row["reference_mode"] not in row["modes"]:
+            raise ValueError(f"{where}.reference_mode names no mode")
+        for mode, r in row["modes"].items():
+            w = f"{where}.modes.{mode}"
+            status = need(r, "status", str, w)
+            if status in ("skipped", "failed"):
+                need(r, "reason", str, w)
+                continue
+            if status != "ok":
+                raise ValueError(f"{w}.status: {status!r}")
+            for key in ("median_s", "min_s", "max_s", "q1_s", "q3_s", "first_value",
+                        "second_value"):
+                need(r, key, number, w)
+            need(r, "samples", int, w)
+            need(r, "agrees", bool, w)
+            need(need(r, "compile", dict, w), "total_s", number, w + ".compile")
+            if not r["min_s"] <= r["median_s"] <= r["max_s"]:
+                raise ValueError(f"{w}: median outside [min, max]")
+            if "speedup_vs_eager" in r:
+                need(r, "speedup_vs_eager", number, w)
+        for name, r in row["references"].items():
+            need(r, "description", str, f"{where}.references.{name}")
+            need(r, "median_s", number, f"{where}.references.{name}")
+        if "bandwidth" in row:
+            need(row["bandwidth"], "copyto_GBps", number, where + ".bandwidth")
+    return True
+
+
+def _blas_threads():
+    try:
+        from threadpoolctl import threadpool_info
+        return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+    except Exception:  # pragma: no cover - threadpoolctl missing or failing
+        return os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment():
+    import numba
+    env = {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+           "numpy": np.__version__, "numba": numba.__version__,
+           "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+           "blas_threads": _blas_threads()}
+    with contextlib.suppress(OSError):
+        env["load_average"] = list(os.getloadavg())
+    for peer in ("torch", "jax"):
+        if importlib.util.find_spec(peer) is not None:
+            with contextlib.suppress(Exception):
+                env[peer] = __import__(peer).__version__
+    return env
+
+
+def _limit_threads(threads):
+    """BLAS threads (numpy's and Numba/scipy's OpenBLAS alike) and PyTorch's."""
+    if not threads:
+        env = os.environ.get("OPENBLAS_NUM_THREADS")
+        threads = int(env) if env and env.isdigit() else None
+    if not threads:
+        return
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def run(workloads, modes, repeat=200, budget=20.0, warmup=3, subprocess_info=True,
+        threads=None, log=print):
+    """Measure `workloads` x `modes`; returns the JSON-ready result (see `check_schema`)."""
+    t0 = time.perf_counter()
+    importlib.import_module("numba")  # not to be counted in the first cold compile
+    numba_import = time.perf_counter() - t0
+    for peer, module in (("torch", "torch"), ("torch-compile", "torch"), ("jax", "jax")):
+        if peer in modes and importlib.util.find_spec(module) is not None:
+            with contextlib.suppress(Exception):
+                __import__(module)
+    _limit_threads(threads)
+    if "jax" in modes and threads:
+        log("note: jax's thread count is set by XLA_FLAGS before it is imported, not here")
+    env = environment()
+    env["numba_import_s"] = numba_import
+    log(f"graphnn bench on {env['cpu']} ({env['cores']} cores), numpy {env['numpy']}, "
+        f"numba {env['numba']}, BLAS threads {env['blas_threads']}, load average "
+        f"{env.get('load_average')}")
+    result = {"schema": SCHEMA, "environment": env,
+              "options": {"workloads": list(workloads), "modes": list(modes),
+                          "repeat": repeat, "budget_s": budget, "warmup": warmup,
+                          "new_process": subprocess_info, "threads": threads,
+                          "cache_dir": os.environ.get("GRAPHNN_CACHE_DIR"),
+                          "rtol": RTOL, "atol": ATOL, "lr": LR},
+              "workloads": []}
+    for name in workloads:
+        result["workloads"].append(run_workload(name, modes, repeat, budget, warmup,
+                                                subprocess_info, threads, log))
+    with contextlib.suppress(OSError):
+        env["load_average_end"] = list(os.getloadavg())
+    env["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="graphnn bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default="xor,mlp-small,mlp-medium,mlp-medium-infer,eltwise,eltwise-arith")
-    parser.add_argument("--modes", default="eager,numpy,cpu")
-    parser.add_argument("--repeat", type=int, default=200)
-    parser.add_argument("--budget", type=float, default=20.0,
-                        help="seconds of timing per workload at most")
+    parser.add_argument("--workloads", default="all",
+                        help=f"comma-separated, or 'all': {','.join(WORKLOADS)}")
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                        help=f"comma-separated from {','.join(ALL_MODES)} "
+                             f"(default {','.join(DEFAULT_MODES)})")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="interleaved rounds per workload at most (default 200)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of timing per workload at most (default 20)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="BLAS threads (default: as the environment says)")
-    parser.add_argument("--no-warm", action="store_true", help="skip the new-process load")
+                        help="BLAS (and PyTorch) threads; default: OPENBLAS_NUM_THREADS "
+                             "if set, else the libraries' own")
+    parser.add_argument("--quick", action="store_true",
+                        help="few rounds, 1 s budget, no new processes (no warm-load time "
+                             "and no memory): the whole run in under a minute")
+    parser.add_argument("--no-new-process", action="store_true",
+                        help="skip the new-process warm load and memory measurement")
+    parser.add_argument("--cache-dir", default=None,
+                        help="compile cache directory (default: a fresh temporary one, "
+                             "removed afterwards, so the first compile is cold; with --quick "
+                             "the usual one, $GRAPHNN_CACHE_DIR or ~/.cache/graphnn)")
     parser.add_argument("--json", default=None, help="write the results to this file")
+    parser.add_argument("--plot", default=None, help="write a bar chart (PNG) to this file")
+    parser.add_argument("--load", default=None, metavar="JSON",
+                        help="measure nothing: print the table (and --plot) of a saved result")
     args = parser.parse_args(argv)
-    if args.threads:
-        try:
-            from threadpoolctl import threadpool_limits
-            threadpool_limits(args.threads)
-        except ImportError:
-            os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
-    workloads = [w for w in args.workloads.split(",") if w]
-    unknown = [w for w in workloads if w not in make_workloads()]
-    if unknown:
-        parser.error(f"unknown workload(s) {unknown}; choose from {list(make_workloads())}")
+    workloads = list(WORKLOADS) if args.workloads == "all" else \
+        [w for w in args.workloads.split(",") if w]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown or not workloads:
+        parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}")
     modes = [m for m in args.modes.split(",") if m]
-    print(f"graphnn bench: numpy {np.__version__}, OPENBLAS_NUM_THREADS="
-          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
-    rows = run(workloads, modes, args.repeat, args.budget, warm=not args.no_warm)
+    unknown = [m for m in modes if m not in MODE_BUILDERS]
+    if unknown or not modes:
+        parser.error(f"unknown mode(s) {unknown}; choose from {', '.join(MODE_BUILDERS)}")
+    args.workload_list, args.mode_list = workloads, modes
+    if args.repeat is None:
+        args.repeat = 10 if args.quick else 200
+    if args.budget is None:
+        args.budget = 1.0 if args.quick else 20.0
+    args.warmup = 1 if args.quick else 3
+    args.new_process = not (args.quick or args.no_new_process)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.load:
+        with open(args.load) as fh:
+            result = json.load(fh)
+        check_schema(result)
+        return _report(result, args)
+    fresh = None
+    if args.cache_dir:
+        os.environ["GRAPHNN_CACHE_DIR"] = os.path.abspath(args.cache_dir)
+    elif not args.quick:
+        fresh = tempfile.mkdtemp(prefix="graphnn-bench-cache-")
+        os.environ["GRAPHNN_CACHE_DIR"] = fresh
+    try:
+        result = run(args.workload_list, args.mode_list, args.repeat, args.budget,
+                     args.warmup, args.new_process, args.threads)
+    finally:
+        if fresh:
+            shutil.rmtree(fresh, ignore_errors=True)
+    check_schema(result)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
-    return 0
+            json.dump(result, fh, indent=2)
+    return _report(result, args)
+
+
+def _report(result, args):
+    print("\nmedian step time (speed-up over eager, median of per-round ratios):\n")
+    print(format_table(result))
+    if args.json and not args.load:
+        print("wrote", args.json)
+    if args.plot:
+        print("wrote", plot(result, args.plot))
+    return 1 if any(not r.get("agrees", True) for row in result["workloads"]
+                    for r in row["modes"].values()) else 0
 
 
 if __name__ == "__main__":

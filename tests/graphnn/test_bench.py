@@ -1,0 +1,189 @@
+"""The benchmark harness's logic on tiny workloads: cross-check, JSON schema, plot, options.
+No test here asserts a timing."""
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from graphnn import bench
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """A 3-4-2 MLP train step and a small elementwise chain, registered as workloads."""
+    monkeypatch.setitem(bench.WORKLOADS, "tiny", lambda: bench.MLP(
+        "tiny", [3, 4, 2], "tanh", "sce", 5))
+    monkeypatch.setitem(bench.WORKLOADS, "tiny-eltwise", lambda: bench.Eltwise(
+        "tiny-eltwise", bench._eltwise_chain, "sigmoid(x)*tanh(x) + x*x - 0.5*x", n=64))
+    return "tiny"
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _run(workloads, modes):
+    return bench.run(workloads, modes, repeat=3, budget=1.0, warmup=1,
+                     subprocess_info=False, log=_quiet)
+
+
+def _wrong_loss(model):
+    """The eager step with its loss off by 0.01: the first-step check must catch it."""
+    runner = bench.MODE_BUILDERS["eager"](model)
+    return bench.Runner(lambda: np.asarray(runner.step()) + 0.01)
+
+
+def _wrong_update(model):
+    """The eager step with 3x the learning rate: right first loss, wrong second one."""
+    saved, bench.LR = bench.LR, 3 * bench.LR
+    try:
+        return bench.MODE_BUILDERS["eager"](model)
+    finally:
+        bench.LR = saved
+
+
+def test_modes_agree_and_schema_holds(tiny):
+    result = _run([tiny, "tiny-eltwise"], ["eager", "numpy"])
+    assert bench.check_schema(result)
+    json.loads(json.dumps(result))  # plain JSON types only
+    row = result["workloads"][0]
+    assert row["reference_mode"] == "eager" and row["train"] is True
+    for mode in ("eager", "numpy"):
+        r = row["modes"][mode]
+        assert r["status"] == "ok" and r["agrees"] is True
+        assert r["first_value"] != r["second_value"]  # the update changed the loss
+        assert r["samples"] == row["rounds"] >= 1
+    assert row["modes"]["eager"]["first_value"] == pytest.approx(
+        row["modes"]["numpy"]["first_value"], rel=1e-5)
+    assert "matmuls only" in row["references"]
+    elt = result["workloads"][1]
+    assert elt["train"] is False and "np.copyto" in elt["references"]
+    assert {"share_of_copyto", "GBps"} <= set(elt["modes"]["numpy"])
+    assert elt["bandwidth"]["bytes_moved"] == 2 * 64 * 4
+
+
+def test_a_wrong_loss_is_flagged(tiny, monkeypatch):
+    monkeypatch.setitem(bench.MODE_BUILDERS, "wrong",
+                        _wrong_loss)
+    row = _run([tiny], ["eager", "numpy", "wrong"])["workloads"][0]
+    assert row["modes"]["numpy"]["agrees"] is True
+    assert row["modes"]["wrong"]["agrees"] is False
+    assert "DIFFERS" in bench.format_row(row)
+
+
+def test_a_wrong_update_is_flagged_by_the_second_step(tiny, monkeypatch):
+    monkeypatch.setitem(bench.MODE_BUILDERS, "wrong-update",
+                        _wrong_update)
+    row = _run([tiny], ["eager", "wrong-update"])["workloads"][0]
+    wrong = row["modes"]["wrong-update"]
+    assert wrong["first_value"] == pytest.approx(row["modes"]["eager"]["first_value"])
+    assert wrong["agrees"] is False
+
+
+def test_main_returns_1_when_a_mode_differs(tiny, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(bench.MODE_BUILDERS, "wrong",
+                        _wrong_loss)
+    code = bench.main(["--quick", "--workloads", tiny, "--modes", "eager,wrong",
+                       "--cache-dir", str(tmp_path)])
+    assert code == 1
+    assert "DIFFERS" in capsys.readouterr().out
+
+
+def test_skipped_and_failed_modes_are_listed_not_fatal(tiny, monkeypatch):
+    def skip(model):
+        raise bench.Skip("not installed")
+
+    def fail(model):
+        raise RuntimeError("broken peer")
+    monkeypatch.setitem(bench.MODE_BUILDERS, "absent", skip)
+    monkeypatch.setitem(bench.MODE_BUILDERS, "broken", fail)
+    result = _run([tiny], ["eager", "absent", "broken"])
+    bench.check_schema(result)
+    modes = result["workloads"][0]["modes"]
+    assert modes["absent"] == {"status": "skipped", "reason": "not installed"}
+    assert modes["broken"]["status"] == "failed" and "broken peer" in modes["broken"]["reason"]
+    assert "absent: skipped (not installed)" in bench.format_table(result)
+
+
+def test_check_schema_rejects_broken_documents(tiny):
+    result = _run([tiny], ["eager"])
+    for breaking in (lambda r: r.pop("schema"),
+                     lambda r: r.__setitem__("schema", "other/9"),
+                     lambda r: r["workloads"][0]["modes"]["eager"].pop("median_s"),
+                     lambda r: r["workloads"][0]["modes"]["eager"].__setitem__("agrees", "yes"),
+                     lambda r: r["workloads"][0]["modes"]["eager"].__setitem__("status", "?"),
+                     lambda r: r["workloads"][0].__setitem__("reference_mode", "nothing"),
+                     lambda r: r["workloads"][0]["references"]["matmuls only"].pop(
+                         "median_s")):
+        broken = copy.deepcopy(result)
+        breaking(broken)
+        with pytest.raises(ValueError):
+            bench.check_schema(broken)
+
+
+def test_json_and_plot_files_are_written(tiny, tmp_path, capsys):
+    out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
+    code = bench.main(["--quick", "--workloads", f"{tiny},tiny-eltwise", "--modes",
+                       "eager,numpy", "--json", str(out_json), "--plot", str(out_png),
+                       "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    result = json.loads(out_json.read_text())
+    assert bench.check_schema(result)
+    assert [r["workload"] for r in result["workloads"]] == [tiny, "tiny-eltwise"]
+    assert result["options"]["new_process"] is False
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "| workload | eager | numpy |" in printed
+
+
+def test_cpu_mode_reports_its_compile(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+    row = _run([tiny], ["eager", "cpu"])["workloads"][0]
+    cpu = row["modes"]["cpu"]
+    assert cpu["agrees"] is True
+    assert cpu["compile"]["cache_hit"] is False and cpu["compile"]["kernels"] > 0
+    assert "compile cpu: first build + call" in bench.format_row(row)
+
+
+def test_quick_options():
+    args = bench.parse_args(["--quick"])
+    assert args.workload_list == list(bench.WORKLOADS)
+    assert {"cnn-digits", "rnn", "eltwise", "mlp-medium-infer"} <= set(args.workload_list)
+    assert args.repeat == 10 and args.budget == 1.0 and args.new_process is False
+    full = bench.parse_args(["--workloads", "xor,rnn", "--modes", "eager,cpu", "--repeat", "7",
+                             "--threads", "1"])
+    assert full.workload_list == ["xor", "rnn"] and full.mode_list == ["eager", "cpu"]
+    assert full.repeat == 7 and full.budget == 20.0 and full.new_process is True
+    assert full.threads == 1
+    assert bench.parse_args(["--no-new-process"]).new_process is False
+
+
+@pytest.mark.parametrize("argv, word", [(["--workloads", "xor,resnet"], "resnet"),
+                                        (["--modes", "eager,tpu"], "tpu")])
+def test_unknown_workload_or_mode_is_an_error(argv, word, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args(argv)
+    assert exc.value.code == 2
+    assert word in capsys.readouterr().err
+
+
+def test_peers_share_the_model_definition():
+    """Peers start from copies of the same weights; a missing one is skipped, not an error."""
+    model = bench.WORKLOADS["rnn"]()
+    for mode in ("torch", "jax"):
+        try:
+            runner = bench.MODE_BUILDERS[mode](model)
+        except bench.Skip as exc:
+            assert str(exc) == "not installed"
+            continue
+        eager = bench.MODE_BUILDERS["eager"](model)
+        np.testing.assert_allclose(runner.value(), eager.value(), rtol=1e-4)
+
+
+def test_new_process_reports_load_time_and_memory():
+    info = bench.measure_in_new_process("xor", "eager", steps=2)
+    assert "error" not in info, info
+    assert {"numba_import_s", "build_s", "first_call_s", "warm_total_s", "peak_MB",
+            "baseline_MB", "step_transient_MB"} <= set(info)
+    assert info["cache_hit"] is None and info["baseline_MB"] > 0
