@@ -208,7 +208,8 @@ _unary("sign", np.sign, lambda g, out, x: (None,),
 _unary("square", np.square, lambda g, out, x: (lambda: g * 2 * x,), "{0} * {0}",
        float_only=False)
 _unary("sigmoid", _sigmoid_impl, lambda g, out, x: (lambda: g * out * (1 - out),),
-       "{T}(1) / ({T}(1) + exp(-{0})) if {0} >= {T}(0) else exp({0}) / ({T}(1) + exp({0}))",
+       # branch-free (both sides are cheap selects) and never exponentiates a positive number
+       "({T}(1) / ({T}(1) + exp(-abs({0})))) * ({T}(1) if {0} >= {T}(0) else exp(-abs({0})))",
        category="Activation")
 _unary("tanh", np.tanh, lambda g, out, x: (lambda: g * (1 - out * out),), "tanh({0})",
        category="Activation")
