@@ -28,3 +28,12 @@ from . import data, metrics, nn
 from .train import fit, evaluate, History
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # gn.distributed is imported on first use, so that `python -m graphnn.distributed`
+    # does not find it already imported
+    if name == "distributed":
+        import importlib
+        return importlib.import_module(".distributed", __name__)
+    raise AttributeError(f"module 'graphnn' has no attribute {name!r}")

@@ -1,0 +1,319 @@
+"""Layers: small objects that add graph pieces with named, seeded parameters (`gn.nn`).
+
+A layer is called on a node and returns a node, so the functional style works:
+
+    x = gn.input("x", (None, 64))
+    h = gn.nn.Dense(32, "relu")(x)
+    logits = gn.nn.Dense(10)(h)
+
+and `Sequential` chains layers. A layer makes its parameters on its first call, when the input
+shape is known; calling it again reuses them (shared weights). `.params` lists them.
+
+Names. A layer without a name takes its kind and the next free number in the graph it is
+called on: the first Dense below the input is "dense1" (params "dense1/W", "dense1/b"), the
+next "dense2", and so on. Names therefore depend only on the model, not on what else the
+process built, and parameter names are unique along a chain of layers. Two unnamed layers of
+one kind applied side by side to the same node would pick the same name; `gn.compile`
+rejects that, so name them (`Dense(8, name="left")`).
+
+Seeds. Without `seed=`, a layer seeds its initialisers from its name, so the same model
+starts from the same weights in every run.
+
+Dtype. Parameters take the float dtype of the layer's input (float64 inputs give float64
+parameters, handy for gradient checks).
+"""
+import re
+import zlib
+
+from . import ops
+from .api import param
+from .errors import GraphError, ShapeError, user_location
+from .graph import topological_order
+from .node import Node
+
+ACTIVATIONS = {
+    "sigmoid": ops.sigmoid, "tanh": ops.tanh, "relu": ops.relu, "leaky_relu": ops.leaky_relu,
+    "elu": ops.elu, "softplus": ops.softplus, "step": ops.step, "softmax": ops.softmax,
+    "linear": lambda x: x,
+}
+
+
+def activation_fn(activation):
+    """`None`/"linear" -> identity, a name from ACTIVATIONS -> that op, a callable -> itself."""
+    if activation is None:
+        return ACTIVATIONS["linear"]
+    if callable(activation):
+        return activation
+    if activation in ACTIVATIONS:
+        return ACTIVATIONS[activation]
+    raise GraphError(f"unknown activation {activation!r}; choose one of "
+                     f"{', '.join(sorted(ACTIVATIONS))} or pass a function "
+                     f"(at {user_location()})")
+
+
+def _free_name(kind, x, op=None):
+    """`kind` + the lowest number above every `kind<n>/...` parameter upstream of `x`; for a
+    layer without parameters, 1 + the number of its `op` nodes upstream."""
+    upstream = topological_order([x])
+    if op is not None:
+        return f"{kind}{sum(n.op == op for n in upstream) + 1}"
+    pattern = re.compile(rf"(?:.*/)?{re.escape(kind)}(\d+)/")
+    used = [int(m.group(1)) for n in upstream if n.op == "param"
+            for m in [pattern.match(n.name)] if m]
+    return f"{kind}{max(used, default=0) + 1}"
+
+
+def _pair(value, what):
+    if isinstance(value, int):
+        return value, value
+    value = tuple(value)
+    if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
+        raise GraphError(f"{what} must be an int or a pair of ints, got {value!r} "
+                         f"(at {user_location()})")
+    return value
+
+
+class Layer:
+    """Base class: `__call__` names and builds the layer on first use, then runs `forward`.
+
+    Subclasses set `kind` (the prefix of automatic names) and implement `build(x)` (make the
+    parameters with `self.add_param`) and `forward(x)`.
+    """
+
+    kind = "layer"
+    op = None  # for layers without parameters: the op whose count numbers them
+
+    def __init__(self, name=None, seed=None):
+        self.name, self.seed = name, seed
+        self._params = []
+        self.built = False
+
+    def __call__(self, x):
+        if not isinstance(x, Node):
+            raise GraphError(f"{type(self).__name__} is called on graph nodes (gn.input or "
+                             f"another layer's output), got {type(x).__name__} "
+                             f"(at {user_location()})")
+        if not self.built:
+            if self.name is None:
+                self.name = _free_name(self.kind, x, self.op)
+            self.build(x)
+            self.built = True
+        return self.forward(x)
+
+    @property
+    def params(self):
+        """The layer's parameters (made on its first call)."""
+        if not self.built:
+            raise GraphError(f"{type(self).__name__} has no parameters yet: call it on an "
+                             f"input first (at {user_location()})")
+        return list(self._params)
+
+    def add_param(self, short_name, shape, init, x):
+        """A parameter named "<layer>/<short_name>" in the dtype of `x`, seeded by name."""
+        name = f"{self.name}/{short_name}"
+        seed = self.seed if self.seed is not None else zlib.crc32(self.name.encode())
+        seed = seed * 1000 + len(self._params)  # distinct streams for W, b, ...
+        dtype = x.dtype if x.dtype.kind == "f" else "float32"
+        p = param(name, shape=shape, init=init, seed=seed, dtype=dtype)
+        self._params.append(p)
+        return p
+
+    def build(self, x):
+        pass
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def _require_rank(self, x, rank, what):
+        if x.ndim != rank:
+            raise ShapeError(f"{type(self).__name__} '{self.name}' expects {what}, got "
+                             f"{x.label()} of shape {x.shape} (at {user_location()})")
+
+    def _static(self, x, axis):
+        size = x.shape[axis]
+        if size is None:
+            raise ShapeError(f"{type(self).__name__} '{self.name}' needs a known size on axis "
+                             f"{axis} of its input, got {x.label()} of shape {x.shape} "
+                             f"(at {user_location()})")
+        return size
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name or '?'})"
+
+
+class Dense(Layer):
+    """y = activation(x @ W + b); x of shape (batch, features). Params "<name>/W", "<name>/b".
+
+        h = gn.nn.Dense(64, "relu")(x)
+    """
+
+    kind = "dense"
+
+    def __init__(self, units, activation=None, use_bias=True, init="glorot_uniform",
+                 name=None, seed=None):
+        super().__init__(name, seed)
+        self.units, self.use_bias, self.init = int(units), use_bias, init
+        self.activation = activation_fn(activation)
+
+    def build(self, x):
+        self._require_rank(x, 2, "(batch, features)")
+        self.W = self.add_param("W", (self._static(x, 1), self.units), self.init, x)
+        self.b = self.add_param("b", (self.units,), "zeros", x) if self.use_bias else None
+
+    def forward(self, x):
+        y = ops.matmul(x, self.W)
+        if self.b is not None:
+            y = y + self.b
+        return self.activation(y)
+
+
+class Conv2D(Layer):
+    """2-D convolution of NHWC images with an HWIO kernel "<name>/W", plus bias "<name>/b".
+
+    `padding="same"` keeps height and width (for stride 1), "valid" uses whole windows only.
+    """
+
+    kind = "conv2d"
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None,
+                 use_bias=True, init="glorot_uniform", name=None, seed=None):
+        super().__init__(name, seed)
+        self.filters, self.kernel_size = int(filters), _pair(kernel_size, "kernel_size")
+        if not isinstance(strides, int) or strides < 1:
+            raise GraphError(f"Conv2D strides must be a positive int, got {strides!r} "
+                             f"(at {user_location()})")
+        self.strides, self.padding, self.use_bias, self.init = strides, padding, use_bias, init
+        self.activation = activation_fn(activation)
+
+    def build(self, x):
+        self._require_rank(x, 4, "NHWC images (batch, height, width, channels)")
+        shape = self.kernel_size + (self._static(x, 3), self.filters)
+        self.W = self.add_param("W", shape, self.init, x)
+        self.b = self.add_param("b", (self.filters,), "zeros", x) if self.use_bias else None
+
+    def forward(self, x):
+        y = ops.conv2d(x, self.W, stride=self.strides, padding=self.padding)
+        if self.b is not None:
+            y = y + self.b
+        return self.activation(y)
+
+
+class MaxPool2D(Layer):
+    """Maximum over pool_size x pool_size windows of NHWC images (stride = pool_size)."""
+
+    kind, op = "maxpool", "max_pool2d"
+
+    def __init__(self, pool_size=2, strides=None, name=None):
+        super().__init__(name)
+        self.pool_size, self.strides = int(pool_size), strides
+
+    def forward(self, x):
+        return ops.max_pool2d(x, size=self.pool_size, stride=self.strides)
+
+
+class AvgPool2D(MaxPool2D):
+    """Mean over pool_size x pool_size windows of NHWC images (stride = pool_size)."""
+
+    kind, op = "avgpool", "avg_pool2d"
+
+    def forward(self, x):
+        return ops.avg_pool2d(x, size=self.pool_size, stride=self.strides)
+
+
+class Flatten(Layer):
+    """(batch, d1, d2, ...) -> (batch, d1*d2*...)."""
+
+    kind, op = "flatten", "reshape"
+
+    def forward(self, x):
+        return ops.flatten(x)
+
+
+class SimpleRNN(Layer):
+    """Elman recurrence y_t = activation(x_t @ Wx + y_{t-1} @ Wy + b), y_0 = 0.
+
+    Input (batch, T, features) with T known: the loop is unrolled over T steps, and every
+    step uses the SAME Wx, Wy, b, so the derivative graph sums their T gradient
+    contributions. Returns the last state (batch, units), or every state (batch, T, units)
+    with `return_sequences=True`.
+    """
+
+    kind = "rnn"
+
+    def __init__(self, units, activation="tanh", return_sequences=False,
+                 init="glorot_uniform", name=None, seed=None):
+        super().__init__(name, seed)
+        self.units, self.init = int(units), init
+        self.activation = activation_fn(activation)
+        self.return_sequences = return_sequences
+
+    def build(self, x):
+        self._require_rank(x, 3, "(batch, time steps, features)")
+        self._static(x, 1)
+        self.Wx = self.add_param("Wx", (self._static(x, 2), self.units), self.init, x)
+        self.Wy = self.add_param("Wy", (self.units, self.units), self.init, x)
+        self.b = self.add_param("b", (self.units,), "zeros", x)
+
+    def forward(self, x):
+        steps, features = self._static(x, 1), self._static(x, 2)
+        y, outputs = None, []
+        for t in range(steps):
+            x_t = ops.reshape(ops.slice_axis(x, 1, t, t + 1), (-1, features))
+            z = ops.matmul(x_t, self.Wx) + self.b
+            if y is not None:  # y_0 = 0 adds nothing
+                z = z + ops.matmul(y, self.Wy)
+            y = self.activation(z)
+            outputs.append(y)
+        if not self.return_sequences:
+            return y
+        return ops.concat([ops.reshape(o, (-1, 1, self.units)) for o in outputs], axis=1)
+
+
+class Sequential(Layer):
+    """Layers applied one after the other: `Sequential([Dense(64, "relu"), Dense(10)])(x)`.
+
+    `.params` lists every layer's parameters in order; `.summary()` a table of them.
+    """
+
+    kind = "sequential"
+
+    def __init__(self, layers, name=None):
+        super().__init__(name)
+        self.layers = list(layers)
+        for layer in self.layers:
+            if not isinstance(layer, Layer):
+                raise GraphError(f"Sequential takes layers, got {type(layer).__name__} "
+                                 f"(at {user_location()})")
+        self._outputs = []
+
+    def __call__(self, x):
+        if not isinstance(x, Node):
+            return super().__call__(x)  # raises the error for non-nodes
+        self.built = True
+        outputs = []
+        for layer in self.layers:
+            x = layer(x)
+            outputs.append(x)
+        self._outputs = outputs
+        return x
+
+    @property
+    def params(self):
+        return [p for layer in self.layers for p in layer.params]
+
+    def summary(self):
+        """A table: each layer, its output shape and its parameter count (after a call)."""
+        if not self._outputs:
+            raise GraphError(f"Sequential.summary: call the model on an input first "
+                             f"(at {user_location()})")
+        rows = [("layer", "output shape", "params")]
+        total = 0
+        for layer, out in zip(self.layers, self._outputs):
+            count = sum(p.value.size for p in layer.params)
+            total += count
+            shape = "(" + ", ".join("?" if d is None else str(d) for d in out.shape) + ")"
+            rows.append((f"{layer.name} ({type(layer).__name__})", shape, str(count)))
+        rows.append(("total", "", str(total)))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}"
+                         for a, b, c in rows)
