@@ -447,20 +447,7 @@ def _only_elementwise_reads(step, buf):
     return all(tuple(l.index) == loops for l in step.expr.loads.values() if l.buffer is buf)
 
 
-def _reads(step):
-    if isinstance(step, (ir.Elementwise, ir.Reduce)):
-        return [l.buffer for l in step.expr.loads.values()]
-    if isinstance(step, ir.ArgmaxMask):
-        return [step.src]
-    if isinstance(step, ir.Matmul):
-        return [step.a, step.b]
-    if isinstance(step, ir.Window):
-        return list(step.args)
-    if isinstance(step, ir.Reshape):
-        return [step.src]
-    if isinstance(step, ir.Place):
-        return [p[0] for p in step.parts]
-    return []
+_reads = ir.step_reads
 
 
 def _describe(node):

@@ -23,7 +23,8 @@ from . import ir
 from .approx import APPROXIMATIONS
 from .windows import HELPERS
 
-GENERATOR_VERSION = "cpu-3"
+GENERATOR_VERSION = "cpu-4"
+INLINE_SITES = 8  # see generate()
 # fastmath without nnan/ninf: NaN and Inf keep their meaning (see docs/ARCHITECTURE.md)
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"
 _T_CALL = re.compile(r"\bT\(")
@@ -127,16 +128,28 @@ def generate(program, parallel=False, approximate=True):
     deco = (f"@njit(cache=True, error_model='numpy', fastmath={FASTMATH}, "
             f"parallel={bool(parallel)})")
     plain = f"@njit(cache=True, error_model='numpy', fastmath={FASTMATH})"
+    body = _program_body(program, parallel)
     if approximate and _float32_only(program):
-        inline = plain.replace("@njit(", "@njit(inline='always', ")
+        # Numba inlines a helper at each call site (so the loop can vectorise) at a compile
+        # cost of about 0.2 s per site: inline only where the sites are few.
+        sites = sum(len(re.findall(rf"\b{name}\(", line))
+                    for line in body if not line.lstrip().startswith("#")
+                    for name in APPROXIMATIONS)
+        inline = plain.replace("@njit(", "@njit(inline='always', ") \
+            if sites <= INLINE_SITES else plain
         out.append("# vectorisable float32 exp and tanh (kernels/approx.py) replace libm's")
         for fn in APPROXIMATIONS.values():
             out += ["", inline, inspect.getsource(fn).rstrip(), ""]
     for name in helpers_used:
         out += ["", plain, inspect.getsource(HELPERS[name]).rstrip(), ""]
+    out += ["", deco] + body
+    return "\n".join(out) + "\n"
+
+
+def _program_body(program, parallel):
+    """The lines of the `program` function."""
     args = ([b.name for b in program.inputs] + [b.name for b in program.states]
             + [b.name for b in program.consts])
-    out += ["", deco, f"def program({', '.join(args)}):"]
     em = _Emitter()
     for dim, (index, axis) in program.dims.items():
         em.emit(f"{dim} = {program.inputs[index].name}.shape[{axis}]")
@@ -168,8 +181,7 @@ def generate(program, parallel=False, approximate=True):
     for (state, _), source in zip(program.updates, sources):
         em.emit(f"{state.name}[...] = {source}")
     em.emit("return (" + ", ".join(results) + ("," if len(results) == 1 else "") + ")")
-    out += em.lines
-    return "\n".join(out) + "\n"
+    return [f"def program({', '.join(args)}):"] + em.lines
 
 
 def _alloc(em, buf, allocated, zero=False):

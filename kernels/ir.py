@@ -120,3 +120,20 @@ class Program:
     updates: List[Tuple[Buffer, Buffer]]      # (state buffer, new value buffer)
     dims: dict = field(default_factory=dict)  # dim name -> (input index, axis)
     kernel_names: list = field(default_factory=list)
+
+
+def step_reads(step):
+    """The buffers a step reads."""
+    if isinstance(step, (Elementwise, Reduce)):
+        return [load.buffer for load in step.expr.loads.values()]
+    if isinstance(step, ArgmaxMask):
+        return [step.src]
+    if isinstance(step, Matmul):
+        return [step.a, step.b]
+    if isinstance(step, Window):
+        return list(step.args)
+    if isinstance(step, Reshape):
+        return [step.src]
+    if isinstance(step, Place):
+        return [part[0] for part in step.parts]
+    return []
