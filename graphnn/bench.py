@@ -1058,7 +1058,7 @@ def main(argv=None):
             result = json.load(fh)
         check_schema(result)
         return _report(result, args)
-    fresh = None
+    fresh, previous = None, os.environ.get("GRAPHNN_CACHE_DIR")
     if args.cache_dir:
         os.environ["GRAPHNN_CACHE_DIR"] = os.path.abspath(args.cache_dir)
     elif not args.quick:
@@ -1070,6 +1070,11 @@ def main(argv=None):
     finally:
         if fresh:
             shutil.rmtree(fresh, ignore_errors=True)
+        # the benchmark's cache directory is for the benchmark only
+        if previous is None:
+            os.environ.pop("GRAPHNN_CACHE_DIR", None)
+        else:
+            os.environ["GRAPHNN_CACHE_DIR"] = previous
     check_schema(result)
     if args.json:
         with open(args.json, "w") as fh:
