@@ -233,6 +233,8 @@ def _emit_step(em, step, allocated, loop):
         allocated.add(step.out.name)
         em.emit(f"{step.out.name} = {step.src.name}.reshape({_shape_src(step.out.shape)})")
     elif isinstance(step, ir.Place):
+        if step.zero_fill and step.out.name in allocated:
+            em.emit(f"{step.out.name}[...] = 0")  # a reused buffer: clear it
         _alloc(em, step.out, allocated, zero=step.zero_fill)
         for src, axis, start in step.parts:
             index = [":"] * step.out.ndim
