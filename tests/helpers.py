@@ -5,7 +5,9 @@ dtype, runs it on every backend in BACKENDS and in eager mode, and compares each
 with a reference computed independently in NumPy by the test. A new backend joins every
 op test by being added to BACKENDS.
 """
+import importlib.util
 import inspect
+import os
 
 import numpy as np
 
@@ -83,3 +85,14 @@ def assert_op_matches(build, reference, feeds, rtol=None, atol=None, shapes=None
         assert got.shape == expected.shape, f"{where}: shape {got.shape} vs {expected.shape}"
         np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol, err_msg=where)
     return out
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def load_example(name):
+    """Import examples/NAME.py as a module (the examples folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

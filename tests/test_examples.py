@@ -1,19 +1,11 @@
 """The examples reproduce the lecture's published numbers."""
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import EXAMPLES, load_example
 
 
 @pytest.fixture(scope="module")

@@ -3,20 +3,12 @@
 The digits MLP threshold (95 %) is also checked by `make demo`; the CNN (97 %) trains with
 the compiled cpu backend and is marked slow (its first compile takes about a minute).
 """
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import EXAMPLES, load_example
 
 
 def test_perceptron_learns_apples_vs_oranges(tmp_path):
