@@ -3,12 +3,11 @@
 The digits MLP threshold (95 %) is also checked by `make demo`; the CNN (97 %) trains with
 the compiled cpu backend and is marked slow (its first compile takes about a minute).
 """
-import os
 
 import numpy as np
 import pytest
 
-from helpers import EXAMPLES, load_example
+from helpers import load_example
 
 
 def test_perceptron_learns_apples_vs_oranges(tmp_path):
