@@ -10,8 +10,8 @@ import graphnn as gn
 
 def build():
     x1, x2, x3 = gn.input("x1", ()), gn.input("x2", ()), gn.input("x3", ())
-    f1 = 4 * x2 + x2 ** 2 + 3 * x3
-    f2 = x1 * x2 + 3 * x3
+    f1 = gn.add(4 * x2 + x2 ** 2, 3 * x3, name="f1")  # 4*x2 + x2**2 + 3*x3
+    f2 = gn.add(x1 * x2, 3 * x3, name="f2")           # x1*x2 + 3*x3
     return (x1, x2, x3), (f1, f2)
 
 

@@ -9,6 +9,7 @@ Writes out/mlp_digits/: graph.png (the forward graph, Netron style), graph_grad.
 and derivative graph), curves.png (loss and accuracy per epoch), predictions.png (test
 digits with the predicted class).
 Run: python examples/mlp_digits.py
+Draw: graphnn render examples/mlp_digits.py --build loss_graph -o mlp.png [--grad]
 """
 import sys
 from pathlib import Path
@@ -32,6 +33,11 @@ def build():
     logits = model(x)
     loss = gn.softmax_cross_entropy(logits, y, name="loss")
     return model, x, logits, loss, gn.metrics.accuracy(logits, y)
+
+
+def loss_graph():
+    """The loss node alone: `graphnn render examples/mlp_digits.py --build loss_graph`."""
+    return build()[3]
 
 
 def render(model, loss, out):

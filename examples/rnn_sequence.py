@@ -35,16 +35,21 @@ def windows(series, steps=STEPS):
     return X, series[steps:, None]
 
 
+def build():
+    """The model, its prediction and loss nodes; returns (model, prediction, loss)."""
+    x = gn.input("x", (None, STEPS, 1))
+    y = gn.input("y", (None, 1))
+    model = Sequential([SimpleRNN(16), Dense(1)])
+    prediction = model(x)
+    return model, prediction, gn.mse(prediction, y, name="loss")
+
+
 def main(out="out/rnn_sequence", backend="cpu", progress=True, pictures=True):
     out = Path(out)
     series = noisy_sine()
     X, Y = windows(series)
     split = int(0.8 * len(X))  # the test part is the END of the series
-    x = gn.input("x", (None, STEPS, 1))
-    y = gn.input("y", (None, 1))
-    model = Sequential([SimpleRNN(16), Dense(1)])
-    prediction = model(x)
-    loss = gn.mse(prediction, y, name="loss")
+    model, prediction, loss = build()
     params = model.params
     step = gn.compile(loss, updates=gn.optim.Adam(0.01).updates(loss, params), backend=backend)
     print(f"SimpleRNN(16) over {STEPS} steps, params: "

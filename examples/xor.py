@@ -25,13 +25,17 @@ MODELS = {
 }
 
 
-def train(make_model, epochs=500, lr=0.05, backend="cpu"):
-    X, Y = gn.data.xor()
+def build(make_model=MODELS["MLP 2-4-1"]):
+    """One of the MODELS with its nodes; returns (model, prediction, loss, accuracy)."""
     x, y = gn.input("x", (None, 2)), gn.input("y", (None, 1))
     model = make_model()
     p = model(x)
-    loss = gn.binary_cross_entropy(p, y, name="loss")
-    acc = gn.metrics.accuracy(p, y)
+    return model, p, gn.binary_cross_entropy(p, y, name="loss"), gn.metrics.accuracy(p, y)
+
+
+def train(make_model, epochs=500, lr=0.05, backend="cpu"):
+    X, Y = gn.data.xor()
+    model, p, loss, acc = build(make_model)
     step = gn.compile([loss, acc], updates=gn.optim.Adam(lr).updates(loss, model.params),
                       backend=backend)
     history = gn.fit(step, {"x": X, "y": Y}, epochs=epochs, batch_size=4, shuffle=False,

@@ -5,6 +5,8 @@ gn.onnx.load. FILE.py describes the graph in one of two ways:
   - a function `build()` returning the outputs: a node, a list of nodes, a gn.Graph, a
     compiled function, or a pair `(inputs, outputs)` as in examples/lecture_graph.py;
   - or a module-level variable `outputs` holding one of those.
+`--build NAME` calls the function NAME instead of build() (e.g. `--build loss_graph` for
+examples/mlp_digits.py, whose build() also returns the model).
 
 With `--grad` the first output (a scalar, such as a loss) is differentiated with respect
 to the graph's parameters (or, in a graph without parameters, its float inputs) and the
@@ -26,6 +28,8 @@ def add_render_arguments(parser):
     """Add the `render` command's arguments to an argparse parser."""
     parser.add_argument("file", help="a Python file defining build() or `outputs`, "
                         "or an ONNX model (.onnx)")
+    parser.add_argument("--build", default="build", metavar="NAME",
+                        help="the function of FILE.py returning the graph (default: build)")
     parser.add_argument("-o", "--output", default=None,
                         help="picture to write (.svg .png .pdf .dot); default FILE.svg")
     parser.add_argument("--format", choices=("svg", "png", "pdf", "dot"), default=None,
@@ -43,14 +47,17 @@ def add_render_arguments(parser):
     return parser
 
 
-def load_outputs(path):
-    """What FILE.py describes: the result of its build(), or its `outputs`; for an ONNX
-    file (model.onnx), the outputs of the imported model (see gn.onnx.load)."""
+def load_outputs(path, build="build"):
+    """What FILE.py describes: the result of its build() (or of the function named
+    `build`), or its `outputs`; for an ONNX file (model.onnx), the outputs of the imported
+    model (see gn.onnx.load)."""
     if str(path).lower().endswith(".onnx"):
         return gn.onnx.load(path).outputs
     namespace = runpy.run_path(path, run_name="graphnn_render")
-    if callable(namespace.get("build")):
-        result = namespace["build"]()
+    if callable(namespace.get(build)):
+        result = namespace[build]()
+    elif build != "build":
+        raise gn.GraphError(f"{path} defines no function {build}()")
     elif "outputs" in namespace:
         result = namespace["outputs"]
     else:
@@ -76,7 +83,7 @@ def gradient_pairs(outputs):
 def cli_render(args):
     """Run the `render` command for parsed `args` (see add_render_arguments); returns 0."""
     from .render import render
-    target = load_outputs(args.file)
+    target = load_outputs(args.file, getattr(args, "build", "build"))
     options = {"show_names": args.names, "show_attrs": args.attrs,
                "rankdir": "LR" if args.lr else "TB"}
     if args.grad or args.backward_only:

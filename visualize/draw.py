@@ -261,7 +261,7 @@ class Scene:
 
     def digraph(self):
         dot = graphviz.Digraph("graphnn")
-        dot.attr(rankdir=self.rankdir, bgcolor="white", nodesep="0.3", ranksep="0.3",
+        dot.attr(rankdir=self.rankdir, bgcolor="white", nodesep=st.NODESEP, ranksep=st.RANKSEP,
                  fontname=st.FONT, fontsize=str(st.FONT_SIZE))
         dot.attr("node", shape="plain", fontname=st.FONT, fontsize=str(st.FONT_SIZE))
         dot.attr("edge", fontname=st.FONT, fontsize=str(st.EDGE_FONT_SIZE),

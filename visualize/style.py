@@ -67,6 +67,8 @@ def header_colour(op):
 
 
 FONT = "Helvetica"
+NODESEP = "0.4"   # inches between boxes of one rank
+RANKSEP = "0.35"   # inches between ranks (edge labels sit in this gap)
 FONT_SIZE = 11
 EDGE_FONT_SIZE = 9
 BORDER_COLOUR = "#222222"

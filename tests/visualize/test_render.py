@@ -133,10 +133,12 @@ def test_inputs_and_outputs_are_light_grey_rounded_boxes():
         line = re.search(rf"^\s*{ident} \[(.*)\]$", src, re.M).group(1)
         assert 'style="rounded,filled"' in line and 'fillcolor="#EEEEEE"' in line
     assert "out0 [label=<loss>" in src  # the output's name
-    _, (f1, f2) = lecture()
-    unnamed = visualize.to_dot([f1, f2])
+    (x1, x2, _), (f1, f2) = lecture()
+    assert "out0 [label=<f1>" in visualize.to_dot([f1, f2])  # the example names its outputs
+    g1, g2 = x1 * x2, x1 + x2
+    unnamed = visualize.to_dot([g1, g2])
     assert "out0 [label=<output 0>" in unnamed and "out1 [label=<output 1>" in unnamed
-    assert "out0 [label=<output>" in visualize.to_dot(f1)
+    assert "out0 [label=<output>" in visualize.to_dot(g1)
 
 
 # -- derivative graphs ------------------------------------------------------------------------
@@ -327,3 +329,15 @@ def test_cli_render_reads_build_and_draws_gradients(tmp_path):
     src = out.read_text()
     assert "\u2202loss/\u2202W" in src and "\u2207 matmul" in src
     assert "<B>W</B> \u27e83\u00d72\u27e9" in src
+
+
+def test_cli_render_build_names_the_function(tmp_path):
+    parser = visualize.add_render_arguments(argparse.ArgumentParser())
+    example = Path(__file__).resolve().parents[2] / "examples" / "mlp_digits.py"
+    out = tmp_path / "mlp.dot"
+    args = parser.parse_args([str(example), "--build", "loss_graph", "-o", str(out)])
+    assert visualize.cli_render(args) == 0
+    assert "<B>dense1/W</B> \u27e864\u00d7128\u27e9" in out.read_text()
+    args = parser.parse_args([str(example), "--build", "nothing", "-o", str(out)])
+    with pytest.raises(gn.GraphError, match="no function nothing"):
+        visualize.cli_render(args)
