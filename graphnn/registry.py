@@ -138,7 +138,11 @@ def apply(opname, args, attrs=None, name=None):
     if graph_mode:
         nodes = [a if isinstance(a, Node) else as_const(a, dtype if s.weak else None)
                  for a, s in zip(args, specs)]
-        return make_node(opname, attrs, nodes, sym_shape, dtype, name)
+        folded = _fold_scalar_constants(opdef, nodes, attrs, sym_shape, dtype, name)
+        if folded is None:
+            folded = _identity(opname, nodes, sym_shape, dtype, name)
+        return folded if folded is not None else make_node(opname, attrs, nodes, sym_shape,
+                                                           dtype, name)
     arrays = [np.asarray(a, dtype=dtype) if s.weak else np.asarray(a)
               for a, s in zip(args, specs)]
     out = np.asarray(opdef.impl(*arrays, **attrs))
@@ -153,6 +157,40 @@ def apply(opname, args, attrs=None, name=None):
     tape.record(opdef, [a if isinstance(a, np.ndarray) else t for a, t in zip(args, arrays)],
                 attrs, out)
     return out
+
+
+def _fold_scalar_constants(opdef, nodes, attrs, sym_shape, dtype, name):
+    """An op on scalar constants is computed at once (so the derivative graph of `x**2`
+    shows `2 * x**1`, not `x**(2 - 1)`); larger constant expressions are left to the
+    compiler's constant-folding pass."""
+    if opdef.kind == "leaf" or opdef.impl is None or not nodes or sym_shape != () or \
+            not all(n.op == "const" and n.value.size == 1 for n in nodes):
+        return None
+    try:
+        with np.errstate(all="ignore"):
+            value = np.asarray(opdef.impl(*[n.value for n in nodes], **attrs), dtype=dtype)
+    except Exception:  # an impl that refuses constants: keep the node
+        return None
+    return const_node(value.reshape(()), name) if value.size == 1 else None
+
+
+_IDENTITIES = {"mul": (1.0, (0, 1)), "add": (0.0, (0, 1)), "sub": (0.0, (1,)),
+               "div": (1.0, (1,)), "pow": (1.0, (1,))}
+
+
+def _identity(opname, nodes, sym_shape, dtype, name):
+    """x*1, 1*x, x+0, 0+x, x-0, x/1 and x**1 are x itself (when that changes neither shape
+    nor dtype, and the result is not being named): the chain rule's factors of 1 then never
+    appear in derivative graphs."""
+    if opname not in _IDENTITIES or name is not None or len(nodes) != 2:
+        return None
+    unit, positions = _IDENTITIES[opname]
+    for k in positions:
+        c, x = nodes[k], nodes[1 - k]
+        if c.op == "const" and c.value.size == 1 and float(c.value.reshape(-1)[0]) == unit \
+                and x.sym_shape == tuple(sym_shape) and x.dtype == dtype:
+            return x
+    return None
 
 
 def check_not_node(value, what):

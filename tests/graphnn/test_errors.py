@@ -264,7 +264,7 @@ def test_updates_to_a_non_parameter():
     assert str(err.value) == (f"updates: 'x' (3,) (made at {made}) is not a parameter or "
                               f"variable; only those can be updated (at {call})")
     with pytest.raises(gn.GraphError, match=r"updates: mul \(3,\) .* is not a parameter"):
-        gn.compile(gn.sum(x * w), updates={w * 1: w}, backend="numpy")
+        gn.compile(gn.sum(x * w), updates={w * 2: w}, backend="numpy")
 
 
 def test_updates_with_a_wrong_shape_or_a_non_node():

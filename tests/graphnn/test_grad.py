@@ -386,10 +386,13 @@ def test_gradient_of_the_lecture_graph_keeps_3x3_as_one_node():
     assert all(node in both.nodes for node in forward.nodes)
     times_x3 = [n for n in both.nodes if n.op == "mul" and x3 in n.inputs]
     assert len(times_x3) == 1
-    # 12 new nodes: the seed 1; 3*x3 receives two adjoints, summed by one add, then * 3;
-    # x1*x2 gives seed*x2 and seed*x1; x2**2 gives seed*2, 2-1, x2**(2-1) and a product;
-    # 4*x2 gives seed*4; x2's three contributions are summed by two adds.
-    assert len(both.nodes) == 14 + 12
+    # Factors of 1 vanish and scalar constants fold as the graph is built, so the gradient
+    # reads like the lecture slide: dy/dx1 = x2 (the input itself), dy/dx3 = 6 (one new
+    # constant: 3*x3 receives two adjoints of 1), dy/dx2 = (x1 + 2*x2) + 4 (three new
+    # nodes: 2*x2 from x2**2, and two adds). 4 new nodes in all.
+    assert grads[0] is x2
+    assert grads[2].op == "const" and float(grads[2].value) == 6.0
+    assert len(both.nodes) == 14 + 4
     values = gn.compile(grads, backend="numpy")(x1=1.0, x2=2.0, x3=2.0)
     assert [float(v) for v in values] == [2.0, 4 + 2 * 2.0 + 1.0, 6.0]
 
@@ -412,11 +415,12 @@ def test_mlp_gradient_graph_reuses_forward_activations():
     users_of_out = [n.op for n in new if out in n.inputs]
     assert sorted(users_of_hidden) == ["mul", "sub", "transpose"]  # h(1-h) and h^T for dW2
     assert sorted(users_of_out) == ["mul", "sub", "sub"]  # out(1-out) and out - t
-    # 13 forward nodes; 23 backward: seed; mse (2, g*2, out-t, *, 1/count, *); sigmoid
-    # (*out, 1-out, *) twice; W2^T and a matmul for dh; h^T and a matmul for dW2;
-    # sum + reshape for each bias; x^T and a matmul for dW1 (x itself needs no gradient).
+    # 13 forward nodes; 22 backward: mse (2, out-t, *, 1/count, *: the seed 1 times 2
+    # folds to 2); sigmoid (*out, 1, 1-out, *) then (*out, 1-out, *); W2^T and a matmul for
+    # dh; h^T and a matmul for dW2; sum + reshape for each bias; x^T and a matmul for dW1
+    # (x itself needs no gradient).
     assert len(forward.nodes) == 13
-    assert len(both.nodes) == 13 + 23
+    assert len(both.nodes) == 13 + 22
 
 
 # ---------------------------------------------------------------------------------------
