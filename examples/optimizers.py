@@ -27,11 +27,16 @@ OPTIMIZERS = {
 }
 
 
-def train(make_optimizer, X, y, backend="cpu"):
+def build():
+    """The classifier every optimizer trains; returns (model, x, labels, logits)."""
     x = gn.input("x", (None, 2))
     labels = gn.input("y", (None,), dtype="int64")
     model = Sequential([Dense(16, "tanh"), Dense(16, "tanh"), Dense(2)])
-    logits = model(x)
+    return model, x, labels, model(x)
+
+
+def train(make_optimizer, X, y, backend="cpu"):
+    model, x, labels, logits = build()
     loss = gn.softmax_cross_entropy(logits, labels, name="loss")
     accuracy = gn.metrics.accuracy(logits, labels)
     step = gn.compile([loss, accuracy], updates=make_optimizer().updates(loss, model.params),

@@ -199,10 +199,11 @@ class _Importer:
             param_name = name
             if form == "raw" and name in self.conv_weights:
                 param_name = f"{name}:oihw"
+            array = np.asarray(array, order="C")  # (ascontiguousarray makes 0-d 1-d)
             if name in self.initializers and array.dtype.kind == "f":
-                self.made[key] = param(param_name, np.ascontiguousarray(array))
+                self.made[key] = param(param_name, array)
             else:
-                self.made[key] = const_node(np.ascontiguousarray(array))
+                self.made[key] = const_node(array)
         return self.made[key]
 
     def set(self, name, node, channels_last=False):
@@ -497,13 +498,11 @@ def _pool(imp, node, attrs, kind):
         y = ops.max_pool2d(x, kernel[0], strides[0])
     elif native:
         y = ops.avg_pool2d(x, kernel[0], strides[0])
-    else:
-        taps = [strided(strided(x, 1, i * dilations[0], strides[0], out[0]),
-                        2, j * dilations[1], strides[1], out[1])
-                for i in range(kernel[0]) for j in range(kernel[1])]
-        y = taps[0]
-        for t in taps[1:]:
-            y = ops.maximum(y, t) if kind == "max" else y + t
+    else:  # separable: along the width, then along the height
+        y = x
+        for axis in (2, 1):
+            i = axis - 1
+            y = window_reduce(y, axis, kernel[i], dilations[i], strides[i], out[i], kind)
         if kind == "avg":
             y = y * (1.0 / (kernel[0] * kernel[1]))
     if kind == "avg" and any(pads):
@@ -513,6 +512,43 @@ def _pool(imp, node, attrs, kind):
         if not np.all(scale == 1):
             y = y * const_node(scale.reshape(1, out[0], out[1], 1).astype(x.dtype))
     src.store(imp, node.output[0], y)
+
+
+def window_reduce(x, axis, k, dilation, stride, count, kind):
+    """The max (kind "max") or sum of the k taps `dilation` apart of `count` windows
+    `stride` apart along `axis`: y[p] = reduce(x[p*stride + i*dilation] for i < k).
+
+    Built by doubling: m_2w[q] = combine(m_w[q], m_w[q + w*dilation]) covers 2w taps, so a
+    window of k taps takes about log2(k) slices and maxima/sums (a max is the max of two
+    overlapping halves; a sum adds the power-of-two blocks of k's binary digits), then
+    one strided slice keeps every stride-th position. A 60x80 window is ~30 nodes, not
+    4800 taps of strided slices."""
+    length = _static_dim(x.sym_shape[axis], "a window op")
+    if k == 1:
+        return x if (stride, count) == (1, length) else strided(x, axis, 0, stride, count)
+    n = length - (k - 1) * dilation  # positions where a whole window fits
+
+    def shift(m, offset, size):
+        return ops.slice_axis(m, axis, offset, offset + size)
+
+    combine = ops.maximum if kind == "max" else ops.add
+    blocks, m, width = {1: x}, x, 1  # blocks[w][q] combines taps q, q+d, ..., q+(w-1)d
+    while 2 * width <= k:
+        size = _static_dim(m.sym_shape[axis], "a window op") - width * dilation
+        m = combine(shift(m, 0, size), shift(m, width * dilation, size))
+        width *= 2
+        blocks[width] = m
+    if kind == "max":
+        y = combine(shift(m, 0, n), shift(m, (k - width) * dilation, n)) if width < k \
+            else shift(m, 0, n)
+    else:
+        y, offset = None, 0
+        for w in sorted(blocks, reverse=True):
+            if k - offset >= w:
+                part = shift(blocks[w], offset * dilation, n)
+                y = part if y is None else y + part
+                offset += w
+    return strided(y, axis, 0, stride, count)
 
 
 def _window_counts(hw, pads, kernel, strides, out, include_pad, explicit_pads):

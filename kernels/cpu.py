@@ -236,10 +236,16 @@ def _emit_step(em, step, allocated, loop):
         if step.zero_fill and step.out.name in allocated:
             em.emit(f"{step.out.name}[...] = 0")  # a reused buffer: clear it
         _alloc(em, step.out, allocated, zero=step.zero_fill)
+        # explicit copy loops: Numba compiles a strided slice assignment several times
+        # slower (about 0.5 s each), and concats and pads are common
         for src, axis, start in step.parts:
-            index = [":"] * step.out.ndim
-            index[axis] = f"{start}:{start} + {src.shape[axis]}"
-            em.emit(f"{step.out.name}[{', '.join(index)}] = {src.name}")
+            for k, dim in enumerate(src.shape):
+                em.emit(f"for i{k} in range({dim}):")
+                em.indent()
+            index = [f"i{k}" for k in range(src.ndim)]
+            target = index[:axis] + [f"{start} + i{axis}"] + index[axis + 1:]
+            em.emit(f"{step.out.name}[{', '.join(target)}] = {src.name}[{', '.join(index)}]")
+            em.dedent(src.ndim)
     else:
         raise TypeError(f"unknown kernel step {type(step).__name__}")
 
