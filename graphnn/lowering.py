@@ -367,6 +367,67 @@ class Lowering:
         self.add_step(ir.Window(out, op, args, tuple(int(p) for p in params), comment), [node])
 
     # -- memory planning -------------------------------------------------------------------
+    def accumulate_updates(self, outputs, updates):
+        """An update W - c * (A @ B) whose product nothing else reads becomes one BLAS call
+        that accumulates into W (alpha = -c, beta = 1): no product buffer and no pass over W,
+        which is what an SGD step on a weight matrix is. The call takes the place of the
+        elementwise step, so it runs after every earlier read of the old W. Returns the
+        updates still to apply."""
+        producer = {id(step.out): s for s, step in enumerate(self.steps)}
+        readers = {}
+        for s, step in enumerate(self.steps):
+            for buf in _reads(step):
+                for name in {buf.name, buf.base.name if buf.base else buf.name}:
+                    readers.setdefault(name, []).append(s)
+        output_names = {b.name for b in outputs} | {b.base.name for b in outputs if b.base}
+        remaining, drop = [], set()
+        for (p, v), (state, value) in zip(self.update_pairs, updates):
+            found = self._scaled_product(p, v)
+            s = producer.get(id(value))
+            m = producer.get(id(self.buffers.get(id(found[1])))) if found else None
+            if found is None or s is None or m is None or m in drop:
+                remaining.append((state, value))
+                continue
+            scale, product = found
+            mm = self.steps[m]
+            ok = (isinstance(self.steps[s], ir.Elementwise) and isinstance(mm, ir.Matmul)
+                  and value.role == "temp" and mm.out.role == "temp"
+                  and value.name not in output_names and state.name not in output_names
+                  and mm.out.name not in output_names
+                  and readers.get(mm.out.name) == [s] and value.name not in readers
+                  and max(readers.get(state.name, [s])) <= s
+                  and all(b.role in ("input", "temp", "const") and b.base is None
+                          for b in (mm.a, mm.b)))
+            if not ok:
+                remaining.append((state, value))
+                continue
+            self.steps[s] = ir.Matmul(state, mm.a, mm.b, mm.trans_a, mm.trans_b,
+                                      f"{mm.comment}  (accumulated into {state.name}: "
+                                      f"{state.name} - {scale!r} * product)",
+                                      alpha=-scale, beta=1.0)
+            self.step_nodes[s] = self.step_nodes[m] + self.step_nodes[s]
+            drop.add(m)
+        keep = [k for k in range(len(self.steps)) if k not in drop]
+        self.steps = [self.steps[k] for k in keep]
+        self.step_nodes = [self.step_nodes[k] for k in keep]
+        return remaining
+
+    def _scaled_product(self, param, value):
+        """(c, matmul node) when value is param - c * matmul(...) with a scalar constant c
+        and the product (and c * product) used by nothing else and shaped like param."""
+        if value.op != "sub" or value.inputs[0] is not param or \
+                value.inputs[1].op != "mul" or id(value.inputs[1]) in self.pinned or \
+                len(self.consumers[id(value.inputs[1])]) != 1:
+            return None
+        a, b = value.inputs[1].inputs
+        scale, product = (a, b) if a.op == "const" else (b, a)
+        if scale.op != "const" or scale.value.size != 1 or product.op != "matmul" or \
+                id(product) in self.pinned or len(self.consumers[id(product)]) != 1 or \
+                product.sym_shape != param.sym_shape or product.dtype != param.dtype or \
+                not np.isfinite(scale.value).all():
+            return None
+        return float(scale.value.reshape(-1)[0]), product
+
     def update_in_place(self, outputs, updates):
         """Let the elementwise step that computes a state's new value write straight into
         the state when nothing reads the old value afterwards (an SGD step then touches W
@@ -376,6 +437,8 @@ class Lowering:
         for s, step in enumerate(self.steps):
             for buf in _reads(step):
                 last_read[buf.name] = s
+                if buf.base is not None:  # a view reads its base's memory
+                    last_read[buf.base.name] = s
         output_names = {b.name for b in outputs} | {b.base.name for b in outputs if b.base}
         remaining = []
         for state, value in updates:
@@ -465,6 +528,7 @@ def lower(roots, inputs, states, outputs, update_pairs, plan_memory=True):
     lowering = Lowering(roots, inputs, states, outputs, update_pairs)
     out_bufs, updates = lowering.lower()
     if plan_memory:
+        updates = lowering.accumulate_updates(out_bufs, updates)
         updates = lowering.update_in_place(out_bufs, updates)
         lowering.plan_memory(out_bufs, updates)
     in_bufs = [lowering.leaf_buffer(n) for n in lowering.inputs]

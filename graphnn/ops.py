@@ -213,7 +213,9 @@ _unary("sigmoid", _sigmoid_impl, lambda g, out, x: (lambda: g * out * (1 - out),
        category="Activation")
 _unary("tanh", np.tanh, lambda g, out, x: (lambda: g * (1 - out * out),), "tanh({0})",
        category="Activation")
-_unary("relu", lambda x: np.maximum(x, 0), lambda g, out, x: (lambda: g * gt(x, 0),),
+# relu's mask is read from its output (out > 0 exactly where x > 0), so the pre-activation
+# needs no buffer of its own: a bias add fuses into the relu.
+_unary("relu", lambda x: np.maximum(x, 0), lambda g, out, x: (lambda: g * gt(out, 0),),
        "{0} if {0} > {T}(0) else {T}(0)", category="Activation")
 _unary("softplus", _softplus_impl, lambda g, out, x: (lambda: g * sigmoid(x),),
        "max({0}, {T}(0)) + log1p(exp(-abs({0})))", category="Activation")

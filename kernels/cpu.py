@@ -19,11 +19,11 @@ import textwrap
 
 import numba
 
-from . import ir
+from . import blas, ir
 from .approx import APPROXIMATIONS
 from .windows import HELPERS
 
-GENERATOR_VERSION = "cpu-4"
+GENERATOR_VERSION = "cpu-5"
 INLINE_SITES = 8  # see generate()
 # fastmath without nnan/ninf: NaN and Inf keep their meaning (see docs/ARCHITECTURE.md)
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"
@@ -88,6 +88,14 @@ def _shape_src(shape):
     return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 
+def _number_literal(value):
+    """A float as source text (finite values only reach here: they come from constants)."""
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"matmul scale {value!r} must be finite")
+    return repr(value)
+
+
 def _dtype_src(dtype):
     return f"np.{dtype}"
 
@@ -142,6 +150,11 @@ def generate(program, parallel=False, approximate=True):
             out += ["", inline, inspect.getsource(fn).rstrip(), ""]
     for name in helpers_used:
         out += ["", plain, inspect.getsource(HELPERS[name]).rstrip(), ""]
+    if any(isinstance(s, ir.Matmul) for s in program.steps):
+        out[3:3] = blas.IMPORTS
+        out += ["", "# matrix products: BLAS gemm with alpha and beta (kernels/blas.py)", "",
+                inspect.getsource(blas._xxgemm).rstrip(), "", "",
+                plain, inspect.getsource(blas.gemm).rstrip(), ""]
     out += ["", deco] + body
     return "\n".join(out) + "\n"
 
@@ -222,9 +235,10 @@ def _emit_step(em, step, allocated, loop):
         _emit_argmax_mask(em, step, allocated)
     elif isinstance(step, ir.Matmul):
         _alloc(em, step.out, allocated)
-        a = step.a.name + (".T" if step.trans_a else "")
-        b = step.b.name + (".T" if step.trans_b else "")
-        em.emit(f"np.dot({a}, {b}, {step.out.name})")
+        dtype = step.out.dtype
+        alpha, beta = (f"np.{dtype}({_number_literal(v)})" for v in (step.alpha, step.beta))
+        em.emit(f"gemm({step.trans_a}, {step.trans_b}, {alpha}, {step.a.name}, "
+                f"{step.b.name}, {beta}, {step.out.name})")
     elif isinstance(step, ir.Window):
         _alloc(em, step.out, allocated)
         args = [b.name for b in step.args] + [str(p) for p in step.params] + [step.out.name]

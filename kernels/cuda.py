@@ -83,6 +83,16 @@ def _tuple_src(items):
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
+def _scaled(step, out, dtype):
+    """acc scaled by the step's alpha, plus beta times what out holds (BLAS gemm's form)."""
+    value = "acc" if step.alpha == 1 else f"numba.{dtype}({float(step.alpha)!r}) * acc"
+    if step.beta != 0:
+        old = f"{out.name}[row, col]"
+        value += f" + {old}" if step.beta == 1 else \
+            f" + numba.{dtype}({float(step.beta)!r}) * {old}"
+    return value
+
+
 def _product(dims):
     return " * ".join(str(d) for d in dims) or "1"
 
@@ -329,7 +339,7 @@ class _Generator:
             "        acc += ta[ty, j] * tb[j, tx]",
             "    cuda.syncthreads()",
             "if row < m and col < n:",
-            f"    {out.name}[row, col] = acc",
+            f"    {out.name}[row, col] = {_scaled(step, out, dtype)}",
         ]
         bufs = list({x.name: x for x in (out, a, b)}.values())
         params = [x.name for x in bufs]

@@ -74,13 +74,16 @@ class ArgmaxMask:
 
 @dataclass
 class Matmul:
-    """out = op(a) @ op(b) where op transposes when asked (2-D, via BLAS)."""
+    """out = alpha * op(a) @ op(b) + beta * out, where op transposes when asked (2-D, via
+    BLAS). With beta = 0 (the default) out's old contents are not read."""
     out: Buffer
     a: Buffer
     b: Buffer
     trans_a: bool = False
     trans_b: bool = False
     comment: str = ""
+    alpha: float = 1.0
+    beta: float = 0.0
 
 
 @dataclass

@@ -228,3 +228,52 @@ def test_an_output_that_is_updated_returns_its_value_before_the_update():
         _, w_out = step(x=np.ones((1, 2), np.float32))
         np.testing.assert_array_equal(w_out, np.ones((2, 2)))
         np.testing.assert_array_equal(W.value, 0.5 * np.ones((2, 2)))
+
+
+def _dense_sgd(backend, extra=None):
+    rng = np.random.default_rng(5)
+    W = gn.param("W", rng.standard_normal((3, 4)).astype(np.float32))
+    b = gn.param("b", np.zeros(4, np.float32))
+    x = gn.input("x", (None, 3))
+    loss = gn.mean(gn.square(gn.relu(x @ W + b)))
+    updates = gn.optim.SGD(lr=0.1).updates(loss, [W, b])
+    if extra:
+        updates = extra(W, b, x, loss, updates)
+    return gn.compile(loss, updates=updates, backend=backend), (W, b)
+
+
+def test_an_sgd_step_on_a_weight_matrix_is_one_gemm_accumulating_into_the_weights():
+    X = np.random.default_rng(6).standard_normal((8, 3)).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "cpu"):
+        step, params = _dense_sgd(backend)
+        results[backend] = [float(step(x=X)) for _ in range(4)], [p.value.copy()
+                                                                 for p in params]
+    step = _dense_sgd("cpu")[0]
+    matmuls = [s for s in step.program.steps if type(s).__name__ == "Matmul"]
+    into_w = [s for s in matmuls if s.out.name == "st0"]
+    assert len(into_w) == 1 and into_w[0].beta == 1.0
+    assert into_w[0].alpha == pytest.approx(-0.1)
+    assert "accumulated into st0" in step.source
+    assert "np.float32(1.0), st0)" in step.source  # beta = 1: W is read and updated by BLAS
+    np.testing.assert_allclose(results["cpu"][0], results["numpy"][0], rtol=1e-5)
+    for got, expected in zip(results["cpu"][1], results["numpy"][1]):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_no_gemm_accumulation_when_the_old_weights_are_read_later():
+    # V's new value reads the old W after W's update would run: W is updated separately.
+    def extra(W, b, x, loss, updates):
+        V = gn.param("V", np.zeros((3, 4), np.float32))
+        updates[V] = V + W * 1.0
+        return updates
+    X = np.random.default_rng(7).standard_normal((8, 3)).astype(np.float32)
+    values = {}
+    for backend in ("numpy", "cpu"):
+        step, (W, b) = _dense_sgd(backend, extra)
+        w0 = W.value.copy()
+        step(x=X)
+        V = [p for p in step.state_nodes if p.name == "V"][0]
+        values[backend] = V.value.copy(), W.value.copy()
+        np.testing.assert_allclose(V.value, w0, rtol=1e-6)  # V got the OLD W
+    np.testing.assert_allclose(values["cpu"][1], values["numpy"][1], rtol=1e-5, atol=1e-7)
