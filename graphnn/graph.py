@@ -1,5 +1,4 @@
 """`Graph`: the nodes that some outputs reach, in topological order, with checks and a summary."""
-import networkx as nx
 import numpy as np
 
 from . import shapes as S
@@ -50,6 +49,7 @@ def topological_order(outputs):
 
 def to_networkx(nodes):
     """The graph as a networkx DiGraph (edges input -> user), for analysis and drawing."""
+    import networkx as nx  # on first use: it takes longer to import than graphnn itself
     dag = nx.DiGraph()
     for node in nodes:
         dag.add_node(node)
@@ -91,6 +91,7 @@ class Graph:
         consistent with each op's rule, and no two nodes with the same (op, attrs, inputs).
         Returns self; raises GraphError naming the offending node."""
         from .registry import Spec
+        import networkx as nx
         if not nx.is_directed_acyclic_graph(to_networkx(self.nodes)):
             raise GraphError("lint: the graph has a cycle")
         position = {id(n): i for i, n in enumerate(self.nodes)}

@@ -308,3 +308,19 @@ def test_numpy_array_on_the_left_builds_a_node():
     x = gn.input("x", (3,))
     out = np.ones(3, np.float32) + x
     assert isinstance(out, gn.Node) and out.op == "add" and out.inputs[1] is x
+
+
+def test_import_graphnn_leaves_heavy_optional_libraries_for_later():
+    # networkx (lint, to_networkx), numba (compiled back ends) and onnx load on first use
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = ("import sys, graphnn; print(sorted(m for m in ('networkx', 'numba', 'onnx', "
+            "'scipy', 'graphviz') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    x = gn.input("x", (None, 2))
+    gn.Graph([gn.sum(x * x)]).lint()  # networkx imported when needed
