@@ -268,3 +268,12 @@ def test_source_shows_cuda_kernels_with_math_functions_and_typed_constants():
 def test_block_size_must_be_a_power_of_two():
     with pytest.raises(gn.BackendError, match="power of two"):
         gn.compile(gn.input("x", (2,)) * 2, backend="cuda", block=24)
+
+
+def test_an_sgd_weight_update_is_accumulated_by_the_matmul_kernel():
+    loss, params = tiny_mlp("accumulate")
+    step = gn.compile(loss, updates=gn.optim.SGD(lr=0.5).updates(loss, params),
+                      backend="cuda", **SMALL)
+    stores = [line.strip() for line in step.source.splitlines() if "[row, col] =" in line]
+    assert "st0[row, col] = numba.float32(-0.5) * acc + st0[row, col]" in stores
+    assert any(line.endswith("= acc") for line in stores)  # forward products: plain stores
