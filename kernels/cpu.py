@@ -23,7 +23,9 @@ from . import ir
 from .approx import APPROXIMATIONS
 from .windows import HELPERS
 
-GENERATOR_VERSION = "cpu-4"
+GENERATOR_VERSION = "cpu-5"
+# What `program` raises, before any step, when the input arrays' shapes are not its own.
+SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 INLINE_SITES = 8  # see generate()
 # fastmath without nnan/ninf: NaN and Inf keep their meaning (see docs/ARCHITECTURE.md)
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"
@@ -153,6 +155,14 @@ def _program_body(program, parallel):
     em = _Emitter()
     for dim, (index, axis) in program.dims.items():
         em.emit(f"{dim} = {program.inputs[index].name}.shape[{axis}]")
+    mismatch = _shape_mismatch(program)
+    if mismatch:
+        # The caller may skip its shape checks: before any step runs, a feed whose shape
+        # differs from the program's raises, and the caller then finds what is wrong.
+        em.emit(f"if {' or '.join(mismatch)}:")
+        em.indent()
+        em.emit(f"raise ValueError({SHAPE_MISMATCH!r})")
+        em.dedent()
     allocated = set(b.name for b in program.inputs + program.states + program.consts)
     loop = "prange" if parallel else "range"
     for number, step in enumerate(program.steps):
@@ -182,6 +192,18 @@ def _program_body(program, parallel):
         em.emit(f"{state.name}[...] = {source}")
     em.emit("return (" + ", ".join(results) + ("," if len(results) == 1 else "") + ")")
     return [f"def program({', '.join(args)}):"] + em.lines
+
+
+def _shape_mismatch(program):
+    """Conditions, one per input axis, true when the input arrays' shapes are not those of
+    the program: a static dim differs, a dim variable is below 1 (an empty batch) or an
+    axis disagrees with where its dim variable was bound."""
+    conds = [f"{dim} < 1" for dim in program.dims]
+    for index, buf in enumerate(program.inputs):
+        for axis, dim in enumerate(buf.shape):
+            if program.dims.get(dim) != (index, axis):
+                conds.append(f"{buf.name}.shape[{axis}] != {dim}")
+    return conds
 
 
 def _alloc(em, buf, allocated, zero=False):
