@@ -30,6 +30,15 @@ def is_elementwise(node):
         node.op not in LEAF_OPS and OPS[node.op].scalar is not None)
 
 
+def is_index_const(node):
+    """A 1-D integer constant 0, 1, ..., n-1 (class ids, e.g. of a one-hot): inside a loop
+    it is the loop index along its axis, so it needs no buffer."""
+    if node.op != "const" or node.ndim != 1 or node.dtype.kind not in "iu":
+        return False
+    value = node.value
+    return value.size > 1 and bool(np.array_equal(value, np.arange(value.size)))
+
+
 def _number_source(value):
     """Python source for a float: repr, with inf and nan spelled as NumPy names."""
     text = repr(float(value))
@@ -119,7 +128,7 @@ class Lowering:
         """True when `node` is computed inside its single consumer's loop."""
         if node.op == "reciprocal_count":
             return True
-        if node.op == "const" and node.value.size == 1:
+        if node.op == "const" and (node.value.size == 1 or is_index_const(node)):
             return all(is_elementwise(c) for c in self.consumers[id(node)]) \
                 and id(node) not in self.pinned
         if not is_elementwise(node) or id(node) in self.pinned:
@@ -185,6 +194,8 @@ class Lowering:
                 return memo[key]
             if node.op == "const" and node.value.size == 1 and self.inlined(node):
                 result = _float_literal(node.value, node.dtype)
+            elif is_index_const(node) and self.inlined(node):
+                result = index[0] if index[0].isidentifier() else f"({index[0]})"  # an int
             elif node.op == "reciprocal_count":
                 axes = _norm_axes(node.attr("axis"), node.inputs[0].ndim)
                 result = f"(T(1) / T({self.size_expr(node.inputs[0], axes)}))"

@@ -861,12 +861,12 @@ def _sce_impl(z, y):
 
 
 def _sce_decompose(z, y):
-    # exp(z - m) and its row sums are those of softmax(z) in the gradient (shared); the loss
-    # is one sum over the whole batch of t * (log-sum-exp - z).
+    # exp(z - m) and its row sums are those of softmax(z) in the gradient (shared), and
+    # z - m is used once (fused into the exp)
     t = _sce_targets(z, y)
     m = max(z, axis=1, keepdims=True)
     lse = log(sum(exp(z - m), axis=1, keepdims=True)) + m
-    return sum(t * (lse - z)) * reciprocal_count(z, axis=0)
+    return mean(sum(t * (lse - z), axis=1))
 
 
 def _sce_vjp(g, out, z, y):

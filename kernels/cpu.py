@@ -224,9 +224,16 @@ def _emit_stmts(em, expr, dtype):
         em.emit(f"{var} = {_typed(code, dtype)}")
 
 
+_LOOP_INDEX = re.compile(r"\bi\d+\b")
+
+
 def _flat_ok(expr, shape):
-    """True when every load reads its buffer at the loop index or is a 0-d scalar."""
+    """True when every load reads its buffer at the loop index or is a 0-d scalar, and no
+    statement uses a loop index itself (a flat loop has none)."""
     loopvars = tuple(f"i{k}" for k in range(len(shape)))
+    if any(_LOOP_INDEX.search(code) for _, code in expr.stmts) or \
+            _LOOP_INDEX.search(expr.result):
+        return False
     for load in expr.loads.values():
         if load.buffer.ndim == 0:
             continue
