@@ -125,7 +125,8 @@ class Lowering:
 
     # -- fusion decisions ----------------------------------------------------------------
     def inlined(self, node):
-        """True when `node` is computed inside its single consumer's loop."""
+        """True when `node` is computed inside its consumer's loop: its single consumer's,
+        or every consumer's for a mask of a leaf (see `recomputed`)."""
         if node.op == "reciprocal_count":
             return True
         if node.op == "const" and (node.value.size == 1 or is_index_const(node)):
@@ -135,8 +136,21 @@ class Lowering:
             return False
         users = self.consumers[id(node)]
         if len(users) != 1:
-            return False
-        user = users[0]
+            return self.recomputed(node) and all(self.fits_into(node, u) for u in users)
+        return self.fits_into(node, users[0])
+
+    def recomputed(self, node):
+        """A comparison of a leaf (or a reshaped leaf) with a leaf or an inlined constant,
+        e.g. the one-hot mask of integer labels: one compare in each consumer's loop costs
+        less than a buffer written once and read by every consumer."""
+        def leafish(i):
+            while i.op == "reshape":
+                i = i.inputs[0]
+            return i.op in LEAF_OPS and (i.op != "const" or self.inlined(i))
+        return node.op in ("eq", "gt", "ge") and all(leafish(i) for i in node.inputs)
+
+    def fits_into(self, node, user):
+        """Whether elementwise `node` can be computed inside `user`'s loop."""
         if user.op in ("sum", "max"):
             return True
         if not is_elementwise(user) or user.op in PATTERN_OPS and node is not user.inputs[0]:
