@@ -84,6 +84,8 @@ class Lowering:
         self.update_pairs = list(update_pairs)
         self.consumers = {id(n): [] for n in self.nodes}
         for n in self.nodes:
+            if n.op == "reciprocal_count":
+                continue  # reads only its input's shape
             for i in n.inputs:
                 self.consumers[id(i)].append(n)
         self.dims = {}          # representative Sym -> dim name
@@ -161,6 +163,37 @@ class Lowering:
             S.dims_equal(a, b) for a, b in zip(node.sym_shape, user.sym_shape)) and \
             node.ndim == user.ndim
 
+    def finisher(self, node):
+        """The elementwise node whose step computes sum/max `node` and finishes it (see
+        `_finishing`; one reduction per step: the first its group reads)."""
+        user = self._finishing(node)
+        return user if user is not None and self.finished_by(user)[0] is node else None
+
+    def finished_by(self, user):
+        """The reductions `user` could finish (see `_finishing`), in the order it reads them."""
+        return [i for n in self.group_nodes(user) if is_elementwise(n) for i in n.inputs
+                if i.op in ("sum", "max") and self._finishing(i) is user]
+
+    def _finishing(self, node):
+        """The elementwise node, of the same shape and dtype, whose fused step alone reads
+        the result of sum/max `node` (a mean's multiply, say): it is computed as each
+        result is stored, in the reduction's step. None when there is none."""
+        if node.op not in ("sum", "max") or node.attr("keepdims") or id(node) in self.pinned:
+            return None
+        user = node
+        while True:  # up to the root of the fused group that reads the result
+            users = self.consumers[id(user)]
+            if len(users) != 1 or not is_elementwise(users[0]) or users[0].op in PATTERN_OPS:
+                return None
+            user = users[0]
+            if not self.inlined(user):
+                break
+        if user.dtype != node.dtype or not all(
+                S.dims_equal(a, b) for a, b in zip(node.sym_shape, user.sym_shape)) or \
+                user.ndim != node.ndim:
+            return None
+        return user
+
     def transposed_view(self, node):
         """A 2-D transpose read only by matmuls: the matmul reads its input transposed."""
         return node.op == "transpose" and node.ndim == 2 and id(node) not in self.pinned and \
@@ -195,9 +228,12 @@ class Lowering:
         return self.buffers[id(node)]
 
     # -- scalar expressions for fused elementwise groups -----------------------------------
-    def expression(self, root, loopvars):
-        """ScalarExpr computing `root` at loop index `loopvars` (one per axis of root)."""
+    def expression(self, root, loopvars, given=None):
+        """ScalarExpr computing `root` at loop index `loopvars` (one per axis of root);
+        `given` maps nodes to variables that already hold their value there."""
         loads, stmts, memo = {}, [], {}
+        for node, var in (given or {}).items():
+            memo[(id(node), tuple(loopvars))] = var
 
         def var(prefix):
             return f"{prefix}{len(loads) + len(stmts)}"
@@ -277,8 +313,9 @@ class Lowering:
                 if id(node) in self.pinned or not self.inlined(node):
                     self.leaf_buffer(node)
                 continue
-            if self.inlined(node) or self.transposed_view(node):
-                continue
+            if self.inlined(node) or self.transposed_view(node) or \
+                    self.finisher(node) is not None:
+                continue  # computed in a consumer's step (a finished reduction: in its own)
             self.lower_node(node)
         outputs = [self.buffer_of(n) for n in self.outputs]
         updates = [(self.leaf_buffer(p), self.buffer_of(v)) for p, v in self.update_pairs]
@@ -302,7 +339,10 @@ class Lowering:
     def lower_node(self, node):
         op = node.op
         comment = _describe(node)
-        if is_elementwise(node):
+        finished = self.finished_by(node) if is_elementwise(node) else []
+        if finished:
+            self.lower_reduce(finished[0], comment, post=node)
+        elif is_elementwise(node):
             out = self.buffers[id(node)] = self.new_buffer(node)
             loopvars = [f"i{k}" for k in range(node.ndim)]
             expr = self.expression(node, loopvars)
@@ -312,26 +352,7 @@ class Lowering:
                     " ..." if len(nodes) > 7 else "")
             self.add_step(ir.Elementwise(out, expr, comment), nodes)
         elif op in ("sum", "max"):
-            x = node.inputs[0]
-            axes = _norm_axes(node.attr("axis"), x.ndim)
-            reduced = tuple(d for k, d in enumerate(self.shape(x)) if k not in axes)
-            out = ir.Buffer(f"b{self.counter + 1}_{op}", reduced, node.dtype.name)
-            self.counter += 1
-            loopvars = [f"i{k}" for k in range(x.ndim)]
-            if self.inlined(x):
-                expr = self.expression(x, loopvars)
-                nodes = [node] + self.group_nodes(x)
-            else:
-                buf = self.buffer_of(x)
-                expr = ir.ScalarExpr({"x0": ir.Load(buf, tuple(loopvars))}, [], "x0")
-                nodes = [node]
-            self.add_step(ir.Reduce(out, expr, self.shape(x), axes, op, comment), nodes)
-            self.buffers[id(node)] = out
-            if node.attr("keepdims"):
-                view = self.new_buffer(node, "view")
-                view.base = out
-                self.add_step(ir.Reshape(view, out, "keepdims"), [node])
-                self.buffers[id(node)] = view
+            self.lower_reduce(node, comment)
         elif op == "argmax_mask":
             out = self.buffers[id(node)] = self.new_buffer(node)
             x = node.inputs[0]
@@ -368,6 +389,40 @@ class Lowering:
                                           node.attr("before"))], True, comment), [node])
         else:
             raise GraphError(f"the compiled backends cannot lower op '{op}' of {node.label()}")
+
+    def lower_reduce(self, node, comment, post=None):
+        """The Reduce step of sum/max `node`; with `post`, the elementwise node that
+        finishes each result (see `finisher`), whose buffer the step then writes."""
+        op = node.op
+        x = node.inputs[0]
+        axes = _norm_axes(node.attr("axis"), x.ndim)
+        if post is None:
+            reduced = tuple(d for k, d in enumerate(self.shape(x)) if k not in axes)
+            out = ir.Buffer(f"b{self.counter + 1}_{op}", reduced, node.dtype.name)
+            self.counter += 1
+        else:
+            out = self.new_buffer(post)
+        loopvars = [f"i{k}" for k in range(x.ndim)]
+        if self.inlined(x):
+            expr = self.expression(x, loopvars)
+            nodes = [node] + self.group_nodes(x)
+        else:
+            buf = self.buffer_of(x)
+            expr = ir.ScalarExpr({"x0": ir.Load(buf, tuple(loopvars))}, [], "x0")
+            nodes = [node]
+        finish = None
+        if post is not None:
+            kept = [v for k, v in enumerate(loopvars) if k not in axes]
+            finish = self.expression(post, kept, given={node: "acc"})
+            nodes = [post] + [n for n in self.group_nodes(post) if n is not post] + nodes
+            comment = f"{comment}  <- finishes: {_describe(node)}"
+        self.add_step(ir.Reduce(out, expr, self.shape(x), axes, op, comment, finish), nodes)
+        self.buffers[id(post if post is not None else node)] = out
+        if node.attr("keepdims"):
+            view = self.new_buffer(node, "view")
+            view.base = out
+            self.add_step(ir.Reshape(view, out, "keepdims"), [node])
+            self.buffers[id(node)] = view
 
     def lower_window(self, node, comment):
         op = node.op

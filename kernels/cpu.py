@@ -336,7 +336,7 @@ def _emit_reduce(em, step, allocated, loop):
         _emit_stmts(em, body, out.dtype)
         em.emit(combine.format(r=_typed(expr.result, out.dtype)))
         em.dedent()
-        em.emit(f"{out.name}[()] = acc")
+        _emit_store(em, step, [])
         return
     if kept and max(step.axes) < max(kept):
         # A kept axis is innermost in memory (e.g. a bias gradient summed over the batch):
@@ -354,6 +354,13 @@ def _emit_reduce(em, step, allocated, loop):
             r = _typed(expr.result, out.dtype)
             em.emit(f"{target} = {r} if {r} > {target} else {target}")
         em.dedent(len(domain))
+        if step.post is not None:  # finish each result in a second pass
+            for k in kept:
+                em.emit(f"for i{k} in range({domain[k]}):")
+                em.indent()
+            em.emit(f"acc = {target}")
+            _emit_store(em, step, kept)
+            em.dedent(len(kept))
         return
     for depth, k in enumerate(kept):
         em.emit(f"for i{k} in {loop if depth == 0 else 'range'}({domain[k]}):")
@@ -366,9 +373,20 @@ def _emit_reduce(em, step, allocated, loop):
     _emit_stmts(em, body, out.dtype)
     em.emit(combine.format(r=_typed(expr.result, out.dtype)))
     em.dedent(len(step.axes))
-    index = ", ".join(f"i{k}" for k in kept) if kept else "()"
-    em.emit(f"{out.name}[{index}] = acc")
+    _emit_store(em, step, kept)
     em.dedent(len(kept))
+
+
+def _emit_store(em, step, kept):
+    """out[kept index] = acc, or the step's `post` expression of acc."""
+    out, post = step.out, step.post
+    index = ", ".join(f"i{k}" for k in kept) if kept else "()"
+    if post is None:
+        em.emit(f"{out.name}[{index}] = acc")
+        return
+    _emit_loads(em, post, lambda l: ", ".join(l.index) if l.buffer.ndim else "()")
+    _emit_stmts(em, post, out.dtype)
+    em.emit(f"{out.name}[{index}] = {_typed(post.result, out.dtype)}")
 
 
 def _emit_argmax_mask(em, step, allocated):
