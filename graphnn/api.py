@@ -21,6 +21,9 @@ class ValueState:
     """The mutable value of a parameter or variable. The node itself stays immutable."""
 
     __slots__ = ("value", "version")
+    # Bumped whenever any state gets a new array: a compiled function keeps its list of
+    # state arrays (call arguments) until this changes.
+    epoch = 0
 
     def __init__(self, value):
         self.value = value
@@ -33,6 +36,7 @@ class ValueState:
                              f"expected {node.shape} (at {user_location()})")
         self.value = np.array(array, dtype=node.dtype, order="C")
         self.version += 1
+        ValueState.epoch += 1
 
 
 def _check_name(name, what):

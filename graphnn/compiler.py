@@ -7,10 +7,12 @@ then makes ONE call into compiled code, which also writes the parameter updates 
 import os
 import time
 
+import numba
 import numpy as np
 
 from kernels import cpu as cpu_codegen
 
+from .api import ValueState
 from .compile import CompiledFunction
 from .graph import Graph
 from .lowering import lower
@@ -70,6 +72,10 @@ class CpuFunction(CompiledFunction):
         })
         self._states = [p.state for p in self.state_nodes]
         self._compiled = False
+        # The lean call (see __call__): each input's name, dtype and rank, and the state
+        # and constant arrays that follow the inputs, kept until a state gets a new array.
+        self._feed_types = tuple((n.name, n.dtype, n.ndim) for n in self.graph.inputs)
+        self._tail = self._entry = self._epoch = None
 
     def explain(self):
         """A readable report: nodes after each pass, the generated steps with the nodes each
@@ -104,11 +110,51 @@ class CpuFunction(CompiledFunction):
             self.module = cpu_codegen.reload_module(self.path)
             self._fn = self.module.program
             result = self._fn(*args)
+        self._epoch = None  # find the entry point again (the module may have been reloaded)
         self.stats["compile_seconds"] = time.perf_counter() - started
         hits = sum(self._fn.stats.cache_hits.values())
         self.stats["cache_hit"] = hits > 0
         self._compiled = True
         return result
+
+    def __call__(self, **feeds):
+        """The common call, lean (a training step on small arrays is over in microseconds):
+        exactly the inputs' names, each a C-contiguous writeable ndarray of the input's
+        dtype and rank. Their shapes are checked by the generated program before any step
+        runs; when they are wrong, the full check names the problem (gn.FeedError). Any
+        other call, and every call with check_finite, takes the full path."""
+        if self._compiled and not self.check_finite and len(feeds) == len(self._feed_types):
+            arrays = []
+            for name, dtype, ndim in self._feed_types:
+                a = feeds.get(name)
+                if a.__class__ is not np.ndarray or a.dtype is not dtype or a.ndim != ndim \
+                        or not a.flags.carray:
+                    break
+                arrays.append(a)
+            else:
+                if self._epoch != ValueState.epoch:
+                    self._new_states(arrays)
+                try:
+                    results = self._entry(*arrays, *self._tail)
+                except ValueError as exc:
+                    if str(exc) != cpu_codegen.SHAPE_MISMATCH:
+                        raise
+                    self.feeds.check(feeds)  # raises FeedError naming the bad feed
+                    raise
+                return results[0] if self.single else results
+        return super().__call__(**feeds)
+
+    def _new_states(self, arrays):
+        """After a state got a new array (and before the first lean call): check the states,
+        keep the argument list that follows the inputs, and find the compiled entry point
+        for these argument types. The lean call checks that the inputs have those types, so
+        it calls that entry point, skipping the Numba dispatcher's typing of every array."""
+        self._check_state()
+        self._tail = [s.value for s in self._states] + self._const_arrays
+        signature = tuple(numba.typeof(a) for a in arrays + self._tail)
+        compiled = self._fn.overloads.get(signature)
+        self._entry = compiled.entry_point if compiled is not None else self._fn
+        self._epoch = ValueState.epoch
 
     def _run(self, arrays, binding):
         args = arrays + [s.value for s in self._states] + self._const_arrays

@@ -30,6 +30,15 @@ def is_elementwise(node):
         node.op not in LEAF_OPS and OPS[node.op].scalar is not None)
 
 
+def is_index_const(node):
+    """A 1-D integer constant 0, 1, ..., n-1 (class ids, e.g. of a one-hot): inside a loop
+    it is the loop index along its axis, so it needs no buffer."""
+    if node.op != "const" or node.ndim != 1 or node.dtype.kind not in "iu":
+        return False
+    value = node.value
+    return value.size > 1 and bool(np.array_equal(value, np.arange(value.size)))
+
+
 def _number_source(value):
     """Python source for a float: repr, with inf and nan spelled as NumPy names."""
     text = repr(float(value))
@@ -75,6 +84,8 @@ class Lowering:
         self.update_pairs = list(update_pairs)
         self.consumers = {id(n): [] for n in self.nodes}
         for n in self.nodes:
+            if n.op == "reciprocal_count":
+                continue  # reads only its input's shape
             for i in n.inputs:
                 self.consumers[id(i)].append(n)
         self.dims = {}          # representative Sym -> dim name
@@ -116,18 +127,32 @@ class Lowering:
 
     # -- fusion decisions ----------------------------------------------------------------
     def inlined(self, node):
-        """True when `node` is computed inside its single consumer's loop."""
+        """True when `node` is computed inside its consumer's loop: its single consumer's,
+        or every consumer's for a mask of a leaf (see `recomputed`)."""
         if node.op == "reciprocal_count":
             return True
-        if node.op == "const" and node.value.size == 1:
+        if node.op == "const" and (node.value.size == 1 or is_index_const(node)):
             return all(is_elementwise(c) for c in self.consumers[id(node)]) \
                 and id(node) not in self.pinned
         if not is_elementwise(node) or id(node) in self.pinned:
             return False
         users = self.consumers[id(node)]
         if len(users) != 1:
-            return False
-        user = users[0]
+            return self.recomputed(node) and all(self.fits_into(node, u) for u in users)
+        return self.fits_into(node, users[0])
+
+    def recomputed(self, node):
+        """A comparison of a leaf (or a reshaped leaf) with a leaf or an inlined constant,
+        e.g. the one-hot mask of integer labels: one compare in each consumer's loop costs
+        less than a buffer written once and read by every consumer."""
+        def leafish(i):
+            while i.op == "reshape":
+                i = i.inputs[0]
+            return i.op in LEAF_OPS and (i.op != "const" or self.inlined(i))
+        return node.op in ("eq", "gt", "ge") and all(leafish(i) for i in node.inputs)
+
+    def fits_into(self, node, user):
+        """Whether elementwise `node` can be computed inside `user`'s loop."""
         if user.op in ("sum", "max"):
             return True
         if not is_elementwise(user) or user.op in PATTERN_OPS and node is not user.inputs[0]:
@@ -137,6 +162,37 @@ class Lowering:
         return node.sym_shape == user.sym_shape or node.ndim == 0 or all(
             S.dims_equal(a, b) for a, b in zip(node.sym_shape, user.sym_shape)) and \
             node.ndim == user.ndim
+
+    def finisher(self, node):
+        """The elementwise node whose step computes sum/max `node` and finishes it (see
+        `_finishing`; one reduction per step: the first its group reads)."""
+        user = self._finishing(node)
+        return user if user is not None and self.finished_by(user)[0] is node else None
+
+    def finished_by(self, user):
+        """The reductions `user` could finish (see `_finishing`), in the order it reads them."""
+        return [i for n in self.group_nodes(user) if is_elementwise(n) for i in n.inputs
+                if i.op in ("sum", "max") and self._finishing(i) is user]
+
+    def _finishing(self, node):
+        """The elementwise node, of the same shape and dtype, whose fused step alone reads
+        the result of sum/max `node` (a mean's multiply, say): it is computed as each
+        result is stored, in the reduction's step. None when there is none."""
+        if node.op not in ("sum", "max") or node.attr("keepdims") or id(node) in self.pinned:
+            return None
+        user = node
+        while True:  # up to the root of the fused group that reads the result
+            users = self.consumers[id(user)]
+            if len(users) != 1 or not is_elementwise(users[0]) or users[0].op in PATTERN_OPS:
+                return None
+            user = users[0]
+            if not self.inlined(user):
+                break
+        if user.dtype != node.dtype or not all(
+                S.dims_equal(a, b) for a, b in zip(node.sym_shape, user.sym_shape)) or \
+                user.ndim != node.ndim:
+            return None
+        return user
 
     def transposed_view(self, node):
         """A 2-D transpose read only by matmuls: the matmul reads its input transposed."""
@@ -172,9 +228,12 @@ class Lowering:
         return self.buffers[id(node)]
 
     # -- scalar expressions for fused elementwise groups -----------------------------------
-    def expression(self, root, loopvars):
-        """ScalarExpr computing `root` at loop index `loopvars` (one per axis of root)."""
+    def expression(self, root, loopvars, given=None):
+        """ScalarExpr computing `root` at loop index `loopvars` (one per axis of root);
+        `given` maps nodes to variables that already hold their value there."""
         loads, stmts, memo = {}, [], {}
+        for node, var in (given or {}).items():
+            memo[(id(node), tuple(loopvars))] = var
 
         def var(prefix):
             return f"{prefix}{len(loads) + len(stmts)}"
@@ -185,6 +244,8 @@ class Lowering:
                 return memo[key]
             if node.op == "const" and node.value.size == 1 and self.inlined(node):
                 result = _float_literal(node.value, node.dtype)
+            elif is_index_const(node) and self.inlined(node):
+                result = index[0] if index[0].isidentifier() else f"({index[0]})"  # an int
             elif node.op == "reciprocal_count":
                 axes = _norm_axes(node.attr("axis"), node.inputs[0].ndim)
                 result = f"(T(1) / T({self.size_expr(node.inputs[0], axes)}))"
@@ -252,8 +313,9 @@ class Lowering:
                 if id(node) in self.pinned or not self.inlined(node):
                     self.leaf_buffer(node)
                 continue
-            if self.inlined(node) or self.transposed_view(node):
-                continue
+            if self.inlined(node) or self.transposed_view(node) or \
+                    self.finisher(node) is not None:
+                continue  # computed in a consumer's step (a finished reduction: in its own)
             self.lower_node(node)
         outputs = [self.buffer_of(n) for n in self.outputs]
         updates = [(self.leaf_buffer(p), self.buffer_of(v)) for p, v in self.update_pairs]
@@ -277,7 +339,10 @@ class Lowering:
     def lower_node(self, node):
         op = node.op
         comment = _describe(node)
-        if is_elementwise(node):
+        finished = self.finished_by(node) if is_elementwise(node) else []
+        if finished:
+            self.lower_reduce(finished[0], comment, post=node)
+        elif is_elementwise(node):
             out = self.buffers[id(node)] = self.new_buffer(node)
             loopvars = [f"i{k}" for k in range(node.ndim)]
             expr = self.expression(node, loopvars)
@@ -287,26 +352,7 @@ class Lowering:
                     " ..." if len(nodes) > 7 else "")
             self.add_step(ir.Elementwise(out, expr, comment), nodes)
         elif op in ("sum", "max"):
-            x = node.inputs[0]
-            axes = _norm_axes(node.attr("axis"), x.ndim)
-            reduced = tuple(d for k, d in enumerate(self.shape(x)) if k not in axes)
-            out = ir.Buffer(f"b{self.counter + 1}_{op}", reduced, node.dtype.name)
-            self.counter += 1
-            loopvars = [f"i{k}" for k in range(x.ndim)]
-            if self.inlined(x):
-                expr = self.expression(x, loopvars)
-                nodes = [node] + self.group_nodes(x)
-            else:
-                buf = self.buffer_of(x)
-                expr = ir.ScalarExpr({"x0": ir.Load(buf, tuple(loopvars))}, [], "x0")
-                nodes = [node]
-            self.add_step(ir.Reduce(out, expr, self.shape(x), axes, op, comment), nodes)
-            self.buffers[id(node)] = out
-            if node.attr("keepdims"):
-                view = self.new_buffer(node, "view")
-                view.base = out
-                self.add_step(ir.Reshape(view, out, "keepdims"), [node])
-                self.buffers[id(node)] = view
+            self.lower_reduce(node, comment)
         elif op == "argmax_mask":
             out = self.buffers[id(node)] = self.new_buffer(node)
             x = node.inputs[0]
@@ -343,6 +389,40 @@ class Lowering:
                                           node.attr("before"))], True, comment), [node])
         else:
             raise GraphError(f"the compiled backends cannot lower op '{op}' of {node.label()}")
+
+    def lower_reduce(self, node, comment, post=None):
+        """The Reduce step of sum/max `node`; with `post`, the elementwise node that
+        finishes each result (see `finisher`), whose buffer the step then writes."""
+        op = node.op
+        x = node.inputs[0]
+        axes = _norm_axes(node.attr("axis"), x.ndim)
+        if post is None:
+            reduced = tuple(d for k, d in enumerate(self.shape(x)) if k not in axes)
+            out = ir.Buffer(f"b{self.counter + 1}_{op}", reduced, node.dtype.name)
+            self.counter += 1
+        else:
+            out = self.new_buffer(post)
+        loopvars = [f"i{k}" for k in range(x.ndim)]
+        if self.inlined(x):
+            expr = self.expression(x, loopvars)
+            nodes = [node] + self.group_nodes(x)
+        else:
+            buf = self.buffer_of(x)
+            expr = ir.ScalarExpr({"x0": ir.Load(buf, tuple(loopvars))}, [], "x0")
+            nodes = [node]
+        finish = None
+        if post is not None:
+            kept = [v for k, v in enumerate(loopvars) if k not in axes]
+            finish = self.expression(post, kept, given={node: "acc"})
+            nodes = [post] + [n for n in self.group_nodes(post) if n is not post] + nodes
+            comment = f"{comment}  <- finishes: {_describe(node)}"
+        self.add_step(ir.Reduce(out, expr, self.shape(x), axes, op, comment, finish), nodes)
+        self.buffers[id(post if post is not None else node)] = out
+        if node.attr("keepdims"):
+            view = self.new_buffer(node, "view")
+            view.base = out
+            self.add_step(ir.Reshape(view, out, "keepdims"), [node])
+            self.buffers[id(node)] = view
 
     def lower_window(self, node, comment):
         op = node.op

@@ -863,15 +863,19 @@ def _sce_impl(z, y):
 
 
 def _sce_decompose(z, y):
+    # exp(z - m) and its row sums are those of softmax(z) in the gradient (shared), and
+    # z - m is used once (fused into the exp)
     t = _sce_targets(z, y)
-    zs = z - max(z, axis=1, keepdims=True)
-    lse = log(sum(exp(zs), axis=1, keepdims=True))
-    return mean(sum(t * (lse - zs), axis=1))
+    m = max(z, axis=1, keepdims=True)
+    lse = log(sum(exp(z - m), axis=1, keepdims=True)) + m
+    return mean(sum(t * (lse - z), axis=1))
 
 
 def _sce_vjp(g, out, z, y):
     t = _sce_targets(z, y)
     scale = g * reciprocal_count(z, axis=0)
+    if _dtype_of(y).kind in "iu":  # a one-hot row sums to 1
+        return (lambda: scale * (softmax(z, axis=1) - t), None)
     grad_z = lambda: scale * (softmax(z, axis=1) * sum(t, axis=1, keepdims=True) - t)
     grad_y = None
     if _dtype_of(y).kind == "f":
@@ -891,8 +895,9 @@ def _infer_one_hot(specs, classes, dtype):
 
 
 def _one_hot_decompose(y, classes, dtype):
-    labels = cast(reshape(y, y.sym_shape + (1,)), dtype)
-    return eq(labels, const_node(np.arange(classes, dtype=dtype)))
+    # integer labels compared with integer class ids: a 0/1 mask (float32, see eq)
+    mask = eq(reshape(y, y.sym_shape + (1,)), const_node(np.arange(classes, dtype=y.dtype)))
+    return mask if mask.dtype == np.dtype(dtype) else cast(mask, dtype)
 
 
 register(OpDef("one_hot", "Tensor", _infer_one_hot,

@@ -8,6 +8,7 @@ import numpy as np
 
 from .graph import topological_order
 from .node import LEAF_OPS, make_node
+from .ops import _norm_axes
 from .registry import OPS, const_node
 
 FOLD_LIMIT = 1 << 16  # constant folding keeps results up to this many elements
@@ -72,8 +73,20 @@ def _const_equals(node, number):
         float(node.value.reshape(-1)[0]) == number
 
 
+def _all_axes(node, ndim):
+    return _norm_axes(node.attr("axis"), ndim) == tuple(range(ndim))
+
+
 def simplify(roots):
-    """x*1, 1*x, x+0, 0+x, x-0, x/1, x**1 -> x; --x -> x (when shape and dtype stay)."""
+    """x*1, 1*x, x+0, 0+x, x-0, x/1, x**1 -> x; --x -> x (when shape and dtype stay);
+    the count of a reduction's result is counted on its input; a sum of all of a sum read
+    by nothing else is one sum (a mean of row sums, as in a loss, is one reduction)."""
+    readers = {}  # id(node) -> nodes that read its values (a count reads only its shape)
+    for n in topological_order(roots):
+        for i in n.inputs:
+            if n.op != "reciprocal_count":
+                readers[id(i)] = readers.get(id(i), 0) + 1
+
     def keeps(node, x):
         return x.sym_shape == node.sym_shape and x.dtype == node.dtype
 
@@ -81,6 +94,22 @@ def simplify(roots):
         op = node.op
         if op == "neg" and inputs[0].op == "neg" and keeps(node, inputs[0].inputs[0]):
             return inputs[0].inputs[0]
+        if op == "reciprocal_count" and inputs[0].op in ("sum", "max") and \
+                not inputs[0].attr("keepdims"):
+            x = inputs[0]
+            src = x.inputs[0]
+            reduced = _norm_axes(x.attr("axis"), src.ndim)
+            kept = [k for k in range(src.ndim) if k not in reduced]
+            axes = tuple(kept[a] for a in _norm_axes(node.attr("axis"), x.ndim))
+            if src.dtype == x.dtype:
+                return make_node(op, {"axis": axes[0] if len(axes) == 1 else axes}, [src],
+                                 node.sym_shape, node.dtype, node.name)
+        if op == "sum" and inputs[0].op == "sum" and not node.attr("keepdims") and \
+                not inputs[0].attr("keepdims") and _all_axes(node, inputs[0].ndim) and \
+                readers.get(id(node.inputs[0])) == 1:
+            src = inputs[0].inputs[0]
+            return make_node(op, {"axis": None, "keepdims": False}, [src], node.sym_shape,
+                             node.dtype, node.name)
         if len(inputs) != 2:
             return None
         a, b = inputs

@@ -23,7 +23,9 @@ from . import blas, ir
 from .approx import APPROXIMATIONS
 from .windows import HELPERS
 
-GENERATOR_VERSION = "cpu-5"
+GENERATOR_VERSION = "cpu-6"
+# What `program` raises, before any step, when the input arrays' shapes are not its own.
+SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 INLINE_SITES = 8  # see generate()
 # fastmath without nnan/ninf: NaN and Inf keep their meaning (see docs/ARCHITECTURE.md)
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"
@@ -166,6 +168,14 @@ def _program_body(program, parallel):
     em = _Emitter()
     for dim, (index, axis) in program.dims.items():
         em.emit(f"{dim} = {program.inputs[index].name}.shape[{axis}]")
+    mismatch = _shape_mismatch(program)
+    if mismatch:
+        # The caller may skip its shape checks: before any step runs, a feed whose shape
+        # differs from the program's raises, and the caller then finds what is wrong.
+        em.emit(f"if {' or '.join(mismatch)}:")
+        em.indent()
+        em.emit(f"raise ValueError({SHAPE_MISMATCH!r})")
+        em.dedent()
     allocated = set(b.name for b in program.inputs + program.states + program.consts)
     loop = "prange" if parallel else "range"
     for number, step in enumerate(program.steps):
@@ -197,6 +207,18 @@ def _program_body(program, parallel):
     return [f"def program({', '.join(args)}):"] + em.lines
 
 
+def _shape_mismatch(program):
+    """Conditions, one per input axis, true when the input arrays' shapes are not those of
+    the program: a static dim differs, a dim variable is below 1 (an empty batch) or an
+    axis disagrees with where its dim variable was bound."""
+    conds = [f"{dim} < 1" for dim in program.dims]
+    for index, buf in enumerate(program.inputs):
+        for axis, dim in enumerate(buf.shape):
+            if program.dims.get(dim) != (index, axis):
+                conds.append(f"{buf.name}.shape[{axis}] != {dim}")
+    return conds
+
+
 def _alloc(em, buf, allocated, zero=False):
     if buf.name in allocated:
         return
@@ -215,9 +237,16 @@ def _emit_stmts(em, expr, dtype):
         em.emit(f"{var} = {_typed(code, dtype)}")
 
 
+_LOOP_INDEX = re.compile(r"\bi\d+\b")
+
+
 def _flat_ok(expr, shape):
-    """True when every load reads its buffer at the loop index or is a 0-d scalar."""
+    """True when every load reads its buffer at the loop index or is a 0-d scalar, and no
+    statement uses a loop index itself (a flat loop has none)."""
     loopvars = tuple(f"i{k}" for k in range(len(shape)))
+    if any(_LOOP_INDEX.search(code) for _, code in expr.stmts) or \
+            _LOOP_INDEX.search(expr.result):
+        return False
     for load in expr.loads.values():
         if load.buffer.ndim == 0:
             continue
@@ -321,7 +350,7 @@ def _emit_reduce(em, step, allocated, loop):
         _emit_stmts(em, body, out.dtype)
         em.emit(combine.format(r=_typed(expr.result, out.dtype)))
         em.dedent()
-        em.emit(f"{out.name}[()] = acc")
+        _emit_store(em, step, [])
         return
     if kept and max(step.axes) < max(kept):
         # A kept axis is innermost in memory (e.g. a bias gradient summed over the batch):
@@ -339,6 +368,13 @@ def _emit_reduce(em, step, allocated, loop):
             r = _typed(expr.result, out.dtype)
             em.emit(f"{target} = {r} if {r} > {target} else {target}")
         em.dedent(len(domain))
+        if step.post is not None:  # finish each result in a second pass
+            for k in kept:
+                em.emit(f"for i{k} in range({domain[k]}):")
+                em.indent()
+            em.emit(f"acc = {target}")
+            _emit_store(em, step, kept)
+            em.dedent(len(kept))
         return
     for depth, k in enumerate(kept):
         em.emit(f"for i{k} in {loop if depth == 0 else 'range'}({domain[k]}):")
@@ -351,9 +387,20 @@ def _emit_reduce(em, step, allocated, loop):
     _emit_stmts(em, body, out.dtype)
     em.emit(combine.format(r=_typed(expr.result, out.dtype)))
     em.dedent(len(step.axes))
-    index = ", ".join(f"i{k}" for k in kept) if kept else "()"
-    em.emit(f"{out.name}[{index}] = acc")
+    _emit_store(em, step, kept)
     em.dedent(len(kept))
+
+
+def _emit_store(em, step, kept):
+    """out[kept index] = acc, or the step's `post` expression of acc."""
+    out, post = step.out, step.post
+    index = ", ".join(f"i{k}" for k in kept) if kept else "()"
+    if post is None:
+        em.emit(f"{out.name}[{index}] = acc")
+        return
+    _emit_loads(em, post, lambda l: ", ".join(l.index) if l.buffer.ndim else "()")
+    _emit_stmts(em, post, out.dtype)
+    em.emit(f"{out.name}[{index}] = {_typed(post.result, out.dtype)}")
 
 
 def _emit_argmax_mask(em, step, allocated):

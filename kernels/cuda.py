@@ -267,6 +267,9 @@ class _Generator:
         out, domain = step.out, step.domain
         kept = [k for k in range(len(domain)) if k not in step.axes]
         bufs = self.expr_buffers(out, step.expr)
+        if step.post is not None:
+            names = {b.name for b in bufs}
+            bufs += [b for b in self.expr_buffers(out, step.post) if b.name not in names]
         params = [b.name for b in bufs] + self.dims
         dtype = out.dtype
         init = f"numba.{dtype}(0)" if step.kind == "sum" else f"numba.{dtype}(-math.inf)"
@@ -300,7 +303,13 @@ class _Generator:
         em.emit("half //= 2")
         em.dedent()
         em.emit("if tid == 0:")
-        em.emit(f"    {_index(out, [f'i{k}' for k in kept])} = cache[0]")
+        em.indent()
+        em.emit("acc = cache[0]")
+        if step.post is not None:
+            self.emit_expr(em, step.post, dtype)
+        result = "acc" if step.post is None else _typed(step.post.result, dtype)
+        em.emit(f"{_index(out, [f'i{k}' for k in kept])} = {result}")
+        em.dedent()
         em.emit("cuda.syncthreads()  # cache is reused by this block's next output element")
         self.add_kernel(name, params, em.lines)
         self.signature(name, bufs, len(self.dims))

@@ -6,6 +6,8 @@ Shapes are tuples whose entries are ints or dim-variable names (strings such as 
 from the input arrays at run time. Scalar expressions are Python expression strings over
 loop-local variables, using only arithmetic, comparisons, conditional expressions and the
 functions exp, log, log1p, sqrt, tanh, abs, max, min; `T(...)` converts to the step's dtype.
+The loop indices i0, i1, ... (one per axis of the step's loop nest: the output's axes for an
+elementwise step, the domain's for a reduction) are loop-local integers too.
 Both the CPU (numba.njit) and the GPU (numba.cuda) generators accept that language.
 """
 from dataclasses import dataclass, field
@@ -54,13 +56,17 @@ class Elementwise:
 
 @dataclass
 class Reduce:
-    """out = reduce(kind, expr over `domain`, axes) with out shaped keepdims=False over axes."""
+    """out = reduce(kind, expr over `domain`, axes) with out shaped keepdims=False over axes.
+    With `post`, each result is finished as it is stored: out = post, an expression over
+    `acc` (the reduction) and loads at the output's index (the loop variables of the
+    domain's kept axes, e.g. i1 when axis 0 is reduced)."""
     out: Buffer
     expr: ScalarExpr
     domain: Tuple[Dim, ...]
     axes: Tuple[int, ...]
     kind: str                          # sum | max
     comment: str = ""
+    post: Optional[ScalarExpr] = None
 
 
 @dataclass
@@ -127,6 +133,8 @@ class Program:
 
 def step_reads(step):
     """The buffers a step reads."""
+    if isinstance(step, Reduce) and step.post is not None:
+        return [load.buffer for e in (step.expr, step.post) for load in e.loads.values()]
     if isinstance(step, (Elementwise, Reduce)):
         return [load.buffer for load in step.expr.loads.values()]
     if isinstance(step, ArgmaxMask):

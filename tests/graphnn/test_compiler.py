@@ -127,6 +127,43 @@ def test_cpu_feed_errors_are_raised_before_running():
     np.testing.assert_array_equal(W.value, before)
 
 
+def test_cpu_feed_errors_after_the_first_call_are_raised_before_running():
+    # After the first call, well-typed feeds take the lean path: their shapes are checked
+    # by the generated program before any step, and the full check names the bad feed.
+    step, (W, b) = training_step()
+    step(x=np.ones((2, 3), np.float32), y=np.array([0, 1]))
+    before = W.value.copy()
+    for feeds, name in [({"x": np.ones((2, 5), np.float32), "y": np.array([0, 1])}, "'x'"),
+                        ({"x": np.ones((2, 3), np.float32), "y": np.array([0, 1, 2])}, "'y'"),
+                        ({"x": np.ones((0, 3), np.float32), "y": np.array([], int)}, "empty"),
+                        ({"x": np.ones((2, 3), np.float32), "z": np.array([0, 1])}, "'z'")]:
+        with pytest.raises(gn.FeedError, match=name):
+            step(**feeds)
+    np.testing.assert_array_equal(W.value, before)
+    # other dtypes, layouts and read-only arrays take the full path and give the same loss
+    x, y = np.arange(6, dtype=np.float32).reshape(2, 3) / 6, np.array([0, 2])
+    W.value, b.value = before, np.zeros(4, np.float32)
+    expected = float(step(x=x, y=y))
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    for feeds in [{"x": x.astype(np.float64), "y": y}, {"x": np.asfortranarray(x), "y": y},
+                  {"x": read_only, "y": y.astype(np.int32)}, {"x": x.tolist(), "y": y}]:
+        W.value, b.value = before, np.zeros(4, np.float32)
+        assert float(step(**feeds)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_cpu_calls_see_new_parameter_arrays():
+    step, (W, b) = training_step()
+    x, y = np.ones((2, 3), np.float32), np.array([0, 1])
+    step(x=x, y=y)
+    W.value = np.zeros((3, 4), np.float32)
+    b.value = np.zeros(4, np.float32)
+    assert float(step(x=x, y=y)) == pytest.approx(np.log(4), rel=1e-6)  # uniform softmax
+    assert np.abs(W.value).sum() > 0  # updated in the new array
+    with pytest.raises(gn.ShapeError):
+        W.value = np.zeros((4, 4), np.float32)
+
+
 def test_float32_graph_has_no_float64_arithmetic(tmp_path, monkeypatch):
     monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))  # a fresh compile to inspect
     x = gn.input("x", (None, 4))
