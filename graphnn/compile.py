@@ -11,7 +11,7 @@ import numpy as np
 
 from . import shapes as S
 from .errors import BackendError, GraphError, NumericalError, user_location
-from .feeds import FeedChecker
+from .feeds import FeedChecker, label_bounds
 from .graph import Graph, as_node_list
 from .node import Node
 from .registry import OPS
@@ -89,7 +89,8 @@ class CompiledFunction:
                 self.state_nodes.append(t)
         Graph._check_unique_names(self.state_nodes, "parameter")
         self.check_finite = check_finite
-        self.feeds = FeedChecker(self.graph.inputs, self.state_nodes)
+        self.feeds = FeedChecker(self.graph.inputs, self.state_nodes,
+                                 label_bounds(self.graph.nodes))
         self.stats = {"backend": self.backend, "nodes": len(self.graph.nodes)}
         self._state_shapes = {id(p): p.shape for p in self.state_nodes}
         self._state_versions = None

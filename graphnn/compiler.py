@@ -33,6 +33,9 @@ def lower_graph(compiled, optimize_graph=True):
     opt_updates = [(p, v) for (p, _), v in zip(compiled.update_pairs, roots[n_out:])]
     compiled.program, lowering = lower(roots, compiled.graph.inputs, compiled.state_nodes,
                                        compiled.optimized_outputs, opt_updates)
+    compiled.program.index_checks = [
+        (k, compiled.feeds.bounds[n.name][0]) for k, n in enumerate(compiled.graph.inputs)
+        if n.name in compiled.feeds.bounds]
     compiled.kernels = [{"name": f"step {k}: {type(step).__name__.lower()}",
                          "nodes": nodes, "buffer": step.out.name}
                         for k, (step, nodes) in enumerate(zip(lowering.steps,
@@ -137,7 +140,8 @@ class CpuFunction(CompiledFunction):
                 try:
                     results = self._entry(*arrays, *self._tail)
                 except ValueError as exc:
-                    if str(exc) != cpu_codegen.SHAPE_MISMATCH:
+                    if str(exc) not in (cpu_codegen.SHAPE_MISMATCH,
+                                        cpu_codegen.INDEX_OUT_OF_RANGE):
                         raise
                     self.feeds.check(feeds)  # raises FeedError naming the bad feed
                     raise

@@ -16,10 +16,26 @@ from . import shapes as S
 from .errors import FeedError, user_location
 
 
+def label_bounds(nodes):
+    """{input name: (classes, loss node)} for the integer inputs that are the labels of a
+    softmax cross-entropy: their values must lie in [0, classes). (Compiled code reads the
+    logits at the label, so a label out of range is refused, never silently read.)"""
+    bounds = {}
+    for node in nodes:
+        if node.op == "softmax_cross_entropy":
+            labels = node.inputs[1]
+            classes = S.resolve(node.inputs[0].sym_shape[1])
+            if labels.op == "input" and labels.dtype.kind in "iu" and isinstance(classes, int):
+                if labels.name not in bounds or classes < bounds[labels.name][0]:
+                    bounds[labels.name] = (classes, node)
+    return bounds
+
+
 class FeedChecker:
-    def __init__(self, inputs, params=()):
+    def __init__(self, inputs, params=(), bounds=None):
         self.inputs = list(inputs)
         self.params = {p.name: p for p in params}
+        self.bounds = dict(bounds or {})
         self.by_name = {n.name: n for n in self.inputs}
         self._fast = [(n.name, n.dtype, n.ndim, tuple(S.resolve(d) for d in n.sym_shape))
                       for n in self.inputs]
@@ -43,6 +59,9 @@ class FeedChecker:
                         return None
                 elif size == 0 or sizes.setdefault(dim, size) != size:
                     return None
+            if name in self.bounds and a.size and \
+                    (a.min() < 0 or a.max() >= self.bounds[name][0]):
+                return None
             arrays.append(a)
         return arrays
 
@@ -98,6 +117,12 @@ class FeedChecker:
                 fail(f"has shape {array.shape}: axis {axis} is {size}, {problem}")
         if array.dtype != node.dtype or not array.flags.c_contiguous:
             array = np.array(array, dtype=node.dtype, order="C", copy=None)
+        if node.name in self.bounds and array.size:
+            classes, loss = self.bounds[node.name]
+            low, high = array.min(), array.max()
+            if low < 0 or high >= classes:
+                fail(f"holds labels from {low} to {high}; {loss.label()} needs labels in "
+                     f"[0, {classes})")
         if check_finite and kind == "f" and not np.isfinite(array).all():
             bad = np.argwhere(~np.isfinite(array))[0]
             fail(f"holds {array[tuple(bad)]} at index {tuple(int(i) for i in bad)} "

@@ -26,6 +26,8 @@ from .windows import HELPERS
 GENERATOR_VERSION = "cpu-6"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
+# ... and when an integer input holds a value outside its index range (program.index_checks).
+INDEX_OUT_OF_RANGE = "graphnn: an index input holds a value outside its range"
 INLINE_SITES = 8  # see generate()
 # fastmath without nnan/ninf: NaN and Inf keep their meaning (see docs/ARCHITECTURE.md)
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"
@@ -176,6 +178,11 @@ def _program_body(program, parallel):
         em.indent()
         em.emit(f"raise ValueError({SHAPE_MISMATCH!r})")
         em.dedent()
+    for index, bound in program.index_checks:
+        name = program.inputs[index].name
+        em.emit(f"for v in {name}.reshape(-1):")
+        em.emit(f"    if v < 0 or v >= {int(bound)}:")
+        em.emit(f"        raise ValueError({INDEX_OUT_OF_RANGE!r})")
     allocated = set(b.name for b in program.inputs + program.states + program.consts)
     loop = "prange" if parallel else "range"
     for number, step in enumerate(program.steps):

@@ -470,3 +470,18 @@ def test_check_finite_names_the_node():
                               f"(check_finite=True; call at {call})")
     with pytest.raises(gn.FeedError, match=r"feed 'x' .*holds nan at index \(1,\)"):
         f(x=np.array([1.0, np.nan]))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "cuda"])
+def test_labels_outside_the_classes_are_refused_on_every_backend(backend):
+    x = gn.input("x", (None, 3))
+    y = gn.input("y", (None,), dtype="int64")
+    step = gn.compile(gn.softmax_cross_entropy(x, y), backend=backend)
+    X = np.zeros((2, 3), np.float32)
+    for _ in range(3):  # the cpu back end takes its lean path from the second call on
+        assert float(step(x=X, y=np.array([0, 2]))) == pytest.approx(np.log(3), rel=1e-6)
+    for bad, shown in (([0, 3], "from 0 to 3"), ([-1, 1], "from -1 to 1")):
+        with pytest.raises(gn.FeedError, match=r"feed 'y' .*holds labels " + shown +
+                           r"; softmax_cross_entropy.* needs labels in \[0, 3\) "
+                           r"\(call at .*test_errors.py:\d+\)"):
+            step(x=X, y=np.array(bad))
