@@ -22,7 +22,10 @@ Timing: warm-up rounds, then rounds in which every mode runs one step, in turn
 --budget seconds per workload. The table shows medians, the interquartile range, and the
 speed-up over eager as the median of the per-round ratios. References timed in the same
 rounds: `np.copyto` on the same array for the elementwise chains (memory bandwidth), and the
-step's matmuls alone in one @njit function for the MLPs (the BLAS floor).
+step's matmuls alone in one @njit function for the MLPs (the BLAS floor). One step between
+steps of other modes finds its code and data evicted from the caches; a training loop runs
+the same step back to back. So each workload is also timed "in a training loop": rounds in
+which every mode runs 10 steps back to back (interleaved as before, up to half the budget).
 
 Compile time is apart from step time: "cold" is the first build and call of the cpu mode in
 this process, with an empty cache directory (a fresh temporary one unless --cache-dir);
@@ -601,6 +604,8 @@ def run_workload(name, modes, repeat=200, budget=20.0, warmup=3, subprocess_info
         for m in ok:
             ratios = [e / t for e, t in zip(times["eager"], times[m])]
             row["modes"][m]["speedup_vs_eager"] = statistics.median(ratios)
+    if LOOP_BLOCK > 1 and ok:
+        _time_in_a_loop(row, [(m, runners[m].step) for m in ok], repeat, budget)
     if model.eltwise and "np.copyto" in row["references"]:
         copy_s = row["references"]["np.copyto"]["median_s"]
         nbytes = 2 * model.feeds["x"].nbytes  # one read and one write of the array
@@ -621,6 +626,33 @@ def run_workload(name, modes, repeat=200, budget=20.0, warmup=3, subprocess_info
             row["modes"][m]["new_process"] = info
     log(format_row(row))
     return row
+
+
+LOOP_BLOCK = 10  # steps run back to back per mode and round in the training-loop timing
+
+
+def _time_in_a_loop(row, calls, repeat, budget):
+    """The same modes timed as a training loop runs them: each round, every mode runs
+    LOOP_BLOCK steps back to back (its code and data stay in the caches between steps), and
+    the rounds interleave the modes as before. Per-step medians and per-round ratios."""
+    times = {key: [] for key, _ in calls}
+    started = time.perf_counter()
+    for r in range(max(repeat // LOOP_BLOCK, 3)):
+        for key, fn in calls:
+            t0 = time.perf_counter()
+            for _ in range(LOOP_BLOCK):
+                fn()
+            times[key].append((time.perf_counter() - t0) / LOOP_BLOCK)
+        if r >= 2 and time.perf_counter() - started > budget / 2:
+            break
+    row["loop_block"] = LOOP_BLOCK
+    row["loop_rounds"] = len(times[calls[0][0]])
+    for key, samples in times.items():
+        entry = row["modes"][key]
+        entry["loop_median_s"] = statistics.median(samples)
+        if "eager" in times:
+            entry["loop_speedup_vs_eager"] = statistics.median(
+                e / t for e, t in zip(times["eager"], samples))
 
 
 def _rss_kib(field):
@@ -723,6 +755,14 @@ def format_row(row):
         lines.append(f"  {m:14s} median {_fmt_time(r['median_s']):>10s}  IQR "
                      f"[{_fmt_time(r['q1_s'])} .. {_fmt_time(r['q3_s'])}]  {ratio}  "
                      f"loss/out {r['first_value']:.6g}, {r['second_value']:.6g} {check}{extra}")
+    loops = [(m, r) for m, r in row["modes"].items() if "loop_median_s" in r]
+    if loops:
+        lines.append(f"  in a training loop ({row['loop_block']} steps back to back per mode "
+                     f"and round, {row['loop_rounds']} rounds): " + ", ".join(
+                         f"{m} {_fmt_time(r['loop_median_s'])}"
+                         + (f" ({r['loop_speedup_vs_eager']:.1f}x)"
+                            if "loop_speedup_vs_eager" in r and m != "eager" else "")
+                         for m, r in loops))
     for name, r in row["references"].items():
         lines.append(f"  {name:14s} median {_fmt_time(r['median_s']):>10s}  ({r['description']})")
     if "bandwidth" in row:
@@ -768,8 +808,9 @@ def format_table(result):
         for m, r in row["modes"].items():
             if m not in modes and r["status"] == "ok":
                 modes.append(m)
-    lines = ["| workload | " + " | ".join(modes) + " | reference | cpu compile cold / warm |",
-             "|---|" + "---|" * len(modes) + "---|---|"]
+    lines = ["| workload | " + " | ".join(modes) + " | reference | cpu in a training loop "
+             "| cpu compile cold / warm |",
+             "|---|" + "---|" * len(modes) + "---|---|---|"]
     for row in result["workloads"]:
         cells = []
         for m in modes:
@@ -784,6 +825,11 @@ def format_table(result):
                 cell += " DIFFERS"
             cells.append(cell)
         cpu = row["modes"].get("cpu", {})
+        loop = "–"
+        if "loop_median_s" in cpu:
+            loop = _fmt_time(cpu["loop_median_s"])
+            if "loop_speedup_vs_eager" in cpu:
+                loop += f" ({cpu['loop_speedup_vs_eager']:.1f}x)"
         comp = "–"
         if cpu.get("status") == "ok":
             comp = f"{cpu['compile']['total_s']:.2f} s"
@@ -792,7 +838,8 @@ def format_table(result):
                 comp += f" / {n['warm_total_s']:.2f} s"
         ref = ", ".join(f"{k} {_fmt_time(r['median_s'])}" for k, r in row["references"].items()
                         if "median_s" in r) or "–"
-        lines.append(f"| {row['workload']} | " + " | ".join(cells) + f" | {ref} | {comp} |")
+        lines.append(f"| {row['workload']} | " + " | ".join(cells)
+                     + f" | {ref} | {loop} | {comp} |")
     skipped = {}
     for row in result["workloads"]:
         for m, r in row["modes"].items():
@@ -871,6 +918,7 @@ def check_schema(result):
                     "modes": {mode: {"status": "ok", "median_s", "min_s", "max_s", "q1_s",
                                      "q3_s", "samples", "first_value", "second_value",
                                      "agrees", "compile": {...}, ["speedup_vs_eager"],
+                                     ["loop_median_s", "loop_speedup_vs_eager"],
                                      ["new_process"]}
                                    | {"status": "skipped" | "failed", "reason"}},
                     "references": {name: {"description", "median_s", ...}},
@@ -911,8 +959,9 @@ def check_schema(result):
             need(need(r, "compile", dict, w), "total_s", number, w + ".compile")
             if not r["min_s"] <= r["median_s"] <= r["max_s"]:
                 raise ValueError(f"{w}: median outside [min, max]")
-            if "speedup_vs_eager" in r:
-                need(r, "speedup_vs_eager", number, w)
+            for key in ("speedup_vs_eager", "loop_median_s", "loop_speedup_vs_eager"):
+                if key in r:
+                    need(r, key, number, w)
         for name, r in row["references"].items():
             need(r, "description", str, f"{where}.references.{name}")
             need(r, "median_s", number, f"{where}.references.{name}")

@@ -54,6 +54,11 @@ def test_modes_agree_and_schema_holds(tiny):
         assert r["status"] == "ok" and r["agrees"] is True
         assert r["first_value"] != r["second_value"]  # the update changed the loss
         assert r["samples"] == row["rounds"] >= 1
+        assert r["loop_median_s"] > 0 and r["loop_speedup_vs_eager"] > 0
+    assert row["loop_block"] == bench.LOOP_BLOCK and row["loop_rounds"] >= 3
+    assert row["modes"]["eager"]["loop_speedup_vs_eager"] == 1.0
+    assert "in a training loop (10 steps back to back" in bench.format_row(row)
+    assert "cpu in a training loop" in bench.format_table(result)
     assert row["modes"]["eager"]["first_value"] == pytest.approx(
         row["modes"]["numpy"]["first_value"], rel=1e-5)
     assert "matmuls only" in row["references"]
