@@ -157,7 +157,9 @@ class CpuFunction(CompiledFunction):
         self._tail = [s.value for s in self._states] + self._const_arrays
         signature = tuple(numba.typeof(a) for a in arrays + self._tail)
         compiled = self._fn.overloads.get(signature)
-        self._entry = compiled.entry_point if compiled is not None else self._fn
+        # (Numba's compiled overloads expose their entry point; any other case uses the
+        # dispatcher, which types the arguments itself)
+        self._entry = getattr(compiled, "entry_point", None) or self._fn
         self._epoch = ValueState.epoch
 
     def _run(self, arrays, binding):
