@@ -206,6 +206,12 @@ CASES = [
         f = gn.compile(gn.mean(x), backend="cpu")
         f(x=np.ones((0, 3)))
      """, gn.FeedError, ["'x'"]),
+    (None, "a label outside the classes of a softmax cross-entropy", """
+        x = gn.input("x", (None, 3))
+        y = gn.input("y", (None,), dtype="int64")
+        f = gn.compile(gn.softmax_cross_entropy(x, y), backend="cpu")
+        f(x=np.ones((2, 3)), y=np.array([0, 3]))
+     """, gn.FeedError, ["'y'", "[0, 3)"]),
     (None, "float labels into an integer input", """
         y = gn.input("y", (None,), dtype="int64")
         f = gn.compile(y * 2, backend="cpu")
