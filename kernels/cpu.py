@@ -23,7 +23,7 @@ from . import blas, ir
 from .approx import APPROXIMATIONS
 from .windows import HELPERS
 
-GENERATOR_VERSION = "cpu-6"
+GENERATOR_VERSION = "cpu-7"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).
@@ -108,6 +108,19 @@ class _Emitter:
     def __init__(self):
         self.lines = []
         self.depth = 1
+        self.flat = set()  # buffers whose flat view `<name>_f` exists in the function body
+
+    def flat_views(self, buffers):
+        """Define `<name>_f`, a 1-D view of each buffer (the buffer itself when it is 1-D),
+        unless the function body already has it: a buffer's memory never changes within a
+        call, and Numba compiles each reshape anew, so one per buffer keeps compile time
+        down."""
+        for name, ndim in sorted({(b.name, b.ndim) for b in buffers}):
+            if name in self.flat:
+                continue
+            self.emit(f"{name}_f = {name}" + (".reshape(-1)" if ndim > 1 else ""))
+            if self.depth == 1:
+                self.flat.add(name)
 
     def emit(self, line):
         self.lines.append("    " * self.depth + line)
@@ -314,9 +327,7 @@ def _emit_elementwise(em, step, allocated, loop):
         em.emit(f"{out.name}[()] = {_typed(expr.result, out.dtype)}")
         return
     if _flat_ok(body, out.shape):
-        flat = {b.name for b in [out] + [l.buffer for l in arrays.values()]}
-        for name in sorted(flat):
-            em.emit(f"{name}_f = {name}.reshape(-1)")
+        em.flat_views([out] + [l.buffer for l in arrays.values()])
         em.emit(f"for k in {loop}({out.name}_f.size):")
         em.indent()
         _emit_loads(em, body, lambda l: "k", "_f")
@@ -347,8 +358,7 @@ def _emit_reduce(em, step, allocated, loop):
     arrays = {v: l for v, l in expr.loads.items() if l.buffer.ndim != 0}
     body = ir.ScalarExpr(arrays, expr.stmts, expr.result)
     if not kept and _flat_ok(body, domain):
-        for name in sorted({l.buffer.name for l in arrays.values()}):
-            em.emit(f"{name}_f = {name}.reshape(-1)")
+        em.flat_views([l.buffer for l in arrays.values()])
         em.emit(f"acc = {_typed(init, out.dtype)}")
         size = " * ".join(str(d) for d in domain) or "1"
         em.emit(f"for k in range({size}):")
