@@ -1,9 +1,9 @@
 """An MLP reads handwritten digits: 64 pixels -> 128 relu units -> 10 classes.
 
-The data are scikit-learn's 8x8 digits (no download), split 80/20 per class with a fixed
-seed. The model is two `gn.nn.Dense` layers; loss and accuracy are graph nodes compiled with
-Adam's update graph into ONE training step, and `gn.fit` runs it over mini-batches with a
-progress bar. The test accuracy reaches at least 95 %.
+The data are the 8x8 handwritten digits shipped with graphnn (no download), split 80/20
+per class with a fixed seed. The model is two `gn.nn.Dense` layers; loss and accuracy are
+graph nodes compiled with Adam's update graph into ONE training step, and `gn.fit` runs it
+over mini-batches with a progress bar. The test accuracy reaches at least 95 %.
 
 Writes out/mlp_digits/: graph.png (the forward graph, Netron style), graph_grad.png (forward
 and derivative graph), curves.png (loss and accuracy per epoch), predictions.png (test

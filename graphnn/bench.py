@@ -480,18 +480,21 @@ def _matmuls_fn():
     if _MATMULS is None:
         from numba import njit
 
+        from kernels.blas import GEMM
+
         @njit(cache=False)
         def matmuls(x, Ws, hs, gs, dWs, train):
+            one, zero = np.float32(1), np.float32(0)
             n = len(Ws)
-            np.dot(x, Ws[0], hs[0])
+            GEMM(False, False, one, x, Ws[0], zero, hs[0])
             for k in range(1, n):
-                np.dot(hs[k - 1], Ws[k], hs[k])
+                GEMM(False, False, one, hs[k - 1], Ws[k], zero, hs[k])
             if train:
                 for k in range(n - 1, -1, -1):
                     inp = x if k == 0 else hs[k - 1]
-                    np.dot(inp.T, gs[k], dWs[k])
+                    GEMM(True, False, one, inp, gs[k], zero, dWs[k])
                     if k > 0:
-                        np.dot(gs[k], Ws[k].T, gs[k - 1])
+                        GEMM(False, True, one, gs[k], Ws[k], zero, gs[k - 1])
         _MATMULS = matmuls
     return _MATMULS
 
@@ -516,7 +519,7 @@ def _references(model):
         count = len(Ws) * (3 if train else 1) - (1 if train else 0)
         refs["matmuls only"] = (lambda: fn(x, Ws, hs, gs, dWs, train),
                                 f"the step's {count} matmuls alone in one @njit function "
-                                "(np.dot into preallocated arrays): the BLAS floor")
+                                "(gemm into preallocated arrays): the BLAS floor")
     return refs
 
 
@@ -971,11 +974,9 @@ def check_schema(result):
 
 
 def _blas_threads():
-    try:
-        from threadpoolctl import threadpool_info
-        return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
-    except Exception:  # pragma: no cover - threadpoolctl missing or failing
-        return os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    from kernels import blas
+    count = blas.threads()
+    return os.environ.get("OPENBLAS_NUM_THREADS", "unset") if count is None else count
 
 
 def _cpu_name():
@@ -1005,15 +1006,14 @@ def environment():
 
 
 def _limit_threads(threads):
-    """BLAS threads (numpy's and Numba/scipy's OpenBLAS alike) and PyTorch's."""
+    """BLAS threads (numpy's OpenBLAS, shared by eager and compiled steps) and PyTorch's."""
     if not threads:
         env = os.environ.get("OPENBLAS_NUM_THREADS")
         threads = int(env) if env and env.isdigit() else None
     if not threads:
         return
-    with contextlib.suppress(ImportError):
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(threads)
+    from kernels import blas
+    blas.set_threads(threads)  # numpy's OpenBLAS, which graphnn's compiled matmuls call too
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
 

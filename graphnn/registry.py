@@ -138,6 +138,11 @@ def apply(opname, args, attrs=None, name=None):
     if graph_mode:
         nodes = [a if isinstance(a, Node) else as_const(a, dtype if s.weak else None)
                  for a, s in zip(args, specs)]
+        if opdef.kind in ("matmul", "window"):
+            # Their kernels (BLAS gemm, conv loops) take operands of one dtype: as NumPy
+            # promotes, the narrower operand is cast to the result's dtype first.
+            nodes = [n if n.dtype == dtype else apply("cast", (n,), {"dtype": dtype.name})
+                     for n in nodes]
         folded = _fold_scalar_constants(opdef, nodes, attrs, sym_shape, dtype, name)
         if folded is None:
             folded = _identity(opname, nodes, sym_shape, dtype, name)

@@ -3,14 +3,21 @@
 `np.dot(a, b, out)` inside Numba always computes out = a @ b. gemm's two scalars let one
 BLAS call also scale the product and add it to what `c` holds, so an SGD step
 W - lr * (x.T @ delta) becomes a single sgemm that accumulates into W: no product buffer
-and no second pass over W. The call goes to Numba's own BLAS entry point (`numba_xxgemm`,
-the one `np.dot` uses, backed by scipy's BLAS), declared by symbol name, so compiled code
-stays cacheable.
+and no second pass over W.
 
-The CPU generator copies this source into each generated module (so a cached module never
-depends on this file); imported from here the functions run as they are, for tests.
+The call goes to the CBLAS that numpy itself links (numpy's wheels bundle OpenBLAS), so a
+process holds one BLAS and one BLAS thread pool whether it runs numpy or compiled code, and
+no scipy is needed. Compiled code calls it by a fixed symbol name, `graphnn_cblas_sgemm`
+(or `_dgemm`), that `register` points at numpy's function in each process before compiled
+code loads; the address is never written into compiled code, so modules stay cacheable.
+
+The CPU generator copies `_cblas_gemm` and `gemm` into each generated module (so a cached
+module never depends on this file's code); imported from here they run as they are, for
+tests and for the benchmark's BLAS floor.
 """
-from llvmlite import ir as _llir
+import ctypes
+
+from llvmlite import binding as _llvm, ir as _llir
 from numba import njit
 from numba.core import cgutils as _cgutils, types as _types
 from numba.extending import intrinsic
@@ -18,43 +25,123 @@ from numba.extending import intrinsic
 # What the copied source needs at the top of a generated module.
 IMPORTS = ["from llvmlite import ir as _llir",
            "from numba.core import cgutils as _cgutils, types as _types",
-           "from numba.extending import intrinsic"]
+           "from numba.extending import intrinsic",
+           "from kernels.blas import register as _register_cblas"]
+
+_CBLAS_SYMBOL = "graphnn_cblas_{}gemm"  # {} is s (float32) or d (float64)
+
+# The CBLAS names a numpy build may export, with the width of their integer arguments:
+# numpy's wheels carry scipy-openblas64 (64-bit integers, prefixed names); other builds
+# (Debian, conda, Accelerate) link a plain CBLAS with 32-bit integers.
+_FLAVOURS = (("scipy_cblas_{}gemm64_", 64), ("cblas_{}gemm64_", 64),
+             ("scipy_cblas_{}gemm", 32), ("cblas_{}gemm", 32))
+_THREAD_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                   "openblas_set_num_threads64_", "openblas_set_num_threads")
+_THREAD_GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                   "openblas_get_num_threads64_", "openblas_get_num_threads")
+_found = []
+
+
+class BlasNotFound(ImportError):
+    pass
+
+
+def _numpy_blas():
+    """(library handle, name pattern, integer bits) of the CBLAS numpy links."""
+    if not _found:
+        try:
+            from numpy._core import _multiarray_umath as core
+        except ImportError:  # numpy 1.x
+            from numpy.core import _multiarray_umath as core
+        library = ctypes.CDLL(core.__file__)  # looking names up here also searches its BLAS
+        for pattern, bits in _FLAVOURS:
+            if all(hasattr(library, pattern.format(t)) for t in "sd"):
+                _found.append((library, pattern, bits))
+                break
+        else:
+            raise BlasNotFound(
+                "graphnn's cpu back end multiplies matrices with the BLAS that numpy links "
+                "(cblas_sgemm), and this numpy exports none; install numpy from PyPI, whose "
+                "wheels bundle OpenBLAS")
+    return _found[0]
+
+
+def integer_bits():
+    """Width of the BLAS integer arguments (64 for numpy's wheels), or None without BLAS."""
+    try:
+        return _numpy_blas()[2]
+    except BlasNotFound:
+        return None
+
+
+def register(symbol=_CBLAS_SYMBOL, bits=64):
+    """Point `symbol` (s and d) at numpy's sgemm and dgemm in this process. Compiled code
+    generated for `bits`-wide BLAS integers calls them by that name."""
+    library, pattern, found = _numpy_blas()
+    if found != bits:
+        raise BlasNotFound(f"compiled code expects a BLAS with {bits}-bit integers; numpy's "
+                           f"has {found}-bit integers")
+    for t in "sd":
+        address = ctypes.cast(getattr(library, pattern.format(t)), ctypes.c_void_p).value
+        _llvm.add_symbol(symbol.format(t), address)
+
+
+def _function(names):
+    library = _numpy_blas()[0]
+    return next((getattr(library, n) for n in names if hasattr(library, n)), None)
+
+
+def set_threads(n):
+    """Set the thread count of numpy's OpenBLAS, where graphnn's matmuls run too; False
+    when this BLAS has no such control."""
+    setter = _function(_THREAD_SETTERS)
+    if setter is not None:
+        setter(ctypes.c_int(int(n)))
+    return setter is not None
+
+
+def threads():
+    """The thread count of numpy's OpenBLAS, or None when this BLAS does not tell."""
+    getter = _function(_THREAD_GETTERS)
+    return None if getter is None else int(getter())
+
+
+_CBLAS_BITS = integer_bits() or 64
 
 
 @intrinsic
-def _xxgemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    # Column-major BLAS gemm on C-contiguous float arrays of one dtype (alpha, beta too).
+def _cblas_gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    # Row-major CBLAS gemm on C-contiguous float arrays of one dtype (alpha, beta too).
     arrays = (a, b, c)
     if not all(isinstance(x, _types.Array) and x.layout == "C" for x in arrays) or \
             len({x.dtype for x in arrays} | {alpha, beta}) != 1 or \
             a.dtype not in (_types.float32, _types.float64):
         return None
-    sig = _types.intc(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    sig = _types.void(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
     def codegen(context, builder, signature, args):
-        char = _llir.IntType(8)
-        intp = context.get_value_type(_types.intp)
-        vp = _cgutils.voidptr_t
-        fnty = _llir.FunctionType(_llir.IntType(32), [char, char, char, intp, intp, intp, vp,
-                                                      vp, intp, vp, intp, vp, vp, intp])
-        fn = _cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
         tys = signature.args
+        real = context.get_value_type(tys[6].dtype)
+        enum, blasint = _llir.IntType(32), _llir.IntType(_CBLAS_BITS)
+        int_type = _types.int64 if _CBLAS_BITS == 64 else _types.int32
+        fnty = _llir.FunctionType(_llir.VoidType(), [
+            enum, enum, enum, blasint, blasint, blasint, real, real.as_pointer(), blasint,
+            real.as_pointer(), blasint, real, real.as_pointer(), blasint])
+        kind = "s" if tys[6].dtype == _types.float32 else "d"
+        fn = _cgutils.get_or_insert_function(builder.module, fnty, _CBLAS_SYMBOL.format(kind))
 
         def data(i):
             array = context.make_array(tys[i])(context, builder, args[i])
-            return builder.bitcast(array.data, vp)
+            return builder.bitcast(array.data, real.as_pointer())
 
-        def slot(i):
-            return builder.bitcast(_cgutils.alloca_once_value(builder, args[i]), vp)
+        def integer(i, to=int_type):
+            return context.cast(builder, args[i], tys[i], to)
 
-        def integer(i):
-            return context.cast(builder, args[i], tys[i], _types.intp)
-
-        kind = _llir.Constant(char, ord("s" if tys[6].dtype == _types.float32 else "d"))
-        return builder.call(fn, (kind, builder.trunc(integer(0), char),
-                                 builder.trunc(integer(1), char), integer(2), integer(3),
-                                 integer(4), slot(5), data(6), integer(7), data(8),
-                                 integer(9), slot(10), data(11), integer(12)))
+        row_major = _llir.Constant(enum, 101)
+        builder.call(fn, (row_major, integer(0, _types.int32), integer(1, _types.int32),
+                          integer(2), integer(3), integer(4), args[5], data(6), integer(7),
+                          data(8), integer(9), args[10], data(11), integer(12)))
+        return context.get_dummy_value()
     return sig, codegen
 
 
@@ -71,12 +158,11 @@ def gemm(trans_a, trans_b, alpha, a, b, beta, c):
             for j in range(n):
                 c[i, j] = beta * c[i, j] if beta != 0 else 0
         return
-    # Row-major c = op(a) @ op(b) is column-major c.T = op(b).T @ op(a).T: the same memory
-    # read with the operands swapped; each leading dimension is the physical row length.
-    status = _xxgemm(84 if trans_b else 78, 84 if trans_a else 78, n, m, k, alpha,
-                     b, b.shape[1], a, a.shape[1], beta, c, n)
-    if status != 0:
-        raise RuntimeError("BLAS gemm failed")
+    # 111: as stored, 112: transposed. Each leading dimension is the physical row length.
+    _cblas_gemm(112 if trans_a else 111, 112 if trans_b else 111, m, n, k, alpha,
+                a, a.shape[1], b, b.shape[1], beta, c, n)
 
 
-GEMM = njit(gemm)  # for tests; generated modules get their own copy
+if integer_bits():
+    register(_CBLAS_SYMBOL, _CBLAS_BITS)
+GEMM = njit(gemm)  # for tests and the benchmark; generated modules get their own copy

@@ -23,7 +23,7 @@ from . import blas, ir
 from .approx import APPROXIMATIONS
 from .windows import HELPERS
 
-GENERATOR_VERSION = "cpu-7"
+GENERATOR_VERSION = "cpu-8"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).
@@ -168,9 +168,15 @@ def generate(program, parallel=False, approximate=True):
     for name in helpers_used:
         out += ["", plain, inspect.getsource(HELPERS[name]).rstrip(), ""]
     if any(isinstance(s, ir.Matmul) for s in program.steps):
+        bits = blas.integer_bits()
+        if bits is None:
+            blas.register()  # raises BlasNotFound, which says what to install
         out[3:3] = blas.IMPORTS
-        out += ["", "# matrix products: BLAS gemm with alpha and beta (kernels/blas.py)", "",
-                inspect.getsource(blas._xxgemm).rstrip(), "", "",
+        out += ["", "# matrix products: gemm with alpha and beta in the CBLAS numpy links "
+                "(kernels/blas.py)", f"_CBLAS_BITS = {bits}",
+                f"_CBLAS_SYMBOL = {blas._CBLAS_SYMBOL!r}",
+                "_register_cblas(_CBLAS_SYMBOL, _CBLAS_BITS)", "",
+                inspect.getsource(blas._cblas_gemm).rstrip(), "", "",
                 plain, inspect.getsource(blas.gemm).rstrip(), ""]
     out += ["", deco] + body
     return "\n".join(out) + "\n"

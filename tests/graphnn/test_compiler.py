@@ -314,3 +314,33 @@ def test_no_gemm_accumulation_when_the_old_weights_are_read_later():
         values[backend] = V.value.copy(), W.value.copy()
         np.testing.assert_allclose(V.value, w0, rtol=1e-6)  # V got the OLD W
     np.testing.assert_allclose(values["cpu"][1], values["numpy"][1], rtol=1e-5, atol=1e-7)
+
+
+def test_mixed_float_widths_are_promoted_before_matmul_and_conv():
+    # float32 data and float64 weights: the product is float64 on every back end, as in NumPy
+    x = gn.input("x", (None, 3))
+    W = gn.param("W", np.arange(6.0).reshape(3, 2))
+    y = x @ W
+    assert y.dtype == np.float64 and [i.op for i in y.inputs] == ["cast", "param"]
+    img = gn.input("img", (None, 5, 5, 1))
+    K = gn.param("K", np.linspace(-1, 1, 18).reshape(3, 3, 1, 2))
+    c = gn.conv2d(img, K)
+    assert c.dtype == np.float64
+    loss = gn.sum(y * y) + gn.sum(c * c)
+    grads = gn.grad(loss, [W, K])
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((4, 3)).astype(np.float32),
+             "img": rng.standard_normal((2, 5, 5, 1)).astype(np.float32)}
+    want = gn.compile([y, c] + grads, backend="numpy")(**feeds)
+    got = gn.compile([y, c] + grads, backend="cpu")(**feeds)
+    for w, g in zip(want, got):
+        assert g.dtype == np.float64
+        np.testing.assert_allclose(g, w, rtol=1e-12)
+    exact = feeds["x"].astype(np.float64) @ np.arange(6.0).reshape(3, 2)
+    np.testing.assert_allclose(want[0], exact)
+
+
+def test_integer_matmul_is_refused_when_declared():
+    a = gn.input("a", (2, 3), dtype="int64")
+    with pytest.raises(gn.DTypeError, match="matmul needs float inputs"):
+        a @ np.ones((3, 2), np.int64)

@@ -36,3 +36,42 @@ def test_beta_zero_ignores_what_c_held_and_empty_products_are_zero():
     GEMM(False, False, np.float32(1), np.ones((2, 0), np.float32),
          np.ones((0, 4), np.float32), np.float32(1), kept)
     np.testing.assert_array_equal(kept, np.full((2, 4), 2.0))
+
+
+def test_blas_is_numpys_own_and_its_threads_can_be_set():
+    from kernels import blas
+    assert blas.integer_bits() in (32, 64)
+    before = blas.threads()
+    if before is None:
+        pytest.skip("this BLAS does not report its threads")
+    try:
+        assert blas.set_threads(1) is True
+        assert blas.threads() == 1
+    finally:
+        blas.set_threads(before)
+
+
+def test_code_generated_for_another_blas_integer_width_is_refused():
+    from kernels import blas
+    other = 32 if blas.integer_bits() == 64 else 64
+    with pytest.raises(blas.BlasNotFound, match=f"{other}-bit integers"):
+        blas.register(blas._CBLAS_SYMBOL, other)
+
+
+def test_compiled_matmuls_need_no_scipy(tmp_path):
+    # scipy made unimportable: the cpu back end multiplies with numpy's own BLAS
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import sys; sys.modules['scipy'] = None\n"
+        "import numpy as np, graphnn as gn\n"
+        "x = gn.input('x', (None, 3)); W = gn.param('W', np.arange(6.0).reshape(3, 2))\n"
+        "f = gn.compile(gn.matmul(x, W), backend='cpu')\n"
+        "print(np.asarray(f(x=np.ones((4, 3), np.float32))).tolist())\n"
+        "print('scipy' in sys.modules and sys.modules['scipy'] is not None)\n")
+    env = dict(os.environ, GRAPHNN_CACHE_DIR=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:2] == [str([[6.0, 9.0]] * 4), "False"]
