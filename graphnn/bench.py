@@ -973,6 +973,14 @@ def check_schema(result):
     return True
 
 
+def _blas_description():
+    from kernels import blas
+    try:
+        return blas.describe()
+    except blas.BlasNotFound:
+        return "none found"
+
+
 def _blas_threads():
     from kernels import blas
     count = blas.threads()
@@ -995,7 +1003,7 @@ def environment():
     env = {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
            "numpy": np.__version__, "numba": numba.__version__,
            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
-           "blas_threads": _blas_threads()}
+           "blas_threads": _blas_threads(), "blas": _blas_description()}
     with contextlib.suppress(OSError):
         env["load_average"] = list(os.getloadavg())
     for peer in ("torch", "jax"):
@@ -1034,8 +1042,8 @@ def run(workloads, modes, repeat=200, budget=20.0, warmup=3, subprocess_info=Tru
     env = environment()
     env["numba_import_s"] = numba_import
     log(f"graphnn bench on {env['cpu']} ({env['cores']} cores), numpy {env['numpy']}, "
-        f"numba {env['numba']}, BLAS threads {env['blas_threads']}, load average "
-        f"{env.get('load_average')}")
+        f"numba {env['numba']}, {env['blas']}, BLAS threads {env['blas_threads']}, "
+        f"load average {env.get('load_average')}")
     result = {"schema": SCHEMA, "environment": env,
               "options": {"workloads": list(workloads), "modes": list(modes),
                           "repeat": repeat, "budget_s": budget, "warmup": warmup,

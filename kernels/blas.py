@@ -100,6 +100,17 @@ def set_threads(n):
     return setter is not None
 
 
+def describe():
+    """What numpy's BLAS says of itself (OpenBLAS: version and build), or its flavour."""
+    getter = _function(("scipy_openblas_get_config64_", "scipy_openblas_get_config",
+                        "openblas_get_config64_", "openblas_get_config"))
+    if getter is None:
+        library, pattern, bits = _numpy_blas()
+        return f"{pattern.format('s')} ({bits}-bit integers)"
+    getter.restype = ctypes.c_char_p
+    return getter().decode(errors="replace").strip()
+
+
 def threads():
     """The thread count of numpy's OpenBLAS, or None when this BLAS does not tell."""
     getter = _function(_THREAD_GETTERS)

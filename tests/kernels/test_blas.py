@@ -75,3 +75,9 @@ def test_compiled_matmuls_need_no_scipy(tmp_path):
                          env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[:2] == [str([[6.0, 9.0]] * 4), "False"]
+
+
+def test_the_blas_describes_itself():
+    from kernels import blas
+    text = blas.describe()
+    assert isinstance(text, str) and ("OpenBLAS" in text or "gemm" in text)
