@@ -23,12 +23,13 @@ from . import blas, ir
 from .approx import APPROXIMATIONS
 from .windows import HELPERS
 
-GENERATOR_VERSION = "cpu-8"
+GENERATOR_VERSION = "cpu-9"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).
 INDEX_OUT_OF_RANGE = "graphnn: an index input holds a value outside its range"
 INLINE_SITES = 8  # see generate()
+SHARED_STEPS = 2  # see _program_functions()
 # fastmath without nnan/ninf: NaN and Inf keep their meaning (see docs/ARCHITECTURE.md)
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"
 _T_CALL = re.compile(r"\bT\(")
@@ -105,25 +106,61 @@ def _dtype_src(dtype):
 
 
 class _Emitter:
+    """Lines of one function body, or of one step of it (`for_step`), at an indentation
+    depth; `setup` holds a step's allocations and flat views, which stay in `program`."""
+
     def __init__(self):
         self.lines = []
+        self.setup = []
         self.depth = 1
-        self.flat = set()  # buffers whose flat view `<name>_f` exists in the function body
+        # buffers whose flat view `<name>_f` exists in the function body
+        self.flat = set()
+        # reshape results: name -> the buffer whose memory they view (never itself a view)
+        self.views = {}
+
+    def for_step(self):
+        """An emitter for one step's lines, sharing this one's flat views and views."""
+        em = _Emitter()
+        em.flat, em.views = self.flat, self.views
+        return em
 
     def flat_views(self, buffers):
         """Define `<name>_f`, a 1-D view of each buffer (the buffer itself when it is 1-D),
         unless the function body already has it: a buffer's memory never changes within a
         call, and Numba compiles each reshape anew, so one per buffer keeps compile time
-        down."""
-        for name, ndim in sorted({(b.name, b.ndim) for b in buffers}):
+        down. A reshape result's flat view is that of the buffer it views."""
+        for name, buf in sorted({b.name: b for b in buffers}.items()):
             if name in self.flat:
                 continue
-            self.emit(f"{name}_f = {name}" + (".reshape(-1)" if ndim > 1 else ""))
+            root = self.views.get(name, buf)
+            if root.ndim == 1:
+                view = root.name
+            elif root.name in self.flat:
+                view = f"{root.name}_f"
+            else:
+                view = f"{root.name}.reshape(-1)"
+            self.emit_setup(f"{name}_f = {view}")
             if self.depth == 1:
                 self.flat.add(name)
 
+    def reshape(self, out, src, needed):
+        """Bind `out` to a view of `src` with out's shape. A reshape of a reshape views the
+        first one's buffer directly, with no reshape when its shape is that buffer's; a view
+        that no later step reads is not made (Numba compiles each reshape, ~25 ms)."""
+        root = self.views.get(src.name, src)
+        self.views[out.name] = root
+        if out.name not in needed:
+            self.emit(f"# ({out.name} is not read: later steps view {root.name} directly)")
+        elif tuple(out.shape) == tuple(root.shape):
+            self.emit(f"{out.name} = {root.name}")
+        else:
+            self.emit(f"{out.name} = {root.name}.reshape({_shape_src(out.shape)})")
+
     def emit(self, line):
         self.lines.append("    " * self.depth + line)
+
+    def emit_setup(self, line):
+        self.setup.append("    " * self.depth + line)
 
     def indent(self):
         self.depth += 1
@@ -153,7 +190,9 @@ def generate(program, parallel=False, approximate=True):
     deco = (f"@njit(cache=True, error_model='numpy', fastmath={FASTMATH}, "
             f"parallel={bool(parallel)})")
     plain = f"@njit(cache=True, error_model='numpy', fastmath={FASTMATH})"
-    body = _program_body(program, parallel)
+    # shared step functions are only called from `program`: no Python or C entry points
+    shared = deco.replace("@njit(", "@njit(no_cpython_wrapper=True, no_cfunc_wrapper=True, ")
+    body = _program_functions(program, parallel, deco, shared)
     if approximate and _float32_only(program):
         # Numba inlines a helper at each call site (so the loop can vectorise) at a compile
         # cost of about 0.2 s per site: inline only where the sites are few.
@@ -178,12 +217,19 @@ def generate(program, parallel=False, approximate=True):
                 "_register_cblas(_CBLAS_SYMBOL, _CBLAS_BITS)", "",
                 inspect.getsource(blas._cblas_gemm).rstrip(), "", "",
                 plain, inspect.getsource(blas.gemm).rstrip(), ""]
-    out += ["", deco] + body
+    out += body
     return "\n".join(out) + "\n"
 
 
-def _program_body(program, parallel):
-    """The lines of the `program` function."""
+def _program_functions(program, parallel, deco, shared):
+    """The lines of the `program` function, after those of its shared step functions.
+
+    Numba compiles each loop nest it is given, and compile time grows with their number
+    (about 0.05-0.1 s per nest); recurrent networks repeat the same step for every time
+    step. So steps whose code is the same but for the buffers (and dims) they touch run one
+    function, `<kind>_<n>`, called once per step with those buffers, when at least
+    SHARED_STEPS of them do; the others are written out in `program`. Allocations and flat
+    views stay in `program` (see _Emitter.setup)."""
     args = ([b.name for b in program.inputs] + [b.name for b in program.states]
             + [b.name for b in program.consts])
     em = _Emitter()
@@ -202,13 +248,44 @@ def _program_body(program, parallel):
         em.emit(f"for v in {name}.reshape(-1):")
         em.emit(f"    if v < 0 or v >= {int(bound)}:")
         em.emit(f"        raise ValueError({INDEX_OUT_OF_RANGE!r})")
-    allocated = set(b.name for b in program.inputs + program.states + program.consts)
+    allocated = set(args)
     loop = "prange" if parallel else "range"
-    for number, step in enumerate(program.steps):
+    buffers = set(args) | {s.out.name for s in program.steps}
+    # the buffers read by a step other than a reshape (see _Emitter.reshape), or returned
+    needed = {b.name for s in program.steps if not isinstance(s, ir.Reshape)
+              for b in ir.step_reads(s)}
+    needed |= {b.name for b in program.outputs} | {v.name for _, v in program.updates}
+    emitted = []  # per step: its emitter, template (or None), parameters and arguments
+    for step in program.steps:
+        se = em.for_step()
+        _emit_step(se, step, allocated, loop, needed)
+        template, params, names = None, [], []
+        if isinstance(step, _SHAREABLE):
+            template, params, names = _template(se.lines, buffers, program.dims)
+        emitted.append((se, template, params, names))
+    uses = {}
+    for number, (_, template, _, _) in enumerate(emitted):
+        if template is not None:
+            uses.setdefault(template, []).append(number)
+    functions, out = {}, []
+    for template, numbers in uses.items():
+        if len(numbers) < SHARED_STEPS:
+            continue
+        kind = type(program.steps[numbers[0]]).__name__.lower()
+        count = sum(f.startswith(kind + "_") for f in functions.values())
+        name = functions[template] = f"{kind}_{count}"
+        params = emitted[numbers[0]][2]
+        out += ["", shared, f"def {name}({', '.join(params)}):",
+                f"    # steps {', '.join(map(str, numbers))}"] + template.splitlines()
+    for number, (step, (se, template, _, names)) in enumerate(zip(program.steps, emitted)):
         em.emit(f"# step {number}: {type(step).__name__.lower()}")
         for line in step.comment.splitlines():
             em.emit(f"# {line}")
-        _emit_step(em, step, allocated, loop)
+        em.lines += se.setup
+        if template in functions:
+            em.emit(f"{functions[template]}({', '.join(names)})")
+        else:
+            em.lines += se.lines
     # Outputs that share memory with an input, state or constant are copied now, so they
     # hold the values from before the updates below.
     results = []
@@ -230,7 +307,46 @@ def _program_body(program, parallel):
     for (state, _), source in zip(program.updates, sources):
         em.emit(f"{state.name}[...] = {source}")
     em.emit("return (" + ", ".join(results) + ("," if len(results) == 1 else "") + ")")
-    return [f"def program({', '.join(args)}):"] + em.lines
+    return out + ["", deco, f"def program({', '.join(args)}):"] + em.lines
+
+
+# steps whose loops can run in a shared function (matmuls, windows and reshapes are a line)
+_SHAREABLE = (ir.Elementwise, ir.Reduce, ir.ArgmaxMask, ir.Place)
+_NAME = re.compile(r"\b[A-Za-z_]\w*\b")
+_SUBSCRIPT = re.compile(r"\[[^\[\]]*\]")
+_INTEGER = re.compile(r"\b\d+\b")
+
+
+def _template(lines, buffers, dims):
+    """A step's lines with each buffer (or flat view) they name replaced by `buf<k>`, k
+    numbering them in order of appearance, and the names they use from outside, in that
+    order: (text, parameters, arguments). Dims keep their names (the same everywhere).
+    Integers in subscripts (a slice's start, a broadcast's 0) become parameters `n<k>`
+    too, so that the steps of a sequence share one function."""
+    params, names = [], []
+
+    def rename(match):
+        name = match.group(0)
+        is_buffer = name in buffers or (name.endswith("_f") and name[:-2] in buffers)
+        if name not in dims and not is_buffer:
+            return name
+        if name not in names:
+            names.append(name)
+            params.append(f"buf{sum(p.startswith('buf') for p in params)}" if is_buffer
+                          else name)
+        return params[names.index(name)]
+    numbers = []
+
+    def number(match):
+        numbers.append(match.group(0))
+        return f"n{len(numbers) - 1}"
+
+    def subscript(match):
+        return _INTEGER.sub(number, match.group(0))
+    text = "\n".join(_SUBSCRIPT.sub(subscript, _NAME.sub(rename, line)) for line in lines)
+    # np.intp(...): an int literal would make Numba compile the function once per value
+    return (text, params + [f"n{k}" for k in range(len(numbers))],
+            names + [f"np.intp({n})" for n in numbers])
 
 
 def _shape_mismatch(program):
@@ -250,7 +366,7 @@ def _alloc(em, buf, allocated, zero=False):
         return
     allocated.add(buf.name)
     fn = "np.zeros" if zero else "np.empty"
-    em.emit(f"{buf.name} = {fn}({_shape_src(buf.shape)}, {_dtype_src(buf.dtype)})")
+    em.emit_setup(f"{buf.name} = {fn}({_shape_src(buf.shape)}, {_dtype_src(buf.dtype)})")
 
 
 def _emit_loads(em, expr, index_of, suffix=""):
@@ -281,7 +397,7 @@ def _flat_ok(expr, shape):
     return True
 
 
-def _emit_step(em, step, allocated, loop):
+def _emit_step(em, step, allocated, loop, needed):
     if isinstance(step, ir.Elementwise):
         _emit_elementwise(em, step, allocated, loop)
     elif isinstance(step, ir.Reduce):
@@ -300,7 +416,7 @@ def _emit_step(em, step, allocated, loop):
         em.emit(f"{step.helper}({', '.join(args)})")
     elif isinstance(step, ir.Reshape):
         allocated.add(step.out.name)
-        em.emit(f"{step.out.name} = {step.src.name}.reshape({_shape_src(step.out.shape)})")
+        em.reshape(step.out, step.src, needed)
     elif isinstance(step, ir.Place):
         if step.zero_fill and step.out.name in allocated:
             em.emit(f"{step.out.name}[...] = 0")  # a reused buffer: clear it

@@ -117,6 +117,40 @@ def test_training_step_matches_numpy_backend():
     assert results["cpu"][0][-1] < results["cpu"][0][0]
 
 
+def test_repeated_steps_share_one_function_and_match_the_numpy_backend():
+    # an RNN unrolled over 4 time steps: each step's slice, tanh and gradient loops are the
+    # same but for their buffers (and the slice's start), so one function runs them all
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((5, 4, 3)).astype(np.float32)
+    Y = rng.uniform(-1, 1, (5, 6)).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "cpu"):
+        x = gn.input("x", (None, 4, 3))
+        y = gn.input("y", (None, 6))
+        Wx = gn.param("Wx", shape=(3, 6), seed=0)
+        Wy = gn.param("Wy", shape=(6, 6), seed=1)
+        h = None
+        for t in range(4):
+            z = gn.reshape(gn.slice_axis(x, 1, t, t + 1), (-1, 3)) @ Wx
+            h = gn.tanh(z if h is None else z + h @ Wy)
+        loss = gn.mse(h, y)
+        step = gn.compile(loss, updates=gn.optim.SGD(0.1).updates(loss, [Wx, Wy]),
+                          backend=backend)
+        losses = [float(step(x=X, y=Y)) for _ in range(3)]
+        results[backend] = losses, [Wx.value.copy(), Wy.value.copy()]
+        if backend == "cpu":
+            shared = re.findall(r"^def ((?:elementwise|reduce|place|argmaxmask)_\d+)\(",
+                                step.source, re.M)
+            assert shared
+            for name in shared:  # each is called from program for several steps
+                assert len(re.findall(rf"^    {name}\(", step.source, re.M)) >= 2
+            assert re.search(r"elementwise_\d+\(d0, in0, b\w+, np\.intp\(3\)\)",
+                             step.source)
+    np.testing.assert_allclose(results["cpu"][0], results["numpy"][0], rtol=1e-5)
+    for got, expected in zip(results["cpu"][1], results["numpy"][1]):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_cpu_feed_errors_are_raised_before_running():
     step, (W, b) = training_step()
     before = W.value.copy()

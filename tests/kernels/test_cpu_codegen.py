@@ -49,3 +49,33 @@ def test_window_helpers_run_as_plain_python():
     grad = np.empty_like(x)
     windows.max_pool2d_grad(x, np.ones((1, 2, 2, 2)), 2, 2, grad)
     assert grad.sum() == 8 and set(np.unique(grad)) <= {0.0, 1.0}
+
+
+def test_steps_alike_but_for_their_buffers_share_a_function():
+    x = ir.Buffer("in0", (4, 3), "float32", "input", 0)
+    outs = [ir.Buffer(f"b{k}", (4,), "float32") for k in range(3)]
+    steps = [ir.Elementwise(out, ir.ScalarExpr({"a": ir.Load(x, ("i0", str(k)))},
+                                                [("v", "a * T(2)")], "v"), f"column {k}")
+             for k, out in enumerate(outs)]
+    source = cpu.generate(ir.Program([x], [], [], steps, outs, []))
+    assert source.count("def elementwise_0(buf0, buf1, n0):") == 1
+    assert "elementwise_0(in0, b2, np.intp(2))" in source
+    module, _ = cpu.load_module(source)
+    X = np.arange(12, dtype=np.float32).reshape(4, 3)
+    for k, got in enumerate(module.program(X)):
+        np.testing.assert_array_equal(got, 2 * X[:, k])
+
+
+def test_a_reshape_of_a_reshape_views_the_first_buffer():
+    x = ir.Buffer("in0", (2, 3), "float32", "input", 0)
+    row = ir.Buffer("b1_row", (1, 6), "float32", "view")
+    back = ir.Buffer("b2_back", (2, 3), "float32", "view")
+    out = ir.Buffer("b3_out", (2, 3), "float32")
+    steps = [ir.Reshape(row, x), ir.Reshape(back, row),
+             ir.Elementwise(out, ir.ScalarExpr({"a": ir.Load(back, ("i0", "i1"))},
+                                               [("v", "a + T(1)")], "v"))]
+    source = cpu.generate(ir.Program([x], [], [], steps, [out], []))
+    assert "b2_back = in0\n" in source and "b1_row =" not in source
+    module, _ = cpu.load_module(source)
+    X = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(module.program(X)[0], X + 1)
