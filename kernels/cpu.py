@@ -408,8 +408,9 @@ def _emit_step(em, step, allocated, loop, needed):
         _alloc(em, step.out, allocated)
         dtype = step.out.dtype
         alpha, beta = (f"np.{dtype}({_number_literal(v)})" for v in (step.alpha, step.beta))
-        em.emit(f"gemm({step.trans_a}, {step.trans_b}, {alpha}, {step.a.name}, "
-                f"{step.b.name}, {beta}, {step.out.name})")
+        # np.bool_ flags: Numba compiles gemm once, not once per literal True/False pair
+        em.emit(f"gemm(np.bool_({step.trans_a}), np.bool_({step.trans_b}), {alpha}, "
+                f"{step.a.name}, {step.b.name}, {beta}, {step.out.name})")
     elif isinstance(step, ir.Window):
         _alloc(em, step.out, allocated)
         args = [b.name for b in step.args] + [str(p) for p in step.params] + [step.out.name]
