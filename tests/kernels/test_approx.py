@@ -21,8 +21,9 @@ def functions():
 
 
 @pytest.mark.parametrize("low, high, exp_bound, tanh_bound, sigmoid_bound", [
-    (-10, 10, 1.2, 4.0, 3.0),
-    (-87, 88, 5.0, 4.0, 5.0),
+    (-1, 1, 1.2, 4.0, 3.0),
+    (-10, 10, 1.2, 4.7, 3.0),
+    (-87, 88, 5.0, 4.7, 5.0),
 ])
 def test_error_bounds(functions, low, high, exp_bound, tanh_bound, sigmoid_bound):
     x = np.linspace(low, high, 400_001).astype(np.float32)
