@@ -10,10 +10,11 @@ import time
 import numba
 import numpy as np
 
-from kernels import cpu as cpu_codegen
+from kernels import blas, cpu as cpu_codegen
 
 from .api import ValueState
 from .compile import CompiledFunction
+from .errors import BackendError, user_location
 from .graph import Graph
 from .lowering import lower
 from .passes import optimize
@@ -60,7 +61,10 @@ class CpuFunction(CompiledFunction):
         super().__init__(outputs, updates, check_finite)
         started = time.perf_counter()
         report, lowering = lower_graph(self, optimize_graph)
-        self.source = cpu_codegen.generate(self.program, parallel=parallel)
+        try:
+            self.source = cpu_codegen.generate(self.program, parallel=parallel)
+        except blas.BlasNotFound as exc:
+            raise BackendError(f"backend 'cpu': {exc} (at {user_location()})") from None
         self.module, self.path = cpu_codegen.load_module(self.source)
         self._fn = self.module.program
         self._const_arrays = [np.array(n.value, order="C") for n in lowering.consts]

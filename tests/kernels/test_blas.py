@@ -81,3 +81,16 @@ def test_the_blas_describes_itself():
     from kernels import blas
     text = blas.describe()
     assert isinstance(text, str) and ("OpenBLAS" in text or "gemm" in text)
+
+
+def test_a_numpy_without_blas_is_a_clear_backend_error(monkeypatch):
+    import graphnn as gn
+    from kernels import blas
+
+    def missing():
+        raise blas.BlasNotFound("this numpy exports no cblas_sgemm")
+    monkeypatch.setattr(blas, "integer_bits", lambda: None)
+    monkeypatch.setattr(blas, "_numpy_blas", missing)
+    x = gn.input("x", (None, 3))
+    with pytest.raises(gn.BackendError, match=r"no cblas_sgemm \(at .*test_blas.py:\d+\)"):
+        gn.compile(x @ np.ones((3, 2), np.float32), backend="cpu")
