@@ -108,7 +108,7 @@ def describe():
         library, pattern, bits = _numpy_blas()
         return f"{pattern.format('s')} ({bits}-bit integers)"
     getter.restype = ctypes.c_char_p
-    return getter().decode(errors="replace").strip()
+    return " ".join(getter().decode(errors="replace").split())
 
 
 def threads():
