@@ -511,7 +511,8 @@ class Lowering:
     def update_in_place(self, outputs, updates):
         """Let the elementwise step that computes a state's new value write straight into
         the state when nothing reads the old value afterwards (an SGD step then touches W
-        once). Returns the updates still to copy at the end."""
+        once). Later steps that read the new value (Adam's parameter step reads the new
+        moments) then read it from the state. Returns the updates still to copy at the end."""
         producer = {id(step.out): s for s, step in enumerate(self.steps)}
         last_read = {}
         for s, step in enumerate(self.steps):
@@ -527,13 +528,15 @@ class Lowering:
             ok = (isinstance(step, ir.Elementwise) and value.role == "temp"
                   and value.name not in output_names and state.name not in output_names
                   and last_read.get(state.name, -1) <= s
-                  and last_read.get(value.name, -1) < 0
-                  and value.shape == state.shape
+                  and value.shape == state.shape and value.dtype == state.dtype
                   and all(tuple(l.index) == tuple(f"i{k}" for k in range(state.ndim))
                           for l in step.expr.loads.values() if l.buffer is state))
             if ok:
                 step.out = state
                 step.comment += f"  (written in place into {state.name})"
+                # Generated code names buffers: the value's readers (and views) now read
+                # the state, and as a state it is never handed out as a free temporary.
+                value.name, value.role = state.name, state.role
             else:
                 remaining.append((state, value))
         return remaining

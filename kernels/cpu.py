@@ -23,7 +23,7 @@ from . import blas, ir
 from .approx import APPROXIMATIONS
 from .windows import HELPERS
 
-GENERATOR_VERSION = "cpu-10"
+GENERATOR_VERSION = "cpu-11"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).

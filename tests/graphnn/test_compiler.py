@@ -378,3 +378,31 @@ def test_integer_matmul_is_refused_when_declared():
     a = gn.input("a", (2, 3), dtype="int64")
     with pytest.raises(gn.DTypeError, match="matmul needs float inputs"):
         a @ np.ones((3, 2), np.int64)
+
+
+def test_adam_writes_every_state_in_place_and_matches_numpy():
+    # the moments' new values are read again by the parameter step: that step reads them
+    # from the moment states, so no state is copied at the end of the program
+    def build():
+        x = gn.input("x", (None, 3))
+        y = gn.input("y", (None,), dtype="int64")
+        W = gn.param("W", np.linspace(-1, 1, 12).reshape(3, 4))
+        b = gn.param("b", np.zeros(4))
+        loss = gn.softmax_cross_entropy(gn.log_softmax(x @ W + b), y)
+        return loss, gn.optim.Adam(0.01).updates(loss, [W, b]), [W, b]
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((8, 3)).astype(np.float32)
+    Y = rng.integers(0, 4, 8)
+    runs = {}
+    for backend in ("numpy", "cpu"):
+        loss, updates, params = build()
+        f = gn.compile(loss, updates=updates, backend=backend)
+        runs[backend] = ([float(f(x=X, y=Y)) for _ in range(3)],
+                         [p.value.copy() for p in params], f)
+    source = runs["cpu"][2].source
+    program = source[source.index("def program("):]
+    assert not re.search(r"^\s+st\d+\[\.\.\.\] = ", program, re.M), program
+    assert program.count("written in place into") == 2 * 3 + 1  # W, b, their moments, t
+    np.testing.assert_allclose(runs["cpu"][0], runs["numpy"][0], rtol=1e-5)
+    for got, want in zip(runs["cpu"][1], runs["numpy"][1]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
