@@ -23,7 +23,7 @@ from . import blas, ir
 from .approx import APPROXIMATIONS
 from .windows import HELPERS
 
-GENERATOR_VERSION = "cpu-11"
+GENERATOR_VERSION = "cpu-12"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).
@@ -304,8 +304,8 @@ def _program_functions(program, parallel, deco, shared):
             sources.append(f"new{k}")
         else:
             sources.append(value.name)
-    for (state, _), source in zip(program.updates, sources):
-        em.emit(f"{state.name}[...] = {source}")
+    for (state, value), source in zip(program.updates, sources):
+        _emit_state_copy(em, state, value, source)
     em.emit("return (" + ", ".join(results) + ("," if len(results) == 1 else "") + ")")
     return out + ["", deco, f"def program({', '.join(args)}):"] + em.lines
 
@@ -347,6 +347,24 @@ def _template(lines, buffers, dims):
     # np.intp(...): an int literal would make Numba compile the function once per value
     return (text, params + [f"n{k}" for k in range(len(numbers))],
             names + [f"np.intp({n})" for n in numbers])
+
+
+def _emit_state_copy(em, state, value, source):
+    """state[...] = source (value's buffer, or a copy of it) as a flat loop: Numba compiles
+    an array assignment through its broadcasting machinery, 0.6-5 s the first time in a
+    process, and a loop in about 0.2 s."""
+    if state.ndim == 0:
+        em.emit(f"{state.name}[()] = {source}[()]")
+        return
+    se = em.for_step()
+    se.flat_views([state, value] if source == value.name else [state])
+    em.lines += se.setup
+    flat = f"{value.name}_f"
+    if source != value.name:
+        flat = f"{source}_f"
+        em.emit(f"{flat} = {source if state.ndim == 1 else source + '.reshape(-1)'}")
+    em.emit(f"for k in range({state.name}_f.size):")
+    em.emit(f"    {state.name}_f[k] = {flat}[k]")
 
 
 def _shape_mismatch(program):

@@ -406,3 +406,20 @@ def test_adam_writes_every_state_in_place_and_matches_numpy():
     np.testing.assert_allclose(runs["cpu"][0], runs["numpy"][0], rtol=1e-5)
     for got, want in zip(runs["cpu"][1], runs["numpy"][1]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_states_swapped_by_their_updates_are_copied_by_loops_not_array_assignment():
+    # Numba compiles `state[...] = array` through its broadcasting machinery (seconds);
+    # the generator copies with flat loops
+    a = gn.param("a", np.arange(6.0).reshape(2, 3))
+    b = gn.param("b", -np.arange(6.0).reshape(2, 3))
+    c = gn.param("c", np.float32(2.0))
+    x = gn.input("x", (2, 3))
+    f = gn.compile(gn.sum(a * x), updates={a: b, b: a, c: c * 2}, backend="cpu")
+    assert float(f(x=np.ones((2, 3), np.float32))) == 15.0
+    np.testing.assert_array_equal(a.value, -np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(b.value, np.arange(6.0).reshape(2, 3))
+    assert float(c.value) == 4.0
+    assert float(f(x=np.ones((2, 3), np.float32))) == -15.0
+    program = f.source[f.source.index("def program("):]
+    assert not re.search(r"\[\.\.\.\] = [a-z]", program), program
