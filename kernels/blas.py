@@ -46,23 +46,37 @@ class BlasNotFound(ImportError):
     pass
 
 
+def _libraries():
+    """numpy's extension module (on Linux and macOS, looking a name up there also searches
+    the BLAS it links), then the BLAS libraries numpy's wheels carry beside it (Windows)."""
+    import glob
+    import os
+    try:
+        from numpy._core import _multiarray_umath as core
+    except ImportError:  # numpy 1.x
+        from numpy.core import _multiarray_umath as core
+    yield core.__file__
+    package = os.path.dirname(os.path.dirname(os.path.abspath(core.__file__)))
+    for folder in (package + ".libs", os.path.join(package, ".dylibs")):
+        yield from sorted(glob.glob(os.path.join(folder, "*blas*")))
+
+
 def _numpy_blas():
     """(library handle, name pattern, integer bits) of the CBLAS numpy links."""
     if not _found:
-        try:
-            from numpy._core import _multiarray_umath as core
-        except ImportError:  # numpy 1.x
-            from numpy.core import _multiarray_umath as core
-        library = ctypes.CDLL(core.__file__)  # looking names up here also searches its BLAS
-        for pattern, bits in _FLAVOURS:
-            if all(hasattr(library, pattern.format(t)) for t in "sd"):
-                _found.append((library, pattern, bits))
-                break
-        else:
-            raise BlasNotFound(
-                "graphnn's cpu back end multiplies matrices with the BLAS that numpy links "
-                "(cblas_sgemm), and this numpy exports none; install numpy from PyPI, whose "
-                "wheels bundle OpenBLAS")
+        for path in _libraries():
+            try:
+                library = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for pattern, bits in _FLAVOURS:
+                if all(hasattr(library, pattern.format(t)) for t in "sd"):
+                    _found.append((library, pattern, bits))
+                    return _found[0]
+        raise BlasNotFound(
+            "graphnn's cpu back end multiplies matrices with the BLAS that numpy links "
+            "(cblas_sgemm), and this numpy exports none; install numpy from PyPI, whose "
+            "wheels bundle OpenBLAS")
     return _found[0]
 
 

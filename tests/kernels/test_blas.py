@@ -94,3 +94,15 @@ def test_a_numpy_without_blas_is_a_clear_backend_error(monkeypatch):
     x = gn.input("x", (None, 3))
     with pytest.raises(gn.BackendError, match=r"no cblas_sgemm \(at .*test_blas.py:\d+\)"):
         gn.compile(x @ np.ones((3, 2), np.float32), backend="cpu")
+
+
+def test_the_blas_library_beside_numpy_is_found_directly_too():
+    # where the extension module does not search its dependencies (Windows), the BLAS
+    # library numpy's wheels carry is opened by its path
+    import ctypes
+    from kernels import blas
+    paths = list(blas._libraries())[1:]
+    if not paths:
+        pytest.skip("this numpy carries no BLAS library of its own")
+    library, pattern, bits = blas._numpy_blas()
+    assert any(hasattr(ctypes.CDLL(p), pattern.format("s")) for p in paths)
