@@ -16,6 +16,8 @@ module never depends on this file's code); imported from here they run as they a
 tests and for the benchmark's BLAS floor.
 """
 import ctypes
+import glob
+import os
 
 from llvmlite import binding as _llvm, ir as _llir
 from numba import njit
@@ -39,6 +41,8 @@ _THREAD_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_
                    "openblas_set_num_threads64_", "openblas_set_num_threads")
 _THREAD_GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
                    "openblas_get_num_threads64_", "openblas_get_num_threads")
+_CONFIG_GETTERS = ("scipy_openblas_get_config64_", "scipy_openblas_get_config",
+                   "openblas_get_config64_", "openblas_get_config")
 _found = []
 
 
@@ -49,8 +53,6 @@ class BlasNotFound(ImportError):
 def _libraries():
     """numpy's extension module (on Linux and macOS, looking a name up there also searches
     the BLAS it links), then the BLAS libraries numpy's wheels carry beside it (Windows)."""
-    import glob
-    import os
     try:
         from numpy._core import _multiarray_umath as core
     except ImportError:  # numpy 1.x
@@ -116,8 +118,7 @@ def set_threads(n):
 
 def describe():
     """What numpy's BLAS says of itself (OpenBLAS: version and build), or its flavour."""
-    getter = _function(("scipy_openblas_get_config64_", "scipy_openblas_get_config",
-                        "openblas_get_config64_", "openblas_get_config"))
+    getter = _function(_CONFIG_GETTERS)
     if getter is None:
         library, pattern, bits = _numpy_blas()
         return f"{pattern.format('s')} ({bits}-bit integers)"
