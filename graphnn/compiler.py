@@ -5,7 +5,9 @@
 then makes ONE call into compiled code, which also writes the parameter updates in place.
 """
 import os
+import sys
 import time
+import weakref
 
 import numba
 import numpy as np
@@ -78,6 +80,12 @@ class CpuFunction(CompiledFunction):
             "cache_hit": None,
         })
         self._states = [p.state for p in self.state_nodes]
+        # Memory kept between calls (see kernels/cpu.py): the workspace of temporaries, and
+        # for each recycled output the last two arrays returned for it (a loop that rebinds
+        # `y = f(...)` holds one of them while the next call runs).
+        self._workspace = np.empty(0, np.uint8)
+        self._recycled = self.module.RECYCLED
+        self._returned = [[] for _ in self._recycled]
         self._compiled = False
         # The lean call (see __call__): each input's name, dtype and rank, and the state
         # and constant arrays that follow the inputs, kept until a state gets a new array.
@@ -105,10 +113,49 @@ class CpuFunction(CompiledFunction):
                      f"{'hit' if self.stats['cache_hit'] else 'miss (compiled now)'}")
         return "\n".join(lines)
 
+    def _recycle(self):
+        """For each recycled output, an earlier result that only this function still holds
+        (else a zero-size array). Each is taken out of its list, so no other call can be
+        handed it."""
+        spare = list(self.module.recycle_nothing())
+        for k, returned in enumerate(self._returned):
+            for i in range(len(returned)):
+                a = returned[i]  # (not enumerate: its tuple would hold `a` too)
+                if sys.getrefcount(a) == _HELD_BY_US and not weakref.getweakrefcount(a) \
+                        and a.flags.writeable:
+                    spare[k] = returned.pop(i)
+                    break
+        return spare
+
+    def _keep(self, results):
+        """Keep the recycled outputs' arrays (the last two of each)."""
+        if len({id(r) for r in results}) != len(results):
+            return  # an array returned twice is never recycled
+        for k, returned in zip(self._recycled, self._returned):
+            returned.append(results[k])
+            del returned[:-2]
+
+    def _call(self, fn, arrays, tail):
+        """fn(inputs, states and constants, recycled outputs, workspace) -> outputs; when
+        the workspace is too small for these inputs (the program raises before any step),
+        a large enough one, and again."""
+        spare = self._recycle() if self._returned else ()
+        try:
+            results = fn(*arrays, *tail, *spare, self._workspace)
+        except ValueError as exc:
+            if str(exc) != cpu_codegen.WORKSPACE_TOO_SMALL:
+                raise
+            self._workspace = np.empty(self.module.workspace_bytes(*arrays), np.uint8)
+            results = fn(*arrays, *tail, *spare, self._workspace)
+        if self._returned:
+            self._keep(results)
+        return results
+
     def _first_call(self, args):
         started = time.perf_counter()
+        arrays, tail = args[:len(self._feed_types)], args[len(self._feed_types):]
         try:
-            result = self._fn(*args)
+            result = self._call(self._fn, arrays, tail)
         except Exception as exc:
             if not _looks_like_cache_failure(exc):
                 raise
@@ -116,7 +163,7 @@ class CpuFunction(CompiledFunction):
             cpu_codegen.clear_numba_cache(self.path)
             self.module = cpu_codegen.reload_module(self.path)
             self._fn = self.module.program
-            result = self._fn(*args)
+            result = self._call(self._fn, arrays, tail)
         self._epoch = None  # find the entry point again (the module may have been reloaded)
         self.stats["compile_seconds"] = time.perf_counter() - started
         hits = sum(self._fn.stats.cache_hits.values())
@@ -142,7 +189,7 @@ class CpuFunction(CompiledFunction):
                 if self._epoch != ValueState.epoch:
                     self._new_states(arrays)
                 try:
-                    results = self._entry(*arrays, *self._tail)
+                    results = self._call(self._entry, arrays, self._tail)
                 except ValueError as exc:
                     if str(exc) not in (cpu_codegen.SHAPE_MISMATCH,
                                         cpu_codegen.INDEX_OUT_OF_RANGE):
@@ -159,7 +206,8 @@ class CpuFunction(CompiledFunction):
         it calls that entry point, skipping the Numba dispatcher's typing of every array."""
         self._check_state()
         self._tail = [s.value for s in self._states] + self._const_arrays
-        signature = tuple(numba.typeof(a) for a in arrays + self._tail)
+        memory = [*self.module.recycle_nothing(), self._workspace]
+        signature = tuple(numba.typeof(a) for a in arrays + self._tail + memory)
         compiled = self._fn.overloads.get(signature)
         # (Numba's compiled overloads expose their entry point; any other case uses the
         # dispatcher, which types the arguments itself)
@@ -170,7 +218,19 @@ class CpuFunction(CompiledFunction):
         args = arrays + [s.value for s in self._states] + self._const_arrays
         if not self._compiled:
             return self._first_call(args)
-        return self._fn(*args)
+        return self._call(self._fn, arrays, args[len(arrays):])
+
+
+def _held_by_us():
+    """What sys.getrefcount says, in _recycle's loop, of an array only the list holds
+    (measured the same way, as interpreters count borrowed references differently)."""
+    returned = [np.empty(1)]
+    for i in range(len(returned)):
+        a = returned[i]
+        return sys.getrefcount(a)
+
+
+_HELD_BY_US = _held_by_us()
 
 
 def _looks_like_cache_failure(exc):

@@ -7,6 +7,15 @@ the generator version and the Numba version, and imported from there (registered
 sys.modules first, so Numba's on-disk cache can find it again in a new process). Helpers
 (convolution and pooling loops) are copied into the module, so a cached module never
 depends on another file that could change.
+
+Calling convention: `program(*inputs, *states, *consts, *recycled, workspace)` returns
+the outputs. Temporaries of 32 KiB and more live in `workspace`, a uint8 array the caller
+keeps between calls, of `workspace_bytes(*inputs)` bytes (when it is smaller, `program`
+raises WORKSPACE_TOO_SMALL before any step), so large steps allocate nothing but their
+outputs (a fresh allocation of megabytes costs a page fault per 4 KiB touched). `recycled` holds one array per
+output listed in the module's RECYCLED: an earlier result of that output that nobody holds
+any more, written again when its shape fits (else a zero-size array, and a new array is
+made). `run(module, *arrays)` calls a program as a test would.
 """
 import hashlib
 import importlib.util
@@ -18,17 +27,22 @@ import tempfile
 import textwrap
 
 import numba
+import numpy as np
 
 from . import blas, ir
 from .approx import APPROXIMATIONS
 from .windows import HELPERS
 
-GENERATOR_VERSION = "cpu-12"
+GENERATOR_VERSION = "cpu-13"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).
 INDEX_OUT_OF_RANGE = "graphnn: an index input holds a value outside its range"
+# ... and when the workspace it is given is smaller than `workspace_bytes(*inputs)`.
+WORKSPACE_TOO_SMALL = "graphnn: the workspace is too small for these inputs"
 INLINE_SITES = 8  # see generate()
+WORKSPACE_ALIGN = 64  # bytes: each temporary in the workspace starts on a cache line
+WORKSPACE_MIN = 32768  # bytes: smaller temporaries are allocated at each call
 SHARED_STEPS = 2  # see _program_functions()
 # fastmath without nnan/ninf: NaN and Inf keep their meaning (see docs/ARCHITECTURE.md)
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"
@@ -117,11 +131,14 @@ class _Emitter:
         self.flat = set()
         # reshape results: name -> the buffer whose memory they view (never itself a view)
         self.views = {}
+        # where temporaries and outputs get their memory (see _Memory)
+        self.memory = _Memory({})
 
     def for_step(self):
-        """An emitter for one step's lines, sharing this one's flat views and views."""
+        """An emitter for one step's lines, sharing this one's flat views, views and
+        memory plan."""
         em = _Emitter()
-        em.flat, em.views = self.flat, self.views
+        em.flat, em.views, em.memory = self.flat, self.views, self.memory
         return em
 
     def flat_views(self, buffers):
@@ -232,7 +249,9 @@ def _program_functions(program, parallel, deco, shared):
     views stay in `program` (see _Emitter.setup)."""
     args = ([b.name for b in program.inputs] + [b.name for b in program.states]
             + [b.name for b in program.consts])
+    recycled = recycled_outputs(program)
     em = _Emitter()
+    em.memory = _Memory({program.outputs[k].name: f"recycled{k}" for k in recycled})
     for dim, (index, axis) in program.dims.items():
         em.emit(f"{dim} = {program.inputs[index].name}.shape[{axis}]")
     mismatch = _shape_mismatch(program)
@@ -248,6 +267,7 @@ def _program_functions(program, parallel, deco, shared):
         em.emit(f"for v in {name}.reshape(-1):")
         em.emit(f"    if v < 0 or v >= {int(bound)}:")
         em.emit(f"        raise ValueError({INDEX_OUT_OF_RANGE!r})")
+    prologue_at = len(em.lines)
     allocated = set(args)
     loop = "prange" if parallel else "range"
     buffers = set(args) | {s.out.name for s in program.steps}
@@ -306,8 +326,23 @@ def _program_functions(program, parallel, deco, shared):
             sources.append(value.name)
     for (state, value), source in zip(program.updates, sources):
         _emit_state_copy(em, state, value, source)
+    em.lines[prologue_at:prologue_at] = em.memory.prologue()
     em.emit("return (" + ", ".join(results) + ("," if len(results) == 1 else "") + ")")
-    return out + ["", deco, f"def program({', '.join(args)}):"] + em.lines
+    inputs = [b.name for b in program.inputs]
+    nothing = [f"np.empty({_shape_src((0,) * program.outputs[k].ndim)}, "
+               f"{_dtype_src(program.outputs[k].dtype)})" for k in recycled]
+    sizes = [f"{dim} = {program.inputs[index].name}.shape[{axis}]"
+             for dim, (index, axis) in program.dims.items()] + em.memory.offsets()
+    args += [f"recycled{k}" for k in recycled] + ["workspace"]
+    module = [
+        "", "# outputs whose earlier results the caller may pass back (see kernels/cpu.py)",
+        f"RECYCLED = {tuple(recycled)!r}", "", "",
+        "def recycle_nothing():",
+        "    return (" + "".join(f"{n}, " for n in nothing) + ")", "", "",
+        f"def workspace_bytes({', '.join(inputs)}):",
+        '    """The bytes of workspace `program` needs for these inputs."""']
+    module += ["    " + line for line in sizes] + ["    return _wend", ""]
+    return out + module + ["", deco, f"def program({', '.join(args)}):"] + em.lines
 
 
 # steps whose loops can run in a shared function (matmuls, windows and reshapes are a line)
@@ -379,12 +414,100 @@ def _shape_mismatch(program):
     return conds
 
 
+class _Memory:
+    """Where `program` finds memory for the buffers it writes. Outputs are new arrays (or a
+    recycled earlier result: `recycled` maps an output buffer's name to its argument);
+    other temporaries are views of the workspace at offsets `_w<k>` computed, with the
+    size the workspace needs, before the first step (`prologue`). 0-d temporaries are
+    plain allocations (a few bytes)."""
+
+    def __init__(self, recycled):
+        self.recycled = recycled
+        self.parts = []  # (buffer, element count as source)
+
+    def alloc(self, em, buf, zero):
+        shape, dtype = _shape_src(buf.shape), _dtype_src(buf.dtype)
+        if buf.name in self.recycled:
+            arg = self.recycled[buf.name]
+            em.emit_setup(f"{buf.name} = {arg} if {arg}.shape == {shape} else "
+                          f"np.empty({shape}, {dtype})")
+        elif buf.ndim == 0 or (_static_bytes(buf) or WORKSPACE_MIN) < WORKSPACE_MIN:
+            em.emit_setup(f"{buf.name} = np.empty({shape}, {dtype})")
+        else:
+            k = len(self.parts)
+            count = " * ".join(str(d) for d in buf.shape)
+            self.parts.append((buf, count))
+            size = f"{count} * {_itemsize(buf.dtype)}"
+            view = f"workspace[_w{k}:_w{k} + {size}].view({dtype})"
+            if buf.ndim > 1:
+                view += f".reshape({shape})"
+            if _static_bytes(buf) is None:
+                # a small array is quicker to allocate than to view (Numba checks views)
+                view += f" if {size} >= {WORKSPACE_MIN} else np.empty({shape}, {dtype})"
+            em.emit_setup(f"{buf.name} = {view}")
+        if zero:
+            em.emit_setup(f"{buf.name}[...] = 0")
+
+    def offsets(self):
+        """Lines binding the offsets `_w<k>` and `_wend`, the bytes the workspace needs."""
+        lines, end = [], "0"
+        for k, (buf, count) in enumerate(self.parts):
+            lines.append(f"_w{k} = {end}")
+            size = f"{count} * {_itemsize(buf.dtype)}"
+            end = f"_w{k} + ({size} + {WORKSPACE_ALIGN - 1}) // {WORKSPACE_ALIGN} * " \
+                  f"{WORKSPACE_ALIGN}"
+            if _static_bytes(buf) is None:
+                end = f"{end[:len(f'_w{k} + ')]}({end[len(f'_w{k} + '):]} " \
+                      f"if {size} >= {WORKSPACE_MIN} else 0)"
+        return lines + [f"_wend = {end}"]
+
+    def prologue(self):
+        """The offsets, and the check that the caller's workspace is large enough: when it
+        is not, nothing has run yet and the caller makes one of `workspace_bytes(...)`."""
+        if not self.parts:
+            return []
+        lines = ["# temporaries: views of the workspace (kept by the caller between calls)"]
+        lines += self.offsets() + ["if workspace.size < _wend:",
+                                   f"    raise ValueError({WORKSPACE_TOO_SMALL!r})"]
+        return ["    " + line for line in lines]
+
+
+def _static_bytes(buf):
+    """The buffer's size in bytes, or None when a dim variable is part of its shape."""
+    if any(isinstance(d, str) for d in buf.shape):
+        return None
+    return int(np.prod(buf.shape, dtype=np.int64)) * _itemsize(buf.dtype)
+
+
+def _itemsize(dtype):
+    return np.dtype(dtype).itemsize
+
+
 def _alloc(em, buf, allocated, zero=False):
     if buf.name in allocated:
         return
     allocated.add(buf.name)
-    fn = "np.zeros" if zero else "np.empty"
-    em.emit_setup(f"{buf.name} = {fn}({_shape_src(buf.shape)}, {_dtype_src(buf.dtype)})")
+    em.memory.alloc(em, buf, zero)
+
+
+def recycled_outputs(program):
+    """The outputs whose earlier results `program` can write again: arrays of at least one
+    axis that the program allocates itself (an output that is an input, state, constant or
+    view is returned as a copy), each buffer once."""
+    seen, indices = set(), []
+    for k, b in enumerate(program.outputs):
+        if b.role == "temp" and b.ndim >= 1 and b.base is None and b.name not in seen:
+            indices.append(k)
+        seen.add(b.name)
+    return tuple(indices)
+
+
+def run(module, *arrays):
+    """Call a generated module's `program` with these inputs, states and constants, a
+    workspace of the size it needs and nothing to recycle; returns its outputs (a tuple)."""
+    inputs = arrays[:module.workspace_bytes.__code__.co_argcount]
+    workspace = np.empty(module.workspace_bytes(*inputs), np.uint8)
+    return module.program(*arrays, *module.recycle_nothing(), workspace)
 
 
 def _emit_loads(em, expr, index_of, suffix=""):

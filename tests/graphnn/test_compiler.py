@@ -423,3 +423,67 @@ def test_states_swapped_by_their_updates_are_copied_by_loops_not_array_assignmen
     assert float(f(x=np.ones((2, 3), np.float32))) == -15.0
     program = f.source[f.source.index("def program("):]
     assert not re.search(r"\[\.\.\.\] = [a-z]", program), program
+
+
+def test_large_temporaries_live_in_a_workspace_kept_between_calls():
+    x = gn.input("x", (None, 1024))
+    w = gn.param("w", np.linspace(-1, 1, 1024 * 8, dtype=np.float32).reshape(1024, 8))
+    h = gn.tanh(x * 2.0 + 1.0)  # (batch, 1024): 256 KiB at batch 64, a temporary
+    loss = gn.sum(gn.matmul(h, w) * gn.matmul(h, w))
+    f = gn.compile(loss, backend="cpu")
+    ref = gn.compile(loss, backend="numpy")
+    assert "workspace[" in f.source and "WORKSPACE_TOO_SMALL" not in f.source
+    rng = np.random.default_rng(0)
+    xs = {n: rng.standard_normal((n, 1024)).astype(np.float32) for n in (64, 128, 2, 64)}
+    np.testing.assert_allclose(f(x=xs[64]), ref(x=xs[64]), rtol=1e-5)
+    first = f._workspace
+    assert first.size >= 64 * 1024 * 4
+    np.testing.assert_allclose(f(x=xs[64]), ref(x=xs[64]), rtol=1e-5)
+    assert f._workspace is first  # kept, not made again
+    np.testing.assert_allclose(f(x=xs[128]), ref(x=xs[128]), rtol=1e-5)
+    assert f._workspace.size >= 128 * 1024 * 4  # grown for the larger batch
+    for n in (2, 64):  # smaller batches run in the larger workspace (or allocate)
+        np.testing.assert_allclose(f(x=xs[n]), ref(x=xs[n]), rtol=1e-5)
+
+
+def test_an_output_nobody_holds_is_written_again_and_held_ones_never_are():
+    x = gn.input("x", (None,))
+    f = gn.compile(x * x - 0.5 * x, backend="cpu")
+    a, b, c = (np.full(50000, v, np.float32) for v in (1.0, 2.0, 3.0))
+    y = f(x=a)
+    address = y.ctypes.data
+    del y  # nobody holds the first result: the next call may write it again
+    z = f(x=b)
+    assert z.ctypes.data == address and np.all(z == 3.0)
+    held = f(x=c)  # z is still held: a new array
+    assert held.ctypes.data != z.ctypes.data
+    np.testing.assert_array_equal(z, np.full(50000, 3.0, np.float32))
+    np.testing.assert_array_equal(held, np.full(50000, 7.5, np.float32))
+    view = held[:10]
+    del held
+    again = f(x=a)  # `view` keeps the array it views: not written
+    np.testing.assert_array_equal(view, np.full(10, 7.5, np.float32))
+    import weakref
+    watched = weakref.ref(again)
+    kept = again.copy()
+    del again
+    f(x=b)  # a weak reference to a result keeps it from being written too
+    if watched() is not None:
+        np.testing.assert_array_equal(watched(), kept)
+    # the rebinding loop: y's old array is free once the new one is bound
+    addresses = set()
+    for v in (a, b, c, a, b, c):
+        y = f(x=v)
+        addresses.add(y.ctypes.data)
+        np.testing.assert_array_equal(y, v * v - 0.5 * v)
+    assert len(addresses) <= 3
+
+
+def test_a_generated_module_states_its_workspace_and_recycled_outputs():
+    x = gn.input("x", (None, 4096))
+    f = gn.compile([gn.sum(gn.exp(x) * 3.0), gn.exp(x) + 1.0], backend="cpu")
+    assert f.module.RECYCLED == (1,)  # the 0-d sum is not recycled
+    X = np.zeros((16, 4096), np.float32)
+    assert f.module.workspace_bytes(X) >= 16 * 4096 * 4
+    s, e = f(x=X)
+    assert s == pytest.approx(3 * 16 * 4096) and np.all(e == 2.0)
