@@ -90,6 +90,8 @@ class CpuFunction(CompiledFunction):
         # The lean call (see __call__): each input's name, dtype and rank, and the state
         # and constant arrays that follow the inputs, kept until a state gets a new array.
         self._feed_types = tuple((n.name, n.dtype, n.ndim) for n in self.graph.inputs)
+        self._n_inputs = len(self._feed_types)
+        self._lean = False  # after the first call, unless check_finite
         self._tail = self._entry = self._epoch = None
 
     def explain(self):
@@ -145,11 +147,14 @@ class CpuFunction(CompiledFunction):
         except ValueError as exc:
             if str(exc) != cpu_codegen.WORKSPACE_TOO_SMALL:
                 raise
-            self._workspace = np.empty(self.module.workspace_bytes(*arrays), np.uint8)
+            self._grow_workspace(arrays)
             results = fn(*arrays, *tail, *spare, self._workspace)
         if self._returned:
             self._keep(results)
         return results
+
+    def _grow_workspace(self, arrays):
+        self._workspace = np.empty(self.module.workspace_bytes(*arrays), np.uint8)
 
     def _first_call(self, args):
         started = time.perf_counter()
@@ -169,6 +174,7 @@ class CpuFunction(CompiledFunction):
         hits = sum(self._fn.stats.cache_hits.values())
         self.stats["cache_hit"] = hits > 0
         self._compiled = True
+        self._lean = not self.check_finite
         return result
 
     def __call__(self, **feeds):
@@ -177,7 +183,7 @@ class CpuFunction(CompiledFunction):
         dtype and rank. Their shapes are checked by the generated program before any step
         runs; when they are wrong, the full check names the problem (gn.FeedError). Any
         other call, and every call with check_finite, takes the full path."""
-        if self._compiled and not self.check_finite and len(feeds) == len(self._feed_types):
+        if self._lean and len(feeds) == self._n_inputs:
             arrays = []
             for name, dtype, ndim in self._feed_types:
                 a = feeds.get(name)
@@ -189,8 +195,14 @@ class CpuFunction(CompiledFunction):
                 if self._epoch != ValueState.epoch:
                     self._new_states(arrays)
                 try:
-                    results = self._call(self._entry, arrays, self._tail)
+                    if self._returned:
+                        results = self._call(self._entry, arrays, self._tail)
+                    else:  # (the same as _call, in fewer steps)
+                        results = self._entry(*arrays, *self._tail, self._workspace)
                 except ValueError as exc:
+                    if str(exc) == cpu_codegen.WORKSPACE_TOO_SMALL:
+                        self._grow_workspace(arrays)
+                        return self(**feeds)
                     if str(exc) not in (cpu_codegen.SHAPE_MISMATCH,
                                         cpu_codegen.INDEX_OUT_OF_RANGE):
                         raise
