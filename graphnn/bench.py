@@ -976,9 +976,13 @@ def check_schema(result):
 def _blas_description():
     from kernels import blas
     try:
-        return blas.describe()
+        text = blas.describe()
     except blas.BlasNotFound:
         return "none found"
+    # set in the environment, these override OpenBLAS's own choice of kernels for the CPU
+    forced = [f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+              if k in os.environ]
+    return text + (f" (set by the environment: {', '.join(forced)})" if forced else "")
 
 
 def _blas_threads():
