@@ -48,8 +48,11 @@ test: $(STAMP) dot mpi
 fuzz: $(STAMP)
 	GRAPHNN_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests -k fuzz
 
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, where a machine sets them for older OpenBLAS builds,
+# force slower kernels on numpy's current one: the benchmark lets OpenBLAS choose (its
+# environment line names the kernels it runs).
 bench: $(STAMP)
-	$(PY) -m graphnn bench
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) -m graphnn bench
 
 clean:
 	rm -rf $(VENV) .graphnn-cache build *.egg-info
