@@ -108,6 +108,11 @@ class CpuFunction(CompiledFunction):
         for k in self.kernels:
             nodes = ", ".join(n.op for n in k["nodes"])
             lines.append(f"    {k['name']:<26s} -> {k['buffer']:<18s} [{nodes}]")
+        memory = self.stats.get("buffer_bytes")
+        if memory:
+            lines.append(f"  buffers at the first call's shapes: temporaries "
+                         f"{_kib(memory['temporaries'])} (workspace kept between calls "
+                         f"{_kib(memory['workspace'])}), outputs {_kib(memory['outputs'])}")
         compiled = self.stats.get("compile_seconds")
         lines.append(f"  module {self.path}")
         lines.append("  not called yet" if compiled is None else
@@ -175,7 +180,26 @@ class CpuFunction(CompiledFunction):
         self.stats["cache_hit"] = hits > 0
         self._compiled = True
         self._lean = not self.check_finite
+        self.stats["buffer_bytes"] = self._buffer_bytes(arrays)
         return result
+
+    def _buffer_bytes(self, arrays):
+        """Bytes of the program's temporaries (after buffer reuse) and outputs for the shapes
+        of these inputs, and of the workspace this function keeps."""
+        dims = {dim: arrays[index].shape[axis]
+                for dim, (index, axis) in self.program.dims.items()}
+
+        def size(buf):
+            count = 1
+            for d in buf.shape:
+                count *= dims[d] if isinstance(d, str) else d
+            return count * np.dtype(buf.dtype).itemsize
+        outputs = {b.name: b for b in self.program.outputs if b.role == "temp"}
+        temps = {s.out.name: s.out for s in self.program.steps
+                 if s.out.role == "temp" and s.out.name not in outputs}
+        return {"temporaries": sum(map(size, temps.values())),
+                "workspace": int(self._workspace.nbytes),
+                "outputs": sum(map(size, outputs.values()))}
 
     def __call__(self, **feeds):
         """The common call, lean (a training step on small arrays is over in microseconds):
@@ -231,6 +255,12 @@ class CpuFunction(CompiledFunction):
         if not self._compiled:
             return self._first_call(args)
         return self._call(self._fn, arrays, args[len(arrays):])
+
+
+def _kib(n):
+    if n < 1024:
+        return f"{n} B"
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
 def _held_by_us():

@@ -438,6 +438,10 @@ def test_large_temporaries_live_in_a_workspace_kept_between_calls():
     np.testing.assert_allclose(f(x=xs[64]), ref(x=xs[64]), rtol=1e-5)
     first = f._workspace
     assert first.size >= 64 * 1024 * 4
+    memory = f.stats["buffer_bytes"]
+    assert memory["workspace"] == first.nbytes and memory["outputs"] == 4
+    assert memory["temporaries"] >= 64 * 1024 * 4
+    assert "workspace kept between calls 256.0 KiB" in f.explain()
     np.testing.assert_allclose(f(x=xs[64]), ref(x=xs[64]), rtol=1e-5)
     assert f._workspace is first  # kept, not made again
     np.testing.assert_allclose(f(x=xs[128]), ref(x=xs[128]), rtol=1e-5)
