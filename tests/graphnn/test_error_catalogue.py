@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import graphnn as gn
+from graphnn.api import declared_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOC = os.path.join(ROOT, "docs", "ERRORS.md")
@@ -258,12 +259,18 @@ def _program(code):
 
 
 def run_case(code):
-    """Run a catalogue program as example.py; return the exception it raised (or None)."""
+    """Run a catalogue program as example.py, as the only program of its process: inputs
+    that earlier tests declared (and that garbage collection has not yet removed from
+    graphnn's registry) are hidden from it. Returns the exception it raised (or None)."""
     namespace = {"np": np, "gn": gn}
+    earlier = dict(declared_inputs)
+    declared_inputs.clear()
     try:
         exec(compile(_program(code), "example.py", "exec"), namespace)
     except gn.GraphError as exc:
         return exc
+    finally:
+        declared_inputs.update(earlier)
     return None
 
 
