@@ -35,6 +35,11 @@ def cmd_demo(args):
     print("\n=== graph vs eager: one training step of an MLP 64-64-10, batch 32 " + "=" * 8)
     from . import bench
     bench.run(["mlp-small"], ["eager", "cpu"], repeat=200, budget=5.0, subprocess_info=False)
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    if forced:
+        print(f"(OPENBLAS_CORETYPE={forced} in the environment chooses OpenBLAS's kernels for "
+              "eager and compiled steps alike; `make bench` lets OpenBLAS choose them: see "
+              "docs/BENCHMARKS.md)")
     return 0 if passed else 1
 
 
