@@ -263,7 +263,7 @@ def run_case(code):
     that earlier tests declared (and that garbage collection has not yet removed from
     graphnn's registry) are hidden from it. Returns the exception it raised (or None)."""
     namespace = {"np": np, "gn": gn}
-    earlier = dict(declared_inputs)
+    earlier = dict(declared_inputs.items())  # (items: skips entries dying meanwhile)
     declared_inputs.clear()
     try:
         exec(compile(_program(code), "example.py", "exec"), namespace)
