@@ -1,5 +1,6 @@
 """kernels.cpu on hand-built kernel-IR programs: no graphnn involved."""
 import numpy as np
+import pytest
 
 from kernels import cpu, ir, windows
 
@@ -79,3 +80,36 @@ def test_a_reshape_of_a_reshape_views_the_first_buffer():
     module, _ = cpu.load_module(source)
     X = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(cpu.run(module, X)[0], X + 1)
+
+
+def test_large_temporaries_of_every_dtype_are_workspace_views():
+    """Temporaries of 32 KiB and more, of a dynamic or a static shape and of integer or
+    float dtypes, are views of the workspace; the program asks for a larger one when the
+    workspace it is given is too small, before any step."""
+    x = ir.Buffer("in0", ("d0", 4096), "float64", "input", 0)
+    mask = ir.Buffer("mask", ("d0", 4096), "int64")
+    col = ir.Buffer("col", (4096,), "float32")          # static: 16 KiB, allocated
+    wide = ir.Buffer("wide", (8, 4096), "int32")        # static: 128 KiB, a view
+    out = ir.Buffer("out", (), "float64")
+    one = ir.ScalarExpr({"a": ir.Load(x, ("i0", "i1"))}, [("v", "T(1) if a > T(0) else T(0)")], "v")
+    steps = [
+        ir.Elementwise(mask, one),
+        ir.Elementwise(col, ir.ScalarExpr({"a": ir.Load(x, ("0", "i0"))}, [("v", "T(2) * a")], "v")),
+        ir.Elementwise(wide, ir.ScalarExpr({"m": ir.Load(mask, ("0", "i1"))}, [("v", "T(3) * m")], "v")),
+        ir.Reduce(out, ir.ScalarExpr({"m": ir.Load(mask, ("i0", "i1")), "c": ir.Load(col, ("i1",)),
+                                      "w": ir.Load(wide, ("0", "i1"))},
+                                     [("v", "T(m) * T(c) + T(w)")], "v"),
+                  ("d0", 4096), (0, 1), "sum"),
+    ]
+    source = cpu.generate(ir.Program([x], [], [], steps, [out], [], {"d0": (0, 0)}))
+    assert "mask = workspace[" in source and ".view(np.int64)" in source
+    assert "wide = workspace[" in source and "col = np.empty((4096,), np.float32)" in source
+    module, _ = cpu.load_module(source)
+    X = np.random.default_rng(0).standard_normal((16, 4096))
+    assert module.workspace_bytes(X) >= 16 * 4096 * 8 + 8 * 4096 * 4
+    (got,) = cpu.run(module, X)
+    m = (X > 0).astype(np.int64)
+    expected = np.sum(m * (2 * X[0]).astype(np.float32)) + 16 * np.sum(3 * m[0])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="workspace is too small"):
+        module.program(X, np.empty(16, np.uint8))
