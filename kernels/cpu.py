@@ -12,8 +12,8 @@ Calling convention: `program(*inputs, *states, *consts, *recycled, workspace)` r
 the outputs. Temporaries of 32 KiB and more live in `workspace`, a uint8 array the caller
 keeps between calls, of `workspace_bytes(*inputs)` bytes (when it is smaller, `program`
 raises WORKSPACE_TOO_SMALL before any step), so large steps allocate nothing but their
-outputs (a fresh allocation of megabytes costs a page fault per 4 KiB touched). `recycled` holds one array per
-output listed in the module's RECYCLED: an earlier result of that output that nobody holds
+outputs (a fresh allocation of megabytes costs a page fault per 4 KiB touched).
+`recycled` holds one array per output listed in the module's RECYCLED: an earlier result of that output that nobody holds
 any more, written again when its shape fits (else a zero-size array, and a new array is
 made). `run(module, *arrays)` calls a program as a test would.
 """
@@ -423,25 +423,25 @@ class _Memory:
 
     def __init__(self, recycled):
         self.recycled = recycled
-        self.parts = []  # (buffer, element count as source)
+        self.parts = []  # (size in bytes as source, whether it depends on a dim variable)
 
     def alloc(self, em, buf, zero):
         shape, dtype = _shape_src(buf.shape), _dtype_src(buf.dtype)
+        static = _static_bytes(buf)
         if buf.name in self.recycled:
             arg = self.recycled[buf.name]
             em.emit_setup(f"{buf.name} = {arg} if {arg}.shape == {shape} else "
                           f"np.empty({shape}, {dtype})")
-        elif buf.ndim == 0 or (_static_bytes(buf) or WORKSPACE_MIN) < WORKSPACE_MIN:
+        elif buf.ndim == 0 or (static is not None and static < WORKSPACE_MIN):
             em.emit_setup(f"{buf.name} = np.empty({shape}, {dtype})")
         else:
             k = len(self.parts)
-            count = " * ".join(str(d) for d in buf.shape)
-            self.parts.append((buf, count))
-            size = f"{count} * {_itemsize(buf.dtype)}"
+            size = " * ".join(str(d) for d in buf.shape + (_itemsize(buf.dtype),))
+            self.parts.append((size, static is None))
             view = f"workspace[_w{k}:_w{k} + {size}].view({dtype})"
             if buf.ndim > 1:
                 view += f".reshape({shape})"
-            if _static_bytes(buf) is None:
+            if static is None:
                 # a small array is quicker to allocate than to view (Numba checks views)
                 view += f" if {size} >= {WORKSPACE_MIN} else np.empty({shape}, {dtype})"
             em.emit_setup(f"{buf.name} = {view}")
@@ -451,14 +451,12 @@ class _Memory:
     def offsets(self):
         """Lines binding the offsets `_w<k>` and `_wend`, the bytes the workspace needs."""
         lines, end = [], "0"
-        for k, (buf, count) in enumerate(self.parts):
+        for k, (size, dynamic) in enumerate(self.parts):
             lines.append(f"_w{k} = {end}")
-            size = f"{count} * {_itemsize(buf.dtype)}"
-            end = f"_w{k} + ({size} + {WORKSPACE_ALIGN - 1}) // {WORKSPACE_ALIGN} * " \
-                  f"{WORKSPACE_ALIGN}"
-            if _static_bytes(buf) is None:
-                end = f"{end[:len(f'_w{k} + ')]}({end[len(f'_w{k} + '):]} " \
-                      f"if {size} >= {WORKSPACE_MIN} else 0)"
+            room = f"({size} + {WORKSPACE_ALIGN - 1}) // {WORKSPACE_ALIGN} * {WORKSPACE_ALIGN}"
+            if dynamic:  # (allocated instead when small, see alloc)
+                room = f"({room} if {size} >= {WORKSPACE_MIN} else 0)"
+            end = f"_w{k} + {room}"
         return lines + [f"_wend = {end}"]
 
     def prologue(self):
