@@ -21,7 +21,7 @@ from .ops import (add, sub, mul, div, neg, pow, exp, log, sqrt, abs, square, max
                   softmax_cross_entropy, cast, clip, one_hot, slice_axis)
 from .graph import Graph
 from .autodiff import grad
-from .compile import compile
+from .backends import compile
 from .serialize import save, load
 from . import eager, optim, testing, onnx
 from . import data, metrics, nn
@@ -31,8 +31,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # gn.distributed is imported on first use, so that `python -m graphnn.distributed`
-    # does not find it already imported
+    # gn.distributed is imported on first use (it looks for MPI)
     if name == "distributed":
         import importlib
         return importlib.import_module(".distributed", __name__)

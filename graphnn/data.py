@@ -87,7 +87,6 @@ def spirals(n_per_class=100, classes=2, noise=0.2, turns=1.0, seed=0):
 
 
 FRUIT_FEATURES = ("weight (100 g)", "skin roughness (0 smooth .. 1 rough)")
-FRUIT_NAMES = ("apple", "orange")
 
 
 def apples_oranges(n_per_class=10, seed=0):

@@ -3,7 +3,7 @@ import numpy as np
 
 from . import shapes as S
 from .errors import GraphError, user_location
-from .node import Node, LEAF_OPS, _interned
+from .node import Node, LEAF_OPS
 from .registry import OPS
 
 
@@ -154,11 +154,37 @@ class Graph:
         return names
 
     def _repr_svg_(self):
-        from visualize import to_svg
-        return to_svg(self)
+        """The graph as SVG text, for notebooks: drawn by the renderer registered with
+        `register_svg_renderer` (visualize registers itself; see `svg_renderer`)."""
+        renderer = svg_renderer()
+        return None if renderer is None else renderer(self)
 
     def __repr__(self):
         return f"<Graph {len(self.nodes)} nodes, outputs {[o.name or o.op for o in self.outputs]}>"
 
     def __len__(self):
         return len(self.nodes)
+
+
+_SVG_RENDERERS = []  # registry: functions Graph -> SVG text (visualize.to_svg)
+
+
+def register_svg_renderer(renderer):
+    """Make `renderer(graph) -> SVG text` draw graphs in notebooks (Graph._repr_svg_)."""
+    if renderer not in _SVG_RENDERERS:
+        _SVG_RENDERERS.append(renderer)
+    return renderer
+
+
+def svg_renderer():
+    """The registered SVG renderer: the last one registered, else the one an installed
+    package declares under the entry-point group "graphnn.renderers" (visualize does, in
+    pyproject.toml), loaded on first use; None when there is none."""
+    if not _SVG_RENDERERS:
+        from importlib.metadata import entry_points
+        for entry in entry_points(group="graphnn.renderers"):
+            try:
+                register_svg_renderer(entry.load())
+            except Exception:  # a broken plug-in draws nothing; the text repr remains
+                continue
+    return _SVG_RENDERERS[-1] if _SVG_RENDERERS else None

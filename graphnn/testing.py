@@ -2,7 +2,7 @@
 import numpy as np
 
 from .autodiff import grad
-from .compile import compile
+from .backends import compile
 from .errors import GraphError
 
 

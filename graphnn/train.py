@@ -218,7 +218,7 @@ def _evaluator_for(step):
     if outputs is None:
         raise GraphError(f"fit: validation needs evaluate_fn= when the step is not a "
                          f"gn.compile result (at {user_location()})")
-    from .compile import compile
+    from .backends import compile
     return compile(list(outputs), backend=step.backend)
 
 

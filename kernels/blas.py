@@ -30,7 +30,7 @@ IMPORTS = ["from llvmlite import ir as _llir",
            "from numba.extending import intrinsic",
            "from kernels.blas import register as _register_cblas"]
 
-_CBLAS_SYMBOL = "graphnn_cblas_{}gemm"  # {} is s (float32) or d (float64)
+CBLAS_SYMBOL = "graphnn_cblas_{}gemm"  # {} is s (float32) or d (float64)
 
 # The CBLAS names a numpy build may export, with the width of their integer arguments:
 # numpy's wheels carry scipy-openblas64 (64-bit integers, prefixed names); other builds
@@ -90,7 +90,7 @@ def integer_bits():
         return None
 
 
-def register(symbol=_CBLAS_SYMBOL, bits=64):
+def register(symbol=CBLAS_SYMBOL, bits=64):
     """Point `symbol` (s and d) at numpy's sgemm and dgemm in this process. Compiled code
     generated for `bits`-wide BLAS integers calls them by that name."""
     library, pattern, found = _numpy_blas()
@@ -154,7 +154,7 @@ def _cblas_gemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, bet
             enum, enum, enum, blasint, blasint, blasint, real, real.as_pointer(), blasint,
             real.as_pointer(), blasint, real, real.as_pointer(), blasint])
         kind = "s" if tys[6].dtype == _types.float32 else "d"
-        fn = _cgutils.get_or_insert_function(builder.module, fnty, _CBLAS_SYMBOL.format(kind))
+        fn = _cgutils.get_or_insert_function(builder.module, fnty, CBLAS_SYMBOL.format(kind))
 
         def data(i):
             array = context.make_array(tys[i])(context, builder, args[i])
@@ -190,5 +190,5 @@ def gemm(trans_a, trans_b, alpha, a, b, beta, c):
 
 
 if integer_bits():
-    register(_CBLAS_SYMBOL, _CBLAS_BITS)
+    register(CBLAS_SYMBOL, _CBLAS_BITS)
 GEMM = njit(gemm)  # for tests and the benchmark; generated modules get their own copy

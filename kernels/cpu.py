@@ -2,9 +2,7 @@
 function, compiled with `numba.njit(cache=True)`, runs every step (forward, backward and
 parameter updates) in a single call from Python.
 
-The module is written to a cache directory under a name made from the hash of its source,
-the generator version and the Numba version, and imported from there (registered in
-sys.modules first, so Numba's on-disk cache can find it again in a new process). Helpers
+kernels/loader.py writes the module to the on-disk kernel cache and imports it. Helpers
 (convolution and pooling loops) are copied into the module, so a cached module never
 depends on another file that could change.
 
@@ -13,17 +11,12 @@ the outputs. Temporaries of 32 KiB and more live in `workspace`, a uint8 array t
 keeps between calls, of `workspace_bytes(*inputs)` bytes (when it is smaller, `program`
 raises WORKSPACE_TOO_SMALL before any step), so large steps allocate nothing but their
 outputs (a fresh allocation of megabytes costs a page fault per 4 KiB touched).
-`recycled` holds one array per output listed in the module's RECYCLED: an earlier result of that output that nobody holds
-any more, written again when its shape fits (else a zero-size array, and a new array is
-made). `run(module, *arrays)` calls a program as a test would.
+`recycled` holds one array per output listed in the module's RECYCLED: an earlier result
+of that output that nobody holds any more, written again when its shape fits (else a
+zero-size array, and a new array is made). `run(module, *arrays)` calls a program as a test would.
 """
-import hashlib
-import importlib.util
 import inspect
-import os
 import re
-import sys
-import tempfile
 import textwrap
 
 import numba
@@ -47,59 +40,6 @@ SHARED_STEPS = 2  # see _program_functions()
 # fastmath without nnan/ninf: NaN and Inf keep their meaning (see docs/ARCHITECTURE.md)
 FASTMATH = "{'nsz', 'arcp', 'contract', 'afn', 'reassoc'}"
 _T_CALL = re.compile(r"\bT\(")
-
-
-def cache_dir():
-    """Where generated modules live: $GRAPHNN_CACHE_DIR, else ~/.cache/graphnn/kernels.
-    When that directory cannot be created or written, a private temporary directory."""
-    path = os.environ.get("GRAPHNN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "graphnn", "kernels")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        return fallback_cache_dir()
-    return path if os.access(path, os.W_OK) else fallback_cache_dir()
-
-
-_private_dir = []  # registry: this process's fallback directory, made once
-
-
-def fallback_cache_dir():
-    """A cache directory only this user can write: <tmp>/graphnn-kernels-<uid> when it is
-    ours and private, else a fresh directory for this process."""
-    if not _private_dir:
-        uid = os.getuid() if hasattr(os, "getuid") else None
-        path = os.path.join(tempfile.gettempdir(), f"graphnn-kernels-{uid}")
-        try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
-            info = os.stat(path)
-            private = (uid is None or info.st_uid == uid) and not info.st_mode & 0o022 \
-                and os.access(path, os.W_OK)
-        except OSError:
-            private = False
-        _private_dir.append(path if private else tempfile.mkdtemp(prefix="graphnn-kernels-"))
-    return _private_dir[0]
-
-
-def _holds(path, data):
-    try:
-        with open(path, "rb") as fh:
-            return fh.read() == data
-    except OSError:
-        return False
-
-
-def _write_atomically(directory, path, data):
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _shape_src(shape):
@@ -230,8 +170,8 @@ def generate(program, parallel=False, approximate=True):
         out[3:3] = blas.IMPORTS
         out += ["", "# matrix products: gemm with alpha and beta in the CBLAS numpy links "
                 "(kernels/blas.py)", f"_CBLAS_BITS = {bits}",
-                f"_CBLAS_SYMBOL = {blas._CBLAS_SYMBOL!r}",
-                "_register_cblas(_CBLAS_SYMBOL, _CBLAS_BITS)", "",
+                f"CBLAS_SYMBOL = {blas.CBLAS_SYMBOL!r}",
+                "_register_cblas(CBLAS_SYMBOL, _CBLAS_BITS)", "",
                 inspect.getsource(blas._cblas_gemm).rstrip(), "", "",
                 plain, inspect.getsource(blas.gemm).rstrip(), ""]
     out += body
@@ -710,59 +650,6 @@ def _emit_argmax_mask(em, step, allocated):
     idx = ", ".join(f"w{k}" if k in step.axes else f"i{k}" for k in range(src.ndim))
     em.emit(f"{out.name}[{idx}] = 1")
     em.dedent(len(kept))
-
-
-def load_module(source):
-    """Write `source` to the cache directory (atomically, once) and import it.
-
-    Returns (module, path). The module name is a hash of the source, the generator version
-    and the Numba version, so a new process that builds the same graph finds the same file
-    and Numba's cache next to it. A cached file that differs from `source` by one byte
-    (truncated, corrupted, edited) is rewritten before it is imported. Anyone who can
-    write the cache directory can change the code that runs: keep it private."""
-    digest = hashlib.sha256(
-        (source + GENERATOR_VERSION + numba.__version__).encode()).hexdigest()[:20]
-    name = f"graphnn_kernel_{digest}"
-    data = source.encode("utf-8")
-    directory = cache_dir()
-    path = os.path.join(directory, name + ".py")
-    if not _holds(path, data):  # missing, truncated or altered: (re)write it
-        try:
-            _write_atomically(directory, path, data)
-        except OSError:  # a cache directory we cannot write after all
-            directory = fallback_cache_dir()
-            path = os.path.join(directory, name + ".py")
-            if not _holds(path, data):
-                _write_atomically(directory, path, data)
-    if name in sys.modules:
-        return sys.modules[name], path
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module, path
-
-
-def clear_numba_cache(path):
-    """Remove Numba's cache files for the generated module at `path` (e.g. when corrupted)."""
-    stem = os.path.splitext(os.path.basename(path))[0]
-    pycache = os.path.join(os.path.dirname(path), "__pycache__")
-    if os.path.isdir(pycache):
-        for f in os.listdir(pycache):
-            if f.startswith(stem + ".") and (f.endswith(".nbi") or f.endswith(".nbc")):
-                os.remove(os.path.join(pycache, f))
-
-
-def reload_module(path):
-    """Import the module at `path` again, fresh (after its Numba cache was cleared)."""
-    name = os.path.splitext(os.path.basename(path))[0]
-    sys.modules.pop(name, None)
-    with open(path, encoding="utf-8") as fh:
-        return load_module(fh.read())[0]
 
 
 def indent(source, prefix="    "):

@@ -1,9 +1,14 @@
-"""Test helpers shared by every test package: the one op-comparison helper and `location`.
+"""Test helpers shared by every test package: the op-comparison helpers and `location`.
 
 `assert_op_matches` builds an expression on graph inputs, checks its declared shape and
 dtype, runs it on every backend in BACKENDS and in eager mode, and compares each result
 with a reference computed independently in NumPy by the test. A new backend joins every
 op test by being added to BACKENDS.
+
+`assert_backends_agree` compiles the same outputs on the numpy back end (the reference,
+pinned down by the tests of each op) and on each compiled back end asked for ("cpu",
+"cuda" in the simulator), and compares every output: for graphs too large for an
+independent NumPy formula (gradients, training steps).
 """
 import importlib.util
 import inspect
@@ -85,6 +90,31 @@ def assert_op_matches(build, reference, feeds, rtol=None, atol=None, shapes=None
         assert got.shape == expected.shape, f"{where}: shape {got.shape} vs {expected.shape}"
         np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol, err_msg=where)
     return out
+
+
+def assert_backends_agree(outputs, feeds, backends=("cpu",), rtol=None, atol=None):
+    """Compile `outputs` (a node or list of nodes) on backend "numpy" and on each of
+    `backends`, call each with `feeds`, and require the same dtypes, shapes and values.
+    Default tolerances follow the outputs' dtype (TOLERANCES, relaxed 10x for float32,
+    whose compiled kernels round differently). Returns {backend: results}."""
+    outs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    results = {"numpy": gn.compile(list(outs), backend="numpy")(**feeds)}
+    for backend in backends:
+        results[backend] = gn.compile(list(outs), backend=backend,
+                                      **BACKEND_OPTIONS.get(backend, {}))(**feeds)
+    for backend in backends:
+        for node, e, g in zip(outs, results["numpy"], results[backend]):
+            e, g = np.asarray(e), np.asarray(g)
+            where = f"{backend}: {node.label()}"
+            assert g.dtype == e.dtype and g.shape == e.shape, \
+                f"{where}: {g.dtype}{g.shape} vs numpy's {e.dtype}{e.shape}"
+            default_rtol, default_atol = TOLERANCES.get(g.dtype, (0, 0))
+            if g.dtype == np.float32:
+                default_rtol, default_atol = 10 * default_rtol, 10 * default_atol
+            np.testing.assert_allclose(
+                g, e, err_msg=where, rtol=default_rtol if rtol is None else rtol,
+                atol=default_atol if atol is None else atol)
+    return results
 
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")

@@ -14,5 +14,9 @@ from .draw import build_digraph, to_dot
 from .render import GraphvizNotFound, render, to_svg
 from .cli import add_render_arguments, cli_render
 
+from graphnn.graph import register_svg_renderer
+
+register_svg_renderer(to_svg)  # gn.Graph(...)._repr_svg_() in notebooks
+
 __all__ = ["render", "to_svg", "to_dot", "build_digraph", "cli_render", "add_render_arguments",
            "GraphvizNotFound", "CATEGORY_COLOUR", "OP_CATEGORY", "category_of", "header_colour"]

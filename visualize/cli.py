@@ -19,9 +19,8 @@ To wire it into an argparse CLI:
     visualize.add_render_arguments(p)
     p.set_defaults(fn=visualize.cli_render)
 """
-import runpy
-
 import graphnn as gn
+from graphnn.tools.model_file import load_outputs
 
 
 def add_render_arguments(parser):
@@ -45,31 +44,6 @@ def add_render_arguments(parser):
     parser.add_argument("--attrs", action="store_true", help="show op attributes")
     parser.add_argument("--lr", action="store_true", help="lay out left to right")
     return parser
-
-
-def load_outputs(path, build="build"):
-    """What FILE.py describes: the result of its build() (or of the function named
-    `build`), or its `outputs`; for an ONNX file (model.onnx), the outputs of the imported
-    model (see gn.onnx.load)."""
-    if str(path).lower().endswith(".onnx"):
-        return gn.onnx.load(path).outputs
-    namespace = runpy.run_path(path, run_name="graphnn_render")
-    if callable(namespace.get(build)):
-        result = namespace[build]()
-    elif build != "build":
-        raise gn.GraphError(f"{path} defines no function {build}()")
-    elif "outputs" in namespace:
-        result = namespace["outputs"]
-    else:
-        raise gn.GraphError(f"{path} defines neither build() nor `outputs`")
-    if isinstance(result, tuple) and len(result) == 2 and _all_inputs(result[0]):
-        result = result[1]  # (inputs, outputs)
-    return list(result) if isinstance(result, tuple) else result
-
-
-def _all_inputs(value):
-    nodes = value if isinstance(value, (list, tuple)) else [value]
-    return bool(nodes) and all(isinstance(n, gn.Node) and n.op == "input" for n in nodes)
 
 
 def gradient_pairs(outputs):

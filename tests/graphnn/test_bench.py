@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from graphnn import bench
+from graphnn.tools import bench
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import graphnn as gn
-from graphnn.cuda_backend import simulator_enabled
+from graphnn.backends.cuda import simulator_enabled
 
 EXAMPLES = int(os.environ.get("GRAPHNN_FUZZ_EXAMPLES", "200"))
 
@@ -164,7 +164,7 @@ def test_fuzz_soak_memory_stays_flat():
     `make fuzz` (GRAPHNN_FUZZ_EXAMPLES >= 1000), 1,000 otherwise; RSS must stay flat."""
     steps = 10_000 if EXAMPLES >= 1000 else 1_000
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-m", "graphnn.soak", "--steps", str(steps),
+    out = subprocess.run([sys.executable, "-m", "graphnn.tools.soak", "--steps", str(steps),
                           "--max-growth-mb", "4"], capture_output=True, text=True, cwd=root,
                          timeout=1800)
     print(out.stdout)

@@ -12,7 +12,7 @@ from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 import graphnn as gn  # noqa: E402
 from graphnn.ops import pad_axis  # noqa: E402
-from graphnn.cli import main as graphnn_main  # noqa: E402
+from graphnn.tools.cli import main as graphnn_main  # noqa: E402
 from helpers import EXAMPLES, load_example  # noqa: E402
 
 RNG = np.random.default_rng(0)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import graphnn as gn
-from graphnn.cuda_backend import simulator_enabled
+from graphnn.backends.cuda import simulator_enabled
 from graphnn.registry import apply
 from helpers import BACKEND_OPTIONS, location
-from kernels import cpu as cpu_codegen
+from kernels import loader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BACKENDS = ["numpy", "cpu"] + (["cuda"] if simulator_enabled() else [])
@@ -255,7 +255,7 @@ def test_a_cache_dir_that_cannot_be_created_falls_back(tmp_path, monkeypatch):
     f = gn.compile(x * 3.25 + 0.125, backend="cpu")
     np.testing.assert_array_equal(f(x=np.array([1.0, 2.0])), [3.375, 6.625])
     assert not f.path.startswith(str(blocker))
-    assert os.path.dirname(f.path) == cpu_codegen.fallback_cache_dir()
+    assert os.path.dirname(f.path) == loader.fallback_cache_dir()
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
@@ -279,10 +279,10 @@ def test_a_module_file_that_cannot_be_rewritten_falls_back(tmp_path, monkeypatch
     (so it can be neither read nor replaced): the module goes to the fallback."""
     monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
     source = "# a generated module\nVALUE = 7\n"
-    module, path = cpu_codegen.load_module(source)
+    module, path = loader.load_module(source)
     os.remove(path)
     os.mkdir(path)
     sys.modules.pop(module.__name__)
-    module2, path2 = cpu_codegen.load_module(source)
+    module2, path2 = loader.load_module(source)
     assert module2.VALUE == 7 and path2 != path
-    assert os.path.dirname(path2) == cpu_codegen.fallback_cache_dir()
+    assert os.path.dirname(path2) == loader.fallback_cache_dir()

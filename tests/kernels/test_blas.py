@@ -55,7 +55,7 @@ def test_code_generated_for_another_blas_integer_width_is_refused():
     from kernels import blas
     other = 32 if blas.integer_bits() == 64 else 64
     with pytest.raises(blas.BlasNotFound, match=f"{other}-bit integers"):
-        blas.register(blas._CBLAS_SYMBOL, other)
+        blas.register(blas.CBLAS_SYMBOL, other)
 
 
 def test_compiled_matmuls_need_no_scipy(tmp_path):

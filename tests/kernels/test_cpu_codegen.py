@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from kernels import cpu, ir, windows
+from kernels import cpu, ir, loader, windows
 
 
 def _program():
@@ -24,7 +24,7 @@ def _program():
 def test_generated_module_runs_and_matches_numpy():
     source = cpu.generate(_program())
     assert "@njit(cache=True" in source and "np.float32(2.5)" in source
-    module, path = cpu.load_module(source)
+    module, path = loader.load_module(source)
     X = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
     W = np.ones((3, 2), np.float32)
     y, s = cpu.run(module, X, W)
@@ -35,8 +35,8 @@ def test_generated_module_runs_and_matches_numpy():
 
 
 def test_same_source_same_module_name():
-    a = cpu.load_module(cpu.generate(_program()))[1]
-    b = cpu.load_module(cpu.generate(_program()))[1]
+    a = loader.load_module(cpu.generate(_program()))[1]
+    b = loader.load_module(cpu.generate(_program()))[1]
     assert a == b
 
 
@@ -61,7 +61,7 @@ def test_steps_alike_but_for_their_buffers_share_a_function():
     source = cpu.generate(ir.Program([x], [], [], steps, outs, []))
     assert source.count("def elementwise_0(buf0, buf1, n0):") == 1
     assert "elementwise_0(in0, b2, np.intp(2))" in source
-    module, _ = cpu.load_module(source)
+    module, _ = loader.load_module(source)
     X = np.arange(12, dtype=np.float32).reshape(4, 3)
     for k, got in enumerate(cpu.run(module, X)):
         np.testing.assert_array_equal(got, 2 * X[:, k])
@@ -77,7 +77,7 @@ def test_a_reshape_of_a_reshape_views_the_first_buffer():
                                                [("v", "a + T(1)")], "v"))]
     source = cpu.generate(ir.Program([x], [], [], steps, [out], []))
     assert "b2_back = in0\n" in source and "b1_row =" not in source
-    module, _ = cpu.load_module(source)
+    module, _ = loader.load_module(source)
     X = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(cpu.run(module, X)[0], X + 1)
 
@@ -104,7 +104,7 @@ def test_large_temporaries_of_every_dtype_are_workspace_views():
     source = cpu.generate(ir.Program([x], [], [], steps, [out], [], {"d0": (0, 0)}))
     assert "mask = workspace[" in source and ".view(np.int64)" in source
     assert "wide = workspace[" in source and "col = np.empty((4096,), np.float32)" in source
-    module, _ = cpu.load_module(source)
+    module, _ = loader.load_module(source)
     X = np.random.default_rng(0).standard_normal((16, 4096))
     assert module.workspace_bytes(X) >= 16 * 4096 * 8 + 8 * 4096 * 4
     (got,) = cpu.run(module, X)

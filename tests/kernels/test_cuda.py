@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import graphnn as gn
-from graphnn.cuda_backend import simulator_enabled
-from helpers import BACKEND_OPTIONS, assert_op_matches
+from graphnn.backends.cuda import simulator_enabled
+from helpers import BACKEND_OPTIONS, assert_backends_agree, assert_op_matches
 from kernels import cuda_windows, windows
 
 SMALL = BACKEND_OPTIONS["cuda"]  # block=32, tile=4
@@ -26,12 +26,8 @@ def on_cuda_and_numpy(build, feeds, rtol=2e-5, atol=1e-6):
     nodes = {k: gn.input(k, v.shape, dtype=v.dtype.name) for k, v in feeds.items()}
     out = build(*nodes.values())
     outs = out if isinstance(out, list) else [out]
-    expected = gn.compile(outs, backend="numpy")(**feeds)
-    got = gn.compile(outs, backend="cuda", **SMALL)(**feeds)
-    for e, g, node in zip(expected, got, outs):
-        assert g.dtype == e.dtype and g.shape == e.shape, node.label()
-        np.testing.assert_allclose(g, e, rtol=rtol, atol=atol, err_msg=node.label())
-    return got
+    return assert_backends_agree(outs, feeds, backends=("cuda",), rtol=rtol,
+                                 atol=atol)["cuda"]
 
 
 pytestmark = pytest.mark.skipif(not simulator_enabled(), reason="simulator tier: needs "

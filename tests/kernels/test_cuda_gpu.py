@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import graphnn as gn
-from graphnn.cuda_backend import simulator_enabled
+from graphnn.backends.cuda import simulator_enabled
 
 
 def _real_gpu():

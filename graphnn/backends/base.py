@@ -1,43 +1,22 @@
-"""`gn.compile`: turn outputs (and parameter updates) into a callable, on a chosen backend.
+"""What every back end shares: `CompiledFunction` (the graph, update checks, feed checks,
+parameter state, check_finite, stats) and `LoweredFunction` (the compiled back ends' common
+start: graph passes, then lowering to the kernel IR).
 
-Every backend shares this front: the graph is collected, updates are checked, feeds are
+Every back end shares this front: the graph is collected, updates are checked, feeds are
 checked by name before any kernel runs, and updates are applied after all new values are
-computed from the old ones. Backends: "numpy" (interpret node by node, the reference),
-"cpu" (generated Numba kernels), "cuda" (generated numba.cuda kernels).
+computed from the old ones.
 """
 import time
 
 import numpy as np
 
-from . import shapes as S
-from .errors import BackendError, GraphError, NumericalError, user_location
-from .feeds import FeedChecker, label_bounds
-from .graph import Graph, as_node_list
-from .node import Node
-from .registry import OPS
-
-BACKENDS = ("numpy", "cpu", "cuda")
-
-
-def compile(outputs, updates=None, backend="cpu", check_finite=False, **options):  # noqa: A001
-    """Compile `outputs` (a node or list of nodes) into a function of the graph's inputs.
-
-        f = gn.compile([loss, gW], backend="cpu")
-        loss_val, gW_val = f(x=X, y=Y)
-
-    `updates={param: new_value_node}` are applied in place after each call.
-    `check_finite=True` raises gn.NumericalError naming the first node that produces NaN/Inf.
-    """
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} "
-                           f"(at {user_location()})")
-    if backend == "numpy":
-        return NumpyFunction(outputs, updates, check_finite=check_finite, **options)
-    if backend == "cpu":
-        from .compiler import CpuFunction
-        return CpuFunction(outputs, updates, check_finite=check_finite, **options)
-    from .cuda_backend import CudaFunction
-    return CudaFunction(outputs, updates, check_finite=check_finite, **options)
+from ..errors import FeedError, GraphError, NumericalError, user_location
+from ..feeds import FeedChecker, label_bounds
+from ..graph import Graph, as_node_list
+from ..node import Node
+from ..passes import optimize
+from ..lowering import lower
+from ..registry import OPS
 
 
 def check_updates(updates):
@@ -112,7 +91,9 @@ class CompiledFunction:
                                  f"{value.shape} {value.dtype}; this function was compiled "
                                  f"for {self._state_shapes[id(p)]} {p.dtype}")
 
-    def __call__(self, **feeds):
+    def __call__(self, *args, **feeds):
+        if args:
+            raise_positional(self, args)
         arrays = None if self.check_finite else self.feeds.fast_check(feeds)
         binding = None
         if arrays is None:
@@ -218,21 +199,37 @@ def first_non_finite(nodes, inputs, arrays, state_values):
     return None
 
 
-class NumpyFunction(CompiledFunction):
-    """The reference backend: interpret the graph node by node with each op's NumPy impl.
-    With check_finite=True it stops at the first node that produces NaN or Inf, before any
-    parameter is updated."""
+def raise_positional(compiled, args):
+    """A compiled function takes its feeds by input name: say so, with the names."""
+    names = ", ".join(f"{n.name}=..." for n in compiled.graph.inputs) or "no arguments"
+    raise FeedError(f"a compiled function takes its feeds by input name, not by position: "
+                    f"got {len(args)} positional argument(s); call it as f({names}) "
+                    f"(at {user_location()})")
 
-    backend = "numpy"
 
-    def _run(self, arrays, binding):
-        states = {id(p): p.state.value for p in self.state_nodes}
-        values = interpret(self.graph.nodes, self.graph.inputs, arrays, states,
-                           self.check_finite)
-        results = [np.array(values[id(o)], copy=True) for o in self.outputs]
-        new_values = [(p, np.array(values[id(v)], copy=True)) for p, v in self.update_pairs]
-        for p, v in new_values:
-            p.state.value[...] = v
-        return results
+class LoweredFunction(CompiledFunction):
+    """The compiled back ends' common start: the graph passes (passes.py), then lowering to
+    a kernel-IR Program (lowering.py), which a code generator in kernels/ turns into code.
 
-    _run_checked = _run
+    Sets `.optimized_outputs`, `.optimized_graph`, `.program` and `.kernels` (each step's
+    name, the graph nodes it computes and its buffer, for explain() and pictures)."""
+
+    def __init__(self, outputs, updates=None, check_finite=False, optimize_graph=True):
+        super().__init__(outputs, updates, check_finite)
+        roots = self.outputs + [v for _, v in self.update_pairs]
+        self.pass_report = []
+        if optimize_graph:
+            roots, self.pass_report = optimize(roots)
+        n_out = len(self.outputs)
+        self.optimized_outputs = roots[:n_out]
+        self.optimized_graph = Graph(roots)
+        opt_updates = [(p, v) for (p, _), v in zip(self.update_pairs, roots[n_out:])]
+        self.program, self.lowering = lower(roots, self.graph.inputs, self.state_nodes,
+                                            self.optimized_outputs, opt_updates)
+        self.program.index_checks = [
+            (k, self.feeds.bounds[n.name][0]) for k, n in enumerate(self.graph.inputs)
+            if n.name in self.feeds.bounds]
+        self.kernels = [{"name": f"step {k}: {type(step).__name__.lower()}",
+                         "nodes": nodes, "buffer": step.out.name}
+                        for k, (step, nodes) in enumerate(zip(self.lowering.steps,
+                                                              self.lowering.step_nodes))]

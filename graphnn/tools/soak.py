@@ -1,8 +1,8 @@
 """Memory soak: call a compiled training step many times and check that the process's
 resident memory stays flat.
 
-    python -m graphnn.soak                      # 10,000 steps on "cpu" and "numpy"
-    python -m graphnn.soak --steps 2000 --backend cpu --max-growth-mb 4
+    python -m graphnn.tools.soak                      # 10,000 steps on "cpu" and "numpy"
+    python -m graphnn.tools.soak --steps 2000 --backend cpu --max-growth-mb 4
 
 Prints the resident set size (RSS) before and after the steps; exits with status 1 when
 it grew by more than the bound on any back end.
@@ -12,6 +12,10 @@ import os
 import sys
 
 import numpy as np
+
+import graphnn as gn
+
+from .models import mlp_classifier
 
 
 def rss_bytes():
@@ -27,15 +31,7 @@ def rss_bytes():
 
 def training_step(backend):
     """A small MLP training step (outputs and parameter updates) and its feeds."""
-    import graphnn as gn
-    x = gn.input("x", (None, 16))
-    y = gn.input("y", (None,), dtype="int64")
-    W1 = gn.param("W1", shape=(16, 32), seed=0)
-    b1 = gn.param("b1", np.zeros(32, np.float32))
-    W2 = gn.param("W2", shape=(32, 4), seed=1)
-    logits = gn.relu(x @ W1 + b1) @ W2
-    loss = gn.softmax_cross_entropy(logits, y)
-    params = [W1, b1, W2]
+    loss, logits, params = mlp_classifier((16, 32, 4))
     step = gn.compile([loss, gn.softmax(logits)], backend=backend,
                       updates=gn.optim.Adam(lr=1e-3).updates(loss, params))
     rng = np.random.default_rng(0)

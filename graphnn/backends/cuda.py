@@ -27,12 +27,10 @@ import time
 
 import numpy as np
 
-from kernels import cpu as module_loader
-from kernels import cuda as cuda_codegen
+from kernels import cuda as cuda_codegen, loader
 
-from .compile import CompiledFunction
-from .compiler import lower_graph
-from .errors import BackendError
+from ..errors import BackendError
+from .base import LoweredFunction
 
 SIMULATOR_HINT = ("To run the generated kernels without a GPU, use Numba's CUDA simulator: "
                   "set NUMBA_ENABLE_CUDASIM=1 in the environment before Python starts "
@@ -55,7 +53,7 @@ def simulator_enabled():
     return bool(config.ENABLE_CUDASIM)
 
 
-class CudaFunction(CompiledFunction):
+class CudaFunction(LoweredFunction):
     """A graph compiled to numba.cuda kernels with device-resident parameters.
 
         step = gn.compile(loss, updates=sgd.updates(loss, [W, b]), backend="cuda")
@@ -74,27 +72,27 @@ class CudaFunction(CompiledFunction):
 
     def __init__(self, outputs, updates=None, check_finite=False, optimize_graph=True,
                  block=128, tile=16, sync_params=False, generate_only=False):
-        super().__init__(outputs, updates, check_finite)
         self.cuda = _numba_cuda()
         if not generate_only and not self.cuda.is_available():
             raise BackendError("backend='cuda': no CUDA GPU was found "
                                "(numba.cuda.is_available() is False). " + SIMULATOR_HINT)
         started = time.perf_counter()
-        report, lowering = lower_graph(self, optimize_graph)
+        super().__init__(outputs, updates, check_finite, optimize_graph)
+        lowering = self.lowering
         try:
             self.source = cuda_codegen.generate(self.program, block=block, tile=tile)
         except ValueError as exc:
             raise BackendError(f"backend='cuda': {exc}") from None
-        self.module, self.path = module_loader.load_module(self.source)
+        self.module, self.path = loader.load_module(self.source)
         self.generate_only = generate_only
         self.sync_params = sync_params
         self.stats.update({
-            "passes": report,
+            "passes": self.pass_report,
             "kernels": len(self.module.SIGNATURES),
             "steps": len(self.program.steps),
             "module": self.path,
             "simulator": simulator_enabled(),
-            "lower_seconds": time.perf_counter() - started,
+            "lower_seconds": time.perf_counter() - started - self.stats["build_seconds"],
             "host_to_device": 0,
             "device_to_host": 0,
             "param_uploads": 0,

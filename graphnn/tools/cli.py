@@ -1,10 +1,14 @@
-"""The `graphnn` command: `graphnn demo`, and more subcommands as they are added."""
+"""The `graphnn` command: `demo` (the lecture examples and the digits MLP), `bench` (graph vs
+eager benchmarks), `render` (a model file's picture), `export` and `run` (ONNX files).
+
+This is an entry point, not library code: it may import every package (visualize too)."""
 import argparse
 import os
 import runpy
 import sys
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        "examples")
 
 
 def _run_example(name):
@@ -52,15 +56,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="graphnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="run the lecture examples").set_defaults(fn=cmd_demo)
-    bench = sub.add_parser("bench", help="graph vs eager benchmarks (see graphnn.bench)",
+    bench = sub.add_parser("bench", help="graph vs eager benchmarks (see graphnn.tools.bench)",
                            add_help=False)
     bench.set_defaults(fn=None)
     import visualize
     render = sub.add_parser("render", help="draw a model file's graph (Netron style)")
     visualize.add_render_arguments(render)
     render.set_defaults(fn=visualize.cli_render)
-    from . import onnx as onnx_interop  # `export` and `run`: ONNX files
-    onnx_interop.add_cli_commands(sub)
+    from . import onnx_cli  # `export` and `run`: ONNX files
+    onnx_cli.add_cli_commands(sub)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         from . import bench as bench_module

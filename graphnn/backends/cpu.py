@@ -1,8 +1,9 @@
-"""The compiled back ends: optimise the graph, lower it to the kernel IR, generate code.
+"""The cpu back end (backend="cpu"): the whole step as one generated Numba function.
 
-`CpuFunction` (backend="cpu") turns the whole step into one generated module whose single
-`program` function Numba compiles and caches on disk; a call checks the feeds in Python,
-then makes ONE call into compiled code, which also writes the parameter updates in place.
+`CpuFunction` lowers the graph (base.LoweredFunction), has kernels/cpu.py generate one
+module whose single `program` function Numba compiles and caches on disk (kernels/loader.py),
+and at call time checks the feeds in Python, then makes ONE call into compiled code, which
+also writes the parameter updates in place.
 """
 import os
 import sys
@@ -12,41 +13,14 @@ import weakref
 import numba
 import numpy as np
 
-from kernels import blas, cpu as cpu_codegen
+from kernels import blas, cpu as cpu_codegen, loader
 
-from .api import ValueState
-from .compile import CompiledFunction
-from .errors import BackendError, user_location
-from .graph import Graph
-from .lowering import lower
-from .passes import optimize
+from ..api import ValueState
+from ..errors import BackendError, user_location
+from .base import LoweredFunction, raise_positional
 
 
-def lower_graph(compiled, optimize_graph=True):
-    """Optimise a compiled function's graph and lower it to the kernel IR (every compiled
-    back end starts here). Sets `.optimized_outputs`, `.program` and `.kernels` (each step's
-    name and the graph nodes it computes); returns (pass report, Lowering)."""
-    roots = compiled.outputs + [v for _, v in compiled.update_pairs]
-    report = []
-    if optimize_graph:
-        roots, report = optimize(roots)
-    n_out = len(compiled.outputs)
-    compiled.optimized_outputs = roots[:n_out]
-    compiled.optimized_graph = Graph(roots)
-    opt_updates = [(p, v) for (p, _), v in zip(compiled.update_pairs, roots[n_out:])]
-    compiled.program, lowering = lower(roots, compiled.graph.inputs, compiled.state_nodes,
-                                       compiled.optimized_outputs, opt_updates)
-    compiled.program.index_checks = [
-        (k, compiled.feeds.bounds[n.name][0]) for k, n in enumerate(compiled.graph.inputs)
-        if n.name in compiled.feeds.bounds]
-    compiled.kernels = [{"name": f"step {k}: {type(step).__name__.lower()}",
-                         "nodes": nodes, "buffer": step.out.name}
-                        for k, (step, nodes) in enumerate(zip(lowering.steps,
-                                                              lowering.step_nodes))]
-    return report, lowering
-
-
-class CpuFunction(CompiledFunction):
+class CpuFunction(LoweredFunction):
     """A graph compiled to one Numba-compiled function. See `gn.compile`.
 
     `.source` is the generated module; `.stats` reports nodes after each pass, kernels,
@@ -60,22 +34,22 @@ class CpuFunction(CompiledFunction):
 
     def __init__(self, outputs, updates=None, check_finite=False, parallel=False,
                  optimize_graph=True):
-        super().__init__(outputs, updates, check_finite)
         started = time.perf_counter()
-        report, lowering = lower_graph(self, optimize_graph)
+        super().__init__(outputs, updates, check_finite, optimize_graph)
+        lowering = self.lowering
         try:
             self.source = cpu_codegen.generate(self.program, parallel=parallel)
         except blas.BlasNotFound as exc:
             raise BackendError(f"backend 'cpu': {exc} (at {user_location()})") from None
-        self.module, self.path = cpu_codegen.load_module(self.source)
+        self.module, self.path = loader.load_module(self.source)
         self._fn = self.module.program
         self._const_arrays = [np.array(n.value, order="C") for n in lowering.consts]
         self.stats.update({
-            "passes": report,
+            "passes": self.pass_report,
             "kernels": len(self.program.steps),
             "fused_nodes": sum(max(len(k["nodes"]) - 1, 0) for k in self.kernels),
             "module": self.path,
-            "lower_seconds": time.perf_counter() - started,
+            "lower_seconds": time.perf_counter() - started - self.stats["build_seconds"],
             "compile_seconds": None,
             "cache_hit": None,
         })
@@ -87,12 +61,12 @@ class CpuFunction(CompiledFunction):
         self._recycled = self.module.RECYCLED
         self._returned = [[] for _ in self._recycled]
         self._compiled = False
-        # The lean call (see __call__): each input's name, dtype and rank, and the state
+        # The fast path (see __call__): each input's name, dtype and rank, and the state
         # and constant arrays that follow the inputs, kept until a state gets a new array.
         self._feed_types = tuple((n.name, n.dtype, n.ndim) for n in self.graph.inputs)
         self._n_inputs = len(self._feed_types)
-        self._lean = False  # after the first call, unless check_finite
-        self._tail = self._entry = self._epoch = None
+        self._fast_path_ready = False  # after the first call, unless check_finite
+        self._args_after_inputs = self._entry_point = self._epoch = None
 
     def explain(self):
         """A readable report: nodes after each pass, the generated steps with the nodes each
@@ -170,8 +144,8 @@ class CpuFunction(CompiledFunction):
             if not _looks_like_cache_failure(exc):
                 raise
             # A damaged cache file: drop Numba's cache for this module and compile afresh.
-            cpu_codegen.clear_numba_cache(self.path)
-            self.module = cpu_codegen.reload_module(self.path)
+            loader.clear_numba_cache(self.path)
+            self.module = loader.reload_module(self.path)
             self._fn = self.module.program
             result = self._call(self._fn, arrays, tail)
         self._epoch = None  # find the entry point again (the module may have been reloaded)
@@ -179,7 +153,7 @@ class CpuFunction(CompiledFunction):
         hits = sum(self._fn.stats.cache_hits.values())
         self.stats["cache_hit"] = hits > 0
         self._compiled = True
-        self._lean = not self.check_finite
+        self._fast_path_ready = not self.check_finite
         self.stats["buffer_bytes"] = self._buffer_bytes(arrays)
         return result
 
@@ -201,13 +175,15 @@ class CpuFunction(CompiledFunction):
                 "workspace": int(self._workspace.nbytes),
                 "outputs": sum(map(size, outputs.values()))}
 
-    def __call__(self, **feeds):
-        """The common call, lean (a training step on small arrays is over in microseconds):
-        exactly the inputs' names, each a C-contiguous writeable ndarray of the input's
+    def __call__(self, *args, **feeds):
+        """The common call takes a fast path (a training step on small arrays is over in
+        microseconds): exactly the inputs' names, each a C-contiguous writeable ndarray of the input's
         dtype and rank. Their shapes are checked by the generated program before any step
         runs; when they are wrong, the full check names the problem (gn.FeedError). Any
         other call, and every call with check_finite, takes the full path."""
-        if self._lean and len(feeds) == self._n_inputs:
+        if args:
+            raise_positional(self, args)
+        if self._fast_path_ready and len(feeds) == self._n_inputs:
             arrays = []
             for name, dtype, ndim in self._feed_types:
                 a = feeds.get(name)
@@ -220,9 +196,10 @@ class CpuFunction(CompiledFunction):
                     self._new_states(arrays)
                 try:
                     if self._returned:
-                        results = self._call(self._entry, arrays, self._tail)
+                        results = self._call(self._entry_point, arrays,
+                                             self._args_after_inputs)
                     else:  # (the same as _call, in fewer steps)
-                        results = self._entry(*arrays, *self._tail, self._workspace)
+                        results = self._entry_point(*arrays, *self._args_after_inputs, self._workspace)
                 except ValueError as exc:
                     if str(exc) == cpu_codegen.WORKSPACE_TOO_SMALL:
                         self._grow_workspace(arrays)
@@ -236,18 +213,18 @@ class CpuFunction(CompiledFunction):
         return super().__call__(**feeds)
 
     def _new_states(self, arrays):
-        """After a state got a new array (and before the first lean call): check the states,
+        """After a state got a new array (and before the first fast call): check the states,
         keep the argument list that follows the inputs, and find the compiled entry point
-        for these argument types. The lean call checks that the inputs have those types, so
+        for these argument types. The fast path checks that the inputs have those types, so
         it calls that entry point, skipping the Numba dispatcher's typing of every array."""
         self._check_state()
-        self._tail = [s.value for s in self._states] + self._const_arrays
+        self._args_after_inputs = [s.value for s in self._states] + self._const_arrays
         memory = [*self.module.recycle_nothing(), self._workspace]
-        signature = tuple(numba.typeof(a) for a in arrays + self._tail + memory)
+        signature = tuple(numba.typeof(a) for a in arrays + self._args_after_inputs + memory)
         compiled = self._fn.overloads.get(signature)
         # (Numba's compiled overloads expose their entry point; any other case uses the
         # dispatcher, which types the arguments itself)
-        self._entry = getattr(compiled, "entry_point", None) or self._fn
+        self._entry_point = getattr(compiled, "entry_point", None) or self._fn
         self._epoch = ValueState.epoch
 
     def _run(self, arrays, binding):

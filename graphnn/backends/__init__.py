@@ -1,0 +1,52 @@
+"""The back ends, side by side, and `gn.compile`, which picks one by name.
+
+    base.py    what every back end shares: CompiledFunction (graph, updates, feeds, state,
+               check_finite, stats) and LoweredFunction (passes + lowering to kernel IR)
+    numpy.py   "numpy": interpret the graph node by node (the reference)
+    cpu.py     "cpu":   one generated Numba function per step (kernels/cpu.py)
+    cuda.py    "cuda":  generated numba.cuda kernels, parameters on the device (kernels/cuda.py)
+
+A back end's module is imported when it is first asked for (numba.cuda costs time).
+"""
+import importlib
+import inspect
+
+from ..errors import BackendError, GraphError, user_location
+
+# backend name -> (module in this package, class)
+BACKENDS = {
+    "numpy": ("numpy", "NumpyFunction"),
+    "cpu": ("cpu", "CpuFunction"),
+    "cuda": ("cuda", "CudaFunction"),
+}
+
+
+def backend_class(name):
+    """The CompiledFunction subclass of back end `name` ("numpy", "cpu" or "cuda")."""
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} "
+                           f"(at {user_location()})")
+    module, cls = BACKENDS[name]
+    return getattr(importlib.import_module(f".{module}", __name__), cls)
+
+
+def compile(outputs, updates=None, backend="cpu", check_finite=False, **options):  # noqa: A001
+    """Compile `outputs` (a node or list of nodes) into a function of the graph's inputs.
+
+        f = gn.compile([loss, gW], backend="cpu")
+        loss_val, gW_val = f(x=X, y=Y)
+
+    `updates={param: new_value_node}` are applied in place after each call.
+    `check_finite=True` raises gn.NumericalError naming the first node that produces NaN/Inf.
+    Back-end options: "cpu" `parallel`, `optimize_graph`; "cuda" `block`, `tile`,
+    `sync_params`, `generate_only`, `optimize_graph`.
+    """
+    cls = backend_class(backend)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters
+                if p not in ("self", "outputs", "updates", "check_finite")]
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise GraphError(f"gn.compile: unknown option {unknown[0]!r} for backend "
+                         f"{backend!r}; its options are {', '.join(accepted) or 'none'} "
+                         f"(at {user_location()})")
+    return cls(outputs, updates, check_finite=check_finite, **options)
