@@ -54,6 +54,13 @@ class CpuFunction(LoweredFunction):
             "cache_hit": None,
         })
         self._states = [p.state for p in self.state_nodes]
+        # Feeds that share memory with a state this step updates in place are copied first
+        # (see _unaliased); outputs that would share memory with an earlier output are
+        # copied (found at the first call: the program's views do not change).
+        self._updated_states = [p.state for p in self.state_nodes
+                                if any(p is t for t, _ in self.update_pairs)]
+        self._updated_ids = frozenset()
+        self._shared_outputs = ()
         # Memory kept between calls (see kernels/cpu.py): the workspace of temporaries, and
         # for each recycled output the last two arrays returned for it (a loop that rebinds
         # `y = f(...)` holds one of them while the next call runs).
@@ -194,6 +201,8 @@ class CpuFunction(LoweredFunction):
             else:
                 if self._epoch != ValueState.epoch:
                     self._new_states(arrays)
+                if self._updated_ids:
+                    arrays = self._unaliased(arrays)
                 try:
                     if self._returned:
                         results = self._call(self._entry_point, arrays,
@@ -209,6 +218,8 @@ class CpuFunction(LoweredFunction):
                         raise
                     self.feeds.check(feeds)  # raises FeedError naming the bad feed
                     raise
+                if self._shared_outputs:
+                    results = self._separated(results)
                 return results[0] if self.single else results
         return super().__call__(**feeds)
 
@@ -225,13 +236,63 @@ class CpuFunction(LoweredFunction):
         # (Numba's compiled overloads expose their entry point; any other case uses the
         # dispatcher, which types the arguments itself)
         self._entry_point = getattr(compiled, "entry_point", None) or self._fn
+        self._updated_ids = _owners(self._updated_states)
         self._epoch = ValueState.epoch
 
     def _run(self, arrays, binding):
+        if self._epoch != ValueState.epoch:
+            self._updated_ids = _owners(self._updated_states)
+        if self._updated_ids:
+            arrays = self._unaliased(arrays)
         args = arrays + [s.value for s in self._states] + self._const_arrays
         if not self._compiled:
-            return self._first_call(args)
-        return self._call(self._fn, arrays, args[len(arrays):])
+            results = self._first_call(args)
+            self._shared_outputs = _sharing_earlier(results)
+        else:
+            results = self._call(self._fn, arrays, args[len(arrays):])
+        return self._separated(results) if self._shared_outputs else results
+
+    def _unaliased(self, arrays):
+        """The feeds, each copied when it shares memory with a state this step updates in
+        place (a parameter's own array fed as data must be read as it was before the
+        update). An array that owns its memory can share it with no other owner, so only
+        the states themselves and views are looked at closely."""
+        out = arrays
+        for k, a in enumerate(arrays):
+            root = a
+            while isinstance(root, np.ndarray) and root.base is not None:
+                root = root.base
+            if id(root) in self._updated_ids or not isinstance(root, np.ndarray) and any(
+                    np.may_share_memory(a, s.value) for s in self._updated_states):
+                if out is arrays:
+                    out = list(arrays)
+                out[k] = a.copy()
+        return out
+
+    def _separated(self, results):
+        """Copies of the outputs that would share memory with an earlier output (the same
+        node asked for twice, or a view of another output)."""
+        results = list(results)
+        for k in self._shared_outputs:
+            results[k] = results[k].copy()
+        return tuple(results)
+
+
+def _owners(states):
+    """The ids of the arrays that own the memory of these states' values."""
+    owners = set()
+    for state in states:
+        root = state.value
+        while isinstance(root, np.ndarray) and root.base is not None:
+            root = root.base
+        owners.add(id(root))
+    return frozenset(owners)
+
+
+def _sharing_earlier(results):
+    """Indexes of the results that share memory with an earlier result."""
+    return tuple(k for k, r in enumerate(results)
+                 if any(np.shares_memory(r, e) for e in results[:k]))
 
 
 def _kib(n):
