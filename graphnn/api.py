@@ -18,16 +18,46 @@ INPUT_DTYPES = FLOAT_DTYPES + ("int32", "int64")
 
 
 class ValueState:
-    """The mutable value of a parameter or variable. The node itself stays immutable."""
+    """The mutable value of a parameter or variable. The node itself stays immutable.
 
-    __slots__ = ("value", "version")
+    `version` counts new values written on the host; a back end that keeps a copy elsewhere
+    (the cuda back end keeps parameters on the device) compares it to know when to copy
+    again. When a device holds a newer value (a cuda step updated it), `device_copy` is the
+    function that brings it to the host: reading `.value` calls it first, so `W.value`, `gn.save`
+    and every other back end always see the current values; assigning a new value drops
+    the device's newer copy (the host's value wins, and is uploaded by the next cuda call).
+    """
+
+    __slots__ = ("_value", "version", "device_copy")
     # Bumped whenever any state gets a new array: a compiled function keeps its list of
     # state arrays (call arguments) until this changes.
     epoch = 0
+    # Bumped by every host step that writes states in place (cpu and numpy back ends): a
+    # device copy older than such a step is uploaded again.
+    host_writes = 0
 
     def __init__(self, value):
-        self.value = value
+        self._value = value
         self.version = 0
+        self.device_copy = None
+
+    @property
+    def value(self):
+        if self.device_copy is not None:
+            fetch, self.device_copy = self.device_copy, None
+            fetch(self)
+        return self._value
+
+    @value.setter
+    def value(self, array):
+        self.device_copy = None
+        self._value = array
+
+    @property
+    def host_array(self):
+        """The host array without copying a newer device value into it: its shape and dtype
+        are the value's, its numbers may be older."""
+        return self._value
 
     def set(self, node, array):
         array = np.asarray(array)

@@ -85,7 +85,7 @@ class CompiledFunction:
             return  # nothing was assigned to .value since the last call
         self._state_versions = versions
         for p in self.state_nodes:
-            value = p.state.value
+            value = p.state.host_array  # (shape and dtype only: no copy from a device)
             if value.shape != self._state_shapes[id(p)] or value.dtype != p.dtype:
                 raise GraphError(f"parameter {p.label()} now holds an array of shape "
                                  f"{value.shape} {value.dtype}; this function was compiled "

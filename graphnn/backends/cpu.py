@@ -61,6 +61,7 @@ class CpuFunction(LoweredFunction):
                                 if any(p is t for t, _ in self.update_pairs)]
         self._updated_ids = frozenset()
         self._shared_outputs = ()
+        self._writes_states = bool(self.update_pairs)  # (device copies become older)
         # Memory kept between calls (see kernels/cpu.py): the workspace of temporaries, and
         # for each recycled output the last two arrays returned for it (a loop that rebinds
         # `y = f(...)` holds one of them while the next call runs).
@@ -218,6 +219,8 @@ class CpuFunction(LoweredFunction):
                         raise
                     self.feeds.check(feeds)  # raises FeedError naming the bad feed
                     raise
+                if self._writes_states:
+                    ValueState.host_writes += 1
                 if self._shared_outputs:
                     results = self._separated(results)
                 return results[0] if self.single else results
@@ -250,6 +253,8 @@ class CpuFunction(LoweredFunction):
             self._shared_outputs = _sharing_earlier(results)
         else:
             results = self._call(self._fn, arrays, args[len(arrays):])
+        if self._writes_states:
+            ValueState.host_writes += 1
         return self._separated(results) if self._shared_outputs else results
 
     def _unaliased(self, arrays):

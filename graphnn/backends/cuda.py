@@ -11,12 +11,15 @@ Where the data lives:
 - device temporaries are allocated once per binding of the symbolic dims (batch size)
   and reused by later calls with the same sizes.
 
-Parameter values and the host: after training on the device, `W.value` on the host is
-stale until `compiled.params_to_host()` copies the updated parameters back (or compile
-with `sync_params=True` to do that after every call, at the cost of one copy per updated
-parameter). Assigning `W.value = ...` on the host is seen by the next call, which uploads
-the new value. Writes made in place into `W.value` by another back end (a "cpu" or "numpy"
-training step) are not seen: call `compiled.params_to_device()` after them.
+Parameter values and the host: a step that updates a parameter on the device marks its
+host value out of date (`ValueState.device_copy`), and the next read of `W.value` (by the
+user, `gn.save`, a checkpoint or another back end) copies it back first, once: the host
+never shows a stale value and a training loop pays no copy per step
+(`sync_params=True` copies after every call instead). Assigning `W.value = ...` drops the
+device's copy and is uploaded by the next call; a "cpu" or "numpy" step that updates
+parameters in place makes every cuda function upload its parameters again before its next
+call. Only an in-place write by hand (`W.value[...] = x`) is not seen: assign instead, or
+call `compiled.params_to_device()`.
 
 Without a GPU, set NUMBA_ENABLE_CUDASIM=1 before Python starts to run the kernels in
 Numba's CUDA simulator (slow: tiny shapes only). `generate_only=True` builds the source
@@ -29,6 +32,7 @@ import numpy as np
 
 from kernels import cuda as cuda_codegen, loader
 
+from ..api import ValueState
 from ..errors import BackendError
 from .base import LoweredFunction
 
@@ -59,10 +63,11 @@ class CudaFunction(LoweredFunction):
         step = gn.compile(loss, updates=sgd.updates(loss, [W, b]), backend="cuda")
         for X, Y in batches:
             step(x=X, y=Y)          # W and b change on the device
-        step.params_to_host()       # now W.value and b.value are the trained values
+        W.value                     # the trained values (copied from the device once)
 
     Options: `block` threads per 1-D block (a power of two), `tile` the matmul tile edge,
-    `sync_params` copy updated parameters to the host after every call, `generate_only`
+    `sync_params` copy updated parameters to the host after every call (by default they
+    are copied when `.value` is first read), `generate_only`
     build `.source` without a device (see `.ptx()`). `.source` is the generated module.
     """
 
@@ -102,7 +107,8 @@ class CudaFunction(LoweredFunction):
                          if any(p is t for t, _ in self.update_pairs)]
         self._device_states = [None] * len(self._states)
         self._uploaded_versions = [None] * len(self._states)
-        self._device_newer = False
+        self._fetchers = {i: self._fetcher(i) for i in self._updated}
+        self._host_writes = None  # ValueState.host_writes when the states were uploaded
         self._temps = {}
         self._device_consts = None
         if not generate_only:
@@ -113,37 +119,52 @@ class CudaFunction(LoweredFunction):
         array = np.ascontiguousarray(array)
         return self.cuda.to_device(array.reshape(array.shape or (1,)))
 
+    def _fetcher(self, i):
+        """The function that copies this function's device value of state `i` into the
+        host array (in place): ValueState calls it on the first read after a step."""
+        def fetch(state):
+            host = state.host_array
+            host[...] = self._device_states[i].copy_to_host().reshape(host.shape)
+            self.stats["device_to_host"] += 1
+        return fetch
+
     def params_to_device(self):
-        """Copy every parameter's host value to the device (after a host-side change made in
-        place, e.g. a training step on another back end)."""
-        self._device_newer = False
+        """Copy every parameter's host value to the device (after a change made by hand in
+        place, `W.value[...] = x`, which cannot be seen)."""
         for i, state in enumerate(self._states):
-            self._device_states[i] = self._to_device(state.value)
-            self._uploaded_versions[i] = state.version
-            self.stats["param_uploads"] += 1
+            self._upload(i, state)
+        self._host_writes = ValueState.host_writes
 
     def params_to_host(self):
-        """Copy the parameters this function updates from the device into their `.value`
-        (in place), so `W.value` holds the values trained on the device.
-
-        Other compiled functions that share these parameters upload the new values on
-        their next call."""
-        if not self._device_newer:
-            return
+        """Copy the parameters this function updated on the device into their `.value` now
+        (reading `W.value` does the same by itself, when it is first read)."""
         for i in self._updated:
-            state = self._states[i]
-            state.value[...] = self._device_states[i].copy_to_host().reshape(state.value.shape)
-            state.version += 1  # other device copies of this parameter are now stale
-            self._uploaded_versions[i] = state.version
-            self.stats["device_to_host"] += 1
-        self._device_newer = False
+            self._states[i].value  # noqa: B018 - the read copies a newer device value
+
+    def _upload(self, i, state):
+        self._device_states[i] = self._to_device(state.value)  # (pulls a newer device copy)
+        self._uploaded_versions[i] = state.version
+        self.stats["param_uploads"] += 1
 
     def _refresh_states(self):
+        """Upload the states whose host value is newer than this function's device copy:
+        a new value assigned, another cuda function's step, or a host step since."""
+        host_stepped = self._host_writes != ValueState.host_writes
         for i, state in enumerate(self._states):
-            if self._uploaded_versions[i] != state.version:
-                self._device_states[i] = self._to_device(state.value)
-                self._uploaded_versions[i] = state.version
-                self.stats["param_uploads"] += 1
+            if state.device_copy is not None and state.device_copy is self._fetchers.get(i):
+                continue  # this function's device copy is the newest value
+            if host_stepped or self._uploaded_versions[i] != state.version:
+                self._upload(i, state)
+        self._host_writes = ValueState.host_writes
+
+    def _mark_device_newer(self):
+        """After a step: the updated states' newest values are on this device."""
+        for i in self._updated:
+            state = self._states[i]
+            state.version += 1  # other functions' copies of this state are now stale
+            state.device_copy = self._fetchers[i]
+            self._uploaded_versions[i] = state.version
+        ValueState.epoch += 1  # compiled host functions re-read (and so fetch) their states
 
     def _temporaries(self, dims):
         temps = self._temps.pop(dims, None)
@@ -171,7 +192,7 @@ class CudaFunction(LoweredFunction):
         self.stats["host_to_device"] += len(feeds)
         self.stats["device_to_host"] += len(results)
         if self._updated:  # also when updates were written in place (program.updates empty)
-            self._device_newer = True
+            self._mark_device_newer()
             if self.sync_params:
                 self.params_to_host()
         return results

@@ -4,6 +4,7 @@ same stanzas eager mode runs), and applies updates after every new value is comp
 """
 import numpy as np
 
+from ..api import ValueState
 from .base import CompiledFunction, interpret
 
 
@@ -22,6 +23,8 @@ class NumpyFunction(CompiledFunction):
         new_values = [(p, np.array(values[id(v)], copy=True)) for p, v in self.update_pairs]
         for p, v in new_values:
             p.state.value[...] = v
+        if new_values:
+            ValueState.host_writes += 1  # device copies of these states are now older
         return results
 
     _run_checked = _run

@@ -201,10 +201,8 @@ def test_training_steps_match_the_numpy_backend(optimizer):
         step = gn.compile(loss, updates=optimizer.updates(loss, params), backend=backend,
                           **options)
         losses = [float(step(x=x, y=y)) for x, y in BATCHES]
-        if backend == "cuda":
-            assert params[0].value.tolist() == tiny_mlp("again")[1][0].value.tolist(), \
-                "the host copy changes only when asked"
-            step.params_to_host()
+        if backend == "cuda":  # no parameter was copied to the host during the steps
+            assert step.stats["device_to_host"] == len(BATCHES)
         runs[backend] = losses, [p.value.copy() for p in params]
     (ref_losses, ref_params), (losses, params) = runs["numpy"], runs["cuda"]
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
