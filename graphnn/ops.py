@@ -162,8 +162,10 @@ def _minimum_vjp(g, out, a, b):
     return (lambda: sum_to(g * mask, a), lambda: sum_to(g * (1 - mask), b))
 
 
-_binary("maximum", np.maximum, _maximum_vjp, "max({0}, {1})")
-_binary("minimum", np.minimum, _minimum_vjp, "min({0}, {1})")
+# NaN in either operand gives NaN, as in np.maximum/np.minimum (`{0} != {0}` is NaN's test;
+# for integers it folds away)
+_binary("maximum", np.maximum, _maximum_vjp, "{0} if {0} >= {1} or {0} != {0} else {1}")
+_binary("minimum", np.minimum, _minimum_vjp, "{0} if {0} <= {1} or {0} != {0} else {1}")
 
 
 # Comparisons give a 0/1 mask in the float dtype; they have no gradient.
@@ -204,7 +206,8 @@ _unary("log", np.log, lambda g, out, x: (lambda: g / x,), "log({0})")
 _unary("sqrt", np.sqrt, lambda g, out, x: (lambda: g * 0.5 / out,), "sqrt({0})")
 _unary("abs", np.abs, lambda g, out, x: (lambda: g * sign(x),), "abs({0})", float_only=False)
 _unary("sign", np.sign, lambda g, out, x: (None,),
-       "{T}(1) if {0} > {T}(0) else ({T}(-1) if {0} < {T}(0) else {T}(0))", float_only=False)
+       "{T}(1) if {0} > {T}(0) else ({T}(-1) if {0} < {T}(0) else ({0} if {0} != {0} else "
+       "{T}(0)))", float_only=False)
 _unary("square", np.square, lambda g, out, x: (lambda: g * 2 * x,), "{0} * {0}",
        float_only=False)
 _unary("sigmoid", _sigmoid_impl, lambda g, out, x: (lambda: g * out * (1 - out),),
@@ -216,7 +219,7 @@ _unary("tanh", np.tanh, lambda g, out, x: (lambda: g * (1 - out * out),), "tanh(
 # relu's mask is read from its output (out > 0 exactly where x > 0), so the pre-activation
 # needs no buffer of its own: a bias add fuses into the relu.
 _unary("relu", lambda x: np.maximum(x, 0), lambda g, out, x: (lambda: g * gt(out, 0),),
-       "{0} if {0} > {T}(0) else {T}(0)", category="Activation")
+       "{T}(0) if {0} <= {T}(0) else {0}", category="Activation")  # relu(NaN) is NaN
 _unary("softplus", _softplus_impl, lambda g, out, x: (lambda: g * sigmoid(x),),
        "max({0}, {T}(0)) + log1p(exp(-abs({0})))", category="Activation")
 _unary("step", lambda x: (x > 0).astype(x.dtype), lambda g, out, x: (None,),
@@ -906,15 +909,26 @@ register(OpDef("one_hot", "Tensor", _infer_one_hot,
                kind="composite"))
 
 
+# minimum(maximum(x, low), high), each keeping NaN as NumPy does
+_CLIP_LOW = "({0} if {0} >= {T}({low}) or {0} != {0} else {T}({low}))"
+_CLIP_TEMPLATE = (f"{_CLIP_LOW} if {_CLIP_LOW} <= {{T}}({{high}}) or {_CLIP_LOW} != {_CLIP_LOW} "
+                  "else {T}({high})")
+
+
 def _clip_decompose(x, low, high):
     return minimum(maximum(x, low), high)
 
 
-register(OpDef("clip", "Activation",
-               lambda specs, low, high: infer_broadcast(specs, False, "clip"),
+def _infer_clip(specs, low, high):
+    _number_attr("low", low)
+    _number_attr("high", high)
+    return infer_broadcast(specs, False, "clip")
+
+
+register(OpDef("clip", "Activation", _infer_clip,
                lambda x, low, high: np.clip(x, low, high),
                lambda g, out, x, low, high: (lambda: g * gt(x, low) * gt(high, x),),
-               scalar="min(max({0}, {T}({low})), {T}({high}))"))
+               scalar=_CLIP_TEMPLATE))
 
 
 # ---------------------------------------------------------------------------------------
