@@ -871,6 +871,10 @@ def _sce_decompose(z, y):
     t = _sce_targets(z, y)
     m = max(z, axis=1, keepdims=True)
     lse = log(sum(exp(z - m), axis=1, keepdims=True)) + m
+    if _dtype_of(y).kind in "iu":
+        # t is one-hot: min(lse - z, t / (1 - t)) is lse - z at the label (t / 0 = inf) and
+        # 0 elsewhere, where t * (lse - z) would be 0 * inf = NaN for a masked (-inf) logit
+        return mean(sum(minimum(lse - z, t / (1 - t)), axis=1))
     return mean(sum(t * (lse - z), axis=1))
 
 

@@ -77,3 +77,26 @@ def test_relu_stays_a_float32_loop_without_double_arithmetic():
     x = gn.input("x", (None,))
     source = gn.compile(gn.relu(x), backend="cpu").source
     assert "np.float32(0)" in source and "float64" not in source
+
+
+# ---------------------------------------------------------------------------------------
+# Softmax cross-entropy with masked (-inf) logits
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_cross_entropy_with_masked_logits_is_finite(backend):
+    z = gn.input("z", (None, 4))
+    labels = gn.input("labels", (None,), dtype="int64")
+    loss = gn.softmax_cross_entropy(z, labels)
+    g = gn.grad(loss, [z])[0]
+    logits = np.array([[0.0, -np.inf, 1.0, 2.0], [-np.inf, -np.inf, 3.0, -1.0]], np.float32)
+    ys = np.array([0, 2])
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    expected = -np.mean(log_p[np.arange(2), ys])
+    got_loss, got_grad = compile_on(backend, [loss, g])(z=logits, labels=ys)
+    np.testing.assert_allclose(got_loss, expected, rtol=1e-6)
+    assert np.isfinite(got_grad).all()
+    # a masked label's logit makes the loss infinite (not NaN), as in NumPy
+    inf_loss = compile_on(backend, loss)(z=logits, labels=np.array([1, 2]))
+    assert inf_loss == np.inf
