@@ -100,3 +100,27 @@ def test_softmax_cross_entropy_with_masked_logits_is_finite(backend):
     # a masked label's logit makes the loss infinite (not NaN), as in NumPy
     inf_loss = compile_on(backend, loss)(z=logits, labels=np.array([1, 2]))
     assert inf_loss == np.inf
+
+
+# ---------------------------------------------------------------------------------------
+# float32 exp over float32's whole finite range
+# ---------------------------------------------------------------------------------------
+
+def test_float32_exp_is_finite_wherever_float32_is():
+    x = gn.input("x", (None,))
+    f = gn.compile([gn.exp(x), gn.softmax(x, axis=0)], backend="cpu")
+    assert "vectorisable" in f.source
+    top = np.float32(88.72283)  # exp(88.72283) < FLT_MAX < exp(next float32)
+    values = np.concatenate([np.linspace(88.0, top, 10_001, dtype=np.float32),
+                             np.float32([88.38, 88.5, 88.7])])
+    e, _ = f(x=values)
+    assert np.isfinite(e).all()
+    reference = np.exp(values.astype(np.float64))
+    spacing = np.spacing(reference.astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(e - reference) / spacing) <= 5.0
+    assert f(x=np.float32([np.nextafter(top, np.float32(np.inf))]))[0][0] == np.inf
+    # exp(z) / sum(exp(z)) with a sum still below FLT_MAX: as in NumPy, no inf / inf = NaN
+    z = np.float32([88.5, 80.0, 70.0])
+    manual = gn.compile(gn.exp(x) / gn.sum(gn.exp(x)), backend="cpu")(x=z)
+    np.testing.assert_allclose(manual, np.exp(z - z.max()) / np.exp(z - z.max()).sum(),
+                               rtol=1e-5)
