@@ -124,3 +124,26 @@ def test_float32_exp_is_finite_wherever_float32_is():
     manual = gn.compile(gn.exp(x) / gn.sum(gn.exp(x)), backend="cpu")(x=z)
     np.testing.assert_allclose(manual, np.exp(z - z.max()) / np.exp(z - z.max()).sum(),
                                rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# Integer feeds are range-checked before they are narrowed
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_integer_feed_outside_the_inputs_dtype_is_refused_not_wrapped(backend):
+    z = gn.input("z", (None, 3))
+    labels = gn.input("labels", (None,), dtype="int32")
+    f = compile_on(backend, gn.softmax_cross_entropy(z, labels))
+    logits = np.zeros((2, 3), np.float32)
+    for bad in (np.array([0, 2**32], np.int64), np.array([1, 2**31], np.uint64),
+                np.array([-2**40, 0], np.int64)):
+        call = location(2)
+        with pytest.raises(gn.FeedError, match="outside the range of int32") as err:
+            f(z=logits, labels=bad)
+        assert f"call at {call}" in str(err.value)
+    assert np.isfinite(f(z=logits, labels=np.array([0, 2], np.int64)))  # in range: fine
+    plain = gn.input("counts", (2,), dtype="int64")
+    g = compile_on(backend, plain * 2)
+    with pytest.raises(gn.FeedError, match="outside the range of int64"):
+        g(counts=np.array([2**63, 1], np.uint64))
