@@ -147,3 +147,112 @@ def test_an_integer_feed_outside_the_inputs_dtype_is_refused_not_wrapped(backend
     g = compile_on(backend, plain * 2)
     with pytest.raises(gn.FeedError, match="outside the range of int64"):
         g(counts=np.array([2**63, 1], np.uint64))
+
+
+# ---------------------------------------------------------------------------------------
+# Shape rules check every attr and input shape a kernel relies on, however the graph is built
+# ---------------------------------------------------------------------------------------
+
+def write_graph(directory, nodes, outputs, arrays=None):
+    """A hand-written gn.save file pair: `nodes` as in docs/SAVE_FORMAT.md."""
+    import hashlib
+    import json
+    path = directory / "model.json"
+    np.savez(directory / "model.npz", **(arrays or {}))
+    digest = hashlib.sha256((directory / "model.npz").read_bytes()).hexdigest()
+    path.write_text(json.dumps({"format": "graphnn-graph", "version": 1,
+                                "arrays_sha256": digest, "nodes": nodes,
+                                "outputs": outputs}))
+    return path
+
+
+def op_record(op, inputs, shape, attrs, dtype="float32"):
+    return {"op": op, "name": None, "dtype": dtype, "shape": shape, "inputs": inputs,
+            "attrs": attrs}
+
+
+IMAGE = {"op": "input", "name": "img", "dtype": "float32", "shape": [2, 4, 4, 1]}
+BIG = {"op": "input", "name": "big", "dtype": "float32", "shape": [2, 64, 64, 1]}
+KERNEL = {"op": "input", "name": "k", "dtype": "float32", "shape": [2, 2, 1, 1]}
+
+# (what, nodes after IMAGE, BIG and KERNEL, words of the message)
+HOSTILE_FILES = [
+    ("avg_pool2d_grad whose adjoint is larger than the pooled image",
+     [op_record("avg_pool2d_grad", [1, 0], [2, 4, 4, 1], {"size": 2, "stride": 2})],
+     "the adjoint has shape (2, 64, 64, 1)"),
+    ("max_pool2d_grad whose adjoint is larger than the pooled image",
+     [op_record("max_pool2d_grad", [0, 1], [2, 4, 4, 1], {"size": 2, "stride": 2})],
+     "the adjoint has shape"),
+    ("conv2d_grad_input whose adjoint does not fit",
+     [op_record("conv2d_grad_input", [1, 2, 0], [2, 4, 4, 1],
+                {"stride": 1, "padding": "valid"})], "the adjoint has shape"),
+    ("conv2d_grad_filter whose adjoint does not fit",
+     [op_record("conv2d_grad_filter", [0, 1, 2], [2, 2, 1, 1],
+                {"stride": 1, "padding": "valid"})], "the adjoint has shape"),
+    ("pad_axis with a negative padding",
+     [op_record("pad_axis", [0], [2, 1, 4, 1], {"axis": 1, "before": -3, "after": 0})],
+     "before must be >= 0"),
+    ("pad_axis on an axis out of range",
+     [op_record("pad_axis", [0], [2, 4, 4, 1], {"axis": 9, "before": 1, "after": 1})],
+     "axis 9 out of range"),
+    ("argmax_mask on an axis out of range",
+     [op_record("argmax_mask", [0], [2, 4, 4, 1], {"axis": 7})], "axis 7 is out of range"),
+    ("a pooling stride of 0", [op_record("max_pool2d", [0], [2, 2, 2, 1],
+                                         {"size": 2, "stride": 0})], "stride must be >= 1"),
+    ("a convolution stride of -1", [op_record("conv2d", [0, 2], [2, 3, 3, 1],
+                                              {"stride": -1, "padding": "valid"})],
+     "stride must be >= 1"),
+    ("slice_axis on an axis out of range",
+     [op_record("slice_axis", [0], [2, 1, 4, 1], {"axis": -5, "start": 0, "stop": 1})],
+     "out of range"),
+    ("one_hot with a negative class count",
+     [{"op": "input", "name": "lab", "dtype": "int64", "shape": [3]},
+      op_record("one_hot", [3], [3, -1], {"classes": -1, "dtype": "float32"})], None),
+]
+
+
+@pytest.mark.parametrize("what, records, words", HOSTILE_FILES,
+                         ids=[case[0] for case in HOSTILE_FILES])
+def test_a_hand_written_file_cannot_make_a_kernel_write_out_of_bounds(tmp_path, what,
+                                                                      records, words):
+    path = write_graph(tmp_path, [IMAGE, BIG, KERNEL] + records, [2 + len(records)])
+    with pytest.raises(gn.GraphError) as err:
+        gn.load(path)
+    assert f"node {2 + len(records)}" in str(err.value) or "node 4" in str(err.value)
+    if words:
+        assert words in str(err.value)
+
+
+def test_window_gradients_built_through_the_registry_are_checked():
+    from graphnn.registry import apply
+    img, big = gn.input("img", (2, 4, 4, 1)), gn.input("big", (2, 64, 64, 1))
+    k = gn.param("k", shape=(2, 2, 1, 1), seed=0)
+    cases = [("avg_pool2d_grad", (big, img), {"size": 2, "stride": 2}),
+             ("max_pool2d_grad", (img, big), {"size": 2, "stride": 2}),
+             ("conv2d_grad_input", (big, k, img), {"stride": 1, "padding": "valid"}),
+             ("conv2d_grad_filter", (img, big, k), {"stride": 1, "padding": "valid"}),
+             ("conv2d_grad_input", (img, k, img), {"stride": 1.5, "padding": "valid"}),
+             ("pad_axis", (img,), {"axis": 1, "before": 2.5, "after": 0}),
+             ("transpose", (img,), {"axes": (0.0, 1.0, 2.0, 3.0)}),
+             ("reshape", (img,), {"shape": (-2, -16)}),
+             ("sum", (img,), {"axis": 1, "keepdims": "yes"}),
+             ("clip", (img,), {"low": "0", "high": 1.0})]
+    for op, args, attrs in cases:
+        with pytest.raises(gn.ShapeError, match=op):
+            apply(op, args, attrs)
+    # the gradients graphnn builds itself still pass
+    x = gn.input("x", (None, 6, 6, 2))
+    w = gn.param("w", shape=(3, 3, 2, 4), seed=0)
+    for padding, stride in (("valid", 1), ("same", 2)):
+        y = gn.avg_pool2d(gn.max_pool2d(gn.conv2d(x, w, stride, padding), 1), 1)
+        assert len(gn.grad(gn.sum(y), [x, w])) == 2
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_argmax_mask_axis_is_checked_when_declared(backend):
+    x = gn.input("x", (2, 3))
+    with pytest.raises(gn.ShapeError, match="axis 2 is out of range for rank 2"):
+        gn.ops.argmax_mask(x, axis=2)
+    got = compile_on(backend, gn.ops.argmax_mask(x, axis=-1))(
+        x=np.float32([[1, 3, 2], [5, 4, 5]]))
+    np.testing.assert_array_equal(got, [[0, 1, 0], [1, 0, 0]])
