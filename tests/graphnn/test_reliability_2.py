@@ -256,3 +256,98 @@ def test_argmax_mask_axis_is_checked_when_declared(backend):
     got = compile_on(backend, gn.ops.argmax_mask(x, axis=-1))(
         x=np.float32([[1, 3, 2], [5, 4, 5]]))
     np.testing.assert_array_equal(got, [[0, 1, 0], [1, 0, 0]])
+
+
+# ---------------------------------------------------------------------------------------
+# Saving over a model cannot lose it; loading never allocates what a header merely claims
+# ---------------------------------------------------------------------------------------
+
+def _model(value):
+    x = gn.input("x", (None, 2))
+    W = gn.param("W", np.full((2, 1), value, np.float32))
+    return x @ W, W
+
+
+def _weight_of(path):
+    graph = gn.load(path)
+    return float(graph.params[0].value[0, 0])
+
+
+@pytest.mark.parametrize("failing_call", [1, 2])
+def test_a_save_that_fails_midway_leaves_a_model_that_loads(tmp_path, monkeypatch, failing_call):
+    import os
+    path = tmp_path / "model.json"
+    y, _ = _model(1.0)
+    gn.save(y, path)
+    y2, _ = _model(2.0)
+    real_replace, calls = os.replace, []
+
+    def crashing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == failing_call:
+            raise OSError("simulated crash")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crashing_replace)
+    with pytest.raises(OSError, match="simulated crash"):
+        gn.save(y2, path)
+    monkeypatch.setattr(os, "replace", real_replace)
+    # a crash before the switch keeps the old model (and leaves no temporary file); a crash
+    # after it gives the new one
+    assert _weight_of(path) == (1.0 if failing_call == 1 else 2.0)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["model.json", "model.npz"], left
+
+
+def test_a_save_killed_between_its_writes_leaves_a_model_that_loads(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "model.json"
+    y, _ = _model(1.0)
+    gn.save(y, path)
+    # the process dies (os._exit) right after the first of its two renames
+    script = f"""
+import os, sys, numpy as np, graphnn as gn
+real = os.replace
+def replace(src, dst):
+    real(src, dst)
+    os._exit(3)
+os.replace = replace
+x = gn.input("x", (None, 2))
+W = gn.param("W", np.full((2, 1), 2.0, np.float32))
+gn.save(x @ W, {str(path)!r})
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+    assert done.returncode == 3, done.stderr
+    assert _weight_of(path) == 2.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.npz"]
+
+
+def test_load_never_allocates_an_array_a_header_only_claims(tmp_path):
+    import hashlib
+    import io
+    import json
+    import tracemalloc
+    import zipfile
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (2**29,)})
+    npz = tmp_path / "model.npz"
+    with zipfile.ZipFile(npz, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("node0.npy", header.getvalue() + b"\0" * 64)
+    digest = hashlib.sha256(npz.read_bytes()).hexdigest()
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({
+        "format": "graphnn-graph", "version": 1, "arrays_sha256": digest,
+        "nodes": [{"op": "const", "name": None, "dtype": "float32", "shape": [2**29]}],
+        "outputs": [0]}))
+    assert npz.stat().st_size < 400
+    tracemalloc.start()
+    try:
+        with pytest.raises(gn.GraphError, match="claims shape"):
+            gn.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20, peak  # not the 2 GiB the header claims
