@@ -351,3 +351,29 @@ def test_load_never_allocates_an_array_a_header_only_claims(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 50 * 2**20, peak  # not the 2 GiB the header claims
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering never crashes on a name
+# ---------------------------------------------------------------------------------------
+
+HOSTILE_NAMES = ["nul\0byte", "bell\x07 and escape\x1b[31m", "lone \udc80 surrogate",
+                 "line\u2028separator", "x" * 20_000, "<b>&amp;\"quotes'</b>\n{}|"]
+
+
+@pytest.mark.parametrize("fmt", ["dot", "svg"])
+def test_render_draws_any_name(tmp_path, fmt):
+    import shutil
+    import visualize
+    if fmt != "dot" and shutil.which("dot") is None:
+        pytest.skip("Graphviz's dot is not installed")
+    x = gn.input(HOSTILE_NAMES[0], (None, 3))
+    W = gn.param(HOSTILE_NAMES[1], shape=(3, 2), seed=0)
+    y = gn.relu(x @ W, name=HOSTILE_NAMES[2])
+    z = gn.sum(gn.tanh(y, name=HOSTILE_NAMES[3]), name=HOSTILE_NAMES[4])
+    out = gn.mul(z, 2.0, name=HOSTILE_NAMES[5])
+    path = visualize.render(out, tmp_path / f"g.{fmt}", show_names=True,
+                            kernels=[{"name": HOSTILE_NAMES[0] * 3, "nodes": [y]}])
+    text = open(path, encoding="utf-8").read()
+    assert "\0" not in text and "\udc80" not in text and "x" * 200 not in text
+    assert "nul\\x00byte" in text and "\\udc80" in text
