@@ -377,3 +377,70 @@ def test_render_draws_any_name(tmp_path, fmt):
     text = open(path, encoding="utf-8").read()
     assert "\0" not in text and "\udc80" not in text and "x" * 200 not in text
     assert "nul\\x00byte" in text and "\\udc80" in text
+
+
+# ---------------------------------------------------------------------------------------
+# Ordinary mistakes: a typed GraphError naming the argument and the caller's line
+# ---------------------------------------------------------------------------------------
+
+def _mistakes():
+    W = gn.param("W", shape=(2, 2), seed=0)
+    x = gn.input("x", (None, 2))
+    n = gn.input("n", (None,), dtype="int32")
+    loss = gn.mean(x @ W)
+    f = gn.compile(loss, backend="numpy")
+    step = gn.compile(loss, backend="numpy", updates=gn.optim.SGD(0.1).updates(loss, [W]))
+    return [
+        (lambda: setattr(W, "value", np.array([["1", "2"], ["3", "4"]])), gn.DTypeError, "<U1"),
+        (lambda: setattr(W, "value", [[1.0, 2.0], [3.0]]), gn.ShapeError, "cannot be turned"),
+        (lambda: setattr(W, "value", np.full((2, 2), None)), gn.DTypeError, "object"),
+        (lambda: setattr(W, "value", np.ones((2, 2), complex)), gn.DTypeError, "complex128"),
+        (lambda: gn.sum(x, axis=1.0), gn.ShapeError, "axis must be"),
+        (lambda: gn.elu(x, None), gn.ShapeError, "alpha must be a number"),
+        (lambda: gn.cast(x, "floaty"), gn.DTypeError, "dtype='floaty'"),
+        (lambda: gn.cast(x, np.float16), gn.DTypeError, "float16"),
+        (lambda: gn.cast(x, "datetime64"), gn.DTypeError, "datetime64"),
+        (lambda: gn.cast(x, object), gn.DTypeError, "object"),
+        (lambda: gn.const(np.ones(2, np.float16)), gn.DTypeError, "float16"),
+        (lambda: gn.param("H", np.ones(2, np.float16)), gn.DTypeError, "float16"),
+        (lambda: gn.param("V", shape=(2,), seed="abc"), gn.OptionError, "seed"),
+        (lambda: gn.optim.Adam().updates(loss, W), gn.OptionError, "write [W]"),
+        (lambda: gn.evaluate(f, {"x": np.ones((3, 2))}, batch_size=0), gn.OptionError,
+         "batch_size"),
+        (lambda: gn.fit(step, {"x": np.ones((0, 2))}, progress=False), gn.FeedError,
+         "no samples"),
+        (lambda: n * 2**40, gn.DTypeError, "does not fit in int32"),
+        (lambda: gn.conv2d(gn.input("im", (1, 4, 4, 1)), gn.param("K", shape=(2, 2, 1, 1)),
+                           stride=1.5), gn.ShapeError, "stride must be an int, got 1.5"),
+        (lambda: gn.max_pool2d(gn.input("im2", (1, 4, 4, 1)), size=2.5), gn.ShapeError,
+         "size must be an int"),
+        (lambda: gn.optim.SGD(lr="0.1").updates(loss, [W]), gn.OptionError, "lr must be"),
+        (lambda: gn.optim.Adam(lr=gn.const(np.ones(3, np.float32))).updates(loss, [W]),
+         gn.OptionError, "scalar float node"),
+    ]
+
+
+def test_ordinary_mistakes_are_typed_errors_naming_the_callers_line():
+    for make_mistake, error, words in _mistakes():
+        call = location(1)
+        with pytest.raises(gn.GraphError) as err:
+            make_mistake()
+        assert type(err.value) is error, (words, err.value)
+        assert words in str(err.value) and f"{call.rsplit(':', 1)[0]}:" in str(err.value)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_a_scalar_variable_learning_rate_can_change_between_steps(backend):
+    x = gn.input("x", (None, 2))
+    W = gn.param("W", np.ones((2, 1), np.float32))
+    lr = gn.variable("lr", np.float32(0.5))
+    loss = gn.mean(x @ W)
+    for optimizer in (gn.optim.SGD(lr=lr), gn.optim.Adam(lr=lr, beta1=gn.const(0.9))):
+        step = compile_on(backend, loss, updates=optimizer.updates(loss, [W]))
+        lr.value = np.float32(0.0)
+        before = W.value.copy()
+        step(x=np.ones((1, 2), np.float32))
+        np.testing.assert_array_equal(W.value, before)
+        lr.value = np.float32(0.5)
+        step(x=np.ones((1, 2), np.float32))
+        assert (W.value < before).all()
