@@ -11,7 +11,7 @@ pass and parameter updates to generated Numba kernels. See README.md and docs/.
     f = gn.compile(loss, backend="numpy")
 """
 from .errors import (GraphError, ShapeError, DTypeError, FeedError, GradError, NumericalError,
-                     BackendError)
+                     OptionError, BackendError)
 from .node import Node
 from .api import input, param, variable, const
 from .ops import (add, sub, mul, div, neg, pow, exp, log, sqrt, abs, square, maximum, minimum,

@@ -4,7 +4,7 @@ import weakref
 import numpy as np
 
 from . import shapes as S
-from .errors import DTypeError, GraphError, ShapeError, user_location
+from .errors import DTypeError, GraphError, OptionError, ShapeError, user_location
 from .initializers import initialize
 from .node import make_node
 from .registry import const_node
@@ -15,6 +15,8 @@ FLOAT_DTYPES = ("float32", "float64")
 # need (ignored) from a name that is no input at all (an error)
 declared_inputs = weakref.WeakValueDictionary()
 INPUT_DTYPES = FLOAT_DTYPES + ("int32", "int64")
+CONST_DTYPES = FLOAT_DTYPES + ("int8", "int16", "int32", "int64",
+                               "uint8", "uint16", "uint32", "uint64")
 
 
 class ValueState:
@@ -60,13 +62,28 @@ class ValueState:
         return self._value
 
     def set(self, node, array):
-        array = np.asarray(array)
+        array = _real_array(array, f"{node.label()}: the new value")
         if array.shape != node.shape:
             raise ShapeError(f"{node.label()}: new value has shape {array.shape}, "
                              f"expected {node.shape} (at {user_location()})")
         self.value = np.array(array, dtype=node.dtype, order="C")
         self.version += 1
         ValueState.epoch += 1
+
+
+def _real_array(value, what):
+    """`value` as an array of real numbers (bool, int or float), else a typed GraphError:
+    strings would be parsed, None would become NaN, complex numbers would lose their
+    imaginary part, a ragged list has no shape."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ShapeError(f"{what} cannot be turned into an array ({exc}) "
+                         f"(at {user_location()})") from None
+    if array.dtype.kind not in "biuf":
+        raise DTypeError(f"{what} has dtype {array.dtype}; it must hold real numbers "
+                         f"(at {user_location()})")
+    return array
 
 
 def _check_name(name, what):
@@ -129,14 +146,14 @@ def _stateful(op, name, value, shape, init, seed, dtype):
         if any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
             raise ShapeError(f"{op} '{name}': shape {shape} must be non-negative ints "
                              f"(at {where})")
-        value = initialize(init, shape, dtype, seed, where)
+        value = initialize(init, shape, dtype, seed, where, f"{op} '{name}'")
     else:
-        value = np.array(value, copy=True)
-        if value.dtype.kind not in "f":
-            if value.dtype.kind in "iu":
-                value = value.astype(np.float32)
-            else:
-                raise DTypeError(f"{op} '{name}': value has dtype {value.dtype} (at {where})")
+        value = np.array(_real_array(value, f"{op} '{name}': the value"), copy=True)
+        if value.dtype.kind in "iu":
+            value = value.astype(np.float32)
+        elif value.dtype.name not in FLOAT_DTYPES:
+            raise DTypeError(f"{op} '{name}': value has dtype {value.dtype}; use one of "
+                             f"{', '.join(FLOAT_DTYPES)} (at {where})")
         value = np.array(value, order="C")
     node = make_node(op, {"name": name}, (), value.shape, value.dtype, name=name, intern=False)
     node.state = ValueState(value)
@@ -147,7 +164,13 @@ def const(value, dtype=None, name=None):
     """A constant: `gn.const(3.0)` or `gn.const(np.eye(3))`. Equal constants are one node."""
     if dtype is None and isinstance(value, (int, float)):
         dtype = "float32"
-    array = np.asarray(value, dtype=dtype)
-    if array.dtype.kind not in "fiu":
-        raise DTypeError(f"gn.const: dtype {array.dtype} is not supported (at {user_location()})")
+    array = _real_array(value, "gn.const: the value")
+    try:
+        array = np.asarray(array, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DTypeError(f"gn.const: cannot make an array of dtype {dtype!r} ({exc}) "
+                         f"(at {user_location()})") from None
+    if array.dtype.name not in CONST_DTYPES:
+        raise DTypeError(f"gn.const: dtype {array.dtype} is not supported; use one of "
+                         f"{', '.join(CONST_DTYPES)} (at {user_location()})")
     return const_node(array, name)

@@ -36,6 +36,10 @@ class NumericalError(GraphError, ArithmeticError):
     """NaN or Inf found in a node's output when `check_finite=True`."""
 
 
+class OptionError(GraphError, ValueError):
+    """An argument of the wrong type or value (batch_size=0, a string learning rate...)."""
+
+
 class BackendError(GraphError, RuntimeError):
     """A backend that cannot run here (no GPU, missing library) or an unknown backend."""
 

@@ -115,6 +115,14 @@ class FeedChecker:
             problem = binding.bind(dim, size, f"'{node.name}' axis {axis}")
             if problem:
                 fail(f"has shape {array.shape}: axis {axis} is {size}, {problem}")
+        if node.dtype.kind in "iu" and kind in "iu" and array.size and \
+                not np.can_cast(array.dtype, node.dtype):
+            # checked before narrowing: 2**32 into int32 would wrap to 0, a valid label
+            info = np.iinfo(node.dtype)
+            low, high = array.min(), array.max()
+            if low < info.min or high > info.max:
+                fail(f"holds values from {low} to {high}, outside the range of {node.dtype} "
+                     f"[{info.min}, {info.max}]")
         if array.dtype != node.dtype or not array.flags.c_contiguous:
             array = np.array(array, dtype=node.dtype, order="C", copy=None)
         if node.name in self.bounds and array.size:

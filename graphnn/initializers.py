@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from .errors import GraphError
+from .errors import GraphError, OptionError
 
 
 def _fans(shape):
@@ -49,8 +49,12 @@ def he_normal(shape, dtype, rng):
 INITIALIZERS = {f.__name__: f for f in (zeros, ones, normal, uniform, glorot_uniform, he_normal)}
 
 
-def initialize(init, shape, dtype, seed, where):
+def initialize(init, shape, dtype, seed, where, owner="initialize"):
     """Resolve `init` (a name, a (name, kwargs) pair, or a callable) and make the array."""
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or
+                             isinstance(seed, (bool, np.bool_)) or seed < 0):
+        raise OptionError(f"{owner}: seed must be None or an int >= 0, got {seed!r:.60} "
+                          f"(at {where})")
     rng = np.random.default_rng(seed)
     kwargs = {}
     if isinstance(init, tuple):

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from . import shapes as S
-from .errors import GraphError, user_location
+from .errors import DTypeError, GraphError, user_location
 from .node import Node
 from .registry import (OPS, OpDef, Mismatch, WrongDType, apply, graph_dtype, register,
                        const_node)
@@ -46,14 +46,68 @@ def infer_broadcast(specs, float_only=False, opname=""):
     return shape, dtype
 
 
+# Attr checks. Every attr a kernel relies on is checked here, whatever built the node (user
+# code, gn.load, the ONNX importer, registry.apply): a value of the wrong type or range is a
+# Mismatch (a ShapeError naming the node), never an index a kernel would follow.
+
+def _shown(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _int_attr(name, value, low=None):
+    if not _is_int(value):
+        raise Mismatch(f"{name} must be an int, got {_shown(value)}")
+    if low is not None and value < low:
+        raise Mismatch(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def _axis_in(name, axis, ndim):
+    """An int axis of a rank-`ndim` tensor, negative ones counting from the end."""
+    _int_attr(name, axis)
+    if not -ndim <= axis < ndim:
+        raise Mismatch(f"{name} {axis} out of range for rank {ndim}")
+    return int(axis) % ndim
+
+
+def _bool_attr(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise Mismatch(f"{name} must be True or False, got {_shown(value)}")
+
+
+def _number_attr(name, value):
+    if not isinstance(value, (int, float, np.integer, np.floating)) or \
+            isinstance(value, (bool, np.bool_)):
+        raise Mismatch(f"{name} must be a number, got {_shown(value)}")
+
+
+# The dtypes every back end computes in (a cast or a one_hot to another is refused).
+DTYPES = ("float32", "float64", "int8", "int16", "int32", "int64",
+          "uint8", "uint16", "uint32", "uint64")
+
+
+def _dtype_attr(value):
+    if not isinstance(value, str) or value not in DTYPES:
+        raise WrongDType(f"dtype {_shown(value)} is not supported; use one of "
+                         f"{', '.join(DTYPES)}")
+    return np.dtype(value)
+
+
 def _norm_axes(axis, ndim):
     """Normalise an axis argument (None, int or tuple) to a sorted tuple of axes."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    if not _is_int(axis) and not isinstance(axis, (tuple, list)):
+        raise Mismatch(f"axis must be None, an int or a tuple of ints, got {_shown(axis)}")
+    axes = (axis,) if _is_int(axis) else tuple(axis)
     out = []
     for a in axes:
-        a = int(a)
+        a = _int_attr("axis", a)
         if not -ndim <= a < ndim:
             raise Mismatch(f"axis {a} is out of range for rank {ndim}")
         out.append(a % ndim)
@@ -162,8 +216,10 @@ def _minimum_vjp(g, out, a, b):
     return (lambda: sum_to(g * mask, a), lambda: sum_to(g * (1 - mask), b))
 
 
-_binary("maximum", np.maximum, _maximum_vjp, "max({0}, {1})")
-_binary("minimum", np.minimum, _minimum_vjp, "min({0}, {1})")
+# NaN in either operand gives NaN, as in np.maximum/np.minimum (`{0} != {0}` is NaN's test;
+# for integers it folds away)
+_binary("maximum", np.maximum, _maximum_vjp, "{0} if {0} >= {1} or {0} != {0} else {1}")
+_binary("minimum", np.minimum, _minimum_vjp, "{0} if {0} <= {1} or {0} != {0} else {1}")
 
 
 # Comparisons give a 0/1 mask in the float dtype; they have no gradient.
@@ -204,7 +260,8 @@ _unary("log", np.log, lambda g, out, x: (lambda: g / x,), "log({0})")
 _unary("sqrt", np.sqrt, lambda g, out, x: (lambda: g * 0.5 / out,), "sqrt({0})")
 _unary("abs", np.abs, lambda g, out, x: (lambda: g * sign(x),), "abs({0})", float_only=False)
 _unary("sign", np.sign, lambda g, out, x: (None,),
-       "{T}(1) if {0} > {T}(0) else ({T}(-1) if {0} < {T}(0) else {T}(0))", float_only=False)
+       "{T}(1) if {0} > {T}(0) else ({T}(-1) if {0} < {T}(0) else ({0} if {0} != {0} else "
+       "{T}(0)))", float_only=False)
 _unary("square", np.square, lambda g, out, x: (lambda: g * 2 * x,), "{0} * {0}",
        float_only=False)
 _unary("sigmoid", _sigmoid_impl, lambda g, out, x: (lambda: g * out * (1 - out),),
@@ -216,7 +273,7 @@ _unary("tanh", np.tanh, lambda g, out, x: (lambda: g * (1 - out * out),), "tanh(
 # relu's mask is read from its output (out > 0 exactly where x > 0), so the pre-activation
 # needs no buffer of its own: a bias add fuses into the relu.
 _unary("relu", lambda x: np.maximum(x, 0), lambda g, out, x: (lambda: g * gt(out, 0),),
-       "{0} if {0} > {T}(0) else {T}(0)", category="Activation")
+       "{T}(0) if {0} <= {T}(0) else {0}", category="Activation")  # relu(NaN) is NaN
 _unary("softplus", _softplus_impl, lambda g, out, x: (lambda: g * sigmoid(x),),
        "max({0}, {T}(0)) + log1p(exp(-abs({0})))", category="Activation")
 _unary("step", lambda x: (x > 0).astype(x.dtype), lambda g, out, x: (None,),
@@ -225,6 +282,7 @@ _unary("step", lambda x: (x > 0).astype(x.dtype), lambda g, out, x: (None,),
 
 def _with_alpha(name, impl, vjp, scalar):
     def infer(specs, alpha):
+        _number_attr("alpha", alpha)
         return infer_broadcast(specs, True, name)
     register(OpDef(name, "Activation", infer, impl, vjp, scalar=scalar))
 
@@ -247,7 +305,7 @@ _with_alpha("elu_grad",
 
 
 def _infer_cast(specs, dtype):
-    return specs[0].sym_shape, np.dtype(dtype)
+    return specs[0].sym_shape, _dtype_attr(dtype)
 
 
 register(OpDef("cast", "Transform", _infer_cast, lambda x, dtype: x.astype(dtype),
@@ -267,6 +325,7 @@ def _dtype_of(v):
 def _infer_reduce(specs, axis, keepdims, float_only=False):
     (x,) = specs
     axes = _norm_axes(axis, x.ndim)
+    _bool_attr("keepdims", keepdims)
     dtype = _need_float(specs, "reduction") if float_only else x.dtype
     return reduced_shape(x.sym_shape, axes, keepdims), dtype
 
@@ -326,8 +385,12 @@ def _argmax_mask_impl(x, axis):
     return np.transpose(mask, np.argsort(keep + list(axes)))
 
 
-register(OpDef("argmax_mask", "Reduce",
-               lambda specs, axis: (specs[0].sym_shape, _need_float(specs, "argmax_mask")),
+def _infer_argmax_mask(specs, axis):
+    _norm_axes(axis, specs[0].ndim)
+    return specs[0].sym_shape, _need_float(specs, "argmax_mask")
+
+
+register(OpDef("argmax_mask", "Reduce", _infer_argmax_mask,
                _argmax_mask_impl, lambda g, out, x, axis: (None,), kind="reduce",
                extra={"reducer": "argmax_mask"}))
 
@@ -335,6 +398,7 @@ register(OpDef("argmax_mask", "Reduce",
 def _infer_broadcast_like(specs, axis, keepdims):
     g, x = specs
     axes = _norm_axes(axis, x.ndim)
+    _bool_attr("keepdims", keepdims)
     expect = reduced_shape(x.sym_shape, axes, keepdims)
     if len(expect) != g.ndim or not all(S.unify_dims(a, b) for a, b in zip(expect, g.sym_shape)):
         raise Mismatch(f"cannot broadcast {S.format_shape(g.sym_shape)} back over axes {axes} "
@@ -404,7 +468,8 @@ register(OpDef("matmul", "Layer", _infer_matmul, np.matmul,
 
 def _infer_transpose(specs, axes):
     (x,) = specs
-    if sorted(axes) != list(range(x.ndim)):
+    if not isinstance(axes, (tuple, list)) or not all(_is_int(a) for a in axes) or \
+            sorted(axes) != list(range(x.ndim)):
         raise Mismatch(f"axes {axes} are not a permutation of rank {x.ndim}")
     return tuple(x.sym_shape[a] for a in axes), x.dtype
 
@@ -423,7 +488,11 @@ def _infer_reshape(specs, shape):
 def _reshape_target(src, target):
     """Resolve -1 and check sizes; a symbolic dim may pass through unchanged."""
     src = tuple(S.resolve(d) for d in src)
-    target = list(target)
+    if not isinstance(target, (tuple, list)) or not all(
+            isinstance(d, S.Sym) or _is_int(d) and d >= -1 for d in target):
+        raise Mismatch(f"a shape is a tuple of ints >= 0, symbolic dims and one -1, "
+                       f"got {_shown(target)}")
+    target = [d if isinstance(d, S.Sym) else int(d) for d in target]
     if target.count(-1) > 1:
         raise Mismatch(f"at most one -1 in shape {tuple(target)}")
     src_syms = [d for d in src if isinstance(d, S.Sym)]
@@ -470,9 +539,7 @@ register(OpDef("reshape", "Shape", _infer_reshape, _reshape_impl, _reshape_vjp, 
 
 def _infer_concat(specs, axis):
     first = specs[0]
-    if not -first.ndim <= axis < first.ndim:
-        raise Mismatch(f"axis {axis} out of range for rank {first.ndim}")
-    axis %= first.ndim
+    axis = _axis_in("axis", axis, first.ndim)
     total = 0
     for s in specs:
         if s.ndim != first.ndim:
@@ -505,8 +572,9 @@ register(OpDef("concat", "Tensor", _infer_concat,
 
 def _infer_slice(specs, axis, start, stop):
     (x,) = specs
-    if not -x.ndim <= axis < x.ndim:
-        raise Mismatch(f"axis {axis} out of range for rank {x.ndim}")
+    axis = _axis_in("axis", axis, x.ndim)
+    _int_attr("start", start)
+    _int_attr("stop", stop)
     d = S.resolve(x.sym_shape[axis])
     if not isinstance(d, int) or not 0 <= start < stop <= d:
         raise Mismatch(f"slice {start}:{stop} does not fit axis {axis} of size {d}")
@@ -536,8 +604,15 @@ register(OpDef("slice_axis", "Tensor", _infer_slice, _slice_impl,
 
 def _infer_pad(specs, axis, before, after):
     (x,) = specs
+    axis = _axis_in("axis", axis, x.ndim)
+    before, after = _int_attr("before", before, 0), _int_attr("after", after, 0)
+    d = S.resolve(x.sym_shape[axis])
+    if not isinstance(d, int):
+        raise Mismatch(f"cannot pad along a symbolic dim (axis {axis})")
+    if d + before + after > _MAX_DIM:
+        raise Mismatch(f"padding axis {axis} of size {d} by {before} and {after} is too large")
     shape = list(x.sym_shape)
-    shape[axis] = S.resolve(shape[axis]) + before + after
+    shape[axis] = d + before + after
     return tuple(shape), x.dtype
 
 
@@ -561,8 +636,11 @@ def conv_geometry(in_size, k, stride, padding):
     return out, total // 2
 
 
+_MAX_DIM = 2**31 - 1
+
+
 def _check_padding(padding):
-    if padding not in ("valid", "same"):
+    if not isinstance(padding, str) or padding not in ("valid", "same"):
         raise Mismatch(f"padding must be 'valid' or 'same', got {padding!r}")
 
 
@@ -578,15 +656,18 @@ def _spatial(x, what):
 def _infer_conv2d(specs, stride, padding):
     x, w = specs
     _check_padding(padding)
+    _int_attr("stride", stride, 1)
     h, wd = _spatial(x, "conv2d")
     if w.ndim != 4:
         raise Mismatch(f"kernel must be HWIO of rank 4, got {S.format_shape(w.sym_shape)}")
     kh, kw, cin, cout = (S.resolve(d) for d in w.sym_shape)
+    if not all(isinstance(d, int) and d >= 1 for d in (kh, kw)):
+        raise Mismatch(f"kernel height and width must be static and >= 1, got "
+                       f"{S.format_shape(w.sym_shape)}")
     if not S.unify_dims(x.sym_shape[3], cin):
         raise Mismatch(f"input has {S.resolve(x.sym_shape[3])} channels but the kernel "
                        f"expects {cin}")
-    if stride < 1:
-        raise Mismatch(f"stride must be >= 1, got {stride}")
+    _int_attr("stride", stride, 1)
     oh, _ = conv_geometry(h, kh, stride, padding)
     ow, _ = conv_geometry(wd, kw, stride, padding)
     if oh < 1 or ow < 1:
@@ -645,8 +726,29 @@ register(OpDef("conv2d", "Layer", _infer_conv2d, _conv2d_impl,
                    lambda: apply("conv2d_grad_filter", (x, g, w),
                                  {"stride": stride, "padding": padding})),
                kind="window"))
-register(OpDef("conv2d_grad_input", "Layer",
-               lambda specs, stride, padding: (specs[2].sym_shape, specs[0].dtype),
+def _check_adjoint(g, shape):
+    """The adjoint g of a window op must have the shape of the op's output: the gradient
+    kernels walk g's windows and write them into the input's (or kernel's) shape."""
+    if g.ndim != len(shape) or not all(S.unify_dims(a, b) for a, b in zip(g.sym_shape, shape)):
+        raise Mismatch(f"the adjoint has shape {S.format_shape(g.sym_shape)}, but the forward "
+                       f"op's output has shape {S.format_shape(shape)}")
+
+
+def _infer_conv2d_grad_input(specs, stride, padding):
+    g, w, x_like = specs
+    shape, _ = _infer_conv2d([x_like, w], stride, padding)
+    _check_adjoint(g, shape)
+    return x_like.sym_shape, _need_float(specs, "conv2d_grad_input")
+
+
+def _infer_conv2d_grad_filter(specs, stride, padding):
+    x, g, w_like = specs
+    shape, _ = _infer_conv2d([x, w_like], stride, padding)
+    _check_adjoint(g, shape)
+    return w_like.sym_shape, _need_float(specs, "conv2d_grad_filter")
+
+
+register(OpDef("conv2d_grad_input", "Layer", _infer_conv2d_grad_input,
                _conv2d_grad_input_impl,
                lambda gg, out, g, w, x, stride, padding: (
                    lambda: conv2d(gg, w, stride=stride, padding=padding),
@@ -654,8 +756,7 @@ register(OpDef("conv2d_grad_input", "Layer",
                                  {"stride": stride, "padding": padding}),
                    None),
                kind="window"))
-register(OpDef("conv2d_grad_filter", "Layer",
-               lambda specs, stride, padding: (specs[2].sym_shape, specs[0].dtype),
+register(OpDef("conv2d_grad_filter", "Layer", _infer_conv2d_grad_filter,
                _conv2d_grad_filter_impl,
                lambda gg, out, x, g, w, stride, padding: (
                    lambda: apply("conv2d_grad_input", (g, gg, x),
@@ -668,8 +769,8 @@ register(OpDef("conv2d_grad_filter", "Layer",
 def _infer_pool(specs, size, stride):
     (x,) = specs
     h, w = _spatial(x, "pooling")
-    if size < 1 or stride < 1:
-        raise Mismatch(f"pool size and stride must be >= 1, got {size} and {stride}")
+    _int_attr("size", size, 1)
+    _int_attr("stride", stride, 1)
     if size > h or size > w:
         raise Mismatch(f"pool window {size}x{size} is larger than the {h}x{w} input")
     oh, ow = (h - size) // stride + 1, (w - size) // stride + 1
@@ -722,15 +823,27 @@ register(OpDef("max_pool2d", "Pool", _infer_pool, _max_pool_impl,
                lambda g, out, x, size, stride: (
                    lambda: apply("max_pool2d_grad", (x, g), {"size": size, "stride": stride}),),
                kind="window"))
-register(OpDef("max_pool2d_grad", "Pool",
-               lambda specs, size, stride: (specs[0].sym_shape, specs[0].dtype),
+def _infer_max_pool_grad(specs, size, stride):
+    x, g = specs
+    shape, _ = _infer_pool([x], size, stride)
+    _check_adjoint(g, shape)
+    return x.sym_shape, _need_float(specs, "max_pool2d_grad")
+
+
+def _infer_avg_pool_grad(specs, size, stride):
+    g, x_like = specs
+    shape, _ = _infer_pool([x_like], size, stride)
+    _check_adjoint(g, shape)
+    return x_like.sym_shape, _need_float(specs, "avg_pool2d_grad")
+
+
+register(OpDef("max_pool2d_grad", "Pool", _infer_max_pool_grad,
                _max_pool_grad_impl, None, kind="window"))
 register(OpDef("avg_pool2d", "Pool", _infer_pool, _avg_pool_impl,
                lambda g, out, x, size, stride: (
                    lambda: apply("avg_pool2d_grad", (g, x), {"size": size, "stride": stride}),),
                kind="window"))
-register(OpDef("avg_pool2d_grad", "Pool",
-               lambda specs, size, stride: (specs[1].sym_shape, specs[0].dtype),
+register(OpDef("avg_pool2d_grad", "Pool", _infer_avg_pool_grad,
                _avg_pool_grad_impl,
                lambda gg, out, g, x, size, stride: (
                    lambda: avg_pool2d(gg, size=size, stride=stride), None),
@@ -752,7 +865,7 @@ def _log_softmax_impl(x, axis):
 
 
 def _infer_softmax(specs, axis):
-    _norm_axes(axis, specs[0].ndim)
+    _axis_in("axis", axis, specs[0].ndim)
     return specs[0].sym_shape, _need_float(specs, "softmax")
 
 
@@ -776,7 +889,8 @@ register(OpDef("log_softmax", "Activation", _infer_softmax, _log_softmax_impl,
                decompose=_log_softmax_decompose, kind="composite"))
 
 
-def _infer_loss_pair(specs, name):
+def _infer_loss_pair(specs, name, from_logits=False):
+    _bool_attr("from_logits", from_logits)
     shape, dtype = infer_broadcast(specs, True, name)
     return (), dtype
 
@@ -823,7 +937,8 @@ def _bce_vjp(g, out, p, y, from_logits):
 
 
 register(OpDef("binary_cross_entropy", "Loss",
-               lambda specs, from_logits: _infer_loss_pair(specs, "binary_cross_entropy"),
+               lambda specs, from_logits: _infer_loss_pair(specs, "binary_cross_entropy",
+                                                           from_logits),
                _bce_impl, _bce_vjp, decompose=_bce_decompose, kind="composite"))
 
 
@@ -868,6 +983,10 @@ def _sce_decompose(z, y):
     t = _sce_targets(z, y)
     m = max(z, axis=1, keepdims=True)
     lse = log(sum(exp(z - m), axis=1, keepdims=True)) + m
+    if _dtype_of(y).kind in "iu":
+        # t is one-hot: min(lse - z, t / (1 - t)) is lse - z at the label (t / 0 = inf) and
+        # 0 elsewhere, where t * (lse - z) would be 0 * inf = NaN for a masked (-inf) logit
+        return mean(sum(minimum(lse - z, t / (1 - t)), axis=1))
     return mean(sum(t * (lse - z), axis=1))
 
 
@@ -891,7 +1010,10 @@ def _infer_one_hot(specs, classes, dtype):
     (y,) = specs
     if y.dtype.kind not in "iu":
         raise WrongDType(f"one_hot needs integer labels, got {y.dtype}")
-    return y.sym_shape + (classes,), np.dtype(dtype)
+    classes = _int_attr("classes", classes, 1)
+    if classes > _MAX_DIM:
+        raise Mismatch(f"classes must be <= {_MAX_DIM}, got {classes}")
+    return y.sym_shape + (classes,), _dtype_attr(dtype)
 
 
 def _one_hot_decompose(y, classes, dtype):
@@ -906,15 +1028,26 @@ register(OpDef("one_hot", "Tensor", _infer_one_hot,
                kind="composite"))
 
 
+# minimum(maximum(x, low), high), each keeping NaN as NumPy does
+_CLIP_LOW = "({0} if {0} >= {T}({low}) or {0} != {0} else {T}({low}))"
+_CLIP_TEMPLATE = (f"{_CLIP_LOW} if {_CLIP_LOW} <= {{T}}({{high}}) or {_CLIP_LOW} != {_CLIP_LOW} "
+                  "else {T}({high})")
+
+
 def _clip_decompose(x, low, high):
     return minimum(maximum(x, low), high)
 
 
-register(OpDef("clip", "Activation",
-               lambda specs, low, high: infer_broadcast(specs, False, "clip"),
+def _infer_clip(specs, low, high):
+    _number_attr("low", low)
+    _number_attr("high", high)
+    return infer_broadcast(specs, False, "clip")
+
+
+register(OpDef("clip", "Activation", _infer_clip,
                lambda x, low, high: np.clip(x, low, high),
                lambda g, out, x, low, high: (lambda: g * gt(x, low) * gt(high, x),),
-               scalar="min(max({0}, {T}({low})), {T}({high}))"))
+               scalar=_CLIP_TEMPLATE))
 
 
 # ---------------------------------------------------------------------------------------
@@ -988,49 +1121,80 @@ step = _make_unary("step", "1 where x > 0 else 0: the perceptron's activation (z
 
 def leaky_relu(x, alpha=0.01, name=None):
     """x where x > 0 else alpha*x."""
-    return apply("leaky_relu", (x,), {"alpha": float(alpha)}, name)
+    return apply("leaky_relu", (x,), {"alpha": _number(alpha)}, name)
 
 
 def leaky_relu_grad(x, alpha=0.01):
-    return apply("leaky_relu_grad", (x,), {"alpha": float(alpha)})
+    return apply("leaky_relu_grad", (x,), {"alpha": _number(alpha)})
 
 
 def elu(x, alpha=1.0, name=None):
     """x where x > 0 else alpha*(e**x - 1)."""
-    return apply("elu", (x,), {"alpha": float(alpha)}, name)
+    return apply("elu", (x,), {"alpha": _number(alpha)}, name)
 
 
 def elu_grad(x, alpha=1.0):
-    return apply("elu_grad", (x,), {"alpha": float(alpha)})
+    return apply("elu_grad", (x,), {"alpha": _number(alpha)})
 
 
 def cast(x, dtype, name=None):
     """Convert to another dtype, e.g. `gn.cast(labels, "float32")`."""
-    return apply("cast", (x,), {"dtype": np.dtype(dtype).name}, name)
+    return apply("cast", (x,), {"dtype": _dtype_name(dtype, "gn.cast")}, name)
+
+
+def _dtype_name(dtype, what):
+    """The name of a dtype the back ends support, or a DTypeError naming the argument."""
+    try:
+        name = np.dtype(dtype).name
+    except (TypeError, ValueError):
+        name = None
+    if name not in DTYPES:
+        raise DTypeError(f"{what}: dtype={_shown(dtype)} is not supported; use one of "
+                         f"{', '.join(DTYPES)} (at {user_location()})")
+    return name
 
 
 def clip(x, low, high, name=None):
-    return apply("clip", (x,), {"low": float(low), "high": float(high)}, name)
+    return apply("clip", (x,), {"low": _number(low), "high": _number(high)}, name)
+
+
+def _int(value):
+    """An int attr as an int; anything else unchanged, for the shape rule to refuse
+    (int(1.5) would silently be 1)."""
+    return int(value) if _is_int(value) else value
+
+
+def _number(value):
+    """A float attr as a float; anything else unchanged, for the shape rule to refuse."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and \
+        not isinstance(value, (bool, np.bool_))
+    return float(value) if ok else value
+
+
+def _flag(value):
+    return bool(value) if isinstance(value, (bool, np.bool_, int, np.integer)) else value
 
 
 def _axis_attr(axis):
-    if axis is None or isinstance(axis, (int, np.integer)):
-        return None if axis is None else int(axis)
-    return tuple(int(a) for a in axis)
+    if axis is None or _is_int(axis):
+        return _int(axis)
+    if isinstance(axis, (tuple, list)):
+        return tuple(_int(a) for a in axis)
+    return axis
 
 
 def sum(x, axis=None, keepdims=False, name=None):  # noqa: A001
     """Sum over `axis` (None: all axes)."""
-    return apply("sum", (x,), {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name)
+    return apply("sum", (x,), {"axis": _axis_attr(axis), "keepdims": _flag(keepdims)}, name)
 
 
 def mean(x, axis=None, keepdims=False, name=None):
-    return apply("mean", (x,), {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name)
+    return apply("mean", (x,), {"axis": _axis_attr(axis), "keepdims": _flag(keepdims)}, name)
 
 
 def max(x, axis=None, keepdims=False, name=None):  # noqa: A001
     """Maximum over `axis`; its gradient goes to the first maximal element."""
-    return apply("max", (x,), {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name)
+    return apply("max", (x,), {"axis": _axis_attr(axis), "keepdims": _flag(keepdims)}, name)
 
 
 def argmax_mask(x, axis=None):
@@ -1039,7 +1203,8 @@ def argmax_mask(x, axis=None):
 
 def broadcast_like(g, x, axis=None, keepdims=False):
     """Broadcast `g`, a reduction of `x` over `axis`, back to x's shape."""
-    return apply("broadcast_like", (g, x), {"axis": _axis_attr(axis), "keepdims": keepdims})
+    return apply("broadcast_like", (g, x),
+                 {"axis": _axis_attr(axis), "keepdims": _flag(keepdims)})
 
 
 def reciprocal_count(x, axis=None):
@@ -1055,14 +1220,14 @@ def matmul(a, b, name=None):
 def transpose(x, axes=None, name=None):
     """Permute axes (default: reverse them)."""
     ndim = len(_shape_of(x))
-    axes = tuple(reversed(range(ndim))) if axes is None else tuple(int(a) for a in axes)
+    axes = tuple(reversed(range(ndim))) if axes is None else _axis_attr(axes)
     return apply("transpose", (x,), {"axes": axes}, name)
 
 
 def reshape(x, shape, name=None):
     """Reshape; one -1 may be inferred. A symbolic dim (e.g. the batch) may be kept as -1."""
     shape = (shape,) if isinstance(shape, (int, S.Sym)) else tuple(shape)
-    shape = tuple(d if isinstance(d, S.Sym) else int(d) for d in shape)
+    shape = tuple(d if isinstance(d, S.Sym) else _int(d) for d in shape)
     if not isinstance(x, Node):
         shape = tuple(-1 if isinstance(d, S.Sym) else d for d in shape)
     return apply("reshape", (x,), {"shape": shape}, name)
@@ -1083,44 +1248,47 @@ def concat(xs, axis=0, name=None):
     xs = list(xs)
     if not xs:
         raise GraphError(f"concat needs at least one input (at {user_location()})")
-    return apply("concat", tuple(xs), {"axis": int(axis)}, name)
+    return apply("concat", tuple(xs), {"axis": _int(axis)}, name)
 
 
 def slice_axis(x, axis, start, stop, name=None):
     """x[..., start:stop, ...] along one axis with static bounds."""
-    return apply("slice_axis", (x,), {"axis": int(axis), "start": int(start),
-                                      "stop": int(stop)}, name)
+    return apply("slice_axis", (x,), {"axis": _int(axis), "start": _int(start),
+                                      "stop": _int(stop)}, name)
 
 
 def pad_axis(x, axis, before, after):
-    return apply("pad_axis", (x,), {"axis": int(axis), "before": int(before),
-                                    "after": int(after)})
+    return apply("pad_axis", (x,), {"axis": _int(axis), "before": _int(before),
+                                    "after": _int(after)})
 
 
 def conv2d(x, w, stride=1, padding="valid", name=None):
     """2-D convolution (cross-correlation), NHWC input, HWIO kernel."""
-    return apply("conv2d", (x, w), {"stride": int(stride), "padding": padding}, name)
+    return apply("conv2d", (x, w), {"stride": _int(stride), "padding": padding}, name)
 
 
 def max_pool2d(x, size=2, stride=None, name=None):
     """Max over size x size windows (floor, 'valid'); stride defaults to size."""
-    return apply("max_pool2d", (x,), {"size": int(size), "stride": int(stride or size)}, name)
+    return apply("max_pool2d", (x,), {"size": _int(size),
+                                                "stride": _int(size if stride is None else stride)}, name)
 
 
 def avg_pool2d(x, size=2, stride=None, name=None):
-    return apply("avg_pool2d", (x,), {"size": int(size), "stride": int(stride or size)}, name)
+    return apply("avg_pool2d", (x,), {"size": _int(size),
+                                                "stride": _int(size if stride is None else stride)}, name)
 
 
 def softmax(x, axis=-1, name=None):
-    return apply("softmax", (x,), {"axis": int(axis)}, name)
+    return apply("softmax", (x,), {"axis": _int(axis)}, name)
 
 
 def log_softmax(x, axis=-1, name=None):
-    return apply("log_softmax", (x,), {"axis": int(axis)}, name)
+    return apply("log_softmax", (x,), {"axis": _int(axis)}, name)
 
 
 def one_hot(labels, classes, dtype="float32"):
-    return apply("one_hot", (labels,), {"classes": int(classes), "dtype": np.dtype(dtype).name})
+    return apply("one_hot", (labels,),
+                 {"classes": _int(classes), "dtype": _dtype_name(dtype, "one_hot")})
 
 
 def mse(pred, target, name=None):

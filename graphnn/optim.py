@@ -10,13 +10,34 @@ import numpy as np
 
 from .api import variable
 from .autodiff import grad
-from .errors import GraphError, user_location
+from .errors import GraphError, OptionError, user_location
+from .node import Node
 from .ops import cast
 from .registry import const_node
 
 
 def _scalar(value, dtype):
+    """A hyperparameter as a scalar node of `dtype`: a number becomes a constant; a scalar
+    float node (e.g. a `gn.variable` learning rate changed between epochs) is used as is."""
+    if isinstance(value, Node):
+        return value if value.dtype == dtype else cast(value, dtype)
     return const_node(np.asarray(value, dtype=dtype))
+
+
+def _one_minus(value, dtype):
+    return 1 - _scalar(value, dtype) if isinstance(value, Node) else _scalar(1 - value, dtype)
+
+
+def _check_hyperparameter(owner, name, value):
+    if isinstance(value, Node):
+        if value.shape != () or value.dtype.kind != "f":
+            raise OptionError(f"{owner}: {name} must be a number or a scalar float node, got "
+                              f"{value.label()} {value.dtype} (at {user_location()})")
+        return
+    if not isinstance(value, (int, float, np.integer, np.floating)) or \
+            isinstance(value, (bool, np.bool_)):
+        raise OptionError(f"{owner}: {name} must be a number, got {value!r:.60} "
+                          f"(at {user_location()})")
 
 
 class Optimizer:
@@ -37,7 +58,17 @@ class Optimizer:
         return self._param_updates(None, params, grads)
 
     def _param_updates(self, loss, params, grads=None, **shared):
-        params = list(params)
+        owner = f"{type(self).__name__}.updates"
+        for name, value in vars(self).items():
+            _check_hyperparameter(type(self).__name__, name, value)
+        try:
+            if isinstance(params, (Node, str)):
+                raise TypeError
+            params = list(params)
+        except TypeError:
+            shown = params.label() if isinstance(params, Node) else f"{params!r:.60}"
+            raise OptionError(f"{owner}: params must be a list of gn.param nodes, got {shown}"
+                              f"; write [W] for one parameter (at {user_location()})") from None
         if not params:
             raise GraphError(f"{type(self).__name__}.updates: no parameters given "
                              f"(at {user_location()})")
@@ -98,7 +129,7 @@ class RMSprop(Optimizer):
 
     def rule(self, p, g):
         v = self.slot(p, "v")
-        v_new = _scalar(self.rho, p.dtype) * v + _scalar(1 - self.rho, p.dtype) * g * g
+        v_new = _scalar(self.rho, p.dtype) * v + _one_minus(self.rho, p.dtype) * g * g
         return {v: v_new, p: p - _scalar(self.lr, p.dtype) * g / (
             (v_new ** 0.5) + _scalar(self.eps, p.dtype))}
 
@@ -111,7 +142,7 @@ class Adadelta(Optimizer):
 
     def rule(self, p, g):
         v, u = self.slot(p, "v"), self.slot(p, "u")
-        rho, one_minus = _scalar(self.rho, p.dtype), _scalar(1 - self.rho, p.dtype)
+        rho, one_minus = _scalar(self.rho, p.dtype), _one_minus(self.rho, p.dtype)
         eps = _scalar(self.eps, p.dtype)
         v_new = rho * v + one_minus * g * g
         delta = -((u + eps) ** 0.5) / ((v_new + eps) ** 0.5) * g
@@ -138,8 +169,8 @@ class Adam(Optimizer):
         t = t_next if t_next.dtype == dt else cast(t_next, dt)
         m, v = self.slot(p, "m"), self.slot(p, "v")
         b1, b2 = _scalar(self.beta1, dt), _scalar(self.beta2, dt)
-        m_new = b1 * m + _scalar(1 - self.beta1, dt) * g
-        v_new = b2 * v + _scalar(1 - self.beta2, dt) * g * g
+        m_new = b1 * m + _one_minus(self.beta1, dt) * g
+        v_new = b2 * v + _one_minus(self.beta2, dt) * g * g
         m_hat = m_new / (1 - b1 ** t)
         v_hat = v_new / (1 - b2 ** t)
         return {m: m_new, v: v_new,

@@ -103,7 +103,11 @@ def graph_dtype(specs):
 def as_const(value, dtype):
     """A constant node for a Python number or array used beside graph nodes."""
     if isinstance(value, (int, float, bool)):
-        return const_node(np.asarray(value, dtype=dtype))
+        try:
+            return const_node(np.asarray(value, dtype=dtype))
+        except OverflowError:  # int32_input * 2**40: the number does not fit
+            raise DTypeError(f"the number {value!r:.40} does not fit in {np.dtype(dtype)}, the "
+                             f"dtype of the other operand (at {user_location()})") from None
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiu":
         raise DTypeError(f"cannot use an array of dtype {arr.dtype} in a graph "

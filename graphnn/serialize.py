@@ -15,6 +15,7 @@ import hashlib
 import inspect
 import json
 import os
+import tempfile
 import zipfile
 
 import numpy as np
@@ -48,6 +49,11 @@ _FLOAT_WORDS = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
 def arrays_path(path):
     """The .npz that goes with the JSON file at `path`: same name, suffix .npz."""
     return os.path.splitext(os.fspath(path))[0] + ".npz"
+
+
+def pending_arrays_path(path):
+    """Where `save` puts the new .npz until the JSON has switched to it (see `save`)."""
+    return arrays_path(path) + ".new"
 
 
 # ---------------------------------------------------------------------------------------
@@ -84,17 +90,40 @@ def save(graph_or_outputs, path):
             record["attrs"] = {k: _encode_attr(node, k, v, symbols)
                                for k, v in node.attrs.items()}
         records.append(record)
-    npz = arrays_path(path)
-    _write_npz(npz, arrays)
-    with open(npz, "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest()
-    document = {"format": FORMAT, "version": VERSION, "arrays_sha256": digest,
-                "nodes": records, "outputs": [index[id(o)] for o in outputs]}
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(document, fh, indent=1, allow_nan=False)
-    os.replace(tmp, path)
+    _write_pair(path, arrays, records, [index[id(o)] for o in outputs])
     return path
+
+
+def _write_pair(path, arrays, records, outputs):
+    """Write the two files so that a crash at any moment leaves a pair that loads: the old
+    one or the new one. The new arrays go to `model.npz.new`; replacing the JSON (which
+    names the arrays by their hash) is the one switch; then `model.npz.new` becomes
+    `model.npz`. A crash between the two renames leaves the new JSON with `model.npz.new`,
+    which `load` recognises by its hash and finishes moving. On an error nothing of the new
+    pair is left behind."""
+    npz, pending = arrays_path(path), pending_arrays_path(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    json_tmp = None
+    try:
+        _write_npz(pending, arrays)
+        with open(pending, "rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()
+        document = {"format": FORMAT, "version": VERSION, "arrays_sha256": digest,
+                    "nodes": records, "outputs": outputs}
+        fd, json_tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                                        dir=directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(document, fh, indent=1, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(json_tmp, path)  # the switch: from here on the new pair is the model
+        json_tmp = None
+    except BaseException:
+        for leftover in (json_tmp, pending):
+            if leftover is not None and os.path.exists(leftover):
+                os.remove(leftover)
+        raise
+    os.replace(pending, npz)
 
 
 class _SymbolNames:
@@ -131,9 +160,10 @@ def _encode_attr(node, key, value, symbols):
 
 
 def _write_npz(path, arrays):
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)  # stored, not compressed: sizes can be checked before reading
-    os.replace(tmp, path)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)  # stored, not compressed: sizes can be checked before reading
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,9 +228,17 @@ class _Loader:
             with open(npz, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
-            self.fail(f"its arrays file {npz!r} cannot be read ({exc.strerror or exc})")
-        if hashlib.sha256(data).hexdigest() != digest:
-            self.fail(f"its arrays file {npz!r} does not match it (changed or truncated)")
+            data, error = None, exc
+        if data is None or hashlib.sha256(data).hexdigest() != digest:
+            # a save interrupted after its switch: the new arrays still wait under .new
+            pending = self.pending_arrays(digest)
+            if pending is not None:
+                npz, data = pending
+            elif data is None:
+                self.fail(f"its arrays file {npz!r} cannot be read "
+                          f"({error.strerror or error})")
+            else:
+                self.fail(f"its arrays file {npz!r} does not match it (changed or truncated)")
         try:
             with zipfile.ZipFile(npz) as archive:
                 for info in archive.infolist():
@@ -208,6 +246,7 @@ class _Loader:
                             info.file_size > len(data):
                         self.fail(f"its arrays file holds a compressed or oversized member "
                                   f"{info.filename!r}")
+                    self.check_npy_header(archive, info)
             with np.load(npz, allow_pickle=False) as archive:
                 return {name: archive[name] for name in archive.files}
         except GraphError:
@@ -215,6 +254,45 @@ class _Loader:
         except Exception as exc:  # BadZipFile, ValueError (pickled objects), EOFError...
             self.fail(f"its arrays file {npz!r} cannot be read "
                       f"({type(exc).__name__}: {exc})")
+
+    def pending_arrays(self, digest):
+        """(path, bytes) of the arrays a save left under .new before it could rename them,
+        when they are the ones this JSON names; the rename is then finished."""
+        pending = pending_arrays_path(self.path)
+        try:
+            with open(pending, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            return None
+        if hashlib.sha256(data).hexdigest() != digest:
+            return None
+        try:
+            os.replace(pending, arrays_path(self.path))
+            return arrays_path(self.path), data
+        except OSError:  # a read-only directory: read it where it is
+            return pending, data
+
+    def check_npy_header(self, archive, info):
+        """The array a member's .npy header describes must fit in the member: NumPy
+        allocates what the header claims before it reads the data."""
+        try:
+            with archive.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        except GraphError:
+            raise
+        except Exception as exc:
+            self.fail(f"its arrays file holds a member {info.filename!r} that is not an .npy "
+                      f"array ({type(exc).__name__}: {exc})"[:300])
+        size = dtype.itemsize  # (object arrays are refused by np.load(allow_pickle=False))
+        for d in shape:
+            size *= d
+        if size > info.file_size:
+            self.fail(f"its arrays file member {info.filename!r} claims shape {shape} "
+                      f"{dtype} ({size} bytes) but holds {info.file_size} bytes"[:300])
 
     # -- one node --------------------------------------------------------------------------
     def field(self, record, key, kind, position=None):

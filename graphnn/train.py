@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from .errors import FeedError, GraphError, user_location
+from .errors import FeedError, GraphError, OptionError, user_location
 
 
 class History:
@@ -123,7 +123,18 @@ def _check_data(data, what):
         raise FeedError(f"{what}: every array needs the same number of samples on axis 0, got "
                         + ", ".join(f"{k}: {s}" for k, s in sizes.items())
                         + f" (at {user_location()})")
-    return arrays, next(iter(sizes.values()))
+    n = next(iter(sizes.values()))
+    if n == 0:
+        raise FeedError(f"{what}: the arrays hold no samples; there is nothing to compute "
+                        f"(at {user_location()})")
+    return arrays, n
+
+
+def _check_batch_size(what, batch_size):
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or \
+            batch_size < 1:
+        raise OptionError(f"{what}: batch_size must be a positive int, got {batch_size!r:.60} "
+                          f"(at {user_location()})")
 
 
 def _batches(n, batch_size, order, drop_last):
@@ -137,6 +148,7 @@ def evaluate(fn, data, batch_size=1024):
     returns the batch-size weighted mean of each output, a list (exact for means such as
     losses and accuracy)."""
     arrays, n = _check_data(data, "evaluate: data")
+    _check_batch_size("evaluate", batch_size)
     totals = None
     for start in range(0, n, batch_size):
         chunk = {k: v[start:start + batch_size] for k, v in arrays.items()}
@@ -164,9 +176,7 @@ def fit(step, data, epochs=1, batch_size=32, shuffle=True, seed=0, validation=No
     Returns a `History`.
     """
     arrays, n = _check_data(data, "fit: data")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise GraphError(f"fit: batch_size must be a positive int, got {batch_size!r} "
-                         f"(at {user_location()})")
+    _check_batch_size("fit", batch_size)
     if drop_last and n < batch_size:
         raise GraphError(f"fit: drop_last=True with {n} samples and batch_size {batch_size} "
                          f"leaves no batch (at {user_location()})")

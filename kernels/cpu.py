@@ -551,9 +551,7 @@ def _emit_reduce(em, step, allocated, loop):
     out, expr, domain = step.out, step.expr, step.domain
     _alloc(em, out, allocated)
     kept = [k for k in range(len(domain)) if k not in step.axes]
-    init = "T(0)" if step.kind == "sum" else "T(-np.inf)"
-    combine = ("acc += {r}" if step.kind == "sum"
-               else "acc = {r} if {r} > acc else acc")
+    init, combine = _reduce_rule(step.kind, out.dtype)
     scalars = {v: l for v, l in expr.loads.items() if l.buffer.ndim == 0}
     for var, load in scalars.items():
         em.emit(f"{var} = {load.buffer.name}[()]")
@@ -581,11 +579,7 @@ def _emit_reduce(em, step, allocated, loop):
         _emit_loads(em, body, lambda l: ", ".join(l.index))
         _emit_stmts(em, body, out.dtype)
         target = f"{out.name}[{', '.join(f'i{k}' for k in kept)}]"
-        if step.kind == "sum":
-            em.emit(f"{target} += {_typed(expr.result, out.dtype)}")
-        else:
-            r = _typed(expr.result, out.dtype)
-            em.emit(f"{target} = {r} if {r} > {target} else {target}")
+        em.emit(combine.replace("acc", target).format(r=_typed(expr.result, out.dtype)))
         em.dedent(len(domain))
         if step.post is not None:  # finish each result in a second pass
             for k in kept:
@@ -608,6 +602,17 @@ def _emit_reduce(em, step, allocated, loop):
     em.dedent(len(step.axes))
     _emit_store(em, step, kept)
     em.dedent(len(kept))
+
+
+def _reduce_rule(kind, dtype):
+    """(identity, combine statement of `acc` and `{r}`) of a reduction over `dtype`. A max
+    starts from the dtype's lowest value (-inf for floats, iinfo.min for integers) and keeps
+    the first NaN it meets, as NumPy's max does."""
+    if kind == "sum":
+        return "T(0)", "acc += {r}"
+    if np.dtype(dtype).kind == "f":
+        return "T(-np.inf)", "acc = {r} if {r} > acc or {r} != {r} else acc"
+    return f"T({np.iinfo(dtype).min})", "acc = {r} if {r} > acc else acc"
 
 
 def _emit_store(em, step, kept):
@@ -640,7 +645,7 @@ def _emit_argmax_mask(em, step, allocated):
         em.emit(f"for i{k} in range({src.shape[k]}):")
         em.indent()
     em.emit(f"v = {src.name}[{', '.join(f'i{k}' for k in range(src.ndim))}]")
-    em.emit("if v > best:")
+    em.emit("if v > best or v != v and best == best:  # the first NaN wins, as in np.argmax")
     em.indent()
     em.emit("best = v")
     for k in step.axes:

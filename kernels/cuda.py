@@ -25,6 +25,7 @@ import inspect
 import textwrap
 
 import numba
+import numpy as np
 
 from . import ir
 from .cuda_windows import ELEMENT_HELPERS
@@ -272,10 +273,14 @@ class _Generator:
             bufs += [b for b in self.expr_buffers(out, step.post) if b.name not in names]
         params = [b.name for b in bufs] + self.dims
         dtype = out.dtype
-        init = f"numba.{dtype}(0)" if step.kind == "sum" else f"numba.{dtype}(-math.inf)"
+        # a max starts from the dtype's lowest value and keeps NaN, as NumPy's max does
         if step.kind == "sum":
-            combine = "{a} = {a} + {b}"
+            init, combine = f"numba.{dtype}(0)", "{a} = {a} + {b}"
+        elif np.dtype(dtype).kind == "f":
+            init = f"numba.{dtype}(-math.inf)"
+            combine = "{a} = {b} if {b} > {a} or {b} != {b} else {a}"
         else:
+            init = f"numba.{dtype}({np.iinfo(dtype).min})"
             combine = "{a} = {b} if {b} > {a} else {a}"
         em = _Lines(0)
         em.emit(f"cache = cuda.shared.array({self.block}, numba.{dtype})")
@@ -401,7 +406,7 @@ class _Generator:
             em.indent()
             _split_index(em, "q", [f"i{k}" for k in step.axes], [shape[k] for k in step.axes])
             em.emit(f"v = {_index(src, [f'i{k}' for k in range(src.ndim)])}")
-            em.emit("if v > best:")
+            em.emit("if v > best or v != v and best == best:  # the first NaN wins")
             em.emit("    best = v")
             em.emit("    best_q = q")
             em.emit(f"{_index(out, [f'i{k}' for k in range(src.ndim)])} = 0")

@@ -15,6 +15,7 @@ Every piece of user text (names, attribute values, kernel names) goes into an HT
 label through `escape`, so `<`, `&`, quotes, braces, newlines or non-ASCII never break it.
 """
 import html
+import re
 from dataclasses import dataclass, field
 
 import graphviz
@@ -30,9 +31,21 @@ from . import style as st
 INLINE_LEAVES = ("param", "variable", "const")  # drawn as rows inside their consumer
 
 
+MAX_LABEL = 120  # characters of one piece of user text shown in a label; the rest is "…"
+_UNPRINTABLE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+
+
 def escape(text):
-    """Text safe inside a Graphviz HTML-like label; a newline becomes a line break."""
-    return "<BR/>".join(html.escape(line, quote=True) for line in str(text).split("\n"))
+    """Text safe inside a Graphviz HTML-like label; a newline becomes a line break.
+
+    Control characters (NUL included), lone surrogates and line separators, which Graphviz
+    or UTF-8 cannot take, are shown as Python escapes (`\\x00`, `\\udc80`); a text longer
+    than MAX_LABEL characters is cut with "…"."""
+    text = str(text)
+    if len(text) > MAX_LABEL:
+        text = text[:MAX_LABEL - 1] + "…"
+    text = _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+    return "<BR/>".join(html.escape(line, quote=True) for line in text.split("\n"))
 
 
 def format_dims(sym_shape):

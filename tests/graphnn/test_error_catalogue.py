@@ -251,6 +251,55 @@ CASES = [
     ("Saved graphs", "loading a file that is not there", """
         g = gn.load("no-such-model.json")
      """, gn.GraphError, ["'no-such-model.json'"]),
+    ("Attributes and arguments", "an axis that is not an int", """
+        x = gn.input("x", (None, 3))
+        y = gn.sum(x, axis=1.0)
+     """, gn.ShapeError, ["'x'", "axis must be"]),
+    (None, "a fractional convolution stride", """
+        img = gn.input("img", (None, 8, 8, 1))
+        K = gn.param("K", shape=(3, 3, 1, 4), seed=0)
+        y = gn.conv2d(img, K, stride=1.5)
+     """, gn.ShapeError, ["'img'", "stride must be an int"]),
+    (None, "an activation parameter that is not a number", """
+        x = gn.input("x", (None, 3))
+        y = gn.elu(x, None)
+     """, gn.ShapeError, ["'x'", "alpha must be a number"]),
+    (None, "a cast to a dtype graphnn does not compute in", """
+        x = gn.input("x", (None, 3))
+        y = gn.cast(x, "float16")
+     """, gn.DTypeError, ["gn.cast", "float16"]),
+    (None, "a number too large for the integers it meets", """
+        n = gn.input("n", (None,), dtype="int32")
+        y = n * 2**40
+     """, gn.DTypeError, ["int32"]),
+    (None, "a parameter value that is not numbers", """
+        W = gn.param("W", shape=(2, 2), seed=0)
+        W.value = np.array([["1", "2"], ["3", "4"]])
+     """, gn.DTypeError, ["'W'"]),
+    (None, "a seed that is not an int", """
+        W = gn.param("W", shape=(2, 2), seed="abc")
+     """, gn.OptionError, ["seed"]),
+    (None, "a learning rate that is not a number", """
+        W = gn.param("W", shape=(2, 1), seed=0)
+        loss = gn.sum(W * W)
+        updates = gn.optim.SGD(lr="0.1").updates(loss, [W])
+     """, gn.OptionError, ["lr"]),
+    (None, "parameters given as one node instead of a list", """
+        W = gn.param("W", shape=(2, 1), seed=0)
+        loss = gn.sum(W * W)
+        updates = gn.optim.Adam().updates(loss, W)
+     """, gn.OptionError, ["'W'", "[W]"]),
+    (None, "a batch size of 0", """
+        x = gn.input("x", (None, 2))
+        f = gn.compile(gn.mean(x), backend="numpy")
+        gn.evaluate(f, {"x": np.ones((4, 2), np.float32)}, batch_size=0)
+     """, gn.OptionError, ["batch_size"]),
+    (None, "a label beyond the range of an int32 input", """
+        z = gn.input("z", (None, 3))
+        y = gn.input("y", (None,), dtype="int32")
+        f = gn.compile(gn.softmax_cross_entropy(z, y), backend="numpy")
+        f(z=np.zeros((1, 3), np.float32), y=np.array([2**32]))
+     """, gn.FeedError, ["'y'", "outside the range of int32"]),
 ]
 
 
@@ -302,7 +351,7 @@ def render():
            "| class | also a | raised for |",
            "|---|---|---|"]
     for cls in (gn.GraphError, gn.ShapeError, gn.DTypeError, gn.FeedError, gn.GradError,
-                gn.NumericalError, gn.BackendError):
+                gn.NumericalError, gn.OptionError, gn.BackendError):
         bases = ", ".join(b.__name__ for b in cls.__bases__ if b is not gn.GraphError)
         doc = cls.__doc__.strip().splitlines()[0]
         out.append(f"| `gn.{cls.__name__}` | {bases or '-'} | {doc} |")
