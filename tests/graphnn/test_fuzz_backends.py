@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import graphnn as gn
 from graphnn.backends.cuda import simulator_enabled
+from helpers import assert_backends_agree
 
 EXAMPLES = int(os.environ.get("GRAPHNN_FUZZ_EXAMPLES", "200"))
 
@@ -65,11 +66,7 @@ def test_fuzz_cpu_matches_numpy(case):
     outputs, feeds = case
     needed = {n.name for n in gn.Graph(outputs).inputs}
     feeds = {k: v for k, v in feeds.items() if k in needed}
-    expected = gn.compile(outputs, backend="numpy")(**feeds)
-    got = gn.compile(outputs, backend="cpu")(**feeds)
-    for e, g in zip(expected, got):
-        assert g.shape == e.shape and g.dtype == e.dtype
-        np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
+    assert_backends_agree(outputs, feeds, backends=("cpu",), rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------
@@ -152,11 +149,7 @@ CUDA_EXAMPLES = max(EXAMPLES // 50, 3)
 def test_fuzz_cuda_simulator_matches_numpy(case):
     loss, feeds, wrt = case
     outputs = [loss] + gn.grad(loss, wrt)
-    expected = gn.compile(outputs, backend="numpy")(**feeds)
-    got = gn.compile(outputs, backend="cuda", block=32, tile=4)(**feeds)
-    for e, g in zip(expected, got):
-        assert g.shape == e.shape and g.dtype == e.dtype
-        np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-11)
+    assert_backends_agree(outputs, feeds, backends=("cuda",), rtol=1e-9, atol=1e-11)
 
 
 def test_fuzz_soak_memory_stays_flat():
