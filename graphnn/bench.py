@@ -70,7 +70,7 @@ class Skip(Exception):
 # Op namespaces: one model definition runs on graphnn (graph or eager), PyTorch and JAX.
 
 
-class GnOps:
+class GraphnnOps:
     """graphnn ops: on nodes they build the graph, on arrays they run at once (eager)."""
 
     matmul = staticmethod(gn.matmul)
@@ -348,10 +348,10 @@ def _graph_runner(model, backend):
     feeds_in = {name: gn.input(name, shape, dtype=dtype)
                 for name, (shape, dtype) in model.inputs.items()}
     params = [gn.param(name, value.copy()) for name, value in model.param_inits]
-    out = model.forward(GnOps, feeds_in["x"], params)
+    out = model.forward(GraphnnOps, feeds_in["x"], params)
     t0 = time.perf_counter()
     if model.train:
-        loss = model.loss(GnOps, out, feeds_in["y"])
+        loss = model.loss(GraphnnOps, out, feeds_in["y"])
         f = gn.compile(loss, updates=gn.optim.SGD(lr=LR).updates(loss, params), backend=backend)
     else:
         f = gn.compile(out, backend=backend)
@@ -364,10 +364,10 @@ def _eager_runner(model):
     values = [v.copy() for _, v in model.param_inits]
     X, Y = model.feeds["x"], model.feeds.get("y")
     if not model.train:
-        return Runner(lambda: model.forward(GnOps, X, values))
+        return Runner(lambda: model.forward(GraphnnOps, X, values))
 
     def loss_fn(*ps):
-        return model.loss(GnOps, model.forward(GnOps, X, list(ps)), Y)
+        return model.loss(GraphnnOps, model.forward(GraphnnOps, X, list(ps)), Y)
 
     grad_fn = gn.eager.value_and_grad(loss_fn, argnums=tuple(range(len(values))))
     lr = np.float32(LR)
