@@ -90,10 +90,14 @@ class OpDef:
 
 
 def check_opdef(opdef):
-    """Raise GraphError when `opdef` cannot be registered: an unknown kind or category, or
-    a kind whose lowering (scalar template, lower function, decomposition) is missing."""
+    """Raise GraphError when `opdef` cannot be registered: a name that is not an identifier,
+    an unknown kind or category, or a kind whose lowering (scalar template, lower function,
+    decomposition) is missing."""
     problem = None
-    if opdef.kind not in KINDS:
+    if not isinstance(opdef.name, str) or not opdef.name.isidentifier():
+        # generated code names buffers and comments after ops
+        problem = "an op's name must be a Python identifier"
+    elif opdef.kind not in KINDS:
         problem = f"kind {opdef.kind!r} is not one of {', '.join(KINDS)}"
     elif opdef.category is not None and opdef.category not in CATEGORIES:
         problem = f"category {opdef.category!r} is not None or one of {', '.join(CATEGORIES)}"

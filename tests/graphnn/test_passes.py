@@ -67,3 +67,22 @@ def test_cse_shares_twins_and_no_pass_keeps_dead_code():
     for rewrite in (passes.common_subexpressions, passes.simplify, passes.fold_constants,
                     passes.decompose):
         assert unused not in topological_order(rewrite([out]))
+
+
+def test_simplify_counts_a_reduction_result_on_the_reduction_input():
+    x = gn.input("x", (None, 4, 5))
+    for reduce in (gn.sum, gn.max):  # reductions are found by kind, not by name
+        row = reduce(x, axis=2)
+        (out,) = passes.simplify([row * gn.ops.reciprocal_count(row, axis=1)])
+        (count,) = [n for n in topological_order([out]) if n.op == "reciprocal_count"]
+        assert count.inputs[0] is x and count.attr("axis") == 1
+    X = np.random.default_rng(1).standard_normal((2, 4, 5)).astype(np.float32)
+    mean_of_max = gn.mean(gn.max(x, axis=2), axis=1)
+    np.testing.assert_allclose(gn.compile(mean_of_max, backend="cpu")(x=X),
+                               X.max(axis=2).mean(axis=1), rtol=1e-6)
+
+
+def test_a_sum_of_all_of_a_sum_is_one_sum():
+    x = gn.input("x", (3, 4))
+    (out,) = passes.simplify([gn.sum(gn.sum(x, axis=1))])
+    assert out.op == "sum" and out.inputs[0] is x and out.attr("axis") is None
