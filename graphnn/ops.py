@@ -25,7 +25,7 @@ from kernels import ir
 from . import shapes as S
 from .errors import GraphError, user_location
 from .node import Node
-from .registry import (OPS, OpDef, Mismatch, WrongDType, apply, graph_dtype, register,
+from .registry import (OpDef, Mismatch, WrongDType, apply, graph_dtype, register,
                        const_node)
 
 # ---------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Each op is one `OpDef` stanza (see ops.py): its shape/dtype rule, its NumPy implementation,
 its gradient rule (a VJP written with graphnn's own ops), its lowering kind with what that
 kind needs (a scalar template, a lowering function or a decomposition into primitive ops;
-see KINDS), and its Netron category. `register` checks a stanza and adds it to `OPS`. `apply` builds a Node when any argument is a Node (graph mode) and
-otherwise computes at once on NumPy arrays (eager mode), recording on an active tape.
+see KINDS), and its Netron category. `register` checks a stanza and adds it to `OPS`.
+`apply` builds a Node when any argument is a Node (graph mode) and otherwise computes at
+once on NumPy arrays (eager mode), recording on an active tape.
 """
 import contextvars
 from dataclasses import dataclass
@@ -120,6 +121,8 @@ def register(opdef, replace=False):
 
         >>> gn.register_op(gn.OpDef("cube", None, lambda specs: (specs[0].sym_shape,
         ...     specs[0].dtype), lambda x: x ** 3, scalar="{0} * {0} * {0}"))
+        >>> def cube(x, name=None):  # its public function
+        ...     return gn.registry.apply("cube", (x,), name=name)
     """
     check_opdef(opdef)
     if opdef.name in OPS and not replace:
