@@ -4,7 +4,9 @@ Each node lowers by its op's kind (registry.KINDS): elementwise ops by their sca
 template, pattern ops (transpose, slice, broadcast) as loads at another index, and every
 other kind by the lowering function in its stanza (ops.py), which makes its step through
 the public methods of `Lowering` (`result_buffer`, `buffer_of`, `add_step`, `reduce`,
-`window`, `view`, `matmul_operand`). No op is named here.
+`window`, `view`, `matmul_operand`). No list of ops and no dispatch on op names: the
+names left are the leaves' roles and two patterns a gemm reads in place (a 2-D transpose,
+and an update W - c * (A @ B)).
 
 Decisions made here:
 - elementwise fusion: an elementwise node used once, by an elementwise node of the same
@@ -204,7 +206,8 @@ class Lowering:
     def transposed_view(self, node):
         """A 2-D transpose read only by matmuls: the matmul reads its input transposed (the
         one index pattern a BLAS gemm reads in place, through its trans flags)."""
-        return node.op == "transpose" and node.ndim == 2 and id(node) not in self.pinned and \
+        return node.op == "transpose" and node.attr("axes") == (1, 0) and \
+            id(node) not in self.pinned and \
             all(kind_of(c) == "matmul" for c in self.consumers[id(node)])
 
     def matmul_operand(self, node):

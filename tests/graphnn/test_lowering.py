@@ -137,3 +137,14 @@ def test_an_op_without_lowering_is_named_in_the_error():
     x = gn.input("x", (2, 3))
     with pytest.raises(gn.GraphError, match="cannot lower op 'softmax' \\(kind composite\\)"):
         gn.compile(gn.softmax(x), backend="cpu", optimize_graph=False)
+
+
+def test_only_a_swap_of_two_axes_is_read_transposed_by_a_matmul():
+    a, b = gn.input("a", (3, 3)), gn.input("b", (3, 3))
+    A = np.arange(9, dtype=np.float32).reshape(3, 3)
+    B = np.eye(3, dtype=np.float32) + np.triu(np.ones((3, 3), np.float32), 1)
+    for axes, expected in (((1, 0), A.T @ B), ((0, 1), A @ B)):
+        f = gn.compile(gn.transpose(a, axes) @ b, backend="cpu")
+        assert any(isinstance(s, ir.Matmul) and s.trans_a == (axes == (1, 0))
+                   for s in f.program.steps)
+        np.testing.assert_allclose(f(a=A, b=B), expected, rtol=1e-6)
