@@ -1,5 +1,13 @@
 """Lowering: an optimised graph becomes a kernel-IR Program (kernels/ir.py).
 
+Each node lowers by its op's kind (registry.KINDS): elementwise ops by their scalar
+template, pattern ops (transpose, slice, broadcast) as loads at another index, and every
+other kind by the lowering function in its stanza (ops.py), which makes its step through
+the public methods of `Lowering` (`result_buffer`, `buffer_of`, `add_step`, `reduce`,
+`window`, `view`, `matmul_operand`). No list of ops and no dispatch on op names: the
+names left are the leaves' roles and two patterns a gemm reads in place (a 2-D transpose,
+and an update W - c * (A @ B)).
+
 Decisions made here:
 - elementwise fusion: an elementwise node used once, by an elementwise node of the same
   shape or by a reduction over its shape, is computed inside its consumer's loop (no
@@ -16,18 +24,15 @@ from kernels import ir
 from . import shapes as S
 from .errors import GraphError
 from .graph import topological_order
-from .node import LEAF_OPS
-from .ops import _norm_axes, conv_geometry
-from .registry import OPS
+from .registry import OPS, kind_of
 
-PATTERN_OPS = ("broadcast_like", "transpose", "slice_axis")
-WINDOW_OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_filter", "max_pool2d",
-              "max_pool2d_grad", "avg_pool2d", "avg_pool2d_grad")
+# Kinds computed element by element inside a consumer's loop (see registry.KINDS).
+FUSIBLE_KINDS = ("elementwise", "pattern", "size")
 
 
 def is_elementwise(node):
-    return node.op in PATTERN_OPS or node.op == "reciprocal_count" or (
-        node.op not in LEAF_OPS and OPS[node.op].scalar is not None)
+    """Whether `node` is computed element by element, so it can fuse into a loop."""
+    return kind_of(node) in FUSIBLE_KINDS
 
 
 def is_index_const(node):
@@ -84,7 +89,7 @@ class Lowering:
         self.update_pairs = list(update_pairs)
         self.consumers = {id(n): [] for n in self.nodes}
         for n in self.nodes:
-            if n.op == "reciprocal_count":
+            if kind_of(n) == "size":
                 continue  # reads only its input's shape
             for i in n.inputs:
                 self.consumers[id(i)].append(n)
@@ -129,7 +134,7 @@ class Lowering:
     def inlined(self, node):
         """True when `node` is computed inside its consumer's loop: its single consumer's,
         or every consumer's for a mask of a leaf (see `recomputed`)."""
-        if node.op == "reciprocal_count":
+        if kind_of(node) == "size":
             return True
         if node.op == "const" and (node.value.size == 1 or is_index_const(node)):
             return all(is_elementwise(c) for c in self.consumers[id(node)]) \
@@ -142,48 +147,52 @@ class Lowering:
         return self.fits_into(node, users[0])
 
     def recomputed(self, node):
-        """A comparison of a leaf (or a reshaped leaf) with a leaf or an inlined constant,
-        e.g. the one-hot mask of integer labels: one compare in each consumer's loop costs
-        less than a buffer written once and read by every consumer."""
+        """An op its stanza marks `recompute` (a comparison) of a leaf (or a reshaped leaf)
+        with a leaf or an inlined constant, e.g. the one-hot mask of integer labels: one
+        compare in each consumer's loop costs less than a buffer written once and read by
+        every consumer."""
         def leafish(i):
-            while i.op == "reshape":
+            while kind_of(i) == "view":
                 i = i.inputs[0]
-            return i.op in LEAF_OPS and (i.op != "const" or self.inlined(i))
-        return node.op in ("eq", "gt", "ge") and all(leafish(i) for i in node.inputs)
+            return kind_of(i) == "leaf" and (i.op != "const" or self.inlined(i))
+        return OPS[node.op].recompute and all(leafish(i) for i in node.inputs)
 
     def fits_into(self, node, user):
         """Whether elementwise `node` can be computed inside `user`'s loop."""
-        if user.op in ("sum", "max"):
+        if kind_of(user) == "reduce":
             return True
-        if not is_elementwise(user) or user.op in PATTERN_OPS and node is not user.inputs[0]:
-            return False
-        if user.op in PATTERN_OPS:
+        if not is_elementwise(user) or kind_of(user) == "pattern":
             return False
         return node.sym_shape == user.sym_shape or node.ndim == 0 or all(
             S.dims_equal(a, b) for a, b in zip(node.sym_shape, user.sym_shape)) and \
             node.ndim == user.ndim
 
-    def finisher(self, node):
-        """The elementwise node whose step computes sum/max `node` and finishes it (see
-        `_finishing`; one reduction per step: the first its group reads)."""
-        user = self._finishing(node)
-        return user if user is not None and self.finished_by(user)[0] is node else None
+    def reduction_finished_in(self, node):
+        """The elementwise node in whose step reduction `node` is computed and finished, or
+        None (see `sole_elementwise_reader`; one reduction per step: the first its group
+        reads)."""
+        user = self.sole_elementwise_reader(node)
+        if user is not None and self.reductions_finished_by(user)[0] is node:
+            return user
+        return None
 
-    def finished_by(self, user):
-        """The reductions `user` could finish (see `_finishing`), in the order it reads them."""
+    def reductions_finished_by(self, user):
+        """The reductions elementwise `user` could finish as their results are stored (see
+        `sole_elementwise_reader`), in the order it reads them."""
         return [i for n in self.group_nodes(user) if is_elementwise(n) for i in n.inputs
-                if i.op in ("sum", "max") and self._finishing(i) is user]
+                if kind_of(i) == "reduce" and self.sole_elementwise_reader(i) is user]
 
-    def _finishing(self, node):
-        """The elementwise node, of the same shape and dtype, whose fused step alone reads
-        the result of sum/max `node` (a mean's multiply, say): it is computed as each
-        result is stored, in the reduction's step. None when there is none."""
-        if node.op not in ("sum", "max") or node.attr("keepdims") or id(node) in self.pinned:
+    def sole_elementwise_reader(self, node):
+        """The root of the fused elementwise group, of the same shape and dtype, that alone
+        reads the result of reduction `node` (a mean's multiply, say): it can be computed as
+        each result is stored, in the reduction's step. None when there is none."""
+        if kind_of(node) != "reduce" or node.attr("keepdims") or id(node) in self.pinned:
             return None
         user = node
         while True:  # up to the root of the fused group that reads the result
             users = self.consumers[id(user)]
-            if len(users) != 1 or not is_elementwise(users[0]) or users[0].op in PATTERN_OPS:
+            if len(users) != 1 or not is_elementwise(users[0]) or \
+                    kind_of(users[0]) == "pattern":
                 return None
             user = users[0]
             if not self.inlined(user):
@@ -195,9 +204,17 @@ class Lowering:
         return user
 
     def transposed_view(self, node):
-        """A 2-D transpose read only by matmuls: the matmul reads its input transposed."""
-        return node.op == "transpose" and node.ndim == 2 and id(node) not in self.pinned and \
-            all(c.op == "matmul" for c in self.consumers[id(node)])
+        """A 2-D transpose read only by matmuls: the matmul reads its input transposed (the
+        one index pattern a BLAS gemm reads in place, through its trans flags)."""
+        return node.op == "transpose" and node.attr("axes") == (1, 0) and \
+            id(node) not in self.pinned and \
+            all(kind_of(c) == "matmul" for c in self.consumers[id(node)])
+
+    def matmul_operand(self, node):
+        """(buffer, transposed) for a matmul operand: a transposed view reads its input."""
+        if self.transposed_view(node):
+            return self.buffer_of(node.inputs[0]), True
+        return self.buffer_of(node), False
 
     # -- buffers ---------------------------------------------------------------------------
     def new_buffer(self, node, role="temp"):
@@ -223,9 +240,15 @@ class Lowering:
         return buf
 
     def buffer_of(self, node):
-        if node.op in LEAF_OPS:
+        """The buffer holding `node`'s value (a leaf's is made on first use)."""
+        if kind_of(node) == "leaf":
             return self.leaf_buffer(node)
         return self.buffers[id(node)]
+
+    def result_buffer(self, node):
+        """A new temporary for the step that computes `node`, registered as its buffer."""
+        out = self.buffers[id(node)] = self.new_buffer(node)
+        return out
 
     # -- scalar expressions for fused elementwise groups -----------------------------------
     def expression(self, root, loopvars, given=None):
@@ -246,9 +269,8 @@ class Lowering:
                 result = _float_literal(node.value, node.dtype)
             elif is_index_const(node) and self.inlined(node):
                 result = index[0] if index[0].isidentifier() else f"({index[0]})"  # an int
-            elif node.op == "reciprocal_count":
-                axes = _norm_axes(node.attr("axis"), node.inputs[0].ndim)
-                result = f"(T(1) / T({self.size_expr(node.inputs[0], axes)}))"
+            elif kind_of(node) == "size":
+                result = OPS[node.op].lower(self, node)
             elif node is root or self.inlined(node):
                 result = compute(node, index)
             else:
@@ -260,31 +282,14 @@ class Lowering:
             return result
 
         def compute(node, index):
-            op = node.op
-            if op == "broadcast_like":
-                g, x = node.inputs
-                axes = _norm_axes(node.attr("axis"), x.ndim)
-                if node.attr("keepdims"):
-                    sub = ["0" if k in axes else index[k] for k in range(x.ndim)]
-                else:
-                    sub = [index[k] for k in range(x.ndim) if k not in axes]
-                return value_of(g, sub)
-            if op == "transpose":
-                axes = node.attr("axes")
-                sub = [None] * len(axes)
-                for k, a in enumerate(axes):
-                    sub[a] = index[k]
-                return value_of(node.inputs[0], sub)
-            if op == "slice_axis":
-                axis, start = node.attr("axis"), node.attr("start")
-                sub = list(index)
-                sub[axis] = f"{index[axis]} + {start}"
-                return value_of(node.inputs[0], sub)
+            opdef = OPS[node.op]
+            if opdef.kind == "pattern":
+                return value_of(*opdef.lower(node, index))
             args = []
             for inp in node.inputs:
                 args.append(value_of(inp, self.broadcast_index(inp, node, index)))
             attrs = {k: _attr_source(node, k, v) for k, v in node.attrs.items()}
-            code = OPS[op].scalar.format(*args, T="T", **attrs)
+            code = opdef.scalar.format(*args, T="T", **attrs)
             v = var("v")
             stmts.append((v, code))
             return v
@@ -309,12 +314,12 @@ class Lowering:
     # -- steps -----------------------------------------------------------------------------
     def lower(self):
         for node in self.nodes:
-            if node.op in LEAF_OPS:
+            if kind_of(node) == "leaf":
                 if id(node) in self.pinned or not self.inlined(node):
                     self.leaf_buffer(node)
                 continue
             if self.inlined(node) or self.transposed_view(node) or \
-                    self.finisher(node) is not None:
+                    self.reduction_finished_in(node) is not None:
                 continue  # computed in a consumer's step (a finished reduction: in its own)
             self.lower_node(node)
         outputs = [self.buffer_of(n) for n in self.outputs]
@@ -332,76 +337,49 @@ class Lowering:
             n = stack.pop()
             found.append(n)
             for i in n.inputs:
-                if i.op not in LEAF_OPS and self.inlined(i) and i.op != "reciprocal_count":
+                if kind_of(i) not in ("leaf", "size") and self.inlined(i):
                     stack.append(i)
         return found
 
     def lower_node(self, node):
-        op = node.op
+        """Add the step computing `node` (and what fuses into it), by its op's kind."""
+        opdef = OPS[node.op]
         comment = _describe(node)
-        finished = self.finished_by(node) if is_elementwise(node) else []
-        if finished:
-            self.lower_reduce(finished[0], comment, post=node)
-        elif is_elementwise(node):
-            out = self.buffers[id(node)] = self.new_buffer(node)
-            loopvars = [f"i{k}" for k in range(node.ndim)]
-            expr = self.expression(node, loopvars)
-            nodes = self.group_nodes(node)
-            if len(nodes) > 1:
-                comment += "  <- fused: " + ", ".join(_describe(n) for n in nodes[1:][:6]) + (
-                    " ..." if len(nodes) > 7 else "")
-            self.add_step(ir.Elementwise(out, expr, comment), nodes)
-        elif op in ("sum", "max"):
-            self.lower_reduce(node, comment)
-        elif op == "argmax_mask":
-            out = self.buffers[id(node)] = self.new_buffer(node)
-            x = node.inputs[0]
-            axes = _norm_axes(node.attr("axis"), x.ndim)
-            self.add_step(ir.ArgmaxMask(out, self.buffer_of(x), axes, comment), [node])
-        elif op == "matmul":
-            out = self.buffers[id(node)] = self.new_buffer(node)
-            operands = []
-            for inp in node.inputs:
-                if self.transposed_view(inp):
-                    operands.append((self.buffer_of(inp.inputs[0]), True))
-                else:
-                    operands.append((self.buffer_of(inp), False))
-            (a, ta), (b, tb) = operands
-            self.add_step(ir.Matmul(out, a, b, ta, tb, comment), [node])
-        elif op in WINDOW_OPS:
-            self.lower_window(node, comment)
-        elif op == "reshape":
-            src = self.buffer_of(node.inputs[0])
-            view = self.buffers[id(node)] = self.new_buffer(node, "view")
-            view.base = src.base or src
-            self.add_step(ir.Reshape(view, src, comment), [node])
-        elif op == "concat":
-            out = self.buffers[id(node)] = self.new_buffer(node)
-            axis = node.attr("axis") % node.ndim
-            parts, start = [], 0
-            for inp in node.inputs:
-                parts.append((self.buffer_of(inp), axis, start))
-                start += S.resolve(inp.sym_shape[axis])
-            self.add_step(ir.Place(out, parts, False, comment), [node])
-        elif op == "pad_axis":
-            out = self.buffers[id(node)] = self.new_buffer(node)
-            self.add_step(ir.Place(out, [(self.buffer_of(node.inputs[0]), node.attr("axis"),
-                                          node.attr("before"))], True, comment), [node])
+        if opdef.kind in FUSIBLE_KINDS:
+            finished = self.reductions_finished_by(node)
+            if finished:
+                OPS[finished[0].op].lower(self, finished[0], comment, finish=node)
+            else:
+                self.elementwise(node, comment)
+        elif opdef.lower is not None:
+            opdef.lower(self, node, comment)
         else:
-            raise GraphError(f"the compiled backends cannot lower op '{op}' of {node.label()}")
+            raise GraphError(f"the compiled backends cannot lower op '{node.op}' "
+                             f"(kind {opdef.kind}) of {node.label()}")
 
-    def lower_reduce(self, node, comment, post=None):
-        """The Reduce step of sum/max `node`; with `post`, the elementwise node that
-        finishes each result (see `finisher`), whose buffer the step then writes."""
-        op = node.op
+    def elementwise(self, node, comment):
+        """The Elementwise step of `node` with every node that fuses into it."""
+        out = self.result_buffer(node)
+        loopvars = [f"i{k}" for k in range(node.ndim)]
+        expr = self.expression(node, loopvars)
+        nodes = self.group_nodes(node)
+        if len(nodes) > 1:
+            comment += "  <- fused: " + ", ".join(_describe(n) for n in nodes[1:][:6]) + (
+                " ..." if len(nodes) > 7 else "")
+        self.add_step(ir.Elementwise(out, expr, comment), nodes)
+
+    def reduce(self, node, reducer, comment, finish=None):
+        """The Reduce step of reduction `node` (`reducer`: sum | max) over its input, with
+        the elementwise group it reads fused in; with `finish`, the elementwise node that
+        finishes each result (see `reduction_finished_in`), whose buffer the step writes."""
         x = node.inputs[0]
-        axes = _norm_axes(node.attr("axis"), x.ndim)
-        if post is None:
+        axes = S.normalize_axes(node.attr("axis"), x.ndim)
+        if finish is None:
             reduced = tuple(d for k, d in enumerate(self.shape(x)) if k not in axes)
-            out = ir.Buffer(f"b{self.counter + 1}_{op}", reduced, node.dtype.name)
+            out = ir.Buffer(f"b{self.counter + 1}_{node.op}", reduced, node.dtype.name)
             self.counter += 1
         else:
-            out = self.new_buffer(post)
+            out = self.new_buffer(finish)
         loopvars = [f"i{k}" for k in range(x.ndim)]
         if self.inlined(x):
             expr = self.expression(x, loopvars)
@@ -410,41 +388,32 @@ class Lowering:
             buf = self.buffer_of(x)
             expr = ir.ScalarExpr({"x0": ir.Load(buf, tuple(loopvars))}, [], "x0")
             nodes = [node]
-        finish = None
-        if post is not None:
+        post = None
+        if finish is not None:
             kept = [v for k, v in enumerate(loopvars) if k not in axes]
-            finish = self.expression(post, kept, given={node: "acc"})
-            nodes = [post] + [n for n in self.group_nodes(post) if n is not post] + nodes
+            post = self.expression(finish, kept, given={node: "acc"})
+            nodes = [finish] + [n for n in self.group_nodes(finish) if n is not finish] + nodes
             comment = f"{comment}  <- finishes: {_describe(node)}"
-        self.add_step(ir.Reduce(out, expr, self.shape(x), axes, op, comment, finish), nodes)
-        self.buffers[id(post if post is not None else node)] = out
+        self.add_step(ir.Reduce(out, expr, self.shape(x), axes, reducer, comment, post), nodes)
+        self.buffers[id(finish if finish is not None else node)] = out
         if node.attr("keepdims"):
-            view = self.new_buffer(node, "view")
-            view.base = out
-            self.add_step(ir.Reshape(view, out, "keepdims"), [node])
-            self.buffers[id(node)] = view
+            self.view(node, out, "keepdims")
 
-    def lower_window(self, node, comment):
-        op = node.op
-        out = self.buffers[id(node)] = self.new_buffer(node)
+    def view(self, node, src, comment):
+        """A Reshape step: `node`'s buffer is a view of `src` (of its base, for a view)."""
+        view = self.buffers[id(node)] = self.new_buffer(node, "view")
+        view.base = src.base or src
+        self.add_step(ir.Reshape(view, src, comment), [node])
+
+    def window(self, node, helper, reads, params, comment):
+        """A Window step: kernel helper `helper` (kernels/windows.py) on the buffers of
+        `node`'s first `reads` inputs, with integer `params` (strides, pads, sizes)."""
+        out = self.result_buffer(node)
         ins = [self.buffer_of(i) for i in node.inputs]
-        if op.startswith("conv2d"):
-            stride, padding = node.attr("stride"), node.attr("padding")
-            image = node.inputs[0] if op != "conv2d_grad_input" else node.inputs[2]
-            kernel = node.inputs[1] if op != "conv2d_grad_filter" else node.inputs[2]
-            h, w = S.resolve(image.sym_shape[1]), S.resolve(image.sym_shape[2])
-            kh, kw = S.resolve(kernel.sym_shape[0]), S.resolve(kernel.sym_shape[1])
-            _, ph = conv_geometry(h, kh, stride, padding)
-            _, pw = conv_geometry(w, kw, stride, padding)
-            args = ins[:2]
-            params = (stride, ph, pw)
-        else:
-            size, stride = node.attr("size"), node.attr("stride")
-            args = ins[:1] if op in ("max_pool2d", "avg_pool2d", "avg_pool2d_grad") else ins[:2]
-            params = (size, stride)
         if not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in params):
             raise GraphError(f"window sizes of {node.label()} must be ints, got {params!r}")
-        self.add_step(ir.Window(out, op, args, tuple(int(p) for p in params), comment), [node])
+        self.add_step(ir.Window(out, helper, ins[:reads], tuple(int(p) for p in params),
+                                comment), [node])
 
     # -- memory planning -------------------------------------------------------------------
     def accumulate_updates(self, outputs, updates):
@@ -501,7 +470,7 @@ class Lowering:
             return None
         a, b = value.inputs[1].inputs
         scale, product = (a, b) if a.op == "const" else (b, a)
-        if scale.op != "const" or scale.value.size != 1 or product.op != "matmul" or \
+        if scale.op != "const" or scale.value.size != 1 or kind_of(product) != "matmul" or \
                 id(product) in self.pinned or len(self.consumers[id(product)]) != 1 or \
                 product.sym_shape != param.sym_shape or product.dtype != param.dtype or \
                 not np.isfinite(scale.value).all():
@@ -557,7 +526,6 @@ class Lowering:
         no_reuse = {b.base.name for step in self.steps for b in [step.out]
                     if b.base is not None}
         free = []  # (shape, dtype, Buffer)
-        rename = {}
         for s, step in enumerate(self.steps):
             out = step.out
             if out.role == "temp" and out.name not in no_reuse and \
@@ -578,14 +546,12 @@ class Lowering:
                             break
                 if candidate is not None:
                     old = out.name
-                    rename[old] = candidate.name
                     out.name = candidate.name
                     last_use[candidate.name] = last_use.get(old, s)
             for buf in set(b for b in _reads(step) if b.role == "temp"):
                 if last_use.get(buf.name) == s and buf.name not in no_reuse and \
                         buf is not out and buf.name != out.name:
                     free.append((buf.shape, buf.dtype, buf))
-        return rename
 
 
 def _only_elementwise_reads(step, buf):

@@ -1,8 +1,10 @@
 """Every op of graphnn, one stanza each: shape rule, NumPy implementation, gradient rule
-(VJP in graphnn's own ops), decomposition into primitives, scalar kernel template, category.
+(VJP in graphnn's own ops), how it lowers to the kernel IR (its kind with a scalar template,
+a lowering function or a decomposition into primitive ops) and its Netron category.
 
-To add an op: write its stanza here with `register(OpDef(...))` and a public function below
-it. Graph mode, eager mode, gradients, the compilers and the renderer all read the stanza.
+To add an op: write its stanza here (`define_elementwise(...)` for an elementwise op,
+`register(OpDef(...))` otherwise; see registry.KINDS) and its public function. Graph mode,
+eager mode, gradients, the compilers and the renderer all read the stanza.
 
 VJP rules take `(g, out, *inputs, **attrs)` and return one entry per input: a zero-argument
 function computing that input's adjoint, or None when the input gets no gradient. Because
@@ -14,14 +16,16 @@ with its own rule); abs'(0) = 0; max/max_pool pass the gradient to ONE winner, t
 maximal element in row-major order; maximum(a, b) sends it to `a` on ties.
 """
 import builtins
-import math
+import string
 
 import numpy as np
+
+from kernels import ir
 
 from . import shapes as S
 from .errors import DTypeError, GraphError, user_location
 from .node import Node
-from .registry import (OPS, OpDef, Mismatch, WrongDType, apply, graph_dtype, register,
+from .registry import (OpDef, Mismatch, WrongDType, apply, graph_dtype, register,
                        const_node)
 
 # ---------------------------------------------------------------------------------------
@@ -98,24 +102,6 @@ def _dtype_attr(value):
     return np.dtype(value)
 
 
-def _norm_axes(axis, ndim):
-    """Normalise an axis argument (None, int or tuple) to a sorted tuple of axes."""
-    if axis is None:
-        return tuple(range(ndim))
-    if not _is_int(axis) and not isinstance(axis, (tuple, list)):
-        raise Mismatch(f"axis must be None, an int or a tuple of ints, got {_shown(axis)}")
-    axes = (axis,) if _is_int(axis) else tuple(axis)
-    out = []
-    for a in axes:
-        a = _int_attr("axis", a)
-        if not -ndim <= a < ndim:
-            raise Mismatch(f"axis {a} is out of range for rank {ndim}")
-        out.append(a % ndim)
-    if len(set(out)) != len(out):
-        raise Mismatch(f"repeated axis in {axis!r}")
-    return tuple(sorted(out))
-
-
 def reduced_shape(sym_shape, axes, keepdims):
     if keepdims:
         return tuple(1 if i in axes else d for i, d in enumerate(sym_shape))
@@ -148,37 +134,74 @@ def _contiguous(a):
     return np.array(a, order="C", copy=True)
 
 
-def _float_eltwise(specs, opname):
-    return infer_broadcast(specs, float_only=True, opname=opname)
-
-
 # ---------------------------------------------------------------------------------------
 # Leaves: input, param, variable, const (created by graphnn.api, never through apply)
 # ---------------------------------------------------------------------------------------
 
-for _leaf, _cat in (("input", "Data"), ("param", "Data"), ("variable", "Data"),
-                    ("const", "Data")):
-    register(OpDef(_leaf, _cat, infer=None, impl=None, kind="leaf"))
+for _leaf in ("input", "param", "variable", "const"):
+    register(OpDef(_leaf, "Data", infer=None, impl=None, kind="leaf"))
 
 
 # ---------------------------------------------------------------------------------------
 # Elementwise arithmetic
 # ---------------------------------------------------------------------------------------
 
-def _binary(name, impl, vjp, scalar, float_only=False, doc=""):
-    register(OpDef(name, "", lambda specs: infer_broadcast(specs, float_only, name),
-                   impl, vjp, scalar=scalar, doc=doc))
+def define_elementwise(name, impl, vjp, scalar, category=None, float_only=True, doc=""):
+    """Define an elementwise op: register its stanza and return its public function.
+
+    `impl(*arrays)` is the NumPy implementation; `vjp(g, out, *inputs)` returns one
+    zero-argument function per input computing its adjoint with graphnn's op functions (or
+    None: no gradient); `scalar` computes one element for the compiled backends: `{0}`,
+    `{1}` ... are the inputs' elements, `{T}` the dtype (`{T}(1)` is a typed one), and the
+    functions exp, log, log1p, sqrt, tanh, abs, max, min may be used (kernels/ir.py). Inputs
+    broadcast as in NumPy; with `float_only` (the default) integer inputs are refused.
+    `category` is the Netron category used when rendering (None: no category).
+    The op then works in graph and eager mode, in `gn.grad` and on every backend:
+
+        >>> cube = gn.define_elementwise(
+        ...     "cube", lambda x: x ** 3, lambda g, out, x: (lambda: g * 3 * x * x,),
+        ...     scalar="{0} * {0} * {0}", doc="x**3")
+        >>> x = gn.input("x", (3,))
+        >>> gn.compile(cube(x), backend="cpu")(x=np.array([1, 2, 3], np.float32))
+        array([ 1.,  8., 27.], dtype=float32)
+
+    An op with attributes, or with its own shape rule, is an `OpDef` given to
+    `gn.register_op`; `gn.unregister_op(name)` removes an op again.
+    """
+    arity = _template_arity(scalar)
+
+    def infer(specs):
+        return infer_broadcast(specs, float_only, name)
+    register(OpDef(name, category, infer, impl, vjp, scalar=scalar, doc=doc))
+
+    def op_function(*inputs, name=None):
+        if len(inputs) != arity:
+            raise GraphError(f"{opname} takes {arity} input{'s' if arity != 1 else ''}, "
+                             f"got {len(inputs)} (at {user_location()})")
+        return apply(opname, inputs, name=name)
+    opname = name
+    op_function.__name__ = op_function.__qualname__ = name
+    op_function.__doc__ = doc
+    return op_function
 
 
-_binary("add", np.add, lambda g, out, a, b: (lambda: sum_to(g, a), lambda: sum_to(g, b)),
-        "{0} + {1}")
-_binary("sub", np.subtract,
-        lambda g, out, a, b: (lambda: sum_to(g, a), lambda: sum_to(neg(g), b)), "{0} - {1}")
-_binary("mul", np.multiply,
-        lambda g, out, a, b: (lambda: sum_to(g * b, a), lambda: sum_to(g * a, b)),
-        "{0} * {1}")
+def _template_arity(scalar):
+    """How many inputs a scalar template reads: 1 + its largest `{k}`."""
+    fields = [f for _, f, _, _ in string.Formatter().parse(scalar) if f and f.isdigit()]
+    return 1 + builtins.max((int(f) for f in fields), default=0)
+
+
+define_elementwise("add", np.add,
+                   lambda g, out, a, b: (lambda: sum_to(g, a), lambda: sum_to(g, b)),
+                   "{0} + {1}", float_only=False)
+define_elementwise("sub", np.subtract,
+                   lambda g, out, a, b: (lambda: sum_to(g, a), lambda: sum_to(neg(g), b)),
+                   "{0} - {1}", float_only=False)
+define_elementwise("mul", np.multiply,
+                   lambda g, out, a, b: (lambda: sum_to(g * b, a), lambda: sum_to(g * a, b)),
+                   "{0} * {1}", float_only=False)
 register(OpDef(
-    "div", "",
+    "div", None,
     lambda specs: _infer_div(specs),
     np.true_divide,
     lambda g, out, a, b: (lambda: sum_to(g / b, a), lambda: sum_to(neg(g) * out / b, b)),
@@ -202,8 +225,7 @@ def _pow_vjp(g, out, a, b):
             lambda: sum_to(g * out * log(a), b))
 
 
-register(OpDef("pow", "", lambda specs: infer_broadcast(specs, True, "pow"), _pow_impl,
-               _pow_vjp, scalar="{0} ** {1}"))
+define_elementwise("pow", _pow_impl, _pow_vjp, "{0} ** {1}")
 
 
 def _maximum_vjp(g, out, a, b):
@@ -218,11 +240,14 @@ def _minimum_vjp(g, out, a, b):
 
 # NaN in either operand gives NaN, as in np.maximum/np.minimum (`{0} != {0}` is NaN's test;
 # for integers it folds away)
-_binary("maximum", np.maximum, _maximum_vjp, "{0} if {0} >= {1} or {0} != {0} else {1}")
-_binary("minimum", np.minimum, _minimum_vjp, "{0} if {0} <= {1} or {0} != {0} else {1}")
+define_elementwise("maximum", np.maximum, _maximum_vjp,
+                   "{0} if {0} >= {1} or {0} != {0} else {1}", float_only=False)
+define_elementwise("minimum", np.minimum, _minimum_vjp,
+                   "{0} if {0} <= {1} or {0} != {0} else {1}", float_only=False)
 
 
-# Comparisons give a 0/1 mask in the float dtype; they have no gradient.
+# Comparisons give a 0/1 mask in the float dtype; they have no gradient. One of leaves (the
+# one-hot mask of integer labels) is recomputed in each consumer's loop, never stored.
 def _mask_infer(specs):
     shape, dtype = infer_broadcast(specs)
     return shape, (dtype if dtype.kind == "f" else np.dtype(np.float32))
@@ -230,19 +255,13 @@ def _mask_infer(specs):
 
 for _name, _fn, _sym in (("ge", np.greater_equal, ">="), ("gt", np.greater, ">"),
                          ("eq", np.equal, "==")):
-    register(OpDef(_name, "", _mask_infer, _fn, lambda g, out, a, b: (None, None),
-                   scalar=f"{{T}}(1) if {{0}} {_sym} {{1}} else {{T}}(0)"))
+    register(OpDef(_name, None, _mask_infer, _fn, lambda g, out, a, b: (None, None),
+                   scalar=f"{{T}}(1) if {{0}} {_sym} {{1}} else {{T}}(0)", recompute=True))
 
 
 # ---------------------------------------------------------------------------------------
 # Elementwise unary ops and activations
 # ---------------------------------------------------------------------------------------
-
-def _unary(name, impl, vjp, scalar, category="", float_only=True, extra_attrs=()):
-    def infer(specs, **attrs):
-        return infer_broadcast(specs, float_only, name)
-    register(OpDef(name, category, infer, impl, vjp, scalar=scalar))
-
 
 def _sigmoid_impl(x):
     # Stable for |x| ~ 1000: never exponentiates a large positive number.
@@ -254,30 +273,43 @@ def _softplus_impl(x):
     return (np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))).astype(x.dtype)
 
 
-_unary("neg", np.negative, lambda g, out, x: (lambda: neg(g),), "-{0}", float_only=False)
-_unary("exp", np.exp, lambda g, out, x: (lambda: g * out,), "exp({0})")
-_unary("log", np.log, lambda g, out, x: (lambda: g / x,), "log({0})")
-_unary("sqrt", np.sqrt, lambda g, out, x: (lambda: g * 0.5 / out,), "sqrt({0})")
-_unary("abs", np.abs, lambda g, out, x: (lambda: g * sign(x),), "abs({0})", float_only=False)
-_unary("sign", np.sign, lambda g, out, x: (None,),
-       "{T}(1) if {0} > {T}(0) else ({T}(-1) if {0} < {T}(0) else ({0} if {0} != {0} else "
-       "{T}(0)))", float_only=False)
-_unary("square", np.square, lambda g, out, x: (lambda: g * 2 * x,), "{0} * {0}",
-       float_only=False)
-_unary("sigmoid", _sigmoid_impl, lambda g, out, x: (lambda: g * out * (1 - out),),
-       # branch-free (both sides are cheap selects) and never exponentiates a positive number
-       "({T}(1) / ({T}(1) + exp(-abs({0})))) * ({T}(1) if {0} >= {T}(0) else exp(-abs({0})))",
-       category="Activation")
-_unary("tanh", np.tanh, lambda g, out, x: (lambda: g * (1 - out * out),), "tanh({0})",
-       category="Activation")
+neg = define_elementwise("neg", np.negative, lambda g, out, x: (lambda: neg(g),), "-{0}",
+                         float_only=False, doc="-x")
+exp = define_elementwise("exp", np.exp, lambda g, out, x: (lambda: g * out,), "exp({0})",
+                         doc="e**x")
+log = define_elementwise("log", np.log, lambda g, out, x: (lambda: g / x,), "log({0})",
+                         doc="natural logarithm")
+sqrt = define_elementwise("sqrt", np.sqrt, lambda g, out, x: (lambda: g * 0.5 / out,),
+                          "sqrt({0})", doc="square root")
+abs = define_elementwise("abs", np.abs, lambda g, out, x: (lambda: g * sign(x),),  # noqa: A001
+                         "abs({0})", float_only=False, doc="absolute value; abs'(0) = 0")
+sign = define_elementwise(
+    "sign", np.sign, lambda g, out, x: (None,),
+    "{T}(1) if {0} > {T}(0) else ({T}(-1) if {0} < {T}(0) else ({0} if {0} != {0} else "
+    "{T}(0)))", float_only=False, doc="-1, 0 or 1 (no gradient); sign(NaN) is NaN")
+square = define_elementwise("square", np.square, lambda g, out, x: (lambda: g * 2 * x,),
+                            "{0} * {0}", float_only=False, doc="x*x")
+sigmoid = define_elementwise(
+    "sigmoid", _sigmoid_impl, lambda g, out, x: (lambda: g * out * (1 - out),),
+    # branch-free (both sides are cheap selects) and never exponentiates a positive number
+    "({T}(1) / ({T}(1) + exp(-abs({0})))) * ({T}(1) if {0} >= {T}(0) else exp(-abs({0})))",
+    category="Activation", doc="1 / (1 + e**-x), computed stably for large |x|")
+tanh = define_elementwise("tanh", np.tanh, lambda g, out, x: (lambda: g * (1 - out * out),),
+                          "tanh({0})", category="Activation", doc="hyperbolic tangent")
 # relu's mask is read from its output (out > 0 exactly where x > 0), so the pre-activation
 # needs no buffer of its own: a bias add fuses into the relu.
-_unary("relu", lambda x: np.maximum(x, 0), lambda g, out, x: (lambda: g * gt(out, 0),),
-       "{T}(0) if {0} <= {T}(0) else {0}", category="Activation")  # relu(NaN) is NaN
-_unary("softplus", _softplus_impl, lambda g, out, x: (lambda: g * sigmoid(x),),
-       "max({0}, {T}(0)) + log1p(exp(-abs({0})))", category="Activation")
-_unary("step", lambda x: (x > 0).astype(x.dtype), lambda g, out, x: (None,),
-       "{T}(1) if {0} > {T}(0) else {T}(0)", category="Activation")
+relu = define_elementwise("relu", lambda x: np.maximum(x, 0),
+                          lambda g, out, x: (lambda: g * gt(out, 0),),
+                          "{T}(0) if {0} <= {T}(0) else {0}", category="Activation",
+                          doc="max(x, 0); relu'(0) = 0; relu(NaN) is NaN")
+softplus = define_elementwise("softplus", _softplus_impl,
+                              lambda g, out, x: (lambda: g * sigmoid(x),),
+                              "max({0}, {T}(0)) + log1p(exp(-abs({0})))",
+                              category="Activation", doc="log(1 + e**x), computed stably")
+step = define_elementwise("step", lambda x: (x > 0).astype(x.dtype), lambda g, out, x: (None,),
+                          "{T}(1) if {0} > {T}(0) else {T}(0)", category="Activation",
+                          doc="1 where x > 0 else 0: the perceptron's activation "
+                              "(zero gradient)")
 
 
 def _with_alpha(name, impl, vjp, scalar):
@@ -324,7 +356,7 @@ def _dtype_of(v):
 
 def _infer_reduce(specs, axis, keepdims, float_only=False):
     (x,) = specs
-    axes = _norm_axes(axis, x.ndim)
+    axes = S.normalize_axes(axis, x.ndim)
     _bool_attr("keepdims", keepdims)
     dtype = _need_float(specs, "reduction") if float_only else x.dtype
     return reduced_shape(x.sym_shape, axes, keepdims), dtype
@@ -334,9 +366,16 @@ def _sum_vjp(g, out, x, axis, keepdims):
     return (lambda: broadcast_like(g, x, axis=axis, keepdims=keepdims),)
 
 
-register(OpDef("sum", "Reduce", _infer_reduce,
+def _reduction(reducer):
+    """The lowering of a reduction: a Reduce step of `reducer` (sum | max, kernels/ir.py)."""
+    def lower(lowering, node, comment, finish=None):
+        lowering.reduce(node, reducer, comment, finish)
+    return lower
+
+
+register(OpDef("sum", None, _infer_reduce,
                lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims),
-               _sum_vjp, kind="reduce", extra={"reducer": "sum"}))
+               _sum_vjp, kind="reduce", lower=_reduction("sum")))
 
 
 def _max_vjp(g, out, x, axis, keepdims):
@@ -346,23 +385,23 @@ def _max_vjp(g, out, x, axis, keepdims):
 
 def _max_infer(specs, axis, keepdims):
     shape, dtype = _infer_reduce(specs, axis, keepdims)
-    axes = _norm_axes(axis, specs[0].ndim)
+    axes = S.normalize_axes(axis, specs[0].ndim)
     for a in axes:
         if S.resolve(specs[0].sym_shape[a]) == 0:
             raise Mismatch("max over an empty axis has no value")
     return shape, dtype
 
 
-register(OpDef("max", "Reduce", _max_infer,
+register(OpDef("max", None, _max_infer,
                lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims),
-               _max_vjp, kind="reduce", extra={"reducer": "max"}))
+               _max_vjp, kind="reduce", lower=_reduction("max")))
 
 
 def _mean_decompose(x, axis, keepdims):
     return sum(x, axis=axis, keepdims=keepdims) * reciprocal_count(x, axis=axis)
 
 
-register(OpDef("mean", "Reduce",
+register(OpDef("mean", None,
                lambda specs, axis, keepdims: _infer_reduce(specs, axis, keepdims, True),
                lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims),
                lambda g, out, x, axis, keepdims: (
@@ -386,18 +425,25 @@ def _argmax_mask_impl(x, axis):
 
 
 def _infer_argmax_mask(specs, axis):
-    _norm_axes(axis, specs[0].ndim)
+    S.normalize_axes(axis, specs[0].ndim)
     return specs[0].sym_shape, _need_float(specs, "argmax_mask")
 
 
-register(OpDef("argmax_mask", "Reduce", _infer_argmax_mask,
-               _argmax_mask_impl, lambda g, out, x, axis: (None,), kind="reduce",
-               extra={"reducer": "argmax_mask"}))
+def _lower_argmax_mask(lowering, node, comment):
+    out = lowering.result_buffer(node)
+    x = node.inputs[0]
+    axes = S.normalize_axes(node.attr("axis"), x.ndim)
+    lowering.add_step(ir.ArgmaxMask(out, lowering.buffer_of(x), axes, comment), [node])
+
+
+register(OpDef("argmax_mask", None, _infer_argmax_mask,
+               _argmax_mask_impl, lambda g, out, x, axis: (None,), kind="arg_reduce",
+               lower=_lower_argmax_mask))
 
 
 def _infer_broadcast_like(specs, axis, keepdims):
     g, x = specs
-    axes = _norm_axes(axis, x.ndim)
+    axes = S.normalize_axes(axis, x.ndim)
     _bool_attr("keepdims", keepdims)
     expect = reduced_shape(x.sym_shape, axes, keepdims)
     if len(expect) != g.ndim or not all(S.unify_dims(a, b) for a, b in zip(expect, g.sym_shape)):
@@ -414,15 +460,24 @@ def _broadcast_like_impl(g, x, axis, keepdims):
     return _contiguous(np.broadcast_to(g, x.shape))
 
 
+def _broadcast_like_reads(node, index):
+    """Element `index` of broadcast_like(g, x) is g's element at index without the axes."""
+    g, x = node.inputs
+    axes = S.normalize_axes(node.attr("axis"), x.ndim)
+    if node.attr("keepdims"):
+        return g, ["0" if k in axes else index[k] for k in range(x.ndim)]
+    return g, [index[k] for k in range(x.ndim) if k not in axes]
+
+
 register(OpDef("broadcast_like", "Shape", _infer_broadcast_like, _broadcast_like_impl,
                lambda gg, out, g, x, axis, keepdims: (
                    lambda: sum(gg, axis=axis, keepdims=keepdims), None),
-               kind="elementwise_bcast"))
+               kind="pattern", lower=_broadcast_like_reads))
 
 
 def _infer_reciprocal_count(specs, axis):
     (x,) = specs
-    _norm_axes(axis, x.ndim)
+    S.normalize_axes(axis, x.ndim)
     return (), _need_float(specs, "mean")
 
 
@@ -436,13 +491,19 @@ def _reciprocal_count_impl(x, axis):
 
 def _norm_axes_concrete(axis, ndim):
     try:
-        return _norm_axes(axis, ndim)
+        return S.normalize_axes(axis, ndim)
     except Mismatch as exc:
         raise GraphError(str(exc)) from None
 
 
+def _reciprocal_count_source(lowering, node):
+    x = node.inputs[0]
+    axes = S.normalize_axes(node.attr("axis"), x.ndim)
+    return f"(T(1) / T({lowering.size_expr(x, axes)}))"
+
+
 register(OpDef("reciprocal_count", "Shape", _infer_reciprocal_count, _reciprocal_count_impl,
-               lambda g, out, x, axis: (None,), kind="shape_scalar",
+               lambda g, out, x, axis: (None,), kind="size", lower=_reciprocal_count_source,
                doc="1 / (number of elements of x over the given axes), known at run time"))
 
 
@@ -461,9 +522,15 @@ def _infer_matmul(specs):
     return (a.sym_shape[0], b.sym_shape[1]), _need_float(specs, "matmul")
 
 
+def _lower_matmul(lowering, node, comment):
+    out = lowering.result_buffer(node)
+    (a, trans_a), (b, trans_b) = (lowering.matmul_operand(i) for i in node.inputs)
+    lowering.add_step(ir.Matmul(out, a, b, trans_a, trans_b, comment), [node])
+
+
 register(OpDef("matmul", "Layer", _infer_matmul, np.matmul,
                lambda g, out, a, b: (lambda: g @ transpose(b), lambda: transpose(a) @ g),
-               kind="matmul"))
+               kind="matmul", lower=_lower_matmul))
 
 
 def _infer_transpose(specs, axes):
@@ -474,10 +541,19 @@ def _infer_transpose(specs, axes):
     return tuple(x.sym_shape[a] for a in axes), x.dtype
 
 
+def _transpose_reads(node, index):
+    """Element `index` of transpose(x, axes) is x's element at the permuted index."""
+    axes = node.attr("axes")
+    sub = [None] * len(axes)
+    for k, a in enumerate(axes):
+        sub[a] = index[k]
+    return node.inputs[0], sub
+
+
 register(OpDef("transpose", "Transform", _infer_transpose,
                lambda x, axes: _contiguous(np.transpose(x, axes)),
                lambda g, out, x, axes: (lambda: transpose(g, tuple(np.argsort(axes))),),
-               kind="shape"))
+               kind="pattern", lower=_transpose_reads))
 
 
 def _infer_reshape(specs, shape):
@@ -534,7 +610,12 @@ def _reshape_vjp(g, out, x, shape):
     return (lambda: reshape(g, _shape_of(x)),)
 
 
-register(OpDef("reshape", "Shape", _infer_reshape, _reshape_impl, _reshape_vjp, kind="shape"))
+def _lower_reshape(lowering, node, comment):
+    lowering.view(node, lowering.buffer_of(node.inputs[0]), comment)
+
+
+register(OpDef("reshape", "Shape", _infer_reshape, _reshape_impl, _reshape_vjp, kind="view",
+               lower=_lower_reshape))
 
 
 def _infer_concat(specs, axis):
@@ -566,8 +647,19 @@ def _concat_vjp(g, out, *xs, axis):
     return tuple((lambda a=a, b=b: slice_axis(g, axis=axis, start=a, stop=b)) for a, b in offsets)
 
 
+def _lower_concat(lowering, node, comment):
+    out = lowering.result_buffer(node)
+    axis = node.attr("axis") % node.ndim
+    parts, start = [], 0
+    for inp in node.inputs:
+        parts.append((lowering.buffer_of(inp), axis, start))
+        start += S.resolve(inp.sym_shape[axis])
+    lowering.add_step(ir.Place(out, parts, False, comment), [node])
+
+
 register(OpDef("concat", "Tensor", _infer_concat,
-               lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_vjp, kind="shape"))
+               lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_vjp, kind="place",
+               lower=_lower_concat))
 
 
 def _infer_slice(specs, axis, start, stop):
@@ -595,11 +687,19 @@ def _pad_impl(x, axis, before, after):
     return np.pad(x, widths)
 
 
+def _slice_reads(node, index):
+    """Element `index` of slice_axis(x, axis, start, stop) is x's, `start` further on."""
+    axis, start = node.attr("axis"), node.attr("start")
+    sub = list(index)
+    sub[axis] = f"{index[axis]} + {start}"
+    return node.inputs[0], sub
+
+
 register(OpDef("slice_axis", "Tensor", _infer_slice, _slice_impl,
                lambda g, out, x, axis, start, stop: (
                    lambda: pad_axis(g, axis=axis, before=start,
                                     after=S.resolve(_shape_of(x)[axis]) - stop),),
-               kind="shape"))
+               kind="pattern", lower=_slice_reads))
 
 
 def _infer_pad(specs, axis, before, after):
@@ -616,11 +716,17 @@ def _infer_pad(specs, axis, before, after):
     return tuple(shape), x.dtype
 
 
+def _lower_pad(lowering, node, comment):
+    out = lowering.result_buffer(node)
+    part = (lowering.buffer_of(node.inputs[0]), node.attr("axis"), node.attr("before"))
+    lowering.add_step(ir.Place(out, [part], True, comment), [node])
+
+
 register(OpDef("pad_axis", "Tensor", _infer_pad, _pad_impl,
                lambda g, out, x, axis, before, after: (
                    lambda: slice_axis(g, axis=axis, start=before,
                                       stop=before + S.resolve(_shape_of(x)[axis])),),
-               kind="shape"))
+               kind="place", lower=_lower_pad))
 
 
 # ---------------------------------------------------------------------------------------
@@ -719,13 +825,38 @@ def _conv2d_grad_filter_impl(x, g, w_like, stride, padding):
     return dw
 
 
+def _conv_lowering(image_at, kernel_at):
+    """The lowering of a convolution whose image and kernel (or their likes, for the
+    gradients) are inputs `image_at` and `kernel_at`: a Window step computing the helper of
+    the op's name (kernels/windows.py) on the first two inputs, with (stride, pad top,
+    pad left)."""
+    def lower(lowering, node, comment):
+        stride, padding = node.attr("stride"), node.attr("padding")
+        image, kernel = node.inputs[image_at], node.inputs[kernel_at]
+        h, w = S.resolve(image.sym_shape[1]), S.resolve(image.sym_shape[2])
+        kh, kw = S.resolve(kernel.sym_shape[0]), S.resolve(kernel.sym_shape[1])
+        _, ph = conv_geometry(h, kh, stride, padding)
+        _, pw = conv_geometry(w, kw, stride, padding)
+        lowering.window(node, node.op, 2, (stride, ph, pw), comment)
+    return lower
+
+
+def _pool_lowering(reads):
+    """The lowering of a pooling op (or its gradient) that reads its first `reads` inputs: a
+    Window step computing the helper of the op's name with (size, stride)."""
+    def lower(lowering, node, comment):
+        lowering.window(node, node.op, reads, (node.attr("size"), node.attr("stride")),
+                        comment)
+    return lower
+
+
 register(OpDef("conv2d", "Layer", _infer_conv2d, _conv2d_impl,
                lambda g, out, x, w, stride, padding: (
                    lambda: apply("conv2d_grad_input", (g, w, x),
                                  {"stride": stride, "padding": padding}),
                    lambda: apply("conv2d_grad_filter", (x, g, w),
                                  {"stride": stride, "padding": padding})),
-               kind="window"))
+               kind="window", lower=_conv_lowering(0, 1)))
 def _check_adjoint(g, shape):
     """The adjoint g of a window op must have the shape of the op's output: the gradient
     kernels walk g's windows and write them into the input's (or kernel's) shape."""
@@ -755,7 +886,7 @@ register(OpDef("conv2d_grad_input", "Layer", _infer_conv2d_grad_input,
                    lambda: apply("conv2d_grad_filter", (gg, g, w),
                                  {"stride": stride, "padding": padding}),
                    None),
-               kind="window"))
+               kind="window", lower=_conv_lowering(2, 1)))
 register(OpDef("conv2d_grad_filter", "Layer", _infer_conv2d_grad_filter,
                _conv2d_grad_filter_impl,
                lambda gg, out, x, g, w, stride, padding: (
@@ -763,7 +894,7 @@ register(OpDef("conv2d_grad_filter", "Layer", _infer_conv2d_grad_filter,
                                  {"stride": stride, "padding": padding}),
                    lambda: conv2d(x, gg, stride=stride, padding=padding),
                    None),
-               kind="window"))
+               kind="window", lower=_conv_lowering(0, 2)))
 
 
 def _infer_pool(specs, size, stride):
@@ -822,7 +953,7 @@ def _avg_pool_grad_impl(g, x_like, size, stride):
 register(OpDef("max_pool2d", "Pool", _infer_pool, _max_pool_impl,
                lambda g, out, x, size, stride: (
                    lambda: apply("max_pool2d_grad", (x, g), {"size": size, "stride": stride}),),
-               kind="window"))
+               kind="window", lower=_pool_lowering(1)))
 def _infer_max_pool_grad(specs, size, stride):
     x, g = specs
     shape, _ = _infer_pool([x], size, stride)
@@ -838,16 +969,16 @@ def _infer_avg_pool_grad(specs, size, stride):
 
 
 register(OpDef("max_pool2d_grad", "Pool", _infer_max_pool_grad,
-               _max_pool_grad_impl, None, kind="window"))
+               _max_pool_grad_impl, None, kind="window", lower=_pool_lowering(2)))
 register(OpDef("avg_pool2d", "Pool", _infer_pool, _avg_pool_impl,
                lambda g, out, x, size, stride: (
                    lambda: apply("avg_pool2d_grad", (g, x), {"size": size, "stride": stride}),),
-               kind="window"))
+               kind="window", lower=_pool_lowering(1)))
 register(OpDef("avg_pool2d_grad", "Pool", _infer_avg_pool_grad,
                _avg_pool_grad_impl,
                lambda gg, out, g, x, size, stride: (
                    lambda: avg_pool2d(gg, size=size, stride=stride), None),
-               kind="window"))
+               kind="window", lower=_pool_lowering(1)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -899,7 +1030,7 @@ def _mse_decompose(pred, target):
     return mean(square(pred - target))
 
 
-register(OpDef("mse", "Loss", lambda specs: _infer_loss_pair(specs, "mse"),
+register(OpDef("mse", None, lambda specs: _infer_loss_pair(specs, "mse"),
                lambda p, t: np.mean(np.square(p - t)),
                lambda g, out, p, t: (
                    lambda: sum_to(g * 2 * (p - t) * reciprocal_count(p - t), p),
@@ -936,7 +1067,7 @@ def _bce_vjp(g, out, p, y, from_logits):
             lambda: sum_to(scale * (log(1 - q) - log(q)), y))
 
 
-register(OpDef("binary_cross_entropy", "Loss",
+register(OpDef("binary_cross_entropy", None,
                lambda specs, from_logits: _infer_loss_pair(specs, "binary_cross_entropy",
                                                            from_logits),
                _bce_impl, _bce_vjp, decompose=_bce_decompose, kind="composite"))
@@ -1002,7 +1133,7 @@ def _sce_vjp(g, out, z, y):
     return (grad_z, grad_y)
 
 
-register(OpDef("softmax_cross_entropy", "Loss", _infer_sce, _sce_impl, _sce_vjp,
+register(OpDef("softmax_cross_entropy", None, _infer_sce, _sce_impl, _sce_vjp,
                decompose=_sce_decompose, kind="composite"))
 
 
@@ -1032,10 +1163,6 @@ register(OpDef("one_hot", "Tensor", _infer_one_hot,
 _CLIP_LOW = "({0} if {0} >= {T}({low}) or {0} != {0} else {T}({low}))"
 _CLIP_TEMPLATE = (f"{_CLIP_LOW} if {_CLIP_LOW} <= {{T}}({{high}}) or {_CLIP_LOW} != {_CLIP_LOW} "
                   "else {T}({high})")
-
-
-def _clip_decompose(x, low, high):
-    return minimum(maximum(x, low), high)
 
 
 def _infer_clip(specs, low, high):
@@ -1095,28 +1222,6 @@ def gt(a, b):
 
 def eq(a, b):
     return apply("eq", (a, b))
-
-
-def _make_unary(opname, doc):
-    def fn(x, name=None):
-        return apply(opname, (x,), name=name)
-    fn.__name__ = opname
-    fn.__doc__ = doc
-    return fn
-
-
-neg = _make_unary("neg", "-x")
-exp = _make_unary("exp", "e**x")
-log = _make_unary("log", "natural logarithm")
-sqrt = _make_unary("sqrt", "square root")
-abs = _make_unary("abs", "absolute value; abs'(0) = 0")  # noqa: A001
-sign = _make_unary("sign", "-1, 0 or 1 (no gradient)")
-square = _make_unary("square", "x*x")
-sigmoid = _make_unary("sigmoid", "1 / (1 + e**-x), computed stably for large |x|")
-tanh = _make_unary("tanh", "hyperbolic tangent")
-relu = _make_unary("relu", "max(x, 0); relu'(0) = 0")
-softplus = _make_unary("softplus", "log(1 + e**x), computed stably")
-step = _make_unary("step", "1 where x > 0 else 0: the perceptron's activation (zero gradient)")
 
 
 def leaky_relu(x, alpha=0.01, name=None):

@@ -6,10 +6,10 @@ shared). Dead code never survives a pass: only what the outputs reach is kept.
 """
 import numpy as np
 
+from . import shapes as S
 from .graph import topological_order
-from .node import LEAF_OPS, make_node
-from .ops import _norm_axes
-from .registry import OPS, const_node
+from .node import make_node
+from .registry import OPS, const_node, kind_of
 
 FOLD_LIMIT = 1 << 16  # constant folding keeps results up to this many elements
 
@@ -29,11 +29,6 @@ def rebuild(roots, rule):
                                         node.dtype, node.name)
         memo[id(node)] = replacement
     return [memo[id(r)] for r in roots]
-
-
-def dead_code_elimination(roots):
-    """Keep only what the roots reach (a rebuild that changes nothing)."""
-    return list(roots)
 
 
 def decompose(roots):
@@ -56,7 +51,7 @@ def decompose(roots):
 def fold_constants(roots):
     """Evaluate ops whose inputs are all constants (results up to FOLD_LIMIT elements)."""
     def rule(node, inputs):
-        if node.op in LEAF_OPS or not inputs or not all(i.op == "const" for i in inputs):
+        if kind_of(node) == "leaf" or not inputs or not all(i.op == "const" for i in inputs):
             return None
         if OPS[node.op].impl is None:
             return None
@@ -74,7 +69,7 @@ def _const_equals(node, number):
 
 
 def _all_axes(node, ndim):
-    return _norm_axes(node.attr("axis"), ndim) == tuple(range(ndim))
+    return S.normalize_axes(node.attr("axis"), ndim) == tuple(range(ndim))
 
 
 def simplify(roots):
@@ -84,7 +79,7 @@ def simplify(roots):
     readers = {}  # id(node) -> nodes that read its values (a count reads only its shape)
     for n in topological_order(roots):
         for i in n.inputs:
-            if n.op != "reciprocal_count":
+            if kind_of(n) != "size":
                 readers[id(i)] = readers.get(id(i), 0) + 1
 
     def keeps(node, x):
@@ -94,13 +89,13 @@ def simplify(roots):
         op = node.op
         if op == "neg" and inputs[0].op == "neg" and keeps(node, inputs[0].inputs[0]):
             return inputs[0].inputs[0]
-        if op == "reciprocal_count" and inputs[0].op in ("sum", "max") and \
+        if op == "reciprocal_count" and kind_of(inputs[0]) == "reduce" and \
                 not inputs[0].attr("keepdims"):
             x = inputs[0]
             src = x.inputs[0]
-            reduced = _norm_axes(x.attr("axis"), src.ndim)
+            reduced = S.normalize_axes(x.attr("axis"), src.ndim)
             kept = [k for k in range(src.ndim) if k not in reduced]
-            axes = tuple(kept[a] for a in _norm_axes(node.attr("axis"), x.ndim))
+            axes = tuple(kept[a] for a in S.normalize_axes(node.attr("axis"), x.ndim))
             if src.dtype == x.dtype:
                 return make_node(op, {"axis": axes[0] if len(axes) == 1 else axes}, [src],
                                  node.sym_shape, node.dtype, node.name)
@@ -152,8 +147,7 @@ def common_subexpressions(roots):
 
 
 PIPELINE = (("decompose", decompose), ("fold_constants", fold_constants),
-            ("simplify", simplify), ("common_subexpressions", common_subexpressions),
-            ("dead_code_elimination", dead_code_elimination))
+            ("simplify", simplify), ("common_subexpressions", common_subexpressions))
 
 
 def optimize(roots, passes=PIPELINE):

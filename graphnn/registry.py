@@ -1,18 +1,20 @@
 """The op registry and `apply`, the one door through which every op is created or run.
 
 Each op is one `OpDef` stanza (see ops.py): its shape/dtype rule, its NumPy implementation,
-its gradient rule (a VJP written with graphnn's own ops), an optional decomposition into
-primitive ops for the compilers, an optional scalar template for fused elementwise kernels,
-and its Netron category. `apply` builds a Node when any argument is a Node (graph mode) and
-otherwise computes at once on NumPy arrays (eager mode), recording on an active tape.
+its gradient rule (a VJP written with graphnn's own ops), its lowering kind with what that
+kind needs (a scalar template, a lowering function or a decomposition into primitive ops;
+see KINDS), and its Netron category. `register` checks a stanza and adds it to `OPS`.
+`apply` builds a Node when any argument is a Node (graph mode) and otherwise computes at
+once on NumPy arrays (eager mode), recording on an active tape.
 """
 import contextvars
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 
 from . import shapes as S
+from .shapes import Mismatch  # noqa: F401 - shape rules raise it (see ops.py)
 from .errors import DTypeError, GraphError, ShapeError, user_location
 from .node import Node, ConstValue, make_node
 
@@ -22,31 +24,125 @@ OPS = {}  # registry, filled at import time by ops.py
 active_tape = contextvars.ContextVar("graphnn_active_tape", default=None)
 
 
-class Mismatch(Exception):
-    """Raised by shape rules; `apply` turns it into a ShapeError naming the node."""
-
-
 class WrongDType(Exception):
     """Raised by dtype rules; `apply` turns it into a DTypeError naming the node."""
 
 
+# How an op lowers to the kernel IR, by kind. The stanza's `lower` function (if its kind
+# needs one) has the signature given here; `lowering` is the `graphnn.lowering.Lowering` of
+# the graph being compiled, whose public methods make buffers and steps.
+KINDS = {
+    "leaf": "input, param, variable or const: a buffer of the program, no step",
+    "elementwise": "`scalar`, a template computing one element from elements of the "
+                   "inputs at the same (broadcast) index; fused into its consumer's loop",
+    "pattern": "`lower(node, index) -> (input, input_index)`: the element of one input at "
+               "another index (transpose, slice, broadcast); fused like an elementwise op",
+    "size": "`lower(lowering, node) -> scalar source`: a number known from an input's "
+            "shape alone (the input is not read); computed where it is used",
+    "reduce": "`lower(lowering, node, comment, finish=None)`: a Reduce step, with the "
+              "elementwise group it reads fused in and, as `finish`, the elementwise node "
+              "that alone reads its result",
+    "arg_reduce": "`lower(lowering, node, comment)`: a step marking each reduction's "
+                  "winner (ArgmaxMask)",
+    "matmul": "`lower(lowering, node, comment)`: a Matmul step (BLAS gemm); a 2-D "
+              "transpose read only by matmuls is read in place",
+    "window": "`lower(lowering, node, comment)`: a Window step (convolution, pooling)",
+    "view": "`lower(lowering, node, comment)`: a Reshape step, a view of its input",
+    "place": "`lower(lowering, node, comment)`: a Place step (copies into a zeroed or "
+             "fully covered output: concat, pad)",
+    "composite": "`decompose(*inputs, **attrs)`: rewritten in primitive ops by "
+                 "passes.decompose before lowering",
+}
+
+# Netron's categories (DESIGN.md section 10); visualize/style.py gives each its colour.
+CATEGORIES = ("Layer", "Activation", "Pool", "Normalization", "Dropout", "Shape", "Tensor",
+              "Transform", "Data")
+
+
 @dataclass
 class OpDef:
+    """One op's stanza: everything graphnn knows about the op, in one place.
+
+    name       the op's name (`Node.op`)
+    category   its Netron category, one of CATEGORIES, or None (drawn dark grey, as Netron
+               draws Add, Mul, Exp, ReduceSum ...)
+    infer      (specs, **attrs) -> (sym_shape, dtype); raises Mismatch or WrongDType
+    impl       (*arrays, **attrs) -> np.ndarray: eager mode, the "numpy" backend, the
+               reference every compiled backend is tested against
+    vjp        (g, out, *inputs, **attrs) -> one zero-argument function (or None) per input
+    kind       how the compiled backends lower it: a key of KINDS
+    scalar     for kind "elementwise": "{0} * {1}", "{T}(0)", "{alpha}" (an attr)
+    lower      for the kinds that need one, the lowering function described in KINDS
+    decompose  for kind "composite": (*input_nodes, **attrs) -> a node of primitive ops
+    recompute  an elementwise op of leaves cheap enough to recompute in each consumer's
+               loop rather than store (the comparisons that make one-hot masks)
+    """
     name: str
-    category: str                      # Netron category, see visualize
-    infer: Callable                    # (specs, **attrs) -> (sym_shape, dtype)
-    impl: Callable                     # (*arrays, **attrs) -> np.ndarray
-    vjp: Optional[Callable] = None     # (g, out, *inputs, **attrs) -> tuple of thunks/None
-    decompose: Optional[Callable] = None  # (*input_nodes, **attrs) -> Node of primitives
-    scalar: Optional[str] = None       # fused-elementwise template, "{0}", "{1}", "{T}"
-    kind: str = "elementwise"          # elementwise | reduce | matmul | window | shape | leaf
+    category: Optional[str]
+    infer: Optional[Callable]
+    impl: Optional[Callable]
+    vjp: Optional[Callable] = None
+    decompose: Optional[Callable] = None
+    scalar: Optional[str] = None
+    kind: str = "elementwise"
+    lower: Optional[Callable] = None
+    recompute: bool = False
     doc: str = ""
-    extra: dict = field(default_factory=dict)
 
 
-def register(opdef):
+def check_opdef(opdef):
+    """Raise GraphError when `opdef` cannot be registered: a name that is not an identifier,
+    an unknown kind or category, or a kind whose lowering (scalar template, lower function,
+    decomposition) is missing."""
+    problem = None
+    if not isinstance(opdef.name, str) or not opdef.name.isidentifier():
+        # generated code names buffers and comments after ops
+        problem = "an op's name must be a Python identifier"
+    elif opdef.kind not in KINDS:
+        problem = f"kind {opdef.kind!r} is not one of {', '.join(KINDS)}"
+    elif opdef.category is not None and opdef.category not in CATEGORIES:
+        problem = f"category {opdef.category!r} is not None or one of {', '.join(CATEGORIES)}"
+    elif opdef.kind == "elementwise" and not isinstance(opdef.scalar, str):
+        problem = "an elementwise op needs a `scalar` template such as \"{0} * {0}\""
+    elif opdef.kind == "composite" and opdef.decompose is None:
+        problem = "a composite op needs `decompose`"
+    elif opdef.kind not in ("leaf", "elementwise", "composite") and opdef.lower is None:
+        problem = f"a {opdef.kind} op needs `lower`: {KINDS[opdef.kind]}"
+    elif opdef.kind != "leaf" and (opdef.infer is None or opdef.impl is None):
+        problem = "an op needs `infer` (its shape rule) and `impl` (its NumPy implementation)"
+    if problem:
+        raise GraphError(f"op {opdef.name!r}: {problem}")
+
+
+def register(opdef, replace=False):
+    """Add an op's stanza to the registry (`OPS`), after checking it (see `check_opdef`).
+    An op of that name already registered is replaced only with `replace=True`.
+    For an elementwise op, `graphnn.define_elementwise` writes the stanza for you.
+
+        >>> gn.register_op(gn.OpDef("cube", None, lambda specs: (specs[0].sym_shape,
+        ...     specs[0].dtype), lambda x: x ** 3, scalar="{0} * {0} * {0}"))
+        >>> def cube(x, name=None):  # its public function
+        ...     return gn.registry.apply("cube", (x,), name=name)
+    """
+    check_opdef(opdef)
+    if opdef.name in OPS and not replace:
+        raise GraphError(f"op {opdef.name!r} is already registered (pass replace=True to "
+                         "replace it)")
     OPS[opdef.name] = opdef
     return opdef
+
+
+def unregister(name):
+    """Remove op `name` from the registry and return its stanza (nodes already made with it
+    can then no longer be compiled or differentiated)."""
+    if name not in OPS:
+        raise GraphError(f"no op {name!r} is registered")
+    return OPS.pop(name)
+
+
+def kind_of(node):
+    """The lowering kind of `node`'s op (see KINDS)."""
+    return OPS[node.op].kind
 
 
 class Spec:
@@ -200,8 +296,3 @@ def _identity(opname, nodes, sym_shape, dtype, name):
                 and x.sym_shape == tuple(sym_shape) and x.dtype == dtype:
             return x
     return None
-
-
-def check_not_node(value, what):
-    if isinstance(value, Node):
-        raise GraphError(f"{what} must be a Python value, not a graph node (at {user_location()})")

@@ -10,10 +10,17 @@ symbolic dim is assumed not to be 1 (feed it with a concrete 1 in the shape inst
 import contextlib
 import itertools
 
+import numpy as np
+
 from .errors import ShapeError
 
 _fresh_ids = itertools.count(1)
 _named_symbols = {}  # registry: a named symbol is one object per name
+
+
+class Mismatch(Exception):
+    """Raised by shape rules (see ops.py); `registry.apply` turns it into a ShapeError that
+    names the node and the user's line."""
 
 
 class Sym:
@@ -151,6 +158,38 @@ def broadcast_shapes(*shapes):
                 out = resolve(out)
         result.append(out)
     return tuple(result)
+
+
+def normalize_axes(axis, ndim):
+    """An axis argument (None: every axis, an int or a tuple; negative counts from the end)
+    as a sorted tuple of non-negative axes. Raises Mismatch when one is out of range or
+    repeated.
+
+        >>> normalize_axes(-1, 3), normalize_axes(None, 2), normalize_axes((2, 0), 3)
+        ((2,), (0, 1), (0, 2))
+    """
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    def shown(v):
+        text = repr(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+    if axis is None:
+        return tuple(range(ndim))
+    if not is_int(axis) and not isinstance(axis, (tuple, list)):
+        raise Mismatch(f"axis must be None, an int or a tuple of ints, got {shown(axis)}")
+    axes = (axis,) if is_int(axis) else tuple(axis)
+    out = []
+    for a in axes:
+        if not is_int(a):
+            raise Mismatch(f"axis must be an int, got {shown(a)}")
+        a = int(a)
+        if not -ndim <= a < ndim:
+            raise Mismatch(f"axis {a} is out of range for rank {ndim}")
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise Mismatch(f"repeated axis in {axis!r}")
+    return tuple(sorted(out))
 
 
 def static_size(shape):

@@ -128,7 +128,6 @@ class Program:
     outputs: List[Buffer]
     updates: List[Tuple[Buffer, Buffer]]      # (state buffer, new value buffer)
     dims: dict = field(default_factory=dict)  # dim name -> (input index, axis)
-    kernel_names: list = field(default_factory=list)
     # (input index, n): every value of that integer input must lie in [0, n) (labels that
     # index classes); a back end that runs without the caller's checks tests it first
     index_checks: list = field(default_factory=list)

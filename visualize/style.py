@@ -1,14 +1,14 @@
-"""The Netron look in one place: every op's category, each category's colour, fonts and sizes.
+"""The Netron look in one place: each category's colour, fonts and sizes.
 
 Netron colours a node's header by the op's category and leaves ops without one dark grey.
-`OP_CATEGORY` is the one table from op name to category; it lists every op of graphnn (a
-test checks it covers `graphnn.registry.OPS`). An op missing from it falls back to the
-category its registry stanza declares, then to no category. Categories that Netron does
-not colour (graphnn's "Reduce" and "Loss") draw as "no category", as Netron would.
+An op's category is part of its stanza (`OpDef.category` in graphnn/ops.py): this module
+only gives each category its colour.
 """
+from collections.abc import Mapping
+
 from graphnn.registry import OPS
 
-# Netron's palette (DESIGN.md section 10).
+# Netron's palette (DESIGN.md section 10), one colour per category of graphnn.registry.
 CATEGORY_COLOUR = {
     "Layer": "#335588",          # rgb(51, 85, 136)
     "Activation": "#702921",     # rgb(112, 41, 33)
@@ -22,43 +22,28 @@ CATEGORY_COLOUR = {
 }
 NO_CATEGORY_COLOUR = "#333333"
 
-# op -> Netron category (None: no category, drawn #333).
-#
-#   op                     category        why
-OP_CATEGORY = {
-    # leaves: inputs and outputs are grey boxes, params and consts rows inside their user
-    "input": "Data", "param": "Data", "variable": "Data", "const": "Data",
-    # elementwise arithmetic: Netron leaves Add, Mul, Exp ... uncoloured
-    "add": None, "sub": None, "mul": None, "div": None, "pow": None, "neg": None,
-    "maximum": None, "minimum": None, "ge": None, "gt": None, "eq": None,
-    "exp": None, "log": None, "sqrt": None, "abs": None, "sign": None, "square": None,
-    # activations, and the masks their gradients use
-    "sigmoid": "Activation", "tanh": "Activation", "relu": "Activation",
-    "softplus": "Activation", "step": "Activation", "clip": "Activation",
-    "leaky_relu": "Activation", "leaky_relu_grad": "Activation",
-    "elu": "Activation", "elu_grad": "Activation",
-    "softmax": "Activation", "log_softmax": "Activation",
-    # reductions and losses: no Netron category
-    "sum": None, "max": None, "mean": None, "argmax_mask": None,
-    "mse": None, "binary_cross_entropy": None, "softmax_cross_entropy": None,
-    # dense and convolution layers, with the convolution's gradient kernels
-    "matmul": "Layer", "conv2d": "Layer",
-    "conv2d_grad_input": "Layer", "conv2d_grad_filter": "Layer",
-    "max_pool2d": "Pool", "max_pool2d_grad": "Pool",
-    "avg_pool2d": "Pool", "avg_pool2d_grad": "Pool",
-    # layout
-    "reshape": "Shape", "broadcast_like": "Shape", "reciprocal_count": "Shape",
-    "transpose": "Transform", "cast": "Transform",
-    "concat": "Tensor", "slice_axis": "Tensor", "pad_axis": "Tensor", "one_hot": "Tensor",
-}
+
+class _StanzaCategories(Mapping):
+    """op name -> its stanza's Netron category (None: no category), read from the registry
+    when asked, so ops registered at run time are included."""
+
+    def __getitem__(self, op):
+        return OPS[op].category
+
+    def __iter__(self):
+        return iter(list(OPS))
+
+    def __len__(self):
+        return len(OPS)
+
+
+OP_CATEGORY = _StanzaCategories()
 
 
 def category_of(op):
-    """The Netron category of `op`, or None."""
-    if op in OP_CATEGORY:
-        return OP_CATEGORY[op]
-    category = getattr(OPS.get(op), "category", None)
-    return category if category in CATEGORY_COLOUR else None
+    """The Netron category of `op` (from its stanza), or None."""
+    opdef = OPS.get(op)
+    return opdef.category if opdef is not None else None
 
 
 def header_colour(op):

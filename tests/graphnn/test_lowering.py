@@ -1,0 +1,150 @@
+"""Lowering (graphnn/lowering.py): each node lowers by its op's kind and the lowering
+function of its stanza, and the fusion decisions hold (what fuses, what a reduction
+finishes, what a matmul reads transposed)."""
+import numpy as np
+import pytest
+
+import graphnn as gn
+from graphnn import lowering as L, passes
+from graphnn.registry import OPS, OpDef
+from kernels import ir
+
+
+def lowered(outputs):
+    """(program, Lowering) of `outputs` as the compiled backends lower them (after passes)."""
+    graph = gn.Graph(list(outputs))
+    roots, _ = passes.optimize(list(outputs))
+    return L.lower(roots, graph.inputs, graph.params + graph.variables, roots, [])
+
+
+def steps_of(program, kind):
+    return [s for s in program.steps if isinstance(s, kind)]
+
+
+def test_is_elementwise_follows_the_kind_of_every_op():
+    x = gn.input("x", (2, 3))
+    assert L.is_elementwise(gn.exp(x)) and L.is_elementwise(gn.transpose(x))
+    assert L.is_elementwise(gn.ops.reciprocal_count(x))
+    assert not L.is_elementwise(gn.sum(x)) and not L.is_elementwise(x)
+    assert not L.is_elementwise(gn.reshape(x, (6,)))
+    for opdef in OPS.values():
+        fusible = opdef.kind in ("elementwise", "pattern", "size")
+        assert fusible == (opdef.kind in L.FUSIBLE_KINDS), opdef.name
+
+
+def test_each_kind_makes_its_kernel_step():
+    x = gn.input("x", (None, 6, 6, 2))
+    w = gn.param("w", shape=(3, 3, 2, 4), seed=0)
+    a = gn.input("a", (4, 3))
+    b = gn.input("b", (5, 3))
+    conv = gn.conv2d(x, w, padding="same")              # window (stride, pad top, left)
+    pooled = gn.max_pool2d(conv, 2)                     # window (size, stride)
+    flat = gn.reshape(pooled, (-1, 36))                 # view
+    product = a @ gn.transpose(b)                       # matmul, b read transposed
+    joined = gn.concat([a, a], axis=1)                  # place
+    padded = gn.ops.pad_axis(a, 0, 1, 2)                # place, zero-filled
+    mask = gn.ops.argmax_mask(a, axis=1)                # arg_reduce
+    total = gn.sum(gn.exp(a), axis=1)                   # reduce, exp fused in
+    program, _ = lowered([flat, product, joined, padded, mask, total])
+    windows = steps_of(program, ir.Window)
+    assert [(s.helper, s.params, len(s.args)) for s in windows] == [
+        ("conv2d", (1, 1, 1), 2), ("max_pool2d", (2, 2), 1)]
+    (view,) = steps_of(program, ir.Reshape)
+    assert view.out.shape == ("d0", 36) and view.out.base is view.src
+    (matmul,) = steps_of(program, ir.Matmul)
+    assert (matmul.trans_a, matmul.trans_b) == (False, True)
+    assert matmul.b.role == "input"  # b itself: the transpose has no step
+    places = steps_of(program, ir.Place)
+    assert [(p.zero_fill, [(axis, start) for _, axis, start in p.parts]) for p in places] == [
+        (False, [(1, 0), (1, 3)]), (True, [(0, 1)])]
+    (argmax,) = steps_of(program, ir.ArgmaxMask)
+    assert argmax.axes == (1,)
+    (reduce,) = steps_of(program, ir.Reduce)
+    assert reduce.kind == "sum" and reduce.axes == (1,) and reduce.post is None
+    assert any("exp(" in code for _, code in reduce.expr.stmts)
+    assert not steps_of(program, ir.Elementwise)  # transposes and exp fused away
+
+
+def test_a_reduction_is_finished_in_the_step_of_its_sole_elementwise_reader():
+    x = gn.input("x", (4, 5))
+    total = gn.sum(x, axis=1)
+    scaled = gn.sqrt(total * 0.5)
+    program, lowering = lowered([scaled])
+    (reduce,) = program.steps
+    assert isinstance(reduce, ir.Reduce) and reduce.post is not None
+    assert "acc" in str(reduce.post.stmts) and "sqrt(" in str(reduce.post.stmts)
+    (total_node,) = [n for n in lowering.nodes if n.op == "sum"]
+    (root,) = lowering.outputs
+    assert lowering.sole_elementwise_reader(total_node) is root
+    assert lowering.reduction_finished_in(total_node) is root
+    assert lowering.reductions_finished_by(root) == [total_node]
+    # a reduction read twice is not finished by either reader
+    program, lowering = lowered([gn.sqrt(total), gn.exp(total)])
+    (total_node,) = [n for n in lowering.nodes if n.op == "sum"]
+    assert lowering.sole_elementwise_reader(total_node) is None
+    assert lowering.reduction_finished_in(total_node) is None
+    assert [type(s) for s in program.steps] == [ir.Reduce, ir.Elementwise, ir.Elementwise]
+
+
+def test_max_is_found_as_a_reduction_by_its_kind():
+    x = gn.input("x", (3, 4))
+    program, lowering = lowered([gn.max(gn.abs(x), axis=0) * 2.0])
+    (reduce,) = program.steps
+    assert reduce.kind == "max" and reduce.post is not None
+    values = gn.compile(gn.max(gn.abs(x), axis=0) * 2.0, backend="cpu")(
+        x=np.arange(-6, 6, dtype=np.float32).reshape(3, 4))
+    np.testing.assert_array_equal(values, [12, 10, 8, 10])
+
+
+def test_a_mask_of_labels_is_recomputed_in_each_consumer():
+    z = gn.input("z", (None, 4))
+    y = gn.input("y", (None,), dtype="int64")
+    hot = gn.ops.eq(gn.reshape(y, (-1, 1)), gn.const(np.arange(4)))
+    _, lowering = lowered([gn.sum(hot * z), gn.sum(hot * gn.exp(z))])
+    (mask,) = [n for n in lowering.nodes if n.op == "eq"]
+    assert OPS["eq"].recompute and lowering.recomputed(mask) and lowering.inlined(mask)
+    assert id(mask) not in lowering.buffers
+
+
+def test_a_stanza_lowering_function_is_what_lowering_calls():
+    """An op of kind "view" added at run time: its own lower function makes its step."""
+    def infer(specs):
+        (x,) = specs
+        return (gn.shapes.static_size(x.sym_shape),), x.dtype
+
+    calls = []
+
+    def lower(lowering, node, comment):
+        calls.append(node)
+        lowering.view(node, lowering.buffer_of(node.inputs[0]), comment)
+
+    gn.register_op(OpDef("graphnn_test_ravel", "Shape", infer, np.ravel,
+                         lambda g, out, x: (lambda: gn.reshape(g, x.shape),),
+                         kind="view", lower=lower))
+    try:
+        x = gn.input("x", (2, 3))
+        y = gn.registry.apply("graphnn_test_ravel", (gn.exp(x),))
+        f = gn.compile(y, backend="cpu")
+        assert calls == [y]
+        assert isinstance(f.program.steps[-1], ir.Reshape)
+        X = np.arange(6, dtype=np.float32).reshape(2, 3) / 6
+        np.testing.assert_allclose(f(x=X), np.exp(X).ravel(), rtol=1e-6)
+    finally:
+        gn.unregister_op("graphnn_test_ravel")
+
+
+def test_an_op_without_lowering_is_named_in_the_error():
+    x = gn.input("x", (2, 3))
+    with pytest.raises(gn.GraphError, match="cannot lower op 'softmax' \\(kind composite\\)"):
+        gn.compile(gn.softmax(x), backend="cpu", optimize_graph=False)
+
+
+def test_only_a_swap_of_two_axes_is_read_transposed_by_a_matmul():
+    a, b = gn.input("a", (3, 3)), gn.input("b", (3, 3))
+    A = np.arange(9, dtype=np.float32).reshape(3, 3)
+    B = np.eye(3, dtype=np.float32) + np.triu(np.ones((3, 3), np.float32), 1)
+    for axes, expected in (((1, 0), A.T @ B), ((0, 1), A @ B)):
+        f = gn.compile(gn.transpose(a, axes) @ b, backend="cpu")
+        assert any(isinstance(s, ir.Matmul) and s.trans_a == (axes == (1, 0))
+                   for s in f.program.steps)
+        np.testing.assert_allclose(f(a=A, b=B), expected, rtol=1e-6)
