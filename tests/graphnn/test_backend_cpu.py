@@ -1,5 +1,6 @@
-"""The compiler: lowering and fusion, memory planning, the generated module and its on-disk
-cache, and that user strings cannot change the code (the passes: test_passes.py)."""
+"""The cpu back end (graphnn/backends/cpu.py): lowering and fusion, memory planning, the
+generated module and its on-disk cache, and that user strings cannot change the code (the
+passes: test_passes.py)."""
 import os
 import re
 import subprocess
