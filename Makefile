@@ -9,6 +9,9 @@ export GRAPHNN_CACHE_DIR ?= $(CURDIR)/.graphnn-cache
 
 .PHONY: demo test fuzz bench dot mpi clean
 
+# In CI (CI=true) a tier whose tools cannot be installed is a failure, not a skip.
+CI_FAIL := case "$$CI" in true|1|yes) echo "CI: this tier must run"; exit 1;; esac
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -20,7 +23,7 @@ dot:
 	@command -v dot >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) \
-	      || echo "warning: could not install graphviz; pictures fall back to .dot files"; \
+	      || { echo "warning: could not install graphviz; pictures fall back to .dot files"; $(CI_FAIL); }; \
 	  else \
 	    echo "Graphviz 'dot' is missing. Install it with:  sudo apt-get install graphviz"; \
 	    echo "(graphnn goes on and writes .dot files instead of pictures)"; \
@@ -32,12 +35,12 @@ mpi: $(STAMP)
 	@command -v mpirun >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null) \
-	      || echo "warning: could not install OpenMPI; the MPI tests will skip"; \
+	      || { echo "warning: could not install OpenMPI; the MPI tests will skip"; $(CI_FAIL); }; \
 	  else \
 	    echo "OpenMPI is missing. Install it with:  sudo apt-get install openmpi-bin libopenmpi-dev"; \
 	  fi; }
 	@$(PY) -c "import mpi4py" 2>/dev/null || $(PY) -m pip install -q -e ".[mpi]" \
-	  || echo "warning: could not install mpi4py; the MPI tests will skip"
+	  || { echo "warning: could not install mpi4py; the MPI tests will skip"; $(CI_FAIL); }
 
 demo: $(STAMP) dot
 	$(PY) -m graphnn demo
