@@ -11,9 +11,11 @@ first wrong outcome it prints the traceback and exits with status 1.
 """
 import copy
 import hashlib
+import inspect
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -130,6 +132,27 @@ def mutate_value(rng, value):
     return copy.deepcopy(pick(rng, GARBAGE))
 
 
+PLAUSIBLE = {"axis": [None, 0, 1, -1, [0, 1]], "keepdims": [True, False],
+             "from_logits": [True, False], "float_only": [False], "alpha": [0.1, "inf"],
+             "low": [-1.0], "high": [1.0, "nan"], "stride": [1, 2, 3], "size": [1, 2, 3],
+             "classes": [1, 3], "start": [0, 1], "stop": [1, 2, 9], "before": [0, 1],
+             "after": [0, 2], "padding": ["valid", "same"], "dtype": ["float32", "int32"],
+             "shape": [[-1], [2, -1], ["?1", 2]]}
+
+
+def plausible_attrs(rng, op, ndim):
+    """Attrs of the right names and types for `op`, with values that often fit."""
+    names = [p for p in inspect.signature(OPS[op].infer).parameters
+             if p not in ("specs", "attrs", "float_only")]
+    attrs = {}
+    for name in names:
+        if name == "axes":
+            attrs[name] = [int(v) for v in rng.permutation(max(ndim, 1))]
+        else:
+            attrs[name] = copy.deepcopy(pick(rng, PLAUSIBLE.get(name, [0])))
+    return attrs
+
+
 def mutate_document(rng, doc, arrays, duplicates):
     """One mutation of the JSON document (in place), of its arrays or of the file's text."""
     nodes = doc["nodes"]
@@ -152,6 +175,8 @@ def mutate_document(rng, doc, arrays, duplicates):
             [int(rng.integers(-1, len(nodes) + 1)) for _ in node["inputs"]]
     elif kind == "op":
         node["op"] = pick(rng, sorted(OPS) + ["input", "param", "variable", "const", "nop"])
+        if node["op"] in OPS and "attrs" in node and rng.random() < 0.8:
+            node["attrs"] = plausible_attrs(rng, node["op"], len(node.get("shape", [])))
     elif kind == "drop":
         del node[pick(rng, sorted(node))]
     elif kind == "duplicate":
@@ -230,7 +255,34 @@ def write_mutated(rng, directory):
         doc["arrays_sha256"] = hashlib.sha256(data).hexdigest()  # let the arrays be read
     with open(path, "w") as fh:
         fh.write(dump_with_duplicates(doc, duplicates))
+    if rng.random() < 0.5:
+        repair_shapes(path, doc, duplicates)
     return path
+
+
+MISMATCH = re.compile(r"node (\d+): the file says \S+ has shape \((.*?)\) (\w+); its inputs "
+                      r"give \((.*?)\) (\w+)")
+
+
+def repair_shapes(path, doc, duplicates):
+    """Write into the file the shapes and dtypes gn.load infers, node after node, so that a
+    mutated attr or input reaches the kernels instead of being refused as a shape mismatch.
+    Anonymous dims ("?" in messages) become the file's first anonymous symbol "?1"."""
+    for _ in range(len(doc["nodes"])):
+        try:
+            gn.load(path)
+            return
+        except gn.GraphError as exc:
+            found = MISMATCH.search(str(exc))
+            if found is None:
+                return
+        position, dims, dtype = int(found[1]), found[4], found[5]
+        doc["nodes"][position]["shape"] = [
+            int(d) if d.lstrip("-").isdigit() else ("?1" if d == "?" else d)
+            for d in dims.replace(" ", "").split(",") if d]
+        doc["nodes"][position]["dtype"] = dtype
+        with open(path, "w") as fh:
+            fh.write(dump_with_duplicates(doc, duplicates))
 
 
 # ---------------------------------------------------------------------------------------
@@ -271,8 +323,8 @@ def check_seed(seed, keep=None):
         path = write_mutated(rng, keep or directory)
         try:
             graph = gn.load(path)
-        except gn.GraphError:
-            return "refused"
+        except gn.GraphError as exc:
+            return "refused " + re.sub(r"\s+", " ", str(exc).split(": ", 1)[-1])[:120]
     feeds = random_feeds(rng, graph)
     expected = run_backend("numpy", graph, feeds)
     got = run_backend("cpu", graph, feeds)
