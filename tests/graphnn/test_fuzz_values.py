@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, note, settings, strategies as st
 
 import graphnn as gn
 from graphnn.backends.cuda import simulator_enabled
@@ -120,10 +120,25 @@ LAYOUT = [
 ]
 
 
+def describe(outputs):
+    """The graph as lines "i: op(inputs) attrs -> shape dtype", to print with a failure."""
+    nodes = gn.Graph(outputs).nodes
+    index = {id(n): i for i, n in enumerate(nodes)}
+    lines = []
+    for i, n in enumerate(nodes):
+        attrs = {k: v for k, v in n.attrs.items() if k != "value"}
+        args = ", ".join(str(index[id(x)]) for x in n.inputs) if n.inputs else \
+            (n.name or repr(n.attr("value")) if n.op == "const" else n.name)
+        lines.append(f"{i}: {n.op}({args}) {attrs or ''} -> {n.shape} {n.dtype}")
+    lines.append(f"outputs: {[index[id(o)] for o in outputs]}")
+    return "\n".join(lines)
+
+
 def compare(outputs, feeds, backend):
     """Run `outputs` on numpy and on `backend`: equal NaNs, close values, exact integers,
     no result sharing memory with another or with a feed."""
     graph = gn.Graph(outputs)
+    note(describe(outputs))
     feeds = {n.name: feeds[n.name] for n in graph.inputs}
     originals = {k: v.copy() for k, v in feeds.items()}
     with np.errstate(all="ignore"):
