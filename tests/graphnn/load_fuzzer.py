@@ -268,7 +268,10 @@ def repair_shapes(path, doc, duplicates):
     """Write into the file the shapes and dtypes gn.load infers, node after node, so that a
     mutated attr or input reaches the kernels instead of being refused as a shape mismatch.
     Anonymous dims ("?" in messages) become the file's first anonymous symbol "?1"."""
-    for _ in range(len(doc["nodes"])):
+    nodes = doc.get("nodes") if isinstance(doc, dict) else None
+    if not isinstance(nodes, list):
+        return
+    for _ in range(len(nodes)):
         try:
             gn.load(path)
             return
@@ -277,10 +280,10 @@ def repair_shapes(path, doc, duplicates):
             if found is None:
                 return
         position, dims, dtype = int(found[1]), found[4], found[5]
-        doc["nodes"][position]["shape"] = [
+        nodes[position]["shape"] = [
             int(d) if d.lstrip("-").isdigit() else ("?1" if d == "?" else d)
             for d in dims.replace(" ", "").split(",") if d]
-        doc["nodes"][position]["dtype"] = dtype
+        nodes[position]["dtype"] = dtype
         with open(path, "w") as fh:
             fh.write(dump_with_duplicates(doc, duplicates))
 

@@ -172,6 +172,7 @@ def test_fuzz_cpu_matches_numpy_on_hard_values(case):
 
 
 @pytest.mark.skipif(not simulator_enabled(), reason="needs NUMBA_ENABLE_CUDASIM=1")
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # simulated threads: errstate is per thread
 @settings(max_examples=CUDA_EXAMPLES, **SETTINGS)
 @given(hard_dags(cuda=True))
 def test_fuzz_cuda_simulator_matches_numpy_on_hard_values(case):
