@@ -8,6 +8,7 @@ see KINDS), and its Netron category. `register` checks a stanza and adds it to `
 once on NumPy arrays (eager mode), recording on an active tape.
 """
 import contextvars
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -220,6 +221,12 @@ def apply(opname, args, attrs=None, name=None):
     """Create the node for `opname(*args, **attrs)`, or compute it eagerly on arrays."""
     opdef = OPS[opname]
     attrs = attrs or {}
+    fewest, most = input_count(opdef)
+    if not fewest <= len(args) <= (most if most is not None else len(args)):
+        wanted = f"{fewest} or more" if most is None else str(fewest)
+        inputs = ", ".join(_describe(a) for a in args) or "none"
+        raise ShapeError(f"{opname}: takes {wanted} inputs, got {len(args)} ({inputs}); at "
+                         f"{user_location()}")
     graph_mode = any(isinstance(a, Node) for a in args)
     specs = [spec_of(a) for a in args]
     for spec, arg in zip(specs, args):
@@ -262,6 +269,24 @@ def apply(opname, args, attrs=None, name=None):
     tape.record(opdef, [a if isinstance(a, np.ndarray) else t for a, t in zip(args, arrays)],
                 attrs, out)
     return out
+
+
+def input_count(opdef):
+    """(fewest, most) inputs `opdef` takes (most is None for concat): its implementation's
+    array parameters, the ones that are not attrs of its shape rule. A node built with
+    another count (a hand-written file, registry.apply) would have a kernel read inputs
+    that are not there."""
+    if opdef.impl is None:  # leaves
+        return 0, 0
+    if isinstance(opdef.impl, np.ufunc):
+        return opdef.impl.nin, opdef.impl.nin
+    attrs = set(inspect.signature(opdef.infer).parameters)
+    arrays = [p for p in inspect.signature(opdef.impl).parameters.values()
+              if p.name not in attrs and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                                    p.VAR_POSITIONAL)]
+    if any(p.kind == p.VAR_POSITIONAL for p in arrays):
+        return len(arrays), None
+    return len(arrays), len(arrays)
 
 
 def _fold_scalar_constants(opdef, nodes, attrs, sym_shape, dtype, name):
