@@ -41,10 +41,9 @@ def test_registry_apply_checks_the_number_of_inputs():
     assert apply("concat", (x, x, x), {"axis": 0}).shape == (6, 3)
 
 
-@pytest.mark.xfail(strict=True, reason="kernels/cpu.py FASTMATH holds both 'reassoc' and 'nsz', "
-                   "which together let LLVM factor a loop-invariant operand out of a sum of "
-                   "products (sum_j x*y[j] -> x*sum_j y[j]): inf*0 never happens and numpy's "
-                   "NaN becomes inf (found by the values fuzz; either flag alone keeps it)")
+# kernels/cpu.py's fastmath flags once held both 'reassoc' and 'nsz', which together let
+# LLVM factor a loop-invariant operand out of a sum of products: inf*0 never happened and
+# numpy's NaN became inf (found by the values fuzz)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_sum_of_products_keeps_the_nan_of_inf_times_zero(dtype):
     x, y = gn.input("x", (3, 1), dtype), gn.input("y", (1, 4), dtype)
