@@ -4,7 +4,37 @@ module (so a cached module never depends on this file), and they run unchanged a
 for tests. Each takes its output buffer last and fills it completely.
 
 Geometry arguments: stride `s`, top/left padding `ph`, `pw`; pooling window `k`.
+
+Convolutions run as matrix products in the BLAS the matmuls call (`*_gemm` below; the
+direct loops `conv2d`, `conv2d_grad_input`, `conv2d_grad_filter` stay as their reference).
+A 1x1 stride-1 unpadded convolution of NHWC data is a plain product
+(N*H*W, C) @ (C, K). Other convolutions copy the input's patches into a block of the patch
+matrix ("im2col": row (n, y, x) of the output, columns (i, j, c) of the window, so the
+HWIO kernel viewed as (KH*KW*C, K) is the right operand) and multiply that block; the
+blocks cover at most `scratch.size // (KH*KW*C)` rows each, so the patch matrix of a large
+batch is never held whole (`col_block_rows` gives the block the CPU generator plans for).
+Gradients: input = col2im(dY @ W^T) (a scatter-add of each block of columns), filter =
+sum over blocks of im2col(X)^T @ dY (gemm's transpose flags, no transposed copies).
 """
+import numpy as np
+
+from .blas import GEMM as gemm  # generated modules carry their own copy of gemm
+
+# The patch-matrix block the CPU generator plans for: about COL_BYTES, at least
+# COL_MIN_ROWS rows (BLAS wants some rows to work on), never more rows than the output has.
+COL_BYTES = 1 << 20
+COL_MIN_ROWS = 64
+
+
+def col_block_rows(cols, itemsize):
+    """Rows of one patch-matrix block with `cols` columns of `itemsize` bytes (before
+    capping at the output's row count)."""
+    return max(COL_MIN_ROWS, COL_BYTES // max(1, cols * itemsize))
+
+
+def is_pointwise(kh, kw, s, ph, pw):
+    """A 1x1 stride-1 unpadded convolution: a plain matrix product, no patch matrix."""
+    return kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0
 
 
 def conv2d(x, w, s, ph, pw, out):
@@ -136,5 +166,135 @@ def avg_pool2d_grad(g, k, s, out):
                             out[n, y * s + i, x0 * s + j, c] += v
 
 
+def _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col):
+    """col[r] = the window of output row r0 + r ((n, y, x) in row-major order) as
+    (i, j, c), zeros where the window hangs over the padding. x is C-contiguous."""
+    n_, h_, w_, c_ = x.shape
+    xf = x.reshape(-1)
+    seg = kw * c_
+    per_image = oh * ow
+    for r in range(rows):
+        q = r0 + r
+        n = q // per_image
+        rem = q - n * per_image
+        y = rem // ow
+        xs = (rem - y * ow) * s - pw          # the window's first input column
+        j0 = max(0, -xs)
+        j1 = min(kw, w_ - xs)                 # window columns j0 .. j1-1 are inside
+        for i in range(kh):
+            yy = y * s + i - ph
+            base = i * seg
+            if yy < 0 or yy >= h_ or j1 <= j0:
+                for t in range(seg):
+                    col[r, base + t] = 0
+                continue
+            for t in range(j0 * c_):
+                col[r, base + t] = 0
+            src = ((n * h_ + yy) * w_ + xs + j0) * c_ - j0 * c_
+            for t in range(j0 * c_, j1 * c_):
+                col[r, base + t] = xf[src + t]
+            for t in range(j1 * c_, seg):
+                col[r, base + t] = 0
+
+
+def _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x):
+    """x += the columns of rows r0 .. r0+rows-1 put back where _im2col took them from
+    (the padding's share is dropped). x is C-contiguous."""
+    n_, h_, w_, c_ = x.shape
+    xf = x.reshape(-1)
+    seg = kw * c_
+    per_image = oh * ow
+    for r in range(rows):
+        q = r0 + r
+        n = q // per_image
+        rem = q - n * per_image
+        y = rem // ow
+        xs = (rem - y * ow) * s - pw
+        j0 = max(0, -xs)
+        j1 = min(kw, w_ - xs)
+        for i in range(kh):
+            yy = y * s + i - ph
+            if yy < 0 or yy >= h_ or j1 <= j0:
+                continue
+            base = i * seg
+            dst = ((n * h_ + yy) * w_ + xs + j0) * c_ - j0 * c_
+            for t in range(j0 * c_, j1 * c_):
+                xf[dst + t] += col[r, base + t]
+
+
+def conv2d_gemm(x, w, s, ph, pw, scratch, out):
+    """conv2d as BLAS products: out = im2col(x) @ w, block by block of output rows;
+    `scratch` (1-D, out's dtype) holds one block of the patch matrix."""
+    n_, h_, w_, c_ = x.shape
+    kh, kw, ci, co = w.shape
+    oh, ow = out.shape[1], out.shape[2]
+    cols = kh * kw * ci
+    total = n_ * oh * ow
+    one, zero = out.dtype.type(1), out.dtype.type(0)
+    w2 = w.reshape((cols, co))
+    o2 = out.reshape((total, co))
+    if kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0:
+        gemm(np.bool_(False), np.bool_(False), one, x.reshape((total, ci)), w2, zero, o2)
+        return
+    block = min(total, scratch.size // cols)
+    for r0 in range(0, total, block):
+        rows = min(block, total - r0)
+        col = scratch[:rows * cols].reshape((rows, cols))
+        _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col)
+        gemm(np.bool_(False), np.bool_(False), one, col, w2, zero, o2[r0:r0 + rows])
+
+
+def conv2d_grad_input_gemm(g, w, s, ph, pw, scratch, out):
+    """The input gradient as BLAS products: out = col2im(g @ w^T), block by block of g's
+    rows (out is the input's shape; `scratch` holds one block of columns)."""
+    n_, h_, w_, c_ = out.shape
+    kh, kw, ci, co = w.shape
+    oh, ow = g.shape[1], g.shape[2]
+    cols = kh * kw * ci
+    total = n_ * oh * ow
+    one, zero = out.dtype.type(1), out.dtype.type(0)
+    w2 = w.reshape((cols, co))
+    g2 = g.reshape((total, co))
+    if kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0:
+        gemm(np.bool_(False), np.bool_(True), one, g2, w2, zero, out.reshape((total, ci)))
+        return
+    of = out.reshape(-1)
+    for k in range(of.size):
+        of[k] = 0
+    block = min(total, scratch.size // cols)
+    for r0 in range(0, total, block):
+        rows = min(block, total - r0)
+        col = scratch[:rows * cols].reshape((rows, cols))
+        gemm(np.bool_(False), np.bool_(True), one, g2[r0:r0 + rows], w2, zero, col)
+        _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, out)
+
+
+def conv2d_grad_filter_gemm(x, g, s, ph, pw, scratch, out):
+    """The kernel gradient as BLAS products: out = sum over blocks of im2col(x)^T @ g
+    (gemm reads the block transposed and accumulates into out with beta = 1)."""
+    n_, h_, w_, c_ = x.shape
+    kh, kw, ci, co = out.shape
+    oh, ow = g.shape[1], g.shape[2]
+    cols = kh * kw * ci
+    total = n_ * oh * ow
+    one, zero = out.dtype.type(1), out.dtype.type(0)
+    o2 = out.reshape((cols, co))
+    g2 = g.reshape((total, co))
+    if kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0:
+        gemm(np.bool_(True), np.bool_(False), one, x.reshape((total, ci)), g2, zero, o2)
+        return
+    block = min(total, scratch.size // cols)
+    for r0 in range(0, total, block):
+        rows = min(block, total - r0)
+        col = scratch[:rows * cols].reshape((rows, cols))
+        _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col)
+        gemm(np.bool_(True), np.bool_(False), one, col, g2[r0:r0 + rows],
+             zero if r0 == 0 else one, o2)
+
+
 HELPERS = {f.__name__: f for f in (conv2d, conv2d_grad_input, conv2d_grad_filter, max_pool2d,
                                    max_pool2d_grad, avg_pool2d, avg_pool2d_grad)}
+# the convolutions the CPU generator emits: BLAS products, with the helpers they call
+GEMM_HELPERS = {f.__name__[:-5]: f for f in (conv2d_gemm, conv2d_grad_input_gemm,
+                                             conv2d_grad_filter_gemm)}
+GEMM_SUPPORT = (_im2col, _col2im)
