@@ -232,7 +232,7 @@ def generate(program, parallel=False, approximate=True):
     if gemm_used:
         out += ["", "# convolutions as BLAS products: patch-matrix blocks (im2col) and gemm "
                 "(kernels/windows.py)"]
-        for fn in GEMM_SUPPORT + tuple(GEMM_HELPERS[name] for name in gemm_used):
+        for fn in GEMM_SUPPORT:
             out += ["", plain, inspect.getsource(fn).rstrip(), ""]
     if gemm_used or any(isinstance(s, ir.Matmul) for s in program.steps):
         bits = blas.integer_bits()
@@ -608,7 +608,11 @@ def _emit_step(em, step, allocated, loop, needed):
                 _alloc(em, em.scratch, allocated)
             scratch = (f"{SCRATCH}.view({_dtype_src(step.out.dtype)})" if em.scratch is not None
                        else f"np.empty(0, {_dtype_src(step.out.dtype)})")
-            em.emit(f"{step.helper}_gemm({', '.join(args + [scratch, step.out.name])})")
+            # np.intp: Numba compiles conv_gemm once, not once per mode, stride and padding
+            ints = [f"np.intp({p})" for p in (GEMM_HELPERS[step.helper],) + step.params]
+            buffers = [b.name for b in step.args]
+            em.emit(f"conv_gemm({', '.join(ints[:1] + buffers + ints[1:])}, {scratch}, "
+                    f"{step.out.name})")
         else:
             em.emit(f"{step.helper}({', '.join(args + [step.out.name])})")
     elif isinstance(step, ir.Reshape):

@@ -229,79 +229,79 @@ def _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x):
                 xf[np.uintp(dst + t)] += cf[np.uintp(t)]
 
 
-def conv2d_gemm(x, w, s, ph, pw, scratch, out):
-    """conv2d as BLAS products: out = im2col(x) @ w, block by block of output rows;
-    `scratch` (1-D, out's dtype) holds one block of the patch matrix."""
-    n_, h_, w_, c_ = x.shape
+CONV2D, CONV2D_GRAD_INPUT, CONV2D_GRAD_FILTER = 0, 1, 2  # conv_gemm's modes
+
+
+def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
+    """A convolution or one of its gradients as BLAS products, block by block of output
+    rows (one function for the three, so Numba compiles it once per dtype):
+
+    CONV2D              a = x, b = w, out = y:  y = im2col(x) @ w
+    CONV2D_GRAD_INPUT   a = dy, b = w, out = dx: dx = col2im(dy @ w^T)
+    CONV2D_GRAD_FILTER  a = x, b = dy, out = dw: dw = sum over blocks of im2col(x)^T @ dy
+                        (gemm reads the block transposed and accumulates with beta = 1)
+
+    `scratch` (1-D, out's dtype) holds one block of the patch matrix; a 1x1 stride-1
+    unpadded convolution needs none (one gemm on the NHWC data as (N*H*W, C))."""
+    if mode == 0:
+        x, w, g = a, b, out
+    elif mode == 1:
+        x, w, g = out, b, a
+    else:
+        x, w, g = a, out, b
+    n_ = x.shape[0]
     kh, kw, ci, co = w.shape
-    oh, ow = out.shape[1], out.shape[2]
+    oh, ow = g.shape[1], g.shape[2]
     cols = kh * kw * ci
     total = n_ * oh * ow
     one, zero = out.dtype.type(1), out.dtype.type(0)
+    no, yes = np.bool_(False), np.bool_(True)
     w2 = w.reshape((cols, co))
-    o2 = out.reshape((total, co))
+    g2 = g.reshape((total, co))
     if kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0:
-        gemm(np.bool_(False), np.bool_(False), one, x.reshape((total, ci)), w2, zero, o2)
+        x2 = x.reshape((total, ci))
+        if mode == 0:
+            gemm(no, no, one, x2, w2, zero, g2)
+        elif mode == 1:
+            gemm(no, yes, one, g2, w2, zero, x2)
+        else:
+            gemm(yes, no, one, x2, g2, zero, w2)
         return
+    if mode == 1:
+        xf = x.reshape(-1)
+        for k in range(xf.size):
+            xf[k] = zero
     block = min(total, scratch.size // cols)
     for r0 in range(0, total, block):
         rows = min(block, total - r0)
         col = scratch[:rows * cols].reshape((rows, cols))
-        _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col)
-        gemm(np.bool_(False), np.bool_(False), one, col, w2, zero, o2[r0:r0 + rows])
+        if mode == 1:
+            gemm(no, yes, one, g2[r0:r0 + rows], w2, zero, col)
+            _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x)
+        else:
+            _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col)
+            if mode == 0:
+                gemm(no, no, one, col, w2, zero, g2[r0:r0 + rows])
+            else:
+                gemm(yes, no, one, col, g2[r0:r0 + rows], zero if r0 == 0 else one, w2)
+
+
+def conv2d_gemm(x, w, s, ph, pw, scratch, out):
+    conv_gemm(CONV2D, x, w, s, ph, pw, scratch, out)
 
 
 def conv2d_grad_input_gemm(g, w, s, ph, pw, scratch, out):
-    """The input gradient as BLAS products: out = col2im(g @ w^T), block by block of g's
-    rows (out is the input's shape; `scratch` holds one block of columns)."""
-    n_, h_, w_, c_ = out.shape
-    kh, kw, ci, co = w.shape
-    oh, ow = g.shape[1], g.shape[2]
-    cols = kh * kw * ci
-    total = n_ * oh * ow
-    one, zero = out.dtype.type(1), out.dtype.type(0)
-    w2 = w.reshape((cols, co))
-    g2 = g.reshape((total, co))
-    if kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0:
-        gemm(np.bool_(False), np.bool_(True), one, g2, w2, zero, out.reshape((total, ci)))
-        return
-    of = out.reshape(-1)
-    for k in range(of.size):
-        of[k] = 0
-    block = min(total, scratch.size // cols)
-    for r0 in range(0, total, block):
-        rows = min(block, total - r0)
-        col = scratch[:rows * cols].reshape((rows, cols))
-        gemm(np.bool_(False), np.bool_(True), one, g2[r0:r0 + rows], w2, zero, col)
-        _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, out)
+    conv_gemm(CONV2D_GRAD_INPUT, g, w, s, ph, pw, scratch, out)
 
 
 def conv2d_grad_filter_gemm(x, g, s, ph, pw, scratch, out):
-    """The kernel gradient as BLAS products: out = sum over blocks of im2col(x)^T @ g
-    (gemm reads the block transposed and accumulates into out with beta = 1)."""
-    n_, h_, w_, c_ = x.shape
-    kh, kw, ci, co = out.shape
-    oh, ow = g.shape[1], g.shape[2]
-    cols = kh * kw * ci
-    total = n_ * oh * ow
-    one, zero = out.dtype.type(1), out.dtype.type(0)
-    o2 = out.reshape((cols, co))
-    g2 = g.reshape((total, co))
-    if kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0:
-        gemm(np.bool_(True), np.bool_(False), one, x.reshape((total, ci)), g2, zero, o2)
-        return
-    block = min(total, scratch.size // cols)
-    for r0 in range(0, total, block):
-        rows = min(block, total - r0)
-        col = scratch[:rows * cols].reshape((rows, cols))
-        _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col)
-        gemm(np.bool_(True), np.bool_(False), one, col, g2[r0:r0 + rows],
-             zero if r0 == 0 else one, o2)
+    conv_gemm(CONV2D_GRAD_FILTER, x, g, s, ph, pw, scratch, out)
 
 
 HELPERS = {f.__name__: f for f in (conv2d, conv2d_grad_input, conv2d_grad_filter, max_pool2d,
                                    max_pool2d_grad, avg_pool2d, avg_pool2d_grad)}
-# the convolutions the CPU generator emits: BLAS products, with the helpers they call
-GEMM_HELPERS = {f.__name__[:-5]: f for f in (conv2d_gemm, conv2d_grad_input_gemm,
-                                             conv2d_grad_filter_gemm)}
-GEMM_SUPPORT = (_im2col, _col2im)
+# the convolutions the CPU generator emits as conv_gemm(mode, ...) (BLAS products), and
+# the functions conv_gemm calls (copied into the generated module with it)
+GEMM_HELPERS = {"conv2d": CONV2D, "conv2d_grad_input": CONV2D_GRAD_INPUT,
+                "conv2d_grad_filter": CONV2D_GRAD_FILTER}
+GEMM_SUPPORT = (_im2col, _col2im, conv_gemm)
