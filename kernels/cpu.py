@@ -601,7 +601,6 @@ def _emit_step(em, step, allocated, loop, needed):
                 f"{step.a.name}, {step.b.name}, {beta}, {step.out.name})")
     elif isinstance(step, ir.Window):
         _alloc(em, step.out, allocated)
-        args = [b.name for b in step.args] + [str(p) for p in step.params]
         if step.helper in GEMM_HELPERS:
             # one patch-matrix block, in the scratch memory every convolution shares
             if em.scratch is not None and em.scratch.name not in allocated:
@@ -614,7 +613,10 @@ def _emit_step(em, step, allocated, loop, needed):
             em.emit(f"conv_gemm({', '.join(ints[:1] + buffers + ints[1:])}, {scratch}, "
                     f"{step.out.name})")
         else:
-            em.emit(f"{step.helper}({', '.join(args + [step.out.name])})")
+            # np.intp: one compiled helper for every window size and stride
+            ints = [f"np.intp({p})" for p in step.params]
+            buffers = [b.name for b in step.args]
+            em.emit(f"{step.helper}({', '.join(buffers + ints + [step.out.name])})")
     elif isinstance(step, ir.Reshape):
         allocated.add(step.out.name)
         em.reshape(step.out, step.src, needed)

@@ -105,37 +105,59 @@ def conv2d_grad_filter(x, g, s, ph, pw, out):
 
 
 def max_pool2d(x, k, s, out):
-    n_, oh, ow, c_ = out.shape
+    """The channels are the inner loop (contiguous in NHWC, so it vectorises); flat
+    unsigned indices (see _im2col)."""
+    n_, h_, w_, c_ = x.shape
+    _, oh, ow, _ = out.shape
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
     for n in range(n_):
         for y in range(oh):
             for x0 in range(ow):
+                dst = ((n * oh + y) * ow + x0) * c_
+                src = ((n * h_ + y * s) * w_ + x0 * s) * c_
                 for c in range(c_):
-                    best = x[n, y * s, x0 * s, c]
-                    for i in range(k):
-                        for j in range(k):
-                            v = x[n, y * s + i, x0 * s + j, c]
-                            if v > best:
-                                best = v
-                    out[n, y, x0, c] = best
+                    of[np.uintp(dst + c)] = xf[np.uintp(src + c)]
+                for i in range(k):
+                    for j in range(k):
+                        at = src + (i * w_ + j) * c_ - dst
+                        for c in range(dst, dst + c_):
+                            v = xf[np.uintp(at + c)]
+                            if v > of[np.uintp(c)]:
+                                of[np.uintp(c)] = v
 
 
 def max_pool2d_grad(x, g, k, s, out):
-    """Each window's gradient goes to its first maximal element (row-major)."""
-    n_, oh, ow, c_ = g.shape
-    out[...] = 0
+    """Each window's gradient goes to its first maximal element (row-major). Per output
+    position, the maxima and their window offsets are found for all channels at once
+    (`best`, `at`: the channels are the vectorised inner loop), then scattered."""
+    n_, h_, w_, c_ = x.shape
+    _, oh, ow, _ = g.shape
+    xf = x.reshape(-1)
+    gf = g.reshape(-1)
+    of = out.reshape(-1)
+    for t in range(of.size):
+        of[t] = 0
+    best = np.empty(c_, x.dtype)
+    at = np.empty(c_, np.intp)
     for n in range(n_):
         for y in range(oh):
             for x0 in range(ow):
+                src = ((n * h_ + y * s) * w_ + x0 * s) * c_
                 for c in range(c_):
-                    bi, bj = 0, 0
-                    best = x[n, y * s, x0 * s, c]
-                    for i in range(k):
-                        for j in range(k):
-                            v = x[n, y * s + i, x0 * s + j, c]
-                            if v > best:
-                                best = v
-                                bi, bj = i, j
-                    out[n, y * s + bi, x0 * s + bj, c] += g[n, y, x0, c]
+                    best[c] = xf[np.uintp(src + c)]
+                    at[c] = src + c
+                for i in range(k):
+                    for j in range(k):
+                        off = src + (i * w_ + j) * c_
+                        for c in range(c_):
+                            v = xf[np.uintp(off + c)]
+                            if v > best[c]:
+                                best[c] = v
+                                at[c] = off + c
+                dst = ((n * oh + y) * ow + x0) * c_
+                for c in range(c_):
+                    of[np.uintp(at[c])] += gf[np.uintp(dst + c)]
 
 
 def avg_pool2d(x, k, s, out):
