@@ -130,14 +130,27 @@ def max_pool2d(x, k, s, out):
 def max_pool2d_grad(x, g, k, s, out):
     """Each window's gradient goes to its first maximal element (row-major). Per output
     position, the maxima and their window offsets are found for all channels at once
-    (`best`, `at`: the channels are the vectorised inner loop), then scattered."""
+    (`best`, `at`: the channels are the vectorised inner loop), then scattered. When the
+    windows do not overlap (s >= k), each window's cells are written once, zero or its
+    gradient, and only the cells no window covers are cleared beforehand."""
     n_, h_, w_, c_ = x.shape
     _, oh, ow, _ = g.shape
     xf = x.reshape(-1)
     gf = g.reshape(-1)
     of = out.reshape(-1)
-    for t in range(of.size):
-        of[t] = 0
+    disjoint = s >= k
+    if disjoint:
+        for n in range(n_):
+            for yy in range(h_):
+                covered_row = yy < oh * s and yy % s < k
+                for xx in range(w_):
+                    if not (covered_row and xx < ow * s and xx % s < k):
+                        base = ((n * h_ + yy) * w_ + xx) * c_
+                        for c in range(c_):
+                            of[np.uintp(base + c)] = 0
+    else:
+        for t in range(of.size):
+            of[t] = 0
     best = np.empty(c_, x.dtype)
     at = np.empty(c_, np.intp)
     for n in range(n_):
@@ -156,8 +169,16 @@ def max_pool2d_grad(x, g, k, s, out):
                                 best[c] = v
                                 at[c] = off + c
                 dst = ((n * oh + y) * ow + x0) * c_
-                for c in range(c_):
-                    of[np.uintp(at[c])] += gf[np.uintp(dst + c)]
+                if disjoint:
+                    for i in range(k):
+                        for j in range(k):
+                            off = src + (i * w_ + j) * c_
+                            for c in range(c_):
+                                of[np.uintp(off + c)] = gf[np.uintp(dst + c)] \
+                                    if at[c] == off + c else 0
+                else:
+                    for c in range(c_):
+                        of[np.uintp(at[c])] += gf[np.uintp(dst + c)]
 
 
 def avg_pool2d(x, k, s, out):
@@ -192,20 +213,19 @@ def _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col):
     """col[r] = the window of output row r0 + r ((n, y, x) in row-major order) as
     (i, j, c), zeros where the window hangs over the padding. x and col are C-contiguous.
     Flat indices are unsigned (np.uintp): Numba then drops its negative-index wraparound
-    and the copies vectorise (4-6x faster than signed indexing)."""
+    and the copies vectorise (4-6x faster than signed indexing); (n, y, x) advance by
+    increments, not divisions."""
     n_, h_, w_, c_ = x.shape
     xf = x.reshape(-1)
     cf = col.reshape(-1)
     zero = cf.dtype.type(0)
     seg = kw * c_
     cols = kh * seg
-    per_image = oh * ow
+    n = r0 // (oh * ow)
+    y = (r0 - n * oh * ow) // ow
+    x0 = r0 - (n * oh + y) * ow
     for r in range(rows):
-        q = r0 + r
-        n = q // per_image
-        rem = q - n * per_image
-        y = rem // ow
-        xs = (rem - y * ow) * s - pw          # the window's first input column
+        xs = x0 * s - pw                      # the window's first input column
         j0 = max(0, -xs)
         j1 = min(kw, w_ - xs)                 # window columns j0 .. j1-1 are inside
         for i in range(kh):
@@ -215,13 +235,24 @@ def _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col):
                 for t in range(seg):
                     cf[np.uintp(base + t)] = zero
                 continue
+            src = ((n * h_ + yy) * w_ + xs) * c_ - base
+            if j0 == 0 and j1 == kw:          # the whole window row is inside
+                for t in range(base, base + seg):
+                    cf[np.uintp(t)] = xf[np.uintp(src + t)]
+                continue
             for t in range(j0 * c_):
                 cf[np.uintp(base + t)] = zero
-            src = ((n * h_ + yy) * w_ + xs) * c_ - base
             for t in range(base + j0 * c_, base + j1 * c_):
                 cf[np.uintp(t)] = xf[np.uintp(src + t)]
             for t in range(j1 * c_, seg):
                 cf[np.uintp(base + t)] = zero
+        x0 += 1
+        if x0 == ow:
+            x0 = 0
+            y += 1
+            if y == oh:
+                y = 0
+                n += 1
 
 
 def _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x):
@@ -232,13 +263,11 @@ def _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x):
     cf = col.reshape(-1)
     seg = kw * c_
     cols = kh * seg
-    per_image = oh * ow
+    n = r0 // (oh * ow)
+    y = (r0 - n * oh * ow) // ow
+    x0 = r0 - (n * oh + y) * ow
     for r in range(rows):
-        q = r0 + r
-        n = q // per_image
-        rem = q - n * per_image
-        y = rem // ow
-        xs = (rem - y * ow) * s - pw
+        xs = x0 * s - pw
         j0 = max(0, -xs)
         j1 = min(kw, w_ - xs)
         for i in range(kh):
@@ -249,6 +278,13 @@ def _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x):
             dst = ((n * h_ + yy) * w_ + xs) * c_ - base
             for t in range(base + j0 * c_, base + j1 * c_):
                 xf[np.uintp(dst + t)] += cf[np.uintp(t)]
+        x0 += 1
+        if x0 == ow:
+            x0 = 0
+            y += 1
+            if y == oh:
+                y = 0
+                n += 1
 
 
 CONV2D, CONV2D_GRAD_INPUT, CONV2D_GRAD_FILTER = 0, 1, 2  # conv_gemm's modes
