@@ -155,3 +155,22 @@ def test_pointwise_convolution_needs_no_scratch():
     assert "conv_scratch" not in f.source and "np.empty(0, np.float32)" in f.source
     X = np.random.default_rng(0).standard_normal((3, 5, 5, 8)).astype(np.float32)
     np.testing.assert_allclose(f(x=X), X @ np.ones((8, 4), np.float32), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape,size,stride", [((2, 5, 4, 3), 2, 2), ((2, 7, 7, 2), 2, 3),
+                                               ((1, 7, 6, 1), 3, 3), ((2, 5, 5, 3), 3, 1),
+                                               ((1, 6, 6, 2), 2, 1)])
+def test_max_pool_gradient_loops_equal_the_reference(shape, size, stride):
+    """Disjoint windows (stride >= size, with cells no window covers) write each cell once;
+    overlapping ones accumulate. Ties go to the first maximal element, row-major."""
+    from graphnn.ops import _max_pool_grad_impl, _max_pool_impl
+    rng = np.random.default_rng(2)
+    x = np.round(rng.standard_normal(shape), 1)  # ties
+    pooled = _max_pool_impl(x, size, stride)
+    out = np.full(pooled.shape, np.nan)
+    windows.max_pool2d(x, size, stride, out)
+    np.testing.assert_array_equal(out, pooled)
+    g = rng.standard_normal(pooled.shape)
+    grad = np.full(shape, np.nan)
+    windows.max_pool2d_grad(x, g, size, stride, grad)
+    np.testing.assert_allclose(grad, _max_pool_grad_impl(x, g, size, stride), atol=1e-15)
