@@ -214,7 +214,8 @@ def _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col):
     (i, j, c), zeros where the window hangs over the padding. x and col are C-contiguous.
     Flat indices are unsigned (np.uintp): Numba then drops its negative-index wraparound
     and the copies vectorise (4-6x faster than signed indexing); (n, y, x) advance by
-    increments, not divisions."""
+    increments, not divisions. Two loops only (zeros, copy): Numba's compile time grows
+    with every loop it vectorises, here and again in each program that calls it."""
     n_, h_, w_, c_ = x.shape
     xf = x.reshape(-1)
     cf = col.reshape(-1)
@@ -231,21 +232,14 @@ def _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col):
         for i in range(kh):
             yy = y * s + i - ph
             base = r * cols + i * seg
-            if yy < 0 or yy >= h_ or j1 <= j0:
-                for t in range(seg):
-                    cf[np.uintp(base + t)] = zero
-                continue
-            src = ((n * h_ + yy) * w_ + xs) * c_ - base
-            if j0 == 0 and j1 == kw:          # the whole window row is inside
+            inside = yy >= 0 and yy < h_ and j1 > j0
+            if not inside or j0 > 0 or j1 < kw:   # over the padding: zeros first
                 for t in range(base, base + seg):
+                    cf[np.uintp(t)] = zero
+            if inside:
+                src = ((n * h_ + yy) * w_ + xs) * c_ - base
+                for t in range(base + j0 * c_, base + j1 * c_):
                     cf[np.uintp(t)] = xf[np.uintp(src + t)]
-                continue
-            for t in range(j0 * c_):
-                cf[np.uintp(base + t)] = zero
-            for t in range(base + j0 * c_, base + j1 * c_):
-                cf[np.uintp(t)] = xf[np.uintp(src + t)]
-            for t in range(j1 * c_, seg):
-                cf[np.uintp(base + t)] = zero
         x0 += 1
         if x0 == ow:
             x0 = 0
@@ -300,48 +294,47 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
                         (gemm reads the block transposed and accumulates with beta = 1)
 
     `scratch` (1-D, out's dtype) holds one block of the patch matrix; a 1x1 stride-1
-    unpadded convolution needs none (one gemm on the NHWC data as (N*H*W, C))."""
+    unpadded convolution needs none: the NHWC data viewed as (N*H*W, C) is the patch
+    matrix, one block. One gemm call site: each is compiled again in every caller."""
     if mode == 0:
         x, w, g = a, b, out
     elif mode == 1:
         x, w, g = out, b, a
     else:
         x, w, g = a, out, b
-    n_ = x.shape[0]
     kh, kw, ci, co = w.shape
     oh, ow = g.shape[1], g.shape[2]
     cols = kh * kw * ci
-    total = n_ * oh * ow
+    total = x.shape[0] * oh * ow
     one, zero = out.dtype.type(1), out.dtype.type(0)
     no, yes = np.bool_(False), np.bool_(True)
     w2 = w.reshape((cols, co))
     g2 = g.reshape((total, co))
-    if kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0:
-        x2 = x.reshape((total, ci))
-        if mode == 0:
-            gemm(no, no, one, x2, w2, zero, g2)
-        elif mode == 1:
-            gemm(no, yes, one, g2, w2, zero, x2)
-        else:
-            gemm(yes, no, one, x2, g2, zero, w2)
-        return
-    if mode == 1:
+    x2 = x.reshape((-1, ci))  # the patch matrix when pointwise
+    pointwise = kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0
+    block = total if pointwise else min(total, scratch.size // cols)
+    if mode == 1 and not pointwise:
         xf = x.reshape(-1)
         for k in range(xf.size):
             xf[k] = zero
-    block = min(total, scratch.size // cols)
     for r0 in range(0, total, block):
         rows = min(block, total - r0)
-        col = scratch[:rows * cols].reshape((rows, cols))
-        if mode == 1:
-            gemm(no, yes, one, g2[r0:r0 + rows], w2, zero, col)
-            _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x)
+        gy = g2[r0:r0 + rows]
+        if pointwise:
+            col = x2[r0:r0 + rows]
         else:
-            _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col)
-            if mode == 0:
-                gemm(no, no, one, col, w2, zero, g2[r0:r0 + rows])
-            else:
-                gemm(yes, no, one, col, g2[r0:r0 + rows], zero if r0 == 0 else one, w2)
+            col = scratch[:rows * cols].reshape((rows, cols))
+            if mode != 1:
+                _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col)
+        if mode == 0:
+            ta, tb, p, q, c, beta = no, no, col, w2, gy, zero
+        elif mode == 1:
+            ta, tb, p, q, c, beta = no, yes, gy, w2, col, zero
+        else:
+            ta, tb, p, q, c, beta = yes, no, col, gy, w2, zero if r0 == 0 else one
+        gemm(ta, tb, one, p, q, beta, c)
+        if mode == 1 and not pointwise:
+            _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x)
 
 
 def conv2d_gemm(x, w, s, ph, pw, scratch, out):
