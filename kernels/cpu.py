@@ -31,6 +31,7 @@ import numpy as np
 
 from . import blas, ir
 from .approx import APPROXIMATIONS
+from . import windows
 from .windows import GEMM_HELPERS, GEMM_SUPPORT, HELPERS, col_block_rows, is_pointwise
 
 GENERATOR_VERSION = "cpu-14"
@@ -412,12 +413,16 @@ def _conv_block_bytes(step):
     kh, kw, ci = kernel.shape[:3]
     if is_pointwise(kh, kw, s, ph, pw):
         return None
-    if not all(isinstance(d, int) for d in (kh, kw, ci)):
-        raise ValueError(f"convolution kernel {kernel.name} needs a static shape, "
-                         f"got {kernel.shape}")
-    cols, itemsize = kh * kw * ci, _itemsize(step.out.dtype)
+    itemsize = _itemsize(step.out.dtype)
     rows = " * ".join(str(d) for d in (image.shape[0],) + tuple(grid.shape[1:3]))
-    return f"min({rows}, {col_block_rows(cols, itemsize)}) * {cols * itemsize}"
+    if all(isinstance(d, int) for d in (kh, kw, ci)):
+        cols = kh * kw * ci
+        return f"min({rows}, {col_block_rows(cols, itemsize)}) * {cols * itemsize}"
+    # a dim bound at run time (channels): the same rule, in the generated source
+    cols = f"({kh} * {kw} * {ci})"
+    block = (f"max({windows.COL_MIN_ROWS}, {windows.COL_BYTES} // "
+             f"max(1, {cols} * {itemsize}))")
+    return f"min({rows}, {block}) * {cols} * {itemsize}"
 
 
 def _conv_scratch(steps):

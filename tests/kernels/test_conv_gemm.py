@@ -174,3 +174,17 @@ def test_max_pool_gradient_loops_equal_the_reference(shape, size, stride):
     grad = np.full(shape, np.nan)
     windows.max_pool2d_grad(x, g, size, stride, grad)
     np.testing.assert_allclose(grad, _max_pool_grad_impl(x, g, size, stride), atol=1e-15)
+
+
+def test_channels_bound_at_run_time():
+    """Channels declared None: the patch-matrix block is sized in the generated source."""
+    rng = np.random.default_rng(4)
+    x = gn.input("x", (None, 6, 5, "c"), dtype="float64")
+    w = gn.input("w", (3, 3, "c", 2), dtype="float64")
+    y = gn.conv2d(x, w, stride=2, padding="same")
+    gx, gw = gn.grad(gn.sum(y * y), [x, w])
+    feeds = {"x": rng.standard_normal((2, 6, 5, 3)), "w": rng.standard_normal((3, 3, 3, 2))}
+    got = gn.compile([y, gx, gw], backend="cpu")(**feeds)
+    want = gn.compile([y, gx, gw], backend="numpy")(**feeds)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
