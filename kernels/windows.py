@@ -106,7 +106,8 @@ def conv2d_grad_filter(x, g, s, ph, pw, out):
 
 def max_pool2d(x, k, s, out):
     """The channels are the inner loop (contiguous in NHWC, so it vectorises); flat
-    unsigned indices (see _im2col)."""
+    unsigned indices (see _im2col); the maximum as a select, which compiles quicker than
+    a conditional store."""
     n_, h_, w_, c_ = x.shape
     _, oh, ow, _ = out.shape
     xf = x.reshape(-1)
@@ -115,42 +116,29 @@ def max_pool2d(x, k, s, out):
         for y in range(oh):
             for x0 in range(ow):
                 dst = ((n * oh + y) * ow + x0) * c_
-                src = ((n * h_ + y * s) * w_ + x0 * s) * c_
-                for c in range(c_):
-                    of[np.uintp(dst + c)] = xf[np.uintp(src + c)]
+                src = ((n * h_ + y * s) * w_ + x0 * s) * c_ - dst
+                for c in range(dst, dst + c_):
+                    of[np.uintp(c)] = xf[np.uintp(src + c)]
                 for i in range(k):
                     for j in range(k):
-                        at = src + (i * w_ + j) * c_ - dst
+                        at = src + (i * w_ + j) * c_
                         for c in range(dst, dst + c_):
                             v = xf[np.uintp(at + c)]
-                            if v > of[np.uintp(c)]:
-                                of[np.uintp(c)] = v
+                            o = of[np.uintp(c)]
+                            of[np.uintp(c)] = v if v > o else o
 
 
 def max_pool2d_grad(x, g, k, s, out):
     """Each window's gradient goes to its first maximal element (row-major). Per output
-    position, the maxima and their window offsets are found for all channels at once
-    (`best`, `at`: the channels are the vectorised inner loop), then scattered. When the
-    windows do not overlap (s >= k), each window's cells are written once, zero or its
-    gradient, and only the cells no window covers are cleared beforehand."""
+    position, the maxima and their flat indices are found for all channels at once
+    (`best`, `at`: the channels are the vectorised inner loop), then scattered."""
     n_, h_, w_, c_ = x.shape
     _, oh, ow, _ = g.shape
     xf = x.reshape(-1)
     gf = g.reshape(-1)
     of = out.reshape(-1)
-    disjoint = s >= k
-    if disjoint:
-        for n in range(n_):
-            for yy in range(h_):
-                covered_row = yy < oh * s and yy % s < k
-                for xx in range(w_):
-                    if not (covered_row and xx < ow * s and xx % s < k):
-                        base = ((n * h_ + yy) * w_ + xx) * c_
-                        for c in range(c_):
-                            of[np.uintp(base + c)] = 0
-    else:
-        for t in range(of.size):
-            of[t] = 0
+    for t in range(of.size):
+        of[t] = 0
     best = np.empty(c_, x.dtype)
     at = np.empty(c_, np.intp)
     for n in range(n_):
@@ -165,20 +153,12 @@ def max_pool2d_grad(x, g, k, s, out):
                         off = src + (i * w_ + j) * c_
                         for c in range(c_):
                             v = xf[np.uintp(off + c)]
-                            if v > best[c]:
-                                best[c] = v
-                                at[c] = off + c
+                            b = best[c]
+                            at[c] = off + c if v > b else at[c]
+                            best[c] = v if v > b else b
                 dst = ((n * oh + y) * ow + x0) * c_
-                if disjoint:
-                    for i in range(k):
-                        for j in range(k):
-                            off = src + (i * w_ + j) * c_
-                            for c in range(c_):
-                                of[np.uintp(off + c)] = gf[np.uintp(dst + c)] \
-                                    if at[c] == off + c else 0
-                else:
-                    for c in range(c_):
-                        of[np.uintp(at[c])] += gf[np.uintp(dst + c)]
+                for c in range(c_):
+                    of[np.uintp(at[c])] += gf[np.uintp(dst + c)]
 
 
 def avg_pool2d(x, k, s, out):
