@@ -5,8 +5,8 @@ for tests. Each takes its output buffer last and fills it completely.
 
 Geometry arguments: stride `s`, top/left padding `ph`, `pw`; pooling window `k`.
 
-Convolutions run as matrix products in the BLAS the matmuls call (`*_gemm` below; the
-direct loops `conv2d`, `conv2d_grad_input`, `conv2d_grad_filter` stay as their reference).
+Convolutions run as matrix products in the BLAS the matmuls call (`conv_gemm` below; the
+direct loops `conv2d`, `conv2d_grad_input`, `conv2d_grad_filter` stay as its reference).
 A 1x1 stride-1 unpadded convolution of NHWC data is a plain product
 (N*H*W, C) @ (C, K). Other convolutions copy the input's patches into a block of the patch
 matrix ("im2col": row (n, y, x) of the output, columns (i, j, c) of the window, so the
@@ -315,18 +315,6 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
         gemm(ta, tb, one, p, q, beta, c)
         if mode == 1 and not pointwise:
             _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x)
-
-
-def conv2d_gemm(x, w, s, ph, pw, scratch, out):
-    conv_gemm(CONV2D, x, w, s, ph, pw, scratch, out)
-
-
-def conv2d_grad_input_gemm(g, w, s, ph, pw, scratch, out):
-    conv_gemm(CONV2D_GRAD_INPUT, g, w, s, ph, pw, scratch, out)
-
-
-def conv2d_grad_filter_gemm(x, g, s, ph, pw, scratch, out):
-    conv_gemm(CONV2D_GRAD_FILTER, x, g, s, ph, pw, scratch, out)
 
 
 HELPERS = {f.__name__: f for f in (conv2d, conv2d_grad_input, conv2d_grad_filter, max_pool2d,
