@@ -693,6 +693,7 @@ _SIZE_SPANS = re.compile(r"\brange\([^()]*(?:\([^()]*\)[^()]*)*\)|\[[^\[\]]*\]")
 
 
 WIDE_SUM = 8  # see _wide_sum()
+_SCALAR_ARG = re.compile(r"\bnp\.(?:bool_|float32|float64)\([^()]*\)")
 _LOAD_LINE = re.compile(r"^(\s+)(x\d+) = (\w+)\[k\]$")
 _ADD_LINE = re.compile(r"^(\s+)(v\d+) = (\w+) \+ (\w+)$")
 
@@ -747,13 +748,29 @@ def _wide_sum(lines, wide):
     return out, driver
 
 
+_CONSTANT = re.compile(r"\bnp\.(float32|float64)\((-?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)\)")
+# typed constants that stay in a kernel's code (they let LLVM simplify: x * 1, max(x, 0))
+_KEPT_CONSTANTS = {0.0, 1.0, -1.0, 2.0, 0.5}
+
+
 def _kernel_template(lines, buffers, dims):
-    """A step's loops with each buffer (or its flat view) renamed `buf<k>` and each size
-    renamed `n<k>`, k numbering them in order of appearance: a dim variable anywhere, and
-    an integer inside `range(...)` or a subscript. Returns (text, parameters, arguments):
-    the arguments are the buffer and dim names and the integers, in parameter order."""
+    """A step's loops with each buffer (or its flat view) renamed `buf<k>`, each size
+    renamed `n<k>` and each typed constant `c<k>`, k numbering them in order of appearance:
+    a dim variable anywhere, an integer inside `range(...)` or a subscript, a constant
+    np.float32(...) other than 0, +-1, 2 and 1/2 (a learning rate, a leaky relu's slope:
+    one kernel serves every value). Returns (text, parameters, arguments): the arguments
+    are the buffer and dim names, the integers and the constants, in parameter order."""
     buf_params, size_params, args_buf, args_size = [], [], [], []
+    const_params, args_const = [], []
     dim_param = {}
+
+    def constant(match):
+        if float(match.group(2)) in _KEPT_CONSTANTS:
+            return match.group(0)
+        if match.group(0) not in args_const:
+            args_const.append(match.group(0))
+            const_params.append(f"c{len(const_params)}")
+        return const_params[args_const.index(match.group(0))]
 
     def size(value):
         size_params.append(f"n{len(size_params)}")
@@ -781,9 +798,10 @@ def _kernel_template(lines, buffers, dims):
     text = []
     for line in lines:
         # integers first (a name such as b12_add holds digits but no \b-integer)
-        line = _SIZE_SPANS.sub(span, line)
+        line = _SIZE_SPANS.sub(span, _CONSTANT.sub(constant, line))
         text.append(_NAME.sub(rename, line))
-    return "\n".join(text), buf_params + size_params, args_buf + args_size
+    return ("\n".join(text), buf_params + size_params + const_params,
+            args_buf + args_size + args_const)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -833,6 +851,7 @@ def generate_library(program, parallel=False, approximate=True):
               for b in ir.step_reads(s)}
     needed |= {b.name for b in program.outputs} | {v.name for _, v in program.updates}
     kernels, numbers = [], {}  # kernel sources in order; source -> its number
+    constants = {}  # a kernel's typed constant argument -> its name in the driver
 
     def kernel(source):
         if source not in numbers:
@@ -855,6 +874,8 @@ def generate_library(program, parallel=False, approximate=True):
                 em.lines += ["    " * em.depth + line for line in wide[1]]
                 buffers.add(f"wide{number}")
             text, params, names = _kernel_template(lines, buffers, program.dims)
+            names = [constants.setdefault(n, f"C{len(constants)}")
+                     if n.startswith("np.") else n for n in names]
             body = (deco, f"def kernel({', '.join(params)}):", *text.splitlines())
             name = kernel(_kernel_module(body, (), False, approximate, parallel))
             em.emit(f"{name}({', '.join(map(str, names))})")
@@ -866,7 +887,9 @@ def generate_library(program, parallel=False, approximate=True):
                 (f"kernel = {helper}",), () if helper == "gemm" else (helper,),
                 helper == "gemm", False, parallel))
             for line in se.lines:
-                em.lines.append(re.sub(rf"^(\s*){helper}\(", rf"\g<1>{name}(", line))
+                line = re.sub(rf"^(\s*){helper}\(", rf"\g<1>{name}(", line)
+                em.lines.append(_SCALAR_ARG.sub(
+                    lambda m: constants.setdefault(m.group(0), f"C{len(constants)}"), line))
         else:  # a reshape: a view, made here
             em.lines += se.lines
     results = []
@@ -903,11 +926,14 @@ def generate_library(program, parallel=False, approximate=True):
         f"KERNELS = {tuple(names)!r}",
         "".join(f"K{k} = " for k in range(len(kernels))) + "None" if kernels else "", "",
         "# outputs whose earlier results the caller may pass back (see kernels/cpu.py)",
-        f"RECYCLED = {tuple(recycled)!r}", "", "",
-        "def recycle_nothing():",
-        "    return (" + "".join(f"{n}, " for n in nothing) + ")", "", "",
-        f"def workspace_bytes({', '.join(inputs)}):",
-        '    """The bytes of workspace `program` needs for these inputs."""']
+        f"RECYCLED = {tuple(recycled)!r}", "",
+        "# the kernels' constant arguments (typed, made once)"]
+    driver += [f"{name} = {value}" for value, name in constants.items()]
+    driver += ["", "",
+               "def recycle_nothing():",
+               "    return (" + "".join(f"{n}, " for n in nothing) + ")", "", "",
+               f"def workspace_bytes({', '.join(inputs)}):",
+               '    """The bytes of workspace `program` needs for these inputs."""']
     driver += ["    " + line for line in sizes] + ["    return _wend", "", ""]
     driver += [f"def program({', '.join(args)}):"] + em.lines
     return "\n".join(driver) + "\n", kernels

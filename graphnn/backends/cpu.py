@@ -20,6 +20,10 @@ from ..errors import BackendError, user_location
 from .base import LoweredFunction, raise_positional
 
 
+# The arrays kept per recycled output: the next call writes one nobody else holds.
+KEEP_RESULTS = 3
+# Seconds a first call compiles before its progress bar shows (stderr, library mode).
+PROGRESS_DELAY = 1.0
 # Programs of at least this many steps run in library mode (see library_steps()).
 LIBRARY_STEPS = 100
 
@@ -80,8 +84,9 @@ class CpuFunction(LoweredFunction):
         })
         self._states = [p.state for p in self.state_nodes]
         # Memory kept between calls (see kernels/cpu.py): the workspace of temporaries, and
-        # for each recycled output the last two arrays returned for it (a loop that rebinds
-        # `y = f(...)` holds one of them while the next call runs).
+        # for each recycled output the last KEEP_RESULTS arrays returned for it (a loop that
+        # rebinds `y = f(...)` holds one of them while the next call runs, one that keeps
+        # the previous result too, `prev, y = y, f(...)`, holds two).
         self._workspace = np.empty(0, np.uint8)
         self._recycled = self.module.RECYCLED
         self._returned = [[] for _ in self._recycled]
@@ -144,12 +149,12 @@ class CpuFunction(LoweredFunction):
         return spare
 
     def _keep(self, results):
-        """Keep the recycled outputs' arrays (the last two of each)."""
+        """Keep the recycled outputs' arrays (the last KEEP_RESULTS of each)."""
         if len({id(r) for r in results}) != len(results):
             return  # an array returned twice is never recycled
         for k, returned in zip(self._recycled, self._returned):
             returned.append(results[k])
-            del returned[:-2]
+            del returned[:-KEEP_RESULTS]
 
     def _call(self, fn, arrays, tail):
         """fn(inputs, states and constants, recycled outputs, workspace) -> outputs; when
@@ -210,7 +215,8 @@ class CpuFunction(LoweredFunction):
         bar = None
         if todo and self._progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=todo, unit="kernel", file=sys.stderr, delay=1.0, leave=False,
+            bar = tqdm(total=todo, unit="kernel", file=sys.stderr, delay=PROGRESS_DELAY,
+                       leave=False,
                        desc=f"graphnn: compiling {todo} kernels ({len(kernels) - todo} "
                             "cached)")
         seconds = [None] * len(kernels)
