@@ -797,9 +797,10 @@ def _kernel_template(lines, buffers, dims):
         return name
     text = []
     for line in lines:
-        # integers first (a name such as b12_add holds digits but no \b-integer)
-        line = _SIZE_SPANS.sub(span, _CONSTANT.sub(constant, line))
-        text.append(_NAME.sub(rename, line))
+        # names first (graph names such as c0 are not the parameters c<k>), then constants,
+        # then integers (a parameter such as buf12 holds digits but no \b-integer)
+        line = _CONSTANT.sub(constant, _NAME.sub(rename, line))
+        text.append(_SIZE_SPANS.sub(span, line))
     return ("\n".join(text), buf_params + size_params + const_params,
             args_buf + args_size + args_const)
 
