@@ -25,7 +25,7 @@ KEEP_RESULTS = 3
 # Seconds a first call compiles before its progress bar shows (stderr, library mode).
 PROGRESS_DELAY = 1.0
 # Programs of at least this many steps run in library mode (see library_steps()).
-LIBRARY_STEPS = 100
+LIBRARY_STEPS = 48
 
 
 class CpuFunction(LoweredFunction):

@@ -46,7 +46,7 @@ def _values(params):
 
 
 def test_a_large_training_step_runs_in_library_mode_and_matches_numpy():
-    blocks = 12  # ~140 steps: over the threshold, so library mode is chosen by itself
+    blocks = 6  # ~75 steps: over the threshold, so library mode is chosen by itself
     x, y, h, logits, loss, params = residual_mlp(blocks)
     start = _values(params)
     updates = gn.optim.SGD(lr=0.05, momentum=0.9).updates(loss, params)
