@@ -320,7 +320,7 @@ class ResidualMLP(Model):
                                              f"width {width}, softmax CE, batch {batch}, train")
         self.blocks = blocks
         rng = np.random.default_rng(seed)
-        scale = 1.0 / np.sqrt(blocks)  # keeps h bounded through the residual sum
+        scale = 1.0 / blocks  # keeps h and its gradient bounded through the residual sum
         self.param_inits = []
         for k in range(blocks):
             self.param_inits += [(f"W{k}", _glorot(rng, (width, width)) * np.float32(scale)),
@@ -349,7 +349,7 @@ class ResidualCNN(Model):
                                               f"softmax CE, batch {batch}, train")
         self.blocks = blocks
         rng = np.random.default_rng(seed)
-        scale = np.float32(1.0 / np.sqrt(blocks))
+        scale = np.float32(1.0 / blocks)
         self.param_inits = [(f"W{k}", _glorot(rng, (3, 3, channels, channels)) * scale)
                             for k in range(blocks)]
         self.param_inits.append(("Wd", _glorot(rng, (size * size * channels, 10))))
