@@ -137,8 +137,13 @@ class Lowering:
         if kind_of(node) == "size":
             return True
         if node.op == "const" and (node.value.size == 1 or is_index_const(node)):
-            return all(is_elementwise(c) for c in self.consumers[id(node)]) \
-                and id(node) not in self.pinned
+            # (memoised: a learning rate has thousands of consumers in a deep graph, and
+            # consumers and pinned nodes are fixed once lowering starts)
+            memo = self.__dict__.setdefault("_inlined_consts", {})
+            if id(node) not in memo:
+                memo[id(node)] = all(is_elementwise(c) for c in self.consumers[id(node)]) \
+                    and id(node) not in self.pinned
+            return memo[id(node)]
         if not is_elementwise(node) or id(node) in self.pinned:
             return False
         users = self.consumers[id(node)]

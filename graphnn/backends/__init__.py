@@ -38,8 +38,10 @@ def compile(outputs, updates=None, backend="cpu", check_finite=False, **options)
 
     `updates={param: new_value_node}` are applied in place after each call.
     `check_finite=True` raises gn.NumericalError naming the first node that produces NaN/Inf.
-    Back-end options: "cpu" `parallel`, `optimize_graph`; "cuda" `block`, `tile`,
-    `sync_params`, `generate_only`, `optimize_graph`.
+    Back-end options: "cpu" `parallel`, `optimize_graph`, `library` (None: by the number
+    of steps; True: shared kernels and a Python driver; False: one fused function),
+    `progress` (a compile progress bar on stderr; GRAPHNN_QUIET=1 also silences it);
+    "cuda" `block`, `tile`, `sync_params`, `generate_only`, `optimize_graph`.
     """
     cls = backend_class(backend)
     accepted = [p for p in inspect.signature(cls.__init__).parameters

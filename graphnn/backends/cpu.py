@@ -20,6 +20,14 @@ from ..errors import BackendError, user_location
 from .base import LoweredFunction, raise_positional
 
 
+# The arrays kept per recycled output: the next call writes one nobody else holds.
+KEEP_RESULTS = 3
+# Seconds a first call compiles before its progress bar shows (stderr, library mode).
+PROGRESS_DELAY = 1.0
+# Programs of at least this many steps run in library mode (see library_steps()).
+LIBRARY_STEPS = 48
+
+
 class CpuFunction(LoweredFunction):
     """A graph compiled to one Numba-compiled function. See `gn.compile`.
 
@@ -33,15 +41,32 @@ class CpuFunction(LoweredFunction):
     backend = "cpu"
 
     def __init__(self, outputs, updates=None, check_finite=False, parallel=False,
-                 optimize_graph=True):
+                 optimize_graph=True, library=None, progress=True):
         started = time.perf_counter()
         super().__init__(outputs, updates, check_finite, optimize_graph)
         lowering = self.lowering
+        if library is None:
+            library = len(self.program.steps) >= library_steps()
+        self.library = bool(library)
+        self._progress = progress and os.environ.get("GRAPHNN_QUIET", "") in ("", "0")
         try:
-            self.source = cpu_codegen.generate(self.program, parallel=parallel)
+            if self.library:
+                driver, kernel_sources = cpu_codegen.generate_library(self.program,
+                                                                      parallel=parallel)
+            else:
+                self.source = cpu_codegen.generate(self.program, parallel=parallel)
         except blas.BlasNotFound as exc:
             raise BackendError(f"backend 'cpu': {exc} (at {user_location()})") from None
-        self.module, self.path = loader.load_module(self.source)
+        self._kernels = []  # library mode: [module, path] of each kernel, K0, K1, ...
+        if self.library:
+            self._kernels = [list(loader.load_module(s)) for s in kernel_sources]
+            self.module, self.path = loader.load_module(driver)
+            cpu_codegen.bind_library(self.module, [m for m, _ in self._kernels])
+            self.source = driver + "".join(
+                f"\n\n# {'=' * 78}\n# K{k}: kernel module {os.path.basename(path)}\n{src}"
+                for k, ((_, path), src) in enumerate(zip(self._kernels, kernel_sources)))
+        else:
+            self.module, self.path = loader.load_module(self.source)
         self._fn = self.module.program
         self._const_arrays = [np.array(n.value, order="C") for n in lowering.consts]
         self.stats.update({
@@ -52,6 +77,10 @@ class CpuFunction(LoweredFunction):
             "lower_seconds": time.perf_counter() - started - self.stats["build_seconds"],
             "compile_seconds": None,
             "cache_hit": None,
+            "mode": "library" if self.library else "fused",
+            "library_kernels": len(self._kernels),
+            "kernels_compiled": None,
+            "kernels_cached": None,
         })
         self._states = [p.state for p in self.state_nodes]
         # Feeds that share memory with a state this step updates in place are copied first
@@ -63,8 +92,9 @@ class CpuFunction(LoweredFunction):
         self._shared_outputs = ()
         self._writes_states = bool(self.update_pairs)  # (device copies become older)
         # Memory kept between calls (see kernels/cpu.py): the workspace of temporaries, and
-        # for each recycled output the last two arrays returned for it (a loop that rebinds
-        # `y = f(...)` holds one of them while the next call runs).
+        # for each recycled output the last KEEP_RESULTS arrays returned for it (a loop that
+        # rebinds `y = f(...)` holds one of them while the next call runs, one that keeps
+        # the previous result too, `prev, y = y, f(...)`, holds two).
         self._workspace = np.empty(0, np.uint8)
         self._recycled = self.module.RECYCLED
         self._returned = [[] for _ in self._recycled]
@@ -84,7 +114,9 @@ class CpuFunction(LoweredFunction):
             lines.append(f"  after {name:<24s}{count:5d} nodes")
         temps = {s.out.name for s in self.program.steps if s.out.role == "temp"}
         made = sum(1 for s in self.program.steps if s.out.role == "temp")
-        lines.append(f"  {len(self.program.steps)} steps in one generated function "
+        where = (f"a Python driver calling {len(self._kernels)} library kernels"
+                 if self.library else "one generated function")
+        lines.append(f"  {len(self.program.steps)} steps in {where} "
                      f"({self.stats['fused_nodes']} nodes fused into their consumers); "
                      f"{len(temps)} temporaries for {made} results after buffer reuse")
         for k in self.kernels:
@@ -97,9 +129,17 @@ class CpuFunction(LoweredFunction):
                          f"{_kib(memory['workspace'])}), outputs {_kib(memory['outputs'])}")
         compiled = self.stats.get("compile_seconds")
         lines.append(f"  module {self.path}")
-        lines.append("  not called yet" if compiled is None else
-                     f"  first call {compiled:.2f} s, Numba cache "
-                     f"{'hit' if self.stats['cache_hit'] else 'miss (compiled now)'}")
+        if compiled is None:
+            lines.append("  not called yet")
+        elif self.library:
+            lines.append(f"  first call {compiled:.2f} s: {self.stats['kernels_compiled']} "
+                         f"kernels compiled, {self.stats['kernels_cached']} from the cache")
+            slow = sorted(self.stats["kernel_seconds"], key=lambda e: -e["seconds"])[:5]
+            lines.append("  slowest first kernel calls: " + ", ".join(
+                f"{e['kernel']} {e['seconds']:.2f} s" for e in slow))
+        else:
+            lines.append(f"  first call {compiled:.2f} s, Numba cache "
+                         f"{'hit' if self.stats['cache_hit'] else 'miss (compiled now)'}")
         return "\n".join(lines)
 
     def _recycle(self):
@@ -117,12 +157,12 @@ class CpuFunction(LoweredFunction):
         return spare
 
     def _keep(self, results):
-        """Keep the recycled outputs' arrays (the last two of each)."""
+        """Keep the recycled outputs' arrays (the last KEEP_RESULTS of each)."""
         if len({id(r) for r in results}) != len(results):
             return  # an array returned twice is never recycled
         for k, returned in zip(self._recycled, self._returned):
             returned.append(results[k])
-            del returned[:-2]
+            del returned[:-KEEP_RESULTS]
 
     def _call(self, fn, arrays, tail):
         """fn(inputs, states and constants, recycled outputs, workspace) -> outputs; when
@@ -144,6 +184,8 @@ class CpuFunction(LoweredFunction):
         self._workspace = np.empty(self.module.workspace_bytes(*arrays), np.uint8)
 
     def _first_call(self, args):
+        if self.library:
+            return self._first_library_call(args)
         started = time.perf_counter()
         arrays, tail = args[:len(self._feed_types)], args[len(self._feed_types):]
         try:
@@ -160,10 +202,78 @@ class CpuFunction(LoweredFunction):
         self.stats["compile_seconds"] = time.perf_counter() - started
         hits = sum(self._fn.stats.cache_hits.values())
         self.stats["cache_hit"] = hits > 0
+        compiled = int(_misses(self._fn) > 0)
+        self.stats.update(kernels_compiled=compiled, kernels_cached=1 - compiled)
         self._compiled = True
         self._fast_path_ready = not self.check_finite
         self.stats["buffer_bytes"] = self._buffer_bytes(arrays)
         return result
+
+    def _first_library_call(self, args):
+        """The first call in library mode: each kernel is compiled (or loaded from Numba's
+        cache) at its first call. Reports progress on stderr when that takes more than a
+        second, recovers from a damaged cache entry kernel by kernel, and records which
+        kernels were compiled and how long each first call took."""
+        started = time.perf_counter()
+        arrays, tail = args[:len(self._feed_types)], args[len(self._feed_types):]
+        kernels = [module.kernel for module, _ in self._kernels]
+        misses = [_misses(d) for d in kernels]
+        ready = [bool(d.overloads) or _cache_on_disk(d) for d in kernels]
+        todo = ready.count(False)
+        bar = None
+        if todo and self._progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=todo, unit="kernel", file=sys.stderr, delay=PROGRESS_DELAY,
+                       leave=False,
+                       desc=f"graphnn: compiling {todo} kernels ({len(kernels) - todo} "
+                            "cached)")
+        seconds = [None] * len(kernels)
+        for k in range(len(kernels)):
+            setattr(self.module, f"K{k}", self._first_kernel_call(k, seconds, bar, ready))
+        try:
+            result = self._call(self._fn, arrays, tail)
+        finally:
+            cpu_codegen.bind_library(self.module, [module for module, _ in self._kernels])
+            if bar is not None:
+                bar.close()
+        compiled = [_misses(module.kernel) > before
+                    for (module, _), before in zip(self._kernels, misses)]
+        self._epoch = None
+        self.stats["compile_seconds"] = time.perf_counter() - started
+        self.stats.update(
+            cache_hit=not any(compiled), kernels_compiled=sum(compiled),
+            kernels_cached=len(compiled) - sum(compiled),
+            kernel_seconds=[{"kernel": f"K{k}", "module": os.path.basename(path),
+                             "seconds": t, "compiled": c}
+                            for k, ((_, path), t, c) in enumerate(
+                                zip(self._kernels, seconds, compiled))])
+        self._compiled = True
+        self._fast_path_ready = not self.check_finite
+        self.stats["buffer_bytes"] = self._buffer_bytes(arrays)
+        return result
+
+    def _first_kernel_call(self, k, seconds, bar, ready):
+        """What the driver calls as K<k> during the first call: the kernel, timed at its
+        first call; a damaged Numba cache entry is dropped and the kernel compiled afresh
+        (nothing has run when loading fails, so the call is simply made again)."""
+        def call(*args):
+            module, path = self._kernels[k]
+            if seconds[k] is not None:
+                return module.kernel(*args)
+            started = time.perf_counter()
+            try:
+                result = module.kernel(*args)
+            except Exception as exc:
+                if not _looks_like_cache_failure(exc):
+                    raise
+                loader.clear_numba_cache(path)
+                module = self._kernels[k][0] = loader.reload_module(path)
+                result = module.kernel(*args)
+            seconds[k] = time.perf_counter() - started
+            if bar is not None and not ready[k]:
+                bar.update(1)
+            return result
+        return call
 
     def _buffer_bytes(self, arrays):
         """Bytes of the program's temporaries (after buffer reuse) and outputs for the shapes
@@ -233,6 +343,9 @@ class CpuFunction(LoweredFunction):
         it calls that entry point, skipping the Numba dispatcher's typing of every array."""
         self._check_state()
         self._args_after_inputs = [s.value for s in self._states] + self._const_arrays
+        if self.library:  # a Python driver: nothing to look up
+            self._entry_point, self._epoch = self._fn, ValueState.epoch
+            return
         memory = [*self.module.recycle_nothing(), self._workspace]
         signature = tuple(numba.typeof(a) for a in arrays + self._args_after_inputs + memory)
         compiled = self._fn.overloads.get(signature)
@@ -316,6 +429,28 @@ def _held_by_us():
 
 
 _HELD_BY_US = _held_by_us()
+
+
+def library_steps():
+    """The number of steps from which a program runs in library mode (kernels compiled one
+    by one, sequenced by a Python driver) instead of as one fused function:
+    $GRAPHNN_LIBRARY_STEPS, else LIBRARY_STEPS."""
+    value = os.environ.get("GRAPHNN_LIBRARY_STEPS", "")
+    return int(value) if value.strip().isdigit() else LIBRARY_STEPS
+
+
+def _misses(dispatcher):
+    """How many times Numba compiled `dispatcher` because its disk cache had no entry."""
+    return sum(dispatcher.stats.cache_misses.values())
+
+
+def _cache_on_disk(dispatcher):
+    """Whether Numba's disk cache holds an index for this dispatcher (then its first call
+    loads rather than compiles, unless the signature is new)."""
+    try:
+        return os.path.exists(dispatcher._cache._index_path)
+    except AttributeError:
+        return False
 
 
 def _looks_like_cache_failure(exc):

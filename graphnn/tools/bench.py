@@ -5,7 +5,9 @@ Each workload is one training step (forward, loss, backward, SGD update) unless 
 
   eager   graphnn ops executed at once on NumPy, gradients from the tape (gn.eager)
   numpy   the graph interpreted node by node (backend="numpy")
-  cpu     the whole step compiled to one generated Numba function (backend="cpu")
+  cpu     the step compiled by the cpu back end (backend="cpu"): one generated Numba
+          function, or for large programs a library of shared kernels and a Python driver
+  cpu-fused, cpu-library   the same, forced into one mode (library=False / True), opt-in
   cuda    the same on a GPU (backend="cuda"); skipped without one
   torch   PyTorch eager, when installed (optional peer)
   torch-compile  torch.compile of the loss (forward and backward), opt-in: slow to compile
@@ -58,7 +60,8 @@ import graphnn as gn
 LR = 0.1
 SCHEMA = "graphnn-bench/1"
 RTOL, ATOL = 1e-3, 1e-4
-ALL_MODES = ["eager", "numpy", "cpu", "cuda", "torch", "torch-compile", "jax"]
+ALL_MODES = ["eager", "numpy", "cpu", "cpu-fused", "cpu-library", "cuda", "torch",
+             "torch-compile", "jax"]
 DEFAULT_MODES = ["eager", "numpy", "cpu", "cuda", "torch", "jax"]
 
 
@@ -270,6 +273,7 @@ class RNN(Model):
         super().__init__(name, f"simple RNN unrolled over T={steps}, {features} inputs, "
                                f"{units} units, MSE on the last state, batch {batch}, train")
         self.steps, self.features = steps, features
+        self.blocks = steps  # (compile at scale: seconds per time step)
         rng = np.random.default_rng(seed)
         self.param_inits = [("Wx", _glorot(rng, (features, units))),
                             ("Wy", _glorot(rng, (units, units))),
@@ -305,6 +309,63 @@ class Eltwise(Model):
         return self.chain(ops, x)
 
 
+class ResidualMLP(Model):
+    """`blocks` residual blocks h = h + relu(h @ W_k + b_k) at one width, then a dense
+    layer to 10 classes, softmax CE, SGD: a deep graph built from ONE layer type."""
+
+    loss_kind = "sce"
+
+    def __init__(self, blocks, width=64, batch=32, seed=0):
+        super().__init__(f"resmlp-{blocks}", f"{blocks} residual blocks h + relu(h W + b), "
+                                             f"width {width}, softmax CE, batch {batch}, train")
+        self.blocks = blocks
+        rng = np.random.default_rng(seed)
+        scale = 1.0 / blocks  # keeps h and its gradient bounded through the residual sum
+        self.param_inits = []
+        for k in range(blocks):
+            self.param_inits += [(f"W{k}", _glorot(rng, (width, width)) * np.float32(scale)),
+                                 (f"b{k}", np.zeros(width, np.float32))]
+        self.param_inits.append(("Wo", _glorot(rng, (width, 10))))
+        self.feeds = {"x": rng.standard_normal((batch, width)).astype(np.float32),
+                      "y": rng.integers(0, 10, batch).astype(np.int64)}
+        self.inputs = {"x": ((None, width), "float32"), "y": ((None,), "int64")}
+
+    def forward(self, ops, x, params):
+        h = x
+        for k in range(self.blocks):
+            h = ops.add(h, ops.relu(ops.add(ops.matmul(h, params[2 * k]), params[2 * k + 1])))
+        return ops.matmul(h, params[-1])
+
+
+class ResidualCNN(Model):
+    """`blocks` residual 3x3 convolutions h = h + relu(conv2d(h, W_k, "same")) on tiny
+    images (8x8, 8 channels), then flatten, dense 10, softmax CE, SGD."""
+
+    loss_kind = "sce"
+
+    def __init__(self, blocks, size=8, channels=8, batch=8, seed=0):
+        super().__init__(f"resconv-{blocks}", f"{blocks} residual blocks h + relu(conv3x3(h)),"
+                                              f" {size}x{size}x{channels}, dense 10, "
+                                              f"softmax CE, batch {batch}, train")
+        self.blocks = blocks
+        rng = np.random.default_rng(seed)
+        scale = np.float32(1.0 / blocks)
+        self.param_inits = [(f"W{k}", _glorot(rng, (3, 3, channels, channels)) * scale)
+                            for k in range(blocks)]
+        self.param_inits.append(("Wd", _glorot(rng, (size * size * channels, 10))))
+        self.feeds = {"x": rng.standard_normal((batch, size, size, channels))
+                      .astype(np.float32),
+                      "y": rng.integers(0, 10, batch).astype(np.int64)}
+        self.inputs = {"x": ((None, size, size, channels), "float32"),
+                       "y": ((None,), "int64")}
+
+    def forward(self, ops, x, params):
+        h = x
+        for k in range(self.blocks):
+            h = ops.add(h, ops.relu(ops.conv2d_same(h, params[k])))
+        return ops.matmul(ops.flatten(h), params[-1])
+
+
 def _eltwise_chain(ops, x):
     return ops.sigmoid(x) * ops.tanh(x) + x * x - 0.5 * x
 
@@ -324,6 +385,14 @@ WORKLOADS = {
     "eltwise": lambda: Eltwise("eltwise", _eltwise_chain, "sigmoid(x)*tanh(x) + x*x - 0.5*x"),
     "eltwise-arith": lambda: Eltwise("eltwise-arith", _arith_chain, "x*x - 0.5*x + 0.25"),
 }
+# what `--workloads all` runs; the compile-at-scale workloads below are asked for by name
+DEFAULT_WORKLOADS = list(WORKLOADS)
+SCALE_WORKLOADS = {
+    "rnn-100": lambda: RNN("rnn-100", steps=100),
+    **{f"resmlp-{n}": (lambda n=n: ResidualMLP(n)) for n in (10, 100, 1000)},
+    **{f"resconv-{n}": (lambda n=n: ResidualCNN(n)) for n in (10, 100, 1000)},
+}
+WORKLOADS.update(SCALE_WORKLOADS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -340,7 +409,7 @@ class Runner:
         return np.array(self.to_numpy(self.step()), dtype=np.float64, copy=True)
 
 
-def _graph_runner(model, backend):
+def _graph_runner(model, backend, **options):
     feeds_in = {name: gn.input(name, shape, dtype=dtype)
                 for name, (shape, dtype) in model.inputs.items()}
     params = [gn.param(name, value.copy()) for name, value in model.param_inits]
@@ -348,9 +417,10 @@ def _graph_runner(model, backend):
     t0 = time.perf_counter()
     if model.train:
         loss = model.loss(GraphnnOps, out, feeds_in["y"])
-        f = gn.compile(loss, updates=gn.optim.SGD(lr=LR).updates(loss, params), backend=backend)
+        f = gn.compile(loss, updates=gn.optim.SGD(lr=LR).updates(loss, params),
+                       backend=backend, **options)
     else:
-        f = gn.compile(out, backend=backend)
+        f = gn.compile(out, backend=backend, **options)
     build = time.perf_counter() - t0
     feeds = dict(model.feeds)
     return Runner(lambda: f(**feeds), info={"build_s": build, "function": f})
@@ -456,6 +526,8 @@ MODE_BUILDERS = {
     "eager": _eager_runner,
     "numpy": lambda m: _graph_runner(m, "numpy"),
     "cpu": lambda m: _graph_runner(m, "cpu"),
+    "cpu-fused": lambda m: _graph_runner(m, "cpu", library=False),
+    "cpu-library": lambda m: _graph_runner(m, "cpu", library=True),
     "cuda": _cuda_runner,
     "torch": _torch_runner,
     "torch-compile": lambda m: _torch_runner(m, compiled=True),
@@ -569,9 +641,11 @@ def run_workload(name, modes, repeat=200, budget=20.0, warmup=3, subprocess_info
         entry["compile"] = {"build_s": built, "first_call_s": first_call,
                             "total_s": built + first_call}
         f = runner.info.get("function")
-        if f is not None and mode == "cpu":
+        if f is not None and mode.startswith("cpu"):
             entry["compile"]["cache_hit"] = bool(f.stats.get("cache_hit"))
             entry["compile"]["kernels"] = f.stats.get("kernels")
+            entry["compile"]["mode"] = f.stats.get("mode")
+            entry["compile"]["kernels_compiled"] = f.stats.get("kernels_compiled")
     ok = list(runners)
     reference = "eager" if "eager" in ok else (ok[0] if ok else None)
     row["reference_mode"] = reference
@@ -612,10 +686,15 @@ def run_workload(name, modes, repeat=200, budget=20.0, warmup=3, subprocess_info
         for m in ok:
             row["modes"][m]["GBps"] = nbytes / row["modes"][m]["median_s"] / 1e9
             row["modes"][m]["share_of_copyto"] = copy_s / row["modes"][m]["median_s"]
+    if model.eltwise and "cpu" in runners:
+        row["held_results"] = _time_held_results(runners["cpu"].info["function"],
+                                                 dict(model.feeds))
+    if subprocess_info and "cpu" in ok:
+        row["compile_at_scale"] = measure_compile_at_scale(name, threads)
     if subprocess_info:
         for m in ok:
             info = measure_in_new_process(name, m, threads)
-            if m == "cpu" and "error" not in info:  # the warm load: median of 3 processes
+            if m.startswith("cpu") and "error" not in info:  # warm load: median of 3
                 samples = [info] + [measure_in_new_process(name, m, threads, steps=0)
                                     for _ in range(2)]
                 samples = [x for x in samples if "error" not in x]
@@ -672,14 +751,19 @@ def _reset_peak():
         return False
 
 
-def measure_in_new_process(workload, mode, threads=None, steps=20, timeout=600):
-    """Run `_child` in a fresh interpreter: warm build + first call time, and memory."""
+def measure_in_new_process(workload, mode, threads=None, steps=20, timeout=600,
+                           cache_dir=None):
+    """Run `_child` in a fresh interpreter: warm build + first call time, and memory
+    (with `cache_dir`, that kernel cache directory instead of this process's)."""
     args = json.dumps({"workload": workload, "mode": mode, "threads": threads,
                        "steps": steps})
     code = "import sys, graphnn.tools.bench as b; b._child(sys.argv[1])"
+    env = dict(os.environ, GRAPHNN_QUIET="1")
+    if cache_dir:
+        env["GRAPHNN_CACHE_DIR"] = cache_dir
     try:
         out = subprocess.run([sys.executable, "-c", code, args], capture_output=True,
-                             text=True, timeout=timeout)
+                             text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     if out.returncode:
@@ -717,11 +801,72 @@ def _child(args_json):
     result = {"numba_import_s": numba_import, "build_s": built, "first_call_s": first_call,
               "warm_total_s": built + first_call,
               "cache_hit": bool(f.stats.get("cache_hit")) if f is not None and
-              args["mode"] == "cpu" else None,
+              args["mode"].startswith("cpu") else None,
               "baseline_MB": base_kib / 1024,
+              "peak_rss_MB": max(build_peak, step_peak) / 1024,
               "peak_MB": (max(build_peak, step_peak) - base_kib) / 1024,
               "step_transient_MB": (step_peak - steady) / 1024 if resettable else None}
+    if f is not None and args["mode"].startswith("cpu"):
+        result.update({k: f.stats.get(k) for k in (
+            "mode", "kernels", "library_kernels", "kernels_compiled", "kernels_cached")})
     print(json.dumps(result))
+
+
+def measure_compile_at_scale(workload, threads=None, timeout=1800):
+    """Cold and warm compile of the cpu mode, each in a fresh process: cold with an empty
+    kernel cache directory (build + first call, and the process's peak resident set),
+    warm with the cache the cold one filled."""
+    cache = tempfile.mkdtemp(prefix="graphnn-bench-cold-")
+    try:
+        cold = measure_in_new_process(workload, "cpu", threads, steps=0, timeout=timeout,
+                                      cache_dir=cache)
+        if "error" in cold:
+            return cold
+        warm = measure_in_new_process(workload, "cpu", threads, steps=0, timeout=timeout,
+                                      cache_dir=cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    blocks = getattr(WORKLOADS[workload](), "blocks", None)
+    return {"cold_s": cold["warm_total_s"], "cold_build_s": cold["build_s"],
+            "blocks": blocks,
+            "cold_s_per_block": cold["warm_total_s"] / blocks if blocks else None,
+            "peak_rss_MB": cold["peak_rss_MB"], "mode": cold.get("mode"),
+            "steps": cold.get("kernels"), "library_kernels": cold.get("library_kernels"),
+            "kernels_compiled": cold.get("kernels_compiled"),
+            "warm_s": warm.get("warm_total_s"), "warm_error": warm.get("error"),
+            "warm_kernels_compiled": warm.get("kernels_compiled")}
+
+
+def _time_held_results(f, feeds, repeat=40):
+    """An elementwise step timed as loops call it: `out = f(x=x)` (the caller holds the
+    previous result during the call), `prev, out = out, f(x=x)` (two held), and the result
+    dropped at once. Medians per call."""
+    def held():
+        out = f(**feeds)
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            out = f(**feeds)
+            yield time.perf_counter() - t0
+        del out
+
+    def held_two():
+        prev = out = f(**feeds)
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            prev, out = out, f(**feeds)
+            yield time.perf_counter() - t0
+        del prev, out
+
+    def dropped():
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            f(**feeds)
+            yield time.perf_counter() - t0
+    times = {"held_s": [], "held_two_s": [], "dropped_s": []}
+    for _ in range(3):  # interleaved rounds
+        for key, loop in (("held_s", held), ("held_two_s", held_two), ("dropped_s", dropped)):
+            times[key] += list(loop())
+    return {key: statistics.median(v) for key, v in times.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -769,7 +914,8 @@ def format_row(row):
                      "(read + write)")
     for m, r in row["modes"].items():
         c = r.get("compile")
-        if r["status"] != "ok" or m not in ("cpu", "cuda", "jax", "torch-compile"):
+        if r["status"] != "ok" or m not in ("cpu", "cpu-fused", "cpu-library", "cuda", "jax",
+                                            "torch-compile"):
             continue
         text = f"  compile {m}: first build + call {c['total_s']:.2f} s"
         if "cache_hit" in c:
@@ -787,6 +933,23 @@ def format_row(row):
                 text += f" (cache {'hit' if n['cache_hit'] else 'MISS'})"
             text += f", numba import {n['numba_import_s']:.2f} s"
         lines.append(text)
+    held = row.get("held_results")
+    if held:
+        lines.append(f"  cpu in an ordinary loop: out = f(x=x) {_fmt_time(held['held_s'])}, "
+                     f"prev, out = out, f(x=x) {_fmt_time(held['held_two_s'])}, "
+                     f"result dropped {_fmt_time(held['dropped_s'])}")
+    scale = row.get("compile_at_scale")
+    if scale and "error" not in scale:
+        per = (f" = {scale['cold_s_per_block'] * 1e3:.1f} ms per block"
+               if scale.get("cold_s_per_block") else "")
+        warm = (f"{scale['warm_s']:.2f} s" if scale.get("warm_s") is not None
+                else f"failed ({scale.get('warm_error')})")
+        lines.append(f"  compile cpu in a fresh process, empty cache: {scale['cold_s']:.2f} s"
+                     f"{per}, peak RSS {scale['peak_rss_MB']:.0f} MB ({scale['mode']} mode, "
+                     f"{scale['steps']} steps, {scale['kernels_compiled']} kernels "
+                     f"compiled); warm (new process, cache filled) {warm}")
+    elif scale:
+        lines.append(f"  compile cpu in a fresh process failed: {scale['error']}")
     mem = [(m, r["new_process"]) for m, r in row["modes"].items()
            if r.get("new_process") and "error" not in r["new_process"]]
     if mem:
@@ -1064,7 +1227,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="graphnn bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default="all",
-                        help=f"comma-separated, or 'all': {','.join(WORKLOADS)}")
+                        help=f"comma-separated, or 'all': {','.join(DEFAULT_WORKLOADS)}; "
+                             f"compile at scale: {','.join(SCALE_WORKLOADS)}")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
                         help=f"comma-separated from {','.join(ALL_MODES)} "
                              f"(default {','.join(DEFAULT_MODES)})")
@@ -1089,7 +1253,7 @@ def parse_args(argv=None):
     parser.add_argument("--load", default=None, metavar="JSON",
                         help="measure nothing: print the table (and --plot) of a saved result")
     args = parser.parse_args(argv)
-    workloads = list(WORKLOADS) if args.workloads == "all" else \
+    workloads = list(DEFAULT_WORKLOADS) if args.workloads == "all" else \
         [w for w in args.workloads.split(",") if w]
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown or not workloads:

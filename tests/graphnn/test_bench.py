@@ -153,7 +153,7 @@ def test_cpu_mode_reports_its_compile(tiny, tmp_path, monkeypatch):
 
 def test_quick_options():
     args = bench.parse_args(["--quick"])
-    assert args.workload_list == list(bench.WORKLOADS)
+    assert args.workload_list == list(bench.DEFAULT_WORKLOADS)
     assert {"cnn-digits", "rnn", "eltwise", "mlp-medium-infer"} <= set(args.workload_list)
     assert args.repeat == 10 and args.budget == 1.0 and args.new_process is False
     full = bench.parse_args(["--workloads", "xor,rnn", "--modes", "eager,cpu", "--repeat", "7",
@@ -192,3 +192,26 @@ def test_new_process_reports_load_time_and_memory():
     assert {"numba_import_s", "build_s", "first_call_s", "warm_total_s", "peak_MB",
             "baseline_MB", "step_transient_MB"} <= set(info)
     assert info["cache_hit"] is None and info["baseline_MB"] > 0
+
+
+def test_scale_workloads_agree_across_modes_and_report_held_results(monkeypatch):
+    """The compile-at-scale models (residual stacks) on tiny shapes: eager, the numpy back
+    end and the cpu library mode agree; the eltwise row times held and dropped results."""
+    monkeypatch.setitem(bench.WORKLOADS, "tiny-resmlp",
+                        lambda: bench.ResidualMLP(2, width=8, batch=4))
+    monkeypatch.setitem(bench.WORKLOADS, "tiny-resconv",
+                        lambda: bench.ResidualCNN(2, size=4, channels=2, batch=2))
+    monkeypatch.setitem(bench.WORKLOADS, "tiny-eltwise", lambda: bench.Eltwise(
+        "tiny-eltwise", bench._eltwise_chain, "sigmoid(x)*tanh(x) + x*x - 0.5*x", n=64))
+    result = _run(["tiny-resmlp", "tiny-resconv"], ["eager", "numpy", "cpu-library"])
+    assert bench.check_schema(result)
+    for row in result["workloads"]:
+        for mode, r in row["modes"].items():
+            assert r["status"] == "ok" and r["agrees"], (row["workload"], mode, r)
+        assert row["modes"]["cpu-library"]["compile"]["mode"] == "library"
+    row = _run(["tiny-eltwise"], ["cpu"])["workloads"][0]
+    held = row["held_results"]
+    assert held["held_s"] > 0 and held["held_two_s"] > 0 and held["dropped_s"] > 0
+    assert "out = f(x=x)" in bench.format_row(row)
+    assert bench.WORKLOADS["resmlp-1000"]().blocks == 1000
+    assert "resconv-10" not in bench.DEFAULT_WORKLOADS

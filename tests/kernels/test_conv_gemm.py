@@ -6,7 +6,7 @@ import pytest
 
 import graphnn as gn
 from graphnn.ops import conv_geometry
-from kernels import cpu, windows
+from kernels import loader, windows
 
 # (image NHWC, kernel HWIO, stride, padding): 1x1, 3x3 valid/same, stride 2, even kernel
 # sizes, batch > 1, one input channel, one output channel
@@ -140,7 +140,7 @@ def test_a_large_batch_runs_in_blocks_within_a_bounded_workspace():
     want = gn.compile([y, gw, gx], backend="numpy")(x=X)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-3 * np.abs(b).max())
-    module, _ = cpu.load_module(f.source)
+    module, _ = loader.load_module(f.source)
     rows = windows.col_block_rows(3 * 3 * 16, 4)
     assert rows < 139 * 144
     patch_matrix = 139 * 144 * 3 * 3 * 16 * 4

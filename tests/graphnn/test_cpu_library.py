@@ -1,0 +1,227 @@
+"""The cpu back end's library mode (large programs: kernels compiled one by one and shared
+across layers and graphs, sequenced by a Python driver) against the numpy back end, and
+the pool of recycled outputs in both modes."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import graphnn as gn
+from graphnn.backends import cpu as cpu_backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def residual_mlp(blocks, width=16, classes=5, seed=0, prefix="", scale=0.1):
+    """h = h + relu(h @ W_k + b_k), then logits h @ Wo: a softmax cross-entropy step."""
+    rng = np.random.default_rng(seed)
+    x = gn.input(prefix + "x", (None, width))
+    y = gn.input(prefix + "y", (None,), dtype="int64")
+    h, params = x, []
+    for k in range(blocks):
+        W = gn.param(f"{prefix}W{k}", (rng.standard_normal((width, width)) * scale)
+                     .astype(np.float32))
+        b = gn.param(f"{prefix}b{k}", (rng.standard_normal(width) * scale).astype(np.float32))
+        params += [W, b]
+        h = h + gn.relu(h @ W + b)
+    Wo = gn.param(prefix + "Wo", (rng.standard_normal((width, classes)) * scale)
+                  .astype(np.float32))
+    params.append(Wo)
+    logits = h @ Wo
+    loss = gn.softmax_cross_entropy(logits, y)
+    return x, y, h, logits, loss, params
+
+
+def _feeds(n, width=16, classes=5, seed=1, prefix=""):
+    rng = np.random.default_rng(seed)
+    return {prefix + "x": rng.standard_normal((n, width)).astype(np.float32),
+            prefix + "y": rng.integers(0, classes, n).astype(np.int64)}
+
+
+def _values(params):
+    return [p.value.copy() for p in params]
+
+
+def test_a_large_training_step_runs_in_library_mode_and_matches_numpy():
+    blocks = 6  # ~75 steps: over the threshold, so library mode is chosen by itself
+    x, y, h, logits, loss, params = residual_mlp(blocks)
+    start = _values(params)
+    updates = gn.optim.SGD(lr=0.05, momentum=0.9).updates(loss, params)
+    f = gn.compile([loss, logits], updates=updates, backend="cpu")
+    assert len(f.program.steps) >= cpu_backend.library_steps()
+    assert f.library and f.stats["mode"] == "library"
+    # far fewer kernels than steps: every block runs the same ones
+    assert f.stats["library_kernels"] < 30 < len(f.program.steps)
+    ref = gn.compile([loss, logits], updates=updates, backend="numpy")
+    variables = [n for n in f.state_nodes if n not in params]  # the momenta
+
+    def reset():
+        for p, v in zip(params, start):
+            p.value = v.copy()
+        for v in variables:
+            v.value = np.zeros_like(v.value)
+    got, want = [], []
+    for fn, out in ((f, got), (ref, want)):
+        reset()
+        # small batches (temporaries allocated), then a larger one: the workspace grows
+        for n in (4, 4, 600, 4):
+            loss_v, logits_v = fn(**_feeds(n, seed=n))
+            out.append((float(loss_v), logits_v.copy()))
+        out.append(_values(params))
+    for (l1, g1), (l2, g2) in zip(got[:-1], want[:-1]):
+        assert l1 == pytest.approx(l2, rel=2e-4)
+        np.testing.assert_allclose(g1, g2, rtol=2e-4, atol=2e-5)
+    for a, b in zip(got[-1], want[-1]):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    assert f._workspace.size >= 600 * 16 * 4  # grown for the batch of 600
+    assert f.stats["kernels_compiled"] + f.stats["kernels_cached"] == \
+        f.stats["library_kernels"]
+    assert len(f.stats["kernel_seconds"]) == f.stats["library_kernels"]
+    # what the user can read: the driver, then every kernel module
+    assert "def program(" in f.source and f.source.count("def kernel(") >= 5
+    assert "K0(" in f.source and "library kernels" in f.explain()
+
+
+def test_library_mode_checks_feeds_before_any_step_and_keeps_parameters():
+    x, y, h, logits, loss, params = residual_mlp(3)
+    f = gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, params),
+                   backend="cpu", library=True)
+    f(**_feeds(4))
+    before = _values(params)
+    bad = _feeds(4)
+    bad["x"] = np.ones((4, 7), np.float32)  # wrong width
+    with pytest.raises(gn.FeedError):
+        f(**bad)
+    bad = _feeds(4)
+    bad["y"][2] = 5  # a label outside [0, 5)
+    with pytest.raises(gn.FeedError):
+        f(**bad)
+    for a, b in zip(before, _values(params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_library_mode_check_finite_names_the_node_and_restores_parameters():
+    x = gn.input("x", (None, 3))
+    W = gn.param("W", np.ones((3, 3), np.float32))
+    out = gn.log(x @ W)
+    loss = gn.sum(out)
+    f = gn.compile(loss, updates={W: W - 0.1 * gn.grad(loss, W)}, backend="cpu",
+                   library=True, check_finite=True)
+    f(x=np.ones((2, 3), np.float32))
+    before = W.value.copy()
+    with pytest.raises(gn.NumericalError, match="log"):
+        f(x=-np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(W.value, before)
+
+
+def test_two_graphs_of_the_same_layer_types_share_their_kernels():
+    # another depth, width, learning rate and parameter names: the same kernels (sizes
+    # and constants are arguments)
+    *_, loss1, params1 = residual_mlp(4, width=16, prefix="a_")
+    f1 = gn.compile(loss1, updates=gn.optim.SGD(lr=0.1).updates(loss1, params1),
+                    backend="cpu", library=True)
+    f1(**_feeds(4, prefix="a_"))
+    *_, loss2, params2 = residual_mlp(9, width=24, prefix="b_", seed=3)
+    f2 = gn.compile(loss2, updates=gn.optim.SGD(lr=0.03).updates(loss2, params2),
+                    backend="cpu", library=True)
+    f2(**_feeds(4, width=24, prefix="b_"))
+    paths1 = {p for _, p in f1._kernels}
+    paths2 = {p for _, p in f2._kernels}
+    assert paths2 <= paths1
+    assert f2.stats["kernels_compiled"] == 0
+    assert f2.stats["kernels_cached"] == f2.stats["library_kernels"] > 0
+
+
+LIBRARY_SCRIPT = textwrap.dedent("""
+    import numpy as np, graphnn as gn
+    rng = np.random.default_rng(0)
+    x = gn.input("x", (None, 8))
+    h = x
+    for k in range({blocks}):
+        W = gn.param(f"W{{k}}", (rng.standard_normal((8, 8)) * 0.1).astype(np.float32))
+        h = h + gn.tanh(h @ W) * 0.731
+    f = gn.compile(gn.sum(h), backend="cpu", library=True)
+    value = float(f(x=np.ones((2, 8), np.float32)))
+    print(value, f.stats["kernels_compiled"], f.stats["kernels_cached"], f.path)
+""")
+
+
+def _run_library_script(cache_dir, blocks):
+    env = dict(os.environ, GRAPHNN_CACHE_DIR=str(cache_dir), GRAPHNN_QUIET="1")
+    out = subprocess.run([sys.executable, "-c", LIBRARY_SCRIPT.format(blocks=blocks)],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    value, compiled, cached, path = out.stdout.split()
+    return float(value), int(compiled), int(cached), path
+
+
+def test_kernels_are_cached_on_disk_one_by_one_and_survive_corruption(tmp_path):
+    value, compiled, cached, path = _run_library_script(tmp_path, 3)
+    assert compiled > 0 and cached == 0
+    # a new process with another graph of the same layers: nothing new to compile
+    value5, compiled5, cached5, _ = _run_library_script(tmp_path, 5)
+    assert compiled5 == 0 and cached5 == compiled
+    pycache = os.path.join(os.path.dirname(path), "__pycache__")
+    damaged = [f for f in os.listdir(pycache) if f.endswith((".nbi", ".nbc"))]
+    assert damaged
+    for f in damaged:
+        with open(os.path.join(pycache, f), "wb") as fh:
+            fh.write(b"\x80\x04garbage")
+    value2, compiled2, cached2, _ = _run_library_script(tmp_path, 3)
+    assert value2 == value and compiled2 == compiled and cached2 == 0
+
+
+def test_progress_is_reported_when_compiling_and_silenced_by_graphnn_quiet(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_backend, "PROGRESS_DELAY", 0.0)
+    x = gn.input("x", (None, 6))
+    # constants no other test uses: kernels this process has not compiled yet
+    y = gn.sum(gn.tanh(x * 0.6180339) + x * 0.3183099)
+    monkeypatch.delenv("GRAPHNN_QUIET", raising=False)
+    f = gn.compile(y, backend="cpu", library=True)
+    f(x=np.ones((2, 6), np.float32))
+    n = f.stats["kernels_compiled"]
+    assert n > 0
+    assert f"compiling {n} kernels (0 cached)" in capsys.readouterr().err
+    g = gn.compile(y, backend="cpu", library=True)  # everything cached: quiet
+    g(x=np.ones((2, 6), np.float32))
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("GRAPHNN_QUIET", "1")
+    z = gn.sum(gn.tanh(x * 0.5772156) - x * 0.1428571)
+    h = gn.compile(z, backend="cpu", library=True)
+    h(x=np.ones((2, 6), np.float32))
+    assert h.stats["kernels_compiled"] > 0 and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("library", [False, True])
+def test_recycled_outputs_never_write_an_array_the_caller_holds(library):
+    x = gn.input("x", (None,))
+    f = gn.compile(x * x - 0.5 * x, backend="cpu", library=library)
+    data = [np.full(50000, v, np.float32) for v in (1.0, 2.0, 3.0, 4.0)]
+
+    def expected(v):
+        return v * v - 0.5 * v
+    first = f(x=data[0])
+    second = f(x=data[1])  # the caller holds both results
+    for k in range(6):
+        third = f(x=data[2 + k % 2])
+        np.testing.assert_array_equal(first, expected(data[0]))
+        np.testing.assert_array_equal(second, expected(data[1]))
+        np.testing.assert_array_equal(third, expected(data[2 + k % 2]))
+        assert third.ctypes.data not in (first.ctypes.data, second.ctypes.data)
+    # a loop that keeps the previous result (`prev, out = out, f(...)`) holds two arrays
+    # during each call: the third kept array is written again, no fresh allocation
+    prev, out = first, second
+    del first, second, third
+    addresses = set()
+    for k in range(8):
+        prev, out = out, f(x=data[k % 4])
+        addresses.add(out.ctypes.data)
+        np.testing.assert_array_equal(prev, expected(data[(k - 1) % 4]) if k else
+                                      expected(data[1]))
+        np.testing.assert_array_equal(out, expected(data[k % 4]))
+    assert len(addresses) <= cpu_backend.KEEP_RESULTS
