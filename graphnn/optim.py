@@ -19,7 +19,7 @@ from .autodiff import grad
 from .errors import GraphError, OptionError, user_location
 from .node import Node
 from .ops import cast
-from .registry import const_node
+from .registry import active_scope, const_node
 
 
 def _scalar(value, dtype):
@@ -27,6 +27,11 @@ def _scalar(value, dtype):
     float node (e.g. a `gn.variable` learning rate changed between epochs) is used as is."""
     if isinstance(value, Node):
         return value if value.dtype == dtype else cast(value, dtype)
+    if active_scope.get() is not None:
+        # applied eagerly (apply_eager): the number as an array, not a new constant node
+        # each step; a Tensor, so that Python operators on it still run graphnn ops
+        from .eager import Tensor
+        return np.asarray(value, dtype=dtype).view(Tensor)
     return const_node(np.asarray(value, dtype=dtype))
 
 
