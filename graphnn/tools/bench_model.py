@@ -583,8 +583,13 @@ def format_profile(prof, top=12):
         lines.append(f"  {len(c['matmuls'])} matmuls (BLAS) {_t(c['matmul_s'])}"
                      + (f", {len(c['windows'])} window kernels {_t(c['window_s'])}"
                         if c["windows"] else "")
-                     + f", the rest {_t(c['rest_s'])} ({100 * c['rest_s'] / c['step_s']:.0f}%: "
-                     "fused elementwise loops, reductions, the call)")
+                     + (f", the rest {_t(c['rest_s'])} ({100 * c['rest_s'] / c['step_s']:.0f}%: "
+                        "fused elementwise loops, reductions, the call)" if c["rest_s"] >= 0
+                        else f": MORE than the whole step ({_t(c['step_s'])}). Timed alone "
+                        "(a generic @njit copy of each kernel, a noisy machine) they are "
+                        "slower than inside the generated function, which specialises "
+                        "them; read them as each kernel's relative weight, not as a split "
+                        "of the step"))
         for m in c["matmuls"]:
             lines.append(f"    matmul {m['shape']:24s} {_t(m['seconds']):>10s}  {m['comment'][:60]}")
         for w in c["windows"]:
@@ -633,6 +638,7 @@ def plot_result(result, path):
         losses = result["modes"][m]["losses"]
         ax.plot(range(1, len(losses) + 1), losses, marker=markers[i % 5], color=colors[i],
                 linestyle="-" if i == 0 else "none", markersize=8 - 2 * i, label=m)
+    ax.set_xticks(range(1, result["check_steps"] + 1))
     ax.set_xlabel("step (same initial weights and batches)")
     ax.set_ylabel("loss")
     ax.set_title("first losses: the modes compute the same", fontsize=9)
