@@ -690,7 +690,7 @@ def parse_args(argv):
                              "it is the reference)")
     parser.add_argument("--threads", type=int, default=1,
                         help="BLAS threads for every mode (default 1)")
-    parser.add_argument("--repeat", type=int, default=None, help="rounds at most (200)")
+    parser.add_argument("--repeat", type=int, default=None, help="rounds at most (2000; --quick 300)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timed rounds at most (10; --quick 3)")
     parser.add_argument("--check-steps", type=int, default=CHECK_STEPS,
@@ -709,7 +709,7 @@ def parse_args(argv):
     if args.budget is None:
         args.budget = 3.0 if args.quick else 10.0
     if args.repeat is None:
-        args.repeat = 50 if args.quick else 200
+        args.repeat = 300 if args.quick else 2000
     return args
 
 

@@ -149,3 +149,13 @@ def test_profile_counts_ops_per_phase():
         any(ph == "update" for ph, _ in rows)
     assert all(total >= numpy_s >= 0 for _, total, numpy_s in rows.values())
     assert gn.registry.profiler is None
+
+
+def test_readme_worked_example_runs():
+    from pathlib import Path
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    block = text.split("### Your own model, compiled and eager")[1]
+    code = block.split("```python")[1].split("```")[0]
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert len(namespace["eager_losses"]) == 5
