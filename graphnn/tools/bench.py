@@ -1159,10 +1159,11 @@ def _trust_note(result):
     """The BLAS thread count the run used, and a warning when the machine was loaded."""
     from .bench_model import load_note
     env = result.get("environment", {})
+    def loads(key):
+        return ", ".join(f"{x:.2f}" for x in env[key]) if env.get(key) else "?"
     lines = [f"\nBLAS threads: {env.get('blas_threads', '?')} for every graphnn mode "
              f"(OPENBLAS_NUM_THREADS={env.get('OPENBLAS_NUM_THREADS', 'unset')}); load average "
-             f"{env.get('load_average', '?')} at the start, {env.get('load_average_end', '?')} "
-             f"at the end"]
+             f"{loads('load_average')} at the start, {loads('load_average_end')} at the end"]
     if env.get("OPENBLAS_NUM_THREADS", "unset") == "unset" and not result.get(
             "options", {}).get("threads"):
         lines.append("WARNING: BLAS threads were left to the libraries (no --threads and no "
