@@ -201,11 +201,15 @@ class Adam(Optimizer):
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
 
     def _param_updates(self, loss, params, grads=None):
-        # one step counter for all parameters; the bias correction uses the new count t + 1
+        # one step counter for the parameters trained together (the same counter for every
+        # step, compiled or eager, that updates this set of parameters; another model
+        # trained with this optimizer gets its own); the bias correction uses t + 1
         slots = self.__dict__.setdefault("_slots", {})
-        if (None, "t") not in slots:
-            slots[(None, "t")] = (None, variable("adam/t", np.zeros((), np.float32)))
-        t = slots[(None, "t")][1]
+        members = tuple(params) if isinstance(params, (list, tuple)) else (params,)
+        key = (None, "t", frozenset(map(id, members)))  # (the entry keeps them alive)
+        if key not in slots:
+            slots[key] = (members, variable("adam/t", np.zeros((), np.float32)))
+        t = slots[key][1]
         t_next = t + _scalar(1, t.dtype)
         ups = super()._param_updates(loss, params, grads, t_next=t_next)
         ups[t] = t_next
