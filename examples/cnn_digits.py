@@ -8,6 +8,7 @@ few seconds once compiled. The test accuracy reaches at least 97 %.
 
 Writes out/cnn_digits/curves.png and out/cnn_digits/filters.png (the first layer's kernels).
 Run: python examples/cnn_digits.py
+Benchmark, graph vs eager: graphnn bench examples/cnn_digits.py (bench_model() below)
 """
 import sys
 from pathlib import Path
@@ -22,16 +23,37 @@ from graphnn.nn import Conv2D, Dense, Flatten, MaxPool2D, Sequential  # noqa: E4
 EPOCHS, BATCH, LR, SEED = 15, 32, 0.005, 0
 
 
-def build():
-    x = gn.input("x", (None, 8, 8, 1))
-    y = gn.input("y", (None,), dtype="int64")
-    model = Sequential([
+def make_model():
+    return Sequential([
         Conv2D(16, 3, padding="same", activation="relu"), MaxPool2D(2),
         Conv2D(32, 3, padding="same", activation="relu"), MaxPool2D(2),
         Flatten(), Dense(10)])
+
+
+def build():
+    x = gn.input("x", (None, 8, 8, 1))
+    y = gn.input("y", (None,), dtype="int64")
+    model = make_model()
     logits = model(x)
     loss = gn.softmax_cross_entropy(logits, y, name="loss")
     return model, loss, gn.metrics.accuracy(logits, y)
+
+
+def bench_model(batches=10):
+    """For `graphnn bench`: the model, a loss function of the feeds (graph inputs or arrays),
+    Adam, and the first `batches` training batches of BATCH images."""
+    (X_train, y_train), _ = gn.data.digits(images=True, seed=SEED)
+    model = make_model()
+
+    def loss(x, y):
+        return gn.softmax_cross_entropy(model(x), y)
+
+    def feeds():
+        for i in range(0, batches * BATCH, BATCH):
+            yield {"x": X_train[i:i + BATCH], "y": y_train[i:i + BATCH]}
+
+    return {"loss": loss, "optimizer": gn.optim.Adam(LR), "batches": feeds,
+            "params": lambda: model.params}
 
 
 def plot_filters(kernels, path):

@@ -10,6 +10,8 @@ and derivative graph), curves.png (loss and accuracy per epoch), predictions.png
 digits with the predicted class).
 Run: python examples/mlp_digits.py
 Draw: graphnn render examples/mlp_digits.py --build loss_graph -o mlp.png [--grad]
+Benchmark, graph vs eager: graphnn bench examples/mlp_digits.py [--profile] [--plot mlp.png]
+  (bench_model() below: the same layers, loss and Adam run op by op and compiled)
 """
 import sys
 from pathlib import Path
@@ -33,6 +35,23 @@ def build():
     logits = model(x)
     loss = gn.softmax_cross_entropy(logits, y, name="loss")
     return model, x, logits, loss, gn.metrics.accuracy(logits, y)
+
+
+def bench_model(batches=20):
+    """For `graphnn bench`: the model, a loss function of the feeds (graph inputs or arrays),
+    Adam, and the first `batches` training batches of BATCH digits."""
+    (X_train, y_train), _ = gn.data.digits(seed=SEED)
+    model = Sequential([Dense(128, "relu"), Dense(10)])
+
+    def loss(x, y):
+        return gn.softmax_cross_entropy(model(x), y)
+
+    def feeds():
+        for i in range(0, batches * BATCH, BATCH):
+            yield {"x": X_train[i:i + BATCH], "y": y_train[i:i + BATCH]}
+
+    return {"loss": loss, "optimizer": gn.optim.Adam(LR), "batches": feeds,
+            "params": lambda: model.params}
 
 
 def loss_graph():

@@ -32,8 +32,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # gn.distributed is imported on first use (it looks for MPI)
+    # gn.distributed is imported on first use (it looks for MPI); gn.bench (graph vs eager
+    # for your own model, graphnn.tools.bench_model) too: the core never imports tools
+    import importlib
     if name == "distributed":
-        import importlib
         return importlib.import_module(".distributed", __name__)
+    if name == "bench":
+        return importlib.import_module(".tools.bench_model", __name__)
     raise AttributeError(f"module 'graphnn' has no attribute {name!r}")

@@ -9,6 +9,17 @@ A layer is called on a node and returns a node, so the functional style works:
 and `Sequential` chains layers. A layer makes its parameters on its first call, when the input
 shape is known; calling it again reuses them (shared weights). `.params` lists them.
 
+Eager. Called on a NumPy array instead of a node, a layer computes at once with its
+parameters' current values (and inside `gn.eager.step`, records on the tape so the step can
+differentiate and update them). One model definition thus runs both ways:
+
+    model = Sequential([Dense(32, "relu"), Dense(10)])
+    logits_node = model(gn.input("x", (None, 64)))   # graph
+    logits = model(X)                                # eager: an array, same parameters
+
+A layer first called on an array is built as if on a graph input of the array's shape with
+the batch dim symbolic, so it gets the same names and initial weights either way.
+
 Names. A layer without a name takes its kind and the next free number in the graph it is
 called on: the first Dense below the input is "dense1" (params "dense1/W", "dense1/b"), the
 next "dense2", and so on. Names therefore depend only on the model, not on what else the
@@ -25,11 +36,14 @@ parameters, handy for gradient checks).
 import re
 import zlib
 
+import numpy as np
+
 from . import ops
+from . import shapes as S
 from .api import param
 from .errors import GraphError, ShapeError, user_location
 from .graph import topological_order
-from .node import Node
+from .node import Node, make_node
 
 ACTIVATIONS = {
     "sigmoid": ops.sigmoid, "tanh": ops.tanh, "relu": ops.relu, "leaky_relu": ops.leaky_relu,
@@ -63,6 +77,25 @@ def _free_name(kind, x, op=None):
     return f"{kind}{max(used, default=0) + 1}"
 
 
+def _eager_array(x, layer):
+    if isinstance(x, np.ndarray) or (isinstance(x, (list, tuple)) and x) or \
+            isinstance(x, np.generic):
+        array = np.asarray(x)
+        if array.dtype.kind in "fiu":
+            return array
+    raise GraphError(f"{type(layer).__name__} is called on graph nodes (gn.input or another "
+                     f"layer's output) or, eagerly, on NumPy arrays; got "
+                     f"{type(x).__name__} (at {user_location()})")
+
+
+def _stand_in(array):
+    """A graph input (not registered by name) of the array's shape, the batch dim
+    symbolic: what a layer first called on an array is built on."""
+    shape = S.make_shape((None,) + tuple(array.shape[1:])) if array.ndim else ()
+    return make_node("input", {"name": "eager_input"}, (), shape, array.dtype,
+                     name="eager_input", intern=False)
+
+
 def _pair(value, what):
     if isinstance(value, int):
         return value, value
@@ -90,14 +123,26 @@ class Layer:
 
     def __call__(self, x):
         if not isinstance(x, Node):
-            raise GraphError(f"{type(self).__name__} is called on graph nodes (gn.input or "
-                             f"another layer's output), got {type(x).__name__} "
-                             f"(at {user_location()})")
+            return self._eager_call(x)
         if not self.built:
             if self.name is None:
                 self.name = _free_name(self.kind, x, self.op)
             self.build(x)
             self.built = True
+        return self.forward(x)
+
+    def _eager_call(self, x):
+        """On an array: build (if need be) on a stand-in graph input of its shape, then
+        compute at once with the parameters' current values."""
+        from .eager import building_graph, reading_state
+        array = _eager_array(x, self)
+        if not self.built:
+            with building_graph():
+                self(_stand_in(array))
+        with reading_state():
+            return self._eager_forward(x)
+
+    def _eager_forward(self, x):
         return self.forward(x)
 
     @property
@@ -288,13 +333,18 @@ class Sequential(Layer):
 
     def __call__(self, x):
         if not isinstance(x, Node):
-            return super().__call__(x)  # raises the error for non-nodes
+            return self._eager_call(x)
         self.built = True
         outputs = []
         for layer in self.layers:
             x = layer(x)
             outputs.append(x)
         self._outputs = outputs
+        return x
+
+    def _eager_forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
         return x
 
     @property

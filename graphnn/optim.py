@@ -5,6 +5,12 @@ pass it to `gn.compile(loss, updates=...)`. Moment estimates are `gn.variable`s,
 place with the parameters.
 
     step = gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, [W, b]))
+
+The same rules run eagerly: `opt.apply_eager(params, grads)` applies them to the arrays
+`grads`, writing the parameters' `.value` and the state variables in place (this is what
+`gn.eager.step` calls). An optimizer keeps one set of state variables per parameter
+(`opt.variables`), made on first use and shared by every compiled step and eager step it
+serves, so a model trained by turns compiled and eager continues one optimizer state.
 """
 import numpy as np
 
@@ -13,7 +19,7 @@ from .autodiff import grad
 from .errors import GraphError, OptionError, user_location
 from .node import Node
 from .ops import cast
-from .registry import const_node
+from .registry import active_scope, const_node
 
 
 def _scalar(value, dtype):
@@ -21,6 +27,11 @@ def _scalar(value, dtype):
     float node (e.g. a `gn.variable` learning rate changed between epochs) is used as is."""
     if isinstance(value, Node):
         return value if value.dtype == dtype else cast(value, dtype)
+    if active_scope.get() is not None:
+        # applied eagerly (apply_eager): the number as an array, not a new constant node
+        # each step; a Tensor, so that Python operators on it still run graphnn ops
+        from .eager import Tensor
+        return np.asarray(value, dtype=dtype).view(Tensor)
     return const_node(np.asarray(value, dtype=dtype))
 
 
@@ -60,6 +71,8 @@ class Optimizer:
     def _param_updates(self, loss, params, grads=None, **shared):
         owner = f"{type(self).__name__}.updates"
         for name, value in vars(self).items():
+            if name.startswith("_"):
+                continue
             _check_hyperparameter(type(self).__name__, name, value)
         try:
             if isinstance(params, (Node, str)):
@@ -88,9 +101,40 @@ class Optimizer:
             updates.update(self.rule(p, g, **shared))
         return updates
 
+    def apply_eager(self, params, grads):
+        """One update, eagerly: the same rules as `updates`, applied to the gradient arrays
+        `grads`; writes the new values into the parameters' and state variables' arrays in
+        place (so compiled steps that hold them see them too)."""
+        from .api import ValueState
+        from .eager import reading_state
+        with reading_state():
+            new = self._param_updates(None, params, grads)
+        for node, value in new.items():
+            target = node.value
+            if np.shape(value) != target.shape:
+                raise GraphError(f"{type(self).__name__}.apply_eager: the new value of "
+                                 f"{node.label()} has shape {np.shape(value)} "
+                                 f"(at {user_location()})")
+            np.copyto(target, value, casting="same_kind")
+        if new:
+            ValueState.host_writes += 1  # device copies of these states are now older
+
+    @property
+    def variables(self):
+        """The optimizer's state variables made so far (moments, step counters)."""
+        return [var for _, var in getattr(self, "_slots", {}).values()]
+
     def slot(self, p, name, fill=0.0):
-        return variable(f"{p.name}/{type(self).__name__.lower()}_{name}",
-                        np.full(p.shape, fill, p.dtype))
+        """The state variable `name` of parameter `p`, made on first use (filled with
+        `fill`) and the same variable afterwards."""
+        slots = self.__dict__.setdefault("_slots", {})
+        key = (id(p), name)
+        entry = slots.get(key)
+        if entry is None or entry[0] is not p:
+            var = variable(f"{p.name}/{type(self).__name__.lower()}_{name}",
+                           np.full(p.shape, fill, p.dtype))
+            slots[key] = entry = (p, var)
+        return entry[1]
 
 
 class SGD(Optimizer):
@@ -157,8 +201,15 @@ class Adam(Optimizer):
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
 
     def _param_updates(self, loss, params, grads=None):
-        # one step counter for all parameters; the bias correction uses the new count t + 1
-        t = variable("adam/t", np.zeros((), np.float32))
+        # one step counter for the parameters trained together (the same counter for every
+        # step, compiled or eager, that updates this set of parameters; another model
+        # trained with this optimizer gets its own); the bias correction uses t + 1
+        slots = self.__dict__.setdefault("_slots", {})
+        members = tuple(params) if isinstance(params, (list, tuple)) else (params,)
+        key = (None, "t", frozenset(map(id, members)))  # (the entry keeps them alive)
+        if key not in slots:
+            slots[key] = (members, variable("adam/t", np.zeros((), np.float32)))
+        t = slots[key][1]
         t_next = t + _scalar(1, t.dtype)
         ups = super()._param_updates(loss, params, grads, t_next=t_next)
         ups[t] = t_next

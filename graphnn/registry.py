@@ -23,6 +23,12 @@ OPS = {}  # registry, filled at import time by ops.py
 
 # The eager tape in force, if any (see eager.py). A context variable, not a global.
 active_tape = contextvars.ContextVar("graphnn_active_tape", default=None)
+# The eager scope in force, if any (see eager.py): while it is, an op whose graph-node
+# arguments are all parameters, variables or constants computes at once on their values
+# (a layer or an optimizer's update rule applied eagerly), instead of building a node.
+active_scope = contextvars.ContextVar("graphnn_active_scope", default=None)
+# An eager profiler (eager.OpProfile), when one is collecting: time per op name.
+profiler = None
 
 
 class WrongDType(Exception):
@@ -219,6 +225,12 @@ def const_node(array, name=None):
 
 def apply(opname, args, attrs=None, name=None):
     """Create the node for `opname(*args, **attrs)`, or compute it eagerly on arrays."""
+    if profiler is not None:
+        return profiler.timed(_apply, opname, args, attrs, name)
+    return _apply(opname, args, attrs, name)
+
+
+def _apply(opname, args, attrs=None, name=None):
     opdef = OPS[opname]
     attrs = attrs or {}
     fewest, most = input_count(opdef)
@@ -228,6 +240,11 @@ def apply(opname, args, attrs=None, name=None):
         raise ShapeError(f"{opname}: takes {wanted} inputs, got {len(args)} ({inputs}); at "
                          f"{user_location()}")
     graph_mode = any(isinstance(a, Node) for a in args)
+    if graph_mode:
+        scope = active_scope.get()
+        if scope is not None:  # eager: parameters, variables and constants are read
+            args = scope.resolve(opname, args)
+            graph_mode = False
     specs = [spec_of(a) for a in args]
     for spec, arg in zip(specs, args):
         if spec.dtype.kind not in "fiu":
@@ -257,7 +274,10 @@ def apply(opname, args, attrs=None, name=None):
                                                            dtype, name)
     arrays = [np.asarray(a, dtype=dtype) if s.weak else np.asarray(a)
               for a, s in zip(args, specs)]
-    out = np.asarray(opdef.impl(*arrays, **attrs))
+    if profiler is not None:
+        out = np.asarray(profiler.impl(opdef.impl, arrays, attrs))
+    else:
+        out = np.asarray(opdef.impl(*arrays, **attrs))
     if out.dtype != dtype:
         out = out.astype(dtype)
     tape = active_tape.get()

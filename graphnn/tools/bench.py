@@ -1273,6 +1273,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0].endswith(".py"):  # graphnn bench my_model.py: the user's own model
+        from . import bench_model
+        return bench_model.main(argv)
     args = parse_args(argv)
     if args.load:
         with open(args.load) as fh:
@@ -1306,12 +1310,36 @@ def main(argv=None):
 def _report(result, args):
     print("\nmedian step time (speed-up over eager, median of per-round ratios):\n")
     print(format_table(result))
+    print(_trust_note(result))
     if args.json and not args.load:
         print("wrote", args.json)
     if args.plot:
         print("wrote", plot(result, args.plot))
     return 1 if any(not r.get("agrees", True) for row in result["workloads"]
                     for r in row["modes"].values()) else 0
+
+
+def _trust_note(result):
+    """The BLAS thread count the run used, and a warning when the machine was loaded."""
+    from .bench_model import load_note
+    env = result.get("environment", {})
+    def loads(key):
+        return ", ".join(f"{x:.2f}" for x in env[key]) if env.get(key) else "?"
+    lines = [f"\nBLAS threads: {env.get('blas_threads', '?')} for every graphnn mode "
+             f"(OPENBLAS_NUM_THREADS={env.get('OPENBLAS_NUM_THREADS', 'unset')}); load average "
+             f"{loads('load_average')} at the start, {loads('load_average_end')} at the end"]
+    if env.get("OPENBLAS_NUM_THREADS", "unset") == "unset" and not result.get(
+            "options", {}).get("threads"):
+        lines.append("WARNING: BLAS threads were left to the libraries (no --threads and no "
+                     "OPENBLAS_NUM_THREADS): thread pools that spin fight over the cores, "
+                     "which can slow a peer's step by 100x on a loaded machine; rerun with "
+                     "--threads 1")
+    load = env.get("load_average")
+    if load is not None:
+        note = load_note(env.get("cores"), load[0])
+        if note:
+            lines.append(note)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
