@@ -90,6 +90,10 @@ class GraphnnOps:
         return gn.conv2d(x, w, padding="same")
 
     @staticmethod
+    def conv2d_valid(x, w):
+        return gn.conv2d(x, w)
+
+    @staticmethod
     def max_pool2(x):
         return gn.max_pool2d(x, 2)
 
@@ -113,9 +117,14 @@ class TorchOps:
     def add(self, a, b):
         return a + b
 
-    def conv2d_same(self, x, w):
-        y = self.F.conv2d(x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1), padding="same")
+    def conv2d_same(self, x, w, padding="same"):
+        # NHWC data seen as NCHW is PyTorch's channels_last layout, which its convolutions
+        # take as it is
+        y = self.F.conv2d(x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1), padding=padding)
         return y.permute(0, 2, 3, 1)
+
+    def conv2d_valid(self, x, w):
+        return self.conv2d_same(x, w, padding="valid")
 
     def max_pool2(self, x):
         return self.F.max_pool2d(x.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
@@ -148,9 +157,12 @@ class JaxOps:
     def add(self, a, b):
         return a + b
 
-    def conv2d_same(self, x, w):
-        return self.jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+    def conv2d_same(self, x, w, padding="SAME"):
+        return self.jax.lax.conv_general_dilated(x, w, (1, 1), padding,
                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def conv2d_valid(self, x, w):
+        return self.conv2d_same(x, w, padding="VALID")
 
     def max_pool2(self, x):
         return self.jax.lax.reduce_window(x, -self.jnp.inf, self.jax.lax.max, (1, 2, 2, 1),
@@ -261,6 +273,33 @@ class CNN(Model):
         Wc, bc, Wd, bd = params
         h = ops.max_pool2(ops.relu(ops.add(ops.conv2d_same(x, Wc), bc)))
         return ops.add(ops.matmul(ops.flatten(h), Wd), bd)
+
+
+class CNNMnist(Model):
+    """The MNIST-size CNN: conv 32 3x3 relu -> conv 64 3x3 relu -> max pool 2 -> flatten ->
+    dense 128 relu -> dense 10 -> softmax CE (valid convolutions, as Keras by default)."""
+
+    loss_kind = "sce"
+
+    def __init__(self, name="cnn-mnist", batch=64, seed=0):
+        super().__init__(name, f"28x28x1 images, conv3x3x32+relu, conv3x3x64+relu, maxpool2, "
+                               f"dense 128+relu, dense 10, softmax CE, batch {batch}, train")
+        rng = np.random.default_rng(seed)
+        self.param_inits = [("W1", _glorot(rng, (3, 3, 1, 32))), ("b1", np.zeros(32, np.float32)),
+                            ("W2", _glorot(rng, (3, 3, 32, 64))), ("b2", np.zeros(64, np.float32)),
+                            ("W3", _glorot(rng, (12 * 12 * 64, 128))),
+                            ("b3", np.zeros(128, np.float32)),
+                            ("W4", _glorot(rng, (128, 10))), ("b4", np.zeros(10, np.float32))]
+        self.feeds = {"x": rng.uniform(0, 1, (batch, 28, 28, 1)).astype(np.float32),
+                      "y": rng.integers(0, 10, batch).astype(np.int64)}
+        self.inputs = {"x": ((None, 28, 28, 1), "float32"), "y": ((None,), "int64")}
+
+    def forward(self, ops, x, params):
+        W1, b1, W2, b2, W3, b3, W4, b4 = params
+        h = ops.relu(ops.add(ops.conv2d_valid(x, W1), b1))
+        h = ops.max_pool2(ops.relu(ops.add(ops.conv2d_valid(h, W2), b2)))
+        h = ops.relu(ops.add(ops.matmul(ops.flatten(h), W3), b3))
+        return ops.add(ops.matmul(h, W4), b4)
 
 
 class RNN(Model):
@@ -381,6 +420,7 @@ WORKLOADS = {
     "mlp-medium-infer": lambda: MLP("mlp-medium-infer", [784, 512, 256, 10], "relu", "sce",
                                     256, train=False),
     "cnn-digits": CNN,
+    "cnn-mnist": CNNMnist,
     "rnn": RNN,
     "eltwise": lambda: Eltwise("eltwise", _eltwise_chain, "sigmoid(x)*tanh(x) + x*x - 0.5*x"),
     "eltwise-arith": lambda: Eltwise("eltwise-arith", _arith_chain, "x*x - 0.5*x + 0.25"),

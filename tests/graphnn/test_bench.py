@@ -215,3 +215,19 @@ def test_scale_workloads_agree_across_modes_and_report_held_results(monkeypatch)
     assert "out = f(x=x)" in bench.format_row(row)
     assert bench.WORKLOADS["resmlp-1000"]().blocks == 1000
     assert "resconv-10" not in bench.DEFAULT_WORKLOADS
+
+
+def test_the_mnist_cnn_workload_computes_the_same_loss_in_every_mode():
+    """cnn-mnist: valid 3x3 convolutions 28 -> 26 -> 24, pool to 12, dense 9216 -> 128 -> 10;
+    eager, the numpy back end (and PyTorch, when installed) give the first step's loss."""
+    model = bench.WORKLOADS["cnn-mnist"]()
+    assert [p.shape for _, p in model.param_inits] == [
+        (3, 3, 1, 32), (32,), (3, 3, 32, 64), (64,), (9216, 128), (128,), (128, 10), (10,)]
+    eager = bench.MODE_BUILDERS["eager"](model).value()
+    assert np.isfinite(eager) and 1.5 < float(eager) < 4.0  # about log(10) at the start
+    np.testing.assert_allclose(bench.MODE_BUILDERS["numpy"](model).value(), eager, rtol=1e-5)
+    try:
+        torch = bench.MODE_BUILDERS["torch"](model)
+    except bench.Skip:
+        return
+    np.testing.assert_allclose(torch.value(), eager, rtol=1e-4)
