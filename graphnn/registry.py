@@ -20,6 +20,7 @@ from .errors import DTypeError, GraphError, ShapeError, user_location
 from .node import Node, ConstValue, make_node
 
 OPS = {}  # registry, filled at import time by ops.py
+INPUT_COUNTS = {}  # registry: op name -> (fewest, most) inputs, see input_count
 
 # The eager tape in force, if any (see eager.py). A context variable, not a global.
 active_tape = contextvars.ContextVar("graphnn_active_tape", default=None)
@@ -136,6 +137,7 @@ def register(opdef, replace=False):
         raise GraphError(f"op {opdef.name!r} is already registered (pass replace=True to "
                          "replace it)")
     OPS[opdef.name] = opdef
+    INPUT_COUNTS[opdef.name] = input_count(opdef)
     return opdef
 
 
@@ -144,6 +146,7 @@ def unregister(name):
     can then no longer be compiled or differentiated)."""
     if name not in OPS:
         raise GraphError(f"no op {name!r} is registered")
+    INPUT_COUNTS.pop(name, None)
     return OPS.pop(name)
 
 
@@ -233,9 +236,10 @@ def apply(opname, args, attrs=None, name=None):
 def _apply(opname, args, attrs=None, name=None):
     opdef = OPS[opname]
     attrs = attrs or {}
-    fewest, most = input_count(opdef)
+    fewest, most = INPUT_COUNTS[opname]
     if not fewest <= len(args) <= (most if most is not None else len(args)):
-        wanted = f"{fewest} or more" if most is None else str(fewest)
+        wanted = f"{fewest} or more" if most is None else \
+            str(fewest) if fewest == most else f"{fewest} to {most}"
         inputs = ", ".join(_describe(a) for a in args) or "none"
         raise ShapeError(f"{opname}: takes {wanted} inputs, got {len(args)} ({inputs}); at "
                          f"{user_location()}")
@@ -304,9 +308,12 @@ def input_count(opdef):
     arrays = [p for p in inspect.signature(opdef.impl).parameters.values()
               if p.name not in attrs and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
                                                     p.VAR_POSITIONAL)]
+    # (a parameter with a default, np.ravel's `order` say, may be left out; *xs takes one
+    # or more)
+    required = [p for p in arrays if p.default is p.empty]
     if any(p.kind == p.VAR_POSITIONAL for p in arrays):
-        return len(arrays), None
-    return len(arrays), len(arrays)
+        return len(required), None
+    return len(required), len(arrays)
 
 
 def _fold_scalar_constants(opdef, nodes, attrs, sym_shape, dtype, name):
