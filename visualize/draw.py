@@ -30,6 +30,8 @@ from . import style as st
 from .groups import infer_groups
 
 INLINE_LEAVES = ("param", "variable", "const")  # drawn as rows inside their consumer
+LARGE_GRAPH = 400  # drawn boxes; above this dot's x-coordinate optimisation is cut short
+LARGE_GRAPH_NSLIMIT = "0.1"
 MAX_EDGE_SPAN = 6  # ranks a forward value's edge to a gradient node may cross; longer: a stub
 
 
@@ -136,7 +138,7 @@ class Scene:
 
     def __init__(self, target, grads=None, backward_only=False, show_names=False,
                  show_attrs=False, show_shapes=True, rankdir="TB", names=None, kernels=None,
-                 legend=None, expand=True, groups=True, max_edge_span=MAX_EDGE_SPAN):
+                 legend=None, expand=None, groups=True, max_edge_span=MAX_EDGE_SPAN):
         if rankdir not in ("TB", "LR", "BT", "RL"):
             raise ValueError(f"rankdir must be 'TB', 'LR', 'BT' or 'RL', got {rankdir!r}")
         forward, target_kernels = resolve_target(target)
@@ -173,13 +175,16 @@ class Scene:
 
     def _choose_groups(self, expand, grouped):
         """Layer groups (see visualize/groups.py) of the drawn op boxes; `expand` True (all
-        drawn as clusters of their ops), False (each drawn as one box) or the scopes to
-        expand (`["dense1"]`; the others are collapsed)."""
+        drawn as clusters of their ops), False (each drawn as one box), the scopes to
+        expand (`["dense1"]`; the others are collapsed), or None: expanded unless there are
+        more than LARGE_GRAPH op boxes (hundreds of clusters make dot slow)."""
         y = self._differentiated_output() if self.grads else None
         member = infer_groups(self.nodes, self.gradient_ids, self.grads, y) if grouped else {}
         self.group_of = {key: g for key, g in member.items() if self.role.get(key) == "op"}
         self.groups = list({id(g): g for g in self.group_of.values()}.values())
         self.group_ids = {g.key: f"g{k}" for k, g in enumerate(self.groups)}
+        if expand is None:  # automatic: expanded unless the picture would be large
+            expand = sum(1 for role in self.role.values() if role == "op") <= LARGE_GRAPH
         if expand is True or expand is False:
             expanded = set() if expand is False else {g.scope for g in self.groups}
         elif isinstance(expand, str):
@@ -435,43 +440,67 @@ class Scene:
         dot = graphviz.Digraph("graphnn")
         dot.attr(rankdir=self.rankdir, bgcolor="white", nodesep=st.NODESEP, ranksep=st.RANKSEP,
                  fontname=st.FONT, fontsize=str(st.FONT_SIZE))
+        if len(self.role) > LARGE_GRAPH:
+            # dot's x-coordinate network simplex dominates large layouts; a few passes
+            # already give straight chains (see docs/BENCHMARKS.md, "Rendering")
+            dot.attr(nslimit=LARGE_GRAPH_NSLIMIT)
         dot.attr("node", shape="plain", fontname=st.FONT, fontsize=str(st.FONT_SIZE))
         dot.attr("edge", fontname=st.FONT, fontsize=str(st.EDGE_FONT_SIZE),
                  color=st.EDGE_COLOUR, fontcolor=st.EDGE_LABEL_COLOUR, arrowsize="0.6")
+        defaults = len(dot.body)  # the statements above apply to the columns too
+        # With the backward pass mirrored beside the forward pass, each pass is an invisible
+        # cluster: dot keeps them side by side (the forward pass on the left) instead of
+        # letting the two chains drift apart rank after rank.
+        columns = {}
+        if self.mirror and not self.kernels:
+            for gradient, name in ((False, "cluster_forward"), (True, "cluster_backward")):
+                columns[gradient] = graphviz.Digraph(name)
+                columns[gradient].attr(style="invis", margin="0")
+
+        def column(gradient):
+            return columns.get(gradient, dot)
+
         clusters, cluster_of = self._clusters()
         drawn_groups = set()
         for node in self.nodes:
             role = self.role.get(id(node))
             if role is None:
                 continue
+            gradient = id(node) in self.gradient_ids
             group = self.collapsed.get(id(node))
             if group is not None:
                 if group.key not in drawn_groups:
                     drawn_groups.add(group.key)
-                    dot.node(self.group_ids[group.key], self.group_label(group),
-                             id=self.group_ids[group.key], tooltip=group.title)
+                    column(gradient).node(self.group_ids[group.key], self.group_label(group),
+                                          id=self.group_ids[group.key], tooltip=group.title)
                 continue
-            where = clusters[cluster_of[id(node)]] if id(node) in cluster_of else dot
+            where = clusters[cluster_of[id(node)]][0] if id(node) in cluster_of else \
+                column(gradient)
             self._draw_node(where, node, role)
-        for sub in clusters:
-            dot.subgraph(sub)
+        for sub, gradient in clusters:
+            column(gradient).subgraph(sub)
         edges = self.box_edges()
         stubbed = self.stubbed_reads(edges)
         self.stubs = []
         for source_node, source, target, kind in edges:
             if (source, target) in stubbed:
-                self._draw_stub(dot, source_node, source, target)
+                self._draw_stub(column(True), dot, source_node, source, target)
             elif kind == "gradient" and self.mirror:
                 self._edge(dot, source_node, source, target, gradient=True, back=True)
             else:
                 self._edge(dot, source_node, source, target, gradient=kind == "gradient")
         for k, (node, label) in enumerate(self.output_boxes()):
-            dot.node(f"out{k}", self.terminal_label(label), shape="box", id=f"out{k}",
-                     style="rounded,filled", fillcolor=st.TERMINAL_FILL,
-                     color=st.TERMINAL_BORDER, margin="0.12,0.04", height="0.3")
             gradient = k >= len(self.output_boxes()) - len(self.grads)
+            column(gradient).node(f"out{k}", self.terminal_label(label), shape="box",
+                                  id=f"out{k}", style="rounded,filled",
+                                  fillcolor=st.TERMINAL_FILL, color=st.TERMINAL_BORDER,
+                                  margin="0.12,0.04", height="0.3")
             self._edge(dot, node, self.box_of(node), f"out{k}", gradient and
                        id(node) in self.gradient_ids, back=gradient and self.mirror)
+        body, dot.body = dot.body[defaults:], dot.body[:defaults]
+        for sub in columns.values():
+            dot.subgraph(sub)
+        dot.body += body
         if self.legend:
             self._draw_legend(dot)
         return dot
@@ -494,12 +523,12 @@ class Scene:
                        shape="box", style="rounded,filled,dotted", fillcolor="white",
                        color=st.TERMINAL_BORDER, margin="0.1,0.03", height="0.3")
 
-    def _draw_stub(self, dot, node, source, target):
+    def _draw_stub(self, where, dot, node, source, target):
         """A small "↗ relu_12" box beside the reader, linked to the forward box it names."""
         ident = f"s{len(self.stubs)}"
         self.stubs.append((ident, source, target))
         name = self.names[node]
-        dot.node(ident, f"<{st.REFERENCE} {escape(name)}>", id=ident, shape="box",
+        where.node(ident, f"<{st.REFERENCE} {escape(name)}>", id=ident, shape="box",
                  style="rounded,dotted", color=st.TERMINAL_BORDER, fontcolor=st.MUTED_TEXT,
                  fontsize=str(st.EDGE_FONT_SIZE), margin="0.06,0.02", height="0.2",
                  tooltip=f"forward value {name} (box {source})", URL=f"#{source}")
@@ -526,7 +555,7 @@ class Scene:
                 sub.attr(label=f"<{escape(kernel.name)}>", style="rounded,dashed",
                          color=st.CLUSTER_COLOUR, fontcolor=st.CLUSTER_COLOUR,
                          fontsize=str(st.EDGE_FONT_SIZE), labeljust="l", margin="6")
-                clusters.append(sub)
+                clusters.append((sub, False))
             return clusters, member
         clusters, member, index = [], {}, {}
         for node in self.nodes:
@@ -540,7 +569,7 @@ class Scene:
                          style="rounded,dashed" if group.gradient else "rounded",
                          color=st.CLUSTER_COLOUR, fontcolor=st.CLUSTER_COLOUR,
                          fontsize=str(st.EDGE_FONT_SIZE), labeljust="l", margin="6")
-                clusters.append(sub)
+                clusters.append((sub, group.gradient))
             member[id(node)] = index[group.key]
         return clusters, member
 

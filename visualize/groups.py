@@ -140,6 +140,7 @@ def infer_groups(nodes, gradient_ids, grad_pairs=(), y=None):
         own = scope_of(getattr(wrt, "name", None), strip)
         if own and g.inputs and not g.name and id(g) in gradient_ids:
             scope[id(g)] = (own, True)
+    settled = set()  # nodes whose group (or none) the replay decided
     wrt = [w for w, _ in grad_pairs if isinstance(w, Node)]
     if y is not None and wrt and gradient_ids:
         origin = gradient_origins(y, wrt)
@@ -147,15 +148,17 @@ def infer_groups(nodes, gradient_ids, grad_pairs=(), y=None):
             source = origin.get(id(node))
             if id(node) in gradient_ids and source is not None and not node.name:
                 key = scope.get(id(source))
-                if key is None:
+                if key is None:  # made by the rule of an op outside every group
                     scope.pop(id(node), None)
+                    settled.add(id(node))
                 else:
                     scope[id(node)] = (key[0], True)
     changed = True
     while changed:
         changed = False
         for node in nodes:
-            if id(node) in scope or not node.inputs or node.name or is_leaf(node):
+            if id(node) in scope or id(node) in settled or not node.inputs or node.name \
+                    or is_leaf(node):
                 continue
             gradient = id(node) in gradient_ids
             feeding = [i for i in dict.fromkeys(node.inputs) if not (i.op in LEAVES)]
