@@ -32,6 +32,7 @@ from .groups import infer_groups
 INLINE_LEAVES = ("param", "variable", "const")  # drawn as rows inside their consumer
 LARGE_GRAPH = 400  # drawn boxes; above this dot's x-coordinate optimisation is cut short
 LARGE_GRAPH_NSLIMIT = "0.1"
+SPLINE_BUDGET = 12000  # ranks crossed by all edges; above this, edges are straight lines
 MAX_EDGE_SPAN = 6  # ranks a forward value's edge to a gradient node may cross; longer: a stub
 
 
@@ -427,9 +428,11 @@ class Scene:
         those spanning more than `max_edge_span` ranks. A long edge becomes a chain of
         virtual nodes in dot, and hundreds of them made large derivative graphs take
         minutes to lay out."""
+        rank = self.ranks(self.layout_edges(edges))
+        self.edge_ranks = sum(abs(rank.get(head, 0) - rank.get(tail, 0))
+                              for tail, head in self.layout_edges(edges))
         if self.max_edge_span is None:
             return set()
-        rank = self.ranks(self.layout_edges(edges))
         return {(source, target) for _, source, target, kind in edges
                 if kind == "read" and rank.get(target, 0) - rank.get(source, 0)
                 > self.max_edge_span}
@@ -472,7 +475,7 @@ class Scene:
                 if group.key not in drawn_groups:
                     drawn_groups.add(group.key)
                     column(gradient).node(self.group_ids[group.key], self.group_label(group),
-                                          id=self.group_ids[group.key], tooltip=group.title)
+                                          id=self.group_ids[group.key])
                 continue
             where = clusters[cluster_of[id(node)]][0] if id(node) in cluster_of else \
                 column(gradient)
@@ -481,6 +484,10 @@ class Scene:
             column(gradient).subgraph(sub)
         edges = self.box_edges()
         stubbed = self.stubbed_reads(edges)
+        if self.edge_ranks > SPLINE_BUDGET:
+            # Routing curved edges around tens of thousands of virtual nodes takes dot
+            # minutes (ResNet-50's derivative graph: 88 s); straight edges take a second.
+            dot.attr(splines="line")
         self.stubs = []
         for source_node, source, target, kind in edges:
             if (source, target) in stubbed:
@@ -531,7 +538,7 @@ class Scene:
         where.node(ident, f"<{st.REFERENCE} {escape(name)}>", id=ident, shape="box",
                  style="rounded,dotted", color=st.TERMINAL_BORDER, fontcolor=st.MUTED_TEXT,
                  fontsize=str(st.EDGE_FONT_SIZE), margin="0.06,0.02", height="0.2",
-                 tooltip=f"forward value {name} (box {source})", URL=f"#{source}")
+                 tooltip=f"a forward value, drawn as box {source}", URL=f"#{source}")
         self._edge(dot, node, ident, target, gradient=False)
 
     def _edge(self, dot, source, tail, head, gradient, back=False):

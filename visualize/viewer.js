@@ -24,13 +24,11 @@
     boxes[current] = b;
     svg().setAttribute("viewBox", b.join(" "));
   }
-  function fit() {
-    const g = svg().querySelector("g");
-    const bb = g.getBBox();
-    setBox([bb.x - 10, bb.y - 10, bb.width + 20, bb.height + 20]);
-  }
+  const whole = {};  // per layout: the viewBox Graphviz gave (the whole graph)
+  function fit() { setBox(whole[current].slice()); }
   function prepare(k) {
     const s = document.querySelector(`#layout${k} svg`);
+    whole[k] = s.getAttribute("viewBox").trim().split(/[\s,]+/).map(Number);
     s.removeAttribute("width");
     s.removeAttribute("height");
     s.setAttribute("preserveAspectRatio", "xMidYMid meet");
@@ -66,7 +64,11 @@
   });
   function centerOn(target) {
     if (!target) return;
-    const bb = target.getBBox();
+    // getBBox is in the coordinates of the graph's <g>, which Graphviz translates
+    const m = svg().getScreenCTM().inverse().multiply(target.getScreenCTM());
+    const raw = target.getBBox();
+    const bb = { x: raw.x * m.a + m.e, y: raw.y * m.d + m.f,
+                 width: raw.width * m.a, height: raw.height * m.d };
     const b = boxes[current];
     const w = Math.max(b[2], 1), h = Math.max(b[3], 1);
     setBox([bb.x + bb.width / 2 - w / 2, bb.y + bb.height / 2 - h / 2, w, h]);
