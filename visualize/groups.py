@@ -5,9 +5,9 @@ graphnn's layers name their parameters "<layer>/<param>" (`dense1/W`, `conv2d1/b
 graphnn/nn.py) but not the ops they make; ONNX exporters name tensors after their scope
 (`fire2/squeeze1x1_w_0`). So a group is read off the names, then grown along the graph:
 
-1. seeds: a node named "<scope>/<rest>" is in <scope>; an unnamed op that consumes a
+1. seeds: a node named "<scope>/<rest>" is in <scope>; another op that consumes a
    parameter (or named constant) of <scope> is in <scope> (the matmul reading dense1/W);
-2. growth, repeated until nothing changes: an unnamed op joins <scope> when every input
+2. growth, repeated until nothing changes: an op without a scope joins <scope> when every input
    that is not a parameter or constant is in <scope> and used only there (the add of the
    bias, then the activation), or when every one of its consumers is in <scope> (the
    transpose ONNX puts before a convolution);
@@ -130,7 +130,7 @@ def infer_groups(nodes, gradient_ids, grad_pairs=(), y=None):
         if own:
             scope[id(node)] = (own, gradient)
             continue
-        if not node.inputs or node.name:
+        if not node.inputs:
             continue
         read = {scope_of(i.name, strip) for i in node.inputs
                 if i.op in LEAVES and scope_of(i.name, strip)}
@@ -138,47 +138,52 @@ def infer_groups(nodes, gradient_ids, grad_pairs=(), y=None):
             scope[id(node)] = (read.pop(), gradient)
     for wrt, g in grad_pairs:
         own = scope_of(getattr(wrt, "name", None), strip)
-        if own and g.inputs and not g.name and id(g) in gradient_ids:
+        if own and g.inputs and id(g) in gradient_ids and not scope_of(g.name, strip):
             scope[id(g)] = (own, True)
     settled = set()  # nodes whose group (or none) the replay decided
+
+    def grow():
+        changed = True
+        while changed:
+            changed = False
+            for node in nodes:
+                if id(node) in scope or id(node) in settled or not node.inputs \
+                        or is_leaf(node):
+                    continue
+                gradient = id(node) in gradient_ids
+                feeding = [i for i in dict.fromkeys(node.inputs) if not (i.op in LEAVES)]
+                keys = {scope.get(id(i)) for i in feeding}
+                key = None
+                if feeding and len(keys) == 1 and None not in keys:
+                    candidate = keys.pop()
+                    if candidate[1] == gradient and all(
+                            len(consumers[id(i)]) == 1 for i in feeding):
+                        key = candidate
+                if key is None:
+                    users = consumers[id(node)]
+                    keys = {scope.get(id(u)) for u in users}
+                    if users and len(keys) == 1 and None not in keys:
+                        candidate = keys.pop()
+                        if candidate[1] == gradient:
+                            key = candidate
+                if key is not None:
+                    scope[id(node)] = key
+                    changed = True
+
+    grow()  # the forward groups first: the replay reads them
     wrt = [w for w, _ in grad_pairs if isinstance(w, Node)]
     if y is not None and wrt and gradient_ids:
         origin = gradient_origins(y, wrt)
         for node in nodes:
             source = origin.get(id(node))
-            if id(node) in gradient_ids and source is not None and not node.name:
+            if id(node) in gradient_ids and source is not None and not scope_of(node.name, strip):
                 key = scope.get(id(source))
                 if key is None:  # made by the rule of an op outside every group
                     scope.pop(id(node), None)
                     settled.add(id(node))
                 else:
                     scope[id(node)] = (key[0], True)
-    changed = True
-    while changed:
-        changed = False
-        for node in nodes:
-            if id(node) in scope or id(node) in settled or not node.inputs or node.name \
-                    or is_leaf(node):
-                continue
-            gradient = id(node) in gradient_ids
-            feeding = [i for i in dict.fromkeys(node.inputs) if not (i.op in LEAVES)]
-            keys = {scope.get(id(i)) for i in feeding}
-            key = None
-            if feeding and len(keys) == 1 and None not in keys:
-                candidate = keys.pop()
-                if candidate[1] == gradient and all(
-                        len(consumers[id(i)]) == 1 for i in feeding):
-                    key = candidate
-            if key is None:
-                users = consumers[id(node)]
-                keys = {scope.get(id(u)) for u in users}
-                if users and len(keys) == 1 and None not in keys:
-                    candidate = keys.pop()
-                    if candidate[1] == gradient:
-                        key = candidate
-            if key is not None:
-                scope[id(node)] = key
-                changed = True
+    grow()
     groups = {}
     for node in nodes:
         key = scope.get(id(node))
