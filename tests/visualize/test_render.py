@@ -345,3 +345,32 @@ def test_cli_render_build_names_the_function(tmp_path):
     args = parser.parse_args([str(example), "--build", "nothing", "-o", str(out)])
     with pytest.raises(gn.GraphError, match="no function nothing"):
         visualize.cli_render(args)
+
+
+def test_a_constant_gradient_output_is_no_edge_into_its_consumer():
+    # ∂f1/∂x3 is the constant 3 itself: its own box feeds the output box only, while the
+    # forward mul keeps it as a row (it was drawn twice on one mul, inline and as an edge)
+    (x1, x2, x3), (f1, _) = lecture()
+    grads = dict(zip((x1, x2, x3), gn.grad(f1, [x1, x2, x3])))
+    src = visualize.to_dot(f1, grads=grads)
+    boxes = [nid for nid, line in node_lines(src).items() if line.startswith("label=<3<BR/>")]
+    assert len(boxes) == 1
+    assert [e.split(" [")[0] for e in edge_lines(src) if boxes[0] in e] == [
+        f"out3 -> {boxes[0]}"]
+    assert sum("<B>const</B> = 3" in line for line in node_lines(src).values()) == 1
+    assert "\u2202f1/\u2202x3" in src
+
+
+def test_collapsed_layer_groups_are_one_box_each():
+    model_loss = load_example("mlp_digits").loss_graph()
+    params = gn.Graph(model_loss).params
+    grads = dict(zip(params, gn.grad(model_loss, params)))
+    src = visualize.to_dot(model_loss, grads=grads, expand=False)
+    labels = src
+    for title in ("dense1", "dense2", "\u2207 dense1", "\u2207 dense2"):
+        assert f'<FONT COLOR="white">{title}</FONT>' in labels
+    assert "<B>W</B> \u27e864\u00d7128\u27e9" in labels  # rows without the "dense1/" prefix
+    one = visualize.to_dot(model_loss, grads=grads, expand=["dense1"])
+    assert "cluster_" in one and '<FONT COLOR="white">dense2</FONT>' in one
+    assert '<FONT COLOR="white">dense1</FONT>' not in one
+    assert "cluster_" not in visualize.to_dot(model_loss, groups=False)
