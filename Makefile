@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed-stamp
 export OPENBLAS_NUM_THREADS ?= 1
 export GRAPHNN_CACHE_DIR ?= $(CURDIR)/.graphnn-cache
 
-.PHONY: demo test fuzz bench dot mpi clean
+.PHONY: demo test fuzz bench dot mpi browser clean
 
 # In CI (CI=true) a tier whose tools cannot be installed is a failure, not a skip.
 CI_FAIL := case "$$CI" in true|1|yes) echo "CI: this tier must run"; exit 1;; esac
@@ -42,10 +42,23 @@ mpi: $(STAMP)
 	@$(PY) -c "import mpi4py" 2>/dev/null || $(PY) -m pip install -q -e ".[mpi]" \
 	  || { echo "warning: could not install mpi4py; the MPI tests will skip"; $(CI_FAIL); }
 
+# Chromium and Playwright (extra [browser]) run the HTML viewer's browser test; without them
+# it skips and says why. Playwright drives Debian's chromium: no browser download.
+browser: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not install chromium; the browser test will skip"; \
+	  else \
+	    echo "Chromium is missing. Install it with:  sudo apt-get install chromium"; \
+	  fi; }
+	@$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q -e ".[browser]" \
+	  || echo "warning: could not install playwright; the browser test will skip"
+
 demo: $(STAMP) dot
 	$(PY) -m graphnn demo
 
-test: $(STAMP) dot mpi
+test: $(STAMP) dot mpi browser
 	$(PY) -m pytest -q
 
 fuzz: $(STAMP)

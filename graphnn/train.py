@@ -75,7 +75,8 @@ class History:
                         markersize=3, label=f"val_{name}")
             values = np.concatenate([per_step, self.history[name],
                                      self.history.get(f"val_{name}", [])])
-            if values.min() > 0 and values.max() / values.min() > 30:
+            bounded = "acc" in name.lower() and values.max() <= 1  # accuracies: linear
+            if not bounded and values.min() > 0 and values.max() / values.min() > 30:
                 ax.set_yscale("log")  # losses falling by decades
             ax.set_xlabel("epoch")
             ax.set_ylabel(name)

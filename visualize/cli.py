@@ -31,7 +31,7 @@ def add_render_arguments(parser):
                         help="the function of FILE.py returning the graph (default: build)")
     parser.add_argument("-o", "--output", default=None,
                         help="picture to write (.svg .png .pdf .dot); default FILE.svg")
-    parser.add_argument("--format", choices=("svg", "png", "pdf", "dot"), default=None,
+    parser.add_argument("--format", choices=("svg", "png", "pdf", "dot", "html"), default=None,
                         help="picture format (default: from the output's suffix)")
     parser.add_argument("--grad", action="store_true",
                         help="also draw the derivative graph of the first output")
@@ -44,6 +44,23 @@ def add_render_arguments(parser):
     parser.add_argument("--attrs", action="store_true", help="show op attributes")
     parser.add_argument("--lr", action="store_true", help="lay out left to right")
     return parser
+
+
+def add_view_arguments(parser):
+    """Add the `view` command's arguments (those of `render`, output .html) to a parser."""
+    add_render_arguments(parser)
+    parser.set_defaults(format="html")
+    parser.add_argument("--collapse", action="store_true",
+                        help="start with the layer groups collapsed (one box per layer)")
+    return parser
+
+
+def cli_view(args):
+    """Run the `view` command: write FILE.html, the interactive viewer; returns 0."""
+    args.format = "html"
+    if args.output is None:
+        args.output = str(args.file).rsplit(".", 1)[0] + ".html"
+    return cli_render(args)
 
 
 def gradient_pairs(outputs):
@@ -60,6 +77,8 @@ def cli_render(args):
     target = load_outputs(args.file, getattr(args, "build", "build"))
     options = {"show_names": args.names, "show_attrs": args.attrs,
                "rankdir": "LR" if args.lr else "TB"}
+    if getattr(args, "collapse", False):
+        options["expand"] = False
     if args.grad or args.backward_only:
         grads, loss = gradient_pairs(target)
         options.update(grads=grads, backward_only=args.backward_only)

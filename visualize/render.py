@@ -10,7 +10,7 @@ import graphviz
 
 from .draw import build_digraph
 
-FORMATS = ("svg", "png", "pdf", "dot")
+FORMATS = ("svg", "png", "pdf", "dot", "html")
 PNG_DPI = 110  # Graphviz's 72 makes 9-point edge labels hard to read
 INSTALL_HINT = ("install Graphviz: `apt-get install graphviz` (Debian/Ubuntu), "
                 "`brew install graphviz` (macOS) or `conda install graphviz`")
@@ -28,7 +28,9 @@ def render(target, path, format=None, **options):  # noqa: A002 - the documented
 
     `target`: a node, a list of nodes, a `gn.Graph`, or a compiled function (its `.graph`
     is drawn, and its `.kernels`, when it has them, as clusters).
-    `format`: "svg", "png", "pdf" or "dot"; by default taken from the suffix of `path`.
+    `format`: "svg", "png", "pdf", "dot" or "html"; by default taken from the suffix of
+    `path`. "html" writes the interactive viewer (visualize/viewer.py): one self-contained
+    page with pan, zoom, search and a panel of details per box.
 
     Options:
       grads={W1: gW1, ...}  gradient nodes to draw with the forward graph: each key is the
@@ -46,6 +48,14 @@ def render(target, path, format=None, **options):  # noqa: A002 - the documented
                             as clusters; defaults to the compiled function's `.kernels`.
       legend=None           the forward/gradient legend; by default shown when there are
                             gradient nodes.
+      expand=True           layer groups (nodes named "dense1/...", ONNX name scopes; see
+                            visualize/groups.py) drawn as clusters of their ops; False draws
+                            each as one box ("dense1", "∇ dense1"), a list of scopes
+                            (["dense1"]) expands those and collapses the others.
+      groups=True           False: no layer groups at all (every op a box, no clusters).
+      max_edge_span=6       a forward value read by a gradient node more than this many
+                            ranks below is drawn as a stub "↗ relu_12" beside the reader
+                            (None: always an edge).
 
         loss = gn.softmax_cross_entropy(logits, y)
         visualize.render(loss, "mlp.svg")
@@ -56,8 +66,15 @@ def render(target, path, format=None, **options):  # noqa: A002 - the documented
     if fmt not in FORMATS:
         raise ValueError(f"cannot tell the picture format of '{path}': use a suffix or "
                          f"format= among {', '.join(FORMATS)}")
-    dot = build_digraph(target, **options)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "html":
+        from .viewer import write_html
+        try:
+            return write_html(target, path, **options)
+        except graphviz.ExecutableNotFound as exc:
+            raise GraphvizNotFound(f"cannot write {path}: Graphviz's `dot` program was not "
+                                   f"found; {INSTALL_HINT}.") from exc
+    dot = build_digraph(target, **options)
     if fmt == "dot":
         path.write_text(dot.source, encoding="utf-8")
         return str(path)

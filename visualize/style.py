@@ -72,3 +72,4 @@ SHAPE_OPEN, SHAPE_CLOSE = "\u27e8", "\u27e9"
 TIMES = "\u00d7"
 NABLA = "\u2207"
 PARTIAL = "\u2202"
+REFERENCE = "\u2197"  # a stub naming a forward value drawn elsewhere

@@ -1,5 +1,5 @@
 """The `graphnn` command: `demo` (the lecture examples and the digits MLP), `bench` (graph vs
-eager benchmarks), `render` (a model file's picture), `export` and `run` (ONNX files).
+eager benchmarks), `render` (a model file's picture), `view` (its interactive HTML viewer), `export` and `run` (ONNX files).
 
 This is an entry point, not library code: it may import every package (visualize too)."""
 import argparse
@@ -63,6 +63,9 @@ def main(argv=None):
     render = sub.add_parser("render", help="draw a model file's graph (Netron style)")
     visualize.add_render_arguments(render)
     render.set_defaults(fn=visualize.cli_render)
+    view = sub.add_parser("view", help="write a model file's interactive viewer (one HTML file)")
+    visualize.add_view_arguments(view)
+    view.set_defaults(fn=visualize.cli_view)
     from . import onnx_cli  # `export` and `run`: ONNX files
     onnx_cli.add_cli_commands(sub)
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -151,19 +151,40 @@ CASES = {
 # -- what the picture should hold, from the graph ----------------------------------------------
 
 def expected_picture(target, options):
-    """Boxes {dot id: node, output label or None}, edges Counter((tail, head, label)) and
-    the scene, worked out from the graph itself."""
+    """Boxes {dot id: node, output label, ("stub", forward box) or None}, edges
+    Counter((tail, head, label)) and the scene, worked out from the graph itself: one edge
+    per pair of boxes; edges between gradient nodes drawn upwards (tail and head swapped,
+    dir=back) beside the forward pass; a forward value read far below drawn as a stub."""
     scene = Scene(target, **options)
+    scene.digraph()  # decides which reads become stubs
+    stubbed = {(source, target): ident for ident, source, target in scene.stubs}
     boxes = {scene.dot_id(n): n for n in scene.nodes if scene.role.get(id(n))}
+    boxes.update({ident: ("stub", source) for ident, source, _ in scene.stubs})
     edges = Counter()
+    pairs = set()
     for node in scene.nodes:
         if scene.role.get(id(node)) == "op":
             for inp in node.inputs:
-                if scene.role.get(id(inp)):
-                    edges[(scene.dot_id(inp), scene.dot_id(node), format_dims(inp.sym_shape))] += 1
+                if not scene.role.get(id(inp)) or inp.op in INLINE_LEAVES:
+                    continue
+                tail, head = scene.dot_id(inp), scene.dot_id(node)
+                if (tail, head) in pairs:
+                    continue
+                pairs.add((tail, head))
+                label = format_dims(inp.sym_shape)
+                if (tail, head) in stubbed:
+                    assert id(inp) not in scene.gradient_ids and id(node) in scene.gradient_ids
+                    edges[(stubbed[(tail, head)], head, label)] += 1
+                elif scene.mirror and {id(inp), id(node)} <= scene.gradient_ids:
+                    edges[(head, tail, label)] += 1
+                else:
+                    edges[(tail, head, label)] += 1
+    n_forward = len(scene.output_boxes()) - len(scene.grads)
     for k, (node, label) in enumerate(scene.output_boxes()):
         boxes[f"out{k}"] = label
-        edges[(scene.dot_id(node), f"out{k}", format_dims(node.sym_shape))] += 1
+        pair = (scene.dot_id(node), f"out{k}")
+        edges[pair[::-1] + (format_dims(node.sym_shape),) if scene.mirror and k >= n_forward
+              else pair + (format_dims(node.sym_shape),)] += 1
     if scene.legend:
         boxes["legend"] = None
     return boxes, edges, scene

@@ -136,9 +136,11 @@ def test_inputs_and_outputs_are_light_grey_rounded_boxes():
     (x1, x2, _), (f1, f2) = lecture()
     assert "out0 [label=<f1>" in visualize.to_dot([f1, f2])  # the example names its outputs
     g1, g2 = x1 * x2, x1 + x2
-    unnamed = visualize.to_dot([g1, g2])
-    assert "out0 [label=<output 0>" in unnamed and "out1 [label=<output 1>" in unnamed
-    assert "out0 [label=<output>" in visualize.to_dot(g1)
+    unnamed = visualize.to_dot([g1, g2])  # unnamed outputs: their expression
+    assert "out0 [label=<x1 * x2>" in unnamed and "out1 [label=<x1 + x2>" in unnamed
+    assert "out0 [label=<x1 * x2>" in visualize.to_dot(g1)
+    deep = gn.mean(gn.relu(gn.exp(x1 * x2 + 1.0)))
+    assert "out0 [label=<mean(relu(\u2026))>" in visualize.to_dot(deep)
 
 
 # -- derivative graphs ------------------------------------------------------------------------
@@ -240,8 +242,8 @@ def test_show_attrs_lists_attributes_as_rows():
 def test_show_names_and_rankdir():
     loss, _ = mlp()
     h = gn.exp(gn.relu(gn.input("x", (None, 3)), name="hidden"))
-    assert "hidden" not in visualize.to_dot(h)
-    assert "hidden" in visualize.to_dot(h, show_names=True)
+    assert "hidden" not in line_of(visualize.to_dot(h), "relu")
+    assert "hidden" in line_of(visualize.to_dot(h, show_names=True), "relu")
     assert "rankdir=TB" in visualize.to_dot(loss)
     assert "rankdir=LR" in visualize.to_dot(loss, rankdir="LR")
     with pytest.raises(ValueError, match="rankdir"):
@@ -327,7 +329,9 @@ def test_cli_render_reads_build_and_draws_gradients(tmp_path):
     args = parser.parse_args([str(script), "-o", str(out), "--grad"])
     assert visualize.cli_render(args) == 0
     src = out.read_text()
-    assert "\u2202loss/\u2202W" in src and "\u2207 matmul" in src
+    # the output is not called loss: the partials name what was differentiated
+    assert "\u2202mean(sigmoid(\u2026))/\u2202W" in src and "\u2207 matmul" in src
+    assert "\u2202loss" not in src
     assert "<B>W</B> \u27e83\u00d72\u27e9" in src
 
 
@@ -341,3 +345,32 @@ def test_cli_render_build_names_the_function(tmp_path):
     args = parser.parse_args([str(example), "--build", "nothing", "-o", str(out)])
     with pytest.raises(gn.GraphError, match="no function nothing"):
         visualize.cli_render(args)
+
+
+def test_a_constant_gradient_output_is_no_edge_into_its_consumer():
+    # ∂f1/∂x3 is the constant 3 itself: its own box feeds the output box only, while the
+    # forward mul keeps it as a row (it was drawn twice on one mul, inline and as an edge)
+    (x1, x2, x3), (f1, _) = lecture()
+    grads = dict(zip((x1, x2, x3), gn.grad(f1, [x1, x2, x3])))
+    src = visualize.to_dot(f1, grads=grads)
+    boxes = [nid for nid, line in node_lines(src).items() if line.startswith("label=<3<BR/>")]
+    assert len(boxes) == 1
+    assert [e.split(" [")[0] for e in edge_lines(src) if boxes[0] in e] == [
+        f"out3 -> {boxes[0]}"]
+    assert sum("<B>const</B> = 3" in line for line in node_lines(src).values()) == 1
+    assert "\u2202f1/\u2202x3" in src
+
+
+def test_collapsed_layer_groups_are_one_box_each():
+    model_loss = load_example("mlp_digits").loss_graph()
+    params = gn.Graph(model_loss).params
+    grads = dict(zip(params, gn.grad(model_loss, params)))
+    src = visualize.to_dot(model_loss, grads=grads, expand=False)
+    labels = src
+    for title in ("dense1", "dense2", "\u2207 dense1", "\u2207 dense2"):
+        assert f'<FONT COLOR="white">{title}</FONT>' in labels
+    assert "<B>W</B> \u27e864\u00d7128\u27e9" in labels  # rows without the "dense1/" prefix
+    one = visualize.to_dot(model_loss, grads=grads, expand=["dense1"])
+    assert "cluster_" in one and '<FONT COLOR="white">dense2</FONT>' in one
+    assert '<FONT COLOR="white">dense1</FONT>' not in one
+    assert "cluster_" not in visualize.to_dot(model_loss, groups=False)
