@@ -85,7 +85,8 @@ MAX_ELEMENTS = 1 << 28
 def _read_model(onnx, path):
     import os
     if not os.path.isfile(path):
-        raise GraphError(f"cannot import {path}: no such file")
+        raise GraphError(f"cannot import {path}: "
+                         + ("a directory, not a file" if os.path.isdir(path) else "no such file"))
     try:
         return onnx.load(path)
     except Exception as exc:  # protobuf's DecodeError, truncated or foreign files
@@ -120,8 +121,7 @@ class _Importer:
         except _Unsupported as exc:
             raise GraphError(f"cannot import {self.where} (opset {self.opset}): {exc}") \
                 from None
-        except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError,
-                OverflowError, MemoryError, AttributeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a malformed model, never a raw error
             raise GraphError(f"cannot import {self.where} (opset {self.opset}): malformed "
                              f"model ({type(exc).__name__}: {exc})") from None
 
@@ -159,9 +159,8 @@ class _Importer:
             except GraphError as exc:
                 self.problems.append(f"{_describe(node)}: {str(exc).split('; at ')[0]}")
                 self.missing.update(node.output)
-            except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError,
-                    OverflowError, MemoryError, AttributeError) as exc:
-                self.problems.append(f"{_describe(node)}: malformed "
+            except Exception as exc:  # noqa: BLE001 - a malformed node, never a raw error
+                self.problems.append(f"{_describe(node)}: malformed or unsupported "
                                      f"({type(exc).__name__}: {exc})")
                 self.missing.update(node.output)
         if self.problems:
@@ -179,8 +178,14 @@ class _Importer:
         """Every node input must be a graph input, an initializer or an output of an
         earlier node (ONNX stores nodes in topological order): a cycle or a value used
         before it is made is reported naming the node."""
+        if not self.graph.output:
+            raise _Unsupported("the graph has no outputs")
         known = set(self.static) | set(self.values)
         for node in self.graph.node:
+            again = [n for n in node.output if n and n in known]
+            if again:
+                raise _Unsupported(f"{_describe(node)}: value '{again[0]}' is produced "
+                                   "twice (by an earlier node, an input or an initializer)")
             late = [n for n in node.input if n and n not in known]
             if late:
                 made_later = {o for m in self.graph.node for o in m.output}
@@ -346,6 +351,14 @@ class _Importer:
             return np.expand_dims(value, tuple(int(a) % rank for a in np.ravel(axes)))
         except (ValueError, np.exceptions.AxisError):
             return None
+
+
+def _axis(axis, rank, what):
+    """An axis attribute in [-rank, rank-1], as a non-negative axis."""
+    axis = int(axis)
+    if not -rank <= axis < rank:
+        raise _Unsupported(f"{what} {axis} out of range for rank {rank}")
+    return axis % rank
 
 
 def _describe(node):
@@ -574,9 +587,9 @@ def import_conv(imp, node, attrs):
             w = ops.reshape(w, w.sym_shape[:2] + (1,) + w.sym_shape[2:])
         w = transpose(w, (2, 3, 1, 0))
     kh, kw = (_static_dim(d, "a Conv kernel") for d in w.sym_shape[:2])
-    if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != (kh, kw):
+    if "kernel_shape" in attrs and _pair(attrs["kernel_shape"], src.rank, 1) != (kh, kw):
         raise _Unsupported(f"kernel_shape {tuple(attrs['kernel_shape'])} differs from the "
-                           f"weight's ({kh}, {kw})")
+                           "weight's")
     strides, pads, dilations = _spatial_attrs(node, attrs, (kh, kw), (src.h, src.w))
     x = src.x
     cin = _static_dim(x.sym_shape[3], "Conv input channels")
@@ -739,6 +752,8 @@ def _pool(imp, node, attrs, kind):
         raise _Unsupported("the Indices output")
     src = _Spatial(imp, node.input[0])
     attrs = _windowed_attrs(attrs, src.rank)
+    if "kernel_shape" not in attrs:
+        raise _Unsupported("no kernel_shape")
     kernel = _pair(attrs.get("kernel_shape"), src.rank, 1)
     strides, pads, dilations = _spatial_attrs(node, attrs, kernel, (src.h, src.w))
     if kind == "avg" and dilations != (1, 1):
@@ -982,7 +997,7 @@ def _softmax(fn, composite):
         if imp.opset >= 13:
             imp.set(node.output[0], fn(x, axis=int(attrs.get("axis", -1))))
             return
-        axis = int(attrs.get("axis", 1)) % builtins.max(x.ndim, 1)
+        axis = _axis(attrs.get("axis", 1), builtins.max(x.ndim, 1), "axis")
         if axis == x.ndim - 1:
             imp.set(node.output[0], fn(x, axis=axis))
         else:  # opsets < 13 flatten to 2-D at `axis`: normalise over all trailing axes
@@ -1031,8 +1046,18 @@ def import_transpose(imp, node, attrs):
 
 def _target_shape(x, target, allowzero=False):
     dims = []
-    for i, d in enumerate(int(v) for v in target):
-        dims.append(x.sym_shape[i] if d == 0 and not allowzero else d)
+    target = [int(v) for v in np.ravel(target)]
+    if sum(d == -1 for d in target) > 1 or any(d < -1 for d in target):
+        raise _Unsupported(f"reshape to {tuple(target)}: at most one -1 and no other "
+                           "negative dims")
+    for i, d in enumerate(target):
+        if d == 0 and not allowzero:
+            if i >= x.ndim:
+                raise _Unsupported(f"reshape to {tuple(target)}: a 0 at position {i} copies "
+                                   f"a dim the rank-{x.ndim} input does not have")
+            d = x.sym_shape[i]
+        dims.append(d)
+    _check_size([d for d in dims if not isinstance(d, int) or d >= 0], "a reshape")
     return tuple(dims)
 
 
@@ -1064,7 +1089,7 @@ def _product(dims):
 
 def import_flatten(imp, node, attrs):
     x = imp.node(node.input[0])
-    axis = int(attrs.get("axis", 1)) % (x.ndim + 1) if x.ndim else 0
+    axis = _axis(attrs.get("axis", 1), x.ndim + 1, "axis") if x.ndim else 0
     shape = (_product(x.sym_shape[:axis]) if axis else 1,
              _product(x.sym_shape[axis:]) if axis < x.ndim else 1)
     imp.set(node.output[0], _reshape(x, shape))
@@ -1105,7 +1130,7 @@ def import_squeeze(imp, node, attrs):
     shape = x.sym_shape
     if axes is None:
         axes = [i for i, d in enumerate(shape) if S.resolve(d) == 1]
-    axes = {a % x.ndim for a in axes}
+    axes = {_axis(a, x.ndim, "Squeeze axis") for a in axes}
     imp.set(node.output[0], _reshape(x, tuple(d for i, d in enumerate(shape) if i not in axes)))
 
 
@@ -1113,7 +1138,9 @@ def import_unsqueeze(imp, node, attrs):
     x = imp.node(node.input[0])
     axes = _axes(imp, node, attrs, 1, 13)
     rank = x.ndim + len(axes)
-    axes = {a % rank for a in axes}
+    axes = {_axis(a, rank, "Unsqueeze axis") for a in axes}
+    if len(axes) != rank - x.ndim:
+        raise _Unsupported("repeated Unsqueeze axes")
     dims = iter(x.sym_shape)
     imp.set(node.output[0], _reshape(x, tuple(1 if i in axes else next(dims)
                                               for i in range(rank))))
@@ -1121,7 +1148,7 @@ def import_unsqueeze(imp, node, attrs):
 
 def import_split(imp, node, attrs):
     x = imp.node(node.input[0])
-    axis = int(attrs.get("axis", 0)) % x.ndim
+    axis = _axis(attrs.get("axis", 0), x.ndim, "axis")
     length = _static_dim(x.sym_shape[axis], "Split")
     if imp.opset >= 13 and len(node.input) > 1 and node.input[1]:
         sizes = [int(s) for s in imp.static_value(node, 1, "Split's sizes")]
@@ -1177,6 +1204,18 @@ def import_pad(imp, node, attrs):
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     half = len(pads) // 2
+    if len(pads) != 2 * len(axes) or len(set(axes)) != len(axes):
+        raise _Unsupported(f"{len(pads)} pads for {len(axes)} axes")
+    out = list(x.sym_shape)
+    for i, axis in enumerate(axes):
+        d = S.resolve(out[axis])
+        if isinstance(d, int):
+            out[axis] = d + int(pads[i]) + int(pads[i + half])
+            if out[axis] < 1:
+                raise _Unsupported(f"pads {list(pads)} leave axis {axis} empty")
+        elif pads[i] or pads[i + half]:
+            out[axis] = None
+    _check_size([d if d is not None else 1 for d in out], "Pad's output")
     y = x
     for i, axis in enumerate(axes):
         before, after = int(pads[i]), int(pads[i + half])
@@ -1216,8 +1255,13 @@ def _pad_one_axis(x, axis, before, after, mode):
 
     def piece(i):
         return ops.slice_axis(x, axis, i, i + 1)
-    if mode == "edge":
-        head, tail = [piece(0)] * before, [piece(length - 1)] * after
+    if mode == "edge":  # the first/last element broadcast over the pad
+        def block(i, count):
+            zeros = np.zeros(tuple(count if a == axis else 1 for a in range(x.ndim)),
+                             x.dtype)
+            return [ops.add(piece(i), const_node(zeros))] if count > 1 else [piece(i)]
+        head = block(0, before) if before else []
+        tail = block(length - 1, after) if after else []
     elif mode == "reflect":
         if before >= length or after >= length:
             raise _Unsupported("reflect padding wider than the axis")
@@ -1230,11 +1274,29 @@ def _pad_one_axis(x, axis, before, after, mode):
 
 def import_tile(imp, node, attrs):
     x = imp.node(node.input[0])
-    repeats = imp.static_value(node, 1, "Tile's repeats")
-    for axis, r in enumerate(int(v) for v in repeats):
-        if r > 1:
+    repeats = [int(v) for v in np.ravel(imp.static_value(node, 1, "Tile's repeats"))]
+    if len(repeats) != x.ndim or builtins.min(repeats, default=1) < 1:
+        raise _Unsupported(f"repeats {repeats} for a rank-{x.ndim} input (one positive "
+                           "count per axis)")
+    _check_size([S.resolve(d) * r if isinstance(S.resolve(d), int) else d
+                 for d, r in zip(x.sym_shape, repeats)], "Tile's output")
+    for axis, r in enumerate(repeats):
+        if 1 < r <= 4:
             x = ops.concat([x] * r, axis=axis)
+        elif r > 4:
+            x = _repeat_block(x, axis, r)
     imp.set(node.output[0], x)
+
+
+def _repeat_block(x, axis, r):
+    """x repeated r times along `axis` ([x, x, ..., x] concatenated) as one broadcast:
+    reshape to (..., 1, d, ...), add zeros of shape (..., r, 1, ...), reshape back."""
+    shape = tuple(x.sym_shape)
+    d = _static_dim(shape[axis], "Tile")
+    y = ops.reshape(x, shape[:axis] + (1,) + shape[axis:])
+    zeros = np.zeros((1,) * axis + (r,) + (1,) * (x.ndim - axis), x.dtype)
+    y = ops.add(y, const_node(zeros))
+    return ops.reshape(y, shape[:axis] + (r * d,) + shape[axis + 1:])
 
 
 def import_gather(imp, node, attrs):
@@ -1245,7 +1307,10 @@ def import_gather(imp, node, attrs):
         raise _Unsupported("Gather other than rows of a 2-D table")
     rows = _static_dim(data.sym_shape[0], "Gather")
     if imp.is_static(node.input[1]):
-        idx = imp.static[node.input[1]].astype(np.int64) % rows
+        idx = imp.static[node.input[1]].astype(np.int64)
+        if idx.size and (idx.min() < -rows or idx.max() >= rows):
+            raise _Unsupported(f"indices outside [-{rows}, {rows - 1}]")
+        idx = idx % rows
         hot = const_node((idx[..., None] == np.arange(rows)).astype(data.dtype))
     else:
         hot = ops.one_hot(imp.node(node.input[1]), rows, data.dtype)
@@ -1273,7 +1338,9 @@ def import_constant_of_shape(imp, node, attrs):
     from onnx import numpy_helper
     shape = imp.static_value(node, 0, "ConstantOfShape's shape")
     fill = numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
-    imp.set(node.output[0], np.full(tuple(int(d) for d in shape), fill.ravel()[0], fill.dtype))
+    shape = tuple(int(d) for d in np.ravel(shape))
+    _check_size(shape, "ConstantOfShape")
+    imp.set(node.output[0], np.full(shape, fill.ravel()[0], fill.dtype))
 
 
 def import_shape(imp, node, attrs):
@@ -1317,7 +1384,9 @@ def import_lrn(imp, node, attrs):
     the window from c - floor((size-1)/2) to c + ceil((size-1)/2), clipped at the ends.
     Channels-last images sum along the last axis: square, a zero pad of the channel axis,
     the window sum by doubling (window_reduce), pow, mul."""
-    size = int(attrs["size"]) if "size" in attrs else 0
+    if "size" not in attrs:
+        raise _Unsupported("no size attribute")
+    size = int(attrs["size"])
     if size < 1:
         raise _Unsupported(f"size={size} (must be at least 1)")
     alpha, beta = float(attrs.get("alpha", 1e-4)), float(attrs.get("beta", 0.75))
