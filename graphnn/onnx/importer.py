@@ -689,7 +689,7 @@ def _fold_batch_norm(imp, conv, wname, bname):
     when there is nothing to fold. The folded nodes become aliases of the Conv output."""
     if not imp.is_static(wname) or (bname and not imp.is_static(bname)):
         return None
-    w = imp.static[wname].astype(np.float64)
+    w = imp.static[wname]  # scaled in its own dtype: one rounding per weight
     if w.ndim not in (3, 4) or w.dtype.kind != "f":
         return None
     cout = w.shape[0]
@@ -710,7 +710,8 @@ def _fold_batch_norm(imp, conv, wname, bname):
                 break
             gamma, beta, mean, var = (p.astype(np.float64) for p in params)
             scale = gamma / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
-            w, b = w * scale.reshape((-1,) + (1,) * (w.ndim - 1)), (b - mean) * scale + beta
+            w = w * scale.astype(w.dtype).reshape((-1,) + (1,) * (w.ndim - 1))
+            b = (b - mean) * scale + beta
             bias_name = user.input[2]
         elif user.op_type in ("Mul", "Add") and len(user.input) == 2 \
                 and not _attrs(user).get("broadcast"):
@@ -722,7 +723,7 @@ def _fold_batch_norm(imp, conv, wname, bname):
                 break
             v = np.broadcast_to(v.reshape(-1), (cout,))
             if user.op_type == "Mul":
-                w, b = w * v.reshape((-1,) + (1,) * (w.ndim - 1)), b * v
+                w, b = w * v.astype(w.dtype).reshape((-1,) + (1,) * (w.ndim - 1)), b * v
             else:
                 if not chain:
                     break  # a bare bias add: nothing gained
