@@ -22,7 +22,7 @@ import numpy as np
 from .. import ops
 from .. import shapes as S
 from ..api import input as gn_input, param
-from ..errors import GraphError
+from ..errors import GraphError, user_location
 from ..graph import Graph
 from ..node import Node
 from ..registry import OPS, const_node
@@ -86,12 +86,13 @@ def _read_model(onnx, path):
     import os
     if not os.path.isfile(path):
         raise GraphError(f"cannot import {path}: "
-                         + ("a directory, not a file" if os.path.isdir(path) else "no such file"))
+                         + ("a directory, not a file" if os.path.isdir(path) else "no such file")
+                         + f"; at {user_location()}")
     try:
         return onnx.load(path)
     except Exception as exc:  # protobuf's DecodeError, truncated or foreign files
         raise GraphError(f"cannot import {path}: not an ONNX model "
-                         f"({type(exc).__name__}: {exc})") from None
+                         f"({type(exc).__name__}: {exc}); at {user_location()}") from None
 
 
 class _Importer:
@@ -119,11 +120,13 @@ class _Importer:
         except GraphError:
             raise
         except _Unsupported as exc:
-            raise GraphError(f"cannot import {self.where} (opset {self.opset}): {exc}") \
-                from None
+            raise self.error(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - a malformed model, never a raw error
-            raise GraphError(f"cannot import {self.where} (opset {self.opset}): malformed "
-                             f"model ({type(exc).__name__}: {exc})") from None
+            raise self.error(f"malformed model ({type(exc).__name__}: {exc})") from None
+
+    def error(self, text):
+        return GraphError(f"cannot import {self.where} (opset {self.opset}): {text}; "
+                          f"at {user_location()}")
 
     def _run(self):
         from onnx import numpy_helper
@@ -164,8 +167,7 @@ class _Importer:
                                      f"({type(exc).__name__}: {exc})")
                 self.missing.update(node.output)
         if self.problems:
-            raise GraphError(f"cannot import {self.where} (opset {self.opset}): "
-                             + "; ".join(dict.fromkeys(self.problems)))
+            raise self.error("; ".join(dict.fromkeys(self.problems)))
         outputs = []
         for vi in self.graph.output:
             node = self.node(vi.name)
