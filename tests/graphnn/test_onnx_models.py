@@ -524,17 +524,25 @@ def fuzz_model(draw):
     return model, x
 
 
+# ops whose ReferenceEvaluator results (onnx 1.23) disagree with the spec and onnxruntime
+NO_REFERENCE = {"LRN"}
+
+
 def run_fuzz(examples):
     """The property, for `examples` models: gn.onnx.load gives a typed GraphError, or a
     graph whose compiled cpu result equals the numpy back end's (and onnx's reference
     evaluator's, when that accepts the model). Never a raw exception."""
-    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import HealthCheck, Phase, given, note, settings, strategies as st
 
+    # no shrinking: every example compiles, so shrinking takes many minutes; the failing
+    # model is printed instead (derandomize makes it reproducible)
     @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+              phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(st.data())
     def prop(data):
         model, x = fuzz_model(data.draw)
+        note(f"model:\n{onnx.helper.printable_graph(model.graph)}\ninput shape {x.shape}")
         try:
             outputs, inputs = gn.onnx.load(model)
             expected = gn.compile(outputs[0], backend="numpy")(x=x)
@@ -543,6 +551,8 @@ def run_fuzz(examples):
         got = gn.compile(outputs[0], backend="cpu")(x=x)
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+        if any(n.op_type in NO_REFERENCE for n in model.graph.node):
+            return
         try:
             (reference,) = ReferenceEvaluator(model).run(None, {"x": x})
         except Exception:  # noqa: BLE001 - the reference evaluator refuses this model
