@@ -258,31 +258,36 @@ CASES = [
         from onnx import helper as h, numpy_helper
         w = numpy_helper.from_array(np.ones((4, 2, 3, 3), np.float32), "w")
         conv = h.make_node("Conv", ["x", "w"], ["y"], strides=[0, 0], name="conv0")
-        x, y = h.make_tensor_value_info("x", 1, [1, 2, 5, 5]), h.make_tensor_value_info("y", 1, None)
-        model = h.make_model(h.make_graph([conv], "m", [x], [y], [w]), opset_imports=[h.make_opsetid("", 17)])
+        x, y = (h.make_tensor_value_info(n, 1, s) for n, s in [("x", [1, 2, 5, 5]), ("y", None)])
+        graph = h.make_graph([conv], "m", [x], [y], [w])
+        model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
         outputs, inputs = gn.onnx.load(model)
      """, gn.GraphError, ["Conv node 'conv0'", "strides=[0, 0]"]),
     (None, "an ONNX graph with a cycle", """
         from onnx import helper as h
-        nodes = [h.make_node("Relu", ["b"], ["a"], name="first"), h.make_node("Relu", ["a"], ["b"])]
-        x, b = h.make_tensor_value_info("x", 1, [2, 3]), h.make_tensor_value_info("b", 1, None)
-        model = h.make_model(h.make_graph(nodes, "m", [x], [b]), opset_imports=[h.make_opsetid("", 17)])
+        nodes = [h.make_node("Relu", ["b"], ["a"], name="first"),
+                 h.make_node("Relu", ["a"], ["b"])]
+        x, b = (h.make_tensor_value_info(n, 1, s) for n, s in [("x", [2, 3]), ("b", None)])
+        model = h.make_model(h.make_graph(nodes, "m", [x], [b]),
+                             opset_imports=[h.make_opsetid("", 17)])
         outputs, inputs = gn.onnx.load(model)
      """, gn.GraphError, ["Relu node 'first'", "'b'", "later node"]),
     (None, "an ONNX Reshape copying dims the input does not have", """
         from onnx import helper as h, numpy_helper
         shape = numpy_helper.from_array(np.array([0, 0, 0]), "shape")
         node = h.make_node("Reshape", ["x", "shape"], ["y"])
-        x, y = h.make_tensor_value_info("x", 1, [2, 3]), h.make_tensor_value_info("y", 1, None)
-        model = h.make_model(h.make_graph([node], "m", [x], [y], [shape]), opset_imports=[h.make_opsetid("", 17)])
+        x, y = (h.make_tensor_value_info(n, 1, s) for n, s in [("x", [2, 3]), ("y", None)])
+        graph = h.make_graph([node], "m", [x], [y], [shape])
+        model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
         outputs, inputs = gn.onnx.load(model)
      """, gn.GraphError, ["Reshape node 'y'", "(0, 0, 0)"]),
     (None, "an ONNX Tile larger than the importer's limit", """
         from onnx import helper as h, numpy_helper
         repeats = numpy_helper.from_array(np.array([10**6, 10**6]), "repeats")
         node = h.make_node("Tile", ["x", "repeats"], ["y"])
-        x, y = h.make_tensor_value_info("x", 1, [2, 3]), h.make_tensor_value_info("y", 1, None)
-        model = h.make_model(h.make_graph([node], "m", [x], [y], [repeats]), opset_imports=[h.make_opsetid("", 17)])
+        x, y = (h.make_tensor_value_info(n, 1, s) for n, s in [("x", [2, 3]), ("y", None)])
+        graph = h.make_graph([node], "m", [x], [y], [repeats])
+        model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
         outputs, inputs = gn.onnx.load(model)
      """, gn.GraphError, ["Tile node 'y'", "268435456"]),
 ]
