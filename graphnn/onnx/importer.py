@@ -762,6 +762,9 @@ def _pool(imp, node, attrs, kind):
     if kind == "avg" and dilations != (1, 1):
         raise _Unsupported("AveragePool with dilations")
     size = [(kernel[i] - 1) * dilations[i] + 1 for i in range(2)]
+    if any(pads[i] >= size[i % 2] for i in range(4)):
+        raise _Unsupported(f"pads {list(pads)} not smaller than the {size[0]}x{size[1]} "
+                           "window (a window could lie wholly in the padding)")
     hw = (src.h, src.w)
     out, pads = list(pads[:2]), list(pads)
     for i in range(2):
