@@ -26,12 +26,12 @@ from onnx.reference import ReferenceEvaluator  # noqa: E402
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 MODELS = ["resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet",
           "squeezenet", "vgg19", "bvlc_alexnet", "zfnet512"]
-# Cold compiles with the cpu back end, on one core of the project machine: the generated
-# module of DenseNet-121 (~1000 nodes), Inception v2 and ResNet-50 takes minutes (and
-# ShuffleNet's used to exhaust memory) until the compile-time work (one kernel per distinct
-# op signature) lands; they run under -m slow. The others compile in 10-40 s.
-SLOW_ON_CPU = {"resnet50", "densenet121", "inception_v2", "shufflenet", "vgg19",
-               "inception_v1"}
+# Cold compiles with the cpu back end (python -m graphnn.tools.bench_onnx, 2 shared cores,
+# docs/BENCHMARKS.md "Real models (ONNX)"): SqueezeNet, AlexNet, ZFNet-512 and ResNet-50
+# take 20-30 s each and run in every test run; Inception v1/v2, ShuffleNet and DenseNet-121
+# take 5 to 15 minutes of Numba compile, and VGG-19 holds 143 M weights (seconds to import
+# and to run): they run under -m slow until the compile-time work lands.
+SLOW_ON_CPU = {"densenet121", "inception_v1", "inception_v2", "shufflenet", "vgg19"}
 RNG = np.random.default_rng(0)
 
 
