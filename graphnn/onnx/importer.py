@@ -140,6 +140,7 @@ class _Importer:
         self.conv_weights = {n.input[1] for n in self.graph.node
                              if n.op_type == "Conv" and len(n.input) > 1}
         self.consumers = {}
+        self.producer = {o: n for n in self.graph.node for o in n.output if o}
         for node in self.graph.node:
             for name in node.input:
                 if name:
@@ -332,7 +333,7 @@ class _Importer:
         known value (a per-channel vector shaped to broadcast); else None."""
         if name in self.static:
             return self.static[name]
-        maker = next((m for m in self.graph.node if name in m.output), None)
+        maker = self.producer.get(name)
         if maker is None or maker.op_type not in ("Unsqueeze", "Reshape") \
                 or maker.input[0] not in self.static:
             return None
