@@ -553,7 +553,7 @@ class Lowering:
                     old = out.name
                     out.name = candidate.name
                     last_use[candidate.name] = last_use.get(old, s)
-            for buf in set(b for b in _reads(step) if b.role == "temp"):
+            for buf in dict.fromkeys(b for b in _reads(step) if b.role == "temp"):
                 if last_use.get(buf.name) == s and buf.name not in no_reuse and \
                         buf is not out and buf.name != out.name:
                     free.append((buf.shape, buf.dtype, buf))

@@ -22,7 +22,7 @@ import numpy as np
 from .. import ops
 from .. import shapes as S
 from ..api import input as gn_input, param
-from ..errors import GraphError
+from ..errors import GraphError, user_location
 from ..graph import Graph
 from ..node import Node
 from ..registry import OPS, const_node
@@ -52,24 +52,52 @@ class _Unsupported(Exception):
 _ONNX_DTYPES = {1: "float32", 11: "float64", 6: "int32", 7: "int64"}
 
 
-def load(path_or_model):
+def load(path_or_model, fold_batch_norm=True):
     """Import an ONNX model (a path or an `onnx.ModelProto`) as graphnn nodes.
 
     Returns an `ImportedModel(outputs, inputs)`. Float initializers become `gn.param`s
     named as in the file (Conv weights converted to HWIO); other constants become
-    `gn.const`s. Raises gn.GraphError listing every unsupported op of the file at once.
+    `gn.const`s. Raises gn.GraphError listing every unsupported op of the file at once,
+    and gn.GraphError naming the node for a malformed model (bad attributes, a cycle,
+    a tensor larger than MAX_ELEMENTS) or a file that is missing or not an ONNX model.
+
+    fold_batch_norm: a BatchNormalization (and a per-channel constant Mul and Add after
+    it) that is the only consumer of a Conv with constant weights is folded into the
+    Conv's weights and bias (inference). The folded kernel keeps the Conv weight's name,
+    the folded bias takes the name of the BatchNormalization's bias. Pass False to keep
+    the four batch-norm vectors as separate parameters (e.g. to fine-tune them).
     """
     onnx = require_onnx()
     model = path_or_model
     where = "the model"
     if not isinstance(model, onnx.ModelProto):
         where = str(path_or_model)
-        model = onnx.load(where)
-    return _Importer(model, where).run()
+        model = _read_model(onnx, where)
+    return _Importer(model, where, fold_batch_norm).run()
+
+
+# The largest tensor (in elements) the importer builds or lets a graph allocate: 2**28
+# elements (1 GiB of float32). Larger pads, Tile repeats, ConstantOfShape ... are refused
+# with a GraphError before anything is allocated.
+MAX_ELEMENTS = 1 << 28
+
+
+def _read_model(onnx, path):
+    import os
+    if not os.path.isfile(path):
+        raise GraphError(f"cannot import {path}: "
+                         + ("a directory, not a file" if os.path.isdir(path) else "no such file")
+                         + f"; at {user_location()}")
+    try:
+        return onnx.load(path)
+    except Exception as exc:  # protobuf's DecodeError, truncated or foreign files
+        raise GraphError(f"cannot import {path}: not an ONNX model "
+                         f"({type(exc).__name__}: {exc}); at {user_location()}") from None
 
 
 class _Importer:
-    def __init__(self, model, where):
+    def __init__(self, model, where, fold_batch_norm=True):
+        self.fold_batch_norm = fold_batch_norm
         self.model = model
         self.graph = model.graph
         self.where = where
@@ -82,18 +110,45 @@ class _Importer:
         self.made = {}        # (initializer name, form) -> param/const node
         self.problems = []
         self.missing = set()  # outputs of nodes that could not be imported
+        self.aliases = {}     # output name -> input name of a node folded into a Conv
 
     # ---- values -------------------------------------------------------------------------
 
     def run(self):
+        try:
+            return self._run()
+        except GraphError:
+            raise
+        except _Unsupported as exc:
+            raise self.error(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a malformed model, never a raw error
+            raise self.error(f"malformed model ({type(exc).__name__}: {exc})") from None
+
+    def error(self, text):
+        return GraphError(f"cannot import {self.where} (opset {self.opset}): {text}; "
+                          f"at {user_location()}")
+
+    def _run(self):
         from onnx import numpy_helper
         for init in self.graph.initializer:
-            self.static[init.name] = numpy_helper.to_array(init)
+            try:
+                self.static[init.name] = numpy_helper.to_array(init)
+            except Exception as exc:
+                raise _Unsupported(f"initializer '{init.name}' cannot be read "
+                                   f"({type(exc).__name__}: {exc})") from None
             self.initializers.add(init.name)
         self.conv_weights = {n.input[1] for n in self.graph.node
                              if n.op_type == "Conv" and len(n.input) > 1}
+        self.consumers = {}
+        self.producer = {o: n for n in self.graph.node for o in n.output if o}
+        for node in self.graph.node:
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+        self.graph_outputs = {vi.name for vi in self.graph.output}
         inputs = [self.declare_input(vi) for vi in self.graph.input
                   if vi.name not in self.initializers]
+        self.check_order()
         self.check_op_types()
         for node in self.graph.node:
             if node.op_type not in IMPORTERS or any(
@@ -103,11 +158,17 @@ class _Importer:
             try:
                 self.import_node(node)
             except _Unsupported as exc:
-                self.problems.append(f"{node.op_type}: {exc}")
+                self.problems.append(f"{_describe(node)}: {exc}")
+                self.missing.update(node.output)
+            except GraphError as exc:
+                self.problems.append(f"{_describe(node)}: {str(exc).split('; at ')[0]}")
+                self.missing.update(node.output)
+            except Exception as exc:  # noqa: BLE001 - a malformed node, never a raw error
+                self.problems.append(f"{_describe(node)}: malformed or unsupported "
+                                     f"({type(exc).__name__}: {exc})")
                 self.missing.update(node.output)
         if self.problems:
-            raise GraphError(f"cannot import {self.where} (opset {self.opset}): "
-                             + "; ".join(dict.fromkeys(self.problems)))
+            raise self.error("; ".join(dict.fromkeys(self.problems)))
         outputs = []
         for vi in self.graph.output:
             node = self.node(vi.name)
@@ -115,6 +176,26 @@ class _Importer:
                 node.name = vi.name
             outputs.append(node)
         return ImportedModel(outputs, inputs)
+
+    def check_order(self):
+        """Every node input must be a graph input, an initializer or an output of an
+        earlier node (ONNX stores nodes in topological order): a cycle or a value used
+        before it is made is reported naming the node."""
+        if not self.graph.output:
+            raise _Unsupported("the graph has no outputs")
+        known = set(self.static) | set(self.values)
+        for node in self.graph.node:
+            again = [n for n in node.output if n and n in known]
+            if again:
+                raise _Unsupported(f"{_describe(node)}: value '{again[0]}' is produced "
+                                   "twice (by an earlier node, an input or an initializer)")
+            late = [n for n in node.input if n and n not in known]
+            if late:
+                made_later = {o for m in self.graph.node for o in m.output}
+                what = ("made by a later node (a cycle, or nodes out of topological "
+                        "order)" if late[0] in made_later else "never produced")
+                raise _Unsupported(f"{_describe(node)}: input '{late[0]}' is {what}")
+            known.update(o for o in node.output if o)
 
     def check_op_types(self):
         unknown = {}
@@ -183,6 +264,8 @@ class _Importer:
             if form == "raw" and name in self.conv_weights:
                 param_name = f"{name}:oihw"
             array = np.asarray(array, order="C")  # (ascontiguousarray makes 0-d 1-d)
+            if array.dtype == bool:  # graphnn's bool tensors are 0/1 float masks
+                array = array.astype(np.float32)
             if name in self.initializers and array.dtype.kind == "f":
                 self.made[key] = param(param_name, array)
             else:
@@ -195,6 +278,7 @@ class _Importer:
         if isinstance(node, np.ndarray):
             self.static[name] = node
             return
+        _check_size(node.sym_shape, f"value '{name}'")
         if node.name is None and node.op not in ("input", "param", "const", "variable"):
             node.name = name
         (self.channels_last if channels_last else self.values)[name] = node
@@ -221,15 +305,95 @@ class _Importer:
     # ---- nodes --------------------------------------------------------------------------
 
     def import_node(self, node):
+        if node.output and node.output[0] in self.aliases:  # folded into a Conv
+            import_identity(imp=self, node=_NodeView(
+                node, [self.aliases[node.output[0]]]), attrs={})
+            return
         inputs = [n for n in node.input]
         if (node.op_type in FOLDABLE and inputs
                 and all(not n or (n in self.static and not (
                     n in self.initializers and self.static[n].dtype.kind == "f"
                     and node.op_type not in SHAPE_OPS)) for n in inputs)):
+            _check_fold_size(node, self.static)
             for name, value in zip(node.output, _fold(node, self.static, self.opset)):
+                _check_size(value.shape, "a constant")
                 self.static[name] = value
             return
         IMPORTERS[node.op_type](self, node, _attrs(node))
+
+    def only_consumer(self, name):
+        """The one node that reads value `name`, or None (several, none, a graph output)."""
+        users = self.consumers.get(name, [])
+        if len(users) != 1 or name in self.graph_outputs:
+            return None
+        return users[0]
+
+    def static_or_unsqueezed(self, name):
+        """The value of `name` if it is known now, or made by an Unsqueeze/Reshape of a
+        known value (a per-channel vector shaped to broadcast); else None."""
+        if name in self.static:
+            return self.static[name]
+        maker = self.producer.get(name)
+        if maker is None or maker.op_type not in ("Unsqueeze", "Reshape") \
+                or maker.input[0] not in self.static:
+            return None
+        value = self.static[maker.input[0]]
+        if maker.op_type == "Reshape":
+            shape = (_attrs(maker).get("shape") if self.opset < 5 else
+                     self.static.get(maker.input[1]) if len(maker.input) > 1 else None)
+            if shape is None or any(int(d) <= 0 for d in shape):
+                return None
+            return value.reshape([int(d) for d in shape]) \
+                if np.prod(shape) == value.size else None
+        axes = _attrs(maker).get("axes") if self.opset < 13 else (
+            self.static.get(maker.input[1]) if len(maker.input) > 1 else None)
+        if axes is None:
+            return None
+        rank = value.ndim + len(axes)
+        try:
+            return np.expand_dims(value, tuple(int(a) % rank for a in np.ravel(axes)))
+        except (ValueError, np.exceptions.AxisError):
+            return None
+
+
+def _axis(axis, rank, what):
+    """An axis attribute in [-rank, rank-1], as a non-negative axis."""
+    axis = int(axis)
+    if not -rank <= axis < rank:
+        raise _Unsupported(f"{what} {axis} out of range for rank {rank}")
+    return axis % rank
+
+
+def _describe(node):
+    """How an error names an ONNX node: its op type, its name (or first output)."""
+    label = node.name or (node.output[0] if node.output else "")
+    return f"{node.op_type} node '{label}'" if label else node.op_type
+
+
+def _check_size(shape, what):
+    """Refuse a tensor of more than MAX_ELEMENTS elements before anything allocates it."""
+    count = 1
+    for d in shape:
+        d = S.resolve(d)
+        if isinstance(d, (int, np.integer)):
+            if d < 0:
+                raise _Unsupported(f"{what} with a negative dim {tuple(shape)}")
+            count *= int(d)
+    if count > MAX_ELEMENTS:
+        raise _Unsupported(f"{what} of shape {tuple(shape)} would have {count} elements, "
+                           f"more than the importer's limit of {MAX_ELEMENTS} "
+                           "(graphnn.onnx.importer.MAX_ELEMENTS)")
+
+
+def _check_fold_size(node, static):
+    """Refuse constant folding that would allocate more than MAX_ELEMENTS."""
+    if node.op_type == "ConstantOfShape" and node.input and node.input[0] in static:
+        _check_size([int(d) for d in np.ravel(static[node.input[0]])], "ConstantOfShape")
+    elif node.op_type == "Range" and len(node.input) == 3:
+        start, limit, delta = (float(np.ravel(static[n])[0]) for n in node.input)
+        if delta == 0:
+            raise _Unsupported("Range with delta 0")
+        _check_size([builtins.max(int(np.ceil((limit - start) / delta)), 0)], "Range")
 
 
 def _attrs(node):
@@ -327,6 +491,12 @@ def _spatial_attrs(node, attrs, kernel, in_hw):
     """(strides, pads (t, l, b, r), dilations) of a Conv or pool with a 2-D kernel."""
     strides = tuple(attrs.get("strides", (1, 1)))
     dilations = tuple(attrs.get("dilations", (1, 1)))
+    if len(strides) != 2 or len(dilations) != 2 or len(kernel) != 2:
+        raise _Unsupported("attributes do not describe a 2-D window")
+    for what, values in (("strides", strides), ("dilations", dilations),
+                         ("kernel_shape", kernel)):
+        if builtins.min(values) < 1:
+            raise _Unsupported(f"{what}={list(values)} (each must be at least 1)")
     auto_pad = attrs.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -341,10 +511,11 @@ def _spatial_attrs(node, attrs, kernel, in_hw):
         pads = [0, 0, 0, 0]
     else:
         pads = list(attrs.get("pads", (0, 0, 0, 0)))
-    if len(strides) != 2 or len(dilations) != 2 or len(pads) != 4:
+    if len(pads) != 4:
         raise _Unsupported("attributes do not describe a 2-D window")
     if builtins.min(pads) < 0:
         raise _Unsupported("negative pads")
+    _check_size([in_hw[0] + pads[0] + pads[2], in_hw[1] + pads[1] + pads[3]], "a padded image")
     return strides, tuple(pads), dilations
 
 
@@ -393,12 +564,21 @@ def _windowed_attrs(attrs, rank):
 
 
 def import_conv(imp, node, attrs):
+    if len(node.input) < 2 or not node.input[1]:
+        raise _Unsupported("a Conv without a weight")
     if len(imp.shape(node.input[1])) not in (3, 4):
         raise _Unsupported(f"{len(imp.shape(node.input[1])) - 2}-D convolution "
                            "(graphnn has 1-D and 2-D)")
     src = _Spatial(imp, node.input[0])
     attrs = _windowed_attrs(attrs, src.rank)
     wname = node.input[1]
+    bname = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    groups = int(attrs.get("group", 1))
+    if groups < 1:
+        raise _Unsupported(f"group={groups} (must be at least 1)")
+    folded = _fold_batch_norm(imp, node, wname, bname) if imp.fold_batch_norm else None
+    if folded is not None:
+        wname, bname = folded
     if imp.is_static(wname):
         array = imp.static[wname]
         if array.ndim == 3:
@@ -410,13 +590,36 @@ def import_conv(imp, node, attrs):
             w = ops.reshape(w, w.sym_shape[:2] + (1,) + w.sym_shape[2:])
         w = transpose(w, (2, 3, 1, 0))
     kh, kw = (_static_dim(d, "a Conv kernel") for d in w.sym_shape[:2])
+    if "kernel_shape" in attrs and _pair(attrs["kernel_shape"], src.rank, 1) != (kh, kw):
+        raise _Unsupported(f"kernel_shape {tuple(attrs['kernel_shape'])} differs from the "
+                           "weight's")
     strides, pads, dilations = _spatial_attrs(node, attrs, (kh, kw), (src.h, src.w))
-    groups = int(attrs.get("group", 1))
     x = src.x
+    cin = _static_dim(x.sym_shape[3], "Conv input channels")
+    cout = _static_dim(w.sym_shape[3], "Conv output channels")
+    wcin = _static_dim(w.sym_shape[2], "Conv kernel channels")
+    if cin % groups or cout % groups or wcin * groups != cin or cout == 0:
+        raise _Unsupported(f"a weight of {cout} output and {wcin} input channels per group "
+                           f"does not fit {cin} input channels in {groups} group(s)")
+    span_h, span_w = (kh - 1) * dilations[0] + 1, (kw - 1) * dilations[1] + 1
+    if span_h > src.h + pads[0] + pads[2] or span_w > src.w + pads[1] + pads[3]:
+        raise _Unsupported(f"a {kh}x{kw} kernel (dilations {dilations}) larger than the "
+                           f"padded {src.h}x{src.w} input")
+    if groups > 1 and wcin == 1:
+        y = _depthwise_conv(pad_spatial(x, pads), w, strides, dilations, groups)
+    else:
+        y = _conv(x, w, strides, pads, dilations, groups, (src.h, src.w))
+    if bname:
+        y = y + imp.node(bname)
+    src.store(imp, node.output[0], y)
+
+
+def _conv(x, w, strides, pads, dilations, groups, hw):
+    """A Conv as graphnn conv2d(s): dilated kernel, explicit pads, strides, groups."""
     w = dilate(dilate(w, 0, dilations[0]), 1, dilations[1])
-    kh, kw = (kh - 1) * dilations[0] + 1, (kw - 1) * dilations[1] + 1
+    kh, kw = (_static_dim(d, "a Conv kernel") for d in w.sym_shape[:2])
     padding = "valid"
-    if strides[0] == strides[1] and pads == same_pads(src.h, src.w, kh, kw, strides[0]):
+    if strides[0] == strides[1] and pads == same_pads(hw[0], hw[1], kh, kw, strides[0]):
         padding = "same"
     elif any(pads):
         x = pad_spatial(x, pads)
@@ -435,9 +638,117 @@ def import_conv(imp, node, attrs):
         oh = (_static_dim(x.sym_shape[1], "Conv") - kh) // strides[0] + 1
         ow = (_static_dim(x.sym_shape[2], "Conv") - kw) // strides[1] + 1
         y = strided(strided(y, 1, 0, strides[0], oh), 2, 0, strides[1], ow)
-    if len(node.input) > 2 and node.input[2]:
-        y = y + imp.node(node.input[2])
-    src.store(imp, node.output[0], y)
+    return y
+
+
+def _depthwise_conv(x, w, strides, dilations, groups):
+    """A depthwise Conv (one input channel per group) on padded NHWC `x` as a sum over
+    the kernel's taps of shifted input slices times a per-channel weight row: kh*kw
+    slices, products and sums that fuse into one elementwise loop, instead of one
+    conv2d per channel (ShuffleNet's 544-group convolutions). A strided Conv first
+    splits the input into its stride phases (x[a::sh, b::sw]), so every tap is a plain
+    slice of one phase. A channel multiplier (cout = m * cin) repeats each input channel
+    m times first."""
+    n, hp, wp, c = x.sym_shape
+    hp, wp = _static_dim(hp, "a Conv"), _static_dim(wp, "a Conv")
+    kh, kw, _, cout = (_static_dim(d, "a Conv kernel") for d in w.sym_shape)
+    mult = cout // groups
+    if mult > 1:
+        x = ops.reshape(x, (n, hp, wp, c, 1)) * const_node(np.ones((1, 1, 1, 1, mult),
+                                                                  x.dtype))
+        x = ops.reshape(x, (n, hp, wp, cout))
+    (sh, sw), (dh, dw) = strides, dilations
+    oh = (hp - (kh - 1) * dh - 1) // sh + 1
+    ow = (wp - (kw - 1) * dw - 1) // sw + 1
+    phases = {}
+
+    def phase(a, b):  # x[a::sh, b::sw], as long as it can be
+        if (a, b) not in phases:
+            p = x
+            if sh > 1:
+                p = strided(p, 1, a, sh, -(-(hp - a) // sh))
+            if sw > 1:
+                p = strided(p, 2, b, sw, -(-(wp - b) // sw))
+            phases[a, b] = p
+        return phases[a, b]
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            oi, oj = i * dh, j * dw
+            p = phase(oi % sh, oj % sw)
+            r0, c0 = oi // sh, oj // sw
+            tap = ops.slice_axis(ops.slice_axis(p, 1, r0, r0 + oh), 2, c0, c0 + ow)
+            row = ops.reshape(ops.slice_axis(ops.slice_axis(w, 0, i, i + 1), 1, j, j + 1),
+                              (cout,))
+            y = tap * row if y is None else y + tap * row
+    return y
+
+
+def _fold_batch_norm(imp, conv, wname, bname):
+    """Fold a BatchNormalization that alone reads this Conv's output (and a per-channel
+    constant Mul, then Add, that alone read the result, as Caffe2 exports scale layers)
+    into the Conv's weight and bias: w' = w * s, b' = (b - mean) * s + beta, with
+    s = gamma / sqrt(var + eps). Returns the names of the folded (weight, bias), or None
+    when there is nothing to fold. The folded nodes become aliases of the Conv output."""
+    if not imp.is_static(wname) or (bname and not imp.is_static(bname)):
+        return None
+    w = imp.static[wname]  # scaled in its own dtype: one rounding per weight
+    if w.ndim not in (3, 4) or w.dtype.kind != "f":
+        return None
+    cout = w.shape[0]
+    b = imp.static[bname].astype(np.float64) if bname else np.zeros(cout)
+    if b.shape != (cout,):
+        return None
+    out, chain, bias_name = conv.output[0], [], None
+    while True:
+        user = imp.only_consumer(out)
+        if user is None or user.input[0] != out or len(user.output) < 1:
+            break
+        if user.op_type == "BatchNormalization" and not chain and not any(user.output[1:]):
+            params = [imp.static.get(n) if imp.is_static(n) else None for n in user.input[1:5]]
+            if len(params) != 4 or any(p is None or p.shape != (cout,) for p in params):
+                break
+            attrs = _attrs(user)
+            if attrs.get("spatial", 1) != 1 or attrs.get("training_mode", 0):
+                break
+            gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+            scale = gamma / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
+            w = w * scale.astype(w.dtype).reshape((-1,) + (1,) * (w.ndim - 1))
+            b = (b - mean) * scale + beta
+            bias_name = user.input[2]
+        elif user.op_type in ("Mul", "Add") and len(user.input) == 2 \
+                and not _attrs(user).get("broadcast"):
+            v = imp.static_or_unsqueezed(user.input[1])
+            if v is None or v.ndim > 4 or v.dtype.kind != "f":
+                break
+            v = v.reshape((1,) * (4 - v.ndim) + v.shape).astype(np.float64)
+            if v.shape[0] != 1 or v.shape[2:] != (1, 1) or v.shape[1] not in (1, cout):
+                break
+            v = np.broadcast_to(v.reshape(-1), (cout,))
+            if user.op_type == "Mul":
+                w, b = w * v.astype(w.dtype).reshape((-1,) + (1,) * (w.ndim - 1)), b * v
+            else:
+                if not chain:
+                    break  # a bare bias add: nothing gained
+                b = b + v
+        else:
+            break
+        chain.append(user)
+        out = user.output[0]
+    if not chain:
+        return None
+    dtype = imp.static[wname].dtype
+    new_w = wname if len(imp.consumers.get(wname, [])) == 1 else f"{wname}:{out}"
+    new_b = bias_name if bias_name and len(imp.consumers.get(bias_name, [])) == 1 \
+        else f"{out}:bias"
+    imp.made.pop((new_w, "hwio"), None)
+    imp.made.pop((new_b, "raw"), None)
+    imp.static[new_w], imp.static[new_b] = w.astype(dtype), b.astype(dtype)
+    if wname in imp.initializers:
+        imp.initializers.update((new_w, new_b))
+    for user in chain:
+        imp.aliases[user.output[0]] = conv.output[0]
+    return new_w, new_b
 
 
 def _pool(imp, node, attrs, kind):
@@ -445,15 +756,23 @@ def _pool(imp, node, attrs, kind):
         raise _Unsupported("the Indices output")
     src = _Spatial(imp, node.input[0])
     attrs = _windowed_attrs(attrs, src.rank)
+    if "kernel_shape" not in attrs:
+        raise _Unsupported("no kernel_shape")
     kernel = _pair(attrs.get("kernel_shape"), src.rank, 1)
     strides, pads, dilations = _spatial_attrs(node, attrs, kernel, (src.h, src.w))
     if kind == "avg" and dilations != (1, 1):
         raise _Unsupported("AveragePool with dilations")
     size = [(kernel[i] - 1) * dilations[i] + 1 for i in range(2)]
+    if any(pads[i] >= size[i % 2] for i in range(4)):
+        raise _Unsupported(f"pads {list(pads)} not smaller than the {size[0]}x{size[1]} "
+                           "window (a window could lie wholly in the padding)")
     hw = (src.h, src.w)
     out, pads = list(pads[:2]), list(pads)
     for i in range(2):
         span = hw[i] + pads[i] + pads[i + 2] - size[i]
+        if span < 0:
+            raise _Unsupported(f"a {kernel[0]}x{kernel[1]} window (dilations {dilations}) "
+                               f"larger than the padded {hw[0]}x{hw[1]} input")
         if attrs.get("ceil_mode", 0):
             out[i] = -(-span // strides[i]) + 1
             if (out[i] - 1) * strides[i] >= hw[i] + pads[i]:
@@ -670,8 +989,9 @@ def import_clip(imp, node, attrs):
 
 
 class _NodeView:
-    def __init__(self, node, inputs):
-        self.input, self.output, self.op_type = inputs, node.output, node.op_type
+    def __init__(self, node, inputs, outputs=None):
+        self.input, self.op_type, self.name = inputs, node.op_type, node.name
+        self.output = node.output if outputs is None else outputs
 
 
 def _first_input_only(node):
@@ -684,7 +1004,7 @@ def _softmax(fn, composite):
         if imp.opset >= 13:
             imp.set(node.output[0], fn(x, axis=int(attrs.get("axis", -1))))
             return
-        axis = int(attrs.get("axis", 1)) % builtins.max(x.ndim, 1)
+        axis = _axis(attrs.get("axis", 1), builtins.max(x.ndim, 1), "axis")
         if axis == x.ndim - 1:
             imp.set(node.output[0], fn(x, axis=axis))
         else:  # opsets < 13 flatten to 2-D at `axis`: normalise over all trailing axes
@@ -733,8 +1053,18 @@ def import_transpose(imp, node, attrs):
 
 def _target_shape(x, target, allowzero=False):
     dims = []
-    for i, d in enumerate(int(v) for v in target):
-        dims.append(x.sym_shape[i] if d == 0 and not allowzero else d)
+    target = [int(v) for v in np.ravel(target)]
+    if sum(d == -1 for d in target) > 1 or any(d < -1 for d in target):
+        raise _Unsupported(f"reshape to {tuple(target)}: at most one -1 and no other "
+                           "negative dims")
+    for i, d in enumerate(target):
+        if d == 0 and not allowzero:
+            if i >= x.ndim:
+                raise _Unsupported(f"reshape to {tuple(target)}: a 0 at position {i} copies "
+                                   f"a dim the rank-{x.ndim} input does not have")
+            d = x.sym_shape[i]
+        dims.append(d)
+    _check_size([d for d in dims if not isinstance(d, int) or d >= 0], "a reshape")
     return tuple(dims)
 
 
@@ -766,7 +1096,7 @@ def _product(dims):
 
 def import_flatten(imp, node, attrs):
     x = imp.node(node.input[0])
-    axis = int(attrs.get("axis", 1)) % (x.ndim + 1) if x.ndim else 0
+    axis = _axis(attrs.get("axis", 1), x.ndim + 1, "axis") if x.ndim else 0
     shape = (_product(x.sym_shape[:axis]) if axis else 1,
              _product(x.sym_shape[axis:]) if axis < x.ndim else 1)
     imp.set(node.output[0], _reshape(x, shape))
@@ -807,7 +1137,7 @@ def import_squeeze(imp, node, attrs):
     shape = x.sym_shape
     if axes is None:
         axes = [i for i, d in enumerate(shape) if S.resolve(d) == 1]
-    axes = {a % x.ndim for a in axes}
+    axes = {_axis(a, x.ndim, "Squeeze axis") for a in axes}
     imp.set(node.output[0], _reshape(x, tuple(d for i, d in enumerate(shape) if i not in axes)))
 
 
@@ -815,7 +1145,9 @@ def import_unsqueeze(imp, node, attrs):
     x = imp.node(node.input[0])
     axes = _axes(imp, node, attrs, 1, 13)
     rank = x.ndim + len(axes)
-    axes = {a % rank for a in axes}
+    axes = {_axis(a, rank, "Unsqueeze axis") for a in axes}
+    if len(axes) != rank - x.ndim:
+        raise _Unsupported("repeated Unsqueeze axes")
     dims = iter(x.sym_shape)
     imp.set(node.output[0], _reshape(x, tuple(1 if i in axes else next(dims)
                                               for i in range(rank))))
@@ -823,7 +1155,7 @@ def import_unsqueeze(imp, node, attrs):
 
 def import_split(imp, node, attrs):
     x = imp.node(node.input[0])
-    axis = int(attrs.get("axis", 0)) % x.ndim
+    axis = _axis(attrs.get("axis", 0), x.ndim, "axis")
     length = _static_dim(x.sym_shape[axis], "Split")
     if imp.opset >= 13 and len(node.input) > 1 and node.input[1]:
         sizes = [int(s) for s in imp.static_value(node, 1, "Split's sizes")]
@@ -879,6 +1211,18 @@ def import_pad(imp, node, attrs):
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     half = len(pads) // 2
+    if len(pads) != 2 * len(axes) or len(set(axes)) != len(axes):
+        raise _Unsupported(f"{len(pads)} pads for {len(axes)} axes")
+    out = list(x.sym_shape)
+    for i, axis in enumerate(axes):
+        d = S.resolve(out[axis])
+        if isinstance(d, int):
+            out[axis] = d + int(pads[i]) + int(pads[i + half])
+            if out[axis] < 1:
+                raise _Unsupported(f"pads {list(pads)} leave axis {axis} empty")
+        elif pads[i] or pads[i + half]:
+            out[axis] = None
+    _check_size([d if d is not None else 1 for d in out], "Pad's output")
     y = x
     for i, axis in enumerate(axes):
         before, after = int(pads[i]), int(pads[i + half])
@@ -918,8 +1262,13 @@ def _pad_one_axis(x, axis, before, after, mode):
 
     def piece(i):
         return ops.slice_axis(x, axis, i, i + 1)
-    if mode == "edge":
-        head, tail = [piece(0)] * before, [piece(length - 1)] * after
+    if mode == "edge":  # the first/last element broadcast over the pad
+        def block(i, count):
+            zeros = np.zeros(tuple(count if a == axis else 1 for a in range(x.ndim)),
+                             x.dtype)
+            return [ops.add(piece(i), const_node(zeros))] if count > 1 else [piece(i)]
+        head = block(0, before) if before else []
+        tail = block(length - 1, after) if after else []
     elif mode == "reflect":
         if before >= length or after >= length:
             raise _Unsupported("reflect padding wider than the axis")
@@ -932,11 +1281,29 @@ def _pad_one_axis(x, axis, before, after, mode):
 
 def import_tile(imp, node, attrs):
     x = imp.node(node.input[0])
-    repeats = imp.static_value(node, 1, "Tile's repeats")
-    for axis, r in enumerate(int(v) for v in repeats):
-        if r > 1:
+    repeats = [int(v) for v in np.ravel(imp.static_value(node, 1, "Tile's repeats"))]
+    if len(repeats) != x.ndim or builtins.min(repeats, default=1) < 1:
+        raise _Unsupported(f"repeats {repeats} for a rank-{x.ndim} input (one positive "
+                           "count per axis)")
+    _check_size([S.resolve(d) * r if isinstance(S.resolve(d), int) else d
+                 for d, r in zip(x.sym_shape, repeats)], "Tile's output")
+    for axis, r in enumerate(repeats):
+        if 1 < r <= 4:
             x = ops.concat([x] * r, axis=axis)
+        elif r > 4:
+            x = _repeat_block(x, axis, r)
     imp.set(node.output[0], x)
+
+
+def _repeat_block(x, axis, r):
+    """x repeated r times along `axis` ([x, x, ..., x] concatenated) as one broadcast:
+    reshape to (..., 1, d, ...), add zeros of shape (..., r, 1, ...), reshape back."""
+    shape = tuple(x.sym_shape)
+    d = _static_dim(shape[axis], "Tile")
+    y = ops.reshape(x, shape[:axis] + (1,) + shape[axis:])
+    zeros = np.zeros((1,) * axis + (r,) + (1,) * (x.ndim - axis), x.dtype)
+    y = ops.add(y, const_node(zeros))
+    return ops.reshape(y, shape[:axis] + (r * d,) + shape[axis + 1:])
 
 
 def import_gather(imp, node, attrs):
@@ -947,7 +1314,10 @@ def import_gather(imp, node, attrs):
         raise _Unsupported("Gather other than rows of a 2-D table")
     rows = _static_dim(data.sym_shape[0], "Gather")
     if imp.is_static(node.input[1]):
-        idx = imp.static[node.input[1]].astype(np.int64) % rows
+        idx = imp.static[node.input[1]].astype(np.int64)
+        if idx.size and (idx.min() < -rows or idx.max() >= rows):
+            raise _Unsupported(f"indices outside [-{rows}, {rows - 1}]")
+        idx = idx % rows
         hot = const_node((idx[..., None] == np.arange(rows)).astype(data.dtype))
     else:
         hot = ops.one_hot(imp.node(node.input[1]), rows, data.dtype)
@@ -975,7 +1345,9 @@ def import_constant_of_shape(imp, node, attrs):
     from onnx import numpy_helper
     shape = imp.static_value(node, 0, "ConstantOfShape's shape")
     fill = numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
-    imp.set(node.output[0], np.full(tuple(int(d) for d in shape), fill.ravel()[0], fill.dtype))
+    shape = tuple(int(d) for d in np.ravel(shape))
+    _check_size(shape, "ConstantOfShape")
+    imp.set(node.output[0], np.full(shape, fill.ravel()[0], fill.dtype))
 
 
 def import_shape(imp, node, attrs):
@@ -997,9 +1369,48 @@ def import_identity(imp, node, attrs):
 
 
 def import_dropout(imp, node, attrs):
+    """Dropout at inference: the output is the input; the optional mask is all true (a
+    constant of ones, graphnn's 0/1 mask form of a bool tensor)."""
+    if imp.opset >= 12 and len(node.input) > 2 and node.input[2]:
+        training = imp.static_value(node, 2, "Dropout's training_mode")
+        if bool(np.ravel(training)[0]) if np.size(training) else False:
+            raise _Unsupported("training_mode=1 (graphnn runs Dropout as inference)")
+    import_identity(imp, _NodeView(node, [node.input[0]], node.output[:1]), {})
     if len(node.output) > 1 and node.output[1]:
-        raise _Unsupported("the mask output (graphnn runs Dropout as inference: identity)")
-    import_identity(imp, node, attrs)
+        shape = [S.resolve(d) for d in imp.shape(node.input[0])]
+        if all(isinstance(d, int) for d in shape):
+            _check_size(shape, "Dropout's mask")
+            imp.set(node.output[1], np.ones(shape, bool))
+        elif imp.consumers.get(node.output[1]) or node.output[1] in imp.graph_outputs:
+            raise _Unsupported("the mask output of a tensor with a symbolic dim")
+
+
+def import_lrn(imp, node, attrs):
+    """Local response normalization across channels:
+    y = x / (bias + alpha/size * sum of x^2 over `size` neighbouring channels)^beta,
+    the window from c - floor((size-1)/2) to c + ceil((size-1)/2), clipped at the ends.
+    Channels-last images sum along the last axis: square, a zero pad of the channel axis,
+    the window sum by doubling (window_reduce), pow, mul."""
+    if "size" not in attrs:
+        raise _Unsupported("no size attribute")
+    size = int(attrs["size"])
+    if size < 1:
+        raise _Unsupported(f"size={size} (must be at least 1)")
+    alpha, beta = float(attrs.get("alpha", 1e-4)), float(attrs.get("beta", 0.75))
+    bias = float(attrs.get("bias", 1.0))
+    name = node.input[0]
+    rank = len(imp.shape(name))
+    if rank < 3:
+        raise _Unsupported(f"a rank-{rank} input (LRN takes N x C x D1 ...)")
+    last = rank == 4 and imp.has_nhwc(name)
+    x = imp.nhwc(name) if last else imp.node(name)
+    axis = 3 if last else 1
+    channels = _static_dim(x.sym_shape[axis], "LRN channels")
+    before = (size - 1) // 2
+    squares = ops.pad_axis(ops.square(x), axis, before, size - 1 - before)
+    window = window_reduce(squares, axis, size, 1, 1, channels, "sum")
+    y = x * ops.pow(window * (alpha / size) + bias, -beta)
+    imp.set(node.output[0], y, channels_last=last)
 
 
 def import_cast(imp, node, attrs):
@@ -1056,7 +1467,8 @@ IMPORTERS = {
                                                                      ops.mean),
     "GlobalMaxPool": lambda imp, node, attrs: import_global_pool(imp, node, attrs, ops.max),
     "BatchNormalization": import_batch_norm, "InstanceNormalization": import_instance_norm,
-    "Dropout": import_dropout, "Identity": import_identity, "Constant": import_constant,
+    "Dropout": import_dropout, "LRN": import_lrn, "Identity": import_identity,
+    "Constant": import_constant,
     "ConstantOfShape": import_constant_of_shape, "Clip": import_clip,
     "Squeeze": import_squeeze, "Unsqueeze": import_unsqueeze, "Split": import_split,
     "Slice": import_slice, "Pad": import_pad, "Tile": import_tile, "Gather": import_gather,

@@ -225,7 +225,14 @@ def test_import_nchw_model_matches_reference_and_keeps_layout_inside():
     graph = gn.Graph(outputs)
     # one transpose into channels-last at the input, one out before Flatten: no others
     assert len([n for n in graph.nodes if n.op == "transpose" and n.ndim == 4]) == 2
-    assert graph.param_count() == 8 * 27 + 8 * 5 + 16 * 36 + 170
+    # the batch norm is folded into conv1's weight and bias (its bias takes bn.bias's name)
+    assert graph.param_count() == 8 * 27 + 8 + 16 * 36 + 170
+    assert {p.name for p in graph.params} == {"conv1.weight", "bn.bias", "conv2.weight",
+                                              "fc.weight", "fc.bias"}
+    unfolded = gn.onnx.load(model, fold_batch_norm=False).outputs
+    assert gn.Graph(unfolded).param_count() == 8 * 27 + 8 * 5 + 16 * 36 + 170
+    np.testing.assert_allclose(gn.compile(unfolded[0], backend="numpy")(input=x), expected,
+                               rtol=1e-4, atol=1e-6)
     assert next(p for p in graph.params if p.name == "conv1.weight").shape == (3, 3, 3, 8)
 
 
