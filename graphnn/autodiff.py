@@ -51,10 +51,7 @@ def grad(y, wrt, seed=None):
     order = topological_order([y])
     # Only nodes on a path from a wrt to y need an adjoint.
     target_ids = {id(w) for w in targets}
-    on_path = set()
-    for node in order:
-        if id(node) in target_ids or any(id(i) in on_path for i in node.inputs):
-            on_path.add(id(node))
+    on_path = nodes_on_paths(order, target_ids)
 
     adjoints = {id(y): [seed]}
     for node in reversed(order):
@@ -87,3 +84,13 @@ def _sum_all(parts):
     for p in parts[1:]:
         total = total + p
     return total
+
+
+def nodes_on_paths(order, target_ids):
+    """The ids of the nodes of `order` (topologically ordered) that are one of `target_ids`
+    or read one, directly or not: the nodes gn.grad gives an adjoint."""
+    on_path = set()
+    for node in order:
+        if id(node) in target_ids or any(id(i) in on_path for i in node.inputs):
+            on_path.add(id(node))
+    return on_path

@@ -214,35 +214,14 @@ def _program_functions(program, parallel, deco, shared):
     function, `<kind>_<n>`, called once per step with those buffers, when at least
     SHARED_STEPS of them do; the others are written out in `program`. Allocations and flat
     views stay in `program` (see _Emitter.setup)."""
-    args = ([b.name for b in program.inputs] + [b.name for b in program.states]
-            + [b.name for b in program.consts])
-    recycled = recycled_outputs(program)
-    em = _Emitter()
-    em.memory = _Memory({program.outputs[k].name: f"recycled{k}" for k in recycled})
-    for dim, (index, axis) in program.dims.items():
-        em.emit(f"{dim} = {program.inputs[index].name}.shape[{axis}]")
-    mismatch = _shape_mismatch(program)
-    if mismatch:
-        # The caller may skip its shape checks: before any step runs, a feed whose shape
-        # differs from the program's raises, and the caller then finds what is wrong.
-        em.emit(f"if {' or '.join(mismatch)}:")
-        em.indent()
-        em.emit(f"raise ValueError({SHAPE_MISMATCH!r})")
-        em.dedent()
+    args, recycled, em = _program_start(program)
     for index, bound in program.index_checks:
         name = program.inputs[index].name
         em.emit(f"for v in {name}.reshape(-1):")
         em.emit(f"    if v < 0 or v >= {int(bound)}:")
         em.emit(f"        raise ValueError({INDEX_OUT_OF_RANGE!r})")
     prologue_at = len(em.lines)
-    em.scratch = _conv_scratch(program.steps)
-    allocated = set(args)
-    loop = "prange" if parallel else "range"
-    buffers = set(args) | {s.out.name for s in program.steps}
-    # the buffers read by a step other than a reshape (see _Emitter.reshape), or returned
-    needed = {b.name for s in program.steps if not isinstance(s, ir.Reshape)
-              for b in ir.step_reads(s)}
-    needed |= {b.name for b in program.outputs} | {v.name for _, v in program.updates}
+    allocated, loop, buffers, needed = _steps_context(program, args, em, parallel)
     emitted = []  # per step: its emitter, template (or None), parameters and arguments
     for step in program.steps:
         se = em.for_step()
@@ -274,8 +253,51 @@ def _program_functions(program, parallel, deco, shared):
             em.emit(f"{functions[template]}({', '.join(names)})")
         else:
             em.lines += se.lines
-    # Outputs that share memory with an input, state or constant are copied now, so they
-    # hold the values from before the updates below.
+    _emit_epilogue(em, program, prologue_at, _emit_state_copy)
+    args += [f"recycled{k}" for k in recycled] + ["workspace"]
+    module = ["", "# outputs whose earlier results the caller may pass back (see kernels/cpu.py)",
+              f"RECYCLED = {tuple(recycled)!r}", "", ""] + _memory_functions(program, em,
+                                                                          recycled)
+    return out + module + ["", deco, f"def program({', '.join(args)}):"] + em.lines
+
+
+def _program_start(program):
+    """(the program's arguments before the recycled outputs and the workspace, the recycled
+    outputs, an emitter holding its first lines): the symbolic dims read from the inputs,
+    then, as the caller may skip its shape checks, a raise before any step runs when a
+    feed's shape differs from the program's (the caller then finds what is wrong)."""
+    args = ([b.name for b in program.inputs] + [b.name for b in program.states]
+            + [b.name for b in program.consts])
+    recycled = recycled_outputs(program)
+    em = _Emitter()
+    em.memory = _Memory({program.outputs[k].name: f"recycled{k}" for k in recycled})
+    for dim, (index, axis) in program.dims.items():
+        em.emit(f"{dim} = {program.inputs[index].name}.shape[{axis}]")
+    mismatch = _shape_mismatch(program)
+    if mismatch:
+        em.emit(f"if {' or '.join(mismatch)}:")
+        em.emit(f"    raise ValueError({SHAPE_MISMATCH!r})")
+    return args, recycled, em
+
+
+def _steps_context(program, args, em, parallel):
+    """What emitting the steps needs: the names allocated so far (the arguments), the loop
+    (prange with `parallel`), every buffer's name, and the buffers read by a step other than
+    a reshape (see _Emitter.reshape) or returned. Gives `em` the convolutions' scratch."""
+    em.scratch = _conv_scratch(program.steps)
+    buffers = set(args) | {s.out.name for s in program.steps}
+    needed = {b.name for s in program.steps if not isinstance(s, ir.Reshape)
+              for b in ir.step_reads(s)}
+    needed |= {b.name for b in program.outputs} | {v.name for _, v in program.updates}
+    return set(args), "prange" if parallel else "range", buffers, needed
+
+
+def _emit_epilogue(em, program, prologue_at, copy_state):
+    """The end of `program`: outputs that share memory with an input, state or constant are
+    copied (they hold the values from before the updates); new values are all computed from
+    the old ones, so a value that shares memory with a state (e.g. {a: b, b: a}) is copied
+    before any state is overwritten, then `copy_state(em, state, value, source)` writes each;
+    the memory prologue goes in at `prologue_at`; the outputs are returned."""
     results = []
     for k, b in enumerate(program.outputs):
         if b.role in ("input", "state", "const", "view"):
@@ -283,8 +305,6 @@ def _program_functions(program, parallel, deco, shared):
             results.append(f"out{k}")
         else:
             results.append(b.name)
-    # New values are all computed from the old ones: a value that shares memory with a
-    # state (e.g. {a: b, b: a}) is copied before any state is overwritten.
     sources = []
     for k, (state, value) in enumerate(program.updates):
         if value.role != "temp":
@@ -293,24 +313,24 @@ def _program_functions(program, parallel, deco, shared):
         else:
             sources.append(value.name)
     for (state, value), source in zip(program.updates, sources):
-        _emit_state_copy(em, state, value, source)
+        copy_state(em, state, value, source)
     em.lines[prologue_at:prologue_at] = em.memory.prologue()
     em.emit("return (" + ", ".join(results) + ("," if len(results) == 1 else "") + ")")
+
+
+def _memory_functions(program, em, recycled):
+    """The lines of `recycle_nothing()` (a zero-size array per recycled output) and
+    `workspace_bytes(*inputs)`, which every generated program module defines."""
     inputs = [b.name for b in program.inputs]
     nothing = [f"np.empty({_shape_src((0,) * program.outputs[k].ndim)}, "
                f"{_dtype_src(program.outputs[k].dtype)})" for k in recycled]
     sizes = [f"{dim} = {program.inputs[index].name}.shape[{axis}]"
              for dim, (index, axis) in program.dims.items()] + em.memory.offsets()
-    args += [f"recycled{k}" for k in recycled] + ["workspace"]
-    module = [
-        "", "# outputs whose earlier results the caller may pass back (see kernels/cpu.py)",
-        f"RECYCLED = {tuple(recycled)!r}", "", "",
-        "def recycle_nothing():",
-        "    return (" + "".join(f"{n}, " for n in nothing) + ")", "", "",
-        f"def workspace_bytes({', '.join(inputs)}):",
-        '    """The bytes of workspace `program` needs for these inputs."""']
-    module += ["    " + line for line in sizes] + ["    return _wend", ""]
-    return out + module + ["", deco, f"def program({', '.join(args)}):"] + em.lines
+    return ["def recycle_nothing():",
+            "    return (" + "".join(f"{n}, " for n in nothing) + ")", "", "",
+            f"def workspace_bytes({', '.join(inputs)}):",
+            '    """The bytes of workspace `program` needs for these inputs."""'] + \
+        ["    " + line for line in sizes] + ["    return _wend", ""]
 
 
 # steps whose loops can run in a shared function (matmuls, windows and reshapes are a line)
@@ -905,29 +925,13 @@ def generate_library(program, parallel=False, approximate=True):
     deco = (f"@njit(cache=True, error_model='numpy', fastmath={FASTMATH}, "
             f"parallel={bool(parallel)})")
     approximate = approximate and _float32_only(program)
-    args = ([b.name for b in program.inputs] + [b.name for b in program.states]
-            + [b.name for b in program.consts])
-    recycled = recycled_outputs(program)
-    em = _Emitter()
-    em.memory = _Memory({program.outputs[k].name: f"recycled{k}" for k in recycled})
-    for dim, (index, axis) in program.dims.items():
-        em.emit(f"{dim} = {program.inputs[index].name}.shape[{axis}]")
-    mismatch = _shape_mismatch(program)
-    if mismatch:
-        em.emit(f"if {' or '.join(mismatch)}:")
-        em.emit(f"    raise ValueError({SHAPE_MISMATCH!r})")
+    args, recycled, em = _program_start(program)
     for index, bound in program.index_checks:
         name = program.inputs[index].name
         em.emit(f"if {name}.size and ({name}.min() < 0 or {name}.max() >= {int(bound)}):")
         em.emit(f"    raise ValueError({INDEX_OUT_OF_RANGE!r})")
     prologue_at = len(em.lines)
-    em.scratch = _conv_scratch(program.steps)
-    allocated = set(args)
-    loop = "prange" if parallel else "range"
-    buffers = set(args) | {s.out.name for s in program.steps}
-    needed = {b.name for s in program.steps if not isinstance(s, ir.Reshape)
-              for b in ir.step_reads(s)}
-    needed |= {b.name for b in program.outputs} | {v.name for _, v in program.updates}
+    allocated, loop, buffers, needed = _steps_context(program, args, em, parallel)
     kernels, numbers = [], {}  # kernel sources in order; source -> its number
     constants = {}  # a kernel's typed constant argument -> its name in the driver
 
@@ -972,29 +976,9 @@ def generate_library(program, parallel=False, approximate=True):
                     lambda m: constants.setdefault(m.group(0), f"C{len(constants)}"), line))
         else:  # a reshape: a view, made here
             em.lines += se.lines
-    results = []
-    for k, b in enumerate(program.outputs):
-        if b.role in ("input", "state", "const", "view"):
-            em.emit(f"out{k} = {b.name}.copy()")
-            results.append(f"out{k}")
-        else:
-            results.append(b.name)
-    sources = []
-    for k, (state, value) in enumerate(program.updates):
-        if value.role != "temp":
-            em.emit(f"new{k} = {value.name}.copy()")
-            sources.append(f"new{k}")
-        else:
-            sources.append(value.name)
-    for (state, value), source in zip(program.updates, sources):
-        em.emit(f"{state.name}[...] = {source}")
-    em.lines[prologue_at:prologue_at] = em.memory.prologue()
-    em.emit("return (" + ", ".join(results) + ("," if len(results) == 1 else "") + ")")
-    inputs = [b.name for b in program.inputs]
-    nothing = [f"np.empty({_shape_src((0,) * program.outputs[k].ndim)}, "
-               f"{_dtype_src(program.outputs[k].dtype)})" for k in recycled]
-    sizes = [f"{dim} = {program.inputs[index].name}.shape[{axis}]"
-             for dim, (index, axis) in program.dims.items()] + em.memory.offsets()
+    # (the driver is Python: an array assignment costs no compile time there)
+    _emit_epilogue(em, program, prologue_at, lambda em, state, value, source: em.emit(
+        f"{state.name}[...] = {source}"))
     args += [f"recycled{k}" for k in recycled] + ["workspace"]
     names = [loader.module_name(source) for source in kernels]
     driver = [
@@ -1009,12 +993,7 @@ def generate_library(program, parallel=False, approximate=True):
         f"RECYCLED = {tuple(recycled)!r}", "",
         "# the kernels' constant arguments (typed, made once)"]
     driver += [f"{name} = {value}" for value, name in constants.items()]
-    driver += ["", "",
-               "def recycle_nothing():",
-               "    return (" + "".join(f"{n}, " for n in nothing) + ")", "", "",
-               f"def workspace_bytes({', '.join(inputs)}):",
-               '    """The bytes of workspace `program` needs for these inputs."""']
-    driver += ["    " + line for line in sizes] + ["    return _wend", "", ""]
+    driver += ["", ""] + _memory_functions(program, em, recycled) + [""]
     driver += [f"def program({', '.join(args)}):"] + em.lines
     return "\n".join(driver) + "\n", kernels
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from graphnn.autodiff import nodes_on_paths
 from graphnn.graph import topological_order
 from graphnn.node import Node
 from graphnn.registry import OPS, const_node
@@ -72,10 +73,7 @@ def gradient_origins(y, wrt):
         return {}
     order = topological_order([y])
     targets = {id(w) for w in wrt}
-    on_path = set()
-    for node in order:
-        if id(node) in targets or any(id(i) in on_path for i in node.inputs):
-            on_path.add(id(node))
+    on_path = nodes_on_paths(order, targets)
     known = {id(n) for n in order}
     origin = {}
 
