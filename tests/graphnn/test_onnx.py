@@ -131,6 +131,7 @@ EXAMPLE_FORWARD = {
 EXAMPLE_SKIPPED = {
     "mlp_digits_distributed": "trains the model of mlp_digits.py (imports its build())",
     "render_lecture": "draws the graph of lecture_graph.py (imports its build())",
+    "render_onnx": "draws a model imported from ONNX (SqueezeNet's test model)",
 }
 
 
