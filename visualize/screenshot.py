@@ -22,7 +22,7 @@ def screenshot(html, png, click=None, width=1280, height=800):
     """Open `html` in headless Chromium, click the first box whose text holds `click` (if
     given), save the page to `png`; returns the path."""
     from playwright.sync_api import sync_playwright
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": width, "height": height})

@@ -9,6 +9,7 @@ import pytest
 
 import graphnn as gn
 import visualize
+from visualize.screenshot import BROWSER_ARGS, screenshot
 from visualize.viewer import json_for_script
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
@@ -16,8 +17,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 XSS = "</script><script>alert(1)</script>"
 INSTALL = ("apt-get install -y chromium && pip install -e '.[browser]' "
            "(`make test` does both when run as root)")
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def mlp_with_grads(hostile=False):
@@ -157,3 +156,13 @@ def test_viewer_in_headless_chromium(tmp_path):
         assert dialogs == [] and errors == []
         assert "alert(1)" in page.inner_text("body")
         chromium.close()
+
+
+@needs_dot
+def test_screenshot_opens_the_panel_of_the_box_clicked(tmp_path):
+    browser()  # skips, saying how to install, without chromium or playwright
+    loss, grads = mlp_with_grads()
+    page = visualize.render(loss, tmp_path / "m.html", grads=grads)
+    png = screenshot(page, tmp_path / "m.png", click="matmul")
+    data = Path(png).read_bytes()
+    assert data[:4] == b"\x89PNG" and len(data) > 10_000
