@@ -55,6 +55,9 @@ def fold_constants(roots):
             return None
         if OPS[node.op].impl is None:
             return None
+        size = S.static_size(node.sym_shape)
+        if size is None or size > FOLD_LIMIT:  # (known before computing: a transposed
+            return None                          # 100M-element weight is not copied)
         with np.errstate(all="ignore"):
             value = np.asarray(OPS[node.op].impl(*[i.value for i in inputs], **node.attrs))
         if value.size > FOLD_LIMIT or value.shape != node.shape:

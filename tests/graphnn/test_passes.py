@@ -86,3 +86,23 @@ def test_a_sum_of_all_of_a_sum_is_one_sum():
     x = gn.input("x", (3, 4))
     (out,) = passes.simplify([gn.sum(gn.sum(x, axis=1))])
     assert out.op == "sum" and out.inputs[0] is x and out.attr("axis") is None
+
+
+def test_folding_leaves_results_beyond_the_limit_uncomputed(monkeypatch):
+    """A transpose of a large constant is not folded, and not even computed to find that out
+    (an imported 100M-element weight would be copied for nothing)."""
+    from graphnn import passes
+    from graphnn.registry import OPS
+    big = gn.const(np.ones((passes.FOLD_LIMIT // 4 + 1, 8), np.float32))
+    x = gn.input("x", (None, passes.FOLD_LIMIT // 4 + 1))
+    out = x @ gn.transpose(gn.transpose(big))
+    calls = []
+    impl = OPS["transpose"].impl
+    monkeypatch.setattr(OPS["transpose"], "impl",
+                        lambda *a, **k: calls.append(1) or impl(*a, **k))
+    (folded,) = passes.fold_constants([out])
+    assert calls == []
+    assert [n.op for n in gn.Graph([folded]).nodes].count("transpose") == 2
+    small = gn.transpose(gn.const(np.arange(6.0).reshape(2, 3)))
+    (done,) = passes.fold_constants([small])
+    assert done.op == "const" and done.value.shape == (3, 2)
