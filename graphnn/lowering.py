@@ -164,6 +164,11 @@ class Lowering:
 
     def fits_into(self, node, user):
         """Whether elementwise `node` can be computed inside `user`'s loop."""
+        if node.dtype != user.dtype and not OPS[node.op].recompute:
+            # a fused group computes in one dtype ({T} in templates is the kernel's): a cast
+            # to int inside a float kernel would not truncate, a float constant inside an
+            # int kernel would. (A 0/1 comparison mask is exact in any dtype.)
+            return False
         if kind_of(user) == "reduce":
             return True
         if not is_elementwise(user) or kind_of(user) == "pattern":

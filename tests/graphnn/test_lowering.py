@@ -148,3 +148,18 @@ def test_only_a_swap_of_two_axes_is_read_transposed_by_a_matmul():
         assert any(isinstance(s, ir.Matmul) and s.trans_a == (axes == (1, 0))
                    for s in f.program.steps)
         np.testing.assert_allclose(f(a=A, b=B), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_casts_are_not_fused_across_dtypes(backend):
+    """A fused group computes in one dtype: a cast to int inside a float kernel must still
+    truncate, and a float constant before a cast to int must stay a float."""
+    from helpers import assert_backends_agree
+    x = gn.input("x", (4,), dtype="float64")
+    outputs = [gn.cast(gn.cast(x, "int32"), "float64") * 1.0 + 0.5,
+               gn.sum(gn.cast(x * 0.5, "int32")),
+               gn.cast(x * 2.5, "int64") + 1]
+    X = np.array([1.7, -2.3, 3.9, 0.4])
+    got = assert_backends_agree(outputs, {"x": X}, backends=(backend,))[backend]
+    np.testing.assert_array_equal(got[0], [1.5, -1.5, 3.5, 0.5])
+    np.testing.assert_array_equal(got[2], [5, -4, 10, 2])
