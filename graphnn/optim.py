@@ -26,7 +26,7 @@ from .api import variable
 from .autodiff import grad
 from .errors import GraphError, OptionError, user_location
 from .node import Node
-from .ops import cast, minimum, maximum, sqrt, sum as reduce_sum
+from .ops import cast, ge, maximum, minimum, sqrt, sum as reduce_sum
 from .registry import active_scope, const_node
 
 
@@ -86,6 +86,17 @@ def _check_number(owner, name, value, positive=False, integer=False):
     return value
 
 
+def _floor(q, bits=24):
+    """⌊q⌋ for 0 <= q < 2**bits, bit by bit with comparisons (exact; a cast to an integer
+    inside a float kernel is compiled as a float conversion on the cpu backend). The
+    quotient of two whole numbers below 2**23 is never rounded across an integer."""
+    whole = _scalar(0, q.dtype)
+    for bit in reversed(range(bits)):
+        power = _scalar(2.0 ** bit, q.dtype)
+        whole = whole + power * ge(q, whole + power)
+    return whole
+
+
 def _cos_pi(u):
     """cos(π·u) for 0 <= u <= 1, as a polynomial of graph ops (there is no cos op): the
     Taylor series of cos x in x², 16 terms, exact to 1e-17 on [0, π]."""
@@ -140,9 +151,7 @@ class StepDecay(Schedule):
         self.gamma = _check_number("StepDecay", "gamma", gamma, positive=True)
 
     def rate(self, t):
-        # the quotient of two whole numbers is never rounded across an integer (below 2**23
-        # steps), so truncating it to an integer is the floor
-        periods = cast(cast(t / _scalar(self.step_size, t.dtype), "int32"), t.dtype)
+        periods = _floor(t / _scalar(self.step_size, t.dtype))
         return _scalar(self.lr, t.dtype) * _scalar(self.gamma, t.dtype) ** periods
 
 
