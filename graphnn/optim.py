@@ -26,7 +26,7 @@ from .api import variable
 from .autodiff import grad
 from .errors import GraphError, OptionError, user_location
 from .node import Node
-from .ops import cast, ge, maximum, minimum, sqrt, sum as reduce_sum
+from .ops import cast, maximum, minimum, sqrt, sum as reduce_sum
 from .registry import active_scope, const_node
 
 
@@ -86,15 +86,10 @@ def _check_number(owner, name, value, positive=False, integer=False):
     return value
 
 
-def _floor(q, bits=24):
-    """⌊q⌋ for 0 <= q < 2**bits, bit by bit with comparisons (exact; a cast to an integer
-    inside a float kernel is compiled as a float conversion on the cpu backend). The
-    quotient of two whole numbers below 2**23 is never rounded across an integer."""
-    whole = _scalar(0, q.dtype)
-    for bit in reversed(range(bits)):
-        power = _scalar(2.0 ** bit, q.dtype)
-        whole = whole + power * ge(q, whole + power)
-    return whole
+def _floor(q):
+    """⌊q⌋ for q >= 0: truncation by a cast to int64 and back (the quotient of two whole
+    numbers below 2**23 is never rounded across an integer in float32)."""
+    return cast(cast(q, "int64"), q.dtype.name)
 
 
 def _cos_pi(u):
