@@ -189,6 +189,25 @@ def avg_pool2d_grad(g, k, s, out):
                             out[n, y * s + i, x0 * s + j, c] += v
 
 
+def _first_row(r0, oh, ow):
+    """(n, y, x) of patch-matrix row r0: its image, output row and output column."""
+    n = r0 // (oh * ow)
+    y = (r0 - n * oh * ow) // ow
+    return n, y, r0 - (n * oh + y) * ow
+
+
+def _next_row(n, y, x0, oh, ow):
+    """(n, y, x) of the row after (n, y, x0), by increments, not divisions."""
+    x0 += 1
+    if x0 == ow:
+        x0 = 0
+        y += 1
+        if y == oh:
+            y = 0
+            n += 1
+    return n, y, x0
+
+
 def _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col):
     """col[r] = the window of output row r0 + r ((n, y, x) in row-major order) as
     (i, j, c), zeros where the window hangs over the padding. x and col are C-contiguous.
@@ -202,9 +221,7 @@ def _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col):
     zero = cf.dtype.type(0)
     seg = kw * c_
     cols = kh * seg
-    n = r0 // (oh * ow)
-    y = (r0 - n * oh * ow) // ow
-    x0 = r0 - (n * oh + y) * ow
+    n, y, x0 = _first_row(r0, oh, ow)
     for r in range(rows):
         xs = x0 * s - pw                      # the window's first input column
         j0 = max(0, -xs)
@@ -220,13 +237,7 @@ def _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col):
                 src = ((n * h_ + yy) * w_ + xs) * c_ - base
                 for t in range(base + j0 * c_, base + j1 * c_):
                     cf[np.uintp(t)] = xf[np.uintp(src + t)]
-        x0 += 1
-        if x0 == ow:
-            x0 = 0
-            y += 1
-            if y == oh:
-                y = 0
-                n += 1
+        n, y, x0 = _next_row(n, y, x0, oh, ow)
 
 
 def _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x):
@@ -237,9 +248,7 @@ def _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x):
     cf = col.reshape(-1)
     seg = kw * c_
     cols = kh * seg
-    n = r0 // (oh * ow)
-    y = (r0 - n * oh * ow) // ow
-    x0 = r0 - (n * oh + y) * ow
+    n, y, x0 = _first_row(r0, oh, ow)
     for r in range(rows):
         xs = x0 * s - pw
         j0 = max(0, -xs)
@@ -252,13 +261,7 @@ def _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x):
             dst = ((n * h_ + yy) * w_ + xs) * c_ - base
             for t in range(base + j0 * c_, base + j1 * c_):
                 xf[np.uintp(dst + t)] += cf[np.uintp(t)]
-        x0 += 1
-        if x0 == ow:
-            x0 = 0
-            y += 1
-            if y == oh:
-                y = 0
-                n += 1
+        n, y, x0 = _next_row(n, y, x0, oh, ow)
 
 
 CONV2D, CONV2D_GRAD_INPUT, CONV2D_GRAD_FILTER = 0, 1, 2  # conv_gemm's modes
@@ -323,4 +326,4 @@ HELPERS = {f.__name__: f for f in (conv2d, conv2d_grad_input, conv2d_grad_filter
 # the functions conv_gemm calls (copied into the generated module with it)
 GEMM_HELPERS = {"conv2d": CONV2D, "conv2d_grad_input": CONV2D_GRAD_INPUT,
                 "conv2d_grad_filter": CONV2D_GRAD_FILTER}
-GEMM_SUPPORT = (_im2col, _col2im, conv_gemm)
+GEMM_SUPPORT = (_first_row, _next_row, _im2col, _col2im, conv_gemm)
