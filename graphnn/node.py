@@ -135,11 +135,14 @@ def _ops():
 
 
 def make_node(op, attrs, inputs, sym_shape, dtype, name=None, intern=True):
-    """Create a node, or return the existing one with the same (op, attrs, inputs)."""
+    """Create a node, or return the existing one with the same (op, attrs, inputs); a named
+    constant is shared only with constants of its name (two ONNX tensors that happen to be
+    equal stay two named values, each drawn in its own layer)."""
     attrs = tuple(sorted(attrs.items())) if isinstance(attrs, dict) else tuple(attrs)
     if not intern:
         return Node(op, attrs, inputs, sym_shape, dtype, name)
-    key = (op, attrs, tuple(inputs))
+    key = (op, attrs, tuple(inputs)) if not (op == "const" and name) else \
+        (op, attrs, (), name)
     existing = _interned.get(key)
     if existing is not None:
         if name and not existing.name:

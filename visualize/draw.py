@@ -283,12 +283,17 @@ class Scene:
 
     def leaf_row(self, leaf, strip=""):
         """The row a parameter, variable or constant gets inside its consumer (`strip`: the
-        group's "dense1/" left out of "dense1/W" inside the dense1 box)."""
+        group's scope, "dense1", left out of "dense1/W" inside the dense1 box, and
+        "gpu_0/res2_0_" out of "gpu_0/res2_0_branch2a_w_0" inside the res2_0 box)."""
         if leaf.op == "const" and leaf.ndim == 0:
             return f"<B>{escape(leaf.name or 'const')}</B> = {escape(self._scalar_text(leaf))}"
         name = self.names[leaf] if leaf.op != "const" else (leaf.name or "const")
-        if strip and name.startswith(strip):
-            name = name[len(strip):]
+        if strip:
+            for sep in "/_":
+                at = name.find(strip + sep)
+                if at == 0 or (at > 0 and name[at - 1] == "/"):
+                    name = name[at + len(strip) + 1:]
+                    break
         return f"<B>{escape(name)}</B> {escape(self._bracketed(leaf))}"
 
     @staticmethod
@@ -336,7 +341,7 @@ class Scene:
             for inp in node.inputs:
                 if inp.op in INLINE_LEAVES and id(inp) not in seen:
                     seen.add(id(inp))
-                    rows.append(self.leaf_row(inp, strip=group.scope + "/"))
+                    rows.append(self.leaf_row(inp, strip=group.scope))
         table_style = "rounded,dashed" if group.gradient else "rounded"
         body = "".join(f'<TR><TD ALIGN="LEFT">{row}</TD></TR>' for row in rows)
         return (f'<<TABLE STYLE="{table_style}" BORDER="1" CELLBORDER="0" CELLSPACING="1" '

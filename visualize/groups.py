@@ -6,7 +6,8 @@ graphnn/nn.py) but not the ops they make; ONNX exporters name tensors after thei
 (`fire2/squeeze1x1_w_0`). So a group is read off the names, then grown along the graph:
 
 1. seeds: a node named "<scope>/<rest>" is in <scope>; another op that consumes a
-   parameter (or named constant) of <scope> is in <scope> (the matmul reading dense1/W);
+   parameter (or a named constant read nowhere else) of <scope> is in <scope> (the matmul
+   reading dense1/W);
 2. growth, repeated until nothing changes: an op without a scope joins <scope> when every input
    that is not a parameter or constant is in <scope> and used only there (the add of the
    bias, then the activation), or when every one of its consumers is in <scope> (the
@@ -18,8 +19,13 @@ graphnn/nn.py) but not the ops they make; ONNX exporters name tensors after thei
    graph after its passes) are grouped by the rules above;
 4. a scope shared by every named node (`gpu_0/...` in an ONNX file) says nothing: it is
    dropped and the next level of the name is read. A group whose box would make the
-   picture cyclic (a node outside it between two of its members) is dissolved.
+   picture cyclic (a node outside it between two of its members) is dissolved;
+5. names without any "/" scope left but with Caffe2's blob versions (`res2_0_branch2a_w_0`,
+   the ONNX ResNet-50) are read by their underscores: the version and the parameter words
+   (`w`, `bn`, `s`, ...) are dropped and the name up to its first number is the block
+   (`res2_0`), else what remains (`res_conv1`): see `underscore_scope`.
 """
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -52,6 +58,43 @@ def scope_of(name, strip=0):
         return None
     parts = str(name).split("/")[strip:]
     return "/".join(parts[:-1]) or None
+
+
+PARAM_WORDS = frozenset("w b s bn riv rm scale bias mean var weight weights gamma beta".split())
+
+
+def underscore_scope(name, strip=0):
+    """'res2_0' for 'gpu_0/res2_0_branch2a_bn_s_0', 'res_conv1' for 'res_conv1_bn_b_0',
+    'conv1' for 'conv1_w_0'; None when nothing is left."""
+    if not name:
+        return None
+    parts = str(name).split("/")[strip:]
+    tokens = "_".join(parts).split("_")
+    if len(tokens) > 1 and tokens[-1].isdigit():
+        tokens = tokens[:-1]  # the blob version
+    while len(tokens) > 1 and tokens[-1].lower() in PARAM_WORDS:
+        tokens = tokens[:-1]
+    for i, token in enumerate(tokens[1:], 1):
+        if token.isdigit():
+            return "_".join(tokens[:i + 1])
+    return "_".join(tokens) if tokens and tokens[0] else None
+
+
+def scope_reader(nodes):
+    """The function giving a node name's scope in this picture: `scope_of` after the shared
+    prefix, or `underscore_scope` when no name has a "/" scope left and most named leaves
+    carry a blob version (`_0`). There only the leaves' names count: an ONNX op is named
+    after its output tensor (`softmax_1`), which says nothing of the block it is in."""
+    names = [n.name for n in nodes]
+    strip = common_prefix_depth(names)
+    if any(scope_of(name, strip) for name in names):
+        return lambda name: scope_of(name, strip)
+    leaves = [n.name for n in nodes if n.op in LEAVES + ("input",) and n.name]
+    versioned = [name for name in leaves if re.search(r"_\d+$", str(name))]
+    if leaves and len(versioned) >= 0.8 * len(leaves):
+        leaf_names = set(leaves)
+        return lambda name: (underscore_scope(name, strip) if name in leaf_names else None)
+    return lambda name: scope_of(name, strip)
 
 
 def common_prefix_depth(names):
@@ -112,7 +155,7 @@ def infer_groups(nodes, gradient_ids, grad_pairs=(), y=None):
     a layer group; `gradient_ids` are the gradient nodes, `grad_pairs` the (wrt, gradient)
     pairs drawn (a gradient output joins the group of its wrt), `y` the output they are
     the gradients of (when known, the gradient rules are replayed: gradient_origins)."""
-    strip = common_prefix_depth([n.name for n in nodes])
+    scope_name = scope_reader(nodes)
     consumers = defaultdict(list)
     for node in nodes:
         for inp in dict.fromkeys(node.inputs, None):
@@ -124,19 +167,22 @@ def infer_groups(nodes, gradient_ids, grad_pairs=(), y=None):
 
     for node in nodes:
         gradient = id(node) in gradient_ids
-        own = scope_of(node.name, strip)
+        own = scope_name(node.name) if node.op != "input" else None
         if own:
             scope[id(node)] = (own, gradient)
             continue
         if not node.inputs:
             continue
-        read = {scope_of(i.name, strip) for i in node.inputs
-                if i.op in LEAVES and scope_of(i.name, strip)}
+        # a constant read in several places (graphnn shares equal constants, and ONNX files
+        # reuse one tensor across blocks) says nothing about where its readers are
+        read = {scope_name(i.name) for i in node.inputs
+                if i.op in LEAVES and scope_name(i.name)
+                and not (i.op == "const" and len(consumers[id(i)]) > 1)}
         if len(read) == 1:
             scope[id(node)] = (read.pop(), gradient)
     for wrt, g in grad_pairs:
-        own = scope_of(getattr(wrt, "name", None), strip)
-        if own and g.inputs and id(g) in gradient_ids and not scope_of(g.name, strip):
+        own = scope_name(getattr(wrt, "name", None))
+        if own and g.inputs and id(g) in gradient_ids and not scope_name(g.name):
             scope[id(g)] = (own, True)
     settled = set()  # nodes whose group (or none) the replay decided
 
@@ -174,7 +220,7 @@ def infer_groups(nodes, gradient_ids, grad_pairs=(), y=None):
         origin = gradient_origins(y, wrt)
         for node in nodes:
             source = origin.get(id(node))
-            if id(node) in gradient_ids and source is not None and not scope_of(node.name, strip):
+            if id(node) in gradient_ids and source is not None and not scope_name(node.name):
                 key = scope.get(id(source))
                 if key is None:  # made by the rule of an op outside every group
                     scope.pop(id(node), None)

@@ -269,7 +269,7 @@ class _Importer:
             if name in self.initializers and array.dtype.kind == "f":
                 self.made[key] = param(param_name, array)
             else:
-                self.made[key] = const_node(array)
+                self.made[key] = const_node(array, name=name)
         return self.made[key]
 
     def set(self, name, node, channels_last=False):

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 import graphnn as gn
@@ -374,3 +375,45 @@ def test_collapsed_layer_groups_are_one_box_each():
     assert "cluster_" in one and '<FONT COLOR="white">dense2</FONT>' in one
     assert '<FONT COLOR="white">dense1</FONT>' not in one
     assert "cluster_" not in visualize.to_dot(model_loss, groups=False)
+
+
+def test_caffe2_blob_names_group_by_block():
+    from visualize.groups import underscore_scope
+    assert underscore_scope("gpu_0/res2_0_branch2a_bn_s_0", strip=1) == "res2_0"
+    assert underscore_scope("gpu_0/res_conv1_bn_b_0", strip=1) == "res_conv1"
+    assert underscore_scope("conv1_w_0") == "conv1"
+    assert underscore_scope("pred_b_0") == "pred"
+    assert underscore_scope("") is None
+
+
+def _caffe2_block(x, block, channels, seed):
+    rng = np.random.default_rng(seed)
+    w = gn.const(rng.standard_normal((3, 3, channels, channels)).astype(np.float32),
+                 name=f"gpu_0/{block}_branch2a_w_0")
+    b = gn.param(f"gpu_0/{block}_branch2a_bn_b_0", np.zeros(channels, np.float32))
+    return gn.relu(gn.conv2d(x, w, padding="same") + b) + x
+
+
+def test_onnx_style_names_without_scopes_form_block_groups():
+    # the names of a Caffe2-exported ResNet-50: one shared "gpu_0/" prefix, blocks in the
+    # underscores; the same constant read by two blocks seeds neither
+    x = gn.input("gpu_0/data_0", (1, 6, 6, 2))
+    shared = gn.const(np.full(2, 0.5, np.float32), name="gpu_0/res2_0_branch2c_bn_b_0")
+    y = _caffe2_block(x, "res2_0", 2, 0) + shared
+    y = _caffe2_block(y, "res2_1", 2, 1) + shared
+    from graphnn.graph import topological_order
+    from visualize.groups import infer_groups
+    nodes = topological_order([gn.sum(y)])
+    member = infer_groups(nodes, set())
+    # the last add reads only the shared constant: not in res2_0, whose name that constant has
+    assert getattr(member.get(id(y)), "scope", None) != "res2_0"
+    assert member[id(y.inputs[0].inputs[0])].scope == "res2_1"  # its relu
+    src = visualize.to_dot(gn.sum(y), expand=False)
+    assert '<FONT COLOR="white">res2_0</FONT>' in src
+    assert '<FONT COLOR="white">res2_1</FONT>' in src
+    assert "<B>branch2a_w_0</B> \u27e83\u00d73\u00d72\u00d72\u27e9" in src  # prefix left out
+    assert '<FONT COLOR="white">res2_0_branch2c</FONT>' not in src
+    # graphnn's own unscoped names are not read by their underscores
+    a = gn.param("hidden_W", np.ones((2, 2), np.float32))
+    plain = visualize.to_dot(gn.sum(gn.input("x_in", (1, 2)) @ a), expand=False)
+    assert '<FONT COLOR="white">hidden</FONT>' not in plain
