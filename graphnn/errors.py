@@ -48,8 +48,16 @@ def user_location():
     """Return "file:line" of the first stack frame outside graphnn's own packages."""
     frame = sys._getframe(1)
     while frame is not None:
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith(_PACKAGE_DIRS) and "importlib" not in filename:
-            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        code_file = frame.f_code.co_filename
+        inside = _INSIDE.get(code_file)
+        if inside is None:  # every node asks: abspath once per file, not once per frame
+            filename = os.path.abspath(code_file)
+            inside = _INSIDE[code_file] = \
+                filename.startswith(_PACKAGE_DIRS) or "importlib" in filename
+        if not inside:
+            return f"{code_file}:{frame.f_lineno}"
         frame = frame.f_back
     return "<unknown>"
+
+
+_INSIDE = {}  # code file name -> whether it is one of graphnn's own (or importlib's)

@@ -447,10 +447,10 @@ def _misses(dispatcher):
 def _cache_on_disk(dispatcher):
     """Whether Numba's disk cache holds an index for this dispatcher (then its first call
     loads rather than compiles, unless the signature is new)."""
-    try:
-        return os.path.exists(dispatcher._cache._index_path)
-    except AttributeError:
-        return False
+    cache = getattr(dispatcher, "_cache", None)
+    index = getattr(getattr(cache, "_cache_file", None), "_index_path", None) or \
+        getattr(cache, "_index_path", None)
+    return bool(index) and os.path.exists(index)
 
 
 def _looks_like_cache_failure(exc):

@@ -1216,11 +1216,20 @@ def environment():
     return env
 
 
+JAX_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _thread_count(threads):
+    """The thread count in force: `threads`, else OPENBLAS_NUM_THREADS, else None."""
+    if threads:
+        return threads
+    env = os.environ.get("OPENBLAS_NUM_THREADS")
+    return int(env) if env and env.isdigit() else None
+
+
 def _limit_threads(threads):
     """BLAS threads (numpy's OpenBLAS, shared by eager and compiled steps) and PyTorch's."""
-    if not threads:
-        env = os.environ.get("OPENBLAS_NUM_THREADS")
-        threads = int(env) if env and env.isdigit() else None
+    threads = _thread_count(threads)
     if not threads:
         return
     from kernels import blas
@@ -1235,13 +1244,18 @@ def run(workloads, modes, repeat=200, budget=20.0, warmup=3, subprocess_info=Tru
     t0 = time.perf_counter()
     importlib.import_module("numba")  # not to be counted in the first cold compile
     numba_import = time.perf_counter() - t0
+    if "jax" in modes and "jax" not in sys.modules and _thread_count(threads) == 1:
+        # XLA reads its thread settings once, when jax is imported: one thread like the rest
+        os.environ.setdefault("XLA_FLAGS", JAX_ONE_THREAD)
     for peer, module in (("torch", "torch"), ("torch-compile", "torch"), ("jax", "jax")):
         if peer in modes and importlib.util.find_spec(module) is not None:
             with contextlib.suppress(Exception):
                 __import__(module)
     _limit_threads(threads)
-    if "jax" in modes and threads:
-        log("note: jax's thread count is set by XLA_FLAGS before it is imported, not here")
+    if "jax" in modes and "jax" in sys.modules:
+        flags = os.environ.get("XLA_FLAGS", "")
+        log(f"jax: XLA_FLAGS={flags!r}" + ("" if flags == JAX_ONE_THREAD else
+            " (XLA's own thread count: may use every core)"))
     env = environment()
     env["numba_import_s"] = numba_import
     log(f"graphnn bench on {env['cpu']} ({env['cores']} cores), numpy {env['numpy']}, "

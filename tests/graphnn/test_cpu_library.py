@@ -197,6 +197,22 @@ def test_progress_is_reported_when_compiling_and_silenced_by_graphnn_quiet(
     assert h.stats["kernels_compiled"] > 0 and capsys.readouterr().err == ""
 
 
+def test_a_new_process_with_every_kernel_cached_reports_no_compiling(tmp_path):
+    # the kernels Numba loads from its disk cache are counted as cached, not compiled
+    script = ("import graphnn.backends.cpu as c; c.PROGRESS_DELAY = 0.0\n" +
+              LIBRARY_SCRIPT.format(blocks=3))
+    env = {k: v for k, v in os.environ.items() if k != "GRAPHNN_QUIET"}
+    env["GRAPHNN_CACHE_DIR"] = str(tmp_path)
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env=env, cwd=ROOT, timeout=300) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr
+    compiled = int(runs[0].stdout.split()[1])
+    assert compiled > 0
+    assert f"compiling {compiled} kernels (0 cached)" in runs[0].stderr
+    assert "compiling" not in runs[1].stderr
+    assert runs[1].stdout.split()[1:3] == ["0", str(compiled)]
+
+
 @pytest.mark.parametrize("library", [False, True])
 def test_recycled_outputs_never_write_an_array_the_caller_holds(library):
     x = gn.input("x", (None,))
