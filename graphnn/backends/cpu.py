@@ -86,8 +86,8 @@ class CpuFunction(LoweredFunction):
         # Feeds that share memory with a state this step updates in place are copied first
         # (see _unaliased); outputs that would share memory with an earlier output are
         # copied (found at the first call: the program's views do not change).
-        self._updated_states = [p.state for p in self.state_nodes
-                                if any(p is t for t, _ in self.update_pairs)]
+        updated = {id(t) for t, _ in self.update_pairs}
+        self._updated_states = [p.state for p in self.state_nodes if id(p) in updated]
         self._updated_ids = frozenset()
         self._shared_outputs = ()
         self._writes_states = bool(self.update_pairs)  # (device copies become older)
