@@ -309,3 +309,24 @@ def test_against_torch():
     tys = torch.nn.functional.conv2d(tx, torch.tensor(strided.W.value.transpose(3, 2, 0, 1)),
                                      stride=2)
     np.testing.assert_allclose(ys, tys.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-10)
+
+
+def test_onnx_export_writes_the_inference_graph(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    x = gn.input("x", (None, 4))
+    model = gn.nn.Sequential([gn.nn.Dense(6, "gelu", seed=0), gn.nn.BatchNorm(),
+                              gn.nn.Dropout(0.5, seed=1), gn.nn.Dense(2, seed=2)])
+    h = model(x)
+    # every named activation has an ONNX form
+    y = gn.concat([h, gn.selu(h), gn.silu(h), gn.gelu(h, approximate=True), gn.softsign(h),
+                   gn.hard_sigmoid(h), gn.erf(h)], axis=1)
+    bn = model.layers[1]
+    bn.running_mean.value = np.linspace(-0.5, 0.5, 6).astype(np.float32)
+    bn.running_var.value = np.linspace(0.5, 2.0, 6).astype(np.float32)
+    path = gn.onnx.export(y, tmp_path / "m.onnx")
+    X = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": X})
+    expected = gn.compile(gn.nn.inference(y), backend="numpy")(x=X)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
