@@ -244,3 +244,16 @@ def test_bad_random_arguments_are_shape_errors_naming_the_op():
                           gn.input("n", (2,), dtype="int64"))
     with pytest.raises(gn.GraphError, match="keyed by a gn.variable"):
         gn.training_branch(x, x, {x: x})
+
+
+def test_a_saved_dropout_graph_loads_with_its_seed_and_counter(tmp_path):
+    x, layer, y = _dropout_graph(rate=0.5, seed=2 ** 40 + 3)
+    layer.counter.value = np.full((), 7.0, np.float32)
+    gn.save(y, tmp_path / "dropout")
+    loaded = gn.load(tmp_path / "dropout").outputs[0]
+    X = np.ones((2, 6), np.float32)
+    expected = (philox.uniform(2 ** 40 + 3, 7, (2, 6), np.float32) >= 0.5) * np.float32(2)
+    np.testing.assert_array_equal(gn.compile(loaded, backend="cpu")(x=X), expected)
+    np.testing.assert_array_equal(gn.compile(gn.nn.inference(loaded))(x=X), X)
+    (counter,) = gn.nn.state_updates(loaded)
+    assert counter.name == "dropout1/step" and float(counter.value) == 7
