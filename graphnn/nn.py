@@ -442,6 +442,20 @@ class Dropout(Layer):
                              f"(at {user_location()})")
         self.rate = float(rate)
 
+    def __call__(self, x):
+        if not self.built and (self.rate == 0 or not is_training()):
+            # the identity: nothing to build, and a name chosen now could repeat another
+            # dropout's (an identity leaves no node to count)
+            if not isinstance(x, Node):
+                _eager_array(x, self)  # (a clear error for anything but arrays)
+            return x
+        return super().__call__(x)
+
+    @property
+    def params(self):
+        """A dropout has no parameters (its step counter is a variable, `.counter`)."""
+        return []
+
     def build(self, x):
         self.counter = variable(f"{self.name}/step", np.zeros((), np.float32))
         self.stream = self.seed if self.seed is not None else zlib.crc32(self.name.encode())
