@@ -91,7 +91,11 @@ def inference_mode():
 
 
 def is_training():
-    """False inside `inference_mode()`, else True."""
+    """False inside `inference_mode()`, else True.
+
+        with gn.nn.inference_mode():
+            assert not gn.nn.is_training()
+    """
     return not _inference_only.get()
 
 

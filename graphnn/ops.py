@@ -1581,7 +1581,11 @@ def conv2d(x, w, stride=1, padding="valid", dilation=1, name=None):
 def dilate(w, axis, rate):
     """`w` with rate-1 zeros inserted between its entries along `axis` (a static axis): a
     dilated convolution kernel, made of slices, pads and a concat (so gradients flow back to
-    the taps). Shape: k along `axis` becomes rate·(k − 1) + 1."""
+    the taps). Shape: k along `axis` becomes rate·(k − 1) + 1.
+
+        >>> gn.ops.dilate(np.array([1.0, 2.0, 3.0]), 0, 2)
+        array([1., 0., 2., 0., 3.])
+    """
     k = S.resolve(_shape_of(w)[axis])
     if not isinstance(k, int):
         raise GraphError(f"dilate: axis {axis} must have a static size (at {user_location()})")
