@@ -475,6 +475,21 @@ class Dropout(Layer):
         return _training_value(x, train, x, {counter: new})
 
 
+def _normalize(x, axes, eps, keepdims=False):
+    """((x − μ) / √(σ² + eps), μ, σ²): μ and the biased σ² taken over `axes` (two passes:
+    the variance of the centered values)."""
+    mean = ops.mean(x, axis=axes, keepdims=keepdims)
+    centered = x - mean
+    var = ops.mean(centered * centered, axis=axes, keepdims=keepdims)
+    return centered / ops.sqrt(var + eps), mean, var
+
+
+def _scale_shift(y, gamma, beta):
+    """y · gamma + beta, each left out when None."""
+    y = y * gamma if gamma is not None else y
+    return y + beta if beta is not None else y
+
+
 class BatchNorm(Layer):
     """Batch normalization over every axis but the last (the features of (batch, features),
     the channels of NHWC images): y = (x − μ) / √(σ² + eps) · gamma + beta.
@@ -512,27 +527,18 @@ class BatchNorm(Layer):
         self.running_mean = variable(f"{self.name}/running_mean", np.zeros(features, dtype))
         self.running_var = variable(f"{self.name}/running_var", np.ones(features, dtype))
 
-    def _affine(self, normalized):
-        if self.gamma is not None:
-            normalized = normalized * self.gamma
-        if self.beta is not None:
-            normalized = normalized + self.beta
-        return normalized
-
     def forward(self, x):
         rm, rv = self.running_mean, self.running_var
         graph = isinstance(x, Node)
         if graph or not is_training():
-            infer = self._affine((x - rm) / ops.sqrt(rv + self.eps))
+            infer = _scale_shift((x - rm) / ops.sqrt(rv + self.eps), self.gamma, self.beta)
             if not is_training():
                 return infer
         else:
             infer = x  # (eagerly while training it is not needed)
         axes = tuple(range((x.ndim if graph else np.ndim(x)) - 1))
-        mean = ops.mean(x, axis=axes)
-        centered = x - mean
-        var = ops.mean(centered * centered, axis=axes)
-        train = self._affine(centered / ops.sqrt(var + self.eps))
+        normalized, mean, var = _normalize(x, axes, self.eps)
+        train = _scale_shift(normalized, self.gamma, self.beta)
         r = ops.reciprocal_count(x, axis=axes)  # 1/n: n/(n-1) = 1/(1 - 1/n); n = 1 keeps var
         unbiased = var / ops.maximum(1 - r, r)
         m = self.momentum
@@ -574,15 +580,8 @@ class LayerNorm(Layer):
         self.beta = self.add_param("beta", shape, "zeros", x) if self.center else None
 
     def forward(self, x):
-        mean = ops.mean(x, axis=self.axes, keepdims=True)
-        centered = x - mean
-        var = ops.mean(centered * centered, axis=self.axes, keepdims=True)
-        y = centered / ops.sqrt(var + self.eps)
-        if self.gamma is not None:
-            y = y * self.gamma
-        if self.beta is not None:
-            y = y + self.beta
-        return y
+        normalized, _, _ = _normalize(x, self.axes, self.eps, keepdims=True)
+        return _scale_shift(normalized, self.gamma, self.beta)
 
 
 class SimpleRNN(Layer):
