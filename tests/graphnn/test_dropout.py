@@ -96,11 +96,15 @@ def test_dropout_masks_are_identical_on_every_backend_step_by_step():
     assert list(updates) == [layer.counter]
     X = np.arange(1, 31, dtype=np.float32).reshape(5, 6)
     masks = {}
-    for backend in BACKENDS:
+    for backend in BACKENDS + ["cpu library"]:
         layer.counter.value = np.zeros((), np.float32)
-        f = _compile(y, backend, updates=updates)
+        if backend == "cpu library":  # kernels compiled one by one (large graphs' mode)
+            f = gn.compile(y, updates=updates, backend="cpu", library=True)
+            assert f.stats["mode"] == "library"
+        else:
+            f = _compile(y, backend, updates=updates)
         masks[backend] = [f(x=X) != 0 for _ in range(3)]
-    for backend in ("cpu", "cuda"):
+    for backend in ("cpu", "cuda", "cpu library"):
         for step in range(3):
             np.testing.assert_array_equal(masks[backend][step], masks["numpy"][step])
     # each step draws a new mask (the counter advanced): the chance that two 30-element
