@@ -17,6 +17,9 @@ Decisions made here:
   same shape and dtype, and an elementwise step may write in place over an input it reads
   element for element and that dies there.
 """
+import functools
+import string
+
 import numpy as np
 
 from kernels import ir
@@ -33,6 +36,25 @@ FUSIBLE_KINDS = ("elementwise", "pattern", "size")
 def is_elementwise(node):
     """Whether `node` is computed element by element, so it can fuse into a loop."""
     return kind_of(node) in FUSIBLE_KINDS
+
+
+def read_inputs(node):
+    """The inputs whose values `node`'s step reads: none for a size op (it reads only a
+    shape), for an elementwise op those its template names (`{0}`, `{1}` ...; a random
+    draw reads its counter, not the tensor whose shape it takes), else all of them."""
+    opdef = OPS[node.op]
+    if opdef.kind == "size":
+        return ()
+    if opdef.kind == "elementwise" and opdef.scalar is not None:
+        used = template_fields(opdef.scalar)
+        return tuple(i for k, i in enumerate(node.inputs) if str(k) in used)
+    return node.inputs
+
+
+@functools.lru_cache(maxsize=None)
+def template_fields(scalar):
+    """The names of the fields of a scalar template: "0", "1", "T", attrs, "flat"."""
+    return {f for _, f, _, _ in string.Formatter().parse(scalar) if f is not None}
 
 
 def is_index_const(node):
@@ -89,9 +111,7 @@ class Lowering:
         self.update_pairs = list(update_pairs)
         self.consumers = {id(n): [] for n in self.nodes}
         for n in self.nodes:
-            if kind_of(n) == "size":
-                continue  # reads only its input's shape
-            for i in n.inputs:
+            for i in read_inputs(n):
                 self.consumers[id(i)].append(n)
         self.dims = {}          # representative Sym -> dim name
         self.dim_sources = {}   # dim name -> (input index, axis)
@@ -189,7 +209,7 @@ class Lowering:
     def reductions_finished_by(self, user):
         """The reductions elementwise `user` could finish as their results are stored (see
         `sole_elementwise_reader`), in the order it reads them."""
-        return [i for n in self.group_nodes(user) if is_elementwise(n) for i in n.inputs
+        return [i for n in self.group_nodes(user) if is_elementwise(n) for i in read_inputs(n)
                 if kind_of(i) == "reduce" and self.sole_elementwise_reader(i) is user]
 
     def sole_elementwise_reader(self, node):
@@ -295,10 +315,12 @@ class Lowering:
             opdef = OPS[node.op]
             if opdef.kind == "pattern":
                 return value_of(*opdef.lower(node, index))
-            args = []
-            for inp in node.inputs:
-                args.append(value_of(inp, self.broadcast_index(inp, node, index)))
+            read = read_inputs(node)
+            args = [value_of(inp, self.broadcast_index(inp, node, index))
+                    if any(inp is r for r in read) else None for inp in node.inputs]
             attrs = {k: _attr_source(node, k, v) for k, v in node.attrs.items()}
+            if "flat" in template_fields(opdef.scalar):
+                attrs["flat"] = self.flat_index(node, index)
             code = opdef.scalar.format(*args, T="T", **attrs)
             v = var("v")
             stmts.append((v, code))
@@ -306,6 +328,17 @@ class Lowering:
 
         result = value_of(root, loopvars)
         return ir.ScalarExpr(loads, stmts, result)
+
+    def flat_index(self, node, index):
+        """Source of the row-major position of element `index` in `node`'s shape (the
+        `{flat}` of a template: what a counter-based random draw hashes)."""
+        dims = self.shape(node)
+        if not dims:
+            return "0"
+        flat = f"({index[0]})"
+        for dim, i in zip(dims[1:], index[1:]):
+            flat = f"({flat} * {dim} + ({i}))"
+        return flat
 
     @staticmethod
     def broadcast_index(inp, user, index):
@@ -346,7 +379,7 @@ class Lowering:
         while stack:
             n = stack.pop()
             found.append(n)
-            for i in n.inputs:
+            for i in read_inputs(n):
                 if kind_of(i) not in ("leaf", "size") and self.inlined(i):
                     stack.append(i)
         return found

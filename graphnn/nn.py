@@ -32,7 +32,25 @@ starts from the same weights in every run.
 
 Dtype. Parameters take the float dtype of the layer's input (float64 inputs give float64
 parameters, handy for gradient checks).
+
+Training and inference. Dropout and BatchNorm behave differently while training. Calling
+them on a node builds BOTH behaviours into the graph, joined by a `gn.training_branch`
+node: the graph as built is the training graph (dropout masks, batch statistics), and
+`inference(outputs)` rewrites it into the inference graph (identity, running averages)
+sharing the same parameters. Their state (a dropout's step counter, a batch norm's running
+averages) is updated by the training step: `state_updates(outputs)` lists the new values,
+and every optimizer's `.updates(loss, params)` includes those of its loss, so
+
+    loss = gn.softmax_cross_entropy(model(x), y)
+    step = gn.compile(loss, updates=gn.optim.Adam(0.01).updates(loss, model.params))
+    evaluate = gn.compile(gn.nn.inference(loss))          # what gn.fit validates with
+
+Inside `with inference_mode():` layers build (on nodes) or compute (on arrays) their
+inference behaviour only; eager calls outside it train (a dropout draws a new mask and a
+batch norm updates its running averages at each call, as PyTorch's train mode does).
 """
+import contextlib
+import contextvars
 import re
 import zlib
 
@@ -40,16 +58,106 @@ import numpy as np
 
 from . import ops
 from . import shapes as S
-from .api import param
+from .api import ValueState, param, variable
 from .errors import GraphError, ShapeError, user_location
 from .graph import topological_order
 from .node import Node, make_node
 
 ACTIVATIONS = {
     "sigmoid": ops.sigmoid, "tanh": ops.tanh, "relu": ops.relu, "leaky_relu": ops.leaky_relu,
-    "elu": ops.elu, "softplus": ops.softplus, "step": ops.step, "softmax": ops.softmax,
-    "linear": lambda x: x,
+    "elu": ops.elu, "selu": ops.selu, "silu": ops.silu, "swish": ops.swish,
+    "gelu": ops.gelu, "gelu_tanh": lambda x: ops.gelu(x, approximate=True),
+    "softplus": ops.softplus, "softsign": ops.softsign, "hard_sigmoid": ops.hard_sigmoid,
+    "step": ops.step, "softmax": ops.softmax, "linear": lambda x: x,
 }
+
+# Whether layers build (or compute) their inference behaviour only; see inference_mode.
+_inference_only = contextvars.ContextVar("graphnn_inference_only", default=False)
+
+
+@contextlib.contextmanager
+def inference_mode():
+    """Inside this block, Dropout and BatchNorm build (on nodes) or compute (on arrays) their
+    inference behaviour only: identity, running averages; no state is updated.
+
+        with gn.nn.inference_mode():
+            probabilities = gn.softmax(model(X_test))        # eager, no dropout
+    """
+    token = _inference_only.set(True)
+    try:
+        yield
+    finally:
+        _inference_only.reset(token)
+
+
+def is_training():
+    """False inside `inference_mode()`, else True.
+
+        with gn.nn.inference_mode():
+            assert not gn.nn.is_training()
+    """
+    return not _inference_only.get()
+
+
+def _training_branches(outputs):
+    return [n for n in topological_order(outputs) if n.op == "training_branch"]
+
+
+def inference(outputs):
+    """The inference graph of `outputs` (a node or a list of nodes): every
+    `gn.training_branch` (Dropout, BatchNorm) replaced by its inference value, the rest
+    shared. The same parameters; no state updates. Shapes are unchanged.
+
+        loss = gn.softmax_cross_entropy(model(x), y)          # training graph
+        val_loss = gn.nn.inference(loss)                      # dropout off, running stats
+        evaluate = gn.compile([val_loss, gn.nn.inference(acc)])
+    """
+    from .passes import rebuild
+    single = isinstance(outputs, Node)
+    roots = [outputs] if single else list(outputs)
+    for root in roots:
+        if not isinstance(root, Node):
+            raise GraphError(f"gn.nn.inference takes graph nodes, got {type(root).__name__} "
+                             f"(at {user_location()})")
+    if not _training_branches(roots):
+        return outputs if single else roots
+    new = rebuild(roots, lambda node, inputs: inputs[1]
+                  if node.op == "training_branch" else None)
+    return new[0] if single else new
+
+
+def state_updates(outputs):
+    """{state: new value node} that a training step computing `outputs` (a node or a list)
+    applies: each Dropout's step counter, each BatchNorm's running averages. Optimizers'
+    `.updates(loss, params)` already include those of the loss; pass these yourself when
+    you compile a training step without an optimizer.
+
+        step = gn.compile(loss, updates={**my_updates, **gn.nn.state_updates(loss)})
+    """
+    roots = [outputs] if isinstance(outputs, Node) else list(outputs)
+    found = {}
+    for branch in _training_branches(roots):
+        pairs = branch.inputs[2:]
+        for state, new in zip(pairs[::2], pairs[1::2]):
+            if found.get(state, new) is not new:
+                raise GraphError(f"gn.nn.state_updates: {state.label()} gets two different "
+                                 f"new values (a layer's state used by two layers?) "
+                                 f"(at {user_location()})")
+            found[state] = new
+    return found
+
+
+def _training_value(x, train, infer, updates):
+    """A layer's output: `train` joined with `infer` (and the state updates) by a
+    training_branch in graph mode; eagerly, the updates are applied at once (in place) and
+    `train` is the value."""
+    if isinstance(x, Node):
+        return ops.training_branch(train, infer, updates)
+    for state, new in updates.items():
+        np.copyto(state.value, np.asarray(new), casting="same_kind")
+    if updates:
+        ValueState.host_writes += 1  # device copies of these states are now older
+    return train
 
 
 def activation_fn(activation):
@@ -97,9 +205,12 @@ def _stand_in(array):
 
 
 def _pair(value, what):
-    if isinstance(value, int):
-        return value, value
-    value = tuple(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
+        return int(value), int(value)
+    try:
+        value = tuple(value)
+    except TypeError:
+        value = (value,)
     if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
         raise GraphError(f"{what} must be an int or a pair of ints, got {value!r} "
                          f"(at {user_location()})")
@@ -213,21 +324,35 @@ class Dense(Layer):
 
 
 class Conv2D(Layer):
-    """2-D convolution of NHWC images with an HWIO kernel "<name>/W", plus bias "<name>/b".
+    """2-D convolution of NHWC images with an HWIO kernel "<name>/W", plus bias "<name>/b":
+    (batch, h, w, c) -> (batch, h', w', filters).
 
-    `padding="same"` keeps height and width (for stride 1), "valid" uses whole windows only.
+    `padding="same"` gives h' = ceil(h / strides) (Keras/TensorFlow, the extra pad at the
+    bottom/right), "valid" uses whole windows only: h' = floor((h - span) / strides) + 1,
+    where span = dilation·(k − 1) + 1. `strides` is an int (or a pair of equal ints);
+    `dilation_rate` (an int or a pair) spaces the kernel's taps that many pixels apart
+    (atrous convolution: the kernel is dilated with zeros, see `gn.conv2d`).
+
+        y = gn.nn.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
+        y = gn.nn.Conv2D(16, 3, dilation_rate=2)(x)   # a 5x5 receptive field, 9 taps
     """
 
     kind = "conv2d"
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None,
-                 use_bias=True, init="glorot_uniform", name=None, seed=None):
+                 use_bias=True, init="glorot_uniform", dilation_rate=1, name=None,
+                 seed=None):
         super().__init__(name, seed)
         self.filters, self.kernel_size = int(filters), _pair(kernel_size, "kernel_size")
-        if not isinstance(strides, int) or strides < 1:
-            raise GraphError(f"Conv2D strides must be a positive int, got {strides!r} "
+        sh, sw = _pair(strides, "Conv2D strides") if not isinstance(strides, bool) else (0, 0)
+        if sh != sw or sh < 1:
+            raise GraphError(f"Conv2D strides must be a positive int (or a pair of equal "
+                             f"ints), got {strides!r} (at {user_location()})")
+        self.dilation_rate = _pair(dilation_rate, "Conv2D dilation_rate")
+        if padding not in ("valid", "same"):
+            raise GraphError(f"Conv2D padding must be 'valid' or 'same', got {padding!r:.60} "
                              f"(at {user_location()})")
-        self.strides, self.padding, self.use_bias, self.init = strides, padding, use_bias, init
+        self.strides, self.padding, self.use_bias, self.init = sh, padding, use_bias, init
         self.activation = activation_fn(activation)
 
     def build(self, x):
@@ -237,7 +362,8 @@ class Conv2D(Layer):
         self.b = self.add_param("b", (self.filters,), "zeros", x) if self.use_bias else None
 
     def forward(self, x):
-        y = ops.conv2d(x, self.W, stride=self.strides, padding=self.padding)
+        y = ops.conv2d(x, self.W, stride=self.strides, padding=self.padding,
+                       dilation=self.dilation_rate)
         if self.b is not None:
             y = y + self.b
         return self.activation(y)
@@ -272,6 +398,190 @@ class Flatten(Layer):
 
     def forward(self, x):
         return ops.flatten(x)
+
+
+class GlobalAveragePooling2D(Layer):
+    """The mean over height and width of NHWC images: (batch, h, w, c) -> (batch, c).
+
+        x = gn.input("img", (None, 8, 8, 16))
+        features = gn.nn.GlobalAveragePooling2D()(x)       # (batch, 16)
+    """
+
+    kind, op = "gap", "mean"
+
+    def forward(self, x):
+        if isinstance(x, Node):
+            self._require_rank(x, 4, "NHWC images (batch, height, width, channels)")
+        return ops.mean(x, axis=(1, 2))
+
+
+class Dropout(Layer):
+    """Inverted dropout: while training, each element is kept with probability 1 - rate and
+    scaled by 1 / (1 - rate), else zeroed; at inference it is the identity (see the module
+    docstring on modes). Any shape; the output has the input's shape.
+
+    The mask is drawn by `gn.random_uniform` (Philox-4x32, a counter-based generator) from
+    (`seed`, the layer's step counter "<name>/step", element index): numpy, cpu and cuda
+    draw the same mask, and the training step increments the counter (an optimizer's
+    `.updates` includes it), so each step draws a new mask without recompiling. Without
+    `seed`, the layer seeds itself from its name. Calling the same layer on two inputs of
+    one shape draws the same mask for both at a step. The float32 counter counts to 2**24
+    steps and then starts again at 0.
+
+        h = gn.nn.Dropout(0.5, seed=1)(gn.nn.Dense(64, "relu")(x))     # (batch, 64)
+    """
+
+    kind, op = "dropout", "random_uniform"
+    COUNTER_LIMIT = 2 ** 24  # float32 counts exactly up to here
+
+    def __init__(self, rate, seed=None, name=None):
+        super().__init__(name, seed)
+        if not isinstance(rate, (int, float, np.integer, np.floating)) or \
+                isinstance(rate, (bool, np.bool_)) or not 0 <= rate < 1:
+            raise GraphError(f"Dropout: rate must be a number in [0, 1), got {rate!r:.60} "
+                             f"(at {user_location()})")
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or
+                                 isinstance(seed, bool) or not 0 <= seed < 2 ** 62):
+            raise GraphError(f"Dropout: seed must be an int in [0, 2**62), got {seed!r:.60} "
+                             f"(at {user_location()})")
+        self.rate = float(rate)
+
+    def __call__(self, x):
+        if not self.built and (self.rate == 0 or not is_training()):
+            # the identity: nothing to build, and a name chosen now could repeat another
+            # dropout's (an identity leaves no node to count)
+            if not isinstance(x, Node):
+                _eager_array(x, self)  # (a clear error for anything but arrays)
+            return x
+        return super().__call__(x)
+
+    @property
+    def params(self):
+        """A dropout has no parameters (its step counter is a variable, `.counter`)."""
+        return []
+
+    def build(self, x):
+        self.counter = variable(f"{self.name}/step", np.zeros((), np.float32))
+        self.stream = self.seed if self.seed is not None else zlib.crc32(self.name.encode())
+
+    def forward(self, x):
+        if self.rate == 0 or not is_training():
+            return x
+        keep = ops.ge(ops.random_uniform(self.counter, x, seed=self.stream), self.rate)
+        train = x * keep * (1 / (1 - self.rate))
+        # the next step's counter, back to 0 where float32 would stop counting
+        counter = self.counter
+        new = (counter + 1) * ops.gt(self.COUNTER_LIMIT - 1, counter)
+        return _training_value(x, train, x, {counter: new})
+
+
+def _normalize(x, axes, eps, keepdims=False):
+    """((x − μ) / √(σ² + eps), μ, σ²): μ and the biased σ² taken over `axes` (two passes:
+    the variance of the centered values)."""
+    mean = ops.mean(x, axis=axes, keepdims=keepdims)
+    centered = x - mean
+    var = ops.mean(centered * centered, axis=axes, keepdims=keepdims)
+    return centered / ops.sqrt(var + eps), mean, var
+
+
+def _scale_shift(y, gamma, beta):
+    """y · gamma + beta, each left out when None."""
+    y = y * gamma if gamma is not None else y
+    return y + beta if beta is not None else y
+
+
+class BatchNorm(Layer):
+    """Batch normalization over every axis but the last (the features of (batch, features),
+    the channels of NHWC images): y = (x − μ) / √(σ² + eps) · gamma + beta.
+
+    While training, μ and σ² are the batch's mean and (biased) variance, and the step
+    updates the running averages "<name>/running_mean" and "<name>/running_var" (gn
+    variables) as PyTorch does: r ← (1 − momentum)·r + momentum·batch value, the variance
+    taken unbiased (n / (n − 1); Keras's `momentum=0.99` is `momentum=0.01` here). At
+    inference (`gn.nn.inference`, `inference_mode()`) the running averages are used.
+    Parameters "<name>/gamma" (ones) and "<name>/beta" (zeros), of shape (features,).
+    Output: the input's shape.
+
+        h = gn.nn.BatchNorm()(gn.nn.Conv2D(16, 3, padding="same")(x))   # (batch, h, w, 16)
+    """
+
+    kind = "batchnorm"
+
+    def __init__(self, momentum=0.1, eps=1e-5, center=True, scale=True, name=None):
+        super().__init__(name)
+        for option, value in (("momentum", momentum), ("eps", eps)):
+            if not isinstance(value, (int, float, np.integer, np.floating)) or \
+                    isinstance(value, (bool, np.bool_)) or not 0 <= value <= 1:
+                raise GraphError(f"BatchNorm: {option} must be a number in [0, 1], got "
+                                 f"{value!r:.60} (at {user_location()})")
+        self.momentum, self.eps = float(momentum), float(eps)
+        self.center, self.scale = bool(center), bool(scale)
+
+    def build(self, x):
+        if x.ndim < 2:
+            self._require_rank(x, 2, "(batch, ..., features)")
+        features = self._static(x, x.ndim - 1)
+        self.gamma = self.add_param("gamma", (features,), "ones", x) if self.scale else None
+        self.beta = self.add_param("beta", (features,), "zeros", x) if self.center else None
+        dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float32)
+        self.running_mean = variable(f"{self.name}/running_mean", np.zeros(features, dtype))
+        self.running_var = variable(f"{self.name}/running_var", np.ones(features, dtype))
+
+    def forward(self, x):
+        rm, rv = self.running_mean, self.running_var
+        graph = isinstance(x, Node)
+        if graph or not is_training():
+            infer = _scale_shift((x - rm) / ops.sqrt(rv + self.eps), self.gamma, self.beta)
+            if not is_training():
+                return infer
+        else:
+            infer = x  # (eagerly while training it is not needed)
+        axes = tuple(range((x.ndim if graph else np.ndim(x)) - 1))
+        normalized, mean, var = _normalize(x, axes, self.eps)
+        train = _scale_shift(normalized, self.gamma, self.beta)
+        r = ops.reciprocal_count(x, axis=axes)  # 1/n: n/(n-1) = 1/(1 - 1/n); n = 1 keeps var
+        unbiased = var / ops.maximum(1 - r, r)
+        m = self.momentum
+        updates = {rm: (1 - m) * rm + m * mean, rv: (1 - m) * rv + m * unbiased}
+        return _training_value(x, train, infer, updates)
+
+
+class LayerNorm(Layer):
+    """Layer normalization over the last axis (or the last `len(axis)` axes): each sample's
+    features are normalized by their own mean and (biased) variance, y = (x − μ) /
+    √(σ² + eps) · gamma + beta, the same in training and inference (PyTorch's
+    `nn.LayerNorm(shape)`; Keras's `LayerNormalization(epsilon=1e-5)`). Parameters
+    "<name>/gamma" (ones) and "<name>/beta" (zeros) have the normalized axes' shape. Output:
+    the input's shape.
+
+        h = gn.nn.LayerNorm()(gn.input("tokens", (None, 10, 32)))      # (batch, 10, 32)
+    """
+
+    kind = "layernorm"
+
+    def __init__(self, axis=-1, eps=1e-5, center=True, scale=True, name=None):
+        super().__init__(name)
+        self.axis = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+        if not isinstance(eps, (int, float, np.integer, np.floating)) or eps < 0:
+            raise GraphError(f"LayerNorm: eps must be a non-negative number, got {eps!r:.60} "
+                             f"(at {user_location()})")
+        self.eps, self.center, self.scale = float(eps), bool(center), bool(scale)
+
+    def build(self, x):
+        axes = sorted(a % x.ndim if isinstance(a, (int, np.integer)) and -x.ndim <= a < x.ndim
+                      else -1 for a in self.axis)
+        if not self.axis or axes[0] < 1 or axes != list(range(x.ndim - len(axes), x.ndim)):
+            raise ShapeError(f"LayerNorm '{self.name}': axis={self.axis} must name the last "
+                             f"axes (not the batch axis) of its input {x.label()} "
+                             f"(at {user_location()})")
+        self.axes = tuple(axes)
+        shape = tuple(self._static(x, a) for a in self.axes)
+        self.gamma = self.add_param("gamma", shape, "ones", x) if self.scale else None
+        self.beta = self.add_param("beta", shape, "zeros", x) if self.center else None
+
+    def forward(self, x):
+        normalized, _, _ = _normalize(x, self.axes, self.eps, keepdims=True)
+        return _scale_shift(normalized, self.gamma, self.beta)
 
 
 class SimpleRNN(Layer):

@@ -16,11 +16,12 @@ with its own rule); abs'(0) = 0; max/max_pool pass the gradient to ONE winner, t
 maximal element in row-major order; maximum(a, b) sends it to `a` on ties.
 """
 import builtins
+import math
 import string
 
 import numpy as np
 
-from kernels import ir
+from kernels import ir, random
 
 from . import shapes as S
 from .errors import DTypeError, GraphError, user_location
@@ -334,6 +335,127 @@ _with_alpha("elu_grad",
             lambda g, out, x, alpha: (lambda: g * (1 - gt(x, 0)) * alpha * exp(
                 minimum(x, 0)),),
             "{T}(1) if {0} > {T}(0) else {T}({alpha}) * exp({0})")
+
+
+# More activations, each with its gradient written in graphnn's ops. Constants are written
+# into the templates as {T}(...) literals, so float32 kernels stay float32.
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_SQRT_HALF = 0.7071067811865476            # 1/√2
+_INV_SQRT_2PI = 0.3989422804014327         # 1/√(2π)
+_TWO_OVER_SQRT_PI = 1.1283791670955126     # 2/√π
+_GELU_C = 0.7978845608028654               # √(2/π)
+_GELU_K = 0.044715
+
+
+def _erf_impl(x):
+    # NumPy has no erf; libm's, element by element (the compiled back ends call math.erf)
+    return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+
+
+def _selu_impl(x):
+    neg = _SELU_ALPHA * np.expm1(np.minimum(x, 0))
+    return (_SELU_SCALE * np.where(x > 0, x, neg)).astype(x.dtype)
+
+
+def _gelu_impl(x):
+    return (0.5 * x * (1 + _erf_impl(x * x.dtype.type(_SQRT_HALF)))).astype(x.dtype)
+
+
+def _gelu_tanh_impl(x):
+    return (0.5 * x * (1 + np.tanh(_GELU_C * (x + _GELU_K * x ** 3)))).astype(x.dtype)
+
+
+def _gelu_vjp(g, out, x):
+    cdf = 0.5 * (1 + erf(x * _SQRT_HALF))
+    return (lambda: g * (cdf + x * exp(-0.5 * x * x) * _INV_SQRT_2PI),)
+
+
+def _gelu_tanh_vjp(g, out, x):
+    t = tanh(_GELU_C * (x + _GELU_K * x * x * x))
+    return (lambda: g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_C
+                         * (1 + 3 * _GELU_K * x * x)),)
+
+
+erf = define_elementwise(
+    "erf", _erf_impl, lambda g, out, x: (lambda: g * _TWO_OVER_SQRT_PI * exp(neg(x * x)),),
+    "erf({0})", doc="""The error function erf(x) = 2/√π ∫₀ˣ e^(-t²) dt, elementwise (any shape).
+
+        >>> gn.erf(np.array([0.0, 1.0]))
+        array([0.        , 0.84270079])
+    """)
+selu = define_elementwise(
+    "selu", _selu_impl,
+    # d/dx for x <= 0 is scale·alpha·eˣ = out + scale·alpha
+    lambda g, out, x: (lambda: g * (gt(x, 0) * _SELU_SCALE
+                                    + (1 - gt(x, 0)) * (out + _SELU_SCALE * _SELU_ALPHA)),),
+    f"{{T}}({_SELU_SCALE!r}) * {{0}} if {{0}} > {{T}}(0) else "
+    f"{{T}}({_SELU_SCALE * _SELU_ALPHA!r}) * (exp({{0}}) - {{T}}(1))",
+    category="Activation", doc="""Scaled ELU (Klambauer et al. 2017): scale·x for x > 0, else
+    scale·alpha·(eˣ − 1), with alpha ≈ 1.67326 and scale ≈ 1.05070 (PyTorch's and Keras's
+    constants). Elementwise, any shape.
+
+        >>> gn.selu(np.array([-1.0, 2.0]))
+        array([-1.11133074,  2.10140197])
+    """)
+silu = define_elementwise(
+    "silu", lambda x: (x * _sigmoid_impl(x)).astype(x.dtype),
+    lambda g, out, x: (lambda: g * (sigmoid(x) + out * (1 - sigmoid(x))),),
+    "{0} * (({T}(1) / ({T}(1) + exp(-abs({0})))) * "
+    "({T}(1) if {0} >= {T}(0) else exp(-abs({0}))))",
+    category="Activation", doc="""x·sigmoid(x), also called swish (`gn.swish` is the same op).
+    Elementwise, any shape.
+
+        >>> gn.silu(np.array([-1.0, 0.0, 2.0]))
+        array([-0.26894142,  0.        ,  1.76159416])
+    """)
+swish = silu
+_gelu_exact = define_elementwise(
+    "gelu", _gelu_impl, _gelu_vjp,
+    f"{{T}}(0.5) * {{0}} * ({{T}}(1) + erf({{0}} * {{T}}({_SQRT_HALF!r})))",
+    category="Activation", doc="x·Φ(x), Φ the standard normal CDF (exact, with erf)")
+_gelu_tanh = define_elementwise(
+    "gelu_tanh", _gelu_tanh_impl, _gelu_tanh_vjp,
+    f"{{T}}(0.5) * {{0}} * ({{T}}(1) + tanh({{T}}({_GELU_C!r}) * ({{0}} + "
+    f"{{T}}({_GELU_K!r}) * {{0}} * {{0}} * {{0}})))",
+    category="Activation", doc="gelu's tanh approximation")
+softsign = define_elementwise(
+    "softsign", lambda x: (x / (1 + np.abs(x))).astype(x.dtype),
+    lambda g, out, x: (lambda: g / square(1 + abs(x)),),
+    "{0} / ({T}(1) + abs({0}))", category="Activation",
+    doc="""x / (1 + |x|), elementwise (any shape).
+
+        >>> gn.softsign(np.array([-3.0, 1.0]))
+        array([-0.75,  0.5 ])
+    """)
+hard_sigmoid = define_elementwise(
+    "hard_sigmoid", lambda x: np.clip(x / x.dtype.type(6) + x.dtype.type(0.5), 0, 1),
+    lambda g, out, x: (lambda: g * gt(x, -3) * gt(3, x) * (1 / 6),),
+    # (NaN stays NaN: both comparisons are false)
+    "{T}(0) if {0} <= {T}(-3) else ({T}(1) if {0} >= {T}(3) else "
+    "{0} / {T}(6) + {T}(0.5))",
+    category="Activation", doc="""clip(x/6 + 1/2, 0, 1): Keras 3's and PyTorch's hard sigmoid
+    (older tf.keras used slope 0.2: clip(0.2·x + 0.5, 0, 1)). Its gradient is 1/6 on
+    (−3, 3) and 0 elsewhere. Elementwise, any shape.
+
+        >>> gn.hard_sigmoid(np.array([-4.0, 0.0, 1.5]))
+        array([0.  , 0.5 , 0.75])
+    """)
+
+
+def gelu(x, approximate=False, name=None):
+    """GELU, x·Φ(x) with Φ the standard normal CDF: exact (with erf) by default, or its tanh
+    approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) with `approximate=True` (as
+    PyTorch's `approximate="tanh"` and Keras's `approximate=True`). Elementwise, any shape.
+
+        >>> gn.gelu(np.array([-1.0, 1.0]))
+        array([-0.15865525,  0.84134475])
+        >>> h = gn.gelu(gn.input("z", (None, 8)), approximate=True)   # (batch, 8)
+    """
+    if not isinstance(approximate, (bool, np.bool_)):
+        raise GraphError(f"gelu: approximate must be True or False, got {approximate!r:.60} "
+                         f"(at {user_location()})")
+    return (_gelu_tanh if approximate else _gelu_exact)(x, name=name)
 
 
 def _infer_cast(specs, dtype):
@@ -1178,6 +1300,70 @@ register(OpDef("clip", "Activation", _infer_clip,
 
 
 # ---------------------------------------------------------------------------------------
+# Random numbers and training/inference branches
+# ---------------------------------------------------------------------------------------
+
+def _infer_random_uniform(specs, seed, bits):
+    counter, like = specs
+    if counter.ndim != 0 or counter.dtype.kind not in "fiu":
+        raise Mismatch(f"the counter must be a scalar step count, got "
+                       f"{S.format_shape(counter.sym_shape)}")
+    _int_attr("seed", seed, 0)
+    if seed >= 2 ** 63:  # (an int64 literal in the generated code)
+        raise Mismatch(f"seed must be below 2**63, got {seed}")
+    if like.dtype.kind != "f":
+        raise WrongDType(f"random numbers come in a float dtype; `like` has {like.dtype}")
+    if _int_attr("bits", bits) != random.uniform_bits(like.dtype):
+        raise Mismatch(f"bits must be {random.uniform_bits(like.dtype)} for {like.dtype}, "
+                       f"got {bits}")
+    return like.sym_shape, like.dtype
+
+
+def _random_uniform_impl(counter, like, seed, bits):
+    return random.uniform(seed, counter, like.shape, like.dtype)
+
+
+# Element i (row-major) of the draw is random_bits(seed, counter, i) / 2**bits: Philox-4x32
+# (kernels/random.py), the same bits on every back end. Only the counter is read ({0}); the
+# second input gives the shape and dtype.
+register(OpDef("random_uniform", "Dropout", _infer_random_uniform, _random_uniform_impl,
+               lambda g, out, counter, like, seed, bits: (None, None),
+               scalar="{T}(random_bits({seed}, {0}, {flat}, {bits})) / {T}(1 << {bits})",
+               doc="uniform numbers in [0, 1) of like's shape, a function of (seed, counter, "
+                   "element index)"))
+
+
+def _infer_training_branch(specs):
+    train, infer, *pairs = specs
+    if len(train.sym_shape) != len(infer.sym_shape) or not all(
+            S.unify_dims(a, b) for a, b in zip(train.sym_shape, infer.sym_shape)):
+        raise Mismatch(f"the training value {S.format_shape(train.sym_shape)} and the "
+                       f"inference value {S.format_shape(infer.sym_shape)} differ in shape")
+    if train.dtype != infer.dtype:
+        raise WrongDType(f"the training value is {train.dtype}, the inference value "
+                         f"{infer.dtype}")
+    if len(pairs) % 2:
+        raise Mismatch("state updates come in pairs (state, new value)")
+    for state, new in zip(pairs[::2], pairs[1::2]):
+        if state.sym_shape != new.sym_shape and not all(
+                S.unify_dims(a, b) for a, b in zip(state.sym_shape, new.sym_shape)):
+            raise Mismatch(f"a state of shape {S.format_shape(state.sym_shape)} cannot take "
+                           f"a new value of shape {S.format_shape(new.sym_shape)}")
+    return train.sym_shape, train.dtype
+
+
+# training_branch(train, infer, state1, new1, ...) is `train` (and its gradient goes there
+# alone); `graphnn.nn.inference` rewrites it into `infer`, and `graphnn.nn.state_updates`
+# collects the states' new values a training step applies (a dropout's step counter, a
+# batch norm's running averages).
+register(OpDef("training_branch", None, _infer_training_branch,
+               lambda train, infer, *states: train,
+               lambda g, out, train, infer, *states: (lambda: g,) + (None,) * (1 + len(states)),
+               decompose=lambda train, infer, *states: train, kind="composite",
+               doc="the training value; the inference value and state updates ride along"))
+
+
+# ---------------------------------------------------------------------------------------
 # Public op functions
 # ---------------------------------------------------------------------------------------
 
@@ -1367,9 +1553,49 @@ def pad_axis(x, axis, before, after):
                                     "after": _int(after)})
 
 
-def conv2d(x, w, stride=1, padding="valid", name=None):
-    """2-D convolution (cross-correlation), NHWC input, HWIO kernel."""
+def conv2d(x, w, stride=1, padding="valid", dilation=1, name=None):
+    """2-D convolution (cross-correlation) of NHWC images x (batch, h, w, c) with an HWIO
+    kernel w (kh, kw, c, k): (batch, h', w', k). "same" padding gives h' = ceil(h / stride)
+    (Keras/TensorFlow, the extra pad at bottom/right); "valid" h' = (h - span) // stride + 1
+    with span = dilation·(kh − 1) + 1. `dilation` (an int or a pair (dh, dw)) spaces the
+    kernel's taps: the kernel is dilated with zeros (`dilate`), so the gradient reaches
+    its taps through the same graph ops.
+
+        >>> x = gn.input("img", (None, 28, 28, 1))
+        >>> k = gn.param("k", shape=(3, 3, 1, 8), seed=0)
+        >>> gn.conv2d(x, k, stride=2, padding="same").shape
+        (None, 14, 14, 8)
+        >>> gn.conv2d(x, k, dilation=2).shape
+        (None, 24, 24, 8)
+    """
+    rates = (dilation, dilation) if _is_int(dilation) else tuple(dilation) \
+        if isinstance(dilation, (tuple, list)) else None
+    if rates is None or len(rates) != 2 or not all(_is_int(r) and r >= 1 for r in rates):
+        raise GraphError(f"conv2d: dilation must be a positive int or a pair of them, got "
+                         f"{dilation!r:.60} (at {user_location()})")
+    if rates != (1, 1):
+        w = dilate(dilate(w, 0, int(rates[0])), 1, int(rates[1]))
     return apply("conv2d", (x, w), {"stride": _int(stride), "padding": padding}, name)
+
+
+def dilate(w, axis, rate):
+    """`w` with rate-1 zeros inserted between its entries along `axis` (a static axis): a
+    dilated convolution kernel, made of slices, pads and a concat (so gradients flow back to
+    the taps). Shape: k along `axis` becomes rate·(k − 1) + 1.
+
+        >>> gn.ops.dilate(np.array([1.0, 2.0, 3.0]), 0, 2)
+        array([1., 0., 2., 0., 3.])
+    """
+    k = S.resolve(_shape_of(w)[axis])
+    if not isinstance(k, int):
+        raise GraphError(f"dilate: axis {axis} must have a static size (at {user_location()})")
+    if rate == 1 or k == 1:
+        return w
+    taps = []
+    for i in range(k):
+        tap = slice_axis(w, axis, i, i + 1)
+        taps.append(pad_axis(tap, axis, 0, rate - 1) if i < k - 1 else tap)
+    return concat(taps, axis=axis)
 
 
 def max_pool2d(x, size=2, stride=None, name=None):
@@ -1416,3 +1642,40 @@ def softmax_cross_entropy(logits, labels, name=None):
 def zeros_like(x):
     return const_node(np.zeros(S.public_shape(_shape_of(x)), _dtype_of(x))) \
         if S.is_static(_shape_of(x)) else x * 0
+
+
+def random_uniform(counter, like, seed=0, name=None):
+    """Uniform random numbers in [0, 1) with the shape and float dtype of `like`, drawn by a
+    counter-based generator (Philox-4x32-10, kernels/random.py): element i (row-major) is a
+    function of (`seed`, the value of the scalar `counter`, i) alone, so numpy, cpu and cuda
+    give bit-identical numbers, and a counter the step increments (a `gn.variable` updated
+    by the step) gives a new draw at every call without recompiling. float32 numbers carry
+    24 random bits, float64 ones 53. `like` is not read, only its shape. No gradient.
+
+        >>> t = gn.variable("t", np.zeros((), np.float64))
+        >>> x = gn.input("x", (None, 4))
+        >>> u = gn.random_uniform(t, x, seed=7)          # (batch, 4) float32
+        >>> f = gn.compile(u, updates={t: t + 1})          # a new draw each call
+    """
+    bits = random.uniform_bits(_dtype_of(like)) if _dtype_of(like).kind == "f" else 0
+    return apply("random_uniform", (counter, like), {"seed": _int(seed), "bits": bits}, name)
+
+
+def training_branch(train, infer, state_updates=None, name=None):
+    """A value that is `train` in the training graph and `infer` in the inference graph
+    (`gn.nn.inference` chooses), with the state updates `{state: new value}` the training
+    step must apply (found by `gn.nn.state_updates`; optimizers add them to their
+    updates). Layers with a training mode (Dropout, BatchNorm) are built on it. The
+    gradient goes to `train` alone. Shapes: train and infer alike; each new value like its
+    state.
+
+        >>> t = gn.variable("t", np.zeros((), np.float64))
+        >>> y = gn.training_branch(x * 2, x, {t: t + 1})   # x * 2 while training, x after
+    """
+    pairs = []
+    for state, new in (state_updates or {}).items():
+        if getattr(state, "op", None) not in ("param", "variable"):
+            raise GraphError(f"training_branch: a state update must be keyed by a gn.variable "
+                             f"or gn.param, got {state!r:.60} (at {user_location()})")
+        pairs += [state, new]
+    return apply("training_branch", (train, infer, *pairs), name=name)

@@ -238,8 +238,14 @@ class Optimizer:
     counts_steps = False  # the rule uses t (Adam's bias correction)
 
     def updates(self, loss, params):
-        """{param: new value node, state variable: new value node} for `gn.compile`."""
-        return self._param_updates(loss, params)
+        """{param: new value node, state variable: new value node} for `gn.compile`,
+        including the state updates of the layers in the loss's graph (a Dropout's step
+        counter, a BatchNorm's running averages: `gn.nn.state_updates(loss)`)."""
+        from .nn import state_updates
+        updates = self._param_updates(loss, params)
+        for state, new in state_updates(loss).items():
+            updates.setdefault(state, new)
+        return updates
 
     def apply_updates(self, params, grads):
         """Like `updates`, but from given gradient nodes instead of differentiating a loss,

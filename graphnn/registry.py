@@ -42,7 +42,8 @@ class WrongDType(Exception):
 KINDS = {
     "leaf": "input, param, variable or const: a buffer of the program, no step",
     "elementwise": "`scalar`, a template computing one element from elements of the "
-                   "inputs at the same (broadcast) index; fused into its consumer's loop",
+                   "inputs at the same (broadcast) index ({0}, {1}, ...; `{flat}` is the "
+                   "element's row-major position); fused into its consumer's loop",
     "pattern": "`lower(node, index) -> (input, input_index)`: the element of one input at "
                "another index (transpose, slice, broadcast); fused like an elementwise op",
     "size": "`lower(lowering, node) -> scalar source`: a number known from an input's "

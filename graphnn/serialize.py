@@ -40,7 +40,7 @@ ATTR_KINDS = {
     "axis": "axis", "axes": "ints", "shape": "dims",
     "keepdims": "bool", "from_logits": "bool", "float_only": "bool",
     "stride": "int", "size": "int", "classes": "int", "start": "int", "stop": "int",
-    "before": "int", "after": "int",
+    "before": "int", "after": "int", "bits": "int", "seed": "seed",
     "padding": ("valid", "same"), "dtype": DTYPES,
 }
 _FLOAT_WORDS = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
@@ -398,6 +398,9 @@ class _Loader:
             return value if isinstance(value, bool) else bad()
         if kind == "int":
             return value if whole(value) else bad()
+        if kind == "seed":  # a random draw's key: any int in [0, 2**63)
+            return value if isinstance(value, int) and not isinstance(value, bool) and \
+                0 <= value < 2 ** 63 else bad()
         if kind == "float":
             if isinstance(value, str) and value in _FLOAT_WORDS:
                 return _FLOAT_WORDS[value]

@@ -170,7 +170,8 @@ def fit(step, data, epochs=1, batch_size=32, shuffle=True, seed=0, validation=No
                  same seed (and the same initial parameters) gives the same losses.
     validation:  {input name: array} evaluated after each epoch as "val_<name>", with
                  `evaluate_fn`, or when that is None with `step`'s outputs compiled again
-                 WITHOUT the updates (same backend).
+                 in inference mode (`gn.nn.inference`: no dropout, BatchNorm's running
+                 averages) and WITHOUT the updates (same backend).
     names:       names of the step's outputs (default: the output nodes' names).
     progress:    a tqdm bar per epoch showing the running loss and metrics.
 
@@ -230,7 +231,8 @@ def _evaluator_for(step):
         raise GraphError(f"fit: validation needs evaluate_fn= when the step is not a "
                          f"gn.compile result (at {user_location()})")
     from .backends import compile
-    return compile(list(outputs), backend=step.backend)
+    from .nn import inference  # validation runs the inference graph (Dropout off, etc.)
+    return compile(inference(list(outputs)), backend=step.backend)
 
 
 def _format(names, values):

@@ -27,10 +27,10 @@ import textwrap
 import numba
 import numpy as np
 
-from . import ir
+from . import ir, random
 from .cuda_windows import ELEMENT_HELPERS
 
-GENERATOR_VERSION = "cuda-1"
+GENERATOR_VERSION = "cuda-2"
 MAX_BLOCKS = 1024          # grid-stride loops need no more blocks than this
 
 
@@ -73,6 +73,59 @@ def _typed(code, dtype):
     """Device source of a scalar expression or statement (see _DeviceExpr)."""
     tree = _DeviceExpr(dtype).visit(ast.parse(code))
     return ast.unparse(ast.fix_missing_locations(tree))
+
+
+# Functions a scalar expression may call that the device code gets inlined (statements
+# before the expression), not as device functions: `cuda.compile_ptx` of a kernel that
+# calls a device function needs a GPU driver, and kernels must compile to PTX without one.
+INLINED = {"random_bits": random.random_bits}
+
+
+class _InlineCalls(ast.NodeTransformer):
+    """Replace each call of an INLINED function by a variable, collecting the statements
+    that compute it: the function's body with its parameters bound to the arguments and
+    every local name prefixed (`rb<n>_`) so that two calls, or the kernel's own names,
+    never collide."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.statements = []
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        if not (isinstance(node.func, ast.Name) and node.func.id in INLINED):
+            return node
+        func = ast.parse(textwrap.dedent(inspect.getsource(INLINED[node.func.id]))).body[0]
+        tag = f"{self.prefix}{len(self.statements)}_"
+        local = {n.id for n in ast.walk(func) if isinstance(n, ast.Name) and
+                 isinstance(n.ctx, ast.Store)} | {a.arg for a in func.args.args}
+        for param, arg in zip(func.args.args, node.args):
+            self.statements.append(ast.Assign([ast.Name(tag + param.arg, ast.Store())], arg))
+        *body, result = func.body
+        assert isinstance(result, ast.Return)
+
+        class Rename(ast.NodeTransformer):
+            def visit_Name(self, name):
+                if name.id in local:
+                    name.id = tag + name.id
+                return name
+        for statement in body:
+            self.statements.append(Rename().visit(statement))
+        value = tag + "result"
+        self.statements.append(ast.Assign([ast.Name(value, ast.Store())],
+                                          Rename().visit(result.value)))
+        return ast.Name(value, ast.Load())
+
+
+def _inline_calls(code, prefix):
+    """(statements computing the INLINED calls of `code`, `code` with each call replaced
+    by its result's variable), both source text."""
+    if not any(f"{name}(" in code for name in INLINED):
+        return [], code
+    inliner = _InlineCalls(prefix)
+    tree = inliner.visit(ast.parse(code))
+    lines = [ast.unparse(ast.fix_missing_locations(s)) for s in inliner.statements]
+    return lines, ast.unparse(ast.fix_missing_locations(tree))
 
 
 def _device_shape(shape):
@@ -162,7 +215,8 @@ class _Generator:
                f"block={self.block}, tile={self.tile}. Do not edit: regenerated from the graph.",
                "import math", "",
                "import numba", "import numpy as np", "from numba import cuda",
-               "from math import exp, log, log1p, sqrt, tanh", "",
+               "from math import erf, exp, log, log1p, sqrt, tanh",
+               "from numba import uint64", "",
                f"BLOCK = {self.block}", f"TILE = {self.tile}", f"MAX_BLOCKS = {MAX_BLOCKS}",
                "", "", "def blocks(n):",
                "    return max(1, min(MAX_BLOCKS, (n + BLOCK - 1) // BLOCK))", ""]
@@ -247,6 +301,10 @@ class _Generator:
         for var, load in expr.loads.items():
             em.emit(f"{var} = {_index(load.buffer, load.index)}")
         for var, code in expr.stmts:
+            prelude, code = _inline_calls(code, f"{var}_")
+            for statement in prelude:
+                for line in _typed(statement, dtype).splitlines():
+                    em.emit(line)
             em.emit(f"{var} = {_typed(code, dtype)}")
 
     def elementwise(self, name, step):

@@ -5,7 +5,8 @@ program's steps into code.
 Shapes are tuples whose entries are ints or dim-variable names (strings such as "d0") bound
 from the input arrays at run time. Scalar expressions are Python expression strings over
 loop-local variables, using only arithmetic, comparisons, conditional expressions and the
-functions exp, log, log1p, sqrt, tanh, abs, max, min; `T(...)` converts to the step's dtype.
+functions exp, log, log1p, sqrt, tanh, erf, abs, max, min, and random_bits (counter-based
+random bits, kernels/random.py); `T(...)` converts to the step's dtype.
 The loop indices i0, i1, ... (one per axis of the step's loop nest: the output's axes for an
 elementwise step, the domain's for a reduction) are loop-local integers too.
 Both the CPU (numba.njit) and the GPU (numba.cuda) generators accept that language.

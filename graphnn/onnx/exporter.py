@@ -24,11 +24,16 @@ def export(outputs_or_graph, path, opset=DEFAULT_OPSET, model_name="graphnn"):
     initializers holding their current values, constants become Constant nodes. Images
     stay NHWC as in graphnn (each conv/pool is wrapped in Transposes). Derivative-graph
     ops (conv2d_grad_input, max_pool2d_grad, ...) are not exported: export forward graphs.
+    Layers with a training mode (Dropout, BatchNorm) are exported in inference mode
+    (`gn.nn.inference`: the identity, the running averages).
     """
     onnx = require_onnx()
     if opset < 13:
         raise GraphError(f"gn.onnx.export needs opset 13 or newer, got {opset}")
-    graph = outputs_or_graph if isinstance(outputs_or_graph, Graph) else Graph(outputs_or_graph)
+    from ..nn import inference  # Dropout and BatchNorm are exported as they infer
+    outputs = outputs_or_graph.outputs if isinstance(outputs_or_graph, Graph) else \
+        outputs_or_graph
+    graph = Graph(inference(outputs))
     model = _Exporter(graph, opset).build(model_name)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -261,6 +266,31 @@ def _export_step(ex, node, ins, name):
     return ex.emit("Cast", [mask], name, to=_NP_TO_ONNX[node.dtype.name])
 
 
+def _export_silu(ex, node, ins, name):
+    return ex.emit("Mul", [ins[0], ex.emit("Sigmoid", ins, f"{name}/sigmoid")], name)
+
+
+def _export_gelu(ex, node, ins, name):
+    """0.5·x·(1 + erf(x/√2)) (ONNX's Gelu op needs opset 20)."""
+    c = lambda v: ex.constant(np.array(v, node.dtype), "c")  # noqa: E731
+    scaled = ex.emit("Mul", [ins[0], c(0.7071067811865476)], f"{name}/scaled")
+    cdf = ex.emit("Add", [ex.emit("Erf", [scaled], f"{name}/erf"), c(1.0)], f"{name}/cdf")
+    return ex.emit("Mul", [ex.emit("Mul", [ins[0], cdf], f"{name}/x_cdf"), c(0.5)], name)
+
+
+def _export_gelu_tanh(ex, node, ins, name):
+    """0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
+    c = lambda v: ex.constant(np.array(v, node.dtype), "c")  # noqa: E731
+    x = ins[0]
+    cube = ex.emit("Mul", [ex.emit("Mul", [x, x], f"{name}/x2"), x], f"{name}/x3")
+    inner = ex.emit("Add", [x, ex.emit("Mul", [cube, c(0.044715)], f"{name}/k_x3")],
+                    f"{name}/inner")
+    t = ex.emit("Tanh", [ex.emit("Mul", [inner, c(0.7978845608028654)], f"{name}/u")],
+                f"{name}/tanh")
+    half_x = ex.emit("Mul", [x, c(0.5)], f"{name}/half_x")
+    return ex.emit("Mul", [half_x, ex.emit("Add", [t, c(1.0)], f"{name}/one_plus")], name)
+
+
 EXPORTERS = {
     "add": _simple("Add"), "sub": _simple("Sub"), "mul": _simple("Mul"),
     "div": _simple("Div"), "pow": _simple("Pow"), "maximum": _simple("Max"),
@@ -268,6 +298,12 @@ EXPORTERS = {
     "log": _simple("Log"), "sqrt": _simple("Sqrt"), "abs": _simple("Abs"),
     "sign": _simple("Sign"), "sigmoid": _simple("Sigmoid"), "tanh": _simple("Tanh"),
     "relu": _simple("Relu"), "softplus": _simple("Softplus"),
+    "erf": _simple("Erf"), "softsign": _simple("Softsign"), "silu": _export_silu,
+    "selu": lambda ex, node, ins, name: ex.emit("Selu", ins, name, alpha=1.6732632423543772,
+                                                gamma=1.0507009873554805),
+    "hard_sigmoid": lambda ex, node, ins, name: ex.emit("HardSigmoid", ins, name,
+                                                        alpha=1 / 6, beta=0.5),
+    "gelu": _export_gelu, "gelu_tanh": _export_gelu_tanh,
     "square": lambda ex, node, ins, name: ex.emit("Mul", [ins[0], ins[0]], name),
     "step": _export_step,
     "ge": _float_mask("GreaterOrEqual"), "gt": _float_mask("Greater"),

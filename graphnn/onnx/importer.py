@@ -461,14 +461,8 @@ def strided(x, axis, start, step, count):
 
 def dilate(w, axis, rate):
     """Insert rate-1 zeros between kernel taps along `axis` (a dilated kernel)."""
-    k = _static_dim(w.sym_shape[axis], "a dilated kernel")
-    if rate == 1 or k == 1:
-        return w
-    taps = []
-    for i in range(k):
-        tap = ops.slice_axis(w, axis, i, i + 1)
-        taps.append(ops.pad_axis(tap, axis, 0, rate - 1) if i < k - 1 else tap)
-    return ops.concat(taps, axis=axis)
+    _static_dim(w.sym_shape[axis], "a dilated kernel")
+    return ops.dilate(w, axis, rate)
 
 
 def pad_spatial(x, pads, value=0.0):
