@@ -153,6 +153,21 @@ class Layer:
                              f"input first (at {user_location()})")
         return list(self._params)
 
+    def predict(self, x, batch_size=256, backend="cpu"):
+        """The layer's (or model's) output for the samples in `x`, a NumPy array.
+
+        `x` (n, ...) is fed in batches of `batch_size` (the last one may be smaller) to an
+        inference function compiled for `backend` on first use and cached on the layer
+        (one per feature shape, dtype and backend); training-only nodes (Dropout,
+        BatchNorm's batch statistics) take their inference form. Float inputs are cast to
+        the parameters' dtype. Returns (n, ...) as `model(x_node)` computes it.
+
+            model = gn.nn.Sequential([gn.nn.Dense(32, "relu"), gn.nn.Dense(10)])
+            probs = model.predict(X_test, batch_size=128)   # (359, 64) -> (359, 10)
+        """
+        from .train import predict
+        return predict(self, x, batch_size, backend)
+
     def add_param(self, short_name, shape, init, x):
         """A parameter named "<layer>/<short_name>" in the dtype of `x`, seeded by name."""
         name = f"{self.name}/{short_name}"
