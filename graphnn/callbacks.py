@@ -402,7 +402,10 @@ def _lr_variable(lr):
     if isinstance(lr, Node) and lr.op == "variable" and lr.shape == () and \
             lr.dtype.kind == "f":
         return lr
-    shown = shown.label() if isinstance(shown, Node) else f"{shown!r:.80}"
+    if isinstance(shown, Node):
+        shown = shown.label()
+    elif not isinstance(shown, str):
+        shown = f"{shown!r:.80}"
     raise OptionError(f"ReduceLROnPlateau: the learning rate must be a scalar gn.variable "
                       f"that the optimizer reads, e.g. lr = gn.variable('lr', 0.1); "
                       f"gn.optim.SGD(lr=lr); got {shown}: a number or a constant is "
