@@ -38,6 +38,10 @@ import numpy as np
 from .errors import GraphError, OptionError, user_location
 from .node import Node
 
+__all__ = ["Callback", "TrainingRun", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau",
+           "CSVLogger", "TensorBoard", "EventFileWriter", "read_events", "read_scalars",
+           "crc32c", "masked_crc32c"]
+
 
 class TrainingRun:
     """What a callback sees of the training in progress (`callback.run`).

@@ -53,7 +53,12 @@ ACTIVATIONS = {
 
 
 def activation_fn(activation):
-    """`None`/"linear" -> identity, a name from ACTIVATIONS -> that op, a callable -> itself."""
+    """`None`/"linear" -> identity, a name from ACTIVATIONS -> that op, a callable -> itself
+    (what a layer's `activation=` argument accepts; the function keeps its input's shape).
+
+        gn.nn.activation_fn("relu") is gn.relu        # True
+        h = gn.nn.activation_fn("tanh")(z)            # (None, 8) -> (None, 8)
+    """
     if activation is None:
         return ACTIVATIONS["linear"]
     if callable(activation):
@@ -110,7 +115,16 @@ class Layer:
     """Base class: `__call__` names and builds the layer on first use, then runs `forward`.
 
     Subclasses set `kind` (the prefix of automatic names) and implement `build(x)` (make the
-    parameters with `self.add_param`) and `forward(x)`.
+    parameters with `self.add_param`) and `forward(x)`. Shapes: a layer maps a node
+    (batch, ...) to a node (batch, ...); `predict(x)` maps an array the same way.
+
+        class Scale(gn.nn.Layer):
+            kind = "scale"
+            def build(self, x):
+                self.s = self.add_param("s", (x.shape[-1],), "ones", x)
+            def forward(self, x):
+                return x * self.s
+        y = Scale()(x)                    # (None, 3) -> (None, 3), param "scale1/s" (3,)
     """
 
     kind = "layer"
@@ -231,6 +245,9 @@ class Conv2D(Layer):
     """2-D convolution of NHWC images with an HWIO kernel "<name>/W", plus bias "<name>/b".
 
     `padding="same"` keeps height and width (for stride 1), "valid" uses whole windows only.
+    Shapes: (batch, h, w, c) -> (batch, oh, ow, filters); W (kh, kw, c, filters).
+
+        y = gn.nn.Conv2D(16, 3, padding="same", activation="relu")(x)  # (None, 8, 8, 1) -> (None, 8, 8, 16)
     """
 
     kind = "conv2d"
@@ -259,7 +276,14 @@ class Conv2D(Layer):
 
 
 class MaxPool2D(Layer):
-    """Maximum over pool_size x pool_size windows of NHWC images (stride = pool_size)."""
+    """Maximum over pool_size x pool_size windows of NHWC images (stride = pool_size
+    unless given; whole windows only).
+
+    Shapes: (batch, h, w, c) -> (batch, h // pool_size, w // pool_size, c) for stride =
+    pool_size.
+
+        y = gn.nn.MaxPool2D(2)(x)            # (None, 8, 8, 16) -> (None, 4, 4, 16)
+    """
 
     kind, op = "maxpool", "max_pool2d"
 
@@ -272,7 +296,14 @@ class MaxPool2D(Layer):
 
 
 class AvgPool2D(MaxPool2D):
-    """Mean over pool_size x pool_size windows of NHWC images (stride = pool_size)."""
+    """Mean over pool_size x pool_size windows of NHWC images (stride = pool_size unless
+    given; whole windows only).
+
+    Shapes: (batch, h, w, c) -> (batch, h // pool_size, w // pool_size, c) for stride =
+    pool_size.
+
+        y = gn.nn.AvgPool2D(2)(x)            # (None, 8, 8, 16) -> (None, 4, 4, 16)
+    """
 
     kind, op = "avgpool", "avg_pool2d"
 
@@ -281,7 +312,10 @@ class AvgPool2D(MaxPool2D):
 
 
 class Flatten(Layer):
-    """(batch, d1, d2, ...) -> (batch, d1*d2*...)."""
+    """Flatten all but the batch axis: (batch, d1, d2, ...) -> (batch, d1*d2*...).
+
+        y = gn.nn.Flatten()(x)               # (None, 4, 4, 16) -> (None, 256)
+    """
 
     kind, op = "flatten", "reshape"
 
@@ -296,6 +330,9 @@ class SimpleRNN(Layer):
     step uses the SAME Wx, Wy, b, so the derivative graph sums their T gradient
     contributions. Returns the last state (batch, units), or every state (batch, T, units)
     with `return_sequences=True`.
+
+        h = gn.nn.SimpleRNN(16)(x)                          # (None, 30, 1) -> (None, 16)
+        hs = gn.nn.SimpleRNN(16, return_sequences=True)(x)  # (None, 30, 1) -> (None, 30, 16)
     """
 
     kind = "rnn"
@@ -330,9 +367,14 @@ class SimpleRNN(Layer):
 
 
 class Sequential(Layer):
-    """Layers applied one after the other: `Sequential([Dense(64, "relu"), Dense(10)])(x)`.
+    """Layers applied one after the other; the output shape is the last layer's.
 
-    `.params` lists every layer's parameters in order; `.summary()` a table of them.
+    `.params` lists every layer's parameters in order; `.summary()` a table of them;
+    `.predict(X)` computes the output for an array, batch by batch.
+
+        model = gn.nn.Sequential([gn.nn.Dense(64, "relu"), gn.nn.Dense(10)])
+        logits = model(x)                     # (None, 784) -> (None, 10)
+        print(model.summary())
     """
 
     kind = "sequential"
