@@ -15,6 +15,12 @@ step (see `gn.metrics`), so they cost no extra pass.
 
 Every batch is used: a last, smaller batch is fed as it is (batch dims are symbolic, so a
 compiled step takes any batch size); `drop_last=True` skips it instead.
+
+`fit(..., callbacks=[...])` calls `gn.callbacks` objects (early stopping, checkpoints, the
+learning rate on a plateau, CSV and TensorBoard logs) at the Keras points. `evaluate`
+returns {name: mean}. Validation and `Layer.predict` compile `inference_outputs(outputs)`:
+the graph with training-only nodes (dropout, batch statistics) replaced by their inference
+form, as registered with `register_inference_rule`.
 """
 import contextlib
 import threading
