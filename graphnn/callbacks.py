@@ -149,7 +149,8 @@ class _Monitor:
             hint = " (pass validation= to gn.fit for 'val_*' measures)" \
                 if self.monitor.startswith("val_") else ""
             raise GraphError(f"{self.owner}: monitor {self.monitor!r} is not among this "
-                             f"epoch's results {sorted(logs or {})}{hint}")
+                             f"epoch's results {sorted(logs or {})}{hint} "
+                             f"(at {user_location()})")
         return float(logs[self.monitor])
 
     def improved(self, current, best):
@@ -325,7 +326,7 @@ class ModelCheckpoint(Callback):
         except (KeyError, IndexError, ValueError) as exc:
             raise OptionError(f"ModelCheckpoint: cannot fill in the path {self.path!r} "
                               f"({type(exc).__name__}: {exc}); its fields may be {{epoch}} "
-                              f"and {sorted(logs)}") from None
+                              f"and {sorted(logs)} (at {user_location()})") from None
 
 
 # ---------------------------------------------------------------------------------------

@@ -247,7 +247,8 @@ class Conv2D(Layer):
     `padding="same"` keeps height and width (for stride 1), "valid" uses whole windows only.
     Shapes: (batch, h, w, c) -> (batch, oh, ow, filters); W (kh, kw, c, filters).
 
-        y = gn.nn.Conv2D(16, 3, padding="same", activation="relu")(x)  # (None, 8, 8, 1) -> (None, 8, 8, 16)
+        conv = gn.nn.Conv2D(16, 3, padding="same", activation="relu")
+        y = conv(x)                           # (None, 8, 8, 1) -> (None, 8, 8, 16)
     """
 
     kind = "conv2d"

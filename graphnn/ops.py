@@ -1514,7 +1514,8 @@ def conv2d(x, w, stride=1, padding="valid", name=None):
     Shapes: x (n, h, w, c) and w (kh, kw, c, f) -> (n, oh, ow, f), with "valid"
     oh = (h - kh) // stride + 1.
 
-        y = gn.conv2d(x, W, padding="same")    # x (None, 8, 8, 1), W (3, 3, 1, 16) -> (None, 8, 8, 16)
+        W = gn.param("W", shape=(3, 3, 1, 16), seed=0)
+        y = gn.conv2d(x, W, padding="same")    # x (None, 8, 8, 1) -> y (None, 8, 8, 16)
     """
     return apply("conv2d", (x, w), {"stride": _int(stride), "padding": padding}, name)
 

@@ -232,7 +232,8 @@ def test_early_stopping_errors_name_the_problem():
     with pytest.raises(gn.OptionError, match="mode must be"):
         gn.callbacks.EarlyStopping(mode="lowest")
     stop = gn.callbacks.EarlyStopping("val_loss")
-    with pytest.raises(gn.GraphError, match="'val_loss' is not among.*pass validation="):
+    with pytest.raises(gn.GraphError,
+                       match=r"'val_loss' is not among.*pass validation=.*test_callbacks.py:\d+"):
         gn.fit(lambda x, y: np.float32(0), {"x": X, "y": Y}, progress=False,
                callbacks=[stop])
     restore = gn.callbacks.EarlyStopping("loss", restore_best_weights=True)
