@@ -66,11 +66,10 @@ def train(args, comm, rank, size):
             print(f"epoch {epoch + 1}: last batch loss {loss_value:.4f}, "
                   f"accuracy {accuracy_value:.2%}")
     if rank == 0:
-        test_loss, test_accuracy = gn.evaluate(gn.compile([loss, accuracy],
-                                                          backend=args.backend),
-                                               {"x": X_test, "y": y_test})
-        print(f"after {trainer.steps_done} steps: test loss {test_loss:.4f}, "
-              f"test accuracy {test_accuracy:.2%}")
+        scores = gn.evaluate(gn.compile([loss, accuracy], backend=args.backend),
+                             {"x": X_test, "y": y_test}, names=["loss", "accuracy"])
+        print(f"after {trainer.steps_done} steps: test loss {scores['loss']:.4f}, "
+              f"test accuracy {scores['accuracy']:.2%}")
         if args.save_params:
             import numpy as np
             np.savez(args.save_params, **{p.name: p.value for p in model.params})

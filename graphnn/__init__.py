@@ -27,10 +27,18 @@ from .autodiff import grad
 from .backends import compile
 from .serialize import save, load
 from . import eager, optim, testing, onnx
-from . import data, metrics, nn
+from . import data, metrics, nn, callbacks
 from .train import fit, evaluate, History
 
 __version__ = "0.1.0"
+
+# The public names: every function, class and error imported above, and the submodules
+# meant for users (tests/test_docstrings.py checks each has a docstring with an example).
+_PUBLIC_MODULES = ("eager", "optim", "testing", "onnx", "data", "metrics", "nn", "callbacks")
+__all__ = sorted(
+    [name for name, value in globals().items()
+     if not name.startswith("_") and not isinstance(value, type(eager))]  # no modules
+    + list(_PUBLIC_MODULES))
 
 
 def __getattr__(name):

@@ -108,7 +108,12 @@ def input(name, shape, dtype="float32"):  # noqa: A001 - the public API name
     """A graph input, fed by name when the compiled function is called.
 
     `None` in the shape is a dim known only at call time (a batch size); a string names a
-    symbolic dim shared by every input that uses it. Example: `gn.input("x", (None, 784))`.
+    symbolic dim shared by every input that uses it. dtype: float32 (default), float64,
+    int32 or int64.
+
+        x = gn.input("x", (None, 784))              # shape (None, 784): any batch size
+        y = gn.input("y", (None,), dtype="int64")   # class ids
+        f = gn.compile(gn.mean(x)); f(x=np.ones((32, 784), np.float32))
     """
     _check_name(name, "gn.input")
     dtype = _check_dtype(dtype, INPUT_DTYPES, "input", name)
@@ -124,14 +129,25 @@ def input(name, shape, dtype="float32"):  # noqa: A001 - the public API name
 def param(name, value=None, shape=None, init="glorot_uniform", seed=None, dtype="float32"):
     """A trainable parameter: from an array, or from `shape` + `init` + `seed`.
 
-    `gn.param("W", shape=(784, 10), init="glorot_uniform", seed=0)` or
-    `gn.param("b", np.zeros(10, np.float32))`. Its current value is `node.value`.
+    Its current value is `node.value` (an array of `shape`; assign a new one with
+    `W.value = array`); optimizers update it in place. init: "glorot_uniform", "zeros",
+    "ones", "he_normal", ... (graphnn/initializers.py).
+
+        W = gn.param("W", shape=(784, 10), init="glorot_uniform", seed=0)   # (784, 10)
+        b = gn.param("b", np.zeros(10, np.float32))                        # (10,)
     """
     return _stateful("param", name, value, shape, init, seed, dtype)
 
 
 def variable(name, value=None, shape=None, init="zeros", seed=None, dtype="float32"):
-    """A non-trainable stateful value, e.g. an optimizer's moment estimate."""
+    """A non-trainable stateful value: an optimizer's moment estimate, a step counter, a
+    learning rate set between calls. Compiled functions read its current `.value` at every
+    call (changing it never recompiles); `updates={var: node}` writes it.
+
+        lr = gn.variable("lr", np.float32(0.1))       # shape (), float32
+        opt = gn.optim.SGD(lr=lr)
+        lr.value = 0.01                               # the next step uses 0.01
+    """
     return _stateful("variable", name, value, shape, init, seed, dtype)
 
 
@@ -161,7 +177,12 @@ def _stateful(op, name, value, shape, init, seed, dtype):
 
 
 def const(value, dtype=None, name=None):
-    """A constant: `gn.const(3.0)` or `gn.const(np.eye(3))`. Equal constants are one node."""
+    """A constant node from a number or an array; equal constants are one node. A Python
+    number becomes float32; an array keeps its shape and dtype.
+
+        k = gn.const(3.0)                 # shape (), float32
+        I = gn.const(np.eye(3))           # shape (3, 3), float64
+    """
     if dtype is None and isinstance(value, (int, float)):
         dtype = "float32"
     array = _real_array(value, "gn.const: the value")

@@ -13,35 +13,69 @@ _PACKAGE_DIRS = tuple(
 
 
 class GraphError(Exception):
-    """Base class of every error caused by a user's graph, feed or option."""
+    """Base class of every error caused by a user's graph, feed or option.
+    Its message names the node or input and the user's file:line.
+
+        try:
+            step(x=X_wrong)
+        except gn.GraphError as error:    # any of the errors below
+            print(error)
+    """
 
 
 class ShapeError(GraphError, ValueError):
-    """Shapes that do not fit an op (found when the node is declared or when fed)."""
+    """Shapes that do not fit an op (found when the node is declared or when fed).
+
+        x = gn.input("x", (None, 3))
+        gn.matmul(x, gn.param("W", shape=(4, 2)))   # raises gn.ShapeError: 3 vs 4
+    """
 
 
 class DTypeError(GraphError, TypeError):
-    """A dtype an op cannot take (e.g. integers into `exp`)."""
+    """A dtype an op cannot take (e.g. integers into `exp`).
+
+        labels = gn.input("labels", (None,), dtype="int64")
+        gn.exp(labels)             # raises gn.DTypeError; gn.cast(labels, "float32") first
+    """
 
 
 class FeedError(GraphError, ValueError):
-    """A missing, unknown or ill-shaped feed to a compiled function."""
+    """A missing, unknown or ill-shaped feed to a compiled function.
+
+        f = gn.compile(gn.mean(gn.input("x", (None, 3))))
+        f(x=np.ones((4, 2)))       # raises gn.FeedError: x needs (?, 3), got (4, 2)
+    """
 
 
 class GradError(GraphError):
-    """A gradient that cannot be formed (integer input, non-scalar loss without seed...)."""
+    """A gradient that cannot be formed (integer input, non-scalar loss without seed...).
+
+        y = gn.input("y", (None,), dtype="int64")
+        gn.grad(gn.sum(gn.cast(y, "float32")), [y])   # raises gn.GradError: integer input
+    """
 
 
 class NumericalError(GraphError, ArithmeticError):
-    """NaN or Inf found in a node's output when `check_finite=True`."""
+    """NaN or Inf found in a node's output when `check_finite=True`.
+    The message names the first node that produced it.
+
+        f = gn.compile(gn.log(x), check_finite=True)
+        f(x=np.array([-1.0], np.float32))    # raises gn.NumericalError naming the log node
+    """
 
 
 class OptionError(GraphError, ValueError):
-    """An argument of the wrong type or value (batch_size=0, a string learning rate...)."""
+    """An argument of the wrong type or value (batch_size=0, a string learning rate...).
+
+        gn.fit(step, data, batch_size=0)     # raises gn.OptionError: batch_size must be ...
+    """
 
 
 class BackendError(GraphError, RuntimeError):
-    """A backend that cannot run here (no GPU, missing library) or an unknown backend."""
+    """A backend that cannot run here (no GPU, missing library) or an unknown backend.
+
+        gn.compile(loss, backend="tpu")      # raises gn.BackendError: unknown backend
+    """
 
 
 def user_location():

@@ -59,10 +59,18 @@ def to_networkx(nodes):
 
 
 class Graph:
-    """The sub-DAG reached from `outputs`.
+    """The sub-DAG reached from `outputs` (a node, a list of nodes or a Graph).
 
-    `g = gn.Graph([loss])`; `g.nodes` (topological), `g.inputs`, `g.params`, `g.outputs`,
-    `g.lint()`, `print(g.summary())`.
+    Attributes: `outputs` (list), `nodes` (every node they reach, each after its inputs),
+    `inputs` (the `gn.input` nodes), `params` (the `gn.param` nodes: what an optimizer
+    trains, in the order first reached; `.value` of each is its current array),
+    `variables` (the `gn.variable` nodes: optimizer state, learning-rate variables).
+    Methods: `lint()`, `summary()`, `param_count()`.
+
+        g = gn.Graph(loss)
+        g.params                    # [W1 (64, 32), b1 (32,), W2 (32, 10), b2 (10,)]
+        step = gn.compile(loss, updates=gn.optim.Adam(1e-3).updates(loss, g.params))
+        print(g.summary())
     """
 
     def __init__(self, outputs):

@@ -161,7 +161,12 @@ def _training_value(x, train, infer, updates):
 
 
 def activation_fn(activation):
-    """`None`/"linear" -> identity, a name from ACTIVATIONS -> that op, a callable -> itself."""
+    """`None`/"linear" -> identity, a name from ACTIVATIONS -> that op, a callable -> itself
+    (what a layer's `activation=` argument accepts; the function keeps its input's shape).
+
+        gn.nn.activation_fn("relu") is gn.relu        # True
+        h = gn.nn.activation_fn("tanh")(z)            # (None, 8) -> (None, 8)
+    """
     if activation is None:
         return ACTIVATIONS["linear"]
     if callable(activation):
@@ -221,7 +226,16 @@ class Layer:
     """Base class: `__call__` names and builds the layer on first use, then runs `forward`.
 
     Subclasses set `kind` (the prefix of automatic names) and implement `build(x)` (make the
-    parameters with `self.add_param`) and `forward(x)`.
+    parameters with `self.add_param`) and `forward(x)`. Shapes: a layer maps a node
+    (batch, ...) to a node (batch, ...); `predict(x)` maps an array the same way.
+
+        class Scale(gn.nn.Layer):
+            kind = "scale"
+            def build(self, x):
+                self.s = self.add_param("s", (x.shape[-1],), "ones", x)
+            def forward(self, x):
+                return x * self.s
+        y = Scale()(x)                    # (None, 3) -> (None, 3), param "scale1/s" (3,)
     """
 
     kind = "layer"
@@ -263,6 +277,21 @@ class Layer:
             raise GraphError(f"{type(self).__name__} has no parameters yet: call it on an "
                              f"input first (at {user_location()})")
         return list(self._params)
+
+    def predict(self, x, batch_size=256, backend="cpu"):
+        """The layer's (or model's) output for the samples in `x`, a NumPy array.
+
+        `x` (n, ...) is fed in batches of `batch_size` (the last one may be smaller) to an
+        inference function compiled for `backend` on first use and cached on the layer
+        (one per feature shape, dtype and backend); training-only nodes (Dropout,
+        BatchNorm's batch statistics) take their inference form. Float inputs are cast to
+        the parameters' dtype. Returns (n, ...) as `model(x_node)` computes it.
+
+            model = gn.nn.Sequential([gn.nn.Dense(32, "relu"), gn.nn.Dense(10)])
+            probs = model.predict(X_test, batch_size=128)   # (359, 64) -> (359, 10)
+        """
+        from .train import predict
+        return predict(self, x, batch_size, backend)
 
     def add_param(self, short_name, shape, init, x):
         """A parameter named "<layer>/<short_name>" in the dtype of `x`, seeded by name."""
@@ -370,7 +399,14 @@ class Conv2D(Layer):
 
 
 class MaxPool2D(Layer):
-    """Maximum over pool_size x pool_size windows of NHWC images (stride = pool_size)."""
+    """Maximum over pool_size x pool_size windows of NHWC images (stride = pool_size
+    unless given; whole windows only).
+
+    Shapes: (batch, h, w, c) -> (batch, h // pool_size, w // pool_size, c) for stride =
+    pool_size.
+
+        y = gn.nn.MaxPool2D(2)(x)            # (None, 8, 8, 16) -> (None, 4, 4, 16)
+    """
 
     kind, op = "maxpool", "max_pool2d"
 
@@ -383,7 +419,14 @@ class MaxPool2D(Layer):
 
 
 class AvgPool2D(MaxPool2D):
-    """Mean over pool_size x pool_size windows of NHWC images (stride = pool_size)."""
+    """Mean over pool_size x pool_size windows of NHWC images (stride = pool_size unless
+    given; whole windows only).
+
+    Shapes: (batch, h, w, c) -> (batch, h // pool_size, w // pool_size, c) for stride =
+    pool_size.
+
+        y = gn.nn.AvgPool2D(2)(x)            # (None, 8, 8, 16) -> (None, 4, 4, 16)
+    """
 
     kind, op = "avgpool", "avg_pool2d"
 
@@ -392,7 +435,10 @@ class AvgPool2D(MaxPool2D):
 
 
 class Flatten(Layer):
-    """(batch, d1, d2, ...) -> (batch, d1*d2*...)."""
+    """Flatten all but the batch axis: (batch, d1, d2, ...) -> (batch, d1*d2*...).
+
+        y = gn.nn.Flatten()(x)               # (None, 4, 4, 16) -> (None, 256)
+    """
 
     kind, op = "flatten", "reshape"
 
@@ -591,6 +637,9 @@ class SimpleRNN(Layer):
     step uses the SAME Wx, Wy, b, so the derivative graph sums their T gradient
     contributions. Returns the last state (batch, units), or every state (batch, T, units)
     with `return_sequences=True`.
+
+        h = gn.nn.SimpleRNN(16)(x)                          # (None, 30, 1) -> (None, 16)
+        hs = gn.nn.SimpleRNN(16, return_sequences=True)(x)  # (None, 30, 1) -> (None, 30, 16)
     """
 
     kind = "rnn"
@@ -625,9 +674,14 @@ class SimpleRNN(Layer):
 
 
 class Sequential(Layer):
-    """Layers applied one after the other: `Sequential([Dense(64, "relu"), Dense(10)])(x)`.
+    """Layers applied one after the other; the output shape is the last layer's.
 
-    `.params` lists every layer's parameters in order; `.summary()` a table of them.
+    `.params` lists every layer's parameters in order; `.summary()` a table of them;
+    `.predict(X)` computes the output for an array, batch by batch.
+
+        model = gn.nn.Sequential([gn.nn.Dense(64, "relu"), gn.nn.Dense(10)])
+        logits = model(x)                     # (None, 784) -> (None, 10)
+        print(model.summary())
     """
 
     kind = "sequential"

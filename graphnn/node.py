@@ -43,6 +43,12 @@ class Node:
 
     Attributes: `.op` (str), `.inputs` (tuple of Nodes), `.attrs` (dict), `.shape` (tuple;
     None for a symbolic dim), `.dtype` (numpy.dtype), `.name`, `.where` (the user's file:line).
+    Nodes are made by `gn.input`, `gn.param`, `gn.const` and the ops, never directly; the
+    operators + - * / ** @ and unary - build op nodes.
+
+        x = gn.input("x", (None, 3))
+        h = x @ gn.param("W", shape=(3, 2), seed=0)   # a gn.Node
+        h.op, h.shape, h.dtype                       # ('matmul', (None, 2), float32)
     """
 
     __slots__ = ("op", "_attrs", "inputs", "sym_shape", "dtype", "name", "where",

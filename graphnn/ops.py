@@ -18,6 +18,8 @@ maximal element in row-major order; maximum(a, b) sends it to `a` on ties.
 import builtins
 import math
 import string
+import sys
+import textwrap
 
 import numpy as np
 
@@ -182,8 +184,24 @@ def define_elementwise(name, impl, vjp, scalar, category=None, float_only=True, 
         return apply(opname, inputs, name=name)
     opname = name
     op_function.__name__ = op_function.__qualname__ = name
-    op_function.__doc__ = doc
+    # graphnn's own ops (defined in this module) are called as gn.<name> in the example
+    prefix = "gn." if sys._getframe(1).f_globals.get("__name__") == __name__ else ""
+    op_function.__doc__ = _elementwise_doc(name, doc, arity, float_only, prefix)
     return op_function
+
+
+def _elementwise_doc(name, doc, arity, float_only, prefix):
+    """The public function's docstring: the op's one-line `doc`, its shapes, an example."""
+    args = "x" if arity == 1 else ", ".join(f"x{i}" for i in range(arity))
+    dtypes = "float inputs" if float_only else "float or integer inputs"
+    shapes = ("the result has x's shape and dtype" if arity == 1 else
+              "the inputs broadcast as in NumPy; the result has the broadcast shape")
+    example = f"{name}(x)" if arity == 1 else f"{name}({', '.join(['x'] * arity)})"
+    text = textwrap.fill(f"Shapes: {shapes} ({dtypes}). On nodes it builds a node; on NumPy "
+                         "arrays it computes at once (eager mode).", 88)
+    return (f"{name}({args}, name=None): {doc or name}, elementwise.\n\n{text}\n\n"
+            f"    x = gn.input(\"x\", (None, 3))\n"
+            f"    y = {prefix}{example}        # (None, 3) -> (None, 3)\n")
 
 
 def _template_arity(scalar):
@@ -1368,32 +1386,77 @@ register(OpDef("training_branch", None, _infer_training_branch,
 # ---------------------------------------------------------------------------------------
 
 def add(a, b, name=None):
-    """a + b with NumPy broadcasting."""
+    """a + b, elementwise with NumPy broadcasting (the `+` operator on nodes).
+
+    Shapes: a (2, 3) and b (3,) -> (2, 3); either side may be a number or an array.
+
+        y = gn.add(x, b)               # x (None, 3), b (3,) -> y (None, 3); same as x + b
+        gn.add(np.ones(2), 1.0)        # eagerly: array([2., 2.])
+    """
     return apply("add", (a, b), name=name)
 
 
 def sub(a, b, name=None):
+    """a - b, elementwise with NumPy broadcasting (the `-` operator on nodes).
+
+    Shapes: a (2, 3) and b (3,) -> (2, 3); either side may be a number or an array.
+
+        y = gn.sub(x, mu)              # x (None, 3), mu (3,) -> y (None, 3); same as x - mu
+    """
     return apply("sub", (a, b), name=name)
 
 
 def mul(a, b, name=None):
+    """a * b, elementwise with NumPy broadcasting (the `*` operator on nodes; for the
+    matrix product see `gn.matmul`).
+
+    Shapes: a (2, 3) and b (2, 1) -> (2, 3); either side may be a number or an array.
+
+        y = gn.mul(x, 0.5)             # x (None, 3) -> y (None, 3); same as x * 0.5
+    """
     return apply("mul", (a, b), name=name)
 
 
 def div(a, b, name=None):
-    """a / b on floats (dividing integers is refused: cast first)."""
+    """a / b, elementwise with NumPy broadcasting, on floats (the `/` operator on nodes;
+    dividing integers is refused: cast one side with `gn.cast` first).
+
+    Shapes: a (2, 3) and b (3,) -> (2, 3).
+
+        y = gn.div(x, gn.sum(x, axis=1, keepdims=True))   # (None, 3) -> rows summing to 1
+    """
     return apply("div", (a, b), name=name)
 
 
 def pow(a, b, name=None):  # noqa: A001 - mirrors the operator
+    """a ** b, elementwise with NumPy broadcasting, on floats (the `**` operator on nodes).
+
+    Shapes: a (2, 3) and b () -> (2, 3).
+
+        y = gn.pow(x, 3.0)             # x (None, 3) -> y (None, 3); same as x ** 3.0
+    """
     return apply("pow", (a, b), name=name)
 
 
 def maximum(a, b, name=None):
+    """The larger of a and b, elementwise with NumPy broadcasting (NaN if either is NaN;
+    on ties the gradient goes to `a`).
+
+    Shapes: a (2, 3) and b () -> (2, 3).
+
+        y = gn.maximum(x, 0.0)         # x (None, 3) -> y (None, 3): relu without the op
+    """
     return apply("maximum", (a, b), name=name)
 
 
 def minimum(a, b, name=None):
+    """The smaller of a and b, elementwise with NumPy broadcasting (NaN if either is NaN;
+    on ties the gradient goes to `a`).
+
+    Shapes: a (2, 3) and b () -> (2, 3).
+
+        y = gn.minimum(x, 6.0)         # x (None, 3) -> y (None, 3)
+    """
     return apply("minimum", (a, b), name=name)
 
 
@@ -1411,7 +1474,13 @@ def eq(a, b):
 
 
 def leaky_relu(x, alpha=0.01, name=None):
-    """x where x > 0 else alpha*x."""
+    """x where x > 0 else alpha*x, elementwise (a small slope for negative inputs).
+
+    Shapes: the result has x's shape and dtype (floats).
+
+        h = gn.leaky_relu(x, alpha=0.1)                 # (None, 8) -> (None, 8)
+        gn.leaky_relu(np.array([-2.0, 3.0]), 0.1)       # eagerly: array([-0.2,  3. ])
+    """
     return apply("leaky_relu", (x,), {"alpha": _number(alpha)}, name)
 
 
@@ -1420,7 +1489,12 @@ def leaky_relu_grad(x, alpha=0.01):
 
 
 def elu(x, alpha=1.0, name=None):
-    """x where x > 0 else alpha*(e**x - 1)."""
+    """x where x > 0 else alpha*(e**x - 1), elementwise (smooth, saturating at -alpha).
+
+    Shapes: the result has x's shape and dtype (floats).
+
+        h = gn.elu(x)                  # (None, 8) -> (None, 8)
+    """
     return apply("elu", (x,), {"alpha": _number(alpha)}, name)
 
 
@@ -1429,7 +1503,12 @@ def elu_grad(x, alpha=1.0):
 
 
 def cast(x, dtype, name=None):
-    """Convert to another dtype, e.g. `gn.cast(labels, "float32")`."""
+    """Convert to another dtype (float to integer truncates toward zero, as NumPy's astype).
+
+    Shapes: the result has x's shape, in `dtype` (float32, float64 or an integer type).
+
+        t = gn.cast(labels, "float32")     # labels (None,) int64 -> (None,) float32
+    """
     return apply("cast", (x,), {"dtype": _dtype_name(dtype, "gn.cast")}, name)
 
 
@@ -1446,6 +1525,12 @@ def _dtype_name(dtype, what):
 
 
 def clip(x, low, high, name=None):
+    """x limited to [low, high], elementwise (the gradient is zero where x is clipped).
+
+    Shapes: the result has x's shape and dtype.
+
+        p = gn.clip(probs, 1e-7, 1 - 1e-7)     # (None, 10) -> (None, 10)
+    """
     return apply("clip", (x,), {"low": _number(low), "high": _number(high)}, name)
 
 
@@ -1475,16 +1560,38 @@ def _axis_attr(axis):
 
 
 def sum(x, axis=None, keepdims=False, name=None):  # noqa: A001
-    """Sum over `axis` (None: all axes)."""
+    """Sum over `axis` (an int, a tuple of ints, or None: all axes), as `np.sum`.
+
+    Shapes: x (2, 3) -> () with axis=None, (3,) with axis=0, (2, 1) with axis=1 and
+    keepdims=True.
+
+        total = gn.sum(x)                      # (None, 3) -> ()
+        rows = gn.sum(x, axis=1)               # (None, 3) -> (None,)
+    """
     return apply("sum", (x,), {"axis": _axis_attr(axis), "keepdims": _flag(keepdims)}, name)
 
 
 def mean(x, axis=None, keepdims=False, name=None):
+    """Mean over `axis` (an int, a tuple of ints, or None: all axes), as `np.mean`; the
+    count of a symbolic axis (the batch) is known when the graph runs.
+
+    Shapes: x (2, 3) -> () with axis=None, (3,) with axis=0, (2, 1) with axis=1 and
+    keepdims=True.
+
+        loss = gn.mean(gn.square(pred - target))   # (None, 1) -> ()
+        gn.mean(np.array([[1.0, 2.0], [3.0, 4.0]]), axis=0)   # eagerly: array([2., 3.])
+    """
     return apply("mean", (x,), {"axis": _axis_attr(axis), "keepdims": _flag(keepdims)}, name)
 
 
 def max(x, axis=None, keepdims=False, name=None):  # noqa: A001
-    """Maximum over `axis`; its gradient goes to the first maximal element."""
+    """Maximum over `axis` (an int, a tuple of ints, or None: all axes), as `np.max`; its
+    gradient goes to the first maximal element.
+
+    Shapes: x (2, 3) -> () with axis=None, (2,) with axis=1, (2, 1) with keepdims=True.
+
+        best = gn.max(scores, axis=-1)          # (None, 10) -> (None,)
+    """
     return apply("max", (x,), {"axis": _axis_attr(axis), "keepdims": _flag(keepdims)}, name)
 
 
@@ -1504,19 +1611,35 @@ def reciprocal_count(x, axis=None):
 
 
 def matmul(a, b, name=None):
-    """(n, k) @ (k, m) -> (n, m)."""
+    """The matrix product a @ b (the `@` operator on nodes).
+
+    Shapes: (n, k) @ (k, m) -> (n, m); the inner dims must agree.
+
+        h = gn.matmul(x, W)                     # x (None, 784) @ W (784, 10) -> (None, 10)
+    """
     return apply("matmul", (a, b), name=name)
 
 
 def transpose(x, axes=None, name=None):
-    """Permute axes (default: reverse them)."""
+    """Permute the axes, as `np.transpose` (default: reverse them; `x.T` for a matrix).
+
+    Shapes: x (2, 3) -> (3, 2); x (2, 3, 4) with axes=(0, 2, 1) -> (2, 4, 3).
+
+        Wt = gn.transpose(W)                    # (784, 10) -> (10, 784)
+    """
     ndim = len(_shape_of(x))
     axes = tuple(reversed(range(ndim))) if axes is None else _axis_attr(axes)
     return apply("transpose", (x,), {"axes": axes}, name)
 
 
 def reshape(x, shape, name=None):
-    """Reshape; one -1 may be inferred. A symbolic dim (e.g. the batch) may be kept as -1."""
+    """The same elements in another shape, as `np.reshape` (row-major); one -1 is inferred,
+    so a symbolic dim (the batch) may be kept as -1.
+
+    Shapes: x (None, 8, 8, 1) with shape (-1, 64) -> (None, 64).
+
+        flat = gn.reshape(images, (-1, 64))      # (None, 8, 8, 1) -> (None, 64)
+    """
     shape = (shape,) if isinstance(shape, (int, S.Sym)) else tuple(shape)
     shape = tuple(d if isinstance(d, S.Sym) else _int(d) for d in shape)
     if not isinstance(x, Node):
@@ -1525,7 +1648,12 @@ def reshape(x, shape, name=None):
 
 
 def flatten(x, name=None):
-    """Keep the first (batch) axis, flatten the rest: (n, h, w, c) -> (n, h*w*c)."""
+    """Keep the first (batch) axis, flatten the rest (whose dims must be known).
+
+    Shapes: (n, h, w, c) -> (n, h*w*c).
+
+        features = gn.flatten(feature_maps)    # (None, 4, 4, 16) -> (None, 256)
+    """
     shape = _shape_of(x)
     rest = S.static_size(shape[1:])
     if rest is None:
@@ -1535,7 +1663,12 @@ def flatten(x, name=None):
 
 
 def concat(xs, axis=0, name=None):
-    """Join along an existing axis."""
+    """Join a list of nodes along an existing axis, as `np.concatenate`.
+
+    Shapes: (None, 3) and (None, 5) with axis=1 -> (None, 8); the other dims must agree.
+
+        both = gn.concat([left, right], axis=1)     # (None, 3), (None, 5) -> (None, 8)
+    """
     xs = list(xs)
     if not xs:
         raise GraphError(f"concat needs at least one input (at {user_location()})")
@@ -1543,7 +1676,13 @@ def concat(xs, axis=0, name=None):
 
 
 def slice_axis(x, axis, start, stop, name=None):
-    """x[..., start:stop, ...] along one axis with static bounds."""
+    """x[..., start:stop, ...] along one axis, with static bounds (the gradient is zero
+    outside the slice).
+
+    Shapes: x (None, 30, 4) with axis=1, start=0, stop=1 -> (None, 1, 4).
+
+        first = gn.slice_axis(sequence, 1, 0, 1)    # (None, 30, 4) -> (None, 1, 4)
+    """
     return apply("slice_axis", (x,), {"axis": _int(axis), "start": _int(start),
                                       "stop": _int(stop)}, name)
 
@@ -1599,43 +1738,94 @@ def dilate(w, axis, rate):
 
 
 def max_pool2d(x, size=2, stride=None, name=None):
-    """Max over size x size windows (floor, 'valid'); stride defaults to size."""
+    """Maximum over size x size windows of NHWC images ("valid": whole windows only, the
+    output size floors); `stride` defaults to `size`. The gradient goes to the first
+    maximal element of each window.
+
+    Shapes: (n, h, w, c) -> (n, (h - size) // stride + 1, (w - size) // stride + 1, c).
+
+        y = gn.max_pool2d(x, 2)               # (None, 8, 8, 16) -> (None, 4, 4, 16)
+    """
     return apply("max_pool2d", (x,), {"size": _int(size),
                                                 "stride": _int(size if stride is None else stride)}, name)
 
 
 def avg_pool2d(x, size=2, stride=None, name=None):
+    """Mean over size x size windows of NHWC images ("valid": whole windows only, the
+    output size floors); `stride` defaults to `size`.
+
+    Shapes: (n, h, w, c) -> (n, (h - size) // stride + 1, (w - size) // stride + 1, c).
+
+        y = gn.avg_pool2d(x, 2)               # (None, 8, 8, 16) -> (None, 4, 4, 16)
+    """
     return apply("avg_pool2d", (x,), {"size": _int(size),
                                                 "stride": _int(size if stride is None else stride)}, name)
 
 
 def softmax(x, axis=-1, name=None):
+    """e**x / sum(e**x) along `axis` (computed stably, the maximum subtracted first).
+
+    Shapes: the result has x's shape; it sums to 1 along `axis`.
+
+        probs = gn.softmax(logits)             # (None, 10) -> (None, 10)
+    """
     return apply("softmax", (x,), {"axis": _int(axis)}, name)
 
 
 def log_softmax(x, axis=-1, name=None):
+    """log(softmax(x)) along `axis`, computed stably (x - max - log sum e**(x - max)).
+
+    Shapes: the result has x's shape.
+
+        logp = gn.log_softmax(logits)          # (None, 10) -> (None, 10)
+    """
     return apply("log_softmax", (x,), {"axis": _int(axis)}, name)
 
 
 def one_hot(labels, classes, dtype="float32"):
+    """1 at each integer label's class, 0 elsewhere (labels outside [0, classes) give a row
+    of zeros); no gradient.
+
+    Shapes: labels (n,) int -> (n, classes) in `dtype`.
+
+        targets = gn.one_hot(y, 10)            # y (None,) int64 -> (None, 10) float32
+        gn.one_hot(np.array([0, 2]), 3)        # eagerly: [[1, 0, 0], [0, 0, 1]]
+    """
     return apply("one_hot", (labels,),
                  {"classes": _int(classes), "dtype": _dtype_name(dtype, "one_hot")})
 
 
 def mse(pred, target, name=None):
-    """Mean squared error: mean((pred - target)**2)."""
+    """Mean squared error: mean((pred - target)**2) over every element.
+
+    Shapes: pred and target of the same shape, e.g. (None, 1) -> a scalar ().
+
+        loss = gn.mse(model(x), y)             # (None, 1), (None, 1) -> ()
+    """
     return apply("mse", (pred, target), name=name)
 
 
 def binary_cross_entropy(p, y, from_logits=False, name=None):
     """Mean binary cross-entropy of probabilities `p` (clipped to [1e-7, 1-1e-7]) or of
-    logits with `from_logits=True` (exact and stable for large |logits|)."""
+    logits with `from_logits=True` (exact and stable for large |logits|), against 0/1
+    targets `y`.
+
+    Shapes: p and y of the same shape, e.g. (None, 1) -> a scalar ().
+
+        loss = gn.binary_cross_entropy(gn.sigmoid(z), y)       # (None, 1) -> ()
+        loss = gn.binary_cross_entropy(z, y, from_logits=True)  # the same, stabler
+    """
     return apply("binary_cross_entropy", (p, y), {"from_logits": bool(from_logits)}, name)
 
 
 def softmax_cross_entropy(logits, labels, name=None):
     """Mean over the batch of -log softmax(logits)[label]; labels are integer class ids
-    (batch,) or probabilities (batch, classes). Stable for large logits."""
+    (batch,) or probabilities (batch, classes). Stable for large logits.
+
+    Shapes: logits (batch, classes) and labels (batch,) int or (batch, classes) -> ().
+
+        loss = gn.softmax_cross_entropy(logits, y, name="loss")   # (None, 10), (None,) -> ()
+    """
     return apply("softmax_cross_entropy", (logits, labels), name=name)
 
 

@@ -230,7 +230,15 @@ class Optimizer:
     global norm (`clipnorm`), adds the L2 term (`weight_decay`) and asks
     `rule(p, g, lr, t)` for each parameter's new value and its state variables' new values
     (`lr`: the rate this step, `t`: the steps already taken, both scalars of p's dtype; `t`
-    is None unless the optimizer counts steps)."""
+    is None unless the optimizer counts steps). New values have their parameter's shape.
+
+        class SignSGD(gn.optim.Optimizer):
+            def __init__(self, lr=0.01):
+                self.lr = lr
+            def rule(self, p, g, lr, t):
+                return {p: p - lr * gn.sign(g)}
+        step = gn.compile(loss, updates=SignSGD(0.01).updates(loss, params))
+    """
 
     lr = None
     weight_decay = 0.0

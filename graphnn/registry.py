@@ -85,6 +85,11 @@ class OpDef:
     decompose  for kind "composite": (*input_nodes, **attrs) -> a node of primitive ops
     recompute  an elementwise op of leaves cheap enough to recompute in each consumer's
                loop rather than store (the comparisons that make one-hot masks)
+
+        cube = gn.OpDef("cube", None, lambda specs: (specs[0].sym_shape, specs[0].dtype),
+                        lambda x: x ** 3, lambda g, out, x: (lambda: g * 3 * x * x,),
+                        scalar="{0} * {0} * {0}")
+        gn.register_op(cube)
     """
     name: str
     category: Optional[str]
@@ -144,7 +149,10 @@ def register(opdef, replace=False):
 
 def unregister(name):
     """Remove op `name` from the registry and return its stanza (nodes already made with it
-    can then no longer be compiled or differentiated)."""
+    can then no longer be compiled or differentiated).
+
+        stanza = gn.unregister_op("cube")       # the OpDef registered as "cube"
+    """
     if name not in OPS:
         raise GraphError(f"no op {name!r} is registered")
     INPUT_COUNTS.pop(name, None)

@@ -174,7 +174,12 @@ def load(path):
     """Read a graph written by `gn.save`; returns a `gn.Graph` whose `.outputs` are the
     saved outputs in order, with `.inputs` and `.params` (values from the .npz).
 
-    Raises gn.GraphError for any malformed, truncated or hostile file."""
+    Raises gn.GraphError for any malformed, truncated or hostile file.
+
+        g = gn.load("model.json")
+        f = gn.compile(g.outputs[0]); f(x=X)
+        {p.name: p.value.shape for p in g.params}    # {"dense1/W": (64, 32), ...}
+    """
     where = user_location()
     path = os.fspath(path)
     loader = _Loader(path, where)

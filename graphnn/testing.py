@@ -1,4 +1,8 @@
-"""Testing helpers: gradient checks against central finite differences, backend comparison."""
+"""Testing helpers (`gn.testing`): gradient checks against central finite differences,
+backend comparison.
+
+    errors = gn.testing.check_grad(loss, [W, b], {"x": X})   # {name: worst relative error}
+"""
 import numpy as np
 
 from .autodiff import grad
