@@ -1856,7 +1856,7 @@ def training_branch(train, infer, state_updates=None, name=None):
     (`gn.nn.inference` chooses), with the state updates `{state: new value}` the training
     step must apply (found by `gn.nn.state_updates`; optimizers add them to their
     updates). Layers with a training mode (Dropout, BatchNorm) are built on it. The
-    gradient goes to `train` alone. Shapes: train and infer alike; each new value like its
+    gradient goes to `train` alone. The shape of train and infer alike; each new value like its
     state.
 
         >>> t = gn.variable("t", np.zeros((), np.float64))
