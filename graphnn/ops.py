@@ -511,25 +511,74 @@ register(OpDef("reciprocal_count", "Shape", _infer_reciprocal_count, _reciprocal
 # Matmul, transpose, reshape, concat
 # ---------------------------------------------------------------------------------------
 
+def _promoted(a_shape, b_shape):
+    """np.matmul's view of its operands: a 1-D left operand is a row (1, k), a 1-D right
+    operand a column (k, 1); those added dims are dropped from the result."""
+    a2 = (1,) + tuple(a_shape) if len(a_shape) == 1 else tuple(a_shape)
+    b2 = tuple(b_shape) + (1,) if len(b_shape) == 1 else tuple(b_shape)
+    return a2, b2
+
+
 def _infer_matmul(specs):
+    """np.matmul's shape rule: (..., n, k) @ (..., k, m) -> (..., n, m), the leading (batch)
+    dims broadcast; a 1-D operand is a row (left) or a column (right) whose dim is dropped."""
     a, b = specs
-    if a.ndim != 2 or b.ndim != 2:
-        raise Mismatch(f"matmul takes two 2-D operands, got {S.format_shape(a.sym_shape)} and "
-                       f"{S.format_shape(b.sym_shape)} (reshape first)")
-    if not S.unify_dims(a.sym_shape[1], b.sym_shape[0]):
-        raise Mismatch(f"inner dims differ: {S.format_shape(a.sym_shape)} @ "
-                       f"{S.format_shape(b.sym_shape)}")
-    return (a.sym_shape[0], b.sym_shape[1]), _need_float(specs, "matmul")
+    shown = f"{S.format_shape(a.sym_shape)} @ {S.format_shape(b.sym_shape)}"
+    if a.ndim == 0 or b.ndim == 0:
+        raise Mismatch(f"matmul takes operands of rank 1 or more, got {shown} (multiply a "
+                       "scalar with *)")
+    a2, b2 = _promoted(a.sym_shape, b.sym_shape)
+    if not S.unify_dims(a2[-1], b2[-2]):
+        raise Mismatch(f"inner dims differ: {shown}")
+    batch = S.broadcast_shapes(a2[:-2], b2[:-2])
+    if batch is None:
+        raise Mismatch(f"batch dims {S.format_shape(a2[:-2])} and {S.format_shape(b2[:-2])} "
+                       f"do not broadcast: {shown}")
+    shape = batch + (a2[-2],) * (a.ndim > 1) + (b2[-1],) * (b.ndim > 1)
+    return shape, _need_float(specs, "matmul")
 
 
 def _lower_matmul(lowering, node, comment):
-    out = lowering.result_buffer(node)
-    (a, trans_a), (b, trans_b) = (lowering.matmul_operand(i) for i in node.inputs)
-    lowering.add_step(ir.Matmul(out, a, b, trans_a, trans_b, comment), [node])
+    a_node, b_node = node.inputs
+    if a_node.ndim == 2 and b_node.ndim == 2:
+        out = lowering.result_buffer(node)
+        (a, trans_a), (b, trans_b) = (lowering.matmul_operand(i) for i in node.inputs)
+        lowering.add_step(ir.Matmul(out, a, b, trans_a, trans_b, comment), [node])
+    else:  # 1-D operands as rows/columns, batch dims broadcast (see Lowering.batch_matmul)
+        lowering.batch_matmul(node, comment)
 
 
-register(OpDef("matmul", "Layer", _infer_matmul, np.matmul,
-               lambda g, out, a, b: (lambda: g @ transpose(b), lambda: transpose(a) @ g),
+def _swap_last(x):
+    """x with its last two axes swapped (a 2-D transpose for a matrix)."""
+    ndim = len(_shape_of(x))
+    return transpose(x, tuple(range(ndim - 2)) + (ndim - 1, ndim - 2))
+
+
+def _matmul_vjp(g, out, a, b):
+    a_shape, b_shape = _shape_of(a), _shape_of(b)
+    if len(a_shape) == 2 and len(b_shape) == 2:
+        return (lambda: g @ transpose(b), lambda: transpose(a) @ g)
+    # 1-D operands as a row / a column (and the adjoint with those dims back), then the
+    # batched rule, each adjoint summed over the batch dims its operand was broadcast along
+    a2_shape, b2_shape = _promoted(a_shape, b_shape)
+    g_shape = _shape_of(g)
+    g2_shape = tuple(g_shape[:len(g_shape) - (len(b_shape) > 1) - (len(a_shape) > 1)]) + \
+        (a2_shape[-2], b2_shape[-1])
+    a2 = a if len(a_shape) > 1 else reshape(a, a2_shape)
+    b2 = b if len(b_shape) > 1 else reshape(b, b2_shape)
+    g2 = g if tuple(g2_shape) == tuple(g_shape) else reshape(g, g2_shape)
+
+    def grad_a():
+        ga = sum_to(g2 @ _swap_last(b2), a2)
+        return ga if len(a_shape) > 1 else reshape(ga, a_shape)
+
+    def grad_b():
+        gb = sum_to(_swap_last(a2) @ g2, b2)
+        return gb if len(b_shape) > 1 else reshape(gb, b_shape)
+    return (grad_a, grad_b)
+
+
+register(OpDef("matmul", "Layer", _infer_matmul, np.matmul, _matmul_vjp,
                kind="matmul", lower=_lower_matmul))
 
 
@@ -1318,7 +1367,21 @@ def reciprocal_count(x, axis=None):
 
 
 def matmul(a, b, name=None):
-    """(n, k) @ (k, m) -> (n, m)."""
+    """Matrix product with NumPy's `np.matmul` semantics (also the `@` operator).
+
+    (n, k) @ (k, m) -> (n, m); a 1-D operand is a vector: (n, k) @ (k,) -> (n,),
+    (k,) @ (k, m) -> (m,), (k,) @ (k,) -> () (the dot product). Operands of rank > 2 are
+    stacks of matrices whose leading (batch) dims broadcast: (B, n, k) @ (k, m) ->
+    (B, n, m), (B, n, k) @ (B, k, m) -> (B, n, m), (1, n, k) @ (B, k, m) -> (B, n, m).
+    Gradients flow to both operands (summed over the dims an operand was broadcast along).
+
+        W = gn.param("W", shape=(3, 4), seed=0)
+        v = gn.input("v", (4,))
+        y = W @ v                                  # (3,)
+        q = gn.input("q", (None, 5, 8))
+        k = gn.input("k", (None, 8, 5))
+        scores = gn.matmul(q, k)                   # (?, 5, 5)
+    """
     return apply("matmul", (a, b), name=name)
 
 
