@@ -19,6 +19,7 @@ from .ops import (add, sub, mul, div, neg, pow, exp, log, sqrt, abs, square, max
                   log_softmax, matmul, transpose, reshape, concat, sum, mean, max, conv2d,
                   max_pool2d, avg_pool2d, flatten, mse, binary_cross_entropy,
                   softmax_cross_entropy, cast, clip, one_hot, slice_axis, define_elementwise)
+from .ops import embedding
 from .registry import OpDef, register as register_op, unregister as unregister_op
 from .graph import Graph
 from .autodiff import grad

@@ -1208,6 +1208,49 @@ register(OpDef("one_hot", "Tensor", _infer_one_hot,
                kind="composite"))
 
 
+def _infer_embedding(specs):
+    ids, table = specs
+    if ids.dtype.kind not in "iu":
+        raise WrongDType(f"embedding needs integer ids, got {ids.dtype}")
+    if table.dtype.kind != "f":
+        raise WrongDType(f"embedding needs a float table, got {table.dtype}")
+    if table.ndim != 2:
+        raise Mismatch(f"the table must be 2-D (rows, dim), got {S.format_shape(table.sym_shape)}")
+    if not isinstance(S.resolve(table.sym_shape[0]), int):
+        raise Mismatch(f"the table needs a known number of rows, got "
+                       f"{S.format_shape(table.sym_shape)}")
+    return ids.sym_shape + (table.sym_shape[1],), table.dtype
+
+
+def _embedding_impl(ids, table):
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        raise GraphError(f"embedding: ids must lie in [0, {table.shape[0]}), got values from "
+                         f"{ids.min()} to {ids.max()}")
+    return np.take(table, ids, axis=0)
+
+
+def _embedding_one_hot(ids, table):
+    rows = S.resolve(_shape_of(table)[0])
+    return one_hot(ids, rows, _dtype_of(table).name)
+
+
+def _embedding_decompose(ids, table):
+    # one_hot(ids) @ table: an id outside [0, rows) matches no row and reads nothing (its
+    # row is zeros); compiled steps refuse such ids first when they are a graph input
+    return matmul(_embedding_one_hot(ids, table), table)
+
+
+def _embedding_vjp(g, out, ids, table):
+    # the table's gradient adds each output row's gradient into the row it was read from:
+    # one_hot(ids)^T @ g, summed over the batch dims (one gemm, see Lowering.batch_matmul)
+    return (None, lambda: _matmul_vjp(g, out, _embedding_one_hot(ids, table), table)[1]())
+
+
+register(OpDef("embedding", "Transform", _infer_embedding, _embedding_impl, _embedding_vjp,
+               decompose=_embedding_decompose, kind="composite",
+               doc="rows of a table picked by integer ids"))
+
+
 # minimum(maximum(x, low), high), each keeping NaN as NumPy does
 _CLIP_LOW = "({0} if {0} >= {T}({low}) or {0} != {0} else {T}({low}))"
 _CLIP_TEMPLATE = (f"{_CLIP_LOW} if {_CLIP_LOW} <= {{T}}({{high}}) or {_CLIP_LOW} != {_CLIP_LOW} "
@@ -1457,6 +1500,22 @@ def log_softmax(x, axis=-1, name=None):
 def one_hot(labels, classes, dtype="float32"):
     return apply("one_hot", (labels,),
                  {"classes": _int(classes), "dtype": _dtype_name(dtype, "one_hot")})
+
+
+def embedding(ids, table, name=None):
+    """Rows of `table` picked by integer `ids`: `table[ids]`, of shape ids.shape + (dim,).
+
+    ids: integers of any shape, each in [0, rows); table: (rows, dim) floats (a parameter).
+    The table's gradient adds each output row's gradient into the row it came from. Ids
+    outside [0, rows) are refused: a graph input holding one is a FeedError before
+    anything runs, eager mode and backend="numpy" raise GraphError; ids computed inside
+    a compiled graph give a row of zeros (no memory outside the table is read).
+
+        table = gn.param("emb", shape=(1000, 16), init="normal", seed=0)
+        words = gn.input("words", (None, 20), dtype="int64")
+        vectors = gn.embedding(words, table)      # (?, 20, 16)
+    """
+    return apply("embedding", (ids, table), name=name)
 
 
 def mse(pred, target, name=None):
