@@ -142,7 +142,7 @@ def needs_cuda(backend):
 # (backend, dtype, shape): float64 on every back end but the simulator; the simulator runs
 # float32 on the tiniest shapes
 SETTINGS = [("numpy", "float64", (2, 4, 2)), ("cpu", "float64", (3, 5, 2)),
-            ("cpu", "float32", (3, 5, 2)), ("cuda", "float32", (2, 3, 2))]
+            ("cpu", "float32", (3, 5, 2)), ("cuda", "float32", (2, 2, 2))]
 
 
 # ---- LSTM and GRU against the NumPy references -------------------------------------------
@@ -245,8 +245,9 @@ def test_matches_pytorch(kind, bidirectional, return_sequences):
 
 # ---- Bidirectional against the NumPy references ------------------------------------------
 
-@pytest.mark.parametrize("return_sequences", [False, True])
-@pytest.mark.parametrize("backend, dtype, shape", [SETTINGS[1], SETTINGS[3]])
+# (the simulator is slow: the final states are checked on cpu only)
+@pytest.mark.parametrize("return_sequences, backend, dtype, shape", [
+    (False,) + SETTINGS[1], (True,) + SETTINGS[1], (True,) + SETTINGS[3]])
 def test_bidirectional_lstm_matches_numpy(return_sequences, backend, dtype, shape):
     needs_cuda(backend)
     x = gn.input("xb", (None,) + shape[1:], dtype=dtype)
