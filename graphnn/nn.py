@@ -416,7 +416,29 @@ class Embedding(Layer):
         return ops.embedding(x, self.table)
 
 
-class LSTM(_Recurrent):
+class _Gated(_Recurrent):
+    """LSTM and GRU: `gates` blocks of `units` columns in Wx (features, gates * units) and
+    Wh (units, gates * units), an activation and a recurrent (gate) activation."""
+
+    gates = 1
+
+    def __init__(self, units, return_sequences=False, activation="tanh",
+                 recurrent_activation="sigmoid", go_backwards=False, init="glorot_uniform",
+                 recurrent_init=orthogonal, name=None, seed=None):
+        super().__init__(units, return_sequences, go_backwards, name, seed)
+        self.activation = activation_fn(activation)
+        self.recurrent_activation = activation_fn(recurrent_activation)
+        self.init, self.recurrent_init = init, recurrent_init
+
+    def build(self, x):
+        """Make Wx and Wh; returns the width of a step's pre-activations."""
+        features, width = self._check_input(x), self.gates * self.units
+        self.Wx = self.add_param("Wx", (features, width), self.init, x)
+        self.Wh = self.add_param("Wh", (self.units, width), self.recurrent_init, x)
+        return width
+
+
+class LSTM(_Gated):
     """Long short-term memory, unrolled over the T steps of (batch, T, features).
 
     PyTorch's and Keras' equations, gates in their order i, f, g, o (input, forget, cell,
@@ -448,16 +470,12 @@ class LSTM(_Recurrent):
     def __init__(self, units, return_sequences=False, activation="tanh",
                  recurrent_activation="sigmoid", unit_forget_bias=True, go_backwards=False,
                  init="glorot_uniform", recurrent_init=orthogonal, name=None, seed=None):
-        super().__init__(units, return_sequences, go_backwards, name, seed)
-        self.activation = activation_fn(activation)
-        self.recurrent_activation = activation_fn(recurrent_activation)
+        super().__init__(units, return_sequences, activation, recurrent_activation,
+                         go_backwards, init, recurrent_init, name, seed)
         self.unit_forget_bias = bool(unit_forget_bias)
-        self.init, self.recurrent_init = init, recurrent_init
 
     def build(self, x):
-        features, width = self._check_input(x), self.gates * self.units
-        self.Wx = self.add_param("Wx", (features, width), self.init, x)
-        self.Wh = self.add_param("Wh", (self.units, width), self.recurrent_init, x)
+        width = super().build(x)
         self.b = self.add_param("b", (width,), "zeros", x)
         if self.unit_forget_bias:
             value = self.b.value.copy()
@@ -482,7 +500,7 @@ class LSTM(_Recurrent):
         return h, (h, c)
 
 
-class GRU(_Recurrent):
+class GRU(_Gated):
     """Gated recurrent unit, unrolled over the T steps of (batch, T, features), with
     PyTorch's equations (Keras' GRU with its default reset_after=True computes the same),
     gates in PyTorch's order r, z, n (reset, update, new):
@@ -508,18 +526,8 @@ class GRU(_Recurrent):
     kind = "gru"
     gates = 3
 
-    def __init__(self, units, return_sequences=False, activation="tanh",
-                 recurrent_activation="sigmoid", go_backwards=False, init="glorot_uniform",
-                 recurrent_init=orthogonal, name=None, seed=None):
-        super().__init__(units, return_sequences, go_backwards, name, seed)
-        self.activation = activation_fn(activation)
-        self.recurrent_activation = activation_fn(recurrent_activation)
-        self.init, self.recurrent_init = init, recurrent_init
-
     def build(self, x):
-        features, width = self._check_input(x), self.gates * self.units
-        self.Wx = self.add_param("Wx", (features, width), self.init, x)
-        self.Wh = self.add_param("Wh", (self.units, width), self.recurrent_init, x)
+        width = super().build(x)
         self.bx = self.add_param("bx", (width,), "zeros", x)
         self.bh = self.add_param("bh", (width,), "zeros", x)
 

@@ -445,3 +445,21 @@ def test_embedding_feeds_an_lstm_and_trains():
     for _ in range(30):
         last = float(step(ids=I, labels=L))
     assert last < 0.5 * first
+
+
+def test_embedding_and_lstm_export_to_onnx_and_back(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+    ids = gn.input("ids", (None, 4), dtype="int64")
+    out = gn.nn.Dense(2)(gn.nn.LSTM(3)(gn.nn.Embedding(6, 2)(ids)))
+    I = np.array([[0, 5, 2, 2], [1, 1, 3, 4]])
+    expected = gn.compile(out, backend="numpy")(ids=I)
+    path = gn.onnx.export([out], tmp_path / "embedding_lstm.onnx")
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    assert "Gather" in {n.op_type for n in model.graph.node}
+    (got,) = ReferenceEvaluator(model).run(None, {"ids": I})
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    back = gn.onnx.load(path)
+    (value,) = gn.compile(back.outputs, backend="cpu")(ids=I)
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
