@@ -17,14 +17,16 @@ from .errors import FeedError, user_location
 
 
 def label_bounds(nodes):
-    """{input name: (classes, loss node)} for the integer inputs that are the labels of a
-    softmax cross-entropy: their values must lie in [0, classes). (Compiled code reads the
-    logits at the label, so a label out of range is refused, never silently read.)"""
+    """{input name: (classes, node)} for the integer inputs that are the labels of a
+    softmax cross-entropy or the ids of an embedding: their values must lie in
+    [0, classes) (the logits' classes, the table's rows). (Compiled code reads the logits
+    at the label, so a label out of range is refused, never silently read.)"""
     bounds = {}
     for node in nodes:
-        if node.op == "softmax_cross_entropy":
-            labels = node.inputs[1]
-            classes = S.resolve(node.inputs[0].sym_shape[1])
+        if node.op in ("softmax_cross_entropy", "embedding"):
+            labels = node.inputs[1 if node.op == "softmax_cross_entropy" else 0]
+            table = node.inputs[0 if node.op == "softmax_cross_entropy" else 1]
+            classes = S.resolve(table.sym_shape[1 if node.op == "softmax_cross_entropy" else 0])
             if labels.op == "input" and labels.dtype.kind in "iu" and isinstance(classes, int):
                 if labels.name not in bounds or classes < bounds[labels.name][0]:
                     bounds[labels.name] = (classes, node)
@@ -129,7 +131,8 @@ class FeedChecker:
             classes, loss = self.bounds[node.name]
             low, high = array.min(), array.max()
             if low < 0 or high >= classes:
-                fail(f"holds labels from {low} to {high}; {loss.label()} needs labels in "
+                what = "ids" if loss.op == "embedding" else "labels"
+                fail(f"holds {what} from {low} to {high}; {loss.label()} needs {what} in "
                      f"[0, {classes})")
         if check_finite and kind == "f" and not np.isfinite(array).all():
             bad = np.argwhere(~np.isfinite(array))[0]

@@ -216,7 +216,8 @@ class Lowering:
         """The root of the fused elementwise group, of the same shape and dtype, that alone
         reads the result of reduction `node` (a mean's multiply, say): it can be computed as
         each result is stored, in the reduction's step. None when there is none."""
-        if kind_of(node) != "reduce" or node.attr("keepdims") or id(node) in self.pinned:
+        if kind_of(node) != "reduce" or node.attr("keepdims") or id(node) in self.pinned or \
+                self.summed_product(node.inputs[0]) is node:
             return None
         user = node
         while True:  # up to the root of the fused group that reads the result
@@ -234,11 +235,28 @@ class Lowering:
         return user
 
     def transposed_view(self, node):
-        """A 2-D transpose read only by matmuls: the matmul reads its input transposed (the
-        one index pattern a BLAS gemm reads in place, through its trans flags)."""
-        return node.op == "transpose" and node.attr("axes") == (1, 0) and \
-            id(node) not in self.pinned and \
+        """A transpose of the last two axes (a 2-D transpose, or each matrix of a stack)
+        read only by matmuls: the matmul reads its input transposed (the one index pattern
+        a BLAS gemm reads in place, through its trans flags)."""
+        if node.op != "transpose" or node.ndim < 2 or id(node) in self.pinned:
+            return False
+        n = node.ndim
+        return node.attr("axes") == tuple(range(n - 2)) + (n - 1, n - 2) and \
             all(kind_of(c) == "matmul" for c in self.consumers[id(node)])
+
+    def summed_product(self, node):
+        """A batched matmul (both operands of rank >= 2) read only by a sum over some of its
+        batch axes (a gradient summed over the dims its operand was broadcast along): the
+        sum's step computes the products and adds them up as it goes, with no buffer for
+        the stack of products. Returns that sum, or None."""
+        if kind_of(node) != "matmul" or node.ndim < 3 or id(node) in self.pinned or \
+                any(i.ndim < 2 for i in node.inputs):
+            return None
+        users = self.consumers[id(node)]
+        if len(users) != 1 or users[0].op != "sum":
+            return None
+        axes = S.normalize_axes(users[0].attr("axis"), node.ndim)
+        return users[0] if axes and max(axes) < node.ndim - 2 else None
 
     def matmul_operand(self, node):
         """(buffer, transposed) for a matmul operand: a transposed view reads its input."""
@@ -362,7 +380,8 @@ class Lowering:
                     self.leaf_buffer(node)
                 continue
             if self.inlined(node) or self.transposed_view(node) or \
-                    self.reduction_finished_in(node) is not None:
+                    self.reduction_finished_in(node) is not None or \
+                    self.summed_product(node) is not None:
                 continue  # computed in a consumer's step (a finished reduction: in its own)
             self.lower_node(node)
         outputs = [self.buffer_of(n) for n in self.outputs]
@@ -416,6 +435,9 @@ class Lowering:
         the elementwise group it reads fused in; with `finish`, the elementwise node that
         finishes each result (see `reduction_finished_in`), whose buffer the step writes."""
         x = node.inputs[0]
+        if reducer == "sum" and self.summed_product(x) is node:
+            self.batch_matmul(x, comment, summed=node)
+            return
         axes = S.normalize_axes(node.attr("axis"), x.ndim)
         if finish is None:
             reduced = tuple(d for k, d in enumerate(self.shape(x)) if k not in axes)
@@ -447,6 +469,55 @@ class Lowering:
         view = self.buffers[id(node)] = self.new_buffer(node, "view")
         view.base = src.base or src
         self.add_step(ir.Reshape(view, src, comment), [node])
+
+    def reshaped(self, buf, shape, node, comment):
+        """`buf` read with another shape of the same elements (a view; `buf` itself when
+        the shape is its own), for the step computing `node`."""
+        if tuple(shape) == tuple(buf.shape):
+            return buf
+        self.counter += 1
+        view = ir.Buffer(f"b{self.counter}_view", tuple(shape), buf.dtype, "view",
+                         base=buf.base or buf)
+        self.add_step(ir.Reshape(view, buf, comment), [node])
+        return view
+
+    def batch_matmul(self, node, comment, summed=None):
+        """The step of matmul `node` beyond 2-D @ 2-D, as np.matmul computes it: a 1-D
+        operand is read as a row (left) or a column (right), operands of lower rank get
+        leading dims of 1 (views), and the BatchMatmul step (kernels/ir.py) multiplies
+        each matrix of the stack, reading an operand's dim of 1 for every index of a batch
+        dim (broadcasting). With `summed` (see `summed_product`), the sum of the products
+        over the summed batch axes is computed instead, into the sum's buffer."""
+        a_node, b_node = node.inputs
+        (a, trans_a), (b, trans_b) = (self.matmul_operand(i) for i in node.inputs)
+        a_rows = (1,) + a.shape if a.ndim == 1 else a.shape
+        b_cols = b.shape + (1,) if b.ndim == 1 else b.shape
+        rank = max(len(a_rows), len(b_cols))
+        a = self.reshaped(a, (1,) * (rank - len(a_rows)) + a_rows, node, comment)
+        b = self.reshaped(b, (1,) * (rank - len(b_cols)) + b_cols, node, comment)
+        n = a.shape[-1] if trans_a else a.shape[-2]
+        m = b.shape[-2] if trans_b else b.shape[-1]
+        shape = self.shape(node)
+        batch = shape[:len(shape) - (a_node.ndim > 1) - (b_node.ndim > 1)]
+        batch = (1,) * (rank - 2 - len(batch)) + tuple(batch)
+        if summed is not None:  # the summed axes have size 1 (the sum with keepdims)
+            axes = S.normalize_axes(summed.attr("axis"), node.ndim)
+            batch = tuple(1 if k in axes else d for k, d in enumerate(batch))
+        if rank == 2:
+            step_out = ir.Buffer(f"b{self.counter + 1}_matmul", (n, m), node.dtype.name)
+            step = ir.Matmul(step_out, a, b, trans_a, trans_b, comment)
+        else:
+            step_out = ir.Buffer(f"b{self.counter + 1}_matmul", batch + (n, m),
+                                 node.dtype.name)
+            step = ir.BatchMatmul(step_out, a, b, trans_a, trans_b, comment)
+        self.counter += 1
+        target = summed if summed is not None else node
+        nodes = [summed, node] if summed is not None else [node]
+        self.add_step(step, nodes)
+        if tuple(step_out.shape) == self.shape(target):
+            self.buffers[id(target)] = step_out
+        else:  # a row, a column or summed axes dropped: a view with the node's shape
+            self.view(target, step_out, comment)
 
     def window(self, node, helper, reads, params, comment):
         """A Window step: kernel helper `helper` (kernels/windows.py) on the buffers of

@@ -51,6 +51,7 @@ batch norm updates its running averages at each call, as PyTorch's train mode do
 """
 import contextlib
 import contextvars
+import copy
 import re
 import zlib
 
@@ -59,7 +60,7 @@ import numpy as np
 from . import ops
 from . import shapes as S
 from .api import ValueState, param, variable
-from .errors import GraphError, ShapeError, user_location
+from .errors import DTypeError, GraphError, ShapeError, user_location
 from .graph import topological_order
 from .node import Node, make_node
 
@@ -630,13 +631,64 @@ class LayerNorm(Layer):
         return _scale_shift(normalized, self.gamma, self.beta)
 
 
-class SimpleRNN(Layer):
+class _Recurrent(Layer):
+    """What the unrolled recurrent layers share. Input (batch, T, features), T known: the
+    loop is unrolled over the T steps and every step uses the SAME weights, so the
+    derivative graph sums their T gradient contributions. Subclasses make their weights in
+    `build` and compute one step in `cell(x_t, state) -> (output, state)` (state None at
+    the first step: a zero initial state adds nothing, so it is left out of the graph).
+
+    Returns the last output (batch, units), or every output (batch, T, units) with
+    `return_sequences=True`. With `go_backwards=True` the steps run from the last time step
+    to the first, and a returned sequence is in that (reversed) order, as in Keras;
+    `Bidirectional` uses it and puts the outputs back in time order.
+    """
+
+    def __init__(self, units, return_sequences=False, go_backwards=False, name=None,
+                 seed=None):
+        super().__init__(name, seed)
+        self.units = int(units)
+        self.return_sequences = bool(return_sequences)
+        self.go_backwards = bool(go_backwards)
+
+    def _check_input(self, x):
+        self._require_rank(x, 3, "(batch, time steps, features)")
+        self._static(x, 1)
+        return self._static(x, 2)
+
+    def outputs(self, x):
+        """The output of every step, in the order the steps ran."""
+        steps, features = self._static(x, 1), self._static(x, 2)
+        order = range(steps - 1, -1, -1) if self.go_backwards else range(steps)
+        state, outputs = None, []
+        for t in order:
+            x_t = ops.reshape(ops.slice_axis(x, 1, t, t + 1), (-1, features))
+            y, state = self.cell(x_t, state)
+            outputs.append(y)
+        return outputs
+
+    def forward(self, x):
+        outputs = self.outputs(x)
+        if not self.return_sequences:
+            return outputs[-1]
+        return _stack_in_time(outputs, self.units)
+
+    def cell(self, x_t, state):
+        raise NotImplementedError
+
+
+def _stack_in_time(outputs, units):
+    """[(batch, units)] * T -> (batch, T, units)."""
+    return ops.concat([ops.reshape(o, (-1, 1, units)) for o in outputs], axis=1)
+
+
+class SimpleRNN(_Recurrent):
     """Elman recurrence y_t = activation(x_t @ Wx + y_{t-1} @ Wy + b), y_0 = 0.
 
     Input (batch, T, features) with T known: the loop is unrolled over T steps, and every
     step uses the SAME Wx, Wy, b, so the derivative graph sums their T gradient
     contributions. Returns the last state (batch, units), or every state (batch, T, units)
-    with `return_sequences=True`.
+    with `return_sequences=True` (`go_backwards`: see `LSTM`).
 
         h = gn.nn.SimpleRNN(16)(x)                          # (None, 30, 1) -> (None, 16)
         hs = gn.nn.SimpleRNN(16, return_sequences=True)(x)  # (None, 30, 1) -> (None, 30, 16)
@@ -645,32 +697,270 @@ class SimpleRNN(Layer):
     kind = "rnn"
 
     def __init__(self, units, activation="tanh", return_sequences=False,
-                 init="glorot_uniform", name=None, seed=None):
-        super().__init__(name, seed)
-        self.units, self.init = int(units), init
+                 init="glorot_uniform", name=None, seed=None, go_backwards=False):
+        super().__init__(units, return_sequences, go_backwards, name, seed)
+        self.init = init
         self.activation = activation_fn(activation)
-        self.return_sequences = return_sequences
 
     def build(self, x):
-        self._require_rank(x, 3, "(batch, time steps, features)")
-        self._static(x, 1)
-        self.Wx = self.add_param("Wx", (self._static(x, 2), self.units), self.init, x)
+        features = self._check_input(x)
+        self.Wx = self.add_param("Wx", (features, self.units), self.init, x)
         self.Wy = self.add_param("Wy", (self.units, self.units), self.init, x)
         self.b = self.add_param("b", (self.units,), "zeros", x)
 
+    def cell(self, x_t, y):
+        z = ops.matmul(x_t, self.Wx) + self.b
+        if y is not None:  # y_0 = 0 adds nothing
+            z = z + ops.matmul(y, self.Wy)
+        y = self.activation(z)
+        return y, y
+
+
+# ---------------------------------------------------------------------------------------
+# Embedding, LSTM, GRU, Bidirectional
+# ---------------------------------------------------------------------------------------
+
+def orthogonal(shape, dtype, rng):
+    """An initializer (for `gn.param(init=...)` and the layers' `recurrent_init`): a matrix
+    with orthonormal rows or columns (Saxe et al.; Keras' default for recurrent weights),
+    seeded through `rng`. For (units, 4 * units) the rows are orthonormal.
+
+        W = gn.param("Wh", shape=(8, 32), init=gn.nn.orthogonal, seed=0)
+    """
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    q, r = np.linalg.qr(rng.standard_normal((max(rows, cols), min(rows, cols))))
+    q = q * np.where(np.diag(r) < 0, -1.0, 1.0)  # the sign convention makes it uniform
+    q = q.T if rows < cols else q
+    return q[:rows, :cols].reshape(shape).astype(dtype)
+
+
+class Embedding(Layer):
+    """A lookup table: integer ids (batch, ...) -> their rows (batch, ..., dim).
+
+    The table "<name>/table" has shape (num, dim) (Keras' and PyTorch's layout; initialised
+    uniformly in [-0.05, 0.05] as Keras does, `dtype` float32 unless asked). Its gradient adds
+    each output row's gradient into the row it was read from. Ids must lie in [0, num): a
+    graph input holding another id is refused before anything runs (`gn.FeedError`), see
+    `gn.embedding`. Compiled, a lookup is one_hot(ids) @ table (one gemm forward and one for
+    the table's gradient), so its cost grows with `num`: fine for the vocabularies of
+    lecture examples (hundreds to a few thousand rows).
+
+        words = gn.input("words", (None, 20), dtype="int64")
+        vectors = gn.nn.Embedding(1000, 16)(words)        # (?, 20, 16)
+        h = gn.nn.LSTM(32)(vectors)                       # (?, 32)
+    """
+
+    kind = "embedding"
+
+    def __init__(self, num, dim, init="uniform", dtype="float32", name=None, seed=None):
+        super().__init__(name, seed)
+        self.num, self.dim, self.init = int(num), int(dim), init
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "f" or self.num < 1 or self.dim < 1:
+            raise GraphError(f"Embedding needs num >= 1, dim >= 1 and a float dtype, got "
+                             f"num={num!r}, dim={dim!r}, dtype={dtype!r} "
+                             f"(at {user_location()})")
+
+    def build(self, x):
+        if x.dtype.kind not in "iu":
+            raise DTypeError(f"Embedding '{self.name}' takes integer ids, got {x.label()} "
+                             f"of dtype {x.dtype} (declare it with dtype=\"int64\") "
+                             f"(at {user_location()})")
+        self.table = self.add_param("table", (self.num, self.dim), self.init,
+                                    np.empty(0, self.dtype))
+
     def forward(self, x):
-        steps, features = self._static(x, 1), self._static(x, 2)
-        y, outputs = None, []
-        for t in range(steps):
-            x_t = ops.reshape(ops.slice_axis(x, 1, t, t + 1), (-1, features))
-            z = ops.matmul(x_t, self.Wx) + self.b
-            if y is not None:  # y_0 = 0 adds nothing
-                z = z + ops.matmul(y, self.Wy)
-            y = self.activation(z)
-            outputs.append(y)
+        return ops.embedding(x, self.table)
+
+
+class _Gated(_Recurrent):
+    """LSTM and GRU: `gates` blocks of `units` columns in Wx (features, gates * units) and
+    Wh (units, gates * units), an activation and a recurrent (gate) activation."""
+
+    gates = 1
+
+    def __init__(self, units, return_sequences=False, activation="tanh",
+                 recurrent_activation="sigmoid", go_backwards=False, init="glorot_uniform",
+                 recurrent_init=orthogonal, name=None, seed=None):
+        super().__init__(units, return_sequences, go_backwards, name, seed)
+        self.activation = activation_fn(activation)
+        self.recurrent_activation = activation_fn(recurrent_activation)
+        self.init, self.recurrent_init = init, recurrent_init
+
+    def build(self, x):
+        """Make Wx and Wh; returns the width of a step's pre-activations."""
+        features, width = self._check_input(x), self.gates * self.units
+        self.Wx = self.add_param("Wx", (features, width), self.init, x)
+        self.Wh = self.add_param("Wh", (self.units, width), self.recurrent_init, x)
+        return width
+
+
+class LSTM(_Gated):
+    """Long short-term memory, unrolled over the T steps of (batch, T, features).
+
+    PyTorch's and Keras' equations, gates in their order i, f, g, o (input, forget, cell,
+    output), with z_t = x_t @ Wx + h_{t-1} @ Wh + b of shape (batch, 4 * units):
+
+        i = sigmoid(z[:, 0:u])          f = sigmoid(z[:, u:2u])
+        g = tanh(z[:, 2u:3u])           o = sigmoid(z[:, 3u:4u])
+        c_t = f * c_{t-1} + i * g       h_t = o * tanh(c_t)           (h_0 = c_0 = 0)
+
+    Parameters: "<name>/Wx" (features, 4u), "<name>/Wh" (u, 4u), "<name>/b" (4u,): Keras'
+    kernel, recurrent_kernel and bias as they are; PyTorch's weight_ih_l0 = Wx.T,
+    weight_hh_l0 = Wh.T, bias_ih_l0 + bias_hh_l0 = b. The forget gate's bias starts at 1
+    (`unit_forget_bias`, as in Keras), the others at 0; Wx is glorot-uniform and Wh
+    orthogonal (Keras' defaults). `activation` (tanh) and `recurrent_activation`
+    (sigmoid) may be changed as in Keras.
+
+    Returns h_T (batch, units), or (batch, T, units) with `return_sequences=True`.
+    `go_backwards=True` runs from the last step to the first (and returns the sequence in
+    that order, as Keras does); see `Bidirectional`.
+
+        x = gn.input("x", (None, 30, 1))
+        h = gn.nn.LSTM(32)(x)                                 # (?, 32)
+        seq = gn.nn.LSTM(32, return_sequences=True)(x)        # (?, 30, 32)
+    """
+
+    kind = "lstm"
+    gates = 4
+
+    def __init__(self, units, return_sequences=False, activation="tanh",
+                 recurrent_activation="sigmoid", unit_forget_bias=True, go_backwards=False,
+                 init="glorot_uniform", recurrent_init=orthogonal, name=None, seed=None):
+        super().__init__(units, return_sequences, activation, recurrent_activation,
+                         go_backwards, init, recurrent_init, name, seed)
+        self.unit_forget_bias = bool(unit_forget_bias)
+
+    def build(self, x):
+        width = super().build(x)
+        self.b = self.add_param("b", (width,), "zeros", x)
+        if self.unit_forget_bias:
+            value = self.b.value.copy()
+            value[self.units:2 * self.units] = 1
+            self.b.value = value
+
+    def _gate(self, z, k):
+        return ops.slice_axis(z, 1, k * self.units, (k + 1) * self.units)
+
+    def cell(self, x_t, state):
+        z = ops.matmul(x_t, self.Wx) + self.b
+        if state is not None:
+            z = z + ops.matmul(state[0], self.Wh)
+        i = self.recurrent_activation(self._gate(z, 0))
+        g = self.activation(self._gate(z, 2))
+        o = self.recurrent_activation(self._gate(z, 3))
+        if state is None:  # c_0 = 0: f * c_0 adds nothing
+            c = i * g
+        else:
+            c = self.recurrent_activation(self._gate(z, 1)) * state[1] + i * g
+        h = o * self.activation(c)
+        return h, (h, c)
+
+
+class GRU(_Gated):
+    """Gated recurrent unit, unrolled over the T steps of (batch, T, features), with
+    PyTorch's equations (Keras' GRU with its default reset_after=True computes the same),
+    gates in PyTorch's order r, z, n (reset, update, new):
+
+        a = x_t @ Wx + bx               e = h_{t-1} @ Wh + bh      (batch, 3 * units)
+        r = sigmoid(a[:, 0:u] + e[:, 0:u])
+        z = sigmoid(a[:, u:2u] + e[:, u:2u])
+        n = tanh(a[:, 2u:3u] + r * e[:, 2u:3u])      (the reset gate applied after Wh)
+        h_t = (1 - z) * n + z * h_{t-1}                                (h_0 = 0)
+
+    Parameters: "<name>/Wx" (features, 3u), "<name>/Wh" (u, 3u), "<name>/bx" (3u,),
+    "<name>/bh" (3u,): PyTorch's weight_ih_l0 = Wx.T, weight_hh_l0 = Wh.T,
+    bias_ih_l0 = bx, bias_hh_l0 = bh. (Keras orders the gates z, r, n: swap the first two
+    blocks of columns; its bias of shape (2, 3u) is [bx, bh].) Wx is glorot-uniform, Wh
+    orthogonal, the biases 0.
+
+    Returns h_T (batch, units), or (batch, T, units) with `return_sequences=True`;
+    `go_backwards` as in `LSTM`.
+
+        h = gn.nn.GRU(32)(gn.input("x", (None, 30, 1)))      # (?, 32)
+    """
+
+    kind = "gru"
+    gates = 3
+
+    def build(self, x):
+        width = super().build(x)
+        self.bx = self.add_param("bx", (width,), "zeros", x)
+        self.bh = self.add_param("bh", (width,), "zeros", x)
+
+    def cell(self, x_t, h):
+        u = self.units
+        a = ops.matmul(x_t, self.Wx) + self.bx
+        # h_0 = 0: e is the bias bh alone at the first step
+        e = self.bh if h is None else ops.matmul(h, self.Wh) + self.bh
+        axis = 0 if h is None else 1
+
+        def block(v, k, ax):
+            return ops.slice_axis(v, ax, k * u, (k + 1) * u)
+        r = self.recurrent_activation(block(a, 0, 1) + block(e, 0, axis))
+        z = self.recurrent_activation(block(a, 1, 1) + block(e, 1, axis))
+        n = self.activation(block(a, 2, 1) + r * block(e, 2, axis))
+        h_new = (1 - z) * n if h is None else (1 - z) * n + z * h
+        return h_new, h_new
+
+
+class Bidirectional(Layer):
+    """A recurrent layer run over the sequence both ways: `layer` forwards, a copy of it
+    (same settings, its own weights) backwards, their outputs joined on the last axis.
+
+    With `return_sequences=True` (taken from `layer`), output t is
+    [forward output after x_0..x_t, backward output after x_{T-1}..x_t]:
+    (batch, T, 2 * units); otherwise [forward h after x_{T-1}, backward h after x_0]:
+    (batch, 2 * units), as Keras' Bidirectional and PyTorch's bidirectional=True give.
+    The two layers are named "<name>/forward" and "<name>/backward" (parameters
+    "bidirectional1/forward/Wx", ...), `.forward_layer` and `.backward_layer`.
+
+        x = gn.input("x", (None, 30, 8))
+        h = gn.nn.Bidirectional(gn.nn.LSTM(16))(x)                           # (?, 32)
+        s = gn.nn.Bidirectional(gn.nn.GRU(16, return_sequences=True))(x)     # (?, 30, 32)
+    """
+
+    kind = "bidirectional"
+
+    def __init__(self, layer, name=None):
+        super().__init__(name)
+        if not isinstance(layer, _Recurrent):
+            raise GraphError(f"Bidirectional wraps a recurrent layer (SimpleRNN, LSTM, GRU), "
+                             f"got {type(layer).__name__} (at {user_location()})")
+        if layer.built:
+            raise GraphError(f"Bidirectional needs a layer that was not called yet (its "
+                             f"copy gets its own weights); got {layer!r} "
+                             f"(at {user_location()})")
+        self.forward_layer = layer
+        self.backward_layer = copy.copy(layer)
+        self.backward_layer._params = []
+        self.backward_layer.go_backwards = not layer.go_backwards
+        if layer.seed is not None:  # its own weights
+            self.backward_layer.seed = layer.seed + 1
+        self.return_sequences = layer.return_sequences
+
+    def build(self, x):
+        ahead, back = self.forward_layer, self.backward_layer
+        if ahead.name is None:
+            ahead.name, back.name = f"{self.name}/forward", f"{self.name}/backward"
+        else:  # a name the user gave the layer
+            back.name = f"{ahead.name}_backward"
+        for layer in (ahead, back):
+            layer.build(x)
+            layer.built = True
+
+    @property
+    def params(self):
+        return self.forward_layer.params + self.backward_layer.params
+
+    def forward(self, x):
+        ahead = self.forward_layer.outputs(x)
+        back = self.backward_layer.outputs(x)
+        units = self.forward_layer.units
         if not self.return_sequences:
-            return y
-        return ops.concat([ops.reshape(o, (-1, 1, self.units)) for o in outputs], axis=1)
+            return ops.concat([ahead[-1], back[-1]], axis=1)
+        back = back[::-1]  # to time order
+        return ops.concat([_stack_in_time(ahead, units), _stack_in_time(back, units)], axis=2)
 
 
 class Sequential(Layer):

@@ -651,25 +651,74 @@ register(OpDef("reciprocal_count", "Shape", _infer_reciprocal_count, _reciprocal
 # Matmul, transpose, reshape, concat
 # ---------------------------------------------------------------------------------------
 
+def _promoted(a_shape, b_shape):
+    """np.matmul's view of its operands: a 1-D left operand is a row (1, k), a 1-D right
+    operand a column (k, 1); those added dims are dropped from the result."""
+    a2 = (1,) + tuple(a_shape) if len(a_shape) == 1 else tuple(a_shape)
+    b2 = tuple(b_shape) + (1,) if len(b_shape) == 1 else tuple(b_shape)
+    return a2, b2
+
+
 def _infer_matmul(specs):
+    """np.matmul's shape rule: (..., n, k) @ (..., k, m) -> (..., n, m), the leading (batch)
+    dims broadcast; a 1-D operand is a row (left) or a column (right) whose dim is dropped."""
     a, b = specs
-    if a.ndim != 2 or b.ndim != 2:
-        raise Mismatch(f"matmul takes two 2-D operands, got {S.format_shape(a.sym_shape)} and "
-                       f"{S.format_shape(b.sym_shape)} (reshape first)")
-    if not S.unify_dims(a.sym_shape[1], b.sym_shape[0]):
-        raise Mismatch(f"inner dims differ: {S.format_shape(a.sym_shape)} @ "
-                       f"{S.format_shape(b.sym_shape)}")
-    return (a.sym_shape[0], b.sym_shape[1]), _need_float(specs, "matmul")
+    shown = f"{S.format_shape(a.sym_shape)} @ {S.format_shape(b.sym_shape)}"
+    if a.ndim == 0 or b.ndim == 0:
+        raise Mismatch(f"matmul takes operands of rank 1 or more, got {shown} (multiply a "
+                       "scalar with *)")
+    a2, b2 = _promoted(a.sym_shape, b.sym_shape)
+    if not S.unify_dims(a2[-1], b2[-2]):
+        raise Mismatch(f"inner dims differ: {shown}")
+    batch = S.broadcast_shapes(a2[:-2], b2[:-2])
+    if batch is None:
+        raise Mismatch(f"batch dims {S.format_shape(a2[:-2])} and {S.format_shape(b2[:-2])} "
+                       f"do not broadcast: {shown}")
+    shape = batch + (a2[-2],) * (a.ndim > 1) + (b2[-1],) * (b.ndim > 1)
+    return shape, _need_float(specs, "matmul")
 
 
 def _lower_matmul(lowering, node, comment):
-    out = lowering.result_buffer(node)
-    (a, trans_a), (b, trans_b) = (lowering.matmul_operand(i) for i in node.inputs)
-    lowering.add_step(ir.Matmul(out, a, b, trans_a, trans_b, comment), [node])
+    a_node, b_node = node.inputs
+    if a_node.ndim == 2 and b_node.ndim == 2:
+        out = lowering.result_buffer(node)
+        (a, trans_a), (b, trans_b) = (lowering.matmul_operand(i) for i in node.inputs)
+        lowering.add_step(ir.Matmul(out, a, b, trans_a, trans_b, comment), [node])
+    else:  # 1-D operands as rows/columns, batch dims broadcast (see Lowering.batch_matmul)
+        lowering.batch_matmul(node, comment)
 
 
-register(OpDef("matmul", "Layer", _infer_matmul, np.matmul,
-               lambda g, out, a, b: (lambda: g @ transpose(b), lambda: transpose(a) @ g),
+def _swap_last(x):
+    """x with its last two axes swapped (a 2-D transpose for a matrix)."""
+    ndim = len(_shape_of(x))
+    return transpose(x, tuple(range(ndim - 2)) + (ndim - 1, ndim - 2))
+
+
+def _matmul_vjp(g, out, a, b):
+    a_shape, b_shape = _shape_of(a), _shape_of(b)
+    if len(a_shape) == 2 and len(b_shape) == 2:
+        return (lambda: g @ transpose(b), lambda: transpose(a) @ g)
+    # 1-D operands as a row / a column (and the adjoint with those dims back), then the
+    # batched rule, each adjoint summed over the batch dims its operand was broadcast along
+    a2_shape, b2_shape = _promoted(a_shape, b_shape)
+    g_shape = _shape_of(g)
+    g2_shape = tuple(g_shape[:len(g_shape) - (len(b_shape) > 1) - (len(a_shape) > 1)]) + \
+        (a2_shape[-2], b2_shape[-1])
+    a2 = a if len(a_shape) > 1 else reshape(a, a2_shape)
+    b2 = b if len(b_shape) > 1 else reshape(b, b2_shape)
+    g2 = g if tuple(g2_shape) == tuple(g_shape) else reshape(g, g2_shape)
+
+    def grad_a():
+        ga = sum_to(g2 @ _swap_last(b2), a2)
+        return ga if len(a_shape) > 1 else reshape(ga, a_shape)
+
+    def grad_b():
+        gb = sum_to(_swap_last(a2) @ g2, b2)
+        return gb if len(b_shape) > 1 else reshape(gb, b_shape)
+    return (grad_a, grad_b)
+
+
+register(OpDef("matmul", "Layer", _infer_matmul, np.matmul, _matmul_vjp,
                kind="matmul", lower=_lower_matmul))
 
 
@@ -1299,6 +1348,49 @@ register(OpDef("one_hot", "Tensor", _infer_one_hot,
                kind="composite"))
 
 
+def _infer_embedding(specs):
+    ids, table = specs
+    if ids.dtype.kind not in "iu":
+        raise WrongDType(f"embedding needs integer ids, got {ids.dtype}")
+    if table.dtype.kind != "f":
+        raise WrongDType(f"embedding needs a float table, got {table.dtype}")
+    if table.ndim != 2:
+        raise Mismatch(f"the table must be 2-D (rows, dim), got {S.format_shape(table.sym_shape)}")
+    if not isinstance(S.resolve(table.sym_shape[0]), int):
+        raise Mismatch(f"the table needs a known number of rows, got "
+                       f"{S.format_shape(table.sym_shape)}")
+    return ids.sym_shape + (table.sym_shape[1],), table.dtype
+
+
+def _embedding_impl(ids, table):
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        raise GraphError(f"embedding: ids must lie in [0, {table.shape[0]}), got values from "
+                         f"{ids.min()} to {ids.max()}")
+    return np.take(table, ids, axis=0)
+
+
+def _embedding_one_hot(ids, table):
+    rows = S.resolve(_shape_of(table)[0])
+    return one_hot(ids, rows, _dtype_of(table).name)
+
+
+def _embedding_decompose(ids, table):
+    # one_hot(ids) @ table: an id outside [0, rows) matches no row and reads nothing (its
+    # row is zeros); compiled steps refuse such ids first when they are a graph input
+    return matmul(_embedding_one_hot(ids, table), table)
+
+
+def _embedding_vjp(g, out, ids, table):
+    # the table's gradient adds each output row's gradient into the row it was read from:
+    # one_hot(ids)^T @ g, summed over the batch dims (one gemm, see Lowering.batch_matmul)
+    return (None, lambda: _matmul_vjp(g, out, _embedding_one_hot(ids, table), table)[1]())
+
+
+register(OpDef("embedding", "Transform", _infer_embedding, _embedding_impl, _embedding_vjp,
+               decompose=_embedding_decompose, kind="composite",
+               doc="rows of a table picked by integer ids"))
+
+
 # minimum(maximum(x, low), high), each keeping NaN as NumPy does
 _CLIP_LOW = "({0} if {0} >= {T}({low}) or {0} != {0} else {T}({low}))"
 _CLIP_TEMPLATE = (f"{_CLIP_LOW} if {_CLIP_LOW} <= {{T}}({{high}}) or {_CLIP_LOW} != {_CLIP_LOW} "
@@ -1611,11 +1703,20 @@ def reciprocal_count(x, axis=None):
 
 
 def matmul(a, b, name=None):
-    """The matrix product a @ b (the `@` operator on nodes).
+    """Matrix product with NumPy's `np.matmul` semantics (also the `@` operator).
 
-    Shapes: (n, k) @ (k, m) -> (n, m); the inner dims must agree.
+    (n, k) @ (k, m) -> (n, m); a 1-D operand is a vector: (n, k) @ (k,) -> (n,),
+    (k,) @ (k, m) -> (m,), (k,) @ (k,) -> () (the dot product). Operands of rank > 2 are
+    stacks of matrices whose leading (batch) dims broadcast: (B, n, k) @ (k, m) ->
+    (B, n, m), (B, n, k) @ (B, k, m) -> (B, n, m), (1, n, k) @ (B, k, m) -> (B, n, m).
+    Gradients flow to both operands (summed over the dims an operand was broadcast along).
 
-        h = gn.matmul(x, W)                     # x (None, 784) @ W (784, 10) -> (None, 10)
+        W = gn.param("W", shape=(3, 4), seed=0)
+        v = gn.input("v", (4,))
+        y = W @ v                                  # (3,)
+        q = gn.input("q", (None, 5, 8))
+        k = gn.input("k", (None, 8, 5))
+        scores = gn.matmul(q, k)                   # (?, 5, 5)
     """
     return apply("matmul", (a, b), name=name)
 
@@ -1793,6 +1894,22 @@ def one_hot(labels, classes, dtype="float32"):
     """
     return apply("one_hot", (labels,),
                  {"classes": _int(classes), "dtype": _dtype_name(dtype, "one_hot")})
+
+
+def embedding(ids, table, name=None):
+    """Rows of `table` picked by integer `ids`: `table[ids]`, of shape ids.shape + (dim,).
+
+    ids: integers of any shape, each in [0, rows); table: (rows, dim) floats (a parameter).
+    The table's gradient adds each output row's gradient into the row it came from. Ids
+    outside [0, rows) are refused: a graph input holding one is a FeedError before
+    anything runs, eager mode and backend="numpy" raise GraphError; ids computed inside
+    a compiled graph give a row of zeros (no memory outside the table is read).
+
+        table = gn.param("emb", shape=(1000, 16), init="normal", seed=0)
+        words = gn.input("words", (None, 20), dtype="int64")
+        vectors = gn.embedding(words, table)      # (?, 20, 16)
+    """
+    return apply("embedding", (ids, table), name=name)
 
 
 def mse(pred, target, name=None):

@@ -189,6 +189,71 @@ def gemm(trans_a, trans_b, alpha, a, b, beta, c):
                 a, a.shape[1], b, b.shape[1], beta, c, n)
 
 
+def batch_gemm(trans_a, trans_b, one, zero, a, b, c):
+    """The BatchMatmul step (kernels/ir.py): for each index i of c's leading (batch) axes,
+    c[i] = the sum over the summed positions of op(a[i_a]) @ op(b[i_b]). a, b and c have
+    one rank; along a batch axis an operand's dim of 1 is read for every index, and where
+    c's dim is 1 and the full size (the larger of a's and b's) is not, products are summed.
+    `one` and `zero` are 1 and 0 in c's dtype. Two common stacks are one gemm on the
+    stacks seen as tall matrices: (B, n, k) @ (k, m), and the sum over B of
+    (B, n, k)^T @ (B, n, m) (the gradient of the weight of (B, n, k) @ (k, m))."""
+    rank = c.ndim - 2
+    count = 1  # of the full batch
+    count_a = 1
+    count_b = 1
+    count_c = 1
+    for d in range(rank):
+        count *= max(a.shape[d], b.shape[d])
+        count_a *= a.shape[d]
+        count_b *= b.shape[d]
+        count_c *= c.shape[d]
+    a3 = a.reshape((count_a, a.shape[rank], a.shape[rank + 1]))
+    b3 = b.reshape((count_b, b.shape[rank], b.shape[rank + 1]))
+    c3 = c.reshape((count_c, c.shape[rank], c.shape[rank + 1]))
+    if count == 0:  # no products: a sum over nothing is zero
+        if count_c:
+            for i in range(count_c):
+                for r in range(c.shape[rank]):
+                    for q in range(c.shape[rank + 1]):
+                        c3[i, r, q] = zero
+        return
+    if not trans_a and count_b == 1 and count_a == count and count_c == count:
+        rows = count * c.shape[rank]
+        gemm(False, trans_b, one, a.reshape((rows, a.shape[rank + 1])), b3[0], zero,
+             c.reshape((rows, c.shape[rank + 1])))
+        return
+    if trans_a and not trans_b and count_c == 1 and count_a == count and count_b == count:
+        rows = count * a.shape[rank]
+        gemm(True, False, one, a.reshape((rows, a.shape[rank + 1])),
+             b.reshape((rows, b.shape[rank + 1])), zero, c3[0])
+        return
+    for i in range(count):
+        rest = i
+        ia = 0
+        ib = 0
+        ic = 0
+        step_a = 1
+        step_b = 1
+        step_c = 1
+        first = True  # the first product added into c[ic]
+        for d in range(rank - 1, -1, -1):
+            size = max(a.shape[d], b.shape[d])
+            k = rest % size
+            rest //= size
+            if a.shape[d] != 1:
+                ia += k * step_a
+            if b.shape[d] != 1:
+                ib += k * step_b
+            if c.shape[d] != 1:
+                ic += k * step_c
+            elif k != 0:
+                first = False
+            step_a *= a.shape[d]
+            step_b *= b.shape[d]
+            step_c *= c.shape[d]
+        gemm(trans_a, trans_b, one, a3[ia], b3[ib], zero if first else one, c3[ic])
+
+
 if integer_bits():
     register(CBLAS_SYMBOL, _CBLAS_BITS)
 GEMM = njit(gemm)  # for tests and the benchmark; generated modules get their own copy

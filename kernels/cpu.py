@@ -157,17 +157,19 @@ def generate(program, parallel=False, approximate=True):
     shared = deco.replace("@njit(", "@njit(no_cpython_wrapper=True, no_cfunc_wrapper=True, ")
     body = _program_functions(program, parallel, deco, shared)
     helpers_used = sorted({s.helper for s in program.steps if isinstance(s, ir.Window)})
-    matmul = any(isinstance(s, ir.Matmul) for s in program.steps)
+    matmul = any(isinstance(s, (ir.Matmul, ir.BatchMatmul)) for s in program.steps)
+    batched = any(isinstance(s, ir.BatchMatmul) for s in program.steps)
     out = _with_support(out, body, helpers_used, matmul,
-                        approximate and _float32_only(program))
+                        approximate and _float32_only(program), batched)
     out += body
     return "\n".join(out) + "\n"
 
 
-def _with_support(out, body, helpers_used, matmul, approximate):
+def _with_support(out, body, helpers_used, matmul, approximate, batched=False):
     """`out` (a module's first lines: comment and imports) followed by what `body` calls:
     the float32 exp and tanh (when `approximate`), the window helpers named, gemm (when
-    `matmul`). The generated `program` and each library kernel are built the same way."""
+    `matmul`), batch_gemm (when `batched`). The generated `program` and each library
+    kernel are built the same way."""
     plain = f"@njit(cache=True, error_model='numpy', fastmath={FASTMATH})"
     out = list(out)
     # convolutions run as BLAS products (kernels/windows.py, *_gemm)
@@ -206,6 +208,8 @@ def _with_support(out, body, helpers_used, matmul, approximate):
                 "_register_cblas(CBLAS_SYMBOL, _CBLAS_BITS)", "",
                 inspect.getsource(blas._cblas_gemm).rstrip(), "", "",
                 plain, inspect.getsource(blas.gemm).rstrip(), ""]
+        if batched:
+            out += ["", plain, inspect.getsource(blas.batch_gemm).rstrip(), ""]
     return out
 
 
@@ -583,6 +587,12 @@ def _emit_step(em, step, allocated, loop, needed):
         # np.bool_ flags: Numba compiles gemm once, not once per literal True/False pair
         em.emit(f"gemm(np.bool_({step.trans_a}), np.bool_({step.trans_b}), {alpha}, "
                 f"{step.a.name}, {step.b.name}, {beta}, {step.out.name})")
+    elif isinstance(step, ir.BatchMatmul):
+        _alloc(em, step.out, allocated)
+        dtype = step.out.dtype
+        em.emit(f"batch_gemm(np.bool_({step.trans_a}), np.bool_({step.trans_b}), "
+                f"np.{dtype}(1.0), np.{dtype}(0.0), {step.a.name}, {step.b.name}, "
+                f"{step.out.name})")
     elif isinstance(step, ir.Window):
         _alloc(em, step.out, allocated)
         if step.helper in GEMM_HELPERS:
@@ -906,7 +916,7 @@ def _kernel_template(lines, buffers, dims):
 
 
 @functools.lru_cache(maxsize=4096)
-def _kernel_module(def_lines, calls_helpers, matmul, approximate, parallel):
+def _kernel_module(def_lines, calls_helpers, matmul, approximate, parallel, batched=False):
     """The source of one kernel module: imports, what the kernel calls, then the kernel
     (`def_lines`, a tuple of lines whose function is or binds `kernel`); memoised, as a
     large program asks for the same kernel many times."""
@@ -917,7 +927,7 @@ def _kernel_module(def_lines, calls_helpers, matmul, approximate, parallel):
             "from numba import njit, prange", ""]
     approximate = approximate and any(re.search(rf"\b{name}\(", line)
                                       for line in def_lines for name in APPROXIMATIONS)
-    out = _with_support(head, def_lines, calls_helpers, matmul, approximate)
+    out = _with_support(head, def_lines, calls_helpers, matmul, approximate, batched)
     return "\n".join(out + [""] + list(def_lines)) + "\n"
 
 
@@ -965,15 +975,17 @@ def generate_library(program, parallel=False, approximate=True):
             body = (deco, f"def kernel({', '.join(params)}):", *text.splitlines())
             name = kernel(_kernel_module(body, (), False, approximate, parallel))
             em.emit(f"{name}({', '.join(map(str, names))})")
-        elif isinstance(step, (ir.Matmul, ir.Window)):
+        elif isinstance(step, (ir.Matmul, ir.BatchMatmul, ir.Window)):
             # gemm or a window helper: the kernel is the function itself (its scalars
             # are arguments, so one kernel serves every transpose, alpha and beta)
-            helper = "gemm" if isinstance(step, ir.Matmul) else step.helper
-            uses = () if helper == "gemm" else (helper,)
+            helper = "gemm" if isinstance(step, ir.Matmul) else \
+                "batch_gemm" if isinstance(step, ir.BatchMatmul) else step.helper
+            uses = () if helper in ("gemm", "batch_gemm") else (helper,)
             if helper in GEMM_HELPERS:  # a convolution: conv_gemm, whatever its mode
                 helper = "conv_gemm"
             name = kernel(_kernel_module(
-                (f"kernel = {helper}",), uses, helper == "gemm", False, parallel))
+                (f"kernel = {helper}",), uses, helper in ("gemm", "batch_gemm"), False,
+                parallel, helper == "batch_gemm"))
             for line in se.lines:
                 line = re.sub(rf"^(\s*){helper}\(", rf"\g<1>{name}(", line)
                 em.lines.append(_SCALAR_ARG.sub(

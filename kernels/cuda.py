@@ -285,7 +285,8 @@ class _Generator:
             return
         self.use(step.out)
         emit = {ir.Elementwise: self.elementwise, ir.Reduce: self.reduce,
-                ir.Matmul: self.matmul, ir.Window: self.window,
+                ir.Matmul: self.matmul, ir.BatchMatmul: self.batch_matmul,
+                ir.Window: self.window,
                 ir.ArgmaxMask: self.argmax_mask, ir.Place: self.place}
         if type(step) not in emit:
             raise TypeError(f"unknown kernel step {type(step).__name__}")
@@ -419,6 +420,75 @@ class _Generator:
         self.signature(name, bufs, 0)
         grid = (f"((({out.name}.shape[1] + TILE - 1) // TILE), "
                 f"(({out.name}.shape[0] + TILE - 1) // TILE))")
+        self.host.emit(f"{name}[{grid}, (TILE, TILE)]({', '.join(params)})")
+
+    def batch_matmul(self, name, step):
+        """The tiled matmul of each matrix of the stack: grid axis z walks out's batch
+        indices; each block adds up the products of the summed positions (where out's dim
+        is 1 and the full size is not) before it stores (see ir.BatchMatmul)."""
+        out, a, b = step.out, step.a, step.b
+        t, dtype, rank = self.tile, out.dtype, out.ndim - 2
+        ia = [f"ia{d}" for d in range(rank)]
+        ib = [f"ib{d}" for d in range(rank)]
+        io = [f"io{d}" for d in range(rank)]
+        a_at = (lambda r, c: f"{a.name}[{', '.join(ia + [c, r])}]") if step.trans_a else \
+            (lambda r, c: f"{a.name}[{', '.join(ia + [r, c])}]")
+        b_at = (lambda r, c: f"{b.name}[{', '.join(ib + [c, r])}]") if step.trans_b else \
+            (lambda r, c: f"{b.name}[{', '.join(ib + [r, c])}]")
+        inner = f"{a.name}.shape[{rank + (0 if step.trans_a else 1)}]"
+        em = _Lines(0)
+        em.emit(f"ta = cuda.shared.array(({t}, {t}), numba.{dtype})")
+        em.emit(f"tb = cuda.shared.array(({t}, {t}), numba.{dtype})")
+        em.emit("tx = cuda.threadIdx.x")
+        em.emit("ty = cuda.threadIdx.y")
+        em.emit(f"row = cuda.blockIdx.y * {t} + ty")
+        em.emit(f"col = cuda.blockIdx.x * {t} + tx")
+        em.emit(f"m, n, inner = {out.name}.shape[{rank}], {out.name}.shape[{rank + 1}], {inner}")
+        for d in range(rank):  # the full size of each batch axis, and how many are summed
+            em.emit(f"full{d} = {a.name}.shape[{d}] if {a.name}.shape[{d}] > "
+                    f"{b.name}.shape[{d}] else {b.name}.shape[{d}]")
+            em.emit(f"summed{d} = full{d} if {out.name}.shape[{d}] == 1 else 1")
+        em.emit(f"for z in range(cuda.blockIdx.z, "
+                f"{_product([f'{out.name}.shape[{d}]' for d in range(rank)])}, "
+                "cuda.gridDim.z):")
+        em.indent()
+        _split_index(em, "z", io, [f"{out.name}.shape[{d}]" for d in range(rank)])
+        em.emit(f"acc = numba.{dtype}(0)")
+        em.emit(f"for s in range({_product([f'summed{d}' for d in range(rank)])}):")
+        em.indent()
+        _split_index(em, "s", [f"is{d}" for d in range(rank)],
+                     [f"summed{d}" for d in range(rank)])
+        for d in range(rank):
+            em.emit(f"i{d} = is{d} if {out.name}.shape[{d}] == 1 else io{d}")
+            em.emit(f"ia{d} = i{d} if {a.name}.shape[{d}] != 1 else 0")
+            em.emit(f"ib{d} = i{d} if {b.name}.shape[{d}] != 1 else 0")
+        em.emit(f"for start in range(0, inner, {t}):")
+        em.indent()
+        for line in [
+                f"if row < m and start + tx < inner:",
+                f"    ta[ty, tx] = {a_at('row', 'start + tx')}",
+                "else:",
+                f"    ta[ty, tx] = numba.{dtype}(0)",
+                f"if col < n and start + ty < inner:",
+                f"    tb[ty, tx] = {b_at('start + ty', 'col')}",
+                "else:",
+                f"    tb[ty, tx] = numba.{dtype}(0)",
+                "cuda.syncthreads()",
+                f"for j in range({t}):",
+                "    acc += ta[ty, j] * tb[j, tx]",
+                "cuda.syncthreads()"]:
+            em.emit(line)
+        em.dedent(2)
+        em.emit("if row < m and col < n:")
+        em.emit(f"    {out.name}[{', '.join(io + ['row', 'col'])}] = acc")
+        bufs = list({x.name: x for x in (out, a, b)}.values())
+        params = [x.name for x in bufs]
+        self.add_kernel(name, params, em.lines)
+        self.signature(name, bufs, 0)
+        count = _product([f"{out.name}.shape[{d}]" for d in range(rank)])
+        grid = (f"((({out.name}.shape[{rank + 1}] + TILE - 1) // TILE), "
+                f"(({out.name}.shape[{rank}] + TILE - 1) // TILE), "
+                f"max(1, min(65535, {count})))")
         self.host.emit(f"{name}[{grid}, (TILE, TILE)]({', '.join(params)})")
 
     def window(self, name, step):

@@ -94,6 +94,23 @@ class Matmul:
 
 
 @dataclass
+class BatchMatmul:
+    """out[i] = sum over the summed positions of op(a[i_a]) @ op(b[i_b]), for every index i
+    of out's leading (batch) axes; op transposes a matrix when asked (BLAS gemm per matrix).
+
+    a, b and out have one rank (>= 3). Along each batch axis the full size is the larger of
+    a's and b's; an operand whose dim is 1 there is read at index 0 for every index
+    (NumPy broadcasting), and where out's dim is 1 but the full size is not, the products
+    along that axis are summed (a gradient summed over broadcast dims)."""
+    out: Buffer
+    a: Buffer
+    b: Buffer
+    trans_a: bool = False
+    trans_b: bool = False
+    comment: str = ""
+
+
+@dataclass
 class Window:
     """A convolution or pooling window op done by a named helper kernel."""
     out: Buffer
@@ -142,7 +159,7 @@ def step_reads(step):
         return [load.buffer for load in step.expr.loads.values()]
     if isinstance(step, ArgmaxMask):
         return [step.src]
-    if isinstance(step, Matmul):
+    if isinstance(step, (Matmul, BatchMatmul)):
         return [step.a, step.b]
     if isinstance(step, Window):
         return list(step.args)

@@ -42,6 +42,14 @@ def test_rnn_loss_falls_to_the_noise_level(tmp_path):
     assert result["val_loss"] < 3 * example.NOISE ** 2
 
 
+def test_lstm_solves_the_adding_problem_where_simple_rnn_fails(tmp_path):
+    result = load_example("lstm_sequence").main(out=tmp_path, backend="cpu", progress=False)
+    lstm, rnn = result["LSTM"], result["SimpleRNN"]
+    assert lstm["val_loss"] < 0.01 and lstm["accuracy"] >= 0.9
+    assert rnn["val_loss"] > 0.1 and rnn["accuracy"] < 0.5  # answering 1 scores 1/6
+    assert (tmp_path / "curves.png").exists()
+
+
 def test_activation_derivatives_from_the_graph_match_calculus(tmp_path):
     results = load_example("activations").main(out=tmp_path)
     xs = np.linspace(-4, 4, 801).astype(np.float32)

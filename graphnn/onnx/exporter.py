@@ -317,6 +317,7 @@ EXPORTERS = {
     "sum": _reduce_rule("ReduceSum", 13), "mean": _reduce_rule("ReduceMean", 18),
     "max": _reduce_rule("ReduceMax", 18),
     "matmul": _simple("MatMul"),
+    "embedding": lambda ex, node, ins, name: ex.emit("Gather", [ins[1], ins[0]], name, axis=0),
     "transpose": lambda ex, node, ins, name, axes: ex.emit("Transpose", ins, name,
                                                            perm=list(axes)),
     "reshape": _export_reshape,

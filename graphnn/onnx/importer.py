@@ -1012,15 +1012,8 @@ def import_matmul(imp, node, attrs):
 
 
 def _matmul(a, b):
-    if a.ndim == 2 and b.ndim == 2:
-        return ops.matmul(a, b)
-    if b.ndim == 2 and a.ndim >= 1:
-        lead = a.sym_shape[:-1]
-        flat = ops.reshape(a, (-1, a.sym_shape[-1])) if a.ndim != 2 else a
-        return ops.reshape(ops.matmul(flat, b), lead + (b.sym_shape[1],))
-    if b.ndim == 1:
-        return ops.reshape(_matmul(a, ops.reshape(b, (b.sym_shape[0], 1))), a.sym_shape[:-1])
-    raise _Unsupported("batched MatMul with a rank > 2 right operand")
+    # ONNX MatMul is np.matmul, and so is gn.matmul (vectors, batched stacks, broadcasting)
+    return ops.matmul(a, b)
 
 
 def import_gemm(imp, node, attrs):

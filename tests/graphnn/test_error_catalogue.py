@@ -33,11 +33,11 @@ CASES = [
         W = gn.param("W", shape=(4, 2), seed=0)
         y = x @ W
      """, gn.ShapeError, ["'x'", "'W'"]),
-    (None, "matmul of a vector", """
-        v = gn.input("v", (3,))
-        W = gn.param("W", shape=(3, 2), seed=0)
-        y = gn.matmul(v, W)
-     """, gn.ShapeError, ["'v'"]),
+    (None, "matmul batch dims that do not broadcast", """
+        a = gn.input("a", (2, 3, 4))
+        b = gn.input("b", (3, 4, 5))
+        y = a @ b
+     """, gn.ShapeError, ["'a'", "'b'", "(2, 3, 4) @ (3, 4, 5)"]),
     (None, "convolution channels differ", """
         img = gn.input("img", (None, 8, 8, 3))
         K = gn.param("K", shape=(3, 3, 1, 4), seed=0)
@@ -339,6 +339,11 @@ CASES = [
         model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
         outputs, inputs = gn.onnx.load(model)
      """, gn.GraphError, ["Tile node 'y'", "268435456"]),
+    ("Embedding ids (checked with the feeds)", "an embedding id outside the table", """
+        ids = gn.input("ids", (None,), dtype="int64")
+        f = gn.compile(gn.nn.Embedding(10, 4)(ids), backend="cpu")
+        f(ids=np.array([3, 10]))
+     """, gn.FeedError, ["'ids'", "[0, 10)"]),
 ]
 
 

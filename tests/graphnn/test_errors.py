@@ -53,12 +53,19 @@ def test_matmul_inner_dims():
     assert "'a' (?, 3)" in msg and "'W' (4, 2)" in msg and msg.endswith(f"at {call}")
 
 
-def test_matmul_needs_two_dimensional_operands():
-    v, w = gn.input("v", (3,)), gn.input("w", (3, 2))
-    with pytest.raises(gn.ShapeError, match=r"matmul takes two 2-D operands, got \(3,\)") as err:
+def test_matmul_refuses_scalars_and_names_the_vector_shapes():
+    s, w = gn.input("s", ()), gn.input("w", (3, 2))
+    with pytest.raises(gn.ShapeError, match=r"matmul takes operands of rank 1 or more, "
+                                            r"got \(\) @ \(3, 2\)") as err:
         call = location(1)
-        gn.matmul(v, w)
-    assert "'v' (3,)" in str(err.value) and str(err.value).endswith(f"at {call}")
+        gn.matmul(s, w)
+    assert "'s' ()" in str(err.value) and str(err.value).endswith(f"at {call}")
+    v = gn.input("v", (2,))  # (3, 2) @ (2,) is fine; (2,) @ (3, 2) is not
+    assert (w @ v).shape == (3,)
+    with pytest.raises(gn.ShapeError, match=r"inner dims differ: \(2,\) @ \(3, 2\)") as err:
+        call = location(1)
+        v @ w
+    assert "'v' (2,)" in str(err.value) and str(err.value).endswith(f"at {call}")
 
 
 def test_conv2d_channels():

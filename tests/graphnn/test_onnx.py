@@ -120,6 +120,7 @@ EXAMPLE_FORWARD = {
     "backprop_step_by_step": lambda m: _outputs_of(m.build_network(), "out_o1", "out_o2"),
     "cnn_digits": lambda m: [m.build()[1].inputs[0]],  # the logits under the loss
     "lecture_graph": lambda m: list(m.build()[1]),
+    "lstm_sequence": lambda m: [m.build(m.LSTM)[1]],
     "mlp_digits": lambda m: [m.build()[2]],
     "optimizers": lambda m: [m.build()[3]],
     "perceptron": lambda m: [m.build()[0]],
