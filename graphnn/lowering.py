@@ -81,7 +81,11 @@ def _attr_source(node, key, value):
 
 
 class Lowering:
-    def __init__(self, roots, inputs, states, outputs, update_pairs):
+    """Lowers one graph; `fusion=False` gives every elementwise, pattern and reduction node
+    a step of its own (the "fusion" option of passes.OPTIONAL_PASSES)."""
+
+    def __init__(self, roots, inputs, states, outputs, update_pairs, fusion=True):
+        self.fusion = fusion
         self.nodes = topological_order(roots)
         self.inputs = list(inputs)
         self.states = list(states)
@@ -144,7 +148,7 @@ class Lowering:
                 memo[id(node)] = all(is_elementwise(c) for c in self.consumers[id(node)]) \
                     and id(node) not in self.pinned
             return memo[id(node)]
-        if not is_elementwise(node) or id(node) in self.pinned:
+        if not is_elementwise(node) or id(node) in self.pinned or not self.fusion:
             return False
         users = self.consumers[id(node)]
         if len(users) != 1:
@@ -181,6 +185,8 @@ class Lowering:
         """The elementwise node in whose step reduction `node` is computed and finished, or
         None (see `sole_elementwise_reader`; one reduction per step: the first its group
         reads)."""
+        if not self.fusion:
+            return None
         user = self.sole_elementwise_reader(node)
         if user is not None and self.reductions_finished_by(user)[0] is node:
             return user
@@ -189,6 +195,8 @@ class Lowering:
     def reductions_finished_by(self, user):
         """The reductions elementwise `user` could finish as their results are stored (see
         `sole_elementwise_reader`), in the order it reads them."""
+        if not self.fusion:
+            return []
         return [i for n in self.group_nodes(user) if is_elementwise(n) for i in n.inputs
                 if kind_of(i) == "reduce" and self.sole_elementwise_reader(i) is user]
 
@@ -216,7 +224,7 @@ class Lowering:
     def transposed_view(self, node):
         """A 2-D transpose read only by matmuls: the matmul reads its input transposed (the
         one index pattern a BLAS gemm reads in place, through its trans flags)."""
-        return node.op == "transpose" and node.attr("axes") == (1, 0) and \
+        return self.fusion and node.op == "transpose" and node.attr("axes") == (1, 0) and \
             id(node) not in self.pinned and \
             all(kind_of(c) == "matmul" for c in self.consumers[id(node)])
 
@@ -582,13 +590,17 @@ def _describe(node):
     return f"{name}{node.op}{shape if shape.isprintable() else ascii(shape)}"
 
 
-def lower(roots, inputs, states, outputs, update_pairs, plan_memory=True):
-    """Lower the graph to a kernel-IR Program; returns (program, lowering)."""
-    lowering = Lowering(roots, inputs, states, outputs, update_pairs)
+def lower(roots, inputs, states, outputs, update_pairs, plan_memory=True, fusion=True,
+          update_in_place=True):
+    """Lower the graph to a kernel-IR Program; returns (program, lowering). `fusion`,
+    `update_in_place` and `plan_memory` switch those optimisations (passes.OPTIONAL_PASSES);
+    the program computes the same numbers without them."""
+    lowering = Lowering(roots, inputs, states, outputs, update_pairs, fusion=fusion)
     out_bufs, updates = lowering.lower()
-    if plan_memory:
+    if update_in_place:
         updates = lowering.accumulate_updates(out_bufs, updates)
         updates = lowering.update_in_place(out_bufs, updates)
+    if plan_memory:
         lowering.plan_memory(out_bufs, updates)
     in_bufs = [lowering.leaf_buffer(n) for n in lowering.inputs]
     state_bufs = [lowering.leaf_buffer(n) for n in lowering.states]
