@@ -168,3 +168,31 @@ def test_every_optional_pass_is_described():
     assert set(OPTIONAL_PASSES) == {"constant_folding", "simplification", "cse", "fusion",
                                     "update_in_place", "memory_planning", "output_recycling"}
     assert all(len(text) > 20 for text in OPTIONAL_PASSES.values())
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_an_update_read_before_an_old_value_is_not_written_in_place_too_early(backend):
+    """The new value of W is computed (for an output) before a step that reads the old W:
+    writing it into W at once would give that step the new value. Every pass setting must
+    give numpy's numbers."""
+    x = gn.input("x", (2, 2), dtype="float64")
+    start = np.array([[1.0, -2.0], [0.5, 3.0]])
+    W = gn.param("W", start.copy())
+    new_W = W - 0.5 * gn.tanh(x @ W)
+    outputs = [gn.sum(new_W), gn.exp(W) * 2.0]  # the old W, read after new_W exists
+    X = np.array([[0.3, -0.1], [0.2, 0.4]])
+    expected = None
+    for where, passes in (("numpy", None), (backend, None),
+                          (backend, {"update_in_place": False}),
+                          (backend, {"memory_planning": False, "fusion": False})):
+        W.value = start.copy()
+        options = {} if where == "numpy" else {**BACKEND_OPTIONS.get(where, {}),
+                                               "passes": passes}
+        f = gn.compile(outputs, updates={W: new_W}, backend=where, **options)
+        got = [np.array(r) for r in f(x=X)] + [np.array(W.value)]
+        if expected is None:
+            expected = got
+            np.testing.assert_allclose(got[1], np.exp(start) * 2.0, rtol=1e-15)
+            continue
+        for k, (e, g) in enumerate(zip(expected, got)):
+            np.testing.assert_allclose(g, e, rtol=1e-12, err_msg=f"{where} {passes}: {k}")
