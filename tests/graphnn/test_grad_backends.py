@@ -34,7 +34,8 @@ OPTIONS = {**BACKEND_OPTIONS, "cuda": {"block": 8, "tile": 4}}
 # Finite differences: Richardson-extrapolated central differences, (4 D(h/2) - D(h)) / 3,
 # whose truncation error is O(h**4) (h = 1e-3 * max(|x|, 1)), and whose rounding error is
 # about eps * |f| / h = 2e-13 |f|. The agreement that can be asked of them is therefore
-# 1e-7 relative (a measured worst case of the ordinary cases is about 2e-9), not the 1e-10
+# 1e-7 relative (the worst case measured over these cases is 5e-9, and 3e-8 for "cast",
+# whose adjoint is rounded to float32 on its way through the float32 value), not the 1e-10
 # of two computations of the same formula; back ends are compared with each other at 1e-10.
 FD_RTOL = 1e-7
 CROSS_RTOL, CROSS_ATOL = 1e-10, 1e-300  # cpu and cuda against numpy, same graph
@@ -317,7 +318,8 @@ case("softmax_cross_entropy-huge-logits", lambda z, y, labels: gn.softmax_cross_
      + gn.softmax_cross_entropy(z, labels),
      {"z": BIG_LOGITS, "y": SOFT_TARGETS[:3], "labels": np.array([1, 2, 2])}, step=1e-3)
 # float64 -> float32 -> float64 on a grid that float32 holds exactly, so the finite
-# differences (h = 2**-4 apart, on the grid too) are exact
+# differences (h = 2**-4 apart, on the grid too) are exact; the gradient of a float32 value
+# is float32, so the adjoint is rounded to float32 (3e-8 relative) on its way back
 case("cast", lambda x: weighted_sum(gn.cast(gn.cast(x, "float32"), "float64") * 0.5),
      {"x": R.integers(-64, 64, (3, 4)) / 16.0}, step=2.0 ** -4)
 
