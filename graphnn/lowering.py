@@ -103,7 +103,11 @@ def _attr_source(node, key, value):
 
 
 class Lowering:
-    def __init__(self, roots, inputs, states, outputs, update_pairs):
+    """Lowers one graph; `fusion=False` gives every elementwise, pattern and reduction node
+    a step of its own (the "fusion" option of passes.OPTIONAL_PASSES)."""
+
+    def __init__(self, roots, inputs, states, outputs, update_pairs, fusion=True):
+        self.fusion = fusion
         self.nodes = topological_order(roots)
         self.inputs = list(inputs)
         self.states = list(states)
@@ -164,7 +168,7 @@ class Lowering:
                 memo[id(node)] = all(is_elementwise(c) for c in self.consumers[id(node)]) \
                     and id(node) not in self.pinned
             return memo[id(node)]
-        if not is_elementwise(node) or id(node) in self.pinned:
+        if not is_elementwise(node) or id(node) in self.pinned or not self.fusion:
             return False
         users = self.consumers[id(node)]
         if len(users) != 1:
@@ -201,6 +205,8 @@ class Lowering:
         """The elementwise node in whose step reduction `node` is computed and finished, or
         None (see `sole_elementwise_reader`; one reduction per step: the first its group
         reads)."""
+        if not self.fusion:
+            return None
         user = self.sole_elementwise_reader(node)
         if user is not None and self.reductions_finished_by(user)[0] is node:
             return user
@@ -209,6 +215,8 @@ class Lowering:
     def reductions_finished_by(self, user):
         """The reductions elementwise `user` could finish as their results are stored (see
         `sole_elementwise_reader`), in the order it reads them."""
+        if not self.fusion:
+            return []
         return [i for n in self.group_nodes(user) if is_elementwise(n) for i in read_inputs(n)
                 if kind_of(i) == "reduce" and self.sole_elementwise_reader(i) is user]
 
@@ -238,7 +246,8 @@ class Lowering:
         """A transpose of the last two axes (a 2-D transpose, or each matrix of a stack)
         read only by matmuls: the matmul reads its input transposed (the one index pattern
         a BLAS gemm reads in place, through its trans flags)."""
-        if node.op != "transpose" or node.ndim < 2 or id(node) in self.pinned:
+        if not self.fusion or node.op != "transpose" or node.ndim < 2 or \
+                id(node) in self.pinned:
             return False
         n = node.ndim
         return node.attr("axes") == tuple(range(n - 2)) + (n - 1, n - 2) and \
@@ -249,8 +258,8 @@ class Lowering:
         batch axes (a gradient summed over the dims its operand was broadcast along): the
         sum's step computes the products and adds them up as it goes, with no buffer for
         the stack of products. Returns that sum, or None."""
-        if kind_of(node) != "matmul" or node.ndim < 3 or id(node) in self.pinned or \
-                any(i.ndim < 2 for i in node.inputs):
+        if not self.fusion or kind_of(node) != "matmul" or node.ndim < 3 or \
+                id(node) in self.pinned or any(i.ndim < 2 for i in node.inputs):
             return None
         users = self.consumers[id(node)]
         if len(users) != 1 or users[0].op != "sum":
@@ -686,13 +695,17 @@ def _describe(node):
     return f"{name}{node.op}{shape if shape.isprintable() else ascii(shape)}"
 
 
-def lower(roots, inputs, states, outputs, update_pairs, plan_memory=True):
-    """Lower the graph to a kernel-IR Program; returns (program, lowering)."""
-    lowering = Lowering(roots, inputs, states, outputs, update_pairs)
+def lower(roots, inputs, states, outputs, update_pairs, plan_memory=True, fusion=True,
+          update_in_place=True):
+    """Lower the graph to a kernel-IR Program; returns (program, lowering). `fusion`,
+    `update_in_place` and `plan_memory` switch those optimisations (passes.OPTIONAL_PASSES);
+    the program computes the same numbers without them."""
+    lowering = Lowering(roots, inputs, states, outputs, update_pairs, fusion=fusion)
     out_bufs, updates = lowering.lower()
-    if plan_memory:
+    if update_in_place:
         updates = lowering.accumulate_updates(out_bufs, updates)
         updates = lowering.update_in_place(out_bufs, updates)
+    if plan_memory:
         lowering.plan_memory(out_bufs, updates)
     in_bufs = [lowering.leaf_buffer(n) for n in lowering.inputs]
     state_bufs = [lowering.leaf_buffer(n) for n in lowering.states]

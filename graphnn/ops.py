@@ -907,7 +907,9 @@ def _infer_pad(specs, axis, before, after):
 
 def _lower_pad(lowering, node, comment):
     out = lowering.result_buffer(node)
-    part = (lowering.buffer_of(node.inputs[0]), node.attr("axis"), node.attr("before"))
+    # (a negative axis counts from the end: the Place step takes it from the start)
+    part = (lowering.buffer_of(node.inputs[0]), node.attr("axis") % node.ndim,
+            node.attr("before"))
     lowering.add_step(ir.Place(out, [part], True, comment), [node])
 
 
@@ -1247,13 +1249,16 @@ def _bce_decompose(p, y, from_logits):
 
 def _bce_vjp(g, out, p, y, from_logits):
     scale = g * reciprocal_count(p - y)
+
+    def of_y(v):  # v, of p's shape, as y's adjoint (p broadcast to y: v broadcast too)
+        return sum_to(v if _shape_of(v) == _shape_of(y) else v + zeros_like(p - y), y)
     if from_logits:
         return (lambda: sum_to(scale * (sigmoid(p) - y), p),
-                lambda: sum_to(neg(scale) * p, y))
+                lambda: of_y(neg(scale) * p))
     q = clip(p, _BCE_EPS, 1 - _BCE_EPS)
     inside = gt(p, _BCE_EPS) * gt(1 - _BCE_EPS, p)
     return (lambda: sum_to(scale * inside * (q - y) / (q * (1 - q)), p),
-            lambda: sum_to(scale * (log(1 - q) - log(q)), y))
+            lambda: of_y(scale * (log(1 - q) - log(q))))
 
 
 register(OpDef("binary_cross_entropy", None,

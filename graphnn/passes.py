@@ -7,6 +7,7 @@ shared). Dead code never survives a pass: only what the outputs reach is kept.
 import numpy as np
 
 from . import shapes as S
+from .errors import OptionError, user_location
 from .graph import topological_order
 from .node import make_node
 from .registry import OPS, const_node, kind_of
@@ -152,11 +153,65 @@ def common_subexpressions(roots):
 PIPELINE = (("decompose", decompose), ("fold_constants", fold_constants),
             ("simplify", simplify), ("common_subexpressions", common_subexpressions))
 
+# The optimisations a compiled back end can be asked to leave out, each by its name in
+# `gn.compile(..., passes={name: False})`. Every one of them only makes the program faster
+# or smaller: a result that changes when one is switched off is a bug in that optimisation
+# (tests/graphnn/test_pass_toggles.py runs the fuzzer's graphs with each one off).
+# `decompose` is not among them: the compiled back ends lower only primitive ops.
+OPTIONAL_PASSES = {
+    "constant_folding": "evaluate ops whose inputs are all constants at compile time "
+                        "(passes.fold_constants)",
+    "simplification": "x*1, x+0, --x ... -> x, sums of sums (passes.simplify)",
+    "cse": "share nodes with equal op, attrs and inputs (passes.common_subexpressions)",
+    "fusion": "compute elementwise ops inside their consumer's loop, reductions with their "
+              "prologue and finishing op, and 2-D transposes read in place by a matmul "
+              "(lowering.Lowering.inlined)",
+    "update_in_place": "write a parameter's new value straight into the parameter, and "
+                       "W - c * (A @ B) as one gemm accumulating into W "
+                       "(lowering.Lowering.update_in_place, accumulate_updates)",
+    "memory_planning": "reuse dead temporaries and write an elementwise step over an input "
+                       "that dies there (lowering.Lowering.plan_memory)",
+    "output_recycling": "cpu only: write a new result into an earlier result the caller no "
+                        "longer holds (backends/cpu.py, CpuFunction._recycle)",
+}
+# graph passes of PIPELINE switched by an optional pass's name
+_GRAPH_PASSES = {"fold_constants": "constant_folding", "simplify": "simplification",
+                 "common_subexpressions": "cse"}
 
-def optimize(roots, passes=PIPELINE):
-    """Run the pass pipeline; return (new roots, [(pass name, node count after)])."""
+
+def pass_options(passes, backend, valid=tuple(OPTIONAL_PASSES)):
+    """Check a compile option `passes` ({name: bool}, None for all on) and return the full
+    {name: bool} of the back end's optional passes (`valid`, see OPTIONAL_PASSES).
+
+        >>> pass_options({"fusion": False}, "cpu")["fusion"]
+        False
+    """
+    chosen = dict.fromkeys(valid, True)
+    if passes is None:
+        return chosen
+    if not isinstance(passes, dict):
+        raise OptionError(f"gn.compile: passes must be a dict {{pass name: True or False}}, "
+                          f"got {type(passes).__name__}; the passes of backend {backend!r} "
+                          f"are {', '.join(valid)} (at {user_location()})")
+    for name, on in passes.items():
+        if name not in chosen:
+            raise OptionError(f"gn.compile: unknown pass {name!r} for backend {backend!r}; "
+                              f"its passes are {', '.join(valid)} (at {user_location()})")
+        if not isinstance(on, (bool, np.bool_)):
+            raise OptionError(f"gn.compile: passes[{name!r}] must be True or False, got "
+                              f"{on!r:.60} (at {user_location()})")
+        chosen[name] = bool(on)
+    return chosen
+
+
+def optimize(roots, passes=PIPELINE, enabled=None):
+    """Run the pass pipeline; return (new roots, [(pass name, node count after)]).
+    `enabled` ({optional pass name: bool}, see OPTIONAL_PASSES) leaves out the graph passes
+    switched off."""
     report = [("input", len(topological_order(roots)))]
     for name, fn in passes:
+        if enabled is not None and not enabled.get(_GRAPH_PASSES.get(name), True):
+            continue
         roots = fn(roots)
         report.append((name, len(topological_order(roots))))
     return roots, report

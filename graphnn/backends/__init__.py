@@ -42,6 +42,13 @@ def compile(outputs, updates=None, backend="cpu", check_finite=False, **options)
     of steps; True: shared kernels and a Python driver; False: one fused function),
     `progress` (a compile progress bar on stderr; GRAPHNN_QUIET=1 also silences it);
     "cuda" `block`, `tile`, `sync_params`, `generate_only`, `optimize_graph`.
+    "cpu" and "cuda" also take `passes={name: False, ...}`, which switches single
+    optimisations off (the results must not change; for tests and for bisecting a bug):
+    "constant_folding", "simplification", "cse", "fusion", "update_in_place",
+    "memory_planning", and on "cpu" "output_recycling" (graphnn.passes.OPTIONAL_PASSES says
+    what each does); an unknown name is a gn.OptionError listing the valid ones:
+
+        f = gn.compile(loss, backend="cpu", passes={"fusion": False, "memory_planning": False})
     """
     cls = backend_class(backend)
     accepted = [p for p in inspect.signature(cls.__init__).parameters

@@ -14,7 +14,7 @@ from ..errors import FeedError, GraphError, NumericalError, user_location
 from ..feeds import FeedChecker, label_bounds
 from ..graph import Graph, as_node_list
 from ..node import Node
-from ..passes import optimize
+from ..passes import OPTIONAL_PASSES, optimize, pass_options
 from ..lowering import lower
 from ..registry import OPS
 
@@ -211,21 +211,32 @@ class LoweredFunction(CompiledFunction):
     """The compiled back ends' common start: the graph passes (passes.py), then lowering to
     a kernel-IR Program (lowering.py), which a code generator in kernels/ turns into code.
 
+    `passes` ({name: bool}, see passes.OPTIONAL_PASSES) switches single optimisations off;
+    `.passes` holds the full choice. (`optimize_graph=False` leaves out every graph pass,
+    even the decomposition of composite ops, which then cannot be lowered.)
+
     Sets `.optimized_outputs`, `.optimized_graph`, `.program` and `.kernels` (each step's
     name, the graph nodes it computes and its buffer, for explain() and pictures)."""
 
-    def __init__(self, outputs, updates=None, check_finite=False, optimize_graph=True):
+    # the optional passes (passes.OPTIONAL_PASSES) this back end has
+    optional_passes = tuple(name for name in OPTIONAL_PASSES if name != "output_recycling")
+
+    def __init__(self, outputs, updates=None, check_finite=False, optimize_graph=True,
+                 passes=None):
+        self.passes = pass_options(passes, self.backend, self.optional_passes)
         super().__init__(outputs, updates, check_finite)
         roots = self.outputs + [v for _, v in self.update_pairs]
         self.pass_report = []
         if optimize_graph:
-            roots, self.pass_report = optimize(roots)
+            roots, self.pass_report = optimize(roots, enabled=self.passes)
         n_out = len(self.outputs)
         self.optimized_outputs = roots[:n_out]
         self.optimized_graph = Graph(roots)
         opt_updates = [(p, v) for (p, _), v in zip(self.update_pairs, roots[n_out:])]
-        self.program, self.lowering = lower(roots, self.graph.inputs, self.state_nodes,
-                                            self.optimized_outputs, opt_updates)
+        self.program, self.lowering = lower(
+            roots, self.graph.inputs, self.state_nodes, self.optimized_outputs, opt_updates,
+            plan_memory=self.passes["memory_planning"], fusion=self.passes["fusion"],
+            update_in_place=self.passes["update_in_place"])
         self.program.index_checks = [
             (k, self.feeds.bounds[n.name][0]) for k, n in enumerate(self.graph.inputs)
             if n.name in self.feeds.bounds]

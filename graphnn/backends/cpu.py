@@ -17,6 +17,7 @@ from kernels import blas, cpu as cpu_codegen, loader
 
 from ..api import ValueState
 from ..errors import BackendError, user_location
+from ..passes import OPTIONAL_PASSES
 from .base import LoweredFunction, raise_positional
 
 
@@ -39,11 +40,12 @@ class CpuFunction(LoweredFunction):
     """
 
     backend = "cpu"
+    optional_passes = tuple(OPTIONAL_PASSES)
 
     def __init__(self, outputs, updates=None, check_finite=False, parallel=False,
-                 optimize_graph=True, library=None, progress=True):
+                 optimize_graph=True, library=None, progress=True, passes=None):
         started = time.perf_counter()
-        super().__init__(outputs, updates, check_finite, optimize_graph)
+        super().__init__(outputs, updates, check_finite, optimize_graph, passes)
         lowering = self.lowering
         if library is None:
             library = len(self.program.steps) >= library_steps()
@@ -98,6 +100,7 @@ class CpuFunction(LoweredFunction):
         self._workspace = np.empty(0, np.uint8)
         self._recycled = self.module.RECYCLED
         self._returned = [[] for _ in self._recycled]
+        self._recycling = self.passes["output_recycling"]  # off: every result is new
         self._compiled = False
         # The fast path (see __call__): each input's name, dtype and rank, and the state
         # and constant arrays that follow the inputs, kept until a state gets a new array.
@@ -158,7 +161,7 @@ class CpuFunction(LoweredFunction):
 
     def _keep(self, results):
         """Keep the recycled outputs' arrays (the last KEEP_RESULTS of each)."""
-        if len({id(r) for r in results}) != len(results):
+        if not self._recycling or len({id(r) for r in results}) != len(results):
             return  # an array returned twice is never recycled
         for k, returned in zip(self._recycled, self._returned):
             returned.append(results[k])

@@ -76,13 +76,13 @@ class CudaFunction(LoweredFunction):
     math_errors = (ValueError, OverflowError, ZeroDivisionError)
 
     def __init__(self, outputs, updates=None, check_finite=False, optimize_graph=True,
-                 block=128, tile=16, sync_params=False, generate_only=False):
+                 block=128, tile=16, sync_params=False, generate_only=False, passes=None):
         self.cuda = _numba_cuda()
         if not generate_only and not self.cuda.is_available():
             raise BackendError("backend='cuda': no CUDA GPU was found "
                                "(numba.cuda.is_available() is False). " + SIMULATOR_HINT)
         started = time.perf_counter()
-        super().__init__(outputs, updates, check_finite, optimize_graph)
+        super().__init__(outputs, updates, check_finite, optimize_graph, passes)
         lowering = self.lowering
         try:
             self.source = cuda_codegen.generate(self.program, block=block, tile=tile)
