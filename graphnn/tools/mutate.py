@@ -64,7 +64,8 @@ from dataclasses import dataclass, field, asdict
 # out (they run the same graphs and generated structure as cpu, minutes slower).
 MODULES = {
     "feeds": ("graphnn/feeds.py",
-              ["tests/graphnn/test_errors.py", "tests/graphnn/test_backend_cpu.py"],
+              ["tests/graphnn/test_feeds.py", "tests/graphnn/test_errors.py",
+               "tests/graphnn/test_backend_cpu.py"],
               "not cuda and not second_process"),
     "serialize": ("graphnn/serialize.py", ["tests/graphnn/test_serialize.py"], "not cuda"),
     "optim": ("graphnn/optim.py",
