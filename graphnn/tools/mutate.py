@@ -524,6 +524,10 @@ def main(argv=None):
                         help="stop starting new mutants after this long (whole run)")
     parser.add_argument("--min-timeout", type=float, default=60.0)
     parser.add_argument("--ids", default="", help="only these mutant ids (comma-separated)")
+    parser.add_argument("--rerun-survivors", metavar="JSON", default="",
+                        help="take the results of an earlier --json run, run only its "
+                             "surviving mutants again (tests only grow: a killed mutant "
+                             "stays killed) and report the merged results")
     parser.add_argument("--list", metavar="MODULE", help="print every site of a module")
     parser.add_argument("--json", default="", help="write the raw results here")
     parser.add_argument("--write", default="", help="update the score block of this file")
@@ -549,6 +553,14 @@ def main(argv=None):
         parser.error(f"unknown module(s) {', '.join(unknown)}; choose from "
                      f"{', '.join(MODULES)}")
     ids = {i.strip() for i in args.ids.split(",") if i.strip()}
+    previous = {}
+    if args.rerun_survivors:
+        with open(args.rerun_survivors, encoding="utf-8") as fh:
+            earlier = json.load(fh)
+        previous = {r["module"]: r for r in earlier["results"]}
+        keys = [k for k in keys if k in previous]
+        ids = {m["id"] for r in previous.values() for m in r["mutants"]
+               if m["status"] == "survived"}
     start = time.monotonic()
     deadline = start + 60 * args.budget_minutes
 
@@ -564,15 +576,24 @@ def main(argv=None):
             if ids:
                 chosen = [m for m in every if m.id in ids]
                 if not chosen:
+                    if key in previous:  # nothing survived there: kept as it was
+                        results.append(previous[key])
                     continue
                 dropped = 0
             else:
                 chosen, dropped = sample(source, every, args.per_module, args.seed, key)
             log(f"{key}: {len(every)} sites, running {len(chosen)} "
                 f"({dropped} drawn and dropped: splice does not parse as expected)")
-            results.append(run_module(key, runner, source, chosen, deadline, log))
-            results[-1]["sites"] = len(every)
-    settings = {"command": "python -m graphnn.tools.mutate " + " ".join(argv),
+            result = run_module(key, runner, source, chosen, deadline, log)
+            result["sites"] = len(every)
+            if key in previous:  # the earlier run's mutants, the survivors' new status
+                again = {m["id"]: m for m in result["mutants"]}
+                result["mutants"] = [again.get(m["id"], m) for m in previous[key]["mutants"]]
+            results.append(result)
+    command = "python -m graphnn.tools.mutate " + " ".join(argv)
+    if previous:
+        command = f"{earlier['settings']['command']}`, then `{command}"
+    settings = {"command": command,
                 "date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(),
                 "minutes": (time.monotonic() - start) / 60}
     block = report(results, settings)

@@ -164,6 +164,10 @@ EDITS = {
                   "dtype 'object' is not one of"),
     "name not a string": (lambda d: d["nodes"][0].update(name={"$eval": 1}),
                           "the name must be a string or null"),
+    "inputs that do not fit the op": (
+        lambda d: d["nodes"][_nodes(d)["matmul"]].update(
+            inputs=[_nodes(d)["param"], _nodes(d)["param"]]),
+        ": matmul: matmul: "),
     "param without a name": (lambda d: d["nodes"][_nodes(d)["param"]].update(name=None),
                              "a param needs a name and a float dtype"),
     "no outputs": (lambda d: d.update(outputs=[]), "the file names no outputs"),
