@@ -293,3 +293,24 @@ def test_a_zero_dim_round_trips(tmp_path):
     g = gn.load(path)
     W = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(gn.compile(g.outputs, backend="numpy")(w=W)[0], W)
+
+
+def test_a_float_attr_is_a_number_or_one_of_the_words_inf_and_nan(tmp_path):
+    x = gn.input("x", (2,))
+    path = gn.save(gn.leaky_relu(x, alpha=0.25), tmp_path / "alpha.json")
+    with open(path) as fh:
+        document = json.load(fh)
+    record = document["nodes"][_nodes(document)["leaky_relu"]]
+    X = np.array([-2.0, 3.0], np.float32)
+    for text in ("1e999", "0.5", "Infinity", ""):
+        record["attrs"]["alpha"] = text
+        _rewrite(path, document)
+        _load_fails(path, f"attr alpha={text!r} of leaky_relu is not a valid float")
+    record["attrs"]["alpha"] = "-inf"  # how save writes a non-finite float
+    _rewrite(path, document)
+    g = gn.load(path)
+    assert g.outputs[0].attrs["alpha"] == float("-inf")
+    record["attrs"]["alpha"] = 2
+    _rewrite(path, document)
+    got = gn.compile(gn.load(path).outputs, backend="numpy")(x=X)[0]
+    np.testing.assert_array_equal(got, [-4.0, 3.0])
