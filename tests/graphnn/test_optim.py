@@ -148,3 +148,40 @@ def test_updates_refuses_non_parameters_and_empty_lists():
         gn.optim.SGD(0.1).updates(loss, [x])
     with pytest.raises(gn.GraphError, match="no parameters given"):
         gn.optim.Adam().updates(loss, [])
+
+
+def test_params_must_be_a_list_even_for_one_parameter():
+    x = gn.input("x", (None, 3))
+    W = gn.param("W", W0)
+    loss = gn.sum(x @ W)
+    for params, shown in ((W, "'W' (3, 2)"), ("W", "'W'")):
+        with pytest.raises(gn.OptionError) as err:
+            gn.optim.SGD(0.1).updates(loss, params)
+        assert f"SGD.updates: params must be a list of gn.param nodes, got {shown}" in \
+            str(err.value)
+        assert "write [W] for one parameter" in str(err.value)
+
+
+class SignSGD(gn.optim.Optimizer):
+    """A user-defined rule: only `lr` and `rule`; the other options keep their defaults."""
+
+    def __init__(self, lr):
+        self.lr = lr
+
+    def rule(self, p, g, lr, t):
+        return {p: p - lr * gn.sign(g)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_user_defined_optimizer_needs_only_lr_and_rule(backend):
+    x, y = gn.input("x", (None, 3)), gn.input("y", (None, 2))
+    W, b = gn.param("W", W0.copy()), gn.param("b", B0.copy())
+    loss = gn.mean(gn.square(x @ W + b - y))
+    step = gn.compile(loss, updates=SignSGD(0.25).updates(loss, [W, b]), backend=backend)
+    W_ref, b_ref = W0.copy(), B0.copy()
+    for _ in range(2):
+        step(x=X, y=Y)
+        gW, gb = numpy_grads(W_ref, b_ref)
+        W_ref, b_ref = W_ref - 0.25 * np.sign(gW), b_ref - 0.25 * np.sign(gb)
+        np.testing.assert_array_equal(W.value, W_ref)
+        np.testing.assert_array_equal(b.value, b_ref)
