@@ -185,3 +185,36 @@ def test_a_user_defined_optimizer_needs_only_lr_and_rule(backend):
         W_ref, b_ref = W_ref - 0.25 * np.sign(gW), b_ref - 0.25 * np.sign(gb)
         np.testing.assert_array_equal(W.value, W_ref)
         np.testing.assert_array_equal(b.value, b_ref)
+
+
+def adamw(lr, b1, b2, eps, wd):
+    inner = adam(lr, b1, b2, eps)
+
+    def update(p, g, state, t):
+        return inner(p, g, state, t) - lr * wd * p
+    return update
+
+
+# every optimizer with its documented default hyperparameters
+DEFAULTS = {
+    "sgd": (gn.optim.SGD, sgd(0.01)),
+    "adagrad": (gn.optim.Adagrad, adagrad(0.01, 1e-7)),
+    "rmsprop": (gn.optim.RMSprop, rmsprop(0.001, 0.9, 1e-7)),
+    "adadelta": (gn.optim.Adadelta, adadelta(1.0, 0.95, 1e-6)),
+    "adam": (gn.optim.Adam, adam(0.001, 0.9, 0.999, 1e-7)),
+    "adamw": (gn.optim.AdamW, adamw(0.001, 0.9, 0.999, 1e-7, 0.01)),
+}
+
+
+@pytest.mark.parametrize("case", list(DEFAULTS))
+def test_default_hyperparameters_in_float64(case):
+    make_optimizer, update = DEFAULTS[case]
+    x = gn.input("x", (None, 3), dtype="float64")
+    y = gn.input("y", (None, 2), dtype="float64")
+    W, b = gn.param("W", W0.astype(np.float64)), gn.param("b", B0.astype(np.float64))
+    loss = gn.mse(x @ W + b, y)
+    step = gn.compile(loss, updates=make_optimizer().updates(loss, [W, b]), backend="numpy")
+    for t, (W_ref, b_ref) in enumerate(reference(update, 3), 1):
+        step(x=X.astype(np.float64), y=Y.astype(np.float64))
+        np.testing.assert_allclose(W.value, W_ref, rtol=1e-12, err_msg=f"W, step {t}")
+        np.testing.assert_allclose(b.value, b_ref, rtol=1e-12, err_msg=f"b, step {t}")
