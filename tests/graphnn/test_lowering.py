@@ -163,3 +163,20 @@ def test_casts_are_not_fused_across_dtypes(backend):
     got = assert_backends_agree(outputs, {"x": X}, backends=(backend,))[backend]
     np.testing.assert_array_equal(got[0], [1.5, -1.5, 3.5, 0.5])
     np.testing.assert_array_equal(got[2], [5, -4, 10, 2])
+
+
+def test_constant_arrays_get_numbered_const_buffers():
+    C = np.arange(6, dtype=np.float32).reshape(3, 2) - 2.5
+    D = np.array([[10.0, -20.0]], np.float32)
+    x = gn.input("x", (None, 3))
+    out = gn.exp(x @ gn.const(C) + gn.const(np.ones((1, 2), np.float32))) * gn.const(D)
+    program, _ = lowered([out])
+    consts = [(b.name, b.shape, b.role, b.arg_index) for b in program.consts]
+    assert [c[1:] for c in consts] == [((3, 2), "const", 0), ((1, 2), "const", 1),
+                                       ((1, 2), "const", 2)] and \
+        [c[0] for c in consts] == ["c0", "c1", "c2"]
+    X = np.array([[0.5, -1.0, 0.25], [0.0, 0.1, -0.2]], np.float32)
+    expected = np.exp(X.astype(np.float64) @ C + 1.0) * D
+    for backend in ("numpy", "cpu"):
+        got = gn.compile(out, backend=backend)(x=X)
+        np.testing.assert_allclose(got, expected, rtol=2e-6)
