@@ -180,3 +180,38 @@ def test_constant_arrays_get_numbered_const_buffers():
     for backend in ("numpy", "cpu"):
         got = gn.compile(out, backend=backend)(x=X)
         np.testing.assert_allclose(got, expected, rtol=2e-6)
+
+
+def _square_chain(combine):
+    """t = a @ w (a temporary), u = combine(t) (one elementwise step), out = u @ w."""
+    a, w = gn.input("a", (4, 4)), gn.param("w_chain", shape=(4, 4), seed=3)
+    return a, w, combine(a @ w) @ w
+
+
+def test_an_elementwise_step_writes_over_the_temporary_it_alone_reads_in_place():
+    a, w, out = _square_chain(lambda t: gn.tanh(t) * 2.0)
+    program, _ = lowered([out])
+    first, second = steps_of(program, ir.Matmul)
+    (step,) = steps_of(program, ir.Elementwise)
+    assert step.out.name == first.out.name  # tanh(t) * 2 overwrites t
+    assert second.a.name == first.out.name
+    A = np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)
+    W = w.value.astype(np.float64)
+    expected = (np.tanh(A @ W) * 2.0) @ W
+    np.testing.assert_allclose(gn.compile(out, backend="cpu")(a=A), expected, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_step_reading_a_temporary_transposed_never_writes_over_it():
+    # t + t.T in place over t would overwrite elements its later iterations still read
+    a, w, out = _square_chain(lambda t: t + gn.transpose(t))
+    program, _ = lowered([out])
+    first, _ = steps_of(program, ir.Matmul)
+    (step,) = steps_of(program, ir.Elementwise)
+    assert step.out.name != first.out.name
+    A = np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)
+    W = w.value.astype(np.float64)
+    T = A @ W
+    expected = (T + T.T) @ W
+    np.testing.assert_allclose(gn.compile(out, backend="cpu")(a=A), expected, rtol=1e-5,
+                               atol=1e-6)
