@@ -215,3 +215,19 @@ def test_a_step_reading_a_temporary_transposed_never_writes_over_it():
     expected = (T + T.T) @ W
     np.testing.assert_allclose(gn.compile(out, backend="cpu")(a=A), expected, rtol=1e-5,
                                atol=1e-6)
+
+
+def test_a_dead_temporary_is_reused_by_a_later_step_of_its_shape():
+    a, w = gn.input("a", (4, 4)), gn.param("w_reuse", shape=(4, 4), seed=5)
+    t1 = a @ w
+    t2 = t1 @ w    # the last read of t1
+    t3 = t2 @ w    # may take t1's memory
+    out = t3 @ w
+    program, _ = lowered([out])
+    m1, m2, m3, m4 = steps_of(program, ir.Matmul)
+    assert m3.out.name == m1.out.name and m2.out.name != m1.out.name
+    assert m4.a.name == m1.out.name
+    A = np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)
+    W = w.value.astype(np.float64)
+    np.testing.assert_allclose(gn.compile(out, backend="cpu")(a=A), A @ W @ W @ W @ W,
+                               rtol=1e-5, atol=1e-6)
