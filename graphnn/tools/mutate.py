@@ -80,7 +80,8 @@ MODULES = {
                  "not cuda and not second_process"),
     "cpu": ("kernels/cpu.py",
             ["tests/kernels/test_cpu_codegen.py", "tests/graphnn/test_lowering.py",
-             "tests/graphnn/test_aliasing.py", "tests/graphnn/test_backend_cpu.py"],
+             "tests/graphnn/test_aliasing.py", "tests/graphnn/test_backend_cpu.py",
+             "tests/graphnn/test_cpu_library.py"],
             "not cuda and not second_process"),
 }
 
