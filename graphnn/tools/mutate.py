@@ -529,6 +529,9 @@ def main(argv=None):
                         help="take the results of an earlier --json run, run only its "
                              "surviving mutants again (tests only grow: a killed mutant "
                              "stays killed) and report the merged results")
+    parser.add_argument("--and-timeouts", action="store_true",
+                        help="with --rerun-survivors: run the mutants killed by timeout "
+                             "again too (give a larger --min-timeout)")
     parser.add_argument("--list", metavar="MODULE", help="print every site of a module")
     parser.add_argument("--json", default="", help="write the raw results here")
     parser.add_argument("--write", default="", help="update the score block of this file")
@@ -560,8 +563,9 @@ def main(argv=None):
             earlier = json.load(fh)
         previous = {r["module"]: r for r in earlier["results"]}
         keys = [k for k in keys if k in previous]
+        again = ("survived", "timeout") if args.and_timeouts else ("survived",)
         ids = {m["id"] for r in previous.values() for m in r["mutants"]
-               if m["status"] == "survived"}
+               if m["status"] in again}
     start = time.monotonic()
     deadline = start + 60 * args.budget_minutes
 
