@@ -81,7 +81,7 @@ MODULES = {
     "cpu": ("kernels/cpu.py",
             ["tests/kernels/test_cpu_codegen.py", "tests/graphnn/test_lowering.py",
              "tests/graphnn/test_aliasing.py", "tests/graphnn/test_backend_cpu.py",
-             "tests/graphnn/test_cpu_library.py"],
+             "tests/graphnn/test_cpu_library.py", "tests/graphnn/test_ops.py"],
             "not cuda and not second_process"),
 }
 
@@ -524,7 +524,9 @@ def main(argv=None):
     parser.add_argument("--budget-minutes", type=float, default=150.0,
                         help="stop starting new mutants after this long (whole run)")
     parser.add_argument("--min-timeout", type=float, default=60.0)
-    parser.add_argument("--ids", default="", help="only these mutant ids (comma-separated)")
+    parser.add_argument("--ids", default="",
+                        help="only these mutant ids (comma-separated; nested operators that "
+                             "start at one place share an id, and all of them run)")
     parser.add_argument("--rerun-survivors", metavar="JSON", default="",
                         help="take the results of an earlier --json run, run only its "
                              "surviving mutants again (tests only grow: a killed mutant "
@@ -557,15 +559,17 @@ def main(argv=None):
         parser.error(f"unknown module(s) {', '.join(unknown)}; choose from "
                      f"{', '.join(MODULES)}")
     ids = {i.strip() for i in args.ids.split(",") if i.strip()}
-    previous = {}
+    previous, wanted = {}, None
     if args.rerun_survivors:
         with open(args.rerun_survivors, encoding="utf-8") as fh:
             earlier = json.load(fh)
         previous = {r["module"]: r for r in earlier["results"]}
         keys = [k for k in keys if k in previous]
         again = ("survived", "timeout") if args.and_timeouts else ("survived",)
-        ids = {m["id"] for r in previous.values() for m in r["mutants"]
-               if m["status"] in again}
+        # (nested operators share a start, so a mutant is known by its id and its text)
+        wanted = {(m["id"], m["before"]) for r in previous.values() for m in r["mutants"]
+                  if m["status"] in again}
+        ids = {i for i, _ in wanted}
     start = time.monotonic()
     deadline = start + 60 * args.budget_minutes
 
@@ -579,7 +583,8 @@ def main(argv=None):
         for key in keys:
             source, every = load(key, root)
             if ids:
-                chosen = [m for m in every if m.id in ids]
+                chosen = [m for m in every if m.id in ids and (
+                    wanted is None or (m.id, m.before) in wanted)]
                 if not chosen:
                     if key in previous:  # nothing survived there: kept as it was
                         results.append(previous[key])
@@ -592,8 +597,9 @@ def main(argv=None):
             result = run_module(key, runner, source, chosen, deadline, log)
             result["sites"] = len(every)
             if key in previous:  # the earlier run's mutants, the survivors' new status
-                again = {m["id"]: m for m in result["mutants"]}
-                result["mutants"] = [again.get(m["id"], m) for m in previous[key]["mutants"]]
+                again = {(m["id"], m["before"]): m for m in result["mutants"]}
+                result["mutants"] = [again.get((m["id"], m["before"]), m)
+                                     for m in previous[key]["mutants"]]
             results.append(result)
     command = "python -m graphnn.tools.mutate " + " ".join(argv)
     if previous:
