@@ -442,8 +442,9 @@ def summarize(result):
 
 def report(results, settings):
     """The Markdown block written between the markers in docs/TESTING.md."""
+    minutes = " + ".join(f"{m:.0f}" for m in settings.get("runs", [settings["minutes"]]))
     lines = [f"Measured with `{settings['command']}` on {settings['date']} "
-             f"({settings['cores']} cores, niced; {settings['minutes']:.0f} min in all).", "",
+             f"({settings['cores']} cores shared, niced; {minutes} min).", "",
              "| module | file | sampled | killed | timeout | survived | score |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
@@ -604,9 +605,12 @@ def main(argv=None):
     command = "python -m graphnn.tools.mutate " + " ".join(argv)
     if previous:
         command = f"{earlier['settings']['command']}`, then `{command}"
+    runs = (earlier["settings"].get("runs", [earlier["settings"]["minutes"]])
+            if previous else [])
     settings = {"command": command,
                 "date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(),
                 "minutes": (time.monotonic() - start) / 60}
+    settings["runs"] = runs + [settings["minutes"]]
     block = report(results, settings)
     print()
     print(block)
