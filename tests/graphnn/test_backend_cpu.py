@@ -429,3 +429,36 @@ def test_a_generated_module_states_its_workspace_and_recycled_outputs():
     assert f.module.workspace_bytes(X) >= 16 * 4096 * 4
     s, e = f(x=X)
     assert s == pytest.approx(3 * 16 * 4096) and np.all(e == 2.0)
+
+
+def test_an_index_constant_in_an_elementwise_step_is_its_loop_index():
+    # 0, 1, 2, 3 is read as the loop index i0 inside the loop: that loop cannot be flat
+    x = gn.input("x", (4,))
+    y = gn.exp(x) * gn.const(np.arange(4))
+    X = np.array([0.0, 0.5, -1.0, 2.0], np.float32)
+    got = gn.compile(y, backend="cpu")(x=X)
+    np.testing.assert_allclose(got, np.exp(X.astype(np.float64)) * np.arange(4), rtol=2e-6)
+
+
+def _conv_reference(X, K):
+    """'same' convolution (stride 1, odd kernel) of NHWC X with HWIO K, in float64 loops."""
+    kh, kw = K.shape[:2]
+    padded = np.pad(X.astype(np.float64), ((0, 0), (kh // 2,) * 2, (kw // 2,) * 2, (0, 0)))
+    out = np.zeros(X.shape[:3] + (K.shape[3],))
+    for i in range(X.shape[1]):
+        for j in range(X.shape[2]):
+            patch = padded[:, i:i + kh, j:j + kw, :]
+            out[:, i, j, :] = np.tensordot(patch, K, axes=([1, 2, 3], [0, 1, 2]))
+    return out
+
+
+def test_a_convolution_whose_channels_are_bound_at_run_time():
+    # the patch-matrix block size is then computed in the generated code
+    x = gn.input("x", (None, 5, 5, "ch_run_time"))
+    k = gn.input("k", (3, 3, "ch_run_time", 2))
+    f = gn.compile(gn.conv2d(x, k, padding="same"), backend="cpu")
+    rng = np.random.default_rng(4)
+    for channels in (3, 1):
+        X = rng.standard_normal((2, 5, 5, channels)).astype(np.float32)
+        K = rng.standard_normal((3, 3, channels, 2)).astype(np.float32)
+        np.testing.assert_allclose(f(x=X, k=K), _conv_reference(X, K), rtol=1e-5, atol=1e-5)

@@ -2,6 +2,7 @@
 across layers and graphs, sequenced by a Python driver) against the numpy back end, and
 the pool of recycled outputs in both modes."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -241,3 +242,26 @@ def test_recycled_outputs_never_write_an_array_the_caller_holds(library):
                                       expected(data[1]))
         np.testing.assert_array_equal(out, expected(data[k % 4]))
     assert len(addresses) <= cpu_backend.KEEP_RESULTS
+
+
+def test_a_sum_of_many_arrays_is_added_by_the_driver_in_library_mode():
+    # kernels/cpu.py _wide_sum: from WIDE_SUM terms on, the driver adds the arrays with
+    # NumPy (in order) and the step's kernel reads the sum; a short sum stays in the kernel
+    from kernels.cpu import WIDE_SUM
+    n = WIDE_SUM + 2
+    xs = [gn.input(f"wide_x{k}", (5,)) for k in range(n)]
+    total = xs[0]
+    for x in xs[1:]:
+        total = total + x
+    f = gn.compile(gn.tanh(total), backend="cpu", library=True)
+    short = gn.compile(gn.tanh(xs[0] + xs[1] + xs[2]), backend="cpu", library=True)
+    assert re.search(r"\bwide\d+_f = \S+ \+ \S+", f.source)
+    assert len(re.findall(r"\bwide\d+_f \+= ", f.source)) == n - 2
+    assert "wide" not in short.source
+    rng = np.random.default_rng(9)
+    feeds = {f"wide_x{k}": rng.standard_normal(5).astype(np.float32) for k in range(n)}
+    expected = np.tanh(sum(v.astype(np.float64) for v in feeds.values()))
+    np.testing.assert_allclose(f(**feeds), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(short(**{k: feeds[k] for k in ("wide_x0", "wide_x1", "wide_x2")}),
+                               np.tanh(sum(feeds[f"wide_x{k}"].astype(np.float64)
+                                           for k in range(3))), rtol=1e-5, atol=1e-6)

@@ -492,3 +492,52 @@ def test_labels_outside_the_classes_are_refused_on_every_backend(backend):
                            r"; softmax_cross_entropy.* needs labels in \[0, 3\) "
                            r"\(call at .*test_errors.py:\d+\)"):
             step(x=X, y=np.array(bad))
+
+
+# ---------------------------------------------------------------------------------------
+# Shape rules at their edges
+# ---------------------------------------------------------------------------------------
+
+def test_max_over_an_empty_axis_is_refused():
+    empty = gn.const(np.zeros((0, 3), np.float32))
+    with pytest.raises(gn.ShapeError, match="max: max over an empty axis has no value"):
+        gn.max(empty, axis=0)
+    assert gn.max(empty, axis=1).shape == (0,)  # the empty axis is not reduced
+
+
+def test_reshape_takes_at_most_one_minus_one():
+    x = gn.input("x", (4, 6))
+    with pytest.raises(gn.ShapeError, match=r"at most one -1 in shape \(-1, -1\)"):
+        gn.reshape(x, (-1, -1))
+    assert gn.reshape(x, (-1, 3)).shape == (8, 3)
+
+
+def test_sizes_up_to_two_to_the_31_minus_one():
+    from graphnn.ops import pad_axis  # (an op of graphnn.ops, not exported as gn.*)
+    x = gn.input("x", (3,))
+    assert pad_axis(x, 0, 0, 2**31 - 4).shape == (2**31 - 1,)
+    with pytest.raises(gn.ShapeError, match="padding axis 0 of size 3 by 0 and 2147483645 is "
+                                            "too large"):
+        pad_axis(x, 0, 0, 2**31 - 3)
+    y = gn.input("y", (2,), dtype="int64")
+    assert gn.one_hot(y, 2**31 - 1).shape == (2, 2**31 - 1)
+    with pytest.raises(gn.ShapeError, match="classes must be <= 2147483647, got 2147483648"):
+        gn.one_hot(y, 2**31)
+
+
+@pytest.mark.parametrize("kernel_shape", [(None, 3, 1, 2), (3, None, 1, 2), (0, 3, 1, 2)])
+def test_conv2d_kernel_height_and_width_are_static_and_positive(kernel_shape):
+    x = gn.input("x", (None, 8, 8, 1))
+    k = gn.input("k", kernel_shape) if None in kernel_shape else \
+        gn.const(np.zeros(kernel_shape, np.float32))
+    with pytest.raises(gn.ShapeError, match="kernel height and width must be static and >= 1"):
+        gn.conv2d(x, k)
+
+
+def test_probability_labels_must_have_the_logits_shape():
+    logits = gn.input("logits", (None, 3))
+    for shape, shown in (((None, 5), r"\(\?, 5\)"), ((4,), r"\(4,\)")):
+        with pytest.raises(gn.ShapeError, match=r"probability labels must have the logits' "
+                                                r"shape \(\?, 3\), got " + shown):
+            gn.softmax_cross_entropy(logits, gn.input("p", shape))
+    assert gn.softmax_cross_entropy(logits, gn.input("q", (None, 3))).shape == ()

@@ -163,3 +163,71 @@ def test_casts_are_not_fused_across_dtypes(backend):
     got = assert_backends_agree(outputs, {"x": X}, backends=(backend,))[backend]
     np.testing.assert_array_equal(got[0], [1.5, -1.5, 3.5, 0.5])
     np.testing.assert_array_equal(got[2], [5, -4, 10, 2])
+
+
+def test_constant_arrays_get_numbered_const_buffers():
+    C = np.arange(6, dtype=np.float32).reshape(3, 2) - 2.5
+    D = np.array([[10.0, -20.0]], np.float32)
+    x = gn.input("x", (None, 3))
+    out = gn.exp(x @ gn.const(C) + gn.const(np.ones((1, 2), np.float32))) * gn.const(D)
+    program, _ = lowered([out])
+    consts = [(b.name, b.shape, b.role, b.arg_index) for b in program.consts]
+    assert [c[1:] for c in consts] == [((3, 2), "const", 0), ((1, 2), "const", 1),
+                                       ((1, 2), "const", 2)] and \
+        [c[0] for c in consts] == ["c0", "c1", "c2"]
+    X = np.array([[0.5, -1.0, 0.25], [0.0, 0.1, -0.2]], np.float32)
+    expected = np.exp(X.astype(np.float64) @ C + 1.0) * D
+    for backend in ("numpy", "cpu"):
+        got = gn.compile(out, backend=backend)(x=X)
+        np.testing.assert_allclose(got, expected, rtol=2e-6)
+
+
+def _square_chain(combine):
+    """t = a @ w (a temporary), u = combine(t) (one elementwise step), out = u @ w."""
+    a, w = gn.input("a", (4, 4)), gn.param("w_chain", shape=(4, 4), seed=3)
+    return a, w, combine(a @ w) @ w
+
+
+def test_an_elementwise_step_writes_over_the_temporary_it_alone_reads_in_place():
+    a, w, out = _square_chain(lambda t: gn.tanh(t) * 2.0)
+    program, _ = lowered([out])
+    first, second = steps_of(program, ir.Matmul)
+    (step,) = steps_of(program, ir.Elementwise)
+    assert step.out.name == first.out.name  # tanh(t) * 2 overwrites t
+    assert second.a.name == first.out.name
+    A = np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)
+    W = w.value.astype(np.float64)
+    expected = (np.tanh(A @ W) * 2.0) @ W
+    np.testing.assert_allclose(gn.compile(out, backend="cpu")(a=A), expected, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_step_reading_a_temporary_transposed_never_writes_over_it():
+    # t + t.T in place over t would overwrite elements its later iterations still read
+    a, w, out = _square_chain(lambda t: t + gn.transpose(t))
+    program, _ = lowered([out])
+    first, _ = steps_of(program, ir.Matmul)
+    (step,) = steps_of(program, ir.Elementwise)
+    assert step.out.name != first.out.name
+    A = np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)
+    W = w.value.astype(np.float64)
+    T = A @ W
+    expected = (T + T.T) @ W
+    np.testing.assert_allclose(gn.compile(out, backend="cpu")(a=A), expected, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_dead_temporary_is_reused_by_a_later_step_of_its_shape():
+    a, w = gn.input("a", (4, 4)), gn.param("w_reuse", shape=(4, 4), seed=5)
+    t1 = a @ w
+    t2 = t1 @ w    # the last read of t1
+    t3 = t2 @ w    # may take t1's memory
+    out = t3 @ w
+    program, _ = lowered([out])
+    m1, m2, m3, m4 = steps_of(program, ir.Matmul)
+    assert m3.out.name == m1.out.name and m2.out.name != m1.out.name
+    assert m4.a.name == m1.out.name
+    A = np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4)
+    W = w.value.astype(np.float64)
+    np.testing.assert_allclose(gn.compile(out, backend="cpu")(a=A), A @ W @ W @ W @ W,
+                               rtol=1e-5, atol=1e-6)

@@ -148,3 +148,73 @@ def test_updates_refuses_non_parameters_and_empty_lists():
         gn.optim.SGD(0.1).updates(loss, [x])
     with pytest.raises(gn.GraphError, match="no parameters given"):
         gn.optim.Adam().updates(loss, [])
+
+
+def test_params_must_be_a_list_even_for_one_parameter():
+    x = gn.input("x", (None, 3))
+    W = gn.param("W", W0)
+    loss = gn.sum(x @ W)
+    for params, shown in ((W, "'W' (3, 2)"), ("W", "'W'")):
+        with pytest.raises(gn.OptionError) as err:
+            gn.optim.SGD(0.1).updates(loss, params)
+        assert f"SGD.updates: params must be a list of gn.param nodes, got {shown}" in \
+            str(err.value)
+        assert "write [W] for one parameter" in str(err.value)
+
+
+class SignSGD(gn.optim.Optimizer):
+    """A user-defined rule: only `lr` and `rule`; the other options keep their defaults."""
+
+    def __init__(self, lr):
+        self.lr = lr
+
+    def rule(self, p, g, lr, t):
+        return {p: p - lr * gn.sign(g)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_user_defined_optimizer_needs_only_lr_and_rule(backend):
+    x, y = gn.input("x", (None, 3)), gn.input("y", (None, 2))
+    W, b = gn.param("W", W0.copy()), gn.param("b", B0.copy())
+    loss = gn.mean(gn.square(x @ W + b - y))
+    step = gn.compile(loss, updates=SignSGD(0.25).updates(loss, [W, b]), backend=backend)
+    W_ref, b_ref = W0.copy(), B0.copy()
+    for _ in range(2):
+        step(x=X, y=Y)
+        gW, gb = numpy_grads(W_ref, b_ref)
+        W_ref, b_ref = W_ref - 0.25 * np.sign(gW), b_ref - 0.25 * np.sign(gb)
+        np.testing.assert_array_equal(W.value, W_ref)
+        np.testing.assert_array_equal(b.value, b_ref)
+
+
+def adamw(lr, b1, b2, eps, wd):
+    inner = adam(lr, b1, b2, eps)
+
+    def update(p, g, state, t):
+        return inner(p, g, state, t) - lr * wd * p
+    return update
+
+
+# every optimizer with its documented default hyperparameters
+DEFAULTS = {
+    "sgd": (gn.optim.SGD, sgd(0.01)),
+    "adagrad": (gn.optim.Adagrad, adagrad(0.01, 1e-7)),
+    "rmsprop": (gn.optim.RMSprop, rmsprop(0.001, 0.9, 1e-7)),
+    "adadelta": (gn.optim.Adadelta, adadelta(1.0, 0.95, 1e-6)),
+    "adam": (gn.optim.Adam, adam(0.001, 0.9, 0.999, 1e-7)),
+    "adamw": (gn.optim.AdamW, adamw(0.001, 0.9, 0.999, 1e-7, 0.01)),
+}
+
+
+@pytest.mark.parametrize("case", list(DEFAULTS))
+def test_default_hyperparameters_in_float64(case):
+    make_optimizer, update = DEFAULTS[case]
+    x = gn.input("x", (None, 3), dtype="float64")
+    y = gn.input("y", (None, 2), dtype="float64")
+    W, b = gn.param("W", W0.astype(np.float64)), gn.param("b", B0.astype(np.float64))
+    loss = gn.mse(x @ W + b, y)
+    step = gn.compile(loss, updates=make_optimizer().updates(loss, [W, b]), backend="numpy")
+    for t, (W_ref, b_ref) in enumerate(reference(update, 3), 1):
+        step(x=X.astype(np.float64), y=Y.astype(np.float64))
+        np.testing.assert_allclose(W.value, W_ref, rtol=1e-12, err_msg=f"W, step {t}")
+        np.testing.assert_allclose(b.value, b_ref, rtol=1e-12, err_msg=f"b, step {t}")

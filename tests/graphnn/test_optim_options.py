@@ -208,6 +208,25 @@ def test_compiled_and_eager_steps_share_the_schedule_counter():
     np.testing.assert_allclose(W.value, reference("adam-cosine")[2][0], rtol=1e-10)
 
 
+def test_eager_steps_between_simulated_device_steps_reach_the_device():
+    # the device back end keeps parameters on the device between its steps; an eager step
+    # in between changes them on the host, and the next device step must start from there
+    x, y, W, b, loss = model()
+    optimizer = gn.optim.SGD(0.3)
+    step = compile_on("cuda", loss, optimizer.updates(loss, [W, b]))
+    expected = [(W0, B0)]
+    for _ in range(3):
+        W_ref, b_ref = expected[-1]
+        gW, gb = numpy_grads(W_ref, b_ref)
+        expected.append((W_ref - 0.3 * gW, b_ref - 0.3 * gb))
+    step(x=X, y=Y)
+    optimizer.apply_eager([W, b], list(numpy_grads(W.value, b.value)))
+    np.testing.assert_allclose(W.value, expected[2][0], rtol=1e-10)
+    step(x=X, y=Y)
+    np.testing.assert_allclose(W.value, expected[3][0], rtol=1e-10)
+    np.testing.assert_allclose(b.value, expected[3][1], rtol=1e-10)
+
+
 def test_schedule_values():
     assert S.StepDecay(0.1, step_size=10, gamma=0.5).value(9) == pytest.approx(0.1)
     assert S.StepDecay(0.1, step_size=10, gamma=0.5).value(10) == pytest.approx(0.05)

@@ -164,6 +164,12 @@ EDITS = {
                   "dtype 'object' is not one of"),
     "name not a string": (lambda d: d["nodes"][0].update(name={"$eval": 1}),
                           "the name must be a string or null"),
+    "inputs that do not fit the op": (
+        lambda d: d["nodes"][_nodes(d)["matmul"]].update(
+            inputs=[_nodes(d)["param"], _nodes(d)["param"]]),
+        ": matmul: matmul: "),
+    "param without a name": (lambda d: d["nodes"][_nodes(d)["param"]].update(name=None),
+                             "a param needs a name and a float dtype"),
     "no outputs": (lambda d: d.update(outputs=[]), "the file names no outputs"),
     "output index": (lambda d: d.update(outputs=[1.5]), "output 1.5 is not the index"),
     "wrong format": (lambda d: d.update(format="pickle"), "is not a graphnn graph"),
@@ -245,3 +251,66 @@ def test_save_refuses_an_npz_path_and_nothing(tmp_path):
         gn.save(x * 2, tmp_path / "m.npz")
     with pytest.raises(gn.GraphError, match="nothing to save"):
         gn.save([], tmp_path / "m.json")
+
+
+def test_anonymous_dims_are_numbered_in_the_file_and_stay_independent(tmp_path):
+    # docs/SAVE_FORMAT.md: named symbols keep their name, anonymous ones are "?1", "?2"...
+    a = gn.input("a", (None, 3))
+    b = gn.input("b", (None, 2))
+    c = gn.input("c", ("batch", 2))
+    path = gn.save([gn.sum(a), gn.sum(b), gn.sum(c)], tmp_path / "dims.json")
+    with open(path) as fh:
+        shapes = {r["name"]: r["shape"] for r in json.load(fh)["nodes"] if r["op"] == "input"}
+    assert shapes == {"a": ["?1", 3], "b": ["?2", 2], "c": ["?batch", 2]}
+    g = gn.load(path)
+    got = gn.compile(g.outputs, backend="numpy")(a=np.ones((4, 3)), b=np.ones((1, 2)),
+                                                 c=np.ones((5, 2)))
+    np.testing.assert_array_equal(got, [12.0, 2.0, 10.0])
+
+
+def test_numpy_integer_attrs_are_saved_as_plain_ints(tmp_path):
+    # nodes built through the registry (the ONNX importer does) may carry NumPy integers
+    from graphnn.registry import apply
+    x = gn.input("x", (2, 6))
+    r = apply("reshape", (x,), {"shape": (np.int64(3), np.int64(4))})
+    y = apply("sum", (r,), {"axis": np.int64(1), "keepdims": False})
+    path = gn.save(y, tmp_path / "ints.json")
+    with open(path) as fh:
+        attrs = {r["op"]: r["attrs"] for r in json.load(fh)["nodes"] if "attrs" in r}
+    assert attrs == {"reshape": {"shape": [3, 4]}, "sum": {"axis": 1, "keepdims": False}}
+    g = gn.load(path)
+    X = np.arange(12, dtype=np.float32).reshape(2, 6)
+    np.testing.assert_array_equal(gn.compile(g.outputs, backend="numpy")(x=X)[0],
+                                  X.reshape(3, 4).sum(axis=1))
+
+
+def test_a_zero_dim_round_trips(tmp_path):
+    empty = gn.const(np.zeros((0, 3), np.float32))
+    w = gn.input("w", (2, 3))
+    path = gn.save(gn.concat([empty, w], axis=0), tmp_path / "zero.json")
+    with open(path) as fh:
+        assert json.load(fh)["nodes"][0]["shape"] == [0, 3]
+    g = gn.load(path)
+    W = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(gn.compile(g.outputs, backend="numpy")(w=W)[0], W)
+
+
+def test_a_float_attr_is_a_number_or_one_of_the_words_inf_and_nan(tmp_path):
+    x = gn.input("x", (2,))
+    path = gn.save(gn.leaky_relu(x, alpha=0.25), tmp_path / "alpha.json")
+    with open(path) as fh:
+        document = json.load(fh)
+    record = document["nodes"][_nodes(document)["leaky_relu"]]
+    X = np.array([-2.0, 3.0], np.float32)
+    for text in ("1e999", "0.5", "Infinity", ""):
+        record["attrs"]["alpha"] = text
+        _rewrite(path, document)
+        _load_fails(path, f"attr alpha={text!r} of leaky_relu is not a valid float")
+    record["attrs"]["alpha"] = "-inf"  # how save writes a non-finite float
+    _rewrite(path, document)
+    g = gn.load(path)
+    assert g.outputs[0].attrs["alpha"] == float("-inf")
+    record["attrs"]["alpha"] = 2
+    _rewrite(path, document)
+    got = gn.compile(gn.load(path).outputs, backend="numpy")(x=X)[0]
+    np.testing.assert_array_equal(got, [-4.0, 3.0])

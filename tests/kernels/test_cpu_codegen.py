@@ -113,3 +113,28 @@ def test_large_temporaries_of_every_dtype_are_workspace_views():
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     with pytest.raises(ValueError, match="workspace is too small"):
         module.program(X, np.empty(16, np.uint8))
+
+
+def _program_of(dtype):
+    x = ir.Buffer("in0", (4,), dtype, "input", 0)
+    y = ir.Buffer("y", (4,), dtype)
+    step = ir.Elementwise(y, ir.ScalarExpr({"a": ir.Load(x, ("i0",))}, [("v", "exp(a)")], "v"),
+                          "y = exp(x)")
+    return ir.Program([x], [], [], [step], [y], [], {})
+
+
+APPROX_MARK = "# vectorisable float32 exp and tanh (kernels/approx.py) replace libm's"
+
+
+def test_float32_programs_use_the_vectorisable_exp_and_float64_ones_libm():
+    f32, f64 = cpu.generate(_program_of("float32")), cpu.generate(_program_of("float64"))
+    assert APPROX_MARK in f32 and "parallel=False" in f32
+    assert APPROX_MARK not in f64 and "parallel=False" in f64
+    assert APPROX_MARK not in cpu.generate(_program_of("float32"), approximate=False)
+    assert "parallel=True" in cpu.generate(_program_of("float32"), parallel=True)
+    X = np.array([-3.0, -0.5, 0.25, 4.0])
+    for source, dtype, rtol in ((f32, np.float32, 2e-6), (f64, np.float64, 1e-15)):
+        module, _ = loader.load_module(source)
+        (y,) = cpu.run(module, X.astype(dtype))
+        assert y.dtype == dtype
+        np.testing.assert_allclose(y, np.exp(X), rtol=rtol)
