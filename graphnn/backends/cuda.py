@@ -57,6 +57,43 @@ def simulator_enabled():
     return bool(config.ENABLE_CUDASIM)
 
 
+def install_simulator_warp_functions():
+    """Give Numba's CUDA simulator the warp functions the generated kernels use
+    (`cuda.shfl_xor_sync`, `cuda.syncwarp`), which it lacks.
+
+    The simulator runs a block's threads as Python threads and has only block-wide
+    barriers, so these are built on them: every thread of the block must make the same
+    calls, which the generated kernels do (their shuffles and warp barriers are
+    block-uniform). A shuffle writes each thread's value, waits at a barrier and reads the
+    partner lane's value."""
+    import threading
+
+    from numba.cuda.simulator import kernelapi
+
+    fake = kernelapi.FakeCUDAModule
+    if getattr(fake, "_graphnn_warp_functions", False):
+        return
+
+    def shfl_xor_sync(self, mask, value, lane_mask):
+        # two exchange slots used in turn: a thread writing its next value cannot
+        # overwrite one a slower thread has still to read (a barrier lies between)
+        thread = threading.current_thread()
+        turn = thread.__dict__.get("_graphnn_turn", 0)
+        thread._graphnn_turn = turn ^ 1
+        slots = thread._manager.__dict__.setdefault("_graphnn_shfl", ({}, {}))[turn]
+        slots[thread.thread_id] = value
+        thread.syncthreads()
+        lane = thread.thread_id % 32
+        return slots.get(thread.thread_id - lane + (lane ^ lane_mask), value)
+
+    def syncwarp(self, mask=0xffffffff):
+        threading.current_thread().syncthreads()
+
+    fake.shfl_xor_sync = shfl_xor_sync
+    fake.syncwarp = syncwarp
+    fake._graphnn_warp_functions = True
+
+
 class CudaFunction(LoweredFunction):
     """A graph compiled to numba.cuda kernels with device-resident parameters.
 
@@ -76,16 +113,20 @@ class CudaFunction(LoweredFunction):
     math_errors = (ValueError, OverflowError, ZeroDivisionError)
 
     def __init__(self, outputs, updates=None, check_finite=False, optimize_graph=True,
-                 block=128, tile=16, sync_params=False, generate_only=False):
+                 block=128, tile=64, thread_tile=None, sync_params=False,
+                 generate_only=False):
         self.cuda = _numba_cuda()
         if not generate_only and not self.cuda.is_available():
             raise BackendError("backend='cuda': no CUDA GPU was found "
                                "(numba.cuda.is_available() is False). " + SIMULATOR_HINT)
+        if simulator_enabled():
+            install_simulator_warp_functions()
         started = time.perf_counter()
         super().__init__(outputs, updates, check_finite, optimize_graph)
         lowering = self.lowering
         try:
-            self.source = cuda_codegen.generate(self.program, block=block, tile=tile)
+            self.source = cuda_codegen.generate(self.program, block=block, tile=tile,
+                                                thread_tile=thread_tile)
         except ValueError as exc:
             raise BackendError(f"backend='cuda': {exc}") from None
         self.module, self.path = loader.load_module(self.source)
@@ -94,6 +135,7 @@ class CudaFunction(LoweredFunction):
         self.stats.update({
             "passes": self.pass_report,
             "kernels": len(self.module.SIGNATURES),
+            "launches_per_call": self.module.LAUNCHES,
             "steps": len(self.program.steps),
             "module": self.path,
             "simulator": simulator_enabled(),
