@@ -204,10 +204,12 @@ def _reduce_ops(kind, dtype):
 
 
 def _warp_reduce(em, var, combine):
-    """Emit a butterfly reduction of `var` over the warp (every lane gets the result)."""
+    """Emit a butterfly reduction of `var` over the warp (every lane gets the result):
+    shfl.sync.bfly, called as the intrinsic (numba's `shfl_xor_sync` is a device
+    function, which `cuda.compile_ptx` cannot compile without a GPU)."""
     off = WARP // 2
     while off:
-        em.emit(f"{var}_sh = cuda.shfl_xor_sync({FULL_MASK}, {var}, {off})")
+        em.emit(f"{var}_sh = cuda.shfl_sync_intrinsic({FULL_MASK}, 3, {var}, {off}, 31)[0]")
         em.emit(combine.format(a=var, b=f"{var}_sh"))
         off //= 2
 

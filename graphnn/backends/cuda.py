@@ -59,7 +59,8 @@ def simulator_enabled():
 
 def install_simulator_warp_functions():
     """Give Numba's CUDA simulator the warp functions the generated kernels use
-    (`cuda.shfl_xor_sync`, `cuda.syncwarp`), which it lacks.
+    (`cuda.shfl_xor_sync` and the butterfly `cuda.shfl_sync_intrinsic`, `cuda.syncwarp`),
+    which it lacks.
 
     The simulator runs a block's threads as Python threads and has only block-wide
     barriers, so these are built on them: every thread of the block must make the same
@@ -86,10 +87,15 @@ def install_simulator_warp_functions():
         lane = thread.thread_id % 32
         return slots.get(thread.thread_id - lane + (lane ^ lane_mask), value)
 
+    def shfl_sync_intrinsic(self, mask, mode, value, offset, clamp):
+        assert mode == 3, "only the butterfly shuffle (shfl.sync.bfly) is simulated"
+        return shfl_xor_sync(self, mask, value, offset), True
+
     def syncwarp(self, mask=0xffffffff):
         threading.current_thread().syncthreads()
 
     fake.shfl_xor_sync = shfl_xor_sync
+    fake.shfl_sync_intrinsic = shfl_sync_intrinsic
     fake.syncwarp = syncwarp
     fake._graphnn_warp_functions = True
 

@@ -253,7 +253,7 @@ def test_source_shows_cuda_kernels_with_math_functions_and_typed_constants():
     x = gn.input("x", (2, 3))
     f = gn.compile(gn.sum(gn.sigmoid(x) * 0.5 + gn.exp(x)), backend="cuda", **SMALL)
     kernels = f.source.split("\ndef allocate(")[0]
-    assert "@cuda.jit" in kernels and "cuda.shfl_xor_sync(0xffffffff, acc, 16)" in kernels
+    assert "@cuda.jit" in kernels and "cuda.shfl_sync_intrinsic(0xffffffff, 3, acc, 16, 31)[0]" in kernels
     assert "exp(" in kernels and "np." not in kernels
     assert "numba.float32(0.5)" in kernels
     assert f.stats["kernels"] == len(f.module.SIGNATURES) == 1   # all fused into the sum
