@@ -30,6 +30,7 @@ Numba's CUDA simulator (slow: tiny shapes only). `generate_only=True` builds the
 and the kernel module without touching a device, so `.ptx()` can compile every kernel to
 PTX on a machine with the CUDA compiler libraries but no GPU.
 """
+import os
 import time
 
 import numpy as np
@@ -154,11 +155,16 @@ class CudaFunction(LoweredFunction):
             raise BackendError(f"backend='cuda': {exc}") from None
         self.module, self.path = loader.load_module(self.source)
         self.generate_only = generate_only
+        compiled = self._compile_kernels() if not generate_only and \
+            not simulator_enabled() else {"kernels_compiled": 0, "kernels_loaded": 0}
         self.sync_params = sync_params
         self.stats.update({
             "passes": self.pass_report,
             "kernels": len(self.module.SIGNATURES),
             "launches_per_call": self.module.LAUNCHES,
+            **compiled,
+            "ptx_compiled": 0,
+            "ptx_cached": 0,
             "steps": len(self.program.steps),
             "module": self.path,
             "simulator": simulator_enabled(),
@@ -178,6 +184,23 @@ class CudaFunction(LoweredFunction):
         self._device_consts = None
         if not generate_only:
             self._device_consts = [self._to_device(n.value) for n in lowering.consts]
+
+    # -- kernels ---------------------------------------------------------------------------
+    def _compile_kernels(self):
+        """Compile every kernel now, with its signature from the module's SIGNATURES (no
+        compile at the first launch, no respecialization). The kernels are declared
+        `cache=True`: Numba keeps their code in its on-disk cache next to the generated
+        module, so a second process that builds the same graph loads them without NVVM.
+        Returns how many were compiled and how many loaded from that cache."""
+        compiled = loaded = 0
+        for name, sig in self.module.SIGNATURES.items():
+            kernel = getattr(self.module, name)
+            before = kernel.stats
+            kernel.compile(sig)
+            after = kernel.stats
+            compiled += sum(after.cache_misses.values()) - sum(before.cache_misses.values())
+            loaded += sum(after.cache_hits.values()) - sum(before.cache_hits.values())
+        return {"kernels_compiled": compiled, "kernels_loaded": loaded}
 
     # -- transfers -------------------------------------------------------------------------
     def _to_device(self, array):
@@ -364,9 +387,33 @@ class CudaFunction(LoweredFunction):
     def ptx(self, cc=(7, 5)):
         """{kernel name: PTX text} for every generated kernel, compiled for compute
         capability `cc` with `numba.cuda.compile_ptx`. Needs the CUDA compiler library
-        (NVVM) but no GPU; not available in the simulator."""
+        (NVVM) but no GPU; not available in the simulator.
+
+        The PTX is kept in the kernel cache (`<cache>/ptx/`, named by the module, the
+        kernel, `cc` and the NVVM version): another call or process that builds the same
+        graph reads it back without compiling (`.stats["ptx_compiled"]`,
+        `.stats["ptx_cached"]`)."""
         if simulator_enabled():
             raise BackendError("PTX cannot be made in the CUDA simulator: run without "
                                "NUMBA_ENABLE_CUDASIM")
-        return {name: self.cuda.compile_ptx(getattr(self.module, name).py_func, sig, cc=cc)[0]
-                for name, sig in self.module.SIGNATURES.items()}
+        from numba.cuda.cudadrv import nvvm
+        version = "".join(map(str, nvvm.NVVM().get_version()))
+        directory = os.path.join(os.path.dirname(self.path), "ptx")
+        os.makedirs(directory, exist_ok=True)
+        stem = os.path.splitext(os.path.basename(self.path))[0]
+        out = {}
+        for name, sig in self.module.SIGNATURES.items():
+            path = os.path.join(directory, f"{stem}.{name}.sm{cc[0]}{cc[1]}.nvvm{version}.ptx")
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    out[name] = fh.read()
+            except OSError:
+                pass
+            if out.get(name, "").startswith("//") and out[name].rstrip().endswith("}"):
+                self.stats["ptx_cached"] += 1
+                continue
+            out[name] = self.cuda.compile_ptx(getattr(self.module, name).py_func, sig,
+                                              cc=cc)[0]
+            loader.write_atomically(directory, path, out[name].encode("utf-8"))
+            self.stats["ptx_compiled"] += 1
+        return out
