@@ -122,3 +122,15 @@ def test_mnist_cnn_step_launches(launches):
     for got, expected in zip(results["cuda"][1], results["numpy"][1]):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     print(f"cnn-mnist: {count} launches per step")
+
+
+def test_the_gpu_check_tool_runs_in_the_simulator(capsys):
+    """`make gpu-check`'s table, on tiny workloads in the simulator (its times mean
+    nothing there; the launches per step and the profiled launches are checked)."""
+    from graphnn.tools import gpu_check
+    assert gpu_check.main(["--tiny"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "SIMULATOR" in lines[0]
+    rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")]
+            for line in lines[2:]}
+    assert rows["mlp-tiny"][3] == "12" and rows["eltwise-tiny"][3] == "1"
