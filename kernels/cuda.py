@@ -639,6 +639,7 @@ class _Generator:
                 value = self.expr(k, em, step.expr, dtype, loop, subst)
                 em.emit(combine.format(a=f"tot{t}", b=value))
                 em.dedent(2)
+                em.emit(f"cuda.syncwarp({FULL_MASK})")
         em.dedent()
         for t, step in enumerate(totals):
             init, combine = _reduce_ops(step.kind, step.out.dtype)
