@@ -20,8 +20,9 @@ softmax-like chains, scalar steps run by a neighbour's first thread). Kernel sch
 - matmul: TILE x TILE output tiles per block, THREAD_TILE x THREAD_TILE outputs per
   thread held in registers (THREAD_TILE**2 FMAs per 2*THREAD_TILE shared loads), operands
   staged through shared memory with coalesced global reads for either layout (transposes
-  are read in place), the epilogue (scaling, accumulation into the output, the chain's
-  tail) applied from the registers;
+  are read in place); the epilogue (scaling, accumulation into the output) is applied from
+  the registers, and a chain's tail to the tile staged through shared memory (emitted
+  once, not once per register);
 - argmax mask: one thread per kept element, scanning the reduced axes.
 
 0-d buffers live on the device as 1-element arrays. Floating constants are typed
@@ -724,25 +725,39 @@ class _Generator:
         em.dedent()
         em.emit("cuda.syncthreads()")
         em.dedent()
-        # the epilogue, from the registers
-        for i in range(r):
-            for j in range(r):
-                em.emit(f"row = row0 + ty + {i * ty_n}")
-                em.emit(f"col = col0 + tx + {j * tx_n}")
-                em.emit("if row < m and col < n:")
-                em.indent()
-                value = f"c{i}_{j}" if step.alpha == 1 else \
-                    f"numba.{dtype}({float(step.alpha)!r}) * c{i}_{j}"
-                if step.beta != 0:
-                    old = f"{on}[row, col]"
-                    value += f" + {old}" if step.beta == 1 else \
-                        f" + numba.{dtype}({float(step.beta)!r}) * {old}"
-                em.emit(f"acc = {value}")
-                if self.store(step):
-                    em.emit(f"{on}[row, col] = acc")
-                self.tails(k, em, step, steps[1:], "row * n + col", ["row", "col"],
-                           {fusion.mem(out): "acc"})
-                em.dedent()
+        value_of = (lambda c: c) if step.alpha == 1 else \
+            (lambda c: f"numba.{dtype}({float(step.alpha)!r}) * {c}")
+        old = f"{on}[row, col]"
+        beta = "" if step.beta == 0 else f" + {old}" if step.beta == 1 else \
+            f" + numba.{dtype}({float(step.beta)!r}) * {old}"
+        if len(steps) == 1:
+            # the epilogue, from the registers
+            for i in range(r):
+                for j in range(r):
+                    em.emit(f"row = row0 + ty + {i * ty_n}")
+                    em.emit(f"col = col0 + tx + {j * tx_n}")
+                    em.emit("if row < m and col < n:")
+                    em.emit(f"    {on}[row, col] = {value_of(f'c{i}_{j}')}{beta}")
+        else:
+            # a chain's tail is emitted once, not per register: the tile goes through
+            # shared memory, then each thread finishes elements of it (coalesced)
+            em.emit(f"ct = cuda.shared.array(({tm}, {tn}), numba.{dtype})")
+            for i in range(r):
+                em.emit("; ".join(f"ct[ty + {i * ty_n}, tx + {j * tx_n}] = c{i}_{j}"
+                                  for j in range(r)))
+            em.emit("cuda.syncthreads()")
+            em.emit(f"for e in range(tid, {tm * tn}, {threads}):")
+            em.indent()
+            em.emit(f"row = row0 + e // {tn}")
+            em.emit(f"col = col0 + e % {tn}")
+            em.emit("if row < m and col < n:")
+            em.indent()
+            em.emit(f"acc = {value_of(f'ct[e // {tn}, e % {tn}]')}{beta}")
+            if self.store(step):
+                em.emit(f"{on}[row, col] = acc")
+            self.tails(k, em, step, steps[1:], "row * n + col", ["row", "col"],
+                       {fusion.mem(out): "acc"})
+            em.dedent(2)
         grid = (f"(({on}.shape[1] + {tn - 1}) // {tn}, ({on}.shape[0] + {tm - 1}) // {tm})")
         return f"{grid}, MATMUL_THREADS"
 
