@@ -43,7 +43,7 @@ from . import cuda_fusion as fusion
 from . import ir
 from .cuda_windows import ELEMENT_HELPERS
 
-GENERATOR_VERSION = "cuda-2"
+GENERATOR_VERSION = "cuda-3"
 MAX_BLOCKS = 1024          # grid-stride loops need no more blocks than this
 WARP = 32
 FULL_MASK = "0xffffffff"
