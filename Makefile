@@ -1,5 +1,6 @@
 # make demo: the main job (set up, then show the lecture examples)
 # make test: the test suite (set up, then pytest)
+# make gpu-check: on a machine with a CUDA GPU, the GPU tier and one timing table
 # Both create .venv and install graphnn with its dependencies when needed.
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -7,7 +8,7 @@ STAMP   := $(VENV)/.installed-stamp
 export OPENBLAS_NUM_THREADS ?= 1
 export GRAPHNN_CACHE_DIR ?= $(CURDIR)/.graphnn-cache
 
-.PHONY: demo test fuzz mutate bench dot mpi browser clean
+.PHONY: demo test fuzz mutate bench dot mpi browser gpu-check clean
 
 # In CI (CI=true) a tier whose tools cannot be installed is a failure, not a skip.
 CI_FAIL := case "$$CI" in true|1|yes) echo "CI: this tier must run"; exit 1;; esac
@@ -77,6 +78,18 @@ mutate: $(STAMP)
 # environment line names the kernels it runs).
 bench: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) -m graphnn bench
+
+# The GPU tier, on a machine with a CUDA GPU (under 10 minutes): tests/conftest.py turns the
+# CUDA simulator on only when NUMBA_ENABLE_CUDASIM is unset, so =0 reaches the real GPU.
+# Runs the tests marked gpu, then one table per workload (ms per step from CUDA events with
+# device-resident feeds, launches per step, the on-paper roofline, the slowest kernels),
+# then the bench's eager / cpu / cuda comparison.
+gpu-check: $(STAMP)
+	@NUMBA_ENABLE_CUDASIM=0 $(PY) -c "from numba import cuda; raise SystemExit(0 if cuda.is_available() else 'gpu-check needs a CUDA GPU (numba.cuda.is_available() is False)')"
+	NUMBA_ENABLE_CUDASIM=0 $(PY) -m pytest -q -m gpu tests/kernels
+	NUMBA_ENABLE_CUDASIM=0 $(PY) -m graphnn.tools.gpu_check --steps 50
+	NUMBA_ENABLE_CUDASIM=0 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) -m graphnn bench \
+	  --modes eager,cpu,cuda --workloads mlp-medium,cnn-mnist,eltwise --quick
 
 clean:
 	rm -rf $(VENV) .graphnn-cache build *.egg-info

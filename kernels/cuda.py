@@ -1,24 +1,36 @@
-"""GPU back end: a kernel-IR `Program` becomes ONE generated Python module holding a
-`numba.cuda` kernel per step and two host functions:
+"""GPU back end: a kernel-IR `Program` becomes ONE generated Python module holding the
+`numba.cuda` kernels of its launches and two host functions:
 
 - `allocate(d0, d1, ...)` makes the device temporaries for one binding of the dim names;
-- `program(inputs..., states..., consts..., temps)` launches every step in order (forward,
-  backward, parameter updates written in place into the state buffers) and returns the
-  output device arrays. Nothing is copied between host and device in there.
+- `program(inputs..., states..., consts..., temps)` launches every kernel in order
+  (forward, backward, parameter updates written in place into the state buffers) and
+  returns the output device arrays. Nothing is copied between host and device in there.
 
-Kernel schemes, chosen to be simple and correct:
-- elementwise: a grid-stride loop over the flat output index, split into one index per axis;
+Which steps share a launch is decided by kernels/cuda_fusion.py (matmul epilogues,
+multi-output elementwise passes, reductions finished by their updates, row kernels for
+softmax-like chains, scalar steps run by a neighbour's first thread). Kernel schemes:
+
+- elementwise, windows, places: a grid-stride loop over the anchor's flat output index,
+  one thread per element; the chain's tail steps run at the same element;
 - reduce: one thread block per output element; each thread folds a strided part of the
-  reduced domain, then a tree reduction in shared memory (BLOCK must be a power of two);
-- matmul: TILE x TILE tiles of both operands in shared memory, transposes read in place;
-- conv/pool windows: one thread per output element, the body inlined from
-  kernels/cuda_windows.py (no device functions, so compile_ptx needs no GPU);
-- argmax mask: one thread per kept element, scanning the reduced axes;
-- reshape: a view of the device array; place (concat/pad): a copy kernel per part.
+  reduced domain, then warp shuffles (`shfl_xor`) and one shared-memory step across the
+  block's warps (BLOCK must be a power of two, at least a warp);
+- rows: one warp per row, lanes striding over the columns, row reductions by warp
+  shuffles; whole reductions of row values are finished in the (single) block;
+- matmul: TILE x TILE output tiles per block, THREAD_TILE x THREAD_TILE outputs per
+  thread held in registers (THREAD_TILE**2 FMAs per 2*THREAD_TILE shared loads), operands
+  staged through shared memory with coalesced global reads for either layout (transposes
+  are read in place); the epilogue (scaling, accumulation into the output) is applied from
+  the registers, and a chain's tail to the tile staged through shared memory (emitted
+  once, not once per register);
+- argmax mask: one thread per kept element, scanning the reduced axes.
 
 0-d buffers live on the device as 1-element arrays. Floating constants are typed
-(`numba.float32(...)`), so float32 graphs hold no float64 arithmetic. `SIGNATURES` in the
-module gives each kernel's argument types, for `cuda.compile_ptx` without a GPU.
+(`numba.float32(...)`), so float32 graphs hold no float64 arithmetic; a power by a
+constant 0.5, -0.5, 1, -1 or 2 is a sqrt, a reciprocal or a product (no `powf` call).
+`SIGNATURES` in the module gives each kernel's argument types: kernels are compiled
+eagerly with them (cache=True: Numba's on-disk cache next to the module), and
+`cuda.compile_ptx` can compile them without a GPU.
 """
 import ast
 import inspect
@@ -27,52 +39,40 @@ import textwrap
 import numba
 import numpy as np
 
+from . import cuda_fusion as fusion
 from . import ir, random
 from .cuda_windows import ELEMENT_HELPERS
 
-GENERATOR_VERSION = "cuda-2"
+GENERATOR_VERSION = "cuda-4"
+BATCH_TILE = 16  # the tile of a stack of matrix products (ir.BatchMatmul)
 MAX_BLOCKS = 1024          # grid-stride loops need no more blocks than this
+WARP = 32
+FULL_MASK = "0xffffffff"
+BK = 8                     # the matmul's k-depth per shared-memory stage
 
 
-def generate(program, block=128, tile=16):
-    """The module source for `program`; `block` threads per 1-D block, `tile` for matmul."""
-    if block < 1 or block & (block - 1):
-        raise ValueError(f"block size must be a power of two, got {block}")
-    gen = _Generator(program, block, tile)
+def default_thread_tile(tile):
+    """Outputs per thread along each axis of a matmul tile (8 for the default 64)."""
+    return max(1, min(8, tile // 8))
+
+
+def generate(program, block=128, tile=64, thread_tile=None):
+    """The module source for `program`: `block` threads per 1-D block, `tile` x `tile`
+    matmul output tiles with `thread_tile` x `thread_tile` outputs per thread."""
+    if block < WARP or block > 1024 or block & (block - 1):
+        raise ValueError(f"block size must be a power of two from {WARP} (a warp) to "
+                         f"1024, got {block}")
+    thread_tile = default_thread_tile(tile) if thread_tile is None else thread_tile
+    if thread_tile < 1 or tile < 1 or tile % thread_tile or \
+            (tile // thread_tile) ** 2 > 1024:
+        raise ValueError(f"the matmul tile ({tile}) must be a multiple of thread_tile "
+                         f"({thread_tile}) with at most 1024 threads per tile")
+    gen = _Generator(program, block, tile, thread_tile)
     return gen.module()
 
 
-class _DeviceExpr(ast.NodeTransformer):
-    """Scalar-expression source -> device source: `T(...)` becomes `numba.<dtype>(...)`,
-    np.inf/np.nan become math.inf/math.nan, and two-argument max/min become conditional
-    expressions with Python's semantics (the built-in CUDA target compiles builtin max/min
-    through a path that needs a device, so `cuda.compile_ptx` could not check them)."""
-
-    def __init__(self, dtype):
-        self.dtype = dtype
-
-    def visit_Call(self, node):
-        self.generic_visit(node)
-        if isinstance(node.func, ast.Name) and node.func.id == "T":
-            node.func = ast.Attribute(ast.Name("numba", ast.Load()), self.dtype, ast.Load())
-        elif isinstance(node.func, ast.Name) and node.func.id in ("max", "min") and \
-                len(node.args) == 2 and not node.keywords:
-            a, b = node.args
-            op = ast.Gt() if node.func.id == "max" else ast.Lt()
-            return ast.IfExp(ast.Compare(b, [op], [a]), b, a)
-        return node
-
-    def visit_Attribute(self, node):
-        if isinstance(node.value, ast.Name) and node.value.id == "np" and \
-                node.attr in ("inf", "nan"):
-            return ast.Attribute(ast.Name("math", ast.Load()), node.attr, ast.Load())
-        return self.generic_visit(node)
-
-
-def _typed(code, dtype):
-    """Device source of a scalar expression or statement (see _DeviceExpr)."""
-    tree = _DeviceExpr(dtype).visit(ast.parse(code))
-    return ast.unparse(ast.fix_missing_locations(tree))
+_POW_SPECIAL = {0.5: "sqrt({x})", -0.5: "({one} / sqrt({x}))", 1.0: "{x}",
+                -1.0: "({one} / {x})", 2.0: "({x} * {x})"}
 
 
 # Functions a scalar expression may call that the device code gets inlined (statements
@@ -128,6 +128,73 @@ def _inline_calls(code, prefix):
     return lines, ast.unparse(ast.fix_missing_locations(tree))
 
 
+def _constant(node):
+    """The float value of a constant node (`2.0`, `T(0.5)`, `numba.float32(-1.0)`)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        value = _constant(node.operand)
+        return None if value is None else -value
+    if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords:
+        return _constant(node.args[0])
+    return None
+
+
+class _DeviceExpr(ast.NodeTransformer):
+    """Scalar-expression source -> device source: `T(...)` becomes `numba.<dtype>(...)`,
+    np.inf/np.nan become math.inf/math.nan, two-argument max/min become conditional
+    expressions with Python's semantics (the built-in CUDA target compiles builtin max/min
+    through a path that needs a device, so `cuda.compile_ptx` could not check them), a
+    power by a cheap constant becomes sqrt or products, and names are renamed by
+    `rename` (name -> replacement source)."""
+
+    def __init__(self, dtype, rename=None):
+        self.dtype = dtype
+        self.rename = rename or {}
+
+    def visit_Name(self, node):
+        if node.id in self.rename:
+            new = ast.parse(self.rename[node.id], mode="eval").body
+            if isinstance(node.ctx, ast.Store):
+                assert isinstance(new, ast.Name), node.id
+                return ast.Name(new.id, ast.Store())
+            return new
+        return node
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id == "T":
+            node.func = ast.Attribute(ast.Name("numba", ast.Load()), self.dtype, ast.Load())
+        elif isinstance(node.func, ast.Name) and node.func.id in ("max", "min") and \
+                len(node.args) == 2 and not node.keywords:
+            a, b = node.args
+            op = ast.Gt() if node.func.id == "max" else ast.Lt()
+            return ast.IfExp(ast.Compare(b, [op], [a]), b, a)
+        return node
+
+    def visit_BinOp(self, node):
+        self.generic_visit(node)
+        exponent = _constant(node.right) if isinstance(node.op, ast.Pow) else None
+        if exponent in _POW_SPECIAL and np.dtype(self.dtype).kind == "f" and \
+                (exponent != 2.0 or isinstance(node.left, ast.Name)):
+            code = _POW_SPECIAL[exponent].format(x=ast.unparse(node.left),
+                                                 one=f"numba.{self.dtype}(1)")
+            return ast.parse(code, mode="eval").body
+        return node
+
+    def visit_Attribute(self, node):
+        if isinstance(node.value, ast.Name) and node.value.id == "np" and \
+                node.attr in ("inf", "nan"):
+            return ast.Attribute(ast.Name("math", ast.Load()), node.attr, ast.Load())
+        return self.generic_visit(node)
+
+
+def _typed(code, dtype, rename=None):
+    """Device source of a scalar expression or statement (see _DeviceExpr)."""
+    tree = _DeviceExpr(dtype, rename).visit(ast.parse(code))
+    return ast.unparse(ast.fix_missing_locations(tree))
+
+
 def _device_shape(shape):
     return tuple(shape) if shape else (1,)
 
@@ -135,16 +202,6 @@ def _device_shape(shape):
 def _tuple_src(items):
     items = [str(i) for i in items]
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-
-
-def _scaled(step, out, dtype):
-    """acc scaled by the step's alpha, plus beta times what out holds (BLAS gemm's form)."""
-    value = "acc" if step.alpha == 1 else f"numba.{dtype}({float(step.alpha)!r}) * acc"
-    if step.beta != 0:
-        old = f"{out.name}[row, col]"
-        value += f" + {old}" if step.beta == 1 else \
-            f" + numba.{dtype}({float(step.beta)!r}) * {old}"
-    return value
 
 
 def _product(dims):
@@ -167,7 +224,8 @@ class _Lines:
         self.depth = depth
 
     def emit(self, line):
-        self.lines.append("    " * self.depth + line)
+        for part in line.splitlines():
+            self.lines.append("    " * self.depth + part)
 
     def indent(self, n=1):
         self.depth += n
@@ -180,6 +238,9 @@ def _split_index(em, flat, names, sizes):
     """Emit code turning the row-major flat index `flat` into one variable per axis."""
     if not names:
         return
+    if len(names) == 1:
+        em.emit(f"{names[0]} = {flat}")
+        return
     em.emit(f"rest = {flat}")
     for name, size in reversed(list(zip(names[1:], sizes[1:]))):
         em.emit(f"{name} = rest % {size}")
@@ -187,37 +248,91 @@ def _split_index(em, flat, names, sizes):
     em.emit(f"{names[0]} = rest")
 
 
+def _reduce_ops(kind, dtype):
+    """(initial value, combine statement format) of a reduction; a max starts from the
+    dtype's lowest value and keeps NaN, as NumPy's max does."""
+    if kind == "sum":
+        return f"numba.{dtype}(0)", "{a} = {a} + {b}"
+    if np.dtype(dtype).kind == "f":
+        return f"numba.{dtype}(-math.inf)", "{a} = {b} if {b} > {a} or {b} != {b} else {a}"
+    return f"numba.{dtype}({np.iinfo(dtype).min})", "{a} = {b} if {b} > {a} else {a}"
+
+
+def _warp_reduce(em, var, combine):
+    """Emit a butterfly reduction of `var` over the warp (every lane gets the result):
+    shfl.sync.bfly, called as the intrinsic (numba's `shfl_xor_sync` is a device
+    function, which `cuda.compile_ptx` cannot compile without a GPU)."""
+    off = WARP // 2
+    while off:
+        em.emit(f"{var}_sh = cuda.shfl_sync_intrinsic({FULL_MASK}, 3, {var}, {off}, 31)[0]")
+        em.emit(combine.format(a=var, b=f"{var}_sh"))
+        off //= 2
+
+
+FIRST_THREAD = ("cuda.threadIdx.x == 0 and cuda.blockIdx.x == 0 and "
+                "cuda.blockIdx.y == 0")
+
+
+class _Kernel:
+    """One kernel being generated: its parameters (buffers, then every dim) and body."""
+
+    def __init__(self, gen, name):
+        self.gen, self.name = gen, name
+        self.buffers = {}
+        self.body = _Lines(1)
+        self.nvar = 0
+
+    def buf(self, buffer):
+        self.buffers.setdefault(buffer.name, buffer)
+        return buffer.name
+
+    def prefix(self):
+        self.nvar += 1
+        return f"s{self.nvar}_"
+
+    def params(self):
+        return list(self.buffers) + self.gen.dims
+
+
 class _Generator:
-    def __init__(self, program, block, tile):
+    def __init__(self, program, block, tile, thread_tile):
         self.program = program
         self.block = block
         self.tile = tile
+        self.thread_tile = thread_tile
         self.dims = list(program.dims)
         self.kernels = []       # source lines of each kernel
         self.signatures = {}    # kernel name -> numba signature string
         self.host = _Lines(1)   # body of program()
         self.temps = {}         # name -> Buffer allocated by allocate()
+        self.plan = None
 
     # -- the module ------------------------------------------------------------------------
     def module(self):
         p = self.program
         host = self.host
+        self.plan = fusion.plan(p)
         for dim, (index, axis) in p.dims.items():
             host.emit(f"{dim} = {p.inputs[index].name}.shape[{axis}]")
-        for k, step in enumerate(p.steps):
-            for line in step.comment.splitlines() if step.comment else []:
-                host.emit(f"# {line}")
-            self.step(k, step)
+        for view in self.plan.views:
+            host.emit(f"{view.out.name} = {view.src.name}.reshape("
+                      f"{_tuple_src(_device_shape(view.out.shape))})  # {view.comment}")
+        for n, launch in enumerate(self.plan.launches):
+            self.launch(n, launch)
         self.emit_updates_and_return(host)
         args = [b.name for b in p.inputs + p.states + p.consts]
         temps = list(self.temps)
+        threads = (self.tile // self.thread_tile) ** 2
         out = [f"# Generated by graphnn ({GENERATOR_VERSION}, numba {numba.__version__}), "
-               f"block={self.block}, tile={self.tile}. Do not edit: regenerated from the graph.",
+               f"block={self.block}, tile={self.tile}, thread_tile={self.thread_tile}. "
+               "Do not edit: regenerated from the graph.",
                "import math", "",
                "import numba", "import numpy as np", "from numba import cuda",
                "from math import erf, exp, log, log1p, sqrt, tanh",
                "from numba import uint64", "",
-               f"BLOCK = {self.block}", f"TILE = {self.tile}", f"MAX_BLOCKS = {MAX_BLOCKS}",
+               f"BLOCK = {self.block}", f"TILE = {self.tile}",
+               f"MATMUL_THREADS = {threads}", f"MAX_BLOCKS = {MAX_BLOCKS}",
+               f"LAUNCHES = {len(self.plan.launches)}  # kernel launches per call",
                "", "", "def blocks(n):",
                "    return max(1, min(MAX_BLOCKS, (n + BLOCK - 1) // BLOCK))", ""]
         for lines in self.kernels:
@@ -262,172 +377,461 @@ class _Generator:
             results.append(snaps.get(buf.name, buf.name))
         em.emit(f"return {_tuple_src(results)}")
 
-    # -- steps -----------------------------------------------------------------------------
+    # -- launches --------------------------------------------------------------------------
     def use(self, buf):
         """Mark a step's output as a device temporary made by allocate()."""
         if buf.role == "temp":
             self.temps.setdefault(buf.name, buf)
 
-    def add_kernel(self, name, params, lines):
-        self.kernels.append([f"@cuda.jit", f"def {name}({', '.join(params)}):"] +
-                            ["    " + line for line in lines])
-
-    def signature(self, name, buffers, scalars):
-        types = [_array_type(b) for b in buffers] + ["int64"] * scalars
-        self.signatures[name] = f"void({', '.join(types)})"
-
-    def step(self, k, step):
-        kind = type(step).__name__.lower()
-        name = f"k{k}_{kind}"
-        if isinstance(step, ir.Reshape):
-            self.host.emit(f"{step.out.name} = {step.src.name}.reshape("
-                           f"{_tuple_src(_device_shape(step.out.shape))})")
-            return
-        self.use(step.out)
-        emit = {ir.Elementwise: self.elementwise, ir.Reduce: self.reduce,
-                ir.Matmul: self.matmul, ir.BatchMatmul: self.batch_matmul,
-                ir.Window: self.window,
-                ir.ArgmaxMask: self.argmax_mask, ir.Place: self.place}
-        if type(step) not in emit:
-            raise TypeError(f"unknown kernel step {type(step).__name__}")
-        emit[type(step)](name, step)
-
-    def expr_buffers(self, out, expr):
-        bufs = {out.name: out}
-        for load in expr.loads.values():
-            bufs.setdefault(load.buffer.name, load.buffer)
-        return list(bufs.values())
-
-    def emit_expr(self, em, expr, dtype):
-        for var, load in expr.loads.items():
-            em.emit(f"{var} = {_index(load.buffer, load.index)}")
-        for var, code in expr.stmts:
-            prelude, code = _inline_calls(code, f"{var}_")
-            for statement in prelude:
-                for line in _typed(statement, dtype).splitlines():
-                    em.emit(line)
-            em.emit(f"{var} = {_typed(code, dtype)}")
-
-    def elementwise(self, name, step):
-        out = step.out
-        bufs = self.expr_buffers(out, step.expr)
-        params = [b.name for b in bufs] + self.dims
-        em = _Lines(1)
-        loopvars = [f"i{k}" for k in range(out.ndim)]
-        _split_index(em, "k", loopvars, [f"{out.name}.shape[{a}]" for a in range(out.ndim)])
-        self.emit_expr(em, step.expr, out.dtype)
-        em.emit(f"{_index(out, loopvars)} = {_typed(step.expr.result, out.dtype)}")
-        self.add_kernel(name, params, [
-            f"for k in range(cuda.grid(1), {out.name}.size, cuda.gridsize(1)):"] + em.lines)
-        self.signature(name, bufs, len(self.dims))
-        size = _product(_device_shape(out.shape))
-        self.host.emit(f"{name}[blocks({size}), BLOCK]({', '.join(params)})")
-
-    def reduce(self, name, step):
-        out, domain = step.out, step.domain
-        kept = [k for k in range(len(domain)) if k not in step.axes]
-        bufs = self.expr_buffers(out, step.expr)
-        if step.post is not None:
-            names = {b.name for b in bufs}
-            bufs += [b for b in self.expr_buffers(out, step.post) if b.name not in names]
-        params = [b.name for b in bufs] + self.dims
-        dtype = out.dtype
-        # a max starts from the dtype's lowest value and keeps NaN, as NumPy's max does
-        if step.kind == "sum":
-            init, combine = f"numba.{dtype}(0)", "{a} = {a} + {b}"
-        elif np.dtype(dtype).kind == "f":
-            init = f"numba.{dtype}(-math.inf)"
-            combine = "{a} = {b} if {b} > {a} or {b} != {b} else {a}"
+    def launch(self, n, launch):
+        steps = launch.steps
+        for step in steps + launch.side:
+            self.use(step.out)
+        for step in steps:
+            for line in step.comment.splitlines() if step.comment else []:
+                self.host.emit(f"# {line}")
+        for step in launch.side:
+            self.host.emit(f"# {step.comment}  (run by the first thread of the next kernel)")
+        if launch.kind == "scalars":
+            kind = "scalar"
+        elif launch.kind == "rows":
+            kind = "rows"
         else:
-            init = f"numba.{dtype}({np.iinfo(dtype).min})"
-            combine = "{a} = {b} if {b} > {a} else {a}"
-        em = _Lines(0)
-        em.emit(f"cache = cuda.shared.array({self.block}, numba.{dtype})")
-        em.emit("tid = cuda.threadIdx.x")
-        em.emit(f"for o in range(cuda.blockIdx.x, {_product([domain[k] for k in kept])}, "
-                f"cuda.gridDim.x):")
+            kind = type(steps[0]).__name__.lower()
+        k = _Kernel(self, f"k{n}_{kind}")
+        if launch.side:
+            self.side_tasks(k, launch.side)
+        if launch.kind == "scalars":
+            config = "1, WARP"
+        elif launch.kind == "rows":
+            config = self.rows(k, launch)
+        elif isinstance(steps[0], ir.Matmul):
+            config = self.matmul(k, steps)
+        elif isinstance(steps[0], ir.BatchMatmul):
+            config = self.batch_matmul(k, steps[0])
+        elif isinstance(steps[0], ir.Reduce):
+            config = self.reduce(k, steps)
+        elif isinstance(steps[0], ir.ArgmaxMask):
+            config = self.argmax_mask(k, steps[0])
+        else:
+            config = self.pointwise(k, steps)
+        params = k.params()
+        self.kernels.append([f"@cuda.jit(cache=True)", f"def {k.name}({', '.join(params)}):"]
+                            + k.body.lines)
+        types = [_array_type(b) for b in k.buffers.values()] + ["int64"] * len(self.dims)
+        self.signatures[k.name] = f"void({', '.join(types)})"
+        self.host.emit(f"{k.name}[{config}]({', '.join(params)})".replace("WARP", str(WARP)))
+
+    def store(self, step):
+        return self.plan.stores[id(step)]
+
+    # -- scalar expressions ----------------------------------------------------------------
+    def expr(self, k, em, expr, dtype, loop, subst=None, acc=None):
+        """Emit the statements of `expr` with its loop variables i0, i1, ... bound to the
+        source in `loop`, its variables renamed apart, loads replaced by `subst(load)`
+        when that gives a variable; returns the source of its result."""
+        p = k.prefix()
+        rename = {f"i{a}": v for a, v in enumerate(loop)}
+        if acc is not None:
+            rename["acc"] = acc
+        for var in expr.loads:
+            rename[var] = p + var
+        for var, _ in expr.stmts:
+            rename[var] = p + var
+        for var, load in expr.loads.items():
+            value = subst(load) if subst else None
+            if value is None:
+                index = [_typed(i, dtype, rename) for i in load.index]
+                value = _index(load.buffer, index)
+                k.buf(load.buffer)
+            em.emit(f"{p}{var} = {value}")
+        for var, code in expr.stmts:
+            prelude, code = _inline_calls(code, f"{p}{var}_")
+            for statement in prelude:
+                for line in _typed(statement, dtype, rename).splitlines():
+                    em.emit(line)
+            em.emit(f"{p}{var} = {_typed(code, dtype, rename)}")
+        return _typed(expr.result, dtype, rename)
+
+    def side_tasks(self, k, side):
+        """Scalar steps run by the first thread (nothing else in the kernel touches what
+        they read or write)."""
+        em = k.body
+        em.emit(f"if {FIRST_THREAD}:")
         em.indent()
-        _split_index(em, "o", [f"i{k}" for k in kept], [domain[k] for k in kept])
+        for step in side:
+            zero = ["0"] * step.out.ndim
+            value = self.expr(k, em, step.expr, step.out.dtype, zero)
+            em.emit(f"{_index(step.out, zero)} = {value}")
+            k.buf(step.out)
+        em.dedent()
+
+    def tails(self, k, em, anchor, tails, flat, point_vars, values):
+        """Emit the chain's tail steps at the anchor's point: `point_vars` index the
+        anchor's output, `flat` is the source of the point's flat index, `values`
+        maps memory name -> register holding its value at this point."""
+        for step in tails:
+            if tuple(step.out.shape) == tuple(anchor.out.shape):
+                loop = list(point_vars)
+            else:
+                loop = [f"{k.prefix()}j{a}" for a in range(step.out.ndim)]
+                _split_index(em, flat, loop, [f"{k.buf(step.out)}.shape[{a}]"
+                                              for a in range(step.out.ndim)])
+
+            def subst(load, step=step):
+                m = fusion.mem(load.buffer)
+                if m in values and fusion.is_identity(load, step.out):
+                    return values[m]
+                return None
+            value = self.expr(k, em, step.expr, step.out.dtype, loop, subst)
+            var = f"{k.prefix()}r"
+            em.emit(f"{var} = {value}")
+            values[fusion.mem(step.out)] = var
+            if self.store(step):
+                em.emit(f"{k.buf(step.out)}[{', '.join(loop) or '0'}] = {var}")
+
+    # -- pointwise anchors: elementwise, window, place -------------------------------------
+    def pointwise(self, k, steps):
+        anchor = steps[0]
+        out = anchor.out
+        k.buf(out)
+        em = k.body
+        em.emit(f"for e in range(cuda.grid(1), {out.name}.size, cuda.gridsize(1)):")
+        em.indent()
+        point = [f"p{a}" for a in range(out.ndim)]
+        _split_index(em, "e", point, [f"{out.name}.shape[{a}]" for a in range(out.ndim)])
+        if isinstance(anchor, ir.Elementwise):
+            value = self.expr(k, em, anchor.expr, out.dtype, point)
+        elif isinstance(anchor, ir.Window):
+            value = self.window_value(k, em, anchor, point)
+        else:
+            value = self.place_value(k, em, anchor, point)
+        em.emit(f"r0 = {value}")
+        if self.store(anchor):
+            em.emit(f"{_index(out, point)} = r0")
+        self.tails(k, em, anchor, steps[1:], "e", point, {fusion.mem(out): "r0"})
+        return f"blocks({out.name}.size), BLOCK"
+
+    def window_value(self, k, em, step, point):
+        """The element function of kernels/cuda_windows.py, inlined (its parameter names
+        bound to the kernel's arguments, its index to the point), its value returned."""
+        func = ast.parse(textwrap.dedent(inspect.getsource(ELEMENT_HELPERS[step.helper]))).body[0]
+        names = [a.arg for a in func.args.args]
+        body = func.body
+        if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body = body[1:]  # the docstring
+        *statements, result = body
+        assert isinstance(result, ast.Return), step.helper
+        p = k.prefix()
+        rename = {}
+        for name, buf in zip(names, step.args):
+            rename[name] = k.buf(buf)
+        for name, value in zip(names[len(step.args):], step.params):
+            rename[name] = str(int(value))    # strides, pads, sizes: compile-time constants
+        for name, var in zip(names[-4:], point):
+            rename[name] = var
+        local = {n.id for s in statements for n in ast.walk(s)
+                 if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        for name in local:
+            rename[name] = p + name
+        for statement in statements:
+            em.emit(_typed(ast.unparse(statement), step.out.dtype, rename))
+        return _typed(ast.unparse(result.value), step.out.dtype, rename)
+
+    def place_value(self, k, em, step, point):
+        """out = the part that covers this element (or zero where none does)."""
+        out = step.out
+        em.emit(f"pv = numba.{out.dtype}(0)")
+        first = True
+        for src, axis, start in step.parts:
+            name = k.buf(src)
+            inside = [f"{start} <= {point[axis]} < {start} + {name}.shape[{axis}]"]
+            inside += [f"{point[a]} < {name}.shape[{a}]" for a in range(src.ndim) if a != axis]
+            index = list(point[:src.ndim])
+            index[axis] = f"{point[axis]} - {start}"
+            em.emit(f"{'if' if first else 'elif'} {' and '.join(inside)}:")
+            em.emit(f"    pv = {_index(src, index)}")
+            first = False
+        return "pv"  # without zero_fill the parts cover every element
+
+    # -- reductions --------------------------------------------------------------------------
+    def reduce(self, k, steps):
+        step = steps[0]
+        out, domain = step.out, step.domain
+        kept = [a for a in range(len(domain)) if a not in step.axes]
+        dtype = out.dtype
+        init, combine = _reduce_ops(step.kind, dtype)
+        warps = self.block // WARP
+        em = k.body
+        em.emit(f"cache = cuda.shared.array({warps}, numba.{dtype})")
+        em.emit("tid = cuda.threadIdx.x")
+        em.emit(f"lane = tid % {WARP}")
+        em.emit(f"warp = tid // {WARP}")
+        nout = _product([domain[a] for a in kept])
+        em.emit(f"for o in range(cuda.blockIdx.x, {nout}, cuda.gridDim.x):")
+        em.indent()
+        kept_vars = [f"i{a}" for a in kept]
+        _split_index(em, "o", kept_vars, [domain[a] for a in kept])
         em.emit(f"acc = {init}")
-        em.emit(f"for q in range(tid, {_product([domain[k] for k in step.axes])}, "
+        em.emit(f"for q in range(tid, {_product([domain[a] for a in step.axes])}, "
                 f"{self.block}):")
         em.indent()
-        _split_index(em, "q", [f"i{k}" for k in step.axes], [domain[k] for k in step.axes])
-        self.emit_expr(em, step.expr, dtype)
-        em.emit(combine.format(a="acc", b=_typed(step.expr.result, dtype)))
+        _split_index(em, "q", [f"i{a}" for a in step.axes], [domain[a] for a in step.axes])
+        loop = [f"i{a}" for a in range(len(domain))]
+        value = self.expr(k, em, step.expr, dtype, loop)
+        em.emit(combine.format(a="acc", b=value))
         em.dedent()
-        em.emit("cache[tid] = acc")
-        em.emit("cuda.syncthreads()")
-        em.emit(f"half = {self.block // 2}")
-        em.emit("while half > 0:")
-        em.indent()
-        em.emit("if tid < half:")
-        em.emit("    " + combine.format(a="cache[tid]", b="cache[tid + half]"))
-        em.emit("cuda.syncthreads()")
-        em.emit("half //= 2")
-        em.dedent()
+        self.block_reduce(em, "acc", init, combine, warps)
         em.emit("if tid == 0:")
         em.indent()
-        em.emit("acc = cache[0]")
         if step.post is not None:
-            self.emit_expr(em, step.post, dtype)
-        result = "acc" if step.post is None else _typed(step.post.result, dtype)
-        em.emit(f"{_index(out, [f'i{k}' for k in kept])} = {result}")
+            # post's loop variables are the domain's kept axes, named as in the domain
+            result = self.expr(k, em, step.post, dtype, [f"i{a}" for a in range(len(domain))],
+                               acc="acc")
+            em.emit(f"acc = {result}")
+        if self.store(step):
+            k.buf(out)
+            em.emit(f"{_index(out, kept_vars)} = acc")
+        self.tails(k, em, step, steps[1:], "o", kept_vars, {fusion.mem(out): "acc"})
         em.dedent()
         em.emit("cuda.syncthreads()  # cache is reused by this block's next output element")
-        self.add_kernel(name, params, em.lines)
-        self.signature(name, bufs, len(self.dims))
-        nout = _product([domain[k] for k in kept])
-        self.host.emit(f"{name}[max(1, min(MAX_BLOCKS, {nout})), BLOCK]({', '.join(params)})")
+        em.dedent()
+        return f"max(1, min(MAX_BLOCKS, {nout})), BLOCK"
 
-    def matmul(self, name, step):
+    def block_reduce(self, em, var, init, combine, warps, cache="cache"):
+        """Warp shuffles, then the warps' results through shared memory `cache`, then a
+        shuffle again: every thread calls the same shuffles (block-uniform)."""
+        _warp_reduce(em, var, combine)
+        if warps == 1:
+            return
+        em.emit("if lane == 0:")
+        em.emit(f"    {cache}[warp] = {var}")
+        em.emit("cuda.syncthreads()")
+        em.emit(f"{var} = {cache}[lane] if lane < {warps} else {init}")
+        _warp_reduce(em, var, combine)
+
+    # -- row kernels -----------------------------------------------------------------------
+    def rows(self, k, launch):
+        rows = launch.rows
+        warps = self.block // WARP
+        em = k.body
+        em.emit("tid = cuda.threadIdx.x")
+        em.emit(f"lane = tid % {WARP}")
+        em.emit(f"warp = tid // {WARP}")
+        totals = [s for s in launch.steps if fusion.row_kind(s, rows) == "total"]
+        for t, step in enumerate(totals):
+            init, _ = _reduce_ops(step.kind, step.out.dtype)
+            em.emit(f"cache{t} = cuda.shared.array({warps}, numba.{step.out.dtype})")
+            em.emit(f"tot{t} = {init}")
+        # per-row values (row reductions, per-row elementwise) stay in registers
+        row_vars = {}
+        for step in launch.steps:
+            if fusion.row_kind(step, rows) in ("row", "rowreduce"):
+                row_vars[fusion.mem(step.out)] = f"{k.prefix()}row"
+                em.emit(f"{row_vars[fusion.mem(step.out)]} = numba.{step.out.dtype}(0)")
+        em.emit(f"for base in range(cuda.blockIdx.x * {warps}, {rows}, "
+                f"cuda.gridDim.x * {warps}):")
+        em.indent()
+        em.emit("row = base + warp")
+        em.emit(f"active = row < {rows}")
+
+        def subst(load):
+            m = fusion.mem(load.buffer)
+            return row_vars.get(m) if m in row_vars and fusion._row_local(load, rows) else None
+
+        for step in launch.steps:
+            kind = fusion.row_kind(step, rows)
+            dtype = step.out.dtype
+            if kind == "cols":
+                em.emit("if active:")
+                em.emit(f"    for col in range(lane, {step.out.shape[1]}, {WARP}):")
+                em.indent(2)
+                value = self.expr(k, em, step.expr, dtype, ["row", "col"], subst)
+                em.emit(f"{k.buf(step.out)}[row, col] = {value}")
+                em.dedent(2)
+                em.emit(f"cuda.syncwarp({FULL_MASK})")
+            elif kind == "row":
+                var = row_vars[fusion.mem(step.out)]
+                em.emit("if active:")
+                em.indent()
+                loop = ["row"] + ["0"] * (step.out.ndim - 1)
+                em.emit(f"{var} = {self.expr(k, em, step.expr, dtype, loop, subst)}")
+                if self.store(step):
+                    k.buf(step.out)
+                    em.emit("if lane == 0:")
+                    em.emit(f"    {_index(step.out, loop)} = {var}")
+                em.dedent()
+                em.emit(f"cuda.syncwarp({FULL_MASK})")
+            elif kind == "rowreduce":
+                var = row_vars[fusion.mem(step.out)]
+                init, combine = _reduce_ops(step.kind, dtype)
+                acc = f"{k.prefix()}acc"
+                em.emit(f"{acc} = {init}")
+                em.emit("if active:")
+                em.emit(f"    for col in range(lane, {step.domain[1]}, {WARP}):")
+                em.indent(2)
+                value = self.expr(k, em, step.expr, dtype, ["row", "col"], subst)
+                em.emit(combine.format(a=acc, b=value))
+                em.dedent(2)
+                _warp_reduce(em, acc, combine)
+                em.emit("if active:")
+                em.indent()
+                if step.post is not None:
+                    value = self.expr(k, em, step.post, dtype, ["row"], subst, acc=acc)
+                    em.emit(f"{acc} = {value}")
+                em.emit(f"{var} = {acc}")
+                if self.store(step):
+                    k.buf(step.out)
+                    em.emit("if lane == 0:")
+                    em.emit(f"    {_index(step.out, ['row'])} = {acc}")
+                em.dedent()
+                em.emit(f"cuda.syncwarp({FULL_MASK})")
+            else:  # a whole reduction: this thread's part of the total
+                t = totals.index(step)
+                _, combine = _reduce_ops(step.kind, dtype)
+                em.emit("if active:")
+                em.indent()
+                if len(step.domain) == 2:
+                    em.emit(f"for col in range(lane, {step.domain[1]}, {WARP}):")
+                    loop = ["row", "col"]
+                else:
+                    em.emit("for col in range(lane, 1, 1):  # lane 0 holds the row's value")
+                    loop = ["row"]
+                em.indent()
+                value = self.expr(k, em, step.expr, dtype, loop, subst)
+                em.emit(combine.format(a=f"tot{t}", b=value))
+                em.dedent(2)
+                em.emit(f"cuda.syncwarp({FULL_MASK})")
+        em.dedent()
+        for t, step in enumerate(totals):
+            init, combine = _reduce_ops(step.kind, step.out.dtype)
+            self.block_reduce(em, f"tot{t}", init, combine, warps, cache=f"cache{t}")
+            em.emit("if tid == 0:")
+            em.indent()
+            if step.post is not None:
+                value = self.expr(k, em, step.post, step.out.dtype,
+                                  [f"i{a}" for a in range(len(step.domain))], acc=f"tot{t}")
+                em.emit(f"tot{t} = {value}")
+            k.buf(step.out)
+            em.emit(f"{_index(step.out, [])} = tot{t}")
+            em.dedent()
+            if warps > 1:
+                em.emit(f"cuda.syncthreads()")
+        if totals:
+            return "1, BLOCK"  # the totals are finished in one block
+        return f"max(1, min(MAX_BLOCKS, ({rows} + {warps - 1}) // {warps})), BLOCK"
+
+    # -- matmul ----------------------------------------------------------------------------
+    def matmul(self, k, steps):
+        step = steps[0]
         out, a, b = step.out, step.a, step.b
-        t = self.tile
+        tm = tn = self.tile
+        r = self.thread_tile
+        tx_n, ty_n = tn // r, tm // r
+        threads = tx_n * ty_n
         dtype = out.dtype
-        a_at = (lambda r, c: f"{a.name}[{c}, {r}]") if step.trans_a else \
-            (lambda r, c: f"{a.name}[{r}, {c}]")
-        b_at = (lambda r, c: f"{b.name}[{c}, {r}]") if step.trans_b else \
-            (lambda r, c: f"{b.name}[{r}, {c}]")
-        inner = f"{a.name}.shape[{0 if step.trans_a else 1}]"
-        lines = [
-            f"ta = cuda.shared.array(({t}, {t}), numba.{dtype})",
-            f"tb = cuda.shared.array(({t}, {t}), numba.{dtype})",
-            "tx = cuda.threadIdx.x",
-            "ty = cuda.threadIdx.y",
-            f"row = cuda.blockIdx.y * {t} + ty",
-            f"col = cuda.blockIdx.x * {t} + tx",
-            f"m, n, inner = {out.name}.shape[0], {out.name}.shape[1], {inner}",
-            f"acc = numba.{dtype}(0)",
-            f"for start in range(0, inner, {t}):",
-            f"    if row < m and start + tx < inner:",
-            f"        ta[ty, tx] = {a_at('row', 'start + tx')}",
-            "    else:",
-            f"        ta[ty, tx] = numba.{dtype}(0)",
-            f"    if col < n and start + ty < inner:",
-            f"        tb[ty, tx] = {b_at('start + ty', 'col')}",
-            "    else:",
-            f"        tb[ty, tx] = numba.{dtype}(0)",
-            "    cuda.syncthreads()",
-            f"    for j in range({t}):",
-            "        acc += ta[ty, j] * tb[j, tx]",
-            "    cuda.syncthreads()",
-            "if row < m and col < n:",
-            f"    {out.name}[row, col] = {_scaled(step, out, dtype)}",
-        ]
-        bufs = list({x.name: x for x in (out, a, b)}.values())
-        params = [x.name for x in bufs]
-        self.add_kernel(name, params, lines)
-        self.signature(name, bufs, 0)
-        grid = (f"((({out.name}.shape[1] + TILE - 1) // TILE), "
-                f"(({out.name}.shape[0] + TILE - 1) // TILE))")
-        self.host.emit(f"{name}[{grid}, (TILE, TILE)]({', '.join(params)})")
+        zero = f"numba.{dtype}(0)"
+        an, bn, on = k.buf(a), k.buf(b), k.buf(out)
+        em = k.body
+        em.emit(f"sa = cuda.shared.array(({BK}, {tm + 1}), numba.{dtype})")
+        em.emit(f"sb = cuda.shared.array(({BK}, {tn + 1}), numba.{dtype})")
+        em.emit("tid = cuda.threadIdx.x")
+        em.emit(f"tx = tid % {tx_n}")
+        em.emit(f"ty = tid // {tx_n}")
+        em.emit(f"row0 = cuda.blockIdx.y * {tm}")
+        em.emit(f"col0 = cuda.blockIdx.x * {tn}")
+        em.emit(f"m = {on}.shape[0]")
+        em.emit(f"n = {on}.shape[1]")
+        em.emit(f"inner = {an}.shape[{0 if step.trans_a else 1}]")
+        for i in range(r):
+            em.emit("; ".join(f"c{i}_{j} = {zero}" for j in range(r)))
+        em.emit(f"for k0 in range(0, inner, {BK}):")
+        em.indent()
+        # A's tile, sa[kk, rr] = op(A)[row0 + rr, k0 + kk]; consecutive threads read
+        # consecutive addresses of A in either layout
+        em.emit(f"for l in range(tid, {BK * tm}, {threads}):")
+        em.indent()
+        if step.trans_a:   # A is stored (inner, m): rows of op(A) are contiguous
+            em.emit(f"rr = l % {tm}")
+            em.emit(f"kk = l // {tm}")
+            src = f"{an}[k0 + kk, row0 + rr]"
+        else:
+            em.emit(f"kk = l % {BK}")
+            em.emit(f"rr = l // {BK}")
+            src = f"{an}[row0 + rr, k0 + kk]"
+        em.emit(f"sa[kk, rr] = {src} if row0 + rr < m and k0 + kk < inner else {zero}")
+        em.dedent()
+        em.emit(f"for l in range(tid, {BK * tn}, {threads}):")
+        em.indent()
+        if step.trans_b:   # B is stored (n, inner)
+            em.emit(f"kk = l % {BK}")
+            em.emit(f"cc = l // {BK}")
+            src = f"{bn}[col0 + cc, k0 + kk]"
+        else:
+            em.emit(f"cc = l % {tn}")
+            em.emit(f"kk = l // {tn}")
+            src = f"{bn}[k0 + kk, col0 + cc]"
+        em.emit(f"sb[kk, cc] = {src} if col0 + cc < n and k0 + kk < inner else {zero}")
+        em.dedent()
+        em.emit("cuda.syncthreads()")
+        em.emit(f"for kk in range({BK}):")
+        em.indent()
+        # thread (ty, tx) owns rows ty + i*TY and columns tx + j*TX: a warp reads
+        # consecutive shared addresses (no bank conflicts) and stores coalesced
+        em.emit("; ".join(f"a{i} = sa[kk, ty + {i * ty_n}]" for i in range(r)))
+        em.emit("; ".join(f"b{j} = sb[kk, tx + {j * tx_n}]" for j in range(r)))
+        for i in range(r):
+            for j in range(r):
+                em.emit(f"c{i}_{j} += a{i} * b{j}")
+        em.dedent()
+        em.emit("cuda.syncthreads()")
+        em.dedent()
+        value_of = (lambda c: c) if step.alpha == 1 else \
+            (lambda c: f"numba.{dtype}({float(step.alpha)!r}) * {c}")
+        old = f"{on}[row, col]"
+        beta = "" if step.beta == 0 else f" + {old}" if step.beta == 1 else \
+            f" + numba.{dtype}({float(step.beta)!r}) * {old}"
+        if len(steps) == 1:
+            # the epilogue, from the registers
+            for i in range(r):
+                for j in range(r):
+                    em.emit(f"row = row0 + ty + {i * ty_n}")
+                    em.emit(f"col = col0 + tx + {j * tx_n}")
+                    em.emit("if row < m and col < n:")
+                    em.emit(f"    {on}[row, col] = {value_of(f'c{i}_{j}')}{beta}")
+        else:
+            # a chain's tail is emitted once, not per register: the tile goes through
+            # shared memory, then each thread finishes elements of it (coalesced)
+            em.emit(f"ct = cuda.shared.array(({tm}, {tn}), numba.{dtype})")
+            for i in range(r):
+                em.emit("; ".join(f"ct[ty + {i * ty_n}, tx + {j * tx_n}] = c{i}_{j}"
+                                  for j in range(r)))
+            em.emit("cuda.syncthreads()")
+            em.emit(f"for e in range(tid, {tm * tn}, {threads}):")
+            em.indent()
+            em.emit(f"row = row0 + e // {tn}")
+            em.emit(f"col = col0 + e % {tn}")
+            em.emit("if row < m and col < n:")
+            em.indent()
+            em.emit(f"acc = {value_of(f'ct[e // {tn}, e % {tn}]')}{beta}")
+            if self.store(step):
+                em.emit(f"{on}[row, col] = acc")
+            self.tails(k, em, step, steps[1:], "row * n + col", ["row", "col"],
+                       {fusion.mem(out): "acc"})
+            em.dedent(2)
+        grid = (f"(({on}.shape[1] + {tn - 1}) // {tn}, ({on}.shape[0] + {tm - 1}) // {tm})")
+        return f"{grid}, MATMUL_THREADS"
 
-    def batch_matmul(self, name, step):
-        """The tiled matmul of each matrix of the stack: grid axis z walks out's batch
-        indices; each block adds up the products of the summed positions (where out's dim
-        is 1 and the full size is not) before it stores (see ir.BatchMatmul)."""
+    # -- argmax masks ----------------------------------------------------------------------
+    def batch_matmul(self, k, step):
+        """A stack of matrix products (ir.BatchMatmul), one BATCH_TILE x BATCH_TILE output
+        tile per block through shared memory: grid axis z walks out's batch indices; each
+        block adds up the products of the summed positions (where out's dim is 1 and the
+        full size is not) before it stores."""
         out, a, b = step.out, step.a, step.b
-        t, dtype, rank = self.tile, out.dtype, out.ndim - 2
+        for buf in (out, a, b):
+            k.buf(buf)
+        t, dtype, rank = BATCH_TILE, out.dtype, out.ndim - 2
         ia = [f"ia{d}" for d in range(rank)]
         ib = [f"ib{d}" for d in range(rank)]
         io = [f"io{d}" for d in range(rank)]
@@ -436,21 +840,21 @@ class _Generator:
         b_at = (lambda r, c: f"{b.name}[{', '.join(ib + [c, r])}]") if step.trans_b else \
             (lambda r, c: f"{b.name}[{', '.join(ib + [r, c])}]")
         inner = f"{a.name}.shape[{rank + (0 if step.trans_a else 1)}]"
-        em = _Lines(0)
+        em = k.body
         em.emit(f"ta = cuda.shared.array(({t}, {t}), numba.{dtype})")
         em.emit(f"tb = cuda.shared.array(({t}, {t}), numba.{dtype})")
         em.emit("tx = cuda.threadIdx.x")
         em.emit("ty = cuda.threadIdx.y")
         em.emit(f"row = cuda.blockIdx.y * {t} + ty")
         em.emit(f"col = cuda.blockIdx.x * {t} + tx")
-        em.emit(f"m, n, inner = {out.name}.shape[{rank}], {out.name}.shape[{rank + 1}], {inner}")
+        em.emit(f"m, n, inner = {out.name}.shape[{rank}], {out.name}.shape[{rank + 1}], "
+                f"{inner}")
         for d in range(rank):  # the full size of each batch axis, and how many are summed
             em.emit(f"full{d} = {a.name}.shape[{d}] if {a.name}.shape[{d}] > "
                     f"{b.name}.shape[{d}] else {b.name}.shape[{d}]")
             em.emit(f"summed{d} = full{d} if {out.name}.shape[{d}] == 1 else 1")
-        em.emit(f"for z in range(cuda.blockIdx.z, "
-                f"{_product([f'{out.name}.shape[{d}]' for d in range(rank)])}, "
-                "cuda.gridDim.z):")
+        count = _product([f"{out.name}.shape[{d}]" for d in range(rank)])
+        em.emit(f"for z in range(cuda.blockIdx.z, {count}, cuda.gridDim.z):")
         em.indent()
         _split_index(em, "z", io, [f"{out.name}.shape[{d}]" for d in range(rank)])
         em.emit(f"acc = numba.{dtype}(0)")
@@ -465,11 +869,11 @@ class _Generator:
         em.emit(f"for start in range(0, inner, {t}):")
         em.indent()
         for line in [
-                f"if row < m and start + tx < inner:",
+                "if row < m and start + tx < inner:",
                 f"    ta[ty, tx] = {a_at('row', 'start + tx')}",
                 "else:",
                 f"    ta[ty, tx] = numba.{dtype}(0)",
-                f"if col < n and start + ty < inner:",
+                "if col < n and start + ty < inner:",
                 f"    tb[ty, tx] = {b_at('start + ty', 'col')}",
                 "else:",
                 f"    tb[ty, tx] = numba.{dtype}(0)",
@@ -481,92 +885,42 @@ class _Generator:
         em.dedent(2)
         em.emit("if row < m and col < n:")
         em.emit(f"    {out.name}[{', '.join(io + ['row', 'col'])}] = acc")
-        bufs = list({x.name: x for x in (out, a, b)}.values())
-        params = [x.name for x in bufs]
-        self.add_kernel(name, params, em.lines)
-        self.signature(name, bufs, 0)
-        count = _product([f"{out.name}.shape[{d}]" for d in range(rank)])
-        grid = (f"((({out.name}.shape[{rank + 1}] + TILE - 1) // TILE), "
-                f"(({out.name}.shape[{rank}] + TILE - 1) // TILE), "
-                f"max(1, min(65535, {count})))")
-        self.host.emit(f"{name}[{grid}, (TILE, TILE)]({', '.join(params)})")
+        em.dedent()
+        return (f"((({out.name}.shape[{rank + 1}] + {t - 1}) // {t}), "
+                f"(({out.name}.shape[{rank}] + {t - 1}) // {t}), "
+                f"max(1, min(65535, {count}))), ({t}, {t})")
 
-    def window(self, name, step):
-        """One thread per output element; the body is the element function of
-        kernels/cuda_windows.py, inlined (parameter names kept), its `return` a store."""
-        out = step.out
-        func = ast.parse(textwrap.dedent(inspect.getsource(ELEMENT_HELPERS[step.helper]))).body[0]
-        names = [a.arg for a in func.args.args]
-        body = func.body
-        if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            body = body[1:]  # the docstring
-        *statements, result = body
-        assert isinstance(result, ast.Return), step.helper
-        index = names[-4:]
-        params = names[:-4] + [out.name]
-        em = _Lines(1)
-        _split_index(em, "e", index, [f"{out.name}.shape[{a}]" for a in range(4)])
-        for statement in statements:
-            for line in _typed(ast.unparse(statement), out.dtype).splitlines():
-                em.emit(line)
-        em.emit(f"{out.name}[{', '.join(index)}] = {_typed(ast.unparse(result.value), out.dtype)}")
-        self.add_kernel(name, params, [
-            f"for e in range(cuda.grid(1), {out.name}.size, cuda.gridsize(1)):"] + em.lines)
-        types = [_array_type(b) for b in step.args] + ["int64"] * len(step.params)
-        self.signatures[name] = f"void({', '.join(types + [_array_type(out)])})"
-        launch = [b.name for b in step.args] + [str(p) for p in step.params] + [out.name]
-        self.host.emit(f"{name}[blocks({out.name}.size), BLOCK]({', '.join(launch)})")
-
-    def argmax_mask(self, name, step):
+    def argmax_mask(self, k, step):
         out, src = step.out, step.src
+        k.buf(out)
+        k.buf(src)
+        em = k.body
         if out.ndim == 0:
-            lines = ["if cuda.grid(1) == 0:", f"    {out.name}[0] = 1"]
-        else:
-            kept = [k for k in range(src.ndim) if k not in step.axes]
-            shape = [f"{src.name}.shape[{k}]" for k in range(src.ndim)]
-            em = _Lines(1)
-            _split_index(em, "k", [f"i{k}" for k in kept], [shape[k] for k in kept])
-            for k in step.axes:
-                em.emit(f"i{k} = 0")
-            em.emit(f"best = {_index(src, [f'i{k}' for k in range(src.ndim)])}")
-            em.emit("best_q = 0")
-            em.emit(f"for q in range({_product([shape[k] for k in step.axes])}):")
-            em.indent()
-            _split_index(em, "q", [f"i{k}" for k in step.axes], [shape[k] for k in step.axes])
-            em.emit(f"v = {_index(src, [f'i{k}' for k in range(src.ndim)])}")
-            em.emit("if v > best or v != v and best == best:  # the first NaN wins")
-            em.emit("    best = v")
-            em.emit("    best_q = q")
-            em.emit(f"{_index(out, [f'i{k}' for k in range(src.ndim)])} = 0")
-            em.dedent()
-            _split_index(em, "best_q", [f"i{k}" for k in step.axes],
-                         [shape[k] for k in step.axes])
-            em.emit(f"{_index(out, [f'i{k}' for k in range(src.ndim)])} = 1")
-            lines = [f"for k in range(cuda.grid(1), {_product([shape[k] for k in kept])}, "
-                     f"cuda.gridsize(1)):"] + em.lines
-        self.add_kernel(name, [out.name, src.name], lines)
-        self.signature(name, [out, src], 0)
-        self.host.emit(f"{name}[blocks({src.name}.size), BLOCK]({out.name}, {src.name})")
+            em.emit("if cuda.grid(1) == 0:")
+            em.emit(f"    {out.name}[0] = 1")
+            return "1, BLOCK"
+        kept = [a for a in range(src.ndim) if a not in step.axes]
+        shape = [f"{src.name}.shape[{a}]" for a in range(src.ndim)]
+        em.emit(f"for e in range(cuda.grid(1), {_product([shape[a] for a in kept])}, "
+                f"cuda.gridsize(1)):")
+        em.indent()
+        _split_index(em, "e", [f"i{a}" for a in kept], [shape[a] for a in kept])
+        for a in step.axes:
+            em.emit(f"i{a} = 0")
+        em.emit(f"best = {_index(src, [f'i{a}' for a in range(src.ndim)])}")
+        em.emit("best_q = 0")
+        em.emit(f"for q in range({_product([shape[a] for a in step.axes])}):")
+        em.indent()
+        _split_index(em, "q", [f"i{a}" for a in step.axes], [shape[a] for a in step.axes])
+        em.emit(f"v = {_index(src, [f'i{a}' for a in range(src.ndim)])}")
+        em.emit("if v > best or v != v and best == best:  # the first NaN wins")
+        em.emit("    best = v")
+        em.emit("    best_q = q")
+        em.emit(f"{_index(out, [f'i{a}' for a in range(src.ndim)])} = 0")
+        em.dedent()
+        _split_index(em, "best_q", [f"i{a}" for a in step.axes],
+                     [shape[a] for a in step.axes])
+        em.emit(f"{_index(out, [f'i{a}' for a in range(src.ndim)])} = 1")
+        em.dedent()
+        return f"blocks({src.name}.size), BLOCK"
 
-    def place(self, name, step):
-        out = step.out
-        if step.zero_fill:
-            fill = f"{name}_zero"
-            self.add_kernel(fill, ["flat"], [
-                "for k in range(cuda.grid(1), flat.size, cuda.gridsize(1)):",
-                "    flat[k] = 0"])
-            self.signatures[fill] = f"void({out.dtype}[::1])"
-            self.host.emit(f"{fill}[blocks({out.name}.size), BLOCK]"
-                           f"({out.name}.reshape({out.name}.size))")
-        for part, (src, axis, start) in enumerate(step.parts):
-            kernel = f"{name}_part{part}"
-            em = _Lines(1)
-            index = [f"i{a}" for a in range(src.ndim)]
-            _split_index(em, "k", index, [f"{src.name}.shape[{a}]" for a in range(src.ndim)])
-            target = list(index)
-            target[axis] = f"{index[axis]} + {start}"
-            em.emit(f"{_index(out, target)} = {_index(src, index)}")
-            self.add_kernel(kernel, [out.name, src.name], [
-                f"for k in range(cuda.grid(1), {src.name}.size, cuda.gridsize(1)):"] + em.lines)
-            self.signature(kernel, [out, src], 0)
-            self.host.emit(f"{kernel}[blocks({src.name}.size), BLOCK]({out.name}, {src.name})")

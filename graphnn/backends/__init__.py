@@ -41,7 +41,9 @@ def compile(outputs, updates=None, backend="cpu", check_finite=False, **options)
     Back-end options: "cpu" `parallel`, `optimize_graph`, `library` (None: by the number
     of steps; True: shared kernels and a Python driver; False: one fused function),
     `progress` (a compile progress bar on stderr; GRAPHNN_QUIET=1 also silences it);
-    "cuda" `block`, `tile`, `sync_params`, `generate_only`, `optimize_graph`.
+    "cuda" `block`, `tile`, `thread_tile`, `outputs_on` ("host" or "device": outputs as
+    device arrays), `sync_params`, `generate_only`, `optimize_graph` (cuda feeds may be
+    device arrays, used without a copy).
     "cpu" and "cuda" also take `passes={name: False, ...}`, which switches single
     optimisations off (the results must not change; for tests and for bisecting a bug):
     "constant_folding", "simplification", "cse", "fusion", "update_in_place",

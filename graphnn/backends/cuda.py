@@ -6,8 +6,12 @@ one module holding a kernel per step and a host function that launches them in o
 Where the data lives:
 - constants and parameters are copied to the device once and stay there; parameter
   updates are written in place on the device;
-- a call copies its feeds to the device and its outputs back, nothing else (the counts are
-  in `.stats["host_to_device"]` and `.stats["device_to_host"]`);
+- a call copies its host feeds to the device and its outputs back, nothing else (the
+  counts are in `.stats["host_to_device"]` and `.stats["device_to_host"]`); a feed that
+  is already a device array (a Numba device array, or anything with
+  `__cuda_array_interface__`: CuPy, PyTorch) is used where it is, without a copy, and
+  `outputs_on="device"` returns the outputs as device arrays (copies on the device: they
+  stay valid after the next call);
 - device temporaries are allocated once per binding of the symbolic dims (batch size)
   and reused by later calls with the same sizes.
 
@@ -26,15 +30,17 @@ Numba's CUDA simulator (slow: tiny shapes only). `generate_only=True` builds the
 and the kernel module without touching a device, so `.ptx()` can compile every kernel to
 PTX on a machine with the CUDA compiler libraries but no GPU.
 """
+import os
 import time
 
 import numpy as np
 
 from kernels import cuda as cuda_codegen, loader
 
+from .. import shapes as S
 from ..api import ValueState
-from ..errors import BackendError
-from .base import LoweredFunction
+from ..errors import BackendError, FeedError, GraphError, user_location
+from .base import LoweredFunction, raise_positional
 
 SIMULATOR_HINT = ("To run the generated kernels without a GPU, use Numba's CUDA simulator: "
                   "set NUMBA_ENABLE_CUDASIM=1 in the environment before Python starts "
@@ -57,6 +63,49 @@ def simulator_enabled():
     return bool(config.ENABLE_CUDASIM)
 
 
+def install_simulator_warp_functions():
+    """Give Numba's CUDA simulator the warp functions the generated kernels use
+    (`cuda.shfl_xor_sync` and the butterfly `cuda.shfl_sync_intrinsic`, `cuda.syncwarp`),
+    which it lacks.
+
+    The simulator runs a block's threads as Python threads and has only block-wide
+    barriers, so these are built on them: every thread of the block must make the same
+    calls, which the generated kernels do (their shuffles and warp barriers are
+    block-uniform). A shuffle writes each thread's value, waits at a barrier and reads the
+    partner lane's value."""
+    import threading
+
+    from numba.cuda.simulator import kernelapi
+
+    fake = kernelapi.FakeCUDAModule
+    if getattr(fake, "_graphnn_warp_functions", False):
+        return
+
+    def shfl_xor_sync(self, mask, value, lane_mask):
+        # two exchange slots used in turn: a thread writing its next value cannot
+        # overwrite one a slower thread has still to read (a barrier lies between)
+        thread = threading.current_thread()
+        turn = thread.__dict__.get("_graphnn_turn", 0)
+        thread._graphnn_turn = turn ^ 1
+        slots = thread._manager.__dict__.setdefault("_graphnn_shfl", ({}, {}))[turn]
+        slots[thread.thread_id] = value
+        thread.syncthreads()
+        lane = thread.thread_id % 32
+        return slots.get(thread.thread_id - lane + (lane ^ lane_mask), value)
+
+    def shfl_sync_intrinsic(self, mask, mode, value, offset, clamp):
+        assert mode == 3, "only the butterfly shuffle (shfl.sync.bfly) is simulated"
+        return shfl_xor_sync(self, mask, value, offset), True
+
+    def syncwarp(self, mask=0xffffffff):
+        threading.current_thread().syncthreads()
+
+    fake.shfl_xor_sync = shfl_xor_sync
+    fake.shfl_sync_intrinsic = shfl_sync_intrinsic
+    fake.syncwarp = syncwarp
+    fake._graphnn_warp_functions = True
+
+
 class CudaFunction(LoweredFunction):
     """A graph compiled to numba.cuda kernels with device-resident parameters.
 
@@ -65,10 +114,18 @@ class CudaFunction(LoweredFunction):
             step(x=X, y=Y)          # W and b change on the device
         W.value                     # the trained values (copied from the device once)
 
-    Options: `block` threads per 1-D block (a power of two), `tile` the matmul tile edge,
-    `sync_params` copy updated parameters to the host after every call (by default they
-    are copied when `.value` is first read), `generate_only`
-    build `.source` without a device (see `.ptx()`). `.source` is the generated module.
+    Options: `block` threads per 1-D block (a power of two, at least a warp), `tile` the
+    matmul output tile edge and `thread_tile` the outputs per thread along each edge
+    (default min(8, tile // 8)), `outputs_on` "host" (NumPy arrays) or "device" (device
+    arrays, no copy to the host), `sync_params` copy updated parameters to the host after
+    every call (by default they are copied when `.value` is first read), `generate_only`
+    build `.source` without a device (see `.ptx()`). `.source` is the generated module;
+    `.stats["launches_per_call"]` its kernel launches per call.
+
+    Feeds may be device arrays (no copy):
+
+        xd = numba.cuda.to_device(X)        # or a CuPy / PyTorch CUDA tensor
+        loss = step(x=xd, y=Y)
     """
 
     backend = "cuda"
@@ -76,24 +133,38 @@ class CudaFunction(LoweredFunction):
     math_errors = (ValueError, OverflowError, ZeroDivisionError)
 
     def __init__(self, outputs, updates=None, check_finite=False, optimize_graph=True,
-                 block=128, tile=16, sync_params=False, generate_only=False, passes=None):
+                 block=128, tile=64, thread_tile=None, outputs_on="host",
+                 sync_params=False, generate_only=False, passes=None):
+        if outputs_on not in ("host", "device"):
+            raise GraphError(f"backend='cuda': outputs_on must be 'host' or 'device', got "
+                             f"{outputs_on!r} (at {user_location()})")
+        self.outputs_on = outputs_on
         self.cuda = _numba_cuda()
         if not generate_only and not self.cuda.is_available():
             raise BackendError("backend='cuda': no CUDA GPU was found "
                                "(numba.cuda.is_available() is False). " + SIMULATOR_HINT)
+        if simulator_enabled():
+            install_simulator_warp_functions()
         started = time.perf_counter()
         super().__init__(outputs, updates, check_finite, optimize_graph, passes)
         lowering = self.lowering
         try:
-            self.source = cuda_codegen.generate(self.program, block=block, tile=tile)
+            self.source = cuda_codegen.generate(self.program, block=block, tile=tile,
+                                                thread_tile=thread_tile)
         except ValueError as exc:
             raise BackendError(f"backend='cuda': {exc}") from None
         self.module, self.path = loader.load_module(self.source)
         self.generate_only = generate_only
+        compiled = self._compile_kernels() if not generate_only and \
+            not simulator_enabled() else {"kernels_compiled": 0, "kernels_loaded": 0}
         self.sync_params = sync_params
         self.stats.update({
             "passes": self.pass_report,
             "kernels": len(self.module.SIGNATURES),
+            "launches_per_call": self.module.LAUNCHES,
+            **compiled,
+            "ptx_compiled": 0,
+            "ptx_cached": 0,
             "steps": len(self.program.steps),
             "module": self.path,
             "simulator": simulator_enabled(),
@@ -114,10 +185,100 @@ class CudaFunction(LoweredFunction):
         if not generate_only:
             self._device_consts = [self._to_device(n.value) for n in lowering.consts]
 
+    # -- kernels ---------------------------------------------------------------------------
+    def _compile_kernels(self):
+        """Compile every kernel now, with its signature from the module's SIGNATURES (no
+        compile at the first launch, no respecialization). The kernels are declared
+        `cache=True`: Numba keeps their code in its on-disk cache next to the generated
+        module, so a second process that builds the same graph loads them without NVVM.
+        Returns how many were compiled and how many loaded from that cache."""
+        compiled = loaded = 0
+        for name, sig in self.module.SIGNATURES.items():
+            kernel = getattr(self.module, name)
+            before = kernel.stats
+            kernel.compile(sig)
+            after = kernel.stats
+            compiled += sum(after.cache_misses.values()) - sum(before.cache_misses.values())
+            loaded += sum(after.cache_hits.values()) - sum(before.cache_hits.values())
+        return {"kernels_compiled": compiled, "kernels_loaded": loaded}
+
     # -- transfers -------------------------------------------------------------------------
     def _to_device(self, array):
+        if self._device_array(array) is not None:
+            return self._device_array(array)
         array = np.ascontiguousarray(array)
         return self.cuda.to_device(array.reshape(array.shape or (1,)))
+
+    def _device_array(self, value):
+        """`value` as a Numba device array (no copy) when it lives on the device."""
+        if isinstance(value, np.ndarray):
+            return None
+        if simulator_enabled():
+            from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+            return value if isinstance(value, FakeCUDAArray) else None
+        if self.cuda.is_cuda_array(value):
+            return self.cuda.as_cuda_array(value)
+        return None
+
+    def __call__(self, *args, **feeds):
+        device = {k: self._device_array(v) for k, v in feeds.items()
+                  if not isinstance(v, np.ndarray)}
+        device = {k: v for k, v in device.items() if v is not None}
+        if not device:
+            return super().__call__(*args, **feeds)
+        if args:
+            raise_positional(self, args)
+        # the names are checked as for host feeds (device arrays stand in by their shape)
+        if set(feeds) != set(self.feeds.by_name):
+            self.feeds.check({k: (np.empty(0) if k in device else v)
+                              for k, v in feeds.items()})
+        arrays, binding, where = [], S.Binding(), user_location()
+        for node in self.feeds.inputs:
+            value = feeds[node.name]
+            if node.name in device:
+                arrays.append(self._check_device_feed(node, device[node.name], binding,
+                                                      where))
+            else:
+                arrays.append(self.feeds._convert(node, value, binding, where,
+                                                  self.check_finite))
+        self._check_state()
+        results = self._run_checked(arrays, binding) if self.check_finite else \
+            self._run(arrays, binding)
+        return results[0] if self.single else tuple(results)
+
+    def _check_device_feed(self, node, array, binding, where):
+        """A device feed is used as it is: it must already have the input's dtype, rank,
+        dims and C order (nothing converts it on the device). Labels of a softmax
+        cross-entropy are range-checked on the host (a copy of the labels only)."""
+        def fail(msg):
+            raise FeedError(f"feed '{node.name}' (declared at {node.where} as "
+                            f"{S.format_shape(node.sym_shape)} {node.dtype}): the device "
+                            f"array {msg} (call at {where})")
+        if np.dtype(array.dtype) != node.dtype:
+            fail(f"has dtype {np.dtype(array.dtype)}; a device feed is not converted: "
+                 f"make it {node.dtype} on the device")
+        if len(array.shape) != node.ndim:
+            fail(f"has shape {tuple(array.shape)} of rank {len(array.shape)}, expected "
+                 f"rank {node.ndim}")
+        if not array.is_c_contiguous():
+            fail("is not C-contiguous; pass a contiguous copy")
+        for axis, (dim, size) in enumerate(zip(node.sym_shape, array.shape)):
+            if size == 0 and not isinstance(S.resolve(dim), int):
+                fail(f"has shape {tuple(array.shape)}: axis {axis} is empty")
+            problem = binding.bind(dim, size, f"'{node.name}' axis {axis}")
+            if problem:
+                fail(f"has shape {tuple(array.shape)}: axis {axis} is {size}, {problem}")
+        if node.name in self.feeds.bounds and array.size:
+            labels = array.copy_to_host()
+            self.stats["device_to_host"] += 1
+            classes, loss = self.feeds.bounds[node.name]
+            if labels.min() < 0 or labels.max() >= classes:
+                fail(f"holds labels from {labels.min()} to {labels.max()}; {loss.label()} "
+                     f"needs labels in [0, {classes})")
+        if self.check_finite and node.dtype.kind == "f" and \
+                not np.isfinite(array.copy_to_host()).all():
+            fail("holds NaN or Inf (check_finite=True)")
+        return array
 
     def _fetcher(self, i):
         """The function that copies this function's device value of state `i` into the
@@ -184,13 +345,20 @@ class CudaFunction(LoweredFunction):
         dims = tuple(arrays[index].shape[axis]
                      for index, axis in self.program.dims.values())
         feeds = [self._to_device(a) for a in arrays]
+        self.stats["host_to_device"] += sum(isinstance(a, np.ndarray) for a in arrays)
         outs = self.module.program(*feeds, *self._device_states, *self._device_consts,
                                    self._temporaries(dims))
         # 0-d buffers are 1-element arrays on the device
-        results = [out.copy_to_host().reshape(out.shape if buf.ndim else ())
-                   for out, buf in zip(outs, self.program.outputs)]
-        self.stats["host_to_device"] += len(feeds)
-        self.stats["device_to_host"] += len(results)
+        if self.outputs_on == "device":  # copies: the buffers are reused by the next call
+            results = []
+            for out, buf in zip(outs, self.program.outputs):
+                copy = self.cuda.device_array_like(out)
+                copy.copy_to_device(out)
+                results.append(copy if buf.ndim else copy.reshape(()))
+        else:
+            results = [out.copy_to_host().reshape(out.shape if buf.ndim else ())
+                       for out, buf in zip(outs, self.program.outputs)]
+            self.stats["device_to_host"] += len(results)
         if self._updated:  # also when updates were written in place (program.updates empty)
             self._mark_device_newer()
             if self.sync_params:
@@ -219,9 +387,33 @@ class CudaFunction(LoweredFunction):
     def ptx(self, cc=(7, 5)):
         """{kernel name: PTX text} for every generated kernel, compiled for compute
         capability `cc` with `numba.cuda.compile_ptx`. Needs the CUDA compiler library
-        (NVVM) but no GPU; not available in the simulator."""
+        (NVVM) but no GPU; not available in the simulator.
+
+        The PTX is kept in the kernel cache (`<cache>/ptx/`, named by the module, the
+        kernel, `cc` and the NVVM version): another call or process that builds the same
+        graph reads it back without compiling (`.stats["ptx_compiled"]`,
+        `.stats["ptx_cached"]`)."""
         if simulator_enabled():
             raise BackendError("PTX cannot be made in the CUDA simulator: run without "
                                "NUMBA_ENABLE_CUDASIM")
-        return {name: self.cuda.compile_ptx(getattr(self.module, name).py_func, sig, cc=cc)[0]
-                for name, sig in self.module.SIGNATURES.items()}
+        from numba.cuda.cudadrv import nvvm
+        version = "".join(map(str, nvvm.NVVM().get_version()))
+        directory = os.path.join(os.path.dirname(self.path), "ptx")
+        os.makedirs(directory, exist_ok=True)
+        stem = os.path.splitext(os.path.basename(self.path))[0]
+        out = {}
+        for name, sig in self.module.SIGNATURES.items():
+            path = os.path.join(directory, f"{stem}.{name}.sm{cc[0]}{cc[1]}.nvvm{version}.ptx")
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    out[name] = fh.read()
+            except OSError:
+                pass
+            if out.get(name, "").startswith("//") and out[name].rstrip().endswith("}"):
+                self.stats["ptx_cached"] += 1
+                continue
+            out[name] = self.cuda.compile_ptx(getattr(self.module, name).py_func, sig,
+                                              cc=cc)[0]
+            loader.write_atomically(directory, path, out[name].encode("utf-8"))
+            self.stats["ptx_compiled"] += 1
+        return out

@@ -1,7 +1,10 @@
 """Compile every kernel of a few graphs (together using every kernel-IR step kind) to PTX
-and count float64 instructions per kernel. Run by test_cuda_ptx.py in a process without
-the CUDA simulator; prints one JSON line:
-{"graphs": {graph: {kernel: f64 count}}, "expected": [...]} or {"skip": reason}.
+and measure per kernel: float64 instructions, warp shuffles, and for matmuls the FMAs and
+shared-memory loads of the inner loop. Also compiles `x ** c` for the cheap constant
+powers next to the ops they become. Run by test_cuda_ptx.py in a process without the CUDA
+simulator; prints one JSON line: {"graphs": {graph: {kernel: {"f64": n, "shfl": n,
+"inner_fma": n, "inner_shared_loads": n}}}, "powers": {c: [instructions of x ** c,
+instructions of its reference]}, "expected": [...]} or {"skip": reason}.
 """
 import json
 import re
@@ -11,6 +14,58 @@ import numpy as np
 import graphnn as gn
 
 F64 = re.compile(r"\.f64\b")
+FMA = re.compile(r"^\s*fma\.rn\.f32\b")
+LD_SHARED = re.compile(r"^\s*ld\.shared\.")
+SHFL = re.compile(r"\bshfl\.sync\.bfly\b")
+
+
+def instructions(ptx):
+    """The PTX instruction lines of a kernel (no directives, labels, braces or comments)."""
+    out = []
+    for line in ptx.splitlines():
+        text = line.strip()
+        if text and not text.startswith(("//", ".", "{", "}", "$")) and \
+                not text.endswith(":") and not text.startswith(("ret;",)):
+            out.append(text)
+    return out
+
+
+def inner_loop(ptx):
+    """(FMAs, shared loads) between two barriers: the stretch with the most shared loads
+    (a tiled matmul's multiply loop runs between the barriers after and before staging)."""
+    best = (0, 0)
+    for part in ptx.split("bar.sync")[1:-1]:
+        lines = part.splitlines()
+        loads = sum(1 for l in lines if LD_SHARED.match(l))
+        fmas = sum(1 for l in lines if FMA.match(l))
+        if loads > best[1]:
+            best = (fmas, loads)
+    return best
+
+
+def report(ptx):
+    fmas, loads = inner_loop(ptx)
+    return {"f64": len(F64.findall(ptx)), "shfl": len(SHFL.findall(ptx)),
+            "inner_fma": fmas, "inner_shared_loads": loads}
+
+
+# x ** c and the op it must compile to (the same instructions: no powf call)
+# (0.75 is the control: a real power, which costs far more than a sqrt)
+POWERS = {"0.5": gn.sqrt, "2.0": gn.square, "-1.0": lambda x: 1.0 / x,
+          "-0.5": lambda x: 1.0 / gn.sqrt(x), "0.75": gn.sqrt}
+
+
+def power_report():
+    out = {}
+    for c, reference in POWERS.items():
+        counts = []
+        for build in (lambda x: x ** float(c), reference):
+            x = gn.input("x", (None,))
+            f = gn.compile(build(x), backend="cuda", generate_only=True)
+            (ptx,) = f.ptx().values()
+            counts.append(len(instructions(ptx)))
+        out[c] = counts
+    return out
 
 
 def mlp_adam():
@@ -64,9 +119,9 @@ def main():
                                           f"here: {text.splitlines()[0]}"}))
                 return
             raise
-        reports[name] = {kernel: len(F64.findall(text)) for kernel, text in ptx.items()}
+        reports[name] = {kernel: report(text) for kernel, text in ptx.items()}
     assert cuda is not None
-    print(json.dumps({"graphs": reports, "expected": list(GRAPHS)}))
+    print(json.dumps({"graphs": reports, "powers": power_report(), "expected": list(GRAPHS)}))
 
 
 if __name__ == "__main__":

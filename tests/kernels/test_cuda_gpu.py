@@ -70,3 +70,37 @@ def test_matmul_reduce_and_conv_with_several_launch_sizes(block, tile):
     got = gn.compile(outs, backend="cuda", block=block, tile=tile)(**feeds)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_adam_transcendentals_places_strided_convolutions_and_wide_reductions():
+    """Adam (its scalar steps ride along other kernels), exp/log/tanh/sigmoid/softplus,
+    concat and pad (place kernels), a stride-2 convolution and its gradients, and a
+    reduction with more than 1,024 outputs (grid-stride over output blocks), against the
+    cpu back end."""
+    img = rng.normal(size=(4, 9, 9, 2)).astype(np.float32)
+    wide = rng.normal(size=(3, 2500)).astype(np.float32)
+    results = {}
+    for backend in ("cpu", "cuda"):
+        I = gn.input("img", img.shape)
+        A = gn.input("wide", wide.shape)
+        k = gn.param(f"k_{backend}", shape=(3, 3, 2, 4), init="he_normal", seed=3)
+        h = gn.conv2d(I, k, stride=2, padding="same")             # (4, 5, 5, 4)
+        h = gn.concat([gn.tanh(h), gn.ops.pad_axis(gn.sigmoid(h), 3, 1, 1)], axis=3)
+        feats = gn.flatten(h)
+        loss = gn.mean(gn.softplus(feats)) + gn.mean(gn.log(1.0 + gn.exp(-gn.abs(feats))))
+        loss = loss + gn.mean(gn.sum(A * A, axis=0)) * 1e-3        # 2500 outputs
+        step = gn.compile([loss, gn.sum(A, axis=0)],
+                          updates=gn.optim.Adam(0.01).updates(loss, [k]), backend=backend)
+        values = [step(img=img, wide=wide) for _ in range(3)]
+        results[backend] = ([float(v[0]) for v in values], values[-1][1], k.value.copy())
+    np.testing.assert_allclose(results["cuda"][0], results["cpu"][0], rtol=1e-4)
+    np.testing.assert_allclose(results["cuda"][1], results["cpu"][1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results["cuda"][2], results["cpu"][2], rtol=1e-3, atol=1e-5)
+
+
+def test_the_gpu_check_tool_prints_one_table(capsys):
+    from graphnn.tools import gpu_check
+    assert gpu_check.main(["--steps", "5"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mlp-medium", "cnn-mnist", "eltwise"):
+        assert name in out

@@ -36,7 +36,7 @@ def test_without_gpu_or_simulator_the_error_says_how_to_use_the_simulator():
     assert "no CUDA GPU was found" in proc.stdout and "NUMBA_ENABLE_CUDASIM=1" in proc.stdout
 
 
-def test_every_kernel_compiles_to_ptx_without_float64():
+def _ptx_report():
     proc = run_without_simulator("import ptx_check; ptx_check.main()")
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -45,12 +45,36 @@ def test_every_kernel_compiles_to_ptx_without_float64():
     if "skip" in result:
         print(f"PTX tier skipped: {result['skip']}")
         pytest.skip(result["skip"])
+    return result
+
+
+def test_every_kernel_compiles_to_ptx_with_the_instructions_it_should_use():
+    """One compile of every kernel of the graphs in ptx_check.py (it takes a while), then:
+    no float64 instruction in float32 graphs; every reduction and row kernel reduces with
+    warp shuffles; every float32 matmul is register-blocked (at least 4 FMAs per
+    shared-memory load in its inner loop); `x ** c` for c = 0.5, 2, -1, -0.5 compiles to
+    exactly the instructions of sqrt(x), square(x), 1 / x, 1 / sqrt(x) (no powf)."""
+    result = _ptx_report()
     graphs = result["graphs"]
     assert set(graphs) == set(result["expected"])
+    matmuls = 0
     for graph, kernels in graphs.items():
         assert kernels, graph
         if graph.endswith("float64"):
-            assert sum(kernels.values()) > 0, "the check must see float64 where it is"
+            assert sum(k["f64"] for k in kernels.values()) > 0, \
+                "the check must see float64 where it is"
             continue
-        for kernel, f64 in kernels.items():
-            assert f64 == 0, f"{graph}/{kernel}: {f64} float64 instructions in its PTX"
+        for kernel, found in kernels.items():
+            assert found["f64"] == 0, f"{graph}/{kernel}: {found['f64']} float64 instructions"
+            if kernel.endswith(("_reduce", "_rows")):
+                assert found["shfl"] >= 5, f"{graph}/{kernel}: no warp-shuffle reduction"
+            if kernel.endswith("_matmul"):
+                matmuls += 1
+                fma, loads = found["inner_fma"], found["inner_shared_loads"]
+                assert loads > 0 and fma >= 4 * loads, \
+                    f"{graph}/{kernel}: {fma} FMAs for {loads} shared loads in the inner loop"
+    assert matmuls >= 4
+    control = result["powers"].pop("0.75")
+    assert control[0] > control[1] + 50, f"a real power should cost a powf: {control}"
+    for c, (power, reference) in result["powers"].items():
+        assert power == reference, f"x ** {c}: {power} instructions, its reference {reference}"
