@@ -312,14 +312,16 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
     total = n_ * oh * ow
     one, zero = out.dtype.type(1), out.dtype.type(0)
     xf = x.reshape(-1)
-    if total == 0 or co == 0 or cols == 0:  # (BLAS wants sizes >= 1)
+    pointwise = kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0
+    empty = total == 0 or co == 0 or cols == 0  # (BLAS wants sizes >= 1)
+    if empty or (mode == 1 and not pointwise):  # zeros: the result, or col2im's start
         of = out.reshape(-1)
         for k in range(of.size):
             of[k] = zero
-        return
+        if empty:
+            return
     w2 = w.reshape((cols, co))
     g2 = g.reshape((total, co))
-    pointwise = kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0
     block = total if pointwise else min(total, scratch.size // cols)
     # the windows im2col copies: kh x kw, s apart, one per output (th x tw of them);
     # Winograd: 4 x 4, 2 apart, one per 2x2 tile of outputs
@@ -346,9 +348,6 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
         mt = at + block * cols  # where the products are
         yf = out.reshape(-1)
     seg = ww * c_
-    if mode == 1 and not pointwise:
-        for k in range(xf.size):
-            xf[k] = zero
     for r0 in range(0, total, block):
         rows = min(block, total - r0)
         n = r0 // (th * tw)  # (n, y, x) of row r0: image, output (or tile) row and column
@@ -464,10 +463,15 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
                     y, n = 0, n + 1
 
 
-# Winograd F(2x2, 3x3) for stride-1 3x3 convolutions (see conv_gemm)
-WINOGRAD_BYTES = 1 << 20   # transformed input + product block per gemm round, about
+# Winograd F(2x2, 3x3) for stride-1 3x3 convolutions (see conv_gemm). Measured against
+# im2col + gemm on one thread (docs/BENCHMARKS.md, "Winograd"): 0.53-0.66x the time from
+# 196 tiles of 2x2 outputs per image up, 0.57-0.88x at 49 tiles, 1.6x slower at 16 tiles
+# (7x7 outputs, where transforming the kernel at every call costs more than it saves).
+WINOGRAD_BYTES = 1 << 20   # transformed windows + products per gemm round, about ...
+WINOGRAD_MIN_ROUND = 64    # ... but at least this many tiles (rounds of fewer tiles read
+#                            the transformed kernel too often for what they multiply)
 WINOGRAD_MIN_CHANNELS = 8  # fewer channels: the 16 products are too thin for BLAS
-WINOGRAD_MIN_TILES = 36    # fewer 2x2 output tiles per image: the kernel transform dominates
+WINOGRAD_MIN_TILES = 36    # fewer tiles per image: the kernel's transform dominates
 
 
 def winograd_tiles(oh, ow):
@@ -484,8 +488,9 @@ def use_winograd(kh, kw, s, ci, co, oh, ow):
 
 
 def winograd_block_tiles(ci, co, itemsize):
-    """Tiles per gemm round of a Winograd convolution (before capping at the tiles there are)."""
-    return max(16, WINOGRAD_BYTES // (16 * (ci + co) * itemsize))
+    """Tiles per gemm round of a Winograd convolution (before capping at the tiles there
+    are)."""
+    return max(WINOGRAD_MIN_ROUND, WINOGRAD_BYTES // (16 * (ci + co) * itemsize))
 
 
 def winograd_scratch_items(ci, co, tiles):
