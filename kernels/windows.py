@@ -15,6 +15,9 @@ blocks cover at most `scratch.size // (KH*KW*C)` rows each, so the patch matrix 
 batch is never held whole (`col_block_rows` gives the block the CPU generator plans for).
 Gradients: input = col2im(dY @ W^T) (a scatter-add of each block of columns), filter =
 sum over blocks of im2col(X)^T @ dY (gemm's transpose flags, no transposed copies).
+Stride-1 3x3 convolutions with enough channels and outputs (`use_winograd`) run as
+Winograd F(2x2, 3x3) instead: 16 gemms per round of 2x2 output tiles, 2.25x fewer
+multiplies (conv_gemm's CONV2D_WINOGRAD mode).
 """
 import numpy as np
 
@@ -107,7 +110,7 @@ def conv2d_grad_filter(x, g, s, ph, pw, out):
 
 def max_pool2d(x, k, s, out):
     """The channels are the inner loop (contiguous in NHWC, so it vectorises); flat
-    unsigned indices (see _im2col); the maximum as a select, which compiles quicker than
+    unsigned indices (see conv_gemm); the maximum as a select, which compiles quicker than
     a conditional store."""
     n_, h_, w_, c_ = x.shape
     _, oh, ow, _ = out.shape
@@ -190,81 +193,6 @@ def avg_pool2d_grad(g, k, s, out):
                             out[n, y * s + i, x0 * s + j, c] += v
 
 
-def _first_row(r0, oh, ow):
-    """(n, y, x) of patch-matrix row r0: its image, output row and output column."""
-    n = r0 // (oh * ow)
-    y = (r0 - n * oh * ow) // ow
-    return n, y, r0 - (n * oh + y) * ow
-
-
-def _next_row(n, y, x0, oh, ow):
-    """(n, y, x) of the row after (n, y, x0), by increments, not divisions."""
-    x0 += 1
-    if x0 == ow:
-        x0 = 0
-        y += 1
-        if y == oh:
-            y = 0
-            n += 1
-    return n, y, x0
-
-
-def _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col):
-    """col[r] = the window of output row r0 + r ((n, y, x) in row-major order) as
-    (i, j, c), zeros where the window hangs over the padding. x and col are C-contiguous.
-    Flat indices are unsigned (np.uintp): Numba then drops its negative-index wraparound
-    and the copies vectorise (4-6x faster than signed indexing); (n, y, x) advance by
-    increments, not divisions. Two loops only (zeros, copy): Numba's compile time grows
-    with every loop it vectorises, here and again in each program that calls it."""
-    n_, h_, w_, c_ = x.shape
-    xf = x.reshape(-1)
-    cf = col.reshape(-1)
-    zero = cf.dtype.type(0)
-    seg = kw * c_
-    cols = kh * seg
-    n, y, x0 = _first_row(r0, oh, ow)
-    for r in range(rows):
-        xs = x0 * s - pw                      # the window's first input column
-        j0 = max(0, -xs)
-        j1 = min(kw, w_ - xs)                 # window columns j0 .. j1-1 are inside
-        for i in range(kh):
-            yy = y * s + i - ph
-            base = r * cols + i * seg
-            inside = yy >= 0 and yy < h_ and j1 > j0
-            if not inside or j0 > 0 or j1 < kw:   # over the padding: zeros first
-                for t in range(base, base + seg):
-                    cf[np.uintp(t)] = zero
-            if inside:
-                src = ((n * h_ + yy) * w_ + xs) * c_ - base
-                for t in range(base + j0 * c_, base + j1 * c_):
-                    cf[np.uintp(t)] = xf[np.uintp(src + t)]
-        n, y, x0 = _next_row(n, y, x0, oh, ow)
-
-
-def _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x):
-    """x += the columns of rows r0 .. r0+rows-1 put back where _im2col took them from
-    (the padding's share is dropped). x and col are C-contiguous."""
-    n_, h_, w_, c_ = x.shape
-    xf = x.reshape(-1)
-    cf = col.reshape(-1)
-    seg = kw * c_
-    cols = kh * seg
-    n, y, x0 = _first_row(r0, oh, ow)
-    for r in range(rows):
-        xs = x0 * s - pw
-        j0 = max(0, -xs)
-        j1 = min(kw, w_ - xs)
-        for i in range(kh):
-            yy = y * s + i - ph
-            if yy < 0 or yy >= h_ or j1 <= j0:
-                continue
-            base = r * cols + i * seg
-            dst = ((n * h_ + yy) * w_ + xs) * c_ - base
-            for t in range(base + j0 * c_, base + j1 * c_):
-                xf[np.uintp(dst + t)] += cf[np.uintp(t)]
-        n, y, x0 = _next_row(n, y, x0, oh, ow)
-
-
 CONV2D, CONV2D_GRAD_INPUT, CONV2D_GRAD_FILTER = 0, 1, 2  # conv_gemm's modes
 CONV2D_WINOGRAD = 3  # a stride-1 3x3 convolution as Winograd F(2x2, 3x3)
 
@@ -286,9 +214,13 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
 
     One function with no callees but the BLAS call, so that Numba compiles it once per
     dtype and compiles nothing twice: a called @njit function is compiled on its own and
-    then optimised again inside its caller. The copies into the patch matrix ("im2col",
-    see _im2col) and back ("col2im", see _col2im) are therefore written out here, as
-    loops over unsigned flat indices.
+    then optimised again inside its caller (as separate functions, the copies into and
+    out of the patch matrix cost about 0.5 s more compile time, the Winograd transforms
+    about 1 s more). So the copies into the patch matrix ("im2col") and back ("col2im")
+    are written out here, one loop nest each, over unsigned flat indices (Numba then
+    drops its negative-index wraparound and the copies vectorise: 4-6x faster than
+    signed indexing), and the position (n, y, x) of a patch-matrix row advances by
+    increments, not divisions.
 
     Winograd F(2x2, 3x3): each 2x2 tile of outputs is A^T [U . V] A, where V = B^T d B
     transforms the tile's 4x4 input window d and U = G g G^T the kernel g (once per call,
@@ -296,7 +228,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
     the input channels as 16 gemms per round of tiles: 2.25x fewer multiplies than im2col
     + gemm. scratch holds U (16 matrices ci x co, 16 items more than their size apart, so
     that their rows do not fall into one cache set), G kron G, then one round's windows
-    (tiles x 16 x ci: im2col with a 4x4 window and stride 2, transformed in place) and
+    (tiles x 16 x ci: the patch matrix of 4x4 windows 2 apart, transformed in place) and
     products (tiles x 16 x co); the gemms read these with leading dimensions of 16 channel
     rows, so nothing is copied for them."""
     if mode == 1:
