@@ -568,7 +568,8 @@ class Lowering:
                   and mm.out.name not in output_names
                   and readers.get(mm.out.name) == [s] and value.name not in readers
                   and max(readers.get(state.name, [s])) <= s
-                  and all(b.role in ("input", "temp", "const") and b.base is None
+                  # (an operand may be a view, e.g. a flattened image: its base is read)
+                  and all((b.base or b).role in ("input", "temp", "const")
                           for b in (mm.a, mm.b)))
             if not ok:
                 remaining.append((state, value))

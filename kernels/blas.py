@@ -257,3 +257,12 @@ def batch_gemm(trans_a, trans_b, one, zero, a, b, c):
 if integer_bits():
     register(CBLAS_SYMBOL, _CBLAS_BITS)
 GEMM = njit(gemm)  # for tests and the benchmark; generated modules get their own copy
+
+
+@njit
+def _cblas_gemm_call(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    _cblas_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+# _cblas_gemm callable from Python (kernels/windows.py run as Python, in tests)
+CBLAS_GEMM = _cblas_gemm_call

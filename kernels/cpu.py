@@ -26,9 +26,10 @@ import numpy as np
 from . import blas, ir, loader
 from .approx import APPROXIMATIONS
 from . import random, windows
-from .windows import GEMM_HELPERS, GEMM_SUPPORT, HELPERS, col_block_rows, is_pointwise
+from .windows import GEMM_HELPERS, GEMM_SUPPORT, HELPERS, col_block_rows, is_pointwise, \
+    use_winograd, winograd_block_tiles, winograd_scratch_items
 
-GENERATOR_VERSION = "cpu-15"
+GENERATOR_VERSION = "cpu-16"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).
@@ -170,7 +171,9 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False):
     the float32 exp and tanh (when `approximate`), the window helpers named, gemm (when
     `matmul`), batch_gemm (when `batched`). The generated `program` and each library
     kernel are built the same way."""
-    plain = f"@njit(cache=True, error_model='numpy', fastmath={FASTMATH})"
+    # (no C entry point: these are called from compiled code or from Python, never from C;
+    # leaving it out saves compile time)
+    plain = f"@njit(cache=True, no_cfunc_wrapper=True, error_model='numpy', fastmath={FASTMATH})"
     out = list(out)
     # convolutions run as BLAS products (kernels/windows.py, *_gemm)
     gemm_used = [h for h in helpers_used if h in GEMM_HELPERS]
@@ -383,10 +386,33 @@ def _template(lines, buffers, dims):
 SCRATCH = "conv_scratch"
 
 
+def _winograd(step):
+    """(tiles per gemm round, scratch items) when a convolution step runs as Winograd
+    F(2x2, 3x3) (kernels/windows.py conv_gemm, mode CONV2D_WINOGRAD: a forward 3x3 stride-1
+    convolution whose channels and output size are known when the code is generated, see
+    use_winograd), else None."""
+    if step.helper != "conv2d":
+        return None
+    s, ph, pw = step.params
+    kh, kw, ci, co = step.args[1].shape
+    oh, ow = step.out.shape[1:3]
+    if not all(isinstance(d, int) for d in (kh, kw, ci, co, oh, ow)) or \
+            not use_winograd(kh, kw, s, ci, co, oh, ow):
+        return None
+    block = winograd_block_tiles(ci, co, _itemsize(step.out.dtype))
+    tiles = f"{step.out.shape[0]} * {((oh + 1) // 2) * ((ow + 1) // 2)}"
+    fixed = winograd_scratch_items(ci, co, 0)
+    return block, f"{fixed} + min({tiles}, {block}) * {winograd_scratch_items(ci, co, 1) - fixed}"
+
+
 def _conv_block_bytes(step):
     """Source for the bytes of one patch-matrix block of a convolution step (see
-    kernels/windows.py), or None when it needs none (1x1, stride 1, unpadded)."""
+    kernels/windows.py), or None when it needs none (1x1, stride 1, unpadded); for a
+    Winograd convolution, the bytes of its scratch."""
     s, ph, pw = step.params
+    winograd = _winograd(step)
+    if winograd:
+        return f"({winograd[1]}) * {_itemsize(step.out.dtype)}"
     if step.helper == "conv2d":
         image, kernel, grid = step.args[0], step.args[1], step.out
     elif step.helper == "conv2d_grad_input":
@@ -604,6 +630,10 @@ def _emit_step(em, step, allocated, loop, needed):
             # np.intp: Numba compiles conv_gemm once, not once per mode, stride and padding
             ints = [f"np.intp({p})" for p in (GEMM_HELPERS[step.helper],) + step.params]
             buffers = [b.name for b in step.args]
+            winograd = _winograd(step)
+            if winograd:  # mode CONV2D_WINOGRAD, whose "stride" is the tiles per round
+                ints = [f"np.intp({p})" for p in (windows.CONV2D_WINOGRAD, winograd[0])
+                        + step.params[1:]]
             em.emit(f"conv_gemm({', '.join(ints[:1] + buffers + ints[1:])}, {scratch}, "
                     f"{step.out.name})")
         else:
@@ -936,7 +966,8 @@ def generate_library(program, parallel=False, approximate=True):
     `K<k>` is the `kernel` of the k-th kernel source. The driver module has the calling
     convention of `generate`'s: `program(*inputs, *states, *consts, *recycled, workspace)`,
     `workspace_bytes(*inputs)`, `RECYCLED`, `recycle_nothing()`."""
-    deco = (f"@njit(cache=True, error_model='numpy', fastmath={FASTMATH}, "
+    deco = (f"@njit(cache=True, no_cfunc_wrapper=True, error_model='numpy', "
+            f"fastmath={FASTMATH}, "
             f"parallel={bool(parallel)})")
     approximate = approximate and _float32_only(program)
     args, recycled, em = _program_start(program)

@@ -15,10 +15,14 @@ blocks cover at most `scratch.size // (KH*KW*C)` rows each, so the patch matrix 
 batch is never held whole (`col_block_rows` gives the block the CPU generator plans for).
 Gradients: input = col2im(dY @ W^T) (a scatter-add of each block of columns), filter =
 sum over blocks of im2col(X)^T @ dY (gemm's transpose flags, no transposed copies).
+Stride-1 3x3 convolutions with enough channels and outputs (`use_winograd`) run as
+Winograd F(2x2, 3x3) instead: 16 gemms per round of 2x2 output tiles, 2.25x fewer
+multiplies (conv_gemm's CONV2D_WINOGRAD mode).
 """
 import numpy as np
 
-from .blas import GEMM as gemm  # generated modules carry their own copy of gemm
+# generated modules carry their own _cblas_gemm (kernels/blas.py), an intrinsic
+from .blas import CBLAS_GEMM as _cblas_gemm
 
 # The patch-matrix block the CPU generator plans for: about COL_BYTES, at least
 # COL_MIN_ROWS rows (BLAS wants some rows to work on), never more rows than the output has.
@@ -106,7 +110,7 @@ def conv2d_grad_filter(x, g, s, ph, pw, out):
 
 def max_pool2d(x, k, s, out):
     """The channels are the inner loop (contiguous in NHWC, so it vectorises); flat
-    unsigned indices (see _im2col); the maximum as a select, which compiles quicker than
+    unsigned indices (see conv_gemm); the maximum as a select, which compiles quicker than
     a conditional store."""
     n_, h_, w_, c_ = x.shape
     _, oh, ow, _ = out.shape
@@ -189,135 +193,243 @@ def avg_pool2d_grad(g, k, s, out):
                             out[n, y * s + i, x0 * s + j, c] += v
 
 
-def _first_row(r0, oh, ow):
-    """(n, y, x) of patch-matrix row r0: its image, output row and output column."""
-    n = r0 // (oh * ow)
-    y = (r0 - n * oh * ow) // ow
-    return n, y, r0 - (n * oh + y) * ow
-
-
-def _next_row(n, y, x0, oh, ow):
-    """(n, y, x) of the row after (n, y, x0), by increments, not divisions."""
-    x0 += 1
-    if x0 == ow:
-        x0 = 0
-        y += 1
-        if y == oh:
-            y = 0
-            n += 1
-    return n, y, x0
-
-
-def _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col):
-    """col[r] = the window of output row r0 + r ((n, y, x) in row-major order) as
-    (i, j, c), zeros where the window hangs over the padding. x and col are C-contiguous.
-    Flat indices are unsigned (np.uintp): Numba then drops its negative-index wraparound
-    and the copies vectorise (4-6x faster than signed indexing); (n, y, x) advance by
-    increments, not divisions. Two loops only (zeros, copy): Numba's compile time grows
-    with every loop it vectorises, here and again in each program that calls it."""
-    n_, h_, w_, c_ = x.shape
-    xf = x.reshape(-1)
-    cf = col.reshape(-1)
-    zero = cf.dtype.type(0)
-    seg = kw * c_
-    cols = kh * seg
-    n, y, x0 = _first_row(r0, oh, ow)
-    for r in range(rows):
-        xs = x0 * s - pw                      # the window's first input column
-        j0 = max(0, -xs)
-        j1 = min(kw, w_ - xs)                 # window columns j0 .. j1-1 are inside
-        for i in range(kh):
-            yy = y * s + i - ph
-            base = r * cols + i * seg
-            inside = yy >= 0 and yy < h_ and j1 > j0
-            if not inside or j0 > 0 or j1 < kw:   # over the padding: zeros first
-                for t in range(base, base + seg):
-                    cf[np.uintp(t)] = zero
-            if inside:
-                src = ((n * h_ + yy) * w_ + xs) * c_ - base
-                for t in range(base + j0 * c_, base + j1 * c_):
-                    cf[np.uintp(t)] = xf[np.uintp(src + t)]
-        n, y, x0 = _next_row(n, y, x0, oh, ow)
-
-
-def _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x):
-    """x += the columns of rows r0 .. r0+rows-1 put back where _im2col took them from
-    (the padding's share is dropped). x and col are C-contiguous."""
-    n_, h_, w_, c_ = x.shape
-    xf = x.reshape(-1)
-    cf = col.reshape(-1)
-    seg = kw * c_
-    cols = kh * seg
-    n, y, x0 = _first_row(r0, oh, ow)
-    for r in range(rows):
-        xs = x0 * s - pw
-        j0 = max(0, -xs)
-        j1 = min(kw, w_ - xs)
-        for i in range(kh):
-            yy = y * s + i - ph
-            if yy < 0 or yy >= h_ or j1 <= j0:
-                continue
-            base = r * cols + i * seg
-            dst = ((n * h_ + yy) * w_ + xs) * c_ - base
-            for t in range(base + j0 * c_, base + j1 * c_):
-                xf[np.uintp(dst + t)] += cf[np.uintp(t)]
-        n, y, x0 = _next_row(n, y, x0, oh, ow)
-
-
 CONV2D, CONV2D_GRAD_INPUT, CONV2D_GRAD_FILTER = 0, 1, 2  # conv_gemm's modes
+CONV2D_WINOGRAD = 3  # a stride-1 3x3 convolution as Winograd F(2x2, 3x3)
 
 
 def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
     """A convolution or one of its gradients as BLAS products, block by block of output
-    rows (one function for the three, so Numba compiles it once per dtype):
+    rows:
 
     CONV2D              a = x, b = w, out = y:  y = im2col(x) @ w
     CONV2D_GRAD_INPUT   a = dy, b = w, out = dx: dx = col2im(dy @ w^T)
     CONV2D_GRAD_FILTER  a = x, b = dy, out = dw: dw = sum over blocks of im2col(x)^T @ dy
                         (gemm reads the block transposed and accumulates with beta = 1)
+    CONV2D_WINOGRAD     a = x, b = w, out = y, a 3x3 kernel and stride 1, as Winograd
+                        F(2x2, 3x3) in rounds of `s` tiles (below)
 
     `scratch` (1-D, out's dtype) holds one block of the patch matrix; a 1x1 stride-1
     unpadded convolution needs none: the NHWC data viewed as (N*H*W, C) is the patch
-    matrix, one block. One gemm call site: each is compiled again in every caller."""
-    if mode == 0:
-        x, w, g = a, b, out
-    elif mode == 1:
+    matrix, one block.
+
+    One function with no callees but the BLAS call, so that Numba compiles it once per
+    dtype and compiles nothing twice: a called @njit function is compiled on its own and
+    then optimised again inside its caller (as separate functions, the copies into and
+    out of the patch matrix cost about 0.5 s more compile time, the Winograd transforms
+    about 1 s more). So the copies into the patch matrix ("im2col") and back ("col2im")
+    are written out here, one loop nest each, over unsigned flat indices (Numba then
+    drops its negative-index wraparound and the copies vectorise: 4-6x faster than
+    signed indexing), and the position (n, y, x) of a patch-matrix row advances by
+    increments, not divisions.
+
+    Winograd F(2x2, 3x3): each 2x2 tile of outputs is A^T [U . V] A, where V = B^T d B
+    transforms the tile's 4x4 input window d and U = G g G^T the kernel g (once per call,
+    as one gemm: U = (G kron G) @ w viewed as 9 x (ci co)); the products are summed over
+    the input channels as 16 gemms per round of tiles: 2.25x fewer multiplies than im2col
+    + gemm. scratch holds U (16 matrices ci x co, 16 items more than their size apart, so
+    that their rows do not fall into one cache set), G kron G, then one round's windows
+    (tiles x 16 x ci: the patch matrix of 4x4 windows 2 apart, transformed in place) and
+    products (tiles x 16 x co); the gemms read these with leading dimensions of 16 channel
+    rows, so nothing is copied for them."""
+    if mode == 1:
         x, w, g = out, b, a
-    else:
+    elif mode == 2:
         x, w, g = a, out, b
+    else:
+        x, w, g = a, b, out
+    n_, h_, w_, c_ = x.shape
     kh, kw, ci, co = w.shape
     oh, ow = g.shape[1], g.shape[2]
     cols = kh * kw * ci
-    total = x.shape[0] * oh * ow
+    total = n_ * oh * ow
     one, zero = out.dtype.type(1), out.dtype.type(0)
-    no, yes = np.bool_(False), np.bool_(True)
+    xf = x.reshape(-1)
+    pointwise = kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0
+    empty = total == 0 or co == 0 or cols == 0  # (BLAS wants sizes >= 1)
+    if empty or (mode == 1 and not pointwise):  # zeros: the result, or col2im's start
+        of = out.reshape(-1)
+        for k in range(of.size):
+            of[k] = zero
+        if empty:
+            return
     w2 = w.reshape((cols, co))
     g2 = g.reshape((total, co))
-    x2 = x.reshape((-1, ci))  # the patch matrix when pointwise
-    pointwise = kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0
     block = total if pointwise else min(total, scratch.size // cols)
-    if mode == 1 and not pointwise:
-        xf = x.reshape(-1)
-        for k in range(xf.size):
-            xf[k] = zero
+    # the windows im2col copies: kh x kw, s apart, one per output (th x tw of them);
+    # Winograd: 4 x 4, 2 apart, one per 2x2 tile of outputs
+    wh, ww, ws, th, tw, at = kh, kw, s, oh, ow, 0
+    if mode == 3:
+        half = out.dtype.type(0.5)
+        wh, ww, ws, th, tw = 4, 4, 2, (oh + 1) // 2, (ow + 1) // 2
+        total = n_ * th * tw
+        block = max(1, min(s, total))
+        cols = 16 * ci
+        plane = ci * co
+        us = plane + 16
+        gg = scratch[16 * us:16 * us + 144]
+        at = 16 * us + 144  # where the windows are
+        # (a loop bound read from the scratch, not a literal: LLVM would unroll the loop)
+        for r in range(gg.size):  # G kron G (16 x 9); G's rows (1 0 0), (.5 .5 .5),
+            e = one               # (.5 -.5 .5), (0 0 1)
+            for a_, i in ((r // 36, r % 9 // 3), (r // 9 % 4, r % 3)):
+                e *= (one if i == a_ // 3 * 2 else zero) if a_ % 3 == 0 else \
+                    (-half if a_ == 2 and i == 1 else half)
+            gg[r] = e
+        _cblas_gemm(111, 111, 16, plane, 9, one, gg, 9, w.reshape(-1), plane, zero,
+                    scratch, us)  # U = (G kron G) @ w as 9 x (ci co)
+        mt = at + block * cols  # where the products are
+        yf = out.reshape(-1)
+    seg = ww * c_
     for r0 in range(0, total, block):
         rows = min(block, total - r0)
-        gy = g2[r0:r0 + rows]
+        n = r0 // (th * tw)  # (n, y, x) of row r0: image, output (or tile) row and column
+        y = (r0 - n * th * tw) // tw
+        x0 = r0 - (n * th + y) * tw
         if pointwise:
-            col = x2[r0:r0 + rows]
+            col = x.reshape((-1, ci))[r0:r0 + rows]
         else:
-            col = scratch[:rows * cols].reshape((rows, cols))
-            if mode != 1:
-                _im2col(x, s, ph, pw, kh, kw, oh, ow, r0, rows, col)
+            col = scratch[at:at + rows * cols].reshape((rows, cols))
+        cf = col.reshape(-1)
+        for r in range(rows if mode != 1 and not pointwise else 0):  # im2col
+            # col[r] = the window of output (n, y, x0) as (i, j, c), zeros where it hangs
+            # over the padding; unsigned flat indices let Numba drop its negative-index
+            # wraparound, and the copies vectorise (4-6x faster than signed indexing)
+            xs = x0 * ws - pw                     # the window's first input column
+            j0 = max(0, -xs)
+            j1 = min(ww, w_ - xs)                 # window columns j0 .. j1-1 are inside
+            for i in range(wh):
+                yy = y * ws + i - ph
+                base = r * cols + i * seg
+                inside = yy >= 0 and yy < h_ and j1 > j0
+                if not inside or j0 > 0 or j1 < ww:   # over the padding: zeros first
+                    for t in range(base, base + seg):
+                        cf[np.uintp(t)] = zero
+                if inside:
+                    src = ((n * h_ + yy) * w_ + xs) * c_ - base
+                    for t in range(base + j0 * c_, base + j1 * c_):
+                        cf[np.uintp(t)] = xf[np.uintp(src + t)]
+            x0 += 1  # the next (n, y, x0), by increments, not divisions
+            if x0 == tw:
+                x0, y = 0, y + 1
+                if y == th:
+                    y, n = 0, n + 1
+        if mode == 3:
+            # V = B^T d B in place: B^T's rows (1 0 -1 0), (0 1 1 0), (0 -1 1 0), (0 1 0 -1)
+            # applied down the columns of each window (4 apart), then along its rows
+            for step in range(rows * 8):
+                rw, k = step // 8, step % 8
+                apart = ci if k >= 4 else 4 * ci
+                first = at + rw * cols + (4 * (k - 4) * ci if k >= 4 else k * ci)
+                for c in range(first, first + ci):
+                    d0, d1 = scratch[np.uintp(c)], scratch[np.uintp(c + apart)]
+                    d2, d3 = scratch[np.uintp(c + 2 * apart)], scratch[np.uintp(c + 3 * apart)]
+                    scratch[np.uintp(c)] = d0 - d2
+                    scratch[np.uintp(c + apart)] = d1 + d2
+                    scratch[np.uintp(c + 2 * apart)] = d2 - d1
+                    scratch[np.uintp(c + 3 * apart)] = d1 - d3
+            for k in range(gg.size // 9):  # products[k] = V[k] @ U[k], k < 16
+                _cblas_gemm(111, 111, rows, co, ci, one, scratch[at + k * ci:], cols,
+                            scratch[k * us:], co, zero, scratch[mt + k * co:], 16 * co)
+            # y's 2x2 tile = A^T M A: A^T's rows (1 1 1 0), (0 1 -1 -1) applied down the
+            # columns of M (4 apart, in place), then along its first two rows into y; a
+            # tile's outputs past y's edge go to its first output, which is written last
+            for step in range(rows * 4):
+                first = mt + step // 4 * 16 * co + step % 4 * co
+                for k in range(first, first + co):
+                    e0, e1 = scratch[np.uintp(k)], scratch[np.uintp(k + 4 * co)]
+                    e2, e3 = scratch[np.uintp(k + 8 * co)], scratch[np.uintp(k + 12 * co)]
+                    scratch[np.uintp(k)] = e0 + e1 + e2
+                    scratch[np.uintp(k + 4 * co)] = e1 - e2 - e3
+            n = r0 // (th * tw)
+            y = (r0 - n * th * tw) // tw
+            x0 = r0 - (n * th + y) * tw
+            for step in range(rows * 2):
+                if step % 2 == 0:
+                    p00 = ((n * oh + 2 * y) * ow + 2 * x0) * co
+                    down = 2 * y + 1 < oh
+                    a_, p0 = 1, p00 + ow * co if down else p00   # the tile's second row first
+                else:
+                    a_, p0 = 0, p00
+                p1 = p0 + co if 2 * x0 + 1 < ow and (a_ == 0 or down) else p0
+                first = mt + step // 2 * 16 * co + 4 * a_ * co
+                for k in range(co):
+                    e0, e1 = scratch[np.uintp(first + k)], scratch[np.uintp(first + k + co)]
+                    e2 = scratch[np.uintp(first + k + 2 * co)]
+                    e3 = scratch[np.uintp(first + k + 3 * co)]
+                    yf[np.uintp(p1 + k)] = e1 - e2 - e3
+                    yf[np.uintp(p0 + k)] = e0 + e1 + e2
+                if step % 2 == 1:
+                    x0 += 1
+                    if x0 == tw:
+                        x0, y = 0, y + 1
+                        if y == th:
+                            y, n = 0, n + 1
+            continue
+        gy = g2[r0:r0 + rows]
+        # (one BLAS call site for the three modes)
         if mode == 0:
-            ta, tb, p, q, c, beta = no, no, col, w2, gy, zero
+            ta, tb, p, q, c, beta = 111, 111, col, w2, gy, zero
         elif mode == 1:
-            ta, tb, p, q, c, beta = no, yes, gy, w2, col, zero
+            ta, tb, p, q, c, beta = 111, 112, gy, w2, col, zero
         else:
-            ta, tb, p, q, c, beta = yes, no, col, gy, w2, zero if r0 == 0 else one
-        gemm(ta, tb, one, p, q, beta, c)
-        if mode == 1 and not pointwise:
-            _col2im(col, s, ph, pw, kh, kw, oh, ow, r0, rows, x)
+            ta, tb, p, q, c, beta = 112, 111, col, gy, w2, zero if r0 == 0 else one
+        _cblas_gemm(ta, tb, c.shape[0], c.shape[1], p.shape[0] if ta == 112 else p.shape[1],
+                    one, p, p.shape[1], q, q.shape[1], beta, c, c.shape[1])
+        for r in range(rows if mode == 1 and not pointwise else 0):  # col2im
+            # x += col[r] put back where im2col took it from (the padding's share dropped)
+            xs = x0 * s - pw
+            j0 = max(0, -xs)
+            j1 = min(kw, w_ - xs)
+            for i in range(kh):
+                yy = y * s + i - ph
+                if yy < 0 or yy >= h_ or j1 <= j0:
+                    continue
+                base = r * cols + i * seg
+                dst = ((n * h_ + yy) * w_ + xs) * c_ - base
+                for t in range(base + j0 * c_, base + j1 * c_):
+                    xf[np.uintp(dst + t)] += cf[np.uintp(t)]
+            x0 += 1
+            if x0 == tw:
+                x0, y = 0, y + 1
+                if y == th:
+                    y, n = 0, n + 1
+
+
+# Winograd F(2x2, 3x3) for stride-1 3x3 convolutions (see conv_gemm). Measured against
+# im2col + gemm on one thread (docs/BENCHMARKS.md, "Winograd"): 0.53-0.66x the time from
+# 196 tiles of 2x2 outputs per image up, 0.57-0.88x at 49 tiles, 1.6x slower at 16 tiles
+# (7x7 outputs, where transforming the kernel at every call costs more than it saves).
+WINOGRAD_BYTES = 1 << 20   # transformed windows + products per gemm round, about ...
+WINOGRAD_MIN_ROUND = 64    # ... but at least this many tiles (rounds of fewer tiles read
+#                            the transformed kernel too often for what they multiply)
+WINOGRAD_MIN_CHANNELS = 8  # fewer channels: the 16 products are too thin for BLAS
+WINOGRAD_MIN_TILES = 36    # fewer tiles per image: the kernel's transform dominates
+
+
+def winograd_tiles(oh, ow):
+    """Tiles of 2x2 outputs covering an oh x ow output, per image."""
+    return ((oh + 1) // 2) * ((ow + 1) // 2)
+
+
+def use_winograd(kh, kw, s, ci, co, oh, ow):
+    """Whether a convolution runs as Winograd F(2x2, 3x3) (conv_gemm's CONV2D_WINOGRAD) rather than
+    im2col + gemm: 3x3, stride 1, enough channels each way and enough tiles per image
+    (the kernel is transformed at every call, 16/9 of its size)."""
+    return (kh == 3 and kw == 3 and s == 1 and min(ci, co) >= WINOGRAD_MIN_CHANNELS
+            and winograd_tiles(oh, ow) >= WINOGRAD_MIN_TILES)
+
+
+def winograd_block_tiles(ci, co, itemsize):
+    """Tiles per gemm round of a Winograd convolution (before capping at the tiles there
+    are)."""
+    return max(WINOGRAD_MIN_ROUND, WINOGRAD_BYTES // (16 * (ci + co) * itemsize))
+
+
+def winograd_scratch_items(ci, co, tiles):
+    """Items of scratch conv_gemm's Winograd mode needs for rounds of `tiles` tiles: the
+    transformed kernel (16 matrices ci x co, 16 items apart), G kron G (16 x 9), and one
+    round's transformed windows and products."""
+    return 16 * (ci * co + 16) + 144 + 16 * (ci + co) * tiles
 
 
 HELPERS = {f.__name__: f for f in (conv2d, conv2d_grad_input, conv2d_grad_filter, max_pool2d,
@@ -326,4 +438,4 @@ HELPERS = {f.__name__: f for f in (conv2d, conv2d_grad_input, conv2d_grad_filter
 # the functions conv_gemm calls (copied into the generated module with it)
 GEMM_HELPERS = {"conv2d": CONV2D, "conv2d_grad_input": CONV2D_GRAD_INPUT,
                 "conv2d_grad_filter": CONV2D_GRAD_FILTER}
-GEMM_SUPPORT = (_first_row, _next_row, _im2col, _col2im, conv_gemm)
+GEMM_SUPPORT = (conv_gemm,)

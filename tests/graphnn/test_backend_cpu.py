@@ -270,6 +270,31 @@ def test_an_sgd_step_on_a_weight_matrix_is_one_gemm_accumulating_into_the_weight
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
+def test_an_sgd_step_accumulates_into_weights_read_through_a_flattened_image():
+    """The product's operand is a view (the image flattened for a dense layer): the
+    weight's SGD step is still one gemm into the weight, and equals the numpy back end."""
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((5, 4, 4, 2)).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "cpu"):
+        x = gn.input("x", (None, 4, 4, 2))
+        W = gn.param("W_flat", (0.3 * rng.standard_normal((32, 3))).astype(np.float32))
+        K = gn.param("K_flat", (0.3 * rng.standard_normal((1, 1, 2, 2))).astype(np.float32))
+        h = gn.reshape(gn.relu(gn.conv2d(x, K)), (-1, 32))
+        loss = gn.mean(gn.square(gn.tanh(h @ W)))
+        # (only W trained: nothing reads the old W after its update)
+        step = gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, [W]),
+                          backend=backend)
+        results[backend] = [float(step(x=X)) for _ in range(3)], W.value.copy()
+        rng = np.random.default_rng(8)
+        rng.standard_normal((5, 4, 4, 2))
+    assert "accumulated into" in step.source
+    into = [s for s in step.program.steps if type(s).__name__ == "Matmul" and s.beta == 1.0]
+    assert len(into) == 1 and into[0].a.base is not None  # reads the flattened image
+    np.testing.assert_allclose(results["cpu"][0], results["numpy"][0], rtol=1e-5)
+    np.testing.assert_allclose(results["cpu"][1], results["numpy"][1], rtol=1e-5, atol=1e-6)
+
+
 def test_no_gemm_accumulation_when_the_old_weights_are_read_later():
     # V's new value reads the old W after W's update would run: W is updated separately.
     def extra(W, b, x, loss, updates):

@@ -1,0 +1,142 @@
+"""Stride-1 3x3 convolutions as Winograd F(2x2, 3x3) (kernels/windows.py, conv_gemm's mode
+CONV2D_WINOGRAD): the helper against the direct loops, when the cpu back end chooses it,
+and compiled graphs that use it against the numpy back end (the reference)."""
+import re
+
+import numpy as np
+import pytest
+
+import graphnn as gn
+from graphnn.ops import conv_geometry
+from kernels import cpu, windows
+
+# (image NHWC, output channels, padding): odd and even output sizes (partial edge tiles),
+# one channel, one output channel, batch > 1, an output of one pixel and of 1 x 2
+CASES = {
+    "same-odd": ((2, 7, 9, 3), 5, "same"),
+    "valid-even": ((1, 8, 8, 4), 6, "valid"),
+    "same-odd-height": ((3, 5, 6, 8), 8, "same"),
+    "valid-odd": ((2, 6, 5, 2), 3, "valid"),
+    "C=1": ((2, 6, 7, 1), 4, "same"),
+    "K=1": ((1, 5, 5, 3), 1, "valid"),
+    "1x1-output": ((1, 3, 3, 2), 2, "valid"),
+    "1x2-output": ((2, 3, 4, 2), 3, "valid"),
+    "1x1-image-same": ((1, 1, 1, 2), 2, "same"),
+}
+
+
+def _reference(x, w, padding):
+    oh, ph = conv_geometry(x.shape[1], 3, 1, padding)
+    ow, pw = conv_geometry(x.shape[2], 3, 1, padding)
+    y = np.zeros((x.shape[0], oh, ow, w.shape[3]), x.dtype)
+    windows.conv2d(x, w, 1, ph, pw, y)
+    return y, ph, pw
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_winograd_mode_equals_the_direct_loops(name, dtype):
+    """conv_gemm's Winograd mode as plain Python (BLAS compiled) in rounds of one tile, of
+    two (the last round partial), of five and of every tile; the scratch starts as NaN, so
+    every item it reads must have been written."""
+    image, co, padding = CASES[name]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(image).astype(dtype)
+    w = rng.standard_normal((3, 3, image[3], co)).astype(dtype)
+    want, ph, pw = _reference(x, w, padding)
+    tiles = image[0] * windows.winograd_tiles(want.shape[1], want.shape[2])
+    tol = 1e-13 if dtype == np.float64 else 2e-6
+    for block in sorted({1, 2, 5, tiles}):
+        scratch = np.full(windows.winograd_scratch_items(image[3], co, min(block, tiles)),
+                          np.nan, dtype)
+        got = np.full(want.shape, np.nan, dtype)
+        windows.conv_gemm(windows.CONV2D_WINOGRAD, x, w, block, ph, pw, scratch, got)
+        assert got.dtype == dtype
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale,
+                                   err_msg=f"{name} rounds of {block}")
+
+
+def test_winograd_is_chosen_for_3x3_stride_1_with_enough_channels_and_tiles():
+    use = windows.use_winograd
+    assert use(3, 3, 1, 8, 8, 12, 12)          # 36 tiles of 2x2 outputs
+    assert use(3, 3, 1, 64, 64, 56, 56)
+    assert not use(3, 3, 1, 512, 512, 7, 7)   # 16 tiles: the kernel transform dominates
+    assert not use(3, 3, 1, 4, 64, 56, 56)    # too few input channels for the gemms
+    assert not use(3, 3, 1, 64, 4, 56, 56)
+    assert not use(3, 3, 2, 64, 64, 56, 56)   # strided
+    assert not use(5, 5, 1, 64, 64, 56, 56)
+    assert not use(1, 1, 1, 64, 64, 56, 56)
+    assert windows.winograd_tiles(13, 11) == 7 * 6
+
+
+def _graph(dtype):
+    """Two convolutions the cpu back end runs as Winograd (13x11 'same' output: partial
+    tiles on both edges; 12x12 'valid'), one it does not (4 input channels), and the
+    gradients of a weighted sum with respect to images and kernels (other modes)."""
+    rng = np.random.default_rng(9)
+    specs = [((2, 13, 11, 8), 9, "same"), ((3, 14, 14, 10), 8, "valid"),
+             ((2, 12, 12, 4), 8, "same")]
+    feeds, outs, total, wrt = {}, [], 0, []
+    for k, (image, co, padding) in enumerate(specs):
+        x = gn.input(f"x{k}", (None,) + image[1:], dtype=dtype)
+        feeds[f"x{k}"] = rng.standard_normal(image).astype(dtype)
+        w = gn.param(f"wino{k}_w", (0.3 * rng.standard_normal((3, 3, image[3], co)))
+                     .astype(dtype))
+        y = gn.conv2d(x, w, padding=padding)
+        total = total + gn.sum(gn.tanh(y) * gn.const(
+            rng.standard_normal(y.shape[1:]).astype(dtype)))
+        outs.append(y)
+        wrt += [x, w]
+    return feeds, outs + gn.grad(total, wrt)
+
+
+@pytest.mark.parametrize("library", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_compiled_winograd_convolutions_equal_the_numpy_backend(dtype, library):
+    feeds, targets = _graph(dtype)
+    f = gn.compile(targets, backend="cpu", library=library)
+    # conv_gemm(np.intp(3), in<k>, ...) in the generated function, K<n>(...) in the driver
+    calls = re.findall(rf"\(np\.intp\({windows.CONV2D_WINOGRAD}\), in\d, ", f.source)
+    assert len(calls) == 2, "two of the three forward convolutions are Winograd"
+    got = f(**feeds)
+    want = gn.compile(targets, backend="numpy")(**feeds)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for node, a, b in zip(targets, got, want):
+        assert a.dtype == np.dtype(dtype) and a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max(),
+                                   err_msg=str(node))
+
+
+def test_winograd_rounds_bound_the_scratch(monkeypatch):
+    """With rounds of 8 tiles, a batch of 40 images (1440 tiles) runs in 180 rounds; the
+    workspace holds the transformed kernel and one round, and the results are the
+    reference's."""
+    monkeypatch.setattr(windows, "WINOGRAD_BYTES", 0)
+    monkeypatch.setattr(windows, "WINOGRAD_MIN_ROUND", 8)
+    rng = np.random.default_rng(4)
+    x = gn.input("x", (None, 12, 12, 8))
+    w = gn.param("wino_bound_w", rng.standard_normal((3, 3, 8, 16)).astype(np.float32))
+    y = gn.conv2d(x, w, padding="same")
+    f = gn.compile(y, backend="cpu")
+    assert f"conv_gemm(np.intp({windows.CONV2D_WINOGRAD}), in0, st0, np.intp(8), " in f.source
+    X = rng.standard_normal((40, 12, 12, 8)).astype(np.float32)
+    got = f(x=X)
+    want = gn.compile(y, backend="numpy")(x=X)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    items = windows.winograd_scratch_items(8, 16, 8)
+    assert f.module.workspace_bytes(X) < 4 * items + got.nbytes + 4096
+
+
+def test_generator_sizes_the_scratch_for_the_rounds_it_asks_for():
+    """The generator's scratch expression and the rounds it passes agree with the
+    helper's layout (a 3x3 8->16 'same' convolution of 12x12 images)."""
+    x = gn.input("x", (None, 12, 12, 8))
+    w = gn.param("wino_size_w", np.zeros((3, 3, 8, 16), np.float32))
+    f = gn.compile(gn.conv2d(x, w, padding="same"), backend="cpu")
+    (step,) = [s for s in f.program.steps if type(s).__name__ == "Window"]
+    block, items = cpu._winograd(step)
+    assert block == windows.winograd_block_tiles(8, 16, 4)
+    tiles = 36
+    assert eval(items.replace(step.out.shape[0], "1")) == \
+        windows.winograd_scratch_items(8, 16, min(block, tiles))
