@@ -36,6 +36,7 @@ import time
 import numpy as np
 
 from .errors import GraphError, OptionError, user_location
+from .nn import state_updates
 from .node import Node
 
 __all__ = ["Callback", "TrainingRun", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau",
@@ -47,7 +48,8 @@ class TrainingRun:
     """What a callback sees of the training in progress (`callback.run`).
 
     `step` the compiled step; `params` the parameters it trains (its graph's `gn.param`
-    nodes; None when the step is not a `gn.compile` result); `history` the `History` (None
+    nodes; None when the step is not a `gn.compile` result); `layer_states` the variables
+    its layers update (BatchNorm's running averages, Dropout's counter); `history` the `History` (None
     before the first step); `epochs` planned; `epoch` the current epoch (0-based);
     `steps_per_epoch`; `global_step` the steps taken so far; `stop_training`: set it to True
     to stop after the current epoch.
@@ -61,6 +63,10 @@ class TrainingRun:
         self.step, self.epochs, self.steps_per_epoch = step, epochs, steps_per_epoch
         graph = getattr(step, "graph", None)
         self.params = list(graph.params) if graph is not None else None
+        outputs = getattr(step, "outputs", None)
+        # the layers' own state the step updates: BatchNorm's running averages (what
+        # inference uses), Dropout's step counter
+        self.layer_states = list(state_updates(list(outputs))) if outputs else []
         self.history = None
         self.epoch = 0
         self.global_step = 0
@@ -209,7 +215,8 @@ class EarlyStopping(Callback):
     epoch (`patience=0`: at the first epoch that does not improve). With
     `restore_best_weights=True` the parameters get back, at the end of training (stopped
     early or not), their values from the end of the best epoch; `params=` chooses which
-    nodes (default: the step's `gn.param`s; add BatchNorm statistics variables here).
+    nodes (default: the step's `gn.param`s and its layers' state, `run.layer_states`:
+    BatchNorm's running averages, which Keras restores with the weights too).
     Afterwards `best`, `best_epoch` and `stopped_epoch` (1-based; 0: did not stop) tell what
     happened.
 
@@ -236,6 +243,9 @@ class EarlyStopping(Callback):
         self._reset()
         if self.restore_best_weights:
             self._nodes = _run_params("EarlyStopping", self.params, self.run)
+            if self.params is None:  # the model's weights include BatchNorm's averages
+                self._nodes = self._nodes + [v for v in self.run.layer_states
+                                             if all(v is not p for p in self._nodes)]
 
     def on_epoch_end(self, epoch, logs=None):
         current = self._monitor.value(logs)

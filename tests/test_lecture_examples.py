@@ -7,6 +7,7 @@ the compiled cpu backend and is marked slow (its first compile takes about a min
 import numpy as np
 import pytest
 
+import graphnn as gn
 from helpers import load_example
 
 
@@ -33,6 +34,20 @@ def test_cnn_digits_reaches_97_percent(tmp_path):
     result = load_example("cnn_digits").main(out=tmp_path, backend="cpu", progress=False,
                                              pictures=False)
     assert result["test_accuracy"] >= 0.97
+
+
+def test_regularised_cnn_trains_with_batchnorm_dropout_and_early_stopping(tmp_path):
+    result = load_example("cnn_regularised").main(out=tmp_path, backend="cpu",
+                                                  progress=False)
+    history = result["history"]
+    assert result["test_accuracy"] >= 0.97
+    # the restored best weights (and BatchNorm averages) give the best validation loss
+    best = min(history.history["val_loss"])
+    assert result["test_loss"] == pytest.approx(best, rel=1e-5)
+    events = gn.callbacks.read_scalars(tmp_path / "tensorboard" / "train")
+    assert [step for step, _ in events["epoch_loss"]] == history.epochs
+    assert len(events["batch_loss"]) == len(history.epochs) * 45  # 1437 images, batch 32
+    assert (tmp_path / "curves.png").exists()
 
 
 def test_rnn_loss_falls_to_the_noise_level(tmp_path):

@@ -208,6 +208,30 @@ def test_early_stopping_restores_trained_weights(backend):
     assert float(reference) == pytest.approx(stop.best, rel=1e-6)
 
 
+def test_early_stopping_restores_batchnorm_running_averages_with_the_weights():
+    # inference uses the running averages: restoring only the parameters would evaluate
+    # the best weights with the last epoch's statistics
+    x = gn.input("x", (None, 2))
+    y = gn.input("y", (None,), dtype="int64")
+    model = Sequential([Dense(4, "tanh"), gn.nn.BatchNorm(), Dense(2)])
+    loss = gn.softmax_cross_entropy(model(x), y, name="loss")
+    step = gn.compile(loss, updates=gn.optim.SGD(0.3).updates(loss, model.params),
+                      backend="cpu")
+    norm = model.layers[1]
+    seen = {}
+
+    class Stats(gn.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs):
+            seen[epoch + 1] = norm.running_mean.value.copy()
+    stop = gn.callbacks.EarlyStopping("val_loss", patience=5, restore_best_weights=True)
+    gn.fit(step, {"x": X[:24], "y": Y[:24]}, epochs=3, batch_size=8, progress=False,
+           validation={"x": X[24:], "y": Y[24:]}, evaluate_fn=scripted([0.4, 0.9, 0.8]),
+           callbacks=[Stats(), stop])
+    assert stop.best_epoch == 1 and not np.array_equal(seen[1], seen[3])
+    np.testing.assert_array_equal(norm.running_mean.value, seen[1])
+    assert any(v is norm.running_var for v in stop._nodes)
+
+
 def test_early_stopping_restores_weights_held_on_the_cuda_device():
     # (the CUDA simulator takes seconds per call: two steps and one evaluation)
     step, model, loss = classifier("cuda", lr=0.3)
