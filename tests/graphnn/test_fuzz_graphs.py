@@ -20,7 +20,7 @@ from helpers import BACKEND_OPTIONS
 
 EXAMPLES = int(os.environ.get("GRAPHNN_FUZZ_EXAMPLES", "200"))
 SEEDS = range(EXAMPLES)
-CUDA_OPTIONS = {**BACKEND_OPTIONS["cuda"], "block": 8}
+CUDA_OPTIONS = dict(BACKEND_OPTIONS["cuda"])
 
 
 def _cuda_seeds():

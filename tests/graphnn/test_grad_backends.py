@@ -29,7 +29,7 @@ from helpers import BACKEND_OPTIONS
 BACKENDS = ("numpy", "cpu", "cuda")
 # The simulator runs each GPU thread as a Python thread: blocks of 8 halve the time of these
 # tiny cases against the suite's 32 and still give multi-block grids and strided reductions.
-OPTIONS = {**BACKEND_OPTIONS, "cuda": {"block": 8, "tile": 4}}
+OPTIONS = dict(BACKEND_OPTIONS)
 
 # Finite differences: Richardson-extrapolated central differences, (4 D(h/2) - D(h)) / 3,
 # whose truncation error is O(h**4) (h = 1e-3 * max(|x|, 1)), and whose rounding error is
@@ -153,6 +153,14 @@ unary("elu_grad-far-negative", lambda x: gn.ops.elu_grad(x, alpha=0.7),
 # and about 0
 unary("saturated", lambda x: gn.sigmoid(x) + gn.tanh(x) + gn.elu(x, alpha=0.7),
       np.array([[40.0, 25.0, 700.0], [-25.0, -1000.0, -36.0]]), atol=1e-9)
+case("embedding", lambda t: weighted_sum(
+    gn.embedding(gn.const(np.array([[0, 2], [2, 1], [1, 1]], np.int64)), t)),
+    {"t": ORDINARY})  # repeated ids: their rows' gradients add up
+unary("gelu_tanh", lambda x: gn.gelu(x, approximate=True), ORDINARY)
+TB_STATE = gn.variable("training_branch_case/count", np.zeros((), np.float64))
+case("training_branch", lambda a, b: weighted_sum(
+    gn.training_branch(a * a, b * 3.0, {TB_STATE: TB_STATE + 1})),
+    {"a": ORDINARY, "b": ORDINARY})  # the training value: b gets no gradient
 case("mul-div-huge", lambda a, b: weighted_sum(a * b) + weighted_sum(a / b, seed=3),
      {"a": np.array([[1e100, -3e100], [2e100, -5e99]]),
       "b": np.array([[1e100, 2e99], [-4e100, 1e100]])}, relative_step=True)
@@ -433,6 +441,8 @@ SKIP = {
     "const": "a leaf: no op to differentiate",
     "one_hot": "takes integer labels only: there is nothing to differentiate "
                "(gn.grad refuses an integer wrt: test_one_hot_has_no_gradient)",
+    "random_uniform": "a random draw of (seed, counter, index): no gradient to any input "
+                      "(the gradient through Dropout, mask x scale, is in test_dropout.py)",
     "max_pool2d_grad": "has no gradient rule (no second derivative through max-pooling): "
                        "gn.grad raises GradError (test_max_pool2d_grad_refuses_a_gradient)",
 }

@@ -47,7 +47,7 @@ def test_fuzz_graphs_give_the_same_results_with_a_pass_off(seed):
 def test_fuzz_graphs_give_the_same_results_on_cuda_with_every_pass_off(seed):
     fg = F.graph(seed)
     got = F.run(fg, "cuda", passes=dict.fromkeys(CUDA_PASSES, False),
-                **{**BACKEND_OPTIONS["cuda"], "block": 8})
+                **BACKEND_OPTIONS["cuda"])
     F.assert_same(fg, F.numpy_result(seed), got, "cuda with every pass off")
 
 
