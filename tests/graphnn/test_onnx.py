@@ -119,6 +119,8 @@ EXAMPLE_FORWARD = {
     "activations": _activations,  # its model is the ACTIVATIONS table, applied to one input
     "backprop_step_by_step": lambda m: _outputs_of(m.build_network(), "out_o1", "out_o2"),
     "cnn_digits": lambda m: [m.build()[1].inputs[0]],  # the logits under the loss
+    # (in inference mode: dropout off, BatchNorm's running averages)
+    "cnn_regularised": lambda m: [gn.nn.inference(m.Model()(gn.input("x", (None, 8, 8, 1))))],
     "lecture_graph": lambda m: list(m.build()[1]),
     "lstm_sequence": lambda m: [m.build(m.LSTM)[1]],
     "mlp_digits": lambda m: [m.build()[2]],
