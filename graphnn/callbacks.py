@@ -694,8 +694,12 @@ def read_events(path):
         events[1]["step"], events[1]["scalars"]
     """
     path = os.fspath(path)
-    with open(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise GraphError(f"read_events: cannot read {path!r}: {exc.strerror} "
+                         f"(at {user_location()})") from None
     events, offset = [], 0
     while offset < len(data):
         where = f"read_events {path!r}: record at byte {offset}"
@@ -754,8 +758,11 @@ def read_scalars(path):
         if not files:
             raise GraphError(f"read_scalars: no event files in {path!r} "
                              f"(at {user_location()})")
-    else:
+    elif os.path.isfile(path):
         files = [path]
+    else:
+        raise GraphError(f"read_scalars: {path!r} is neither an event file nor a directory "
+                         f"of them (at {user_location()})")
     scalars = {}
     for file in files:
         for event in read_events(file):

@@ -548,3 +548,12 @@ def test_progress_bar_says_compiling_during_the_first_call(capsys):
     step, _, _ = classifier("numpy")  # nothing to compile
     gn.fit(step, {"x": X, "y": Y}, epochs=1, batch_size=16)
     assert "compil" not in capsys.readouterr().err
+
+
+def test_read_scalars_of_a_missing_path_names_it(tmp_path):
+    missing = tmp_path / "no-such-log"
+    with pytest.raises(gn.GraphError, match="no-such-log' is neither an event file nor a "
+                                            "directory"):
+        gn.callbacks.read_scalars(missing)
+    with pytest.raises(gn.GraphError, match="read_events: cannot read .*no-such-log"):
+        gn.callbacks.read_events(missing)
