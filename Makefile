@@ -60,7 +60,7 @@ demo: $(STAMP) dot
 	$(PY) -m graphnn demo
 
 test: $(STAMP) dot mpi browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 fuzz: $(STAMP)
 	GRAPHNN_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests -k fuzz
