@@ -7,6 +7,8 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 export OPENBLAS_NUM_THREADS ?= 1
 export GRAPHNN_CACHE_DIR ?= $(CURDIR)/.graphnn-cache
+# make test's pytest workers (pytest-xdist): one per core; TEST_JOBS=0 runs in one process
+TEST_JOBS ?= auto
 
 .PHONY: demo test fuzz mutate bench dot mpi browser gpu-check clean
 
@@ -60,10 +62,10 @@ demo: $(STAMP) dot
 	$(PY) -m graphnn demo
 
 test: $(STAMP) dot mpi browser
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 fuzz: $(STAMP)
-	GRAPHNN_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests -k fuzz
+	GRAPHNN_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q -n $(TEST_JOBS) tests -k fuzz
 
 # The mutation score of the core modules (docs/TESTING.md, "Mutation score"): 40 mutants
 # per module drawn with a fixed seed, each run against its module's focused tests in a
