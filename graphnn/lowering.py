@@ -38,6 +38,10 @@ def is_elementwise(node):
     return kind_of(node) in FUSIBLE_KINDS
 
 
+# integer dtypes Numba's arithmetic widens (results wrap to these in NumPy)
+_NARROW_INTS = frozenset({"int8", "int16", "int32", "uint8", "uint16", "uint32"})
+
+
 def read_inputs(node):
     """The inputs whose values `node`'s step reads: none for a size op (it reads only a
     shape), for an elementwise op those its template names (`{0}`, `{1}` ...; a random
@@ -349,6 +353,10 @@ class Lowering:
             if "flat" in template_fields(opdef.scalar):
                 attrs["flat"] = self.flat_index(node, index)
             code = opdef.scalar.format(*args, T="T", **attrs)
+            if str(node.dtype) in _NARROW_INTS:
+                # Numba widens int32 + int32 to int64; NumPy wraps each result to its
+                # dtype, so abs(x + x) must see the wrapped sum, not the wide one
+                code = f"np.{node.dtype}({code})"
             v = var("v")
             stmts.append((v, code))
             return v

@@ -43,7 +43,7 @@ from . import cuda_fusion as fusion
 from . import ir, random
 from .cuda_windows import ELEMENT_HELPERS
 
-GENERATOR_VERSION = "cuda-4"
+GENERATOR_VERSION = "cuda-5"
 BATCH_TILE = 16  # the tile of a stack of matrix products (ir.BatchMatmul)
 MAX_BLOCKS = 1024          # grid-stride loops need no more blocks than this
 WARP = 32

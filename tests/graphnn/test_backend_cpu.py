@@ -487,3 +487,21 @@ def test_a_convolution_whose_channels_are_bound_at_run_time():
         X = rng.standard_normal((2, 5, 5, channels)).astype(np.float32)
         K = rng.standard_normal((3, 3, channels, 2)).astype(np.float32)
         np.testing.assert_allclose(f(x=X, k=K), _conv_reference(X, K), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_narrow_integer_steps_wrap_like_numpy_before_the_next_op(backend):
+    """Numba adds two int32 as int64; NumPy wraps the sum to int32 first, so abs(x + x)
+    of 2**31 - 1 is 2 in NumPy (the sum wraps to -2), and was -2 when the wide sum went
+    through abs and was truncated only when stored."""
+    x = gn.input("x", (2, 3), dtype="int32")
+    outs = [gn.ops.abs(x + x), gn.ops.abs(x * x - x) * x]
+    xv = np.array([[2147483647, -2147483647, -2147483648], [4, -5, 46341]], np.int32)
+    with np.errstate(all="ignore"):
+        want = [np.abs(xv + xv), np.abs(xv * xv - xv) * xv]
+        got = gn.compile(outs, backend=backend)(x=xv)
+    assert want[0][0].tolist() == [2, 2, 0]
+    for w, g in zip(want, got):
+        g = np.asarray(g)
+        assert g.dtype == w.dtype
+        np.testing.assert_array_equal(g, w)
