@@ -26,7 +26,7 @@ import numpy as np
 from kernels import ir, random
 
 from . import shapes as S
-from .errors import DTypeError, GraphError, user_location
+from .errors import DTypeError, GraphError, ShapeError, user_location
 from .node import Node
 from .registry import (OpDef, Mismatch, WrongDType, apply, graph_dtype, register,
                        const_node)
@@ -1088,6 +1088,149 @@ register(OpDef("conv2d_grad_filter", "Layer", _infer_conv2d_grad_filter,
                kind="window", lower=_conv_lowering(0, 2)))
 
 
+# Depthwise convolution: one kh x kw filter per channel, kernel (kh, kw, 1, c), the
+# channels never mixed (conv2d with groups = channels; ShuffleNet, MobileNet). Its own
+# op, because as conv2d per channel (or a sum of shifted slices) a 544-channel layer is
+# hundreds of steps. `padding` is "valid", "same", or explicit (top, left, bottom, right)
+# as ONNX gives it (an ONNX model pads symmetrically where Keras' "same" would not).
+
+def _depthwise_pads(padding, h, w, kh, kw, stride):
+    """(out_h, out_w, pad_top, pad_left) of a depthwise convolution."""
+    if isinstance(padding, str):
+        _check_padding(padding)
+        oh, ph = conv_geometry(h, kh, stride, padding)
+        ow, pw = conv_geometry(w, kw, stride, padding)
+        return oh, ow, ph, pw
+    if not (isinstance(padding, tuple) and len(padding) == 4
+            and all(_is_int(p) and 0 <= p < _MAX_DIM for p in padding)):
+        raise Mismatch(f"padding must be 'valid', 'same' or (top, left, bottom, right) of "
+                       f"non-negative ints, got {_shown(padding)}")
+    top, left, bottom, right = padding
+    return ((h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1,
+            top, left)
+
+
+def _infer_depthwise(specs, stride, padding, what="depthwise_conv2d"):
+    x, w = specs
+    _int_attr("stride", stride, 1)
+    h, wd = _spatial(x, what)
+    if w.ndim != 4:
+        raise Mismatch(f"kernel must be (kh, kw, 1, channels), got {S.format_shape(w.sym_shape)}")
+    kh, kw, one, c = (S.resolve(d) for d in w.sym_shape)
+    if not all(isinstance(d, int) and d >= 1 for d in (kh, kw)) or one != 1:
+        raise Mismatch(f"kernel must be (kh, kw, 1, channels) with static kh, kw >= 1, got "
+                       f"{S.format_shape(w.sym_shape)}")
+    if not S.unify_dims(x.sym_shape[3], c):
+        raise Mismatch(f"input has {S.resolve(x.sym_shape[3])} channels but the kernel has "
+                       f"{c}")
+    oh, ow, _, _ = _depthwise_pads(padding, h, wd, kh, kw, stride)
+    if oh < 1 or ow < 1:
+        raise Mismatch(f"kernel {kh}x{kw} is larger than the padded {h}x{wd} input")
+    return (x.sym_shape[0], oh, ow, x.sym_shape[3]), _need_float(specs, what)
+
+
+def _depthwise_windows(x, kh, kw, stride, padding):
+    """(the zero-padded image, out_h, out_w, pad_top, pad_left, the taps' slice function)."""
+    n, h, w, c = x.shape
+    oh, ow, ph, pw = _depthwise_pads(padding, h, w, kh, kw, stride)
+    xp = np.zeros((n, builtins.max(h + ph, (oh - 1) * stride + kh),
+                   builtins.max(w + pw, (ow - 1) * stride + kw), c), x.dtype)
+    xp[:, ph:ph + h, pw:pw + w, :] = x
+
+    def tap(i, j):
+        return (slice(None), slice(i, i + stride * (oh - 1) + 1, stride),
+                slice(j, j + stride * (ow - 1) + 1, stride))
+    return xp, oh, ow, ph, pw, tap
+
+
+def _depthwise_impl(x, w, stride, padding):
+    kh, kw = w.shape[:2]
+    xp, oh, ow, _, _, tap = _depthwise_windows(x, kh, kw, stride, padding)
+    out = np.zeros((x.shape[0], oh, ow, x.shape[3]), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out += xp[tap(i, j)] * w[i, j, 0]
+    return out
+
+
+def _depthwise_grad_input_impl(g, w, x_like, stride, padding):
+    kh, kw = w.shape[:2]
+    xp, _, _, ph, pw, tap = _depthwise_windows(np.zeros_like(x_like), kh, kw, stride, padding)
+    for i in range(kh):
+        for j in range(kw):
+            xp[tap(i, j)] += g * w[i, j, 0]
+    h, wd = x_like.shape[1:3]
+    return _contiguous(xp[:, ph:ph + h, pw:pw + wd, :])
+
+
+def _depthwise_grad_filter_impl(x, g, w_like, stride, padding):
+    kh, kw = w_like.shape[:2]
+    xp, _, _, _, _, tap = _depthwise_windows(x, kh, kw, stride, padding)
+    dw = np.zeros_like(w_like)
+    for i in range(kh):
+        for j in range(kw):
+            dw[i, j, 0] = np.sum(xp[tap(i, j)] * g, axis=(0, 1, 2))
+    return dw
+
+
+def _depthwise_lowering(image_at, kernel_at):
+    """A Window step of the helper of the op's name (kernels/depthwise.py) on the first two
+    inputs, with (stride, pad top, pad left)."""
+    def lower(lowering, node, comment):
+        stride, padding = node.attr("stride"), node.attr("padding")
+        image, kernel = node.inputs[image_at], node.inputs[kernel_at]
+        h, w = S.resolve(image.sym_shape[1]), S.resolve(image.sym_shape[2])
+        kh, kw = S.resolve(kernel.sym_shape[0]), S.resolve(kernel.sym_shape[1])
+        _, _, ph, pw = _depthwise_pads(padding, h, w, kh, kw, stride)
+        lowering.window(node, node.op, 2, (stride, ph, pw), comment)
+    return lower
+
+
+def _infer_depthwise_grad_input(specs, stride, padding):
+    g, w, x_like = specs
+    shape, _ = _infer_depthwise([x_like, w], stride, padding)
+    _check_adjoint(g, shape)
+    return x_like.sym_shape, _need_float(specs, "depthwise_conv2d_grad_input")
+
+
+def _infer_depthwise_grad_filter(specs, stride, padding):
+    x, g, w_like = specs
+    shape, _ = _infer_depthwise([x, w_like], stride, padding)
+    _check_adjoint(g, shape)
+    return w_like.sym_shape, _need_float(specs, "depthwise_conv2d_grad_filter")
+
+
+def _depthwise_attrs(stride, padding):
+    return {"stride": stride, "padding": padding}
+
+
+register(OpDef("depthwise_conv2d", "Layer", _infer_depthwise, _depthwise_impl,
+               lambda g, out, x, w, stride, padding: (
+                   lambda: apply("depthwise_conv2d_grad_input", (g, w, x),
+                                 _depthwise_attrs(stride, padding)),
+                   lambda: apply("depthwise_conv2d_grad_filter", (x, g, w),
+                                 _depthwise_attrs(stride, padding))),
+               kind="window", lower=_depthwise_lowering(0, 1)))
+register(OpDef("depthwise_conv2d_grad_input", "Layer", _infer_depthwise_grad_input,
+               _depthwise_grad_input_impl,
+               lambda gg, out, g, w, x, stride, padding: (
+                   lambda: apply("depthwise_conv2d", (gg, w),
+                                 _depthwise_attrs(stride, padding)),
+                   lambda: apply("depthwise_conv2d_grad_filter", (gg, g, w),
+                                 _depthwise_attrs(stride, padding)),
+                   None),
+               kind="window", lower=_depthwise_lowering(2, 1)))
+register(OpDef("depthwise_conv2d_grad_filter", "Layer", _infer_depthwise_grad_filter,
+               _depthwise_grad_filter_impl,
+               lambda gg, out, x, g, w, stride, padding: (
+                   lambda: apply("depthwise_conv2d_grad_input", (g, gg, x),
+                                 _depthwise_attrs(stride, padding)),
+                   lambda: apply("depthwise_conv2d", (x, gg),
+                                 _depthwise_attrs(stride, padding)),
+                   None),
+               kind="window", lower=_depthwise_lowering(0, 2)))
+
+
 def _infer_pool(specs, size, stride):
     (x,) = specs
     h, w = _spatial(x, "pooling")
@@ -1798,13 +1941,18 @@ def pad_axis(x, axis, before, after):
                                     "after": _int(after)})
 
 
-def conv2d(x, w, stride=1, padding="valid", dilation=1, name=None):
+def conv2d(x, w, stride=1, padding="valid", dilation=1, groups=1, name=None):
     """2-D convolution (cross-correlation) of NHWC images x (batch, h, w, c) with an HWIO
-    kernel w (kh, kw, c, k): (batch, h', w', k). "same" padding gives h' = ceil(h / stride)
-    (Keras/TensorFlow, the extra pad at bottom/right); "valid" h' = (h - span) // stride + 1
-    with span = dilation·(kh − 1) + 1. `dilation` (an int or a pair (dh, dw)) spaces the
-    kernel's taps: the kernel is dilated with zeros (`dilate`), so the gradient reaches
-    its taps through the same graph ops.
+    kernel w (kh, kw, c / groups, k): (batch, h', w', k). "same" padding gives
+    h' = ceil(h / stride) (Keras/TensorFlow, the extra pad at bottom/right); "valid"
+    h' = (h - span) // stride + 1 with span = dilation·(kh − 1) + 1. `dilation` (an int or
+    a pair (dh, dw)) spaces the kernel's taps: the kernel is dilated with zeros (`dilate`),
+    so the gradient reaches its taps through the same graph ops.
+
+    `groups` splits the channels into that many groups convolved separately (c and k
+    divisible by it): output channels [g k/groups, (g+1) k/groups) see input channels
+    [g c/groups, (g+1) c/groups) only. groups == c == k is a depthwise convolution
+    (`depthwise_conv2d`, one op); other groups are one conv2d per group and a concat.
 
         >>> x = gn.input("img", (None, 28, 28, 1))
         >>> k = gn.param("k", shape=(3, 3, 1, 8), seed=0)
@@ -1812,15 +1960,64 @@ def conv2d(x, w, stride=1, padding="valid", dilation=1, name=None):
         (None, 14, 14, 8)
         >>> gn.conv2d(x, k, dilation=2).shape
         (None, 24, 24, 8)
+        >>> h = gn.input("h", (None, 8, 8, 16))
+        >>> gn.conv2d(h, gn.param("dw", shape=(3, 3, 1, 16), seed=0), groups=16).shape
+        (None, 6, 6, 16)
     """
     rates = (dilation, dilation) if _is_int(dilation) else tuple(dilation) \
         if isinstance(dilation, (tuple, list)) else None
     if rates is None or len(rates) != 2 or not all(_is_int(r) and r >= 1 for r in rates):
         raise GraphError(f"conv2d: dilation must be a positive int or a pair of them, got "
                          f"{dilation!r:.60} (at {user_location()})")
+    if not _is_int(groups) or groups < 1:
+        raise GraphError(f"conv2d: groups must be a positive int, got {groups!r:.60} "
+                         f"(at {user_location()})")
     if rates != (1, 1):
         w = dilate(dilate(w, 0, int(rates[0])), 1, int(rates[1]))
-    return apply("conv2d", (x, w), {"stride": _int(stride), "padding": padding}, name)
+    if groups == 1:
+        return apply("conv2d", (x, w), {"stride": _int(stride), "padding": padding}, name)
+    return _grouped_conv2d(x, w, stride, padding, int(groups), name)
+
+
+def _grouped_conv2d(x, w, stride, padding, groups, name):
+    xs, ws = _shape_of(x), _shape_of(w)
+    c = S.resolve(xs[3]) if len(xs) == 4 else None
+    k = S.resolve(ws[3]) if len(ws) == 4 else None
+    if not isinstance(c, int) or not isinstance(k, int) or c % groups or k % groups \
+            or S.resolve(ws[2]) != c // groups:
+        raise ShapeError(f"conv2d (groups={groups}): images {S.format_shape(xs)} and kernel "
+                         f"{S.format_shape(ws)} do not split into {groups} groups (the "
+                         f"channels c and the kernel's outputs k must be static multiples of "
+                         f"groups, and the kernel (kh, kw, c / groups, k)) (at "
+                         f"{user_location()})")
+    if c == groups and k == groups:
+        return depthwise_conv2d(x, w, stride=stride, padding=padding, name=name)
+    gin, gout = c // groups, k // groups
+    parts = [apply("conv2d", (slice_axis(x, 3, g * gin, (g + 1) * gin),
+                              slice_axis(w, 3, g * gout, (g + 1) * gout)),
+                   {"stride": _int(stride), "padding": padding})
+             for g in range(groups)]
+    return concat(parts, axis=3, name=name)
+
+
+def depthwise_conv2d(x, w, stride=1, padding="valid", name=None):
+    """Depthwise 2-D convolution of NHWC images x (batch, h, w, c) with one kh x kw filter
+    per channel, w (kh, kw, 1, c): (batch, h', w', c), out[..., ch] the cross-correlation
+    of channel ch with w[:, :, 0, ch] (conv2d with groups = c). `padding`: "valid",
+    "same" (as conv2d) or explicit (top, left, bottom, right), then
+    h' = (h + top + bottom - kh) // stride + 1.
+
+        >>> x = gn.input("img", (None, 16, 16, 32))
+        >>> w = gn.param("w", shape=(3, 3, 1, 32), seed=0)
+        >>> gn.depthwise_conv2d(x, w, stride=2, padding=(1, 1, 1, 1)).shape
+        (None, 8, 8, 32)
+    """
+    if isinstance(padding, list):
+        padding = tuple(padding)
+    if isinstance(padding, tuple):
+        padding = tuple(_int(p) for p in padding)
+    return apply("depthwise_conv2d", (x, w), {"stride": _int(stride), "padding": padding},
+                 name)
 
 
 def dilate(w, axis, rate):

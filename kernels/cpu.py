@@ -25,11 +25,15 @@ import numpy as np
 
 from . import blas, ir, loader
 from .approx import APPROXIMATIONS
-from . import random, windows
-from .windows import GEMM_HELPERS, GEMM_SUPPORT, HELPERS, col_block_rows, is_pointwise, \
+from . import depthwise, random, windows
+from .windows import GEMM_HELPERS, GEMM_SUPPORT, col_block_rows, is_pointwise, \
     use_winograd, winograd_block_tiles, winograd_scratch_items
 
-GENERATOR_VERSION = "cpu-16"
+# the window helpers a generated module may copy: convolutions, pooling (windows.py) and
+# depthwise convolutions (depthwise.py)
+HELPERS = {**windows.HELPERS, **depthwise.HELPERS}
+
+GENERATOR_VERSION = "cpu-17"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).

@@ -282,6 +282,31 @@ for _op in ("conv2d_grad_input", "conv2d_grad_filter"):
     for _s, _p in ((1, "valid"), (2, "same")):
         case(f"{_op}-{_s}-{_p}", *_conv_grad_case(_op, _s, _p))
 
+# Depthwise convolutions: Keras padding both ways, explicit uneven pads (ONNX), a kernel
+# wider than tall, stride 3 that skips input rows.
+DEPTHWISE = [(1, "valid"), (2, "same"), (1, (1, 0, 2, 1)), (3, (2, 1, 0, 2))]
+case("depthwise_conv2d", lambda x, k: sum(
+    weighted_sum(gn.depthwise_conv2d(x, k, stride=s, padding=p), seed=n)
+    for n, (s, p) in enumerate(DEPTHWISE)),
+     {"x": R.normal(size=(2, 5, 6, 3)), "k": R.normal(size=(2, 3, 1, 3))})
+
+
+def _depthwise_grad_case(op, stride, padding):
+    image, kernel = (2, 5, 4, 3), (3, 2, 1, 3)
+    out = gn.depthwise_conv2d(gn.input("shape_of_x", image), gn.input("shape_of_k", kernel),
+                              stride=stride, padding=padding).shape
+    attrs = {"stride": stride, "padding": padding}
+    if op == "depthwise_conv2d_grad_input":
+        return lambda g, w, x: weighted_sum(apply(op, (g, w, x), attrs)), \
+            {"g": R.normal(size=out), "w": R.normal(size=kernel), "x": R.normal(size=image)}
+    return lambda x, g, w: weighted_sum(apply(op, (x, g, w), attrs)), \
+        {"x": R.normal(size=image), "g": R.normal(size=out), "w": R.normal(size=kernel)}
+
+
+for _op in ("depthwise_conv2d_grad_input", "depthwise_conv2d_grad_filter"):
+    for _s, _p in ((1, "same"), (2, (1, 1, 0, 1))):
+        case(f"{_op}-{_s}-{_p}", *_depthwise_grad_case(_op, _s, _p))
+
 POOLS = [(2, 2), (3, 1), (2, 1), (3, 2)]
 case("max_pool2d", lambda x: sum(weighted_sum(gn.max_pool2d(x, size, stride), seed=n)
                                  for n, (size, stride) in enumerate(POOLS)),

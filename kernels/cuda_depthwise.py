@@ -1,0 +1,61 @@
+"""Depthwise convolution for the GPU: each function computes ONE output element (one thread
+per element), with the conventions of kernels/cuda_windows.py (inlined by the CUDA
+generator: the body ends in its only `return`, no names `e`, `rest` or `out`, `T(`
+becomes the dtype). Geometry as kernels/depthwise.py: NHWC images, kernels (kh, kw, 1, c),
+stride `s`, top/left padding `ph`, `pw`. The gradients are gathers.
+"""
+
+
+def depthwise_conv2d_at(x, w, s, ph, pw, n, y, x0, c):
+    """out[n, y, x0, c] of depthwise_conv2d(x, w)."""
+    kh, kw = w.shape[0], w.shape[1]
+    acc = T(0)
+    for i in range(kh):
+        yy = y * s + i - ph
+        if yy < 0 or yy >= x.shape[1]:
+            continue
+        for j in range(kw):
+            xx = x0 * s + j - pw
+            if xx < 0 or xx >= x.shape[2]:
+                continue
+            acc += x[n, yy, xx, c] * w[i, j, 0, c]
+    return acc
+
+
+def depthwise_conv2d_grad_input_at(g, w, s, ph, pw, n, yy, xx, c):
+    """out[n, yy, xx, c]: the gradient of depthwise_conv2d's image, from the output
+    gradient g."""
+    kh, kw = w.shape[0], w.shape[1]
+    acc = T(0)
+    for i in range(kh):
+        ys = yy + ph - i
+        if ys < 0 or ys % s != 0 or ys // s >= g.shape[1]:
+            continue
+        for j in range(kw):
+            xs = xx + pw - j
+            if xs < 0 or xs % s != 0 or xs // s >= g.shape[2]:
+                continue
+            acc += g[n, ys // s, xs // s, c] * w[i, j, 0, c]
+    return acc
+
+
+def depthwise_conv2d_grad_filter_at(x, g, s, ph, pw, i, j, z, c):
+    """out[i, j, z, c] (z is 0): the gradient of depthwise_conv2d's kernel, from the
+    output gradient g."""
+    acc = T(0)
+    for n in range(x.shape[0]):
+        for y in range(g.shape[1]):
+            yy = y * s + i - ph
+            if yy < 0 or yy >= x.shape[1]:
+                continue
+            for x0 in range(g.shape[2]):
+                xx = x0 * s + j - pw
+                if xx < 0 or xx >= x.shape[2]:
+                    continue
+                acc += x[n, yy, xx, c] * g[n, y, x0, c]
+    return acc
+
+
+# the IR's Window.helper name -> the function computing one element of its output
+ELEMENT_HELPERS = {name[:-3]: f for name, f in list(globals().items())
+                   if name.endswith("_at") and callable(f)}
