@@ -1231,6 +1231,132 @@ register(OpDef("depthwise_conv2d_grad_filter", "Layer", _infer_depthwise_grad_fi
                kind="window", lower=_depthwise_lowering(0, 2)))
 
 
+# Grouped 1x1 convolution (ShuffleNet's pointwise layers): kernel (1, 1, c / groups, k),
+# output channels [g k/groups, (g+1) k/groups) computed from input channels
+# [g c/groups, (g+1) c/groups) only. One op (on the cpu: one gemm per group on the column
+# blocks in place), where slices, a conv2d per group and a concat copied every block.
+
+def _infer_grouped(specs, groups, what="grouped_conv2d"):
+    x, w = specs
+    _int_attr("groups", groups, 1)
+    _spatial(x, what)
+    if w.ndim != 4:
+        raise Mismatch(f"kernel must be (1, 1, channels / groups, k), got "
+                       f"{S.format_shape(w.sym_shape)}")
+    kh, kw, gin, k = (S.resolve(d) for d in w.sym_shape)
+    c = S.resolve(x.sym_shape[3])
+    if (kh, kw) != (1, 1):
+        raise Mismatch(f"{what} takes 1x1 kernels, got {S.format_shape(w.sym_shape)} "
+                       f"(gn.conv2d(..., groups=g) runs larger ones as one conv2d per group)")
+    if not all(isinstance(d, int) for d in (c, gin, k)) or c % groups or k % groups \
+            or gin * groups != c:
+        raise Mismatch(f"images of {c} channels and a kernel {S.format_shape(w.sym_shape)} "
+                       f"do not split into {groups} groups (channels and kernel outputs "
+                       f"must be static multiples of groups, the kernel's third dim "
+                       f"channels / groups)")
+    return tuple(x.sym_shape[:3]) + (k,), _need_float(specs, what)
+
+
+def _grouped_views(x, k, groups):
+    return x.reshape(-1, groups, x.shape[3] // groups), k // groups
+
+
+def _grouped_impl(x, w, groups):
+    xs, gout = _grouped_views(x, w.shape[3], groups)
+    ws = w.reshape(w.shape[2], groups, gout)
+    out = np.einsum("mgi,igo->mgo", xs, ws)
+    return _contiguous(out.reshape(x.shape[:3] + (w.shape[3],)).astype(x.dtype))
+
+
+def _grouped_grad_input_impl(g, w, x_like, groups):
+    k = w.shape[3]
+    gs = g.reshape(-1, groups, k // groups)
+    ws = w.reshape(w.shape[2], groups, k // groups)
+    out = np.einsum("mgo,igo->mgi", gs, ws)
+    return _contiguous(out.reshape(x_like.shape).astype(x_like.dtype))
+
+
+def _grouped_grad_filter_impl(x, g, w_like, groups):
+    xs, gout = _grouped_views(x, w_like.shape[3], groups)
+    gs = g.reshape(-1, groups, gout)
+    out = np.einsum("mgi,mgo->igo", xs, gs)
+    return _contiguous(out.reshape(w_like.shape).astype(w_like.dtype))
+
+
+def _infer_grouped_grad_input(specs, groups):
+    g, w, x_like = specs
+    shape, _ = _infer_grouped([x_like, w], groups, "grouped_conv2d_grad_input")
+    _check_adjoint(g, shape)
+    return x_like.sym_shape, _need_float(specs, "grouped_conv2d_grad_input")
+
+
+def _infer_grouped_grad_filter(specs, groups):
+    x, g, w_like = specs
+    shape, _ = _infer_grouped([x, w_like], groups, "grouped_conv2d_grad_filter")
+    _check_adjoint(g, shape)
+    return w_like.sym_shape, _need_float(specs, "grouped_conv2d_grad_filter")
+
+
+def _grouped_lowering(lowering, node, comment):
+    """A Window step of the helper of the op's name (kernels/grouped.py) on the first two
+    inputs, with (groups,)."""
+    lowering.window(node, node.op, 2, (node.attr("groups"),), comment)
+
+
+register(OpDef("grouped_conv2d", "Layer", _infer_grouped, _grouped_impl,
+               lambda g, out, x, w, groups: (
+                   lambda: apply("grouped_conv2d_grad_input", (g, w, x), {"groups": groups}),
+                   lambda: apply("grouped_conv2d_grad_filter", (x, g, w), {"groups": groups})),
+               kind="window", lower=_grouped_lowering))
+register(OpDef("grouped_conv2d_grad_input", "Layer", _infer_grouped_grad_input,
+               _grouped_grad_input_impl,
+               lambda gg, out, g, w, x, groups: (
+                   lambda: apply("grouped_conv2d", (gg, w), {"groups": groups}),
+                   lambda: apply("grouped_conv2d_grad_filter", (gg, g, w), {"groups": groups}),
+                   None),
+               kind="window", lower=_grouped_lowering))
+register(OpDef("grouped_conv2d_grad_filter", "Layer", _infer_grouped_grad_filter,
+               _grouped_grad_filter_impl,
+               lambda gg, out, x, g, w, groups: (
+                   lambda: apply("grouped_conv2d_grad_input", (g, gg, x), {"groups": groups}),
+                   lambda: apply("grouped_conv2d", (x, gg), {"groups": groups}),
+                   None),
+               kind="window", lower=_grouped_lowering))
+
+
+# Channel shuffle (ShuffleNet): channel j * groups + i of the output is channel
+# i * (c / groups) + j of the input, (n, h, w, c) -> (n, h, w, c). As reshape (n, h, w,
+# groups, c / groups), transpose of the last two axes and reshape it was a 5-D transpose
+# loop whose inner loop ran over `groups` elements; the cpu kernel reads each pixel's
+# channels in order instead.
+
+def _infer_channel_shuffle(specs, groups):
+    (x,) = specs
+    _int_attr("groups", groups, 1)
+    if x.ndim != 4:
+        raise Mismatch(f"channel_shuffle takes NHWC images of rank 4, got "
+                       f"{S.format_shape(x.sym_shape)}")
+    c = S.resolve(x.sym_shape[3])
+    if not isinstance(c, int) or c % groups:
+        raise Mismatch(f"{c} channels do not split into {groups} groups (channels must be "
+                       f"a static multiple of groups)")
+    return x.sym_shape, x.dtype
+
+
+def _channel_shuffle_impl(x, groups):
+    n, h, w, c = x.shape
+    return _contiguous(x.reshape(n, h, w, groups, c // groups).transpose(0, 1, 2, 4, 3)
+                       .reshape(x.shape))
+
+
+register(OpDef("channel_shuffle", "Shape", _infer_channel_shuffle, _channel_shuffle_impl,
+               lambda g, out, x, groups: (
+                   lambda: channel_shuffle(g, S.resolve(_shape_of(x)[3]) // groups),),
+               kind="window",
+               lower=lambda lowering, node, comment: lowering.window(
+                   node, node.op, 1, (node.attr("groups"),), comment)))
+
+
 def _infer_pool(specs, size, stride):
     (x,) = specs
     h, w = _spatial(x, "pooling")
@@ -1992,12 +2118,42 @@ def _grouped_conv2d(x, w, stride, padding, groups, name):
                          f"{user_location()})")
     if c == groups and k == groups:
         return depthwise_conv2d(x, w, stride=stride, padding=padding, name=name)
+    if S.resolve(ws[0]) == 1 and S.resolve(ws[1]) == 1 and _int(stride) == 1 \
+            and padding in ("valid", "same"):  # (1x1, stride 1: "same" pads nothing)
+        return grouped_conv2d(x, w, groups, name=name)
     gin, gout = c // groups, k // groups
     parts = [apply("conv2d", (slice_axis(x, 3, g * gin, (g + 1) * gin),
                               slice_axis(w, 3, g * gout, (g + 1) * gout)),
                    {"stride": _int(stride), "padding": padding})
              for g in range(groups)]
     return concat(parts, axis=3, name=name)
+
+
+def grouped_conv2d(x, w, groups, name=None):
+    """Grouped 1x1 convolution of NHWC images x (batch, h, w, c) with a kernel w
+    (1, 1, c / groups, k): (batch, h, w, k), output channels [g k/groups, (g+1) k/groups)
+    computed from input channels [g c/groups, (g+1) c/groups) only (conv2d with a 1x1
+    kernel and `groups`, as ShuffleNet's pointwise layers; `gn.conv2d(x, w, groups=g)`
+    picks it for 1x1 stride-1 kernels).
+
+        >>> x = gn.input("img", (None, 8, 8, 12))
+        >>> w = gn.param("w", shape=(1, 1, 3, 16), seed=0)
+        >>> gn.ops.grouped_conv2d(x, w, groups=4).shape
+        (None, 8, 8, 16)
+    """
+    return apply("grouped_conv2d", (x, w), {"groups": _int(groups)}, name)
+
+
+def channel_shuffle(x, groups, name=None):
+    """The channel shuffle of ShuffleNet on NHWC images x (n, h, w, c), c a multiple of
+    `groups`: output channel j * groups + i is input channel i * (c / groups) + j (the
+    groups' channels interleaved), same shape. Its inverse is channel_shuffle(y,
+    c // groups).
+
+        >>> gn.ops.channel_shuffle(np.arange(6.0).reshape(1, 1, 1, 6), 2).ravel()
+        array([0., 3., 1., 4., 2., 5.])
+    """
+    return apply("channel_shuffle", (x,), {"groups": _int(groups)}, name)
 
 
 def depthwise_conv2d(x, w, stride=1, padding="valid", name=None):

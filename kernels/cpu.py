@@ -25,13 +25,13 @@ import numpy as np
 
 from . import blas, ir, loader
 from .approx import APPROXIMATIONS
-from . import depthwise, random, windows
+from . import grouped, random, windows
 from .windows import GEMM_HELPERS, GEMM_SUPPORT, col_block_rows, is_pointwise, \
     use_winograd, winograd_block_tiles, winograd_scratch_items
 
 # the window helpers a generated module may copy: convolutions, pooling (windows.py) and
-# depthwise convolutions (depthwise.py)
-HELPERS = {**windows.HELPERS, **depthwise.HELPERS}
+# depthwise and grouped convolutions (grouped.py)
+HELPERS = {**windows.HELPERS, **grouped.HELPERS}
 
 GENERATOR_VERSION = "cpu-17"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
@@ -204,7 +204,7 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False):
                 "(kernels/windows.py)"]
         for fn in GEMM_SUPPORT:
             out += ["", plain, inspect.getsource(fn).rstrip(), ""]
-    if matmul or gemm_used:
+    if matmul or gemm_used or any(h in grouped.BLAS_HELPERS for h in helpers_used):
         bits = blas.integer_bits()
         if bits is None:
             blas.register()  # raises BlasNotFound, which says what to install

@@ -41,10 +41,10 @@ import numpy as np
 
 from . import cuda_fusion as fusion
 from . import ir, random
-from .cuda_depthwise import ELEMENT_HELPERS as _DEPTHWISE_HELPERS
+from .cuda_grouped import ELEMENT_HELPERS as _GROUPED_HELPERS
 from .cuda_windows import ELEMENT_HELPERS as _WINDOW_HELPERS
 
-ELEMENT_HELPERS = {**_WINDOW_HELPERS, **_DEPTHWISE_HELPERS}
+ELEMENT_HELPERS = {**_WINDOW_HELPERS, **_GROUPED_HELPERS}
 
 GENERATOR_VERSION = "cuda-5"
 BATCH_TILE = 16  # the tile of a stack of matrix products (ir.BatchMatmul)

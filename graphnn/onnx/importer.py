@@ -621,16 +621,8 @@ def _conv(x, w, strides, pads, dilations, groups, hw):
     elif any(pads):
         x = pad_spatial(x, pads)
     stride = strides[0] if strides[0] == strides[1] else 1
-    cin = _static_dim(x.sym_shape[3], "Conv input channels")
-    cout = _static_dim(w.sym_shape[3], "Conv output channels")
-    if groups == 1:
-        y = ops.conv2d(x, w, stride=stride, padding=padding)
-    else:
-        gin, gout = cin // groups, cout // groups
-        y = ops.concat([ops.conv2d(ops.slice_axis(x, 3, g * gin, (g + 1) * gin),
-                                   ops.slice_axis(w, 3, g * gout, (g + 1) * gout),
-                                   stride=stride, padding=padding)
-                        for g in range(groups)], axis=3)
+    # groups: a grouped 1x1 kernel is one op (grouped_conv2d), others a conv2d per group
+    y = ops.conv2d(x, w, stride=stride, padding=padding, groups=groups)
     if stride == 1 and strides != (1, 1):
         oh = (_static_dim(x.sym_shape[1], "Conv") - kh) // strides[0] + 1
         ow = (_static_dim(x.sym_shape[2], "Conv") - kw) // strides[1] + 1
@@ -1050,9 +1042,8 @@ def _reshape_target(imp, node, attrs):
 def _channel_shuffle(imp, node, target):
     """A channel shuffle (ShuffleNet): Reshape (n, c, h, w) -> (n, g, c/g, h, w), then
     Transpose (0, 2, 1, 3, 4), then Reshape back to (n, c, h, w), of a value the importer
-    holds channels-last. Done channels-last instead (reshape (n, h, w, g, c/g), transpose
-    (0, 1, 2, 4, 3), reshape (n, h, w, c)): one copy, where the NCHW form costs a transpose
-    to NCHW, the shuffle and a transpose back. Returns True when it imported the three
+    holds channels-last: graphnn's channel_shuffle, one copy in order, where the NCHW form
+    costs a transpose to NCHW, the shuffle and a transpose back. Returns True when it imported the three
     nodes (the Transpose and the second Reshape are then skipped), else False."""
     name = node.input[0]
     if not imp.has_nhwc(name) or name in imp.values:
@@ -1087,9 +1078,7 @@ def _channel_shuffle(imp, node, target):
     groups = first[0]
     if dims(second, (c // groups, groups, h, w)) not in ((c, h, w), (-1, h, w)):
         return False
-    y = ops.reshape(x, (x.sym_shape[0], h, w, groups, c // groups))
-    y = ops.reshape(transpose(y, (0, 1, 2, 4, 3)), x.sym_shape)
-    imp.set(back.output[0], y, channels_last=True)
+    imp.set(back.output[0], ops.channel_shuffle(x, groups), channels_last=True)
     imp.done.update((transpose_node.output[0], back.output[0]))
     return True
 
@@ -1128,7 +1117,14 @@ def import_flatten(imp, node, attrs):
 
 
 def import_concat(imp, node, attrs):
-    xs = [imp.node(n) for n in node.input if n]
+    names = [n for n in node.input if n]
+    axis = int(attrs.get("axis", 0))
+    if len(names) > 1 and all(imp.has_nhwc(n) for n in names) and -4 <= axis < 4:
+        # images held channels-last: concatenated so (no transposes to NCHW and back)
+        y = ops.concat([imp.nhwc(n) for n in names], axis=(0, 3, 1, 2)[axis % 4])
+        imp.set(node.output[0], y, channels_last=True)
+        return
+    xs = [imp.node(n) for n in names]
     imp.set(node.output[0], ops.concat(xs, axis=int(attrs.get("axis", 0))) if len(xs) > 1
             else xs[0])
 

@@ -307,6 +307,23 @@ for _op in ("depthwise_conv2d_grad_input", "depthwise_conv2d_grad_filter"):
     for _s, _p in ((1, "same"), (2, (1, 1, 0, 1))):
         case(f"{_op}-{_s}-{_p}", *_depthwise_grad_case(_op, _s, _p))
 
+# Grouped 1x1 convolutions (through gn.conv2d's groups: 3 groups of 2 channels into 3
+# groups of 4, and 2 groups of 3 channels into 2 of 1) and their gradient ops; the channel
+# shuffle both ways (6 channels in 2 and in 3 groups: each the other's inverse).
+case("grouped_conv2d", lambda x, k, j: weighted_sum(gn.conv2d(x, k, groups=3))
+     + weighted_sum(gn.conv2d(x, j, groups=2), seed=3),
+     {"x": R.normal(size=(2, 3, 2, 6)), "k": R.normal(size=(1, 1, 2, 12)),
+      "j": R.normal(size=(1, 1, 3, 2))})
+for _op, _names in (("grouped_conv2d_grad_input", ("g", "w", "x")),
+                    ("grouped_conv2d_grad_filter", ("x", "g", "w"))):
+    case(_op, lambda _op=_op, _names=_names, **v: weighted_sum(
+        apply(_op, tuple(v[n] for n in _names), {"groups": 3})),
+         {"x": R.normal(size=(2, 2, 3, 6)), "g": R.normal(size=(2, 2, 3, 9)),
+          "w": R.normal(size=(1, 1, 2, 9))})
+case("channel_shuffle", lambda x: weighted_sum(gn.ops.channel_shuffle(x, 2))
+     + weighted_sum(gn.ops.channel_shuffle(gn.tanh(x), 3), seed=3),
+     {"x": R.normal(size=(2, 2, 3, 6))})
+
 POOLS = [(2, 2), (3, 1), (2, 1), (3, 2)]
 case("max_pool2d", lambda x: sum(weighted_sum(gn.max_pool2d(x, size, stride), seed=n)
                                  for n, (size, stride) in enumerate(POOLS)),

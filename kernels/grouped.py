@@ -1,10 +1,11 @@
-"""Depthwise convolution kernels for the CPU (NHWC images, kernels (kh, kw, 1, c): one
-filter per channel), written as plain Python loops that Numba compiles. Like
+"""Depthwise and grouped convolution kernels for the CPU, written as plain Python that
+Numba compiles. Like
 kernels/windows.py, the CPU generator copies their source into each generated module, and
 they run unchanged as Python for tests. Each takes its output buffer last and fills it
 completely.
 
-Geometry arguments: stride `s`, top/left padding `ph`, `pw` (the output's shape gives the
+Depthwise (NHWC images, kernels (kh, kw, 1, c): one filter per channel). Geometry
+arguments: stride `s`, top/left padding `ph`, `pw` (the output's shape gives the
 rest: a tap outside the image reads zero).
 
 A depthwise convolution does kh*kw multiply-adds per output element, too few for a
@@ -15,6 +16,9 @@ drops its negative-index wraparound and the channel loops vectorise (as in
 windows.conv_gemm). No helper calls another: Numba would compile a callee twice.
 """
 import numpy as np
+
+# generated modules carry their own _cblas_gemm (kernels/blas.py), an intrinsic
+from .blas import CBLAS_GEMM as _cblas_gemm
 
 
 def depthwise_conv2d(x, w, s, ph, pw, out):
@@ -104,5 +108,82 @@ def depthwise_conv2d_grad_filter(x, g, s, ph, pw, out):
                             of[b + k] += xf[a + k] * gf[o + k]
 
 
+# Grouped 1x1 convolutions (ShuffleNet): images (n, h, w, c), kernels (1, 1, c / groups, k),
+# `groups` groups. Seen as matrices, NHWC images are (n*h*w, c) and the kernel (c/groups, k):
+# group g multiplies the image's columns [g c/groups, (g+1) c/groups) by the kernel's
+# columns [g k/groups, (g+1) k/groups) into the same columns of the output. Each group is
+# one BLAS gemm reading those column blocks in place (the leading dimensions are the full
+# row lengths c and k; a block starts at a flat offset), so nothing is copied or sliced.
+
+def grouped_conv2d(x, w, groups, out):
+    """out = the grouped 1x1 convolution of x by w (see above)."""
+    m = x.shape[0] * x.shape[1] * x.shape[2]
+    c, k = x.shape[3], w.shape[3]
+    gin, gout = c // groups, k // groups
+    xf, wf, of = x.reshape(-1), w.reshape(-1), out.reshape(-1)
+    one, zero = out.dtype.type(1), out.dtype.type(0)
+    if m == 0 or gout == 0 or gin == 0:
+        for q in range(of.size):
+            of[q] = zero
+        return
+    for g in range(groups):
+        _cblas_gemm(111, 111, m, gout, gin, one, xf[g * gin:], c, wf[g * gout:], k,
+                    zero, of[g * gout:], k)
+
+
+def grouped_conv2d_grad_input(dy, w, groups, out):
+    """out (the image's shape) = the gradient of grouped_conv2d's image: group g of the
+    output gradient times the transpose of its kernel block."""
+    m = out.shape[0] * out.shape[1] * out.shape[2]
+    c, k = out.shape[3], w.shape[3]
+    gin, gout = c // groups, k // groups
+    gf, wf, of = dy.reshape(-1), w.reshape(-1), out.reshape(-1)
+    one, zero = out.dtype.type(1), out.dtype.type(0)
+    if m == 0 or gout == 0 or gin == 0:
+        for q in range(of.size):
+            of[q] = zero
+        return
+    for g in range(groups):
+        _cblas_gemm(111, 112, m, gin, gout, one, gf[g * gout:], k, wf[g * gout:], k,
+                    zero, of[g * gin:], c)
+
+
+def grouped_conv2d_grad_filter(x, dy, groups, out):
+    """out (the kernel's shape) = the gradient of grouped_conv2d's kernel: the transpose of
+    the image's group g times the output gradient's group g."""
+    m = x.shape[0] * x.shape[1] * x.shape[2]
+    c, k = x.shape[3], out.shape[3]
+    gin, gout = c // groups, k // groups
+    xf, gf, of = x.reshape(-1), dy.reshape(-1), out.reshape(-1)
+    one, zero = out.dtype.type(1), out.dtype.type(0)
+    if m == 0 or gout == 0 or gin == 0:
+        for q in range(of.size):
+            of[q] = zero
+        return
+    for g in range(groups):
+        _cblas_gemm(112, 111, gin, gout, m, one, xf[g * gin:], c, gf[g * gout:], k,
+                    zero, of[g * gout:], k)
+
+
+def channel_shuffle(x, groups, out):
+    """out[..., j * groups + i] = x[..., i * (c / groups) + j]: each pixel's channels are
+    read in order and written `groups` apart (reading in order measured 2-3x faster than
+    writing in order, for ShuffleNet's 4 groups)."""
+    c = x.shape[3]
+    per = c // groups
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for p in range(xf.size // c if c else 0):
+        base = np.uintp(p * c)
+        for i in range(groups):
+            src = base + np.uintp(i * per)
+            dst = base + np.uintp(i)
+            for j in range(per):
+                of[dst + np.uintp(j * groups)] = xf[src + np.uintp(j)]
+
+
 HELPERS = {f.__name__: f for f in (depthwise_conv2d, depthwise_conv2d_grad_input,
-                                   depthwise_conv2d_grad_filter)}
+                                   depthwise_conv2d_grad_filter, grouped_conv2d,
+                                   grouped_conv2d_grad_input, grouped_conv2d_grad_filter,
+                                   channel_shuffle)}
+# the helpers that call BLAS: a module that copies one also carries _cblas_gemm
+BLAS_HELPERS = ("grouped_conv2d", "grouped_conv2d_grad_input", "grouped_conv2d_grad_filter")

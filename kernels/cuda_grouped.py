@@ -1,8 +1,9 @@
-"""Depthwise convolution for the GPU: each function computes ONE output element (one thread
+"""Depthwise and grouped 1x1 convolutions for the GPU: each function computes ONE output element (one thread
 per element), with the conventions of kernels/cuda_windows.py (inlined by the CUDA
 generator: the body ends in its only `return`, no names `e`, `rest` or `out`, `T(`
 becomes the dtype). Geometry as kernels/depthwise.py: NHWC images, kernels (kh, kw, 1, c),
-stride `s`, top/left padding `ph`, `pw`. The gradients are gathers.
+stride `s`, top/left padding `ph`, `pw`; grouped 1x1: kernels (1, 1, c / groups, k).
+The gradients are gathers.
 """
 
 
@@ -54,6 +55,44 @@ def depthwise_conv2d_grad_filter_at(x, g, s, ph, pw, i, j, z, c):
                     continue
                 acc += x[n, yy, xx, c] * g[n, y, x0, c]
     return acc
+
+
+def grouped_conv2d_at(x, w, groups, n, y, x0, o):
+    """out[n, y, x0, o] of grouped_conv2d(x, w): output channel o reads the input
+    channels of its group."""
+    gin = w.shape[2]
+    base = (o // (w.shape[3] // groups)) * gin
+    acc = T(0)
+    for c in range(gin):
+        acc += x[n, y, x0, base + c] * w[0, 0, c, o]
+    return acc
+
+
+def grouped_conv2d_grad_input_at(g, w, groups, n, y, x0, c):
+    """out[n, y, x0, c]: the gradient of grouped_conv2d's image, from the output
+    gradient g (the outputs of c's group)."""
+    gin, gout = w.shape[2], w.shape[3] // groups
+    first = (c // gin) * gout
+    acc = T(0)
+    for o in range(gout):
+        acc += g[n, y, x0, first + o] * w[0, 0, c % gin, first + o]
+    return acc
+
+
+def grouped_conv2d_grad_filter_at(x, g, groups, i, j, c, o):
+    """out[i, j, c, o] (i, j are 0): the gradient of grouped_conv2d's kernel."""
+    ch = (o // (g.shape[3] // groups)) * (x.shape[3] // groups) + c
+    acc = T(0)
+    for n in range(x.shape[0]):
+        for y in range(x.shape[1]):
+            for x0 in range(x.shape[2]):
+                acc += x[n, y, x0, ch] * g[n, y, x0, o]
+    return acc
+
+
+def channel_shuffle_at(x, groups, n, y, x0, c):
+    """out[n, y, x0, c] of channel_shuffle(x, groups)."""
+    return x[n, y, x0, (c % groups) * (x.shape[3] // groups) + c // groups]
 
 
 # the IR's Window.helper name -> the function computing one element of its output
