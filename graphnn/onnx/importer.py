@@ -756,14 +756,20 @@ def _pool(imp, node, attrs, kind):
     x = src.x
     include_pad = kind == "avg" and attrs.get("count_include_pad", 0)
     fill = float(np.finfo(x.dtype).min) if kind == "max" else 0.0
-    x = pad_spatial(x, pads, fill)
     native = (kernel[0] == kernel[1] and strides[0] == strides[1] and dilations == (1, 1))
-    if native and kind == "max":
-        y = ops.max_pool2d(x, kernel[0], strides[0])
+    channels = S.resolve(x.sym_shape[3])
+    if native and kind == "avg" and any(pads) and isinstance(channels, int):
+        # a padded average: a depthwise convolution by 1/(k*k) reads the zero padding
+        # where it lies (no padded copy), then the count correction below
+        w = np.full((kernel[0], kernel[1], 1, channels), 1.0 / (kernel[0] * kernel[1]),
+                    x.dtype)
+        y = ops.depthwise_conv2d(x, const_node(w), stride=strides[0], padding=tuple(pads))
+    elif native and kind == "max":
+        y = ops.max_pool2d(pad_spatial(x, pads, fill), kernel[0], strides[0])
     elif native:
-        y = ops.avg_pool2d(x, kernel[0], strides[0])
+        y = ops.avg_pool2d(pad_spatial(x, pads, fill), kernel[0], strides[0])
     else:  # separable: along the width, then along the height
-        y = x
+        y = pad_spatial(x, pads, fill)
         for axis in (2, 1):
             i = axis - 1
             y = window_reduce(y, axis, kernel[i], dilations[i], strides[i], out[i], kind)
