@@ -469,13 +469,24 @@ def dilate(w, axis, rate):
 
 
 def pad_spatial(x, pads, value=0.0):
-    """Pad NHWC `x` by pads (top, left, bottom, right); a non-zero `value` fills the pad."""
+    """Pad NHWC `x` by pads (top, left, bottom, right); a non-zero `value` fills the pad.
+    When `x` is the channels-last transpose of an NCHW value (a model's input image), the
+    NCHW value is padded and then transposed: its rows are contiguous there, where the
+    channels-last copy moves a few channels at a time."""
     top, left, bottom, right = pads
     n, h, w, c = x.sym_shape
-    if top or bottom:
-        x = ops.pad_axis(x, 1, top, bottom)
-    if left or right:
-        x = ops.pad_axis(x, 2, left, right)
+    if x.op == "transpose" and tuple(x.attr("axes")) == (0, 2, 3, 1) and any(pads):
+        y = x.inputs[0]
+        if top or bottom:
+            y = ops.pad_axis(y, 2, top, bottom)
+        if left or right:
+            y = ops.pad_axis(y, 3, left, right)
+        x = transpose(y, (0, 2, 3, 1))
+    else:
+        if top or bottom:
+            x = ops.pad_axis(x, 1, top, bottom)
+        if left or right:
+            x = ops.pad_axis(x, 2, left, right)
     if value and any(pads):
         hp, wp = h + top + bottom, w + left + right
         mask = np.full((1, hp, wp, 1), value, dtype=x.dtype)
@@ -755,7 +766,9 @@ def _pool(imp, node, attrs, kind):
             out[i] = span // strides[i] + 1
     x = src.x
     include_pad = kind == "avg" and attrs.get("count_include_pad", 0)
-    fill = float(np.finfo(x.dtype).min) if kind == "max" else 0.0
+    # (a max pool of a relu's output pads with zeros: they are <= every value, and every
+    # window holds a value, so no mask of the dtype's minimum is added)
+    fill = float(np.finfo(x.dtype).min) if kind == "max" and x.op != "relu" else 0.0
     native = (kernel[0] == kernel[1] and strides[0] == strides[1] and dilations == (1, 1))
     channels = S.resolve(x.sym_shape[3])
     if native and kind == "avg" and any(pads) and isinstance(channels, int):
