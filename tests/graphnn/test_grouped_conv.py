@@ -231,3 +231,37 @@ def test_onnx_grouped_conv_variants(attrs, cout):
     model = _onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], **attrs)], {"w": w},
                         [1, 4, 7, 8], ["n", "c", "h", "w"])
     _check_against_onnx(model, x)
+
+
+# ---- saving -------------------------------------------------------------------------------
+
+def _unit():
+    x = gn.input("x", (None, 6, 6, 4))
+    y = gn.depthwise_conv2d(x, gn.param("w", shape=(3, 3, 1, 4), seed=0), stride=2,
+                            padding=(1, 0, 1, 2))
+    y = gn.conv2d(y, gn.param("g", shape=(1, 1, 2, 4), seed=1), groups=2)
+    return gn.ops.channel_shuffle(y, 2)
+
+
+def test_save_and_load_keep_groups_and_explicit_pads(tmp_path):
+    y = _unit()
+    gn.save([y], tmp_path / "m.json")
+    g = gn.load(tmp_path / "m.json")
+    x = rand(2, 6, 6, 4)
+    np.testing.assert_array_equal(gn.compile(g.outputs[0], backend="numpy")(x=x),
+                                  gn.compile(y, backend="numpy")(x=x))
+    assert {n.op for n in g.nodes} >= {"depthwise_conv2d", "grouped_conv2d", "channel_shuffle"}
+    assert [n.attr("padding") for n in g.nodes if n.op == "depthwise_conv2d"] == [(1, 0, 1, 2)]
+
+
+@pytest.mark.parametrize("padding", [[1, 0, 1], [1, 0, -1, 2], "full", [1.5, 0, 1, 2]])
+def test_load_refuses_a_bad_padding(tmp_path, padding):
+    import json
+    gn.save([_unit()], tmp_path / "m.json")
+    document = json.loads((tmp_path / "m.json").read_text())
+    for record in document["nodes"]:
+        if record.get("op") == "depthwise_conv2d":
+            record["attrs"]["padding"] = padding
+    (tmp_path / "m.json").write_text(json.dumps(document))
+    with pytest.raises(gn.GraphError, match="attr padding=.* of depthwise_conv2d is not a valid"):
+        gn.load(tmp_path / "m.json")
