@@ -1357,6 +1357,97 @@ register(OpDef("channel_shuffle", "Shape", _infer_channel_shuffle, _channel_shuf
                    node, node.op, 1, (node.attr("groups"),), comment)))
 
 
+# Max pooling with explicit pads (top, left, bottom, right): the maximum over the taps of
+# each window that lie inside the image (as if the pad held -inf), so a padded max pool
+# (ResNet's and ShuffleNet's stems, Inception's 3x3 stride-1 pools) needs no padded copy
+# and no mask. Every window must hold an image element: each pad is smaller than `size`.
+
+def _infer_max_pool_padded(specs, size, stride, padding, what="max_pool2d_padded"):
+    (x,) = specs[:1]
+    h, w = _spatial(x, what)
+    _int_attr("size", size, 1)
+    _int_attr("stride", stride, 1)
+    if not (isinstance(padding, tuple) and len(padding) == 4
+            and all(_is_int(p) and 0 <= p < size for p in padding)):
+        raise Mismatch(f"padding must be (top, left, bottom, right), each in [0, size) = "
+                       f"[0, {size}), got {_shown(padding)}")
+    oh, ow, _, _ = _depthwise_pads(padding, h, w, size, size, stride)
+    if oh < 1 or ow < 1:
+        raise Mismatch(f"pool window {size}x{size} is larger than the padded {h}x{w} input")
+    return (x.sym_shape[0], oh, ow, x.sym_shape[3]), _need_float(specs, what)
+
+
+def _padded_taps(x, size, stride, padding):
+    """(x padded with -inf, its mask of image elements, out_h, out_w, pad_top, pad_left, the
+    row-major taps' slices)."""
+    n, h, w, c = x.shape
+    oh, ow, ph, pw = _depthwise_pads(padding, h, w, size, size, stride)
+    shape = (n, builtins.max(h + ph, (oh - 1) * stride + size),
+             builtins.max(w + pw, (ow - 1) * stride + size), c)
+    xp = np.full(shape, -np.inf, x.dtype)
+    xp[:, ph:ph + h, pw:pw + w, :] = x
+    inside = np.zeros(shape[1:3], bool)
+    inside[ph:ph + h, pw:pw + w] = True
+    taps = [(slice(None), slice(i, i + stride * (oh - 1) + 1, stride),
+             slice(j, j + stride * (ow - 1) + 1, stride))
+            for i in range(size) for j in range(size)]
+    return xp, inside, oh, ow, ph, pw, taps
+
+
+def _first_maxima(x, size, stride, padding):
+    """For each window, the index of its first (row-major) maximal tap inside the image,
+    and the maximum."""
+    xp, inside, oh, ow, _, _, taps = _padded_taps(x, size, stride, padding)
+    best = np.full((x.shape[0], oh, ow, x.shape[3]), -np.inf, x.dtype)
+    first = np.full(best.shape, -1)
+    for t, tap in enumerate(taps):
+        v = xp[tap]
+        take = inside[tap[1:]][None, :, :, None] & ((first < 0) | (v > best))
+        best = np.where(take, v, best)
+        first = np.where(take, t, first)
+    return first, best, xp, taps
+
+
+def _max_pool_padded_impl(x, size, stride, padding):
+    return _contiguous(_first_maxima(x, size, stride, padding)[1])
+
+
+def _max_pool_padded_grad_impl(x, g, size, stride, padding):
+    first, _, xp, taps = _first_maxima(x, size, stride, padding)
+    dxp = np.zeros(xp.shape, x.dtype)
+    for t, tap in enumerate(taps):
+        dxp[tap] += np.where(first == t, g, 0)
+    _, _, ph, pw = _depthwise_pads(padding, x.shape[1], x.shape[2], size, size, stride)
+    return _contiguous(dxp[:, ph:ph + x.shape[1], pw:pw + x.shape[2], :])
+
+
+def _infer_max_pool_padded_grad(specs, size, stride, padding):
+    x, g = specs
+    shape, _ = _infer_max_pool_padded([x], size, stride, padding, "max_pool2d_padded_grad")
+    _check_adjoint(g, shape)
+    return x.sym_shape, _need_float(specs, "max_pool2d_padded_grad")
+
+
+def _max_pool_padded_lowering(reads):
+    def lower(lowering, node, comment):
+        x = node.inputs[0]
+        h, w = S.resolve(x.sym_shape[1]), S.resolve(x.sym_shape[2])
+        size, stride = node.attr("size"), node.attr("stride")
+        _, _, ph, pw = _depthwise_pads(node.attr("padding"), h, w, size, size, stride)
+        lowering.window(node, node.op, reads, (size, stride, ph, pw), comment)
+    return lower
+
+
+register(OpDef("max_pool2d_padded", "Pool", _infer_max_pool_padded, _max_pool_padded_impl,
+               lambda g, out, x, size, stride, padding: (
+                   lambda: apply("max_pool2d_padded_grad", (x, g),
+                                 {"size": size, "stride": stride, "padding": padding}),),
+               kind="window", lower=_max_pool_padded_lowering(1)))
+register(OpDef("max_pool2d_padded_grad", "Pool", _infer_max_pool_padded_grad,
+               _max_pool_padded_grad_impl, None, kind="window",
+               lower=_max_pool_padded_lowering(2)))
+
+
 def _infer_pool(specs, size, stride):
     (x,) = specs
     h, w = _spatial(x, "pooling")
@@ -2196,17 +2287,30 @@ def dilate(w, axis, rate):
     return concat(taps, axis=axis)
 
 
-def max_pool2d(x, size=2, stride=None, name=None):
+def max_pool2d(x, size=2, stride=None, padding="valid", name=None):
     """Maximum over size x size windows of NHWC images ("valid": whole windows only, the
     output size floors); `stride` defaults to `size`. The gradient goes to the first
-    maximal element of each window.
+    maximal element of each window. `padding` (top, left, bottom, right), each smaller
+    than `size`, pads the image with -inf (a window's maximum over its taps inside the
+    image; op max_pool2d_padded).
 
-    Shapes: (n, h, w, c) -> (n, (h - size) // stride + 1, (w - size) // stride + 1, c).
+    Shapes: (n, h, w, c) -> (n, (h - size) // stride + 1, (w - size) // stride + 1, c),
+    with h + top + bottom and w + left + right when padded.
 
         y = gn.max_pool2d(x, 2)               # (None, 8, 8, 16) -> (None, 4, 4, 16)
+        y = gn.max_pool2d(x, 3, 2, padding=(1, 1, 1, 1))   # -> (None, 4, 4, 16)
     """
-    return apply("max_pool2d", (x,), {"size": _int(size),
-                                                "stride": _int(size if stride is None else stride)}, name)
+    stride = _int(size if stride is None else stride)
+    if isinstance(padding, list):
+        padding = tuple(padding)
+    if isinstance(padding, tuple) and any(padding):
+        return apply("max_pool2d_padded", (x,), {
+            "size": _int(size), "stride": stride,
+            "padding": tuple(_int(p) for p in padding)}, name)
+    if padding not in ("valid", (0, 0, 0, 0)):
+        raise GraphError(f"max_pool2d: padding must be 'valid' or (top, left, bottom, right), "
+                         f"got {padding!r:.60} (at {user_location()})")
+    return apply("max_pool2d", (x,), {"size": _int(size), "stride": stride}, name)
 
 
 def avg_pool2d(x, size=2, stride=None, name=None):

@@ -95,6 +95,59 @@ def channel_shuffle_at(x, groups, n, y, x0, c):
     return x[n, y, x0, (c % groups) * (x.shape[3] // groups) + c // groups]
 
 
+def max_pool2d_padded_at(x, k, s, ph, pw, n, y, x0, c):
+    """out[n, y, x0, c] of max_pool2d_padded: the maximum of the window's taps inside the
+    image."""
+    best = T(0)
+    found = False
+    for i in range(k):
+        yy = y * s + i - ph
+        if yy < 0 or yy >= x.shape[1]:
+            continue
+        for j in range(k):
+            xx = x0 * s + j - pw
+            if xx < 0 or xx >= x.shape[2]:
+                continue
+            v = x[n, yy, xx, c]
+            if not found or v > best:
+                best = v
+                found = True
+    return best
+
+
+def max_pool2d_padded_grad_at(x, g, k, s, ph, pw, n, yy, xx, c):
+    """out[n, yy, xx, c]: the sum of g over the windows whose first maximal tap inside
+    the image is here."""
+    acc = T(0)
+    for i in range(k):
+        ys = yy + ph - i
+        if ys < 0 or ys % s != 0 or ys // s >= g.shape[1]:
+            continue
+        y = ys // s
+        for j in range(k):
+            xs = xx + pw - j
+            if xs < 0 or xs % s != 0 or xs // s >= g.shape[2]:
+                continue
+            x0 = xs // s
+            bi, bj = -1, -1
+            best = T(0)
+            for wi in range(k):
+                wy = y * s + wi - ph
+                if wy < 0 or wy >= x.shape[1]:
+                    continue
+                for wj in range(k):
+                    wx = x0 * s + wj - pw
+                    if wx < 0 or wx >= x.shape[2]:
+                        continue
+                    v = x[n, wy, wx, c]
+                    if bi < 0 or v > best:
+                        best = v
+                        bi, bj = wi, wj
+            if bi == i and bj == j:
+                acc += g[n, y, x0, c]
+    return acc
+
+
 # the IR's Window.helper name -> the function computing one element of its output
 ELEMENT_HELPERS = {name[:-3]: f for name, f in list(globals().items())
                    if name.endswith("_at") and callable(f)}

@@ -181,9 +181,83 @@ def channel_shuffle(x, groups, out):
                 of[dst + np.uintp(j * groups)] = xf[src + np.uintp(j)]
 
 
+# Max pooling with explicit pads (ops.py, max_pool2d_padded): the maximum over a window's
+# taps inside the image; size `k`, stride `s`, top/left pads `ph`, `pw`; channels inner.
+
+def max_pool2d_padded(x, k, s, ph, pw, out):
+    n_, h_, w_, c_ = x.shape
+    oh, ow = out.shape[1], out.shape[2]
+    xf, of = x.reshape(-1), out.reshape(-1)
+    c = np.uintp(c_)
+    for n in range(n_):
+        for y in range(oh):
+            for x0 in range(ow):
+                o = np.uintp(((n * oh + y) * ow + x0) * c_)
+                first = True
+                for i in range(k):
+                    yy = y * s + i - ph
+                    if yy < 0 or yy >= h_:
+                        continue
+                    for j in range(k):
+                        xx = x0 * s + j - pw
+                        if xx < 0 or xx >= w_:
+                            continue
+                        a = np.uintp(((n * h_ + yy) * w_ + xx) * c_)
+                        if first:
+                            for q in range(c):
+                                of[o + q] = xf[a + q]
+                            first = False
+                        else:
+                            for q in range(c):
+                                v = xf[a + q]
+                                b = of[o + q]
+                                of[o + q] = v if v > b else b
+
+
+def max_pool2d_padded_grad(x, g, k, s, ph, pw, out):
+    """Each window's gradient goes to its first (row-major) maximal tap inside the image:
+    per output position the maxima and their flat indices for all channels at once, then
+    scattered."""
+    n_, h_, w_, c_ = x.shape
+    oh, ow = g.shape[1], g.shape[2]
+    xf, gf, of = x.reshape(-1), g.reshape(-1), out.reshape(-1)
+    for t in range(of.size):
+        of[t] = 0
+    best = np.empty(c_, x.dtype)
+    at = np.empty(c_, np.intp)
+    for n in range(n_):
+        for y in range(oh):
+            for x0 in range(ow):
+                first = True
+                for i in range(k):
+                    yy = y * s + i - ph
+                    if yy < 0 or yy >= h_:
+                        continue
+                    for j in range(k):
+                        xx = x0 * s + j - pw
+                        if xx < 0 or xx >= w_:
+                            continue
+                        a = ((n * h_ + yy) * w_ + xx) * c_
+                        if first:
+                            for q in range(c_):
+                                best[q] = xf[np.uintp(a + q)]
+                                at[q] = a + q
+                            first = False
+                        else:
+                            for q in range(c_):
+                                v = xf[np.uintp(a + q)]
+                                b = best[q]
+                                at[q] = a + q if v > b else at[q]
+                                best[q] = v if v > b else b
+                d = ((n * oh + y) * ow + x0) * c_
+                for q in range(c_):
+                    of[np.uintp(at[q])] += gf[np.uintp(d + q)]
+
+
 HELPERS = {f.__name__: f for f in (depthwise_conv2d, depthwise_conv2d_grad_input,
                                    depthwise_conv2d_grad_filter, grouped_conv2d,
                                    grouped_conv2d_grad_input, grouped_conv2d_grad_filter,
-                                   channel_shuffle)}
+                                   channel_shuffle, max_pool2d_padded,
+                                   max_pool2d_padded_grad)}
 # the helpers that call BLAS: a module that copies one also carries _cblas_gemm
 BLAS_HELPERS = ("grouped_conv2d", "grouped_conv2d_grad_input", "grouped_conv2d_grad_filter")

@@ -251,6 +251,12 @@ def _export_channel_shuffle(ex, node, ins, name, groups):
                                                     "shape")], name)
 
 
+def _export_max_pool_padded(ex, node, ins, name, size, stride, padding):
+    y = ex.emit("MaxPool", [_nchw(ex, ins[0], name)], f"{name}/nchw_out",
+                kernel_shape=[size, size], strides=[stride, stride], pads=list(padding))
+    return _nhwc(ex, y, name)
+
+
 def _pool_rule(op_type):
     def rule(ex, node, ins, name, size, stride):
         y = ex.emit(op_type, [_nchw(ex, ins[0], name)], f"{name}/nchw_out",
@@ -356,7 +362,7 @@ EXPORTERS = {
     "slice_axis": _export_slice, "pad_axis": _export_pad,
     "conv2d": _export_conv, "max_pool2d": _pool_rule("MaxPool"),
     "depthwise_conv2d": _export_depthwise, "grouped_conv2d": _export_grouped,
-    "channel_shuffle": _export_channel_shuffle,
+    "channel_shuffle": _export_channel_shuffle, "max_pool2d_padded": _export_max_pool_padded,
     "avg_pool2d": _pool_rule("AveragePool"),
     "softmax": lambda ex, node, ins, name, axis: ex.emit("Softmax", ins, name, axis=axis),
     "log_softmax": lambda ex, node, ins, name, axis: ex.emit("LogSoftmax", ins, name,

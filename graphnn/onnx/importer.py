@@ -766,9 +766,7 @@ def _pool(imp, node, attrs, kind):
             out[i] = span // strides[i] + 1
     x = src.x
     include_pad = kind == "avg" and attrs.get("count_include_pad", 0)
-    # (a max pool of a relu's output pads with zeros: they are <= every value, and every
-    # window holds a value, so no mask of the dtype's minimum is added)
-    fill = float(np.finfo(x.dtype).min) if kind == "max" and x.op != "relu" else 0.0
+    fill = float(np.finfo(x.dtype).min) if kind == "max" else 0.0
     native = (kernel[0] == kernel[1] and strides[0] == strides[1] and dilations == (1, 1))
     channels = S.resolve(x.sym_shape[3])
     if native and kind == "avg" and any(pads) and isinstance(channels, int):
@@ -777,8 +775,8 @@ def _pool(imp, node, attrs, kind):
         w = np.full((kernel[0], kernel[1], 1, channels), 1.0 / (kernel[0] * kernel[1]),
                     x.dtype)
         y = ops.depthwise_conv2d(x, const_node(w), stride=strides[0], padding=tuple(pads))
-    elif native and kind == "max":
-        y = ops.max_pool2d(pad_spatial(x, pads, fill), kernel[0], strides[0])
+    elif native and kind == "max":  # (the pads are smaller than the window: see above)
+        y = ops.max_pool2d(x, kernel[0], strides[0], padding=tuple(int(p) for p in pads))
     elif native:
         y = ops.avg_pool2d(pad_spatial(x, pads, fill), kernel[0], strides[0])
     else:  # separable: along the width, then along the height

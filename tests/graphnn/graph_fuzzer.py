@@ -7,7 +7,7 @@ about 7): elementwise unary and binary ops with broadcasting (a binary op whose 
 not broadcast takes a unary op of its first operand instead, so nodes get several
 readers), reductions, matmuls with parameters, layout ops (reshape, transpose, slice_axis,
 concat, pad_axis), conv2d with parameter kernels, depthwise and grouped 1x1 convolutions
-and channel shuffles, max and average pooling, softmax, and a
+and channel shuffles, max (also padded) and average pooling, softmax, and a
 square node added to (or multiplied by) its own transpose, where a transpose reads what
 an in-place write would alias. Then it ends one of four ways:
 
@@ -200,13 +200,18 @@ class Builder:
                                   padding=self.choice(["valid", "same"])))
 
     def grouped_conv(self):
-        """A depthwise convolution (Keras or explicit pads), a grouped 1x1 convolution or a
-        channel shuffle, on an image whose channels split into groups."""
+        """A depthwise convolution (Keras or explicit pads), a grouped 1x1 convolution, a
+        channel shuffle (on an image whose channels split into groups) or a max pool with
+        explicit pads."""
         x = self.pick(4)
         if x is None:
             return None
         c = x.shape[3]
-        kind = self.choice(["depthwise", "grouped", "shuffle"])
+        kind = self.choice(["depthwise", "grouped", "shuffle", "padded_max_pool"])
+        if kind == "padded_max_pool":
+            size = int(self.choice([2, 3]))
+            pads = tuple(int(p) for p in self.rng.integers(0, size, 4))
+            return self.add(gn.max_pool2d(x, size, self.choice([1, 2]), padding=pads))
         if kind == "depthwise":
             k = min(int(self.choice([1, 2, 3])), x.shape[1], x.shape[2])
             pad = self.choice(["valid", "same", "explicit"])

@@ -328,6 +328,11 @@ POOLS = [(2, 2), (3, 1), (2, 1), (3, 2)]
 case("max_pool2d", lambda x: sum(weighted_sum(gn.max_pool2d(x, size, stride), seed=n)
                                  for n, (size, stride) in enumerate(POOLS)),
      {"x": distinct(R, (2, 5, 5, 2))})
+case("max_pool2d_padded", lambda x: sum(
+    weighted_sum(gn.max_pool2d(x, size, stride, padding=pads), seed=n)
+    for n, (size, stride, pads) in enumerate([(3, 2, (1, 1, 1, 1)), (2, 1, (1, 0, 0, 1)),
+                                              (3, 1, (2, 1, 0, 2))])),
+     {"x": distinct(R, (2, 5, 4, 2))})
 case("avg_pool2d", lambda x: sum(weighted_sum(gn.avg_pool2d(x, size, stride), seed=n)
                                  for n, (size, stride) in enumerate(POOLS)),
      {"x": R.normal(size=(2, 5, 5, 2))})
@@ -485,6 +490,8 @@ SKIP = {
                "(gn.grad refuses an integer wrt: test_one_hot_has_no_gradient)",
     "random_uniform": "a random draw of (seed, counter, index): no gradient to any input "
                       "(the gradient through Dropout, mask x scale, is in test_dropout.py)",
+    "max_pool2d_padded_grad": "has no gradient rule (no second derivative through "
+                              "max-pooling), as max_pool2d_grad",
     "max_pool2d_grad": "has no gradient rule (no second derivative through max-pooling): "
                        "gn.grad raises GradError (test_max_pool2d_grad_refuses_a_gradient)",
 }

@@ -109,6 +109,36 @@ def test_channel_shuffle_by_the_other_factor_undoes_it():
     np.testing.assert_array_equal(y, x)
 
 
+def _max_pool_ref(x, k, s, pads):
+    t, l, b, r = pads
+    xp = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=-np.inf)
+    oh, ow = (xp.shape[1] - k) // s + 1, (xp.shape[2] - k) // s + 1
+    out = np.empty((x.shape[0], oh, ow, x.shape[3]))
+    for y in range(oh):
+        for j in range(ow):
+            out[:, y, j] = xp[:, y * s:y * s + k, j * s:j * s + k].max(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("k, s, pads", [(3, 2, (1, 1, 1, 1)), (3, 1, (1, 1, 1, 1)),
+                                        (2, 2, (0, 1, 1, 0)), (3, 2, (2, 0, 1, 2))])
+def test_max_pool2d_with_padding(k, s, pads):
+    x = rand(2, 7, 6, 3) - 5.0  # all negative: a zero pad would win
+    assert_op_matches(lambda x: gn.max_pool2d(x, k, s, padding=pads),
+                      lambda x: _max_pool_ref(x, k, s, pads), {"x": x})
+
+
+def test_padded_max_pool_gradient_goes_to_the_first_maximum_inside_the_image():
+    x = np.array([[-2.0, -1.0], [-3.0, -1.0]]).reshape(1, 2, 2, 1)
+    node = gn.input("x", (1, 2, 2, 1), dtype="float64")
+    g = gn.grad(gn.sum(gn.max_pool2d(node, 2, 1, padding=(1, 1, 0, 0))), [node])[0]
+    # the windows' taps inside the image: (0,0): x00 -> x00; (0,1): x00, x01 -> x01;
+    # (1,0): x00, x10 -> x00; (1,1): all four, x01 and x11 tie at -1 -> x01 (first)
+    for backend in ("numpy", "cpu", "cuda"):
+        np.testing.assert_array_equal(gn.compile(g, backend=backend)(x=x).ravel(),
+                                      [2.0, 2.0, 0.0, 0.0])
+
+
 # ---- errors -------------------------------------------------------------------------------
 
 def _raises(error, match, build):
@@ -145,6 +175,15 @@ def test_depthwise_errors_name_the_node_and_the_line():
             lambda: gn.depthwise_conv2d(x, gn.param("k9", shape=(9, 9, 1, 6), seed=0)))
     _raises(gn.DTypeError, "float", lambda: gn.depthwise_conv2d(
         gn.input("i", (1, 4, 4, 2), dtype="int32"), gn.input("ik", (3, 3, 1, 2), dtype="int32")))
+
+
+def test_padded_max_pool_errors():
+    x = gn.input("x", (None, 8, 8, 6))
+    _raises(gn.ShapeError, r"padding must be \(top, left, bottom, right\), each in "
+            r"\[0, size\) = \[0, 3\), got \(3, 0, 0, 0\)",
+            lambda: gn.max_pool2d(x, 3, 2, padding=(3, 0, 0, 0)))
+    _raises(gn.GraphError, "max_pool2d: padding must be 'valid' or",
+            lambda: gn.max_pool2d(x, 3, 2, padding="same"))
 
 
 def test_grouped_and_shuffle_errors():
@@ -191,7 +230,8 @@ def _check_against_onnx(model, x):
 
 def test_onnx_shufflenet_unit_imports_as_grouped_ops():
     """Grouped 1x1 Conv, the NCHW channel shuffle (Reshape, Transpose, Reshape), a
-    stride-2 depthwise Conv with ONNX's symmetric pads, a padded AveragePool, Concat."""
+    stride-2 depthwise Conv with ONNX's symmetric pads, a padded AveragePool and MaxPool,
+    Concat."""
     onnx = pytest.importorskip("onnx")
     from onnx import helper
     c, g = 8, 4
@@ -208,11 +248,13 @@ def test_onnx_shufflenet_unit_imports_as_grouped_ops():
                               pads=[1, 1, 1, 1]),
              helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[3, 3],
                               strides=[2, 2], pads=[1, 1, 1, 1]),
-             helper.make_node("Concat", ["d", "p"], ["y"], axis=1)]
-    model = _onnx_model(nodes, inits, [1, c, 6, 6], [1, 2 * c, 3, 3])
+             helper.make_node("MaxPool", ["x"], ["m"], kernel_shape=[3, 3],
+                              strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["d", "p", "m"], ["y"], axis=1)]
+    model = _onnx_model(nodes, inits, [1, c, 6, 6], [1, 3 * c, 3, 3])
     x = RNG.standard_normal((1, c, 6, 6)).astype(np.float32)
     ops = _check_against_onnx(model, x)
-    assert {"grouped_conv2d", "channel_shuffle", "depthwise_conv2d"} <= ops
+    assert {"grouped_conv2d", "channel_shuffle", "depthwise_conv2d", "max_pool2d_padded"} <= ops
     assert "pad_axis" not in ops and "conv2d" not in ops
 
 
