@@ -897,16 +897,23 @@ def _elementwise(fn):
     def importer(imp, node, attrs):
         names = [n for n in node.input if n]
         ranks = [len(imp.shape(n)) for n in names]
-        images = [n for n, r in zip(names, ranks) if r == 4]
-        scalar_like = all(r == 0 or (r <= 4 and all(d == 1 for d in imp.shape(n)))
-                          for n, r in zip(names, ranks) if r != 4)
-        last = bool(images) and all(imp.has_nhwc(n) for n in images) and scalar_like
+        def as_image(n, r):  # the shape of an operand, broadcast to rank 4
+            return (1,) * (4 - r) + tuple(imp.shape(n))
+
+        def per_channel(n, r):  # a scalar, or one value per channel ((c, 1, 1) as Caffe2's
+            # scale layers unsqueeze them, or (1, c, 1, 1)): they broadcast channels-last
+            return r == 0 or (r <= 4 and as_image(n, r)[0] == 1
+                              and as_image(n, r)[2:] == (1, 1))
+        images = [n for n, r in zip(names, ranks) if r == 4 and not per_channel(n, r)]
+        fits = all(per_channel(n, r) for n, r in zip(names, ranks) if n not in images)
+        last = bool(images) and all(imp.has_nhwc(n) for n in images) and fits
         args = []
         for n, r in zip(names, ranks):
-            if r == 4 and last:
+            if n in images and last:
                 args.append(imp.nhwc(n))
             elif last and r:
-                args.append(ops.reshape(imp.node(n), ()) if r else imp.node(n))
+                channels = as_image(n, r)[1]
+                args.append(ops.reshape(imp.node(n), (channels,) if channels != 1 else ()))
             else:
                 args.append(imp.node(n))
         imp.set(node.output[0], fn(*args, **_clean(attrs)), channels_last=last)

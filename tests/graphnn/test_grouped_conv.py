@@ -307,3 +307,29 @@ def test_load_refuses_a_bad_padding(tmp_path, padding):
     (tmp_path / "m.json").write_text(json.dumps(document))
     with pytest.raises(gn.GraphError, match="attr padding=.* of depthwise_conv2d is not a valid"):
         gn.load(tmp_path / "m.json")
+
+
+def test_onnx_concat_and_per_channel_scale_stay_channels_last():
+    """Conv outputs concatenated along the channels, scaled by a (c, 1, 1) vector and
+    shifted by a (1, c, 1, 1) one (a Caffe2 scale layer, as in DenseNet), then a Conv:
+    all of it channels-last, so the only 4-D transposes are the input's and the
+    output's."""
+    pytest.importorskip("onnx")
+    from onnx import helper
+    inits = {"w1": RNG.standard_normal((3, 4, 1, 1)).astype(np.float32),
+             "w2": RNG.standard_normal((5, 4, 3, 3)).astype(np.float32),
+             "s": RNG.standard_normal((8, 1, 1)).astype(np.float32),
+             "b": RNG.standard_normal((1, 8, 1, 1)).astype(np.float32),
+             "w3": RNG.standard_normal((2, 8, 1, 1)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]),
+             helper.make_node("Conv", ["x", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["c1", "c2"], ["cat"], axis=1),
+             helper.make_node("Mul", ["cat", "s"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "b"], ["shifted"]),
+             helper.make_node("Relu", ["shifted"], ["r"]),
+             helper.make_node("Conv", ["r", "w3"], ["y"])]
+    model = _onnx_model(nodes, inits, [1, 4, 5, 5], [1, 2, 5, 5])
+    _check_against_onnx(model, RNG.standard_normal((1, 4, 5, 5)).astype(np.float32))
+    outputs, _ = gn.onnx.load(model)
+    transposes = [n for n in gn.Graph(outputs).nodes if n.op == "transpose" and n.ndim == 4]
+    assert len(transposes) == 2, transposes
