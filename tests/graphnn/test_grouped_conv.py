@@ -333,3 +333,20 @@ def test_onnx_concat_and_per_channel_scale_stay_channels_last():
     outputs, _ = gn.onnx.load(model)
     transposes = [n for n in gn.Graph(outputs).nodes if n.op == "transpose" and n.ndim == 4]
     assert len(transposes) == 2, transposes
+
+
+def test_cuda_simulator_matches_the_references():
+    """Each op's element function (kernels/cuda_grouped.py) on tiny shapes."""
+    cuda = dict(backends=["cuda"], eager=False)
+    x = rand(1, 4, 5, 4, dtype="float64")
+    assert_op_matches(lambda x, w: gn.depthwise_conv2d(x, w, stride=2, padding=(1, 0, 1, 2)),
+                      lambda x, w: _conv_ref(x, w, 2, (1, 0, 1, 2), 4),
+                      {"x": x, "w": rand(3, 3, 1, 4, dtype="float64")}, **cuda)
+    assert_op_matches(lambda x, w: gn.conv2d(x, w, groups=2),
+                      lambda x, w: _conv_ref(x, w, 1, (0, 0, 0, 0), 2),
+                      {"x": x, "w": rand(1, 1, 2, 6, dtype="float64")}, **cuda)
+    assert_op_matches(lambda x: gn.ops.channel_shuffle(x, 2),
+                      lambda x: x.reshape(1, 4, 5, 2, 2).transpose(0, 1, 2, 4, 3).reshape(x.shape),
+                      {"x": x}, **cuda)
+    assert_op_matches(lambda x: gn.max_pool2d(x, 3, 2, padding=(1, 1, 1, 1)),
+                      lambda x: _max_pool_ref(x, 3, 2, (1, 1, 1, 1)), {"x": x - 5.0}, **cuda)
