@@ -17,6 +17,7 @@ from .api import input, param, variable, const
 from .ops import (add, sub, mul, div, neg, pow, exp, log, sqrt, abs, square, maximum, minimum,
                   sigmoid, tanh, relu, leaky_relu, elu, softplus, step, sign, softmax,
                   log_softmax, matmul, transpose, reshape, concat, sum, mean, max, conv2d,
+                  depthwise_conv2d,
                   max_pool2d, avg_pool2d, flatten, mse, binary_cross_entropy,
                   softmax_cross_entropy, cast, clip, one_hot, slice_axis, define_elementwise,
                   selu, silu, swish, gelu, softsign, hard_sigmoid, erf, random_uniform,

@@ -26,7 +26,7 @@ import numpy as np
 from kernels import ir, random
 
 from . import shapes as S
-from .errors import DTypeError, GraphError, user_location
+from .errors import DTypeError, GraphError, ShapeError, user_location
 from .node import Node
 from .registry import (OpDef, Mismatch, WrongDType, apply, graph_dtype, register,
                        const_node)
@@ -1088,6 +1088,366 @@ register(OpDef("conv2d_grad_filter", "Layer", _infer_conv2d_grad_filter,
                kind="window", lower=_conv_lowering(0, 2)))
 
 
+# Depthwise convolution: one kh x kw filter per channel, kernel (kh, kw, 1, c), the
+# channels never mixed (conv2d with groups = channels; ShuffleNet, MobileNet). Its own
+# op, because as conv2d per channel (or a sum of shifted slices) a 544-channel layer is
+# hundreds of steps. `padding` is "valid", "same", or explicit (top, left, bottom, right)
+# as ONNX gives it (an ONNX model pads symmetrically where Keras' "same" would not).
+
+def _depthwise_pads(padding, h, w, kh, kw, stride):
+    """(out_h, out_w, pad_top, pad_left) of a depthwise convolution."""
+    if isinstance(padding, str):
+        _check_padding(padding)
+        oh, ph = conv_geometry(h, kh, stride, padding)
+        ow, pw = conv_geometry(w, kw, stride, padding)
+        return oh, ow, ph, pw
+    if not (isinstance(padding, tuple) and len(padding) == 4
+            and all(_is_int(p) and 0 <= p < _MAX_DIM for p in padding)):
+        raise Mismatch(f"padding must be 'valid', 'same' or (top, left, bottom, right) of "
+                       f"non-negative ints, got {_shown(padding)}")
+    top, left, bottom, right = padding
+    return ((h + top + bottom - kh) // stride + 1, (w + left + right - kw) // stride + 1,
+            top, left)
+
+
+def _infer_depthwise(specs, stride, padding, what="depthwise_conv2d"):
+    x, w = specs
+    _int_attr("stride", stride, 1)
+    h, wd = _spatial(x, what)
+    if w.ndim != 4:
+        raise Mismatch(f"kernel must be (kh, kw, 1, channels), got {S.format_shape(w.sym_shape)}")
+    kh, kw, one, c = (S.resolve(d) for d in w.sym_shape)
+    if not all(isinstance(d, int) and d >= 1 for d in (kh, kw)) or one != 1:
+        raise Mismatch(f"kernel must be (kh, kw, 1, channels) with static kh, kw >= 1, got "
+                       f"{S.format_shape(w.sym_shape)}")
+    if not S.unify_dims(x.sym_shape[3], c):
+        raise Mismatch(f"input has {S.resolve(x.sym_shape[3])} channels but the kernel has "
+                       f"{c}")
+    oh, ow, _, _ = _depthwise_pads(padding, h, wd, kh, kw, stride)
+    if oh < 1 or ow < 1:
+        raise Mismatch(f"kernel {kh}x{kw} is larger than the padded {h}x{wd} input")
+    return (x.sym_shape[0], oh, ow, x.sym_shape[3]), _need_float(specs, what)
+
+
+def _depthwise_windows(x, kh, kw, stride, padding):
+    """(the zero-padded image, out_h, out_w, pad_top, pad_left, the taps' slice function)."""
+    n, h, w, c = x.shape
+    oh, ow, ph, pw = _depthwise_pads(padding, h, w, kh, kw, stride)
+    xp = np.zeros((n, builtins.max(h + ph, (oh - 1) * stride + kh),
+                   builtins.max(w + pw, (ow - 1) * stride + kw), c), x.dtype)
+    xp[:, ph:ph + h, pw:pw + w, :] = x
+
+    def tap(i, j):
+        return (slice(None), slice(i, i + stride * (oh - 1) + 1, stride),
+                slice(j, j + stride * (ow - 1) + 1, stride))
+    return xp, oh, ow, ph, pw, tap
+
+
+def _depthwise_impl(x, w, stride, padding):
+    kh, kw = w.shape[:2]
+    xp, oh, ow, _, _, tap = _depthwise_windows(x, kh, kw, stride, padding)
+    out = np.zeros((x.shape[0], oh, ow, x.shape[3]), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out += xp[tap(i, j)] * w[i, j, 0]
+    return out
+
+
+def _depthwise_grad_input_impl(g, w, x_like, stride, padding):
+    kh, kw = w.shape[:2]
+    xp, _, _, ph, pw, tap = _depthwise_windows(np.zeros_like(x_like), kh, kw, stride, padding)
+    for i in range(kh):
+        for j in range(kw):
+            xp[tap(i, j)] += g * w[i, j, 0]
+    h, wd = x_like.shape[1:3]
+    return _contiguous(xp[:, ph:ph + h, pw:pw + wd, :])
+
+
+def _depthwise_grad_filter_impl(x, g, w_like, stride, padding):
+    kh, kw = w_like.shape[:2]
+    xp, _, _, _, _, tap = _depthwise_windows(x, kh, kw, stride, padding)
+    dw = np.zeros_like(w_like)
+    for i in range(kh):
+        for j in range(kw):
+            dw[i, j, 0] = np.sum(xp[tap(i, j)] * g, axis=(0, 1, 2))
+    return dw
+
+
+def _depthwise_lowering(image_at, kernel_at):
+    """A Window step of the helper of the op's name (kernels/depthwise.py) on the first two
+    inputs, with (stride, pad top, pad left)."""
+    def lower(lowering, node, comment):
+        stride, padding = node.attr("stride"), node.attr("padding")
+        image, kernel = node.inputs[image_at], node.inputs[kernel_at]
+        h, w = S.resolve(image.sym_shape[1]), S.resolve(image.sym_shape[2])
+        kh, kw = S.resolve(kernel.sym_shape[0]), S.resolve(kernel.sym_shape[1])
+        _, _, ph, pw = _depthwise_pads(padding, h, w, kh, kw, stride)
+        lowering.window(node, node.op, 2, (stride, ph, pw), comment)
+    return lower
+
+
+def _infer_depthwise_grad_input(specs, stride, padding):
+    g, w, x_like = specs
+    shape, _ = _infer_depthwise([x_like, w], stride, padding)
+    _check_adjoint(g, shape)
+    return x_like.sym_shape, _need_float(specs, "depthwise_conv2d_grad_input")
+
+
+def _infer_depthwise_grad_filter(specs, stride, padding):
+    x, g, w_like = specs
+    shape, _ = _infer_depthwise([x, w_like], stride, padding)
+    _check_adjoint(g, shape)
+    return w_like.sym_shape, _need_float(specs, "depthwise_conv2d_grad_filter")
+
+
+def _depthwise_attrs(stride, padding):
+    return {"stride": stride, "padding": padding}
+
+
+register(OpDef("depthwise_conv2d", "Layer", _infer_depthwise, _depthwise_impl,
+               lambda g, out, x, w, stride, padding: (
+                   lambda: apply("depthwise_conv2d_grad_input", (g, w, x),
+                                 _depthwise_attrs(stride, padding)),
+                   lambda: apply("depthwise_conv2d_grad_filter", (x, g, w),
+                                 _depthwise_attrs(stride, padding))),
+               kind="window", lower=_depthwise_lowering(0, 1)))
+register(OpDef("depthwise_conv2d_grad_input", "Layer", _infer_depthwise_grad_input,
+               _depthwise_grad_input_impl,
+               lambda gg, out, g, w, x, stride, padding: (
+                   lambda: apply("depthwise_conv2d", (gg, w),
+                                 _depthwise_attrs(stride, padding)),
+                   lambda: apply("depthwise_conv2d_grad_filter", (gg, g, w),
+                                 _depthwise_attrs(stride, padding)),
+                   None),
+               kind="window", lower=_depthwise_lowering(2, 1)))
+register(OpDef("depthwise_conv2d_grad_filter", "Layer", _infer_depthwise_grad_filter,
+               _depthwise_grad_filter_impl,
+               lambda gg, out, x, g, w, stride, padding: (
+                   lambda: apply("depthwise_conv2d_grad_input", (g, gg, x),
+                                 _depthwise_attrs(stride, padding)),
+                   lambda: apply("depthwise_conv2d", (x, gg),
+                                 _depthwise_attrs(stride, padding)),
+                   None),
+               kind="window", lower=_depthwise_lowering(0, 2)))
+
+
+# Grouped 1x1 convolution (ShuffleNet's pointwise layers): kernel (1, 1, c / groups, k),
+# output channels [g k/groups, (g+1) k/groups) computed from input channels
+# [g c/groups, (g+1) c/groups) only. One op (on the cpu: one gemm per group on the column
+# blocks in place), where slices, a conv2d per group and a concat copied every block.
+
+def _infer_grouped(specs, groups, what="grouped_conv2d"):
+    x, w = specs
+    _int_attr("groups", groups, 1)
+    _spatial(x, what)
+    if w.ndim != 4:
+        raise Mismatch(f"kernel must be (1, 1, channels / groups, k), got "
+                       f"{S.format_shape(w.sym_shape)}")
+    kh, kw, gin, k = (S.resolve(d) for d in w.sym_shape)
+    c = S.resolve(x.sym_shape[3])
+    if (kh, kw) != (1, 1):
+        raise Mismatch(f"{what} takes 1x1 kernels, got {S.format_shape(w.sym_shape)} "
+                       f"(gn.conv2d(..., groups=g) runs larger ones as one conv2d per group)")
+    if not all(isinstance(d, int) for d in (c, gin, k)) or c % groups or k % groups \
+            or gin * groups != c:
+        raise Mismatch(f"images of {c} channels and a kernel {S.format_shape(w.sym_shape)} "
+                       f"do not split into {groups} groups (channels and kernel outputs "
+                       f"must be static multiples of groups, the kernel's third dim "
+                       f"channels / groups)")
+    return tuple(x.sym_shape[:3]) + (k,), _need_float(specs, what)
+
+
+def _grouped_views(x, k, groups):
+    return x.reshape(-1, groups, x.shape[3] // groups), k // groups
+
+
+def _grouped_impl(x, w, groups):
+    xs, gout = _grouped_views(x, w.shape[3], groups)
+    ws = w.reshape(w.shape[2], groups, gout)
+    out = np.einsum("mgi,igo->mgo", xs, ws)
+    return _contiguous(out.reshape(x.shape[:3] + (w.shape[3],)).astype(x.dtype))
+
+
+def _grouped_grad_input_impl(g, w, x_like, groups):
+    k = w.shape[3]
+    gs = g.reshape(-1, groups, k // groups)
+    ws = w.reshape(w.shape[2], groups, k // groups)
+    out = np.einsum("mgo,igo->mgi", gs, ws)
+    return _contiguous(out.reshape(x_like.shape).astype(x_like.dtype))
+
+
+def _grouped_grad_filter_impl(x, g, w_like, groups):
+    xs, gout = _grouped_views(x, w_like.shape[3], groups)
+    gs = g.reshape(-1, groups, gout)
+    out = np.einsum("mgi,mgo->igo", xs, gs)
+    return _contiguous(out.reshape(w_like.shape).astype(w_like.dtype))
+
+
+def _infer_grouped_grad_input(specs, groups):
+    g, w, x_like = specs
+    shape, _ = _infer_grouped([x_like, w], groups, "grouped_conv2d_grad_input")
+    _check_adjoint(g, shape)
+    return x_like.sym_shape, _need_float(specs, "grouped_conv2d_grad_input")
+
+
+def _infer_grouped_grad_filter(specs, groups):
+    x, g, w_like = specs
+    shape, _ = _infer_grouped([x, w_like], groups, "grouped_conv2d_grad_filter")
+    _check_adjoint(g, shape)
+    return w_like.sym_shape, _need_float(specs, "grouped_conv2d_grad_filter")
+
+
+def _grouped_lowering(lowering, node, comment):
+    """A Window step of the helper of the op's name (kernels/grouped.py) on the first two
+    inputs, with (groups,)."""
+    lowering.window(node, node.op, 2, (node.attr("groups"),), comment)
+
+
+register(OpDef("grouped_conv2d", "Layer", _infer_grouped, _grouped_impl,
+               lambda g, out, x, w, groups: (
+                   lambda: apply("grouped_conv2d_grad_input", (g, w, x), {"groups": groups}),
+                   lambda: apply("grouped_conv2d_grad_filter", (x, g, w), {"groups": groups})),
+               kind="window", lower=_grouped_lowering))
+register(OpDef("grouped_conv2d_grad_input", "Layer", _infer_grouped_grad_input,
+               _grouped_grad_input_impl,
+               lambda gg, out, g, w, x, groups: (
+                   lambda: apply("grouped_conv2d", (gg, w), {"groups": groups}),
+                   lambda: apply("grouped_conv2d_grad_filter", (gg, g, w), {"groups": groups}),
+                   None),
+               kind="window", lower=_grouped_lowering))
+register(OpDef("grouped_conv2d_grad_filter", "Layer", _infer_grouped_grad_filter,
+               _grouped_grad_filter_impl,
+               lambda gg, out, x, g, w, groups: (
+                   lambda: apply("grouped_conv2d_grad_input", (g, gg, x), {"groups": groups}),
+                   lambda: apply("grouped_conv2d", (x, gg), {"groups": groups}),
+                   None),
+               kind="window", lower=_grouped_lowering))
+
+
+# Channel shuffle (ShuffleNet): channel j * groups + i of the output is channel
+# i * (c / groups) + j of the input, (n, h, w, c) -> (n, h, w, c). As reshape (n, h, w,
+# groups, c / groups), transpose of the last two axes and reshape it was a 5-D transpose
+# loop whose inner loop ran over `groups` elements; the cpu kernel reads each pixel's
+# channels in order instead.
+
+def _infer_channel_shuffle(specs, groups):
+    (x,) = specs
+    _int_attr("groups", groups, 1)
+    if x.ndim != 4:
+        raise Mismatch(f"channel_shuffle takes NHWC images of rank 4, got "
+                       f"{S.format_shape(x.sym_shape)}")
+    c = S.resolve(x.sym_shape[3])
+    if not isinstance(c, int) or c % groups:
+        raise Mismatch(f"{c} channels do not split into {groups} groups (channels must be "
+                       f"a static multiple of groups)")
+    return x.sym_shape, x.dtype
+
+
+def _channel_shuffle_impl(x, groups):
+    n, h, w, c = x.shape
+    return _contiguous(x.reshape(n, h, w, groups, c // groups).transpose(0, 1, 2, 4, 3)
+                       .reshape(x.shape))
+
+
+register(OpDef("channel_shuffle", "Shape", _infer_channel_shuffle, _channel_shuffle_impl,
+               lambda g, out, x, groups: (
+                   lambda: channel_shuffle(g, S.resolve(_shape_of(x)[3]) // groups),),
+               kind="window",
+               lower=lambda lowering, node, comment: lowering.window(
+                   node, node.op, 1, (node.attr("groups"),), comment)))
+
+
+# Max pooling with explicit pads (top, left, bottom, right): the maximum over the taps of
+# each window that lie inside the image (as if the pad held -inf), so a padded max pool
+# (ResNet's and ShuffleNet's stems, Inception's 3x3 stride-1 pools) needs no padded copy
+# and no mask. Every window must hold an image element: each pad is smaller than `size`.
+
+def _infer_max_pool_padded(specs, size, stride, padding, what="max_pool2d_padded"):
+    (x,) = specs[:1]
+    h, w = _spatial(x, what)
+    _int_attr("size", size, 1)
+    _int_attr("stride", stride, 1)
+    if not (isinstance(padding, tuple) and len(padding) == 4
+            and all(_is_int(p) and 0 <= p < size for p in padding)):
+        raise Mismatch(f"padding must be (top, left, bottom, right), each in [0, size) = "
+                       f"[0, {size}), got {_shown(padding)}")
+    oh, ow, _, _ = _depthwise_pads(padding, h, w, size, size, stride)
+    if oh < 1 or ow < 1:
+        raise Mismatch(f"pool window {size}x{size} is larger than the padded {h}x{w} input")
+    return (x.sym_shape[0], oh, ow, x.sym_shape[3]), _need_float(specs, what)
+
+
+def _padded_taps(x, size, stride, padding):
+    """(x padded with -inf, its mask of image elements, out_h, out_w, pad_top, pad_left, the
+    row-major taps' slices)."""
+    n, h, w, c = x.shape
+    oh, ow, ph, pw = _depthwise_pads(padding, h, w, size, size, stride)
+    shape = (n, builtins.max(h + ph, (oh - 1) * stride + size),
+             builtins.max(w + pw, (ow - 1) * stride + size), c)
+    xp = np.full(shape, -np.inf, x.dtype)
+    xp[:, ph:ph + h, pw:pw + w, :] = x
+    inside = np.zeros(shape[1:3], bool)
+    inside[ph:ph + h, pw:pw + w] = True
+    taps = [(slice(None), slice(i, i + stride * (oh - 1) + 1, stride),
+             slice(j, j + stride * (ow - 1) + 1, stride))
+            for i in range(size) for j in range(size)]
+    return xp, inside, oh, ow, ph, pw, taps
+
+
+def _first_maxima(x, size, stride, padding):
+    """For each window, the index of its first (row-major) maximal tap inside the image,
+    and the maximum."""
+    xp, inside, oh, ow, _, _, taps = _padded_taps(x, size, stride, padding)
+    best = np.full((x.shape[0], oh, ow, x.shape[3]), -np.inf, x.dtype)
+    first = np.full(best.shape, -1)
+    for t, tap in enumerate(taps):
+        v = xp[tap]
+        take = inside[tap[1:]][None, :, :, None] & ((first < 0) | (v > best))
+        best = np.where(take, v, best)
+        first = np.where(take, t, first)
+    return first, best, xp, taps
+
+
+def _max_pool_padded_impl(x, size, stride, padding):
+    return _contiguous(_first_maxima(x, size, stride, padding)[1])
+
+
+def _max_pool_padded_grad_impl(x, g, size, stride, padding):
+    first, _, xp, taps = _first_maxima(x, size, stride, padding)
+    dxp = np.zeros(xp.shape, x.dtype)
+    for t, tap in enumerate(taps):
+        dxp[tap] += np.where(first == t, g, 0)
+    _, _, ph, pw = _depthwise_pads(padding, x.shape[1], x.shape[2], size, size, stride)
+    return _contiguous(dxp[:, ph:ph + x.shape[1], pw:pw + x.shape[2], :])
+
+
+def _infer_max_pool_padded_grad(specs, size, stride, padding):
+    x, g = specs
+    shape, _ = _infer_max_pool_padded([x], size, stride, padding, "max_pool2d_padded_grad")
+    _check_adjoint(g, shape)
+    return x.sym_shape, _need_float(specs, "max_pool2d_padded_grad")
+
+
+def _max_pool_padded_lowering(reads):
+    def lower(lowering, node, comment):
+        x = node.inputs[0]
+        h, w = S.resolve(x.sym_shape[1]), S.resolve(x.sym_shape[2])
+        size, stride = node.attr("size"), node.attr("stride")
+        _, _, ph, pw = _depthwise_pads(node.attr("padding"), h, w, size, size, stride)
+        lowering.window(node, node.op, reads, (size, stride, ph, pw), comment)
+    return lower
+
+
+register(OpDef("max_pool2d_padded", "Pool", _infer_max_pool_padded, _max_pool_padded_impl,
+               lambda g, out, x, size, stride, padding: (
+                   lambda: apply("max_pool2d_padded_grad", (x, g),
+                                 {"size": size, "stride": stride, "padding": padding}),),
+               kind="window", lower=_max_pool_padded_lowering(1)))
+register(OpDef("max_pool2d_padded_grad", "Pool", _infer_max_pool_padded_grad,
+               _max_pool_padded_grad_impl, None, kind="window",
+               lower=_max_pool_padded_lowering(2)))
+
+
 def _infer_pool(specs, size, stride):
     (x,) = specs
     h, w = _spatial(x, "pooling")
@@ -1798,13 +2158,18 @@ def pad_axis(x, axis, before, after):
                                     "after": _int(after)})
 
 
-def conv2d(x, w, stride=1, padding="valid", dilation=1, name=None):
+def conv2d(x, w, stride=1, padding="valid", dilation=1, groups=1, name=None):
     """2-D convolution (cross-correlation) of NHWC images x (batch, h, w, c) with an HWIO
-    kernel w (kh, kw, c, k): (batch, h', w', k). "same" padding gives h' = ceil(h / stride)
-    (Keras/TensorFlow, the extra pad at bottom/right); "valid" h' = (h - span) // stride + 1
-    with span = dilation·(kh − 1) + 1. `dilation` (an int or a pair (dh, dw)) spaces the
-    kernel's taps: the kernel is dilated with zeros (`dilate`), so the gradient reaches
-    its taps through the same graph ops.
+    kernel w (kh, kw, c / groups, k): (batch, h', w', k). "same" padding gives
+    h' = ceil(h / stride) (Keras/TensorFlow, the extra pad at bottom/right); "valid"
+    h' = (h - span) // stride + 1 with span = dilation·(kh − 1) + 1. `dilation` (an int or
+    a pair (dh, dw)) spaces the kernel's taps: the kernel is dilated with zeros (`dilate`),
+    so the gradient reaches its taps through the same graph ops.
+
+    `groups` splits the channels into that many groups convolved separately (c and k
+    divisible by it): output channels [g k/groups, (g+1) k/groups) see input channels
+    [g c/groups, (g+1) c/groups) only. groups == c == k is a depthwise convolution
+    (`depthwise_conv2d`, one op); other groups are one conv2d per group and a concat.
 
         >>> x = gn.input("img", (None, 28, 28, 1))
         >>> k = gn.param("k", shape=(3, 3, 1, 8), seed=0)
@@ -1812,15 +2177,94 @@ def conv2d(x, w, stride=1, padding="valid", dilation=1, name=None):
         (None, 14, 14, 8)
         >>> gn.conv2d(x, k, dilation=2).shape
         (None, 24, 24, 8)
+        >>> h = gn.input("h", (None, 8, 8, 16))
+        >>> gn.conv2d(h, gn.param("dw", shape=(3, 3, 1, 16), seed=0), groups=16).shape
+        (None, 6, 6, 16)
     """
     rates = (dilation, dilation) if _is_int(dilation) else tuple(dilation) \
         if isinstance(dilation, (tuple, list)) else None
     if rates is None or len(rates) != 2 or not all(_is_int(r) and r >= 1 for r in rates):
         raise GraphError(f"conv2d: dilation must be a positive int or a pair of them, got "
                          f"{dilation!r:.60} (at {user_location()})")
+    if not _is_int(groups) or groups < 1:
+        raise GraphError(f"conv2d: groups must be a positive int, got {groups!r:.60} "
+                         f"(at {user_location()})")
     if rates != (1, 1):
         w = dilate(dilate(w, 0, int(rates[0])), 1, int(rates[1]))
-    return apply("conv2d", (x, w), {"stride": _int(stride), "padding": padding}, name)
+    if groups == 1:
+        return apply("conv2d", (x, w), {"stride": _int(stride), "padding": padding}, name)
+    return _grouped_conv2d(x, w, stride, padding, int(groups), name)
+
+
+def _grouped_conv2d(x, w, stride, padding, groups, name):
+    xs, ws = _shape_of(x), _shape_of(w)
+    c = S.resolve(xs[3]) if len(xs) == 4 else None
+    k = S.resolve(ws[3]) if len(ws) == 4 else None
+    if not isinstance(c, int) or not isinstance(k, int) or c % groups or k % groups \
+            or S.resolve(ws[2]) != c // groups:
+        raise ShapeError(f"conv2d (groups={groups}): images {S.format_shape(xs)} and kernel "
+                         f"{S.format_shape(ws)} do not split into {groups} groups (the "
+                         f"channels c and the kernel's outputs k must be static multiples of "
+                         f"groups, and the kernel (kh, kw, c / groups, k)) (at "
+                         f"{user_location()})")
+    if c == groups and k == groups:
+        return depthwise_conv2d(x, w, stride=stride, padding=padding, name=name)
+    if S.resolve(ws[0]) == 1 and S.resolve(ws[1]) == 1 and _int(stride) == 1 \
+            and padding in ("valid", "same"):  # (1x1, stride 1: "same" pads nothing)
+        return grouped_conv2d(x, w, groups, name=name)
+    gin, gout = c // groups, k // groups
+    parts = [apply("conv2d", (slice_axis(x, 3, g * gin, (g + 1) * gin),
+                              slice_axis(w, 3, g * gout, (g + 1) * gout)),
+                   {"stride": _int(stride), "padding": padding})
+             for g in range(groups)]
+    return concat(parts, axis=3, name=name)
+
+
+def grouped_conv2d(x, w, groups, name=None):
+    """Grouped 1x1 convolution of NHWC images x (batch, h, w, c) with a kernel w
+    (1, 1, c / groups, k): (batch, h, w, k), output channels [g k/groups, (g+1) k/groups)
+    computed from input channels [g c/groups, (g+1) c/groups) only (conv2d with a 1x1
+    kernel and `groups`, as ShuffleNet's pointwise layers; `gn.conv2d(x, w, groups=g)`
+    picks it for 1x1 stride-1 kernels).
+
+        >>> x = gn.input("img", (None, 8, 8, 12))
+        >>> w = gn.param("w", shape=(1, 1, 3, 16), seed=0)
+        >>> gn.ops.grouped_conv2d(x, w, groups=4).shape
+        (None, 8, 8, 16)
+    """
+    return apply("grouped_conv2d", (x, w), {"groups": _int(groups)}, name)
+
+
+def channel_shuffle(x, groups, name=None):
+    """The channel shuffle of ShuffleNet on NHWC images x (n, h, w, c), c a multiple of
+    `groups`: output channel j * groups + i is input channel i * (c / groups) + j (the
+    groups' channels interleaved), same shape. Its inverse is channel_shuffle(y,
+    c // groups).
+
+        >>> gn.ops.channel_shuffle(np.arange(6.0).reshape(1, 1, 1, 6), 2).ravel()
+        array([0., 3., 1., 4., 2., 5.])
+    """
+    return apply("channel_shuffle", (x,), {"groups": _int(groups)}, name)
+
+
+def depthwise_conv2d(x, w, stride=1, padding="valid", name=None):
+    """Depthwise 2-D convolution of NHWC images x (batch, h, w, c) with one kh x kw filter
+    per channel, w (kh, kw, 1, c): (batch, h', w', c), out[..., ch] the cross-correlation
+    of channel ch with w[:, :, 0, ch] (conv2d with groups = c). `padding`: "valid",
+    "same" (as conv2d) or explicit (top, left, bottom, right), then
+    h' = (h + top + bottom - kh) // stride + 1.
+
+        >>> x = gn.input("img", (None, 16, 16, 32))
+        >>> w = gn.param("w", shape=(3, 3, 1, 32), seed=0)
+        >>> gn.depthwise_conv2d(x, w, stride=2, padding=(1, 1, 1, 1)).shape
+        (None, 8, 8, 32)
+    """
+    if isinstance(padding, list):
+        padding = tuple(padding)
+    if isinstance(padding, tuple):
+        padding = tuple(_int(p) for p in padding)
+    return apply("depthwise_conv2d", (x, w), {"stride": _int(stride), "padding": padding},
+                 name)
 
 
 def dilate(w, axis, rate):
@@ -1843,17 +2287,30 @@ def dilate(w, axis, rate):
     return concat(taps, axis=axis)
 
 
-def max_pool2d(x, size=2, stride=None, name=None):
+def max_pool2d(x, size=2, stride=None, padding="valid", name=None):
     """Maximum over size x size windows of NHWC images ("valid": whole windows only, the
     output size floors); `stride` defaults to `size`. The gradient goes to the first
-    maximal element of each window.
+    maximal element of each window. `padding` (top, left, bottom, right), each smaller
+    than `size`, pads the image with -inf (a window's maximum over its taps inside the
+    image; op max_pool2d_padded).
 
-    Shapes: (n, h, w, c) -> (n, (h - size) // stride + 1, (w - size) // stride + 1, c).
+    Shapes: (n, h, w, c) -> (n, (h - size) // stride + 1, (w - size) // stride + 1, c),
+    with h + top + bottom and w + left + right when padded.
 
         y = gn.max_pool2d(x, 2)               # (None, 8, 8, 16) -> (None, 4, 4, 16)
+        y = gn.max_pool2d(x, 3, 2, padding=(1, 1, 1, 1))   # -> (None, 4, 4, 16)
     """
-    return apply("max_pool2d", (x,), {"size": _int(size),
-                                                "stride": _int(size if stride is None else stride)}, name)
+    stride = _int(size if stride is None else stride)
+    if isinstance(padding, list):
+        padding = tuple(padding)
+    if isinstance(padding, tuple) and any(padding):
+        return apply("max_pool2d_padded", (x,), {
+            "size": _int(size), "stride": stride,
+            "padding": tuple(_int(p) for p in padding)}, name)
+    if padding not in ("valid", (0, 0, 0, 0)):
+        raise GraphError(f"max_pool2d: padding must be 'valid' or (top, left, bottom, right), "
+                         f"got {padding!r:.60} (at {user_location()})")
+    return apply("max_pool2d", (x,), {"size": _int(size), "stride": stride}, name)
 
 
 def avg_pool2d(x, size=2, stride=None, name=None):

@@ -40,8 +40,9 @@ ATTR_KINDS = {
     "axis": "axis", "axes": "ints", "shape": "dims",
     "keepdims": "bool", "from_logits": "bool", "float_only": "bool",
     "stride": "int", "size": "int", "classes": "int", "start": "int", "stop": "int",
-    "before": "int", "after": "int", "bits": "int", "seed": "seed",
-    "padding": ("valid", "same"), "dtype": DTYPES,
+    "before": "int", "after": "int", "bits": "int", "seed": "seed", "groups": "int",
+    # "valid", "same", or (top, left, bottom, right) (depthwise_conv2d)
+    "padding": "padding", "dtype": DTYPES,
 }
 _FLOAT_WORDS = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
 
@@ -403,6 +404,11 @@ class _Loader:
             return value if isinstance(value, bool) else bad()
         if kind == "int":
             return value if whole(value) else bad()
+        if kind == "padding":
+            if value in ("valid", "same"):
+                return value
+            return tuple(value) if isinstance(value, list) and len(value) == 4 and all(
+                whole(v) and v >= 0 for v in value) else bad()
         if kind == "seed":  # a random draw's key: any int in [0, 2**63)
             return value if isinstance(value, int) and not isinstance(value, bool) and \
                 0 <= value < 2 ** 63 else bad()

@@ -25,11 +25,15 @@ import numpy as np
 
 from . import blas, ir, loader
 from .approx import APPROXIMATIONS
-from . import random, windows
-from .windows import GEMM_HELPERS, GEMM_SUPPORT, HELPERS, col_block_rows, is_pointwise, \
+from . import grouped, random, windows
+from .windows import GEMM_HELPERS, GEMM_SUPPORT, col_block_rows, is_pointwise, \
     use_winograd, winograd_block_tiles, winograd_scratch_items
 
-GENERATOR_VERSION = "cpu-17"
+# the window helpers a generated module may copy: convolutions, pooling (windows.py) and
+# depthwise and grouped convolutions (grouped.py)
+HELPERS = {**windows.HELPERS, **grouped.HELPERS}
+
+GENERATOR_VERSION = "cpu-18"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).
@@ -200,7 +204,7 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False):
                 "(kernels/windows.py)"]
         for fn in GEMM_SUPPORT:
             out += ["", plain, inspect.getsource(fn).rstrip(), ""]
-    if matmul or gemm_used:
+    if matmul or gemm_used or any(h in grouped.BLAS_HELPERS for h in helpers_used):
         bits = blas.integer_bits()
         if bits is None:
             blas.register()  # raises BlasNotFound, which says what to install

@@ -41,9 +41,12 @@ import numpy as np
 
 from . import cuda_fusion as fusion
 from . import ir, random
-from .cuda_windows import ELEMENT_HELPERS
+from .cuda_grouped import ELEMENT_HELPERS as _GROUPED_HELPERS
+from .cuda_windows import ELEMENT_HELPERS as _WINDOW_HELPERS
 
-GENERATOR_VERSION = "cuda-5"
+ELEMENT_HELPERS = {**_WINDOW_HELPERS, **_GROUPED_HELPERS}
+
+GENERATOR_VERSION = "cuda-6"
 BATCH_TILE = 16  # the tile of a stack of matrix products (ir.BatchMatmul)
 MAX_BLOCKS = 1024          # grid-stride loops need no more blocks than this
 WARP = 32

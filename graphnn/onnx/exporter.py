@@ -220,6 +220,43 @@ def _export_conv(ex, node, ins, name, stride, padding):
     return _nhwc(ex, y, name)
 
 
+def _export_depthwise(ex, node, ins, name, stride, padding):
+    x, w = node.inputs
+    h, wd = S.resolve(x.sym_shape[1]), S.resolve(x.sym_shape[2])
+    kh, kw, _, c = (S.resolve(d) for d in w.sym_shape)
+    if isinstance(padding, str):
+        pads = [0, 0, 0, 0] if padding == "valid" else list(same_pads(h, wd, kh, kw, stride))
+    else:
+        top, left, bottom, right = padding
+        pads = [top, left, bottom, right]
+    oihw = ex.emit("Transpose", [ins[1]], f"{ins[1]}/oihw", perm=[3, 2, 0, 1])
+    y = ex.emit("Conv", [_nchw(ex, ins[0], name), oihw], f"{name}/nchw_out",
+                kernel_shape=[kh, kw], strides=[stride, stride], pads=pads, group=c)
+    return _nhwc(ex, y, name)
+
+
+def _export_grouped(ex, node, ins, name, groups):
+    oihw = ex.emit("Transpose", [ins[1]], f"{ins[1]}/oihw", perm=[3, 2, 0, 1])
+    y = ex.emit("Conv", [_nchw(ex, ins[0], name), oihw], f"{name}/nchw_out",
+                kernel_shape=[1, 1], group=groups)
+    return _nhwc(ex, y, name)
+
+
+def _export_channel_shuffle(ex, node, ins, name, groups):
+    _, h, w, c = (S.resolve(d) for d in node.inputs[0].sym_shape)
+    split = ex.emit("Reshape", [ins[0], ex.constant(
+        np.array([0, h, w, groups, c // groups], np.int64), "shape")], f"{name}/groups")
+    swapped = ex.emit("Transpose", [split], f"{name}/swapped", perm=[0, 1, 2, 4, 3])
+    return ex.emit("Reshape", [swapped, ex.constant(np.array([0, h, w, c], np.int64),
+                                                    "shape")], name)
+
+
+def _export_max_pool_padded(ex, node, ins, name, size, stride, padding):
+    y = ex.emit("MaxPool", [_nchw(ex, ins[0], name)], f"{name}/nchw_out",
+                kernel_shape=[size, size], strides=[stride, stride], pads=list(padding))
+    return _nhwc(ex, y, name)
+
+
 def _pool_rule(op_type):
     def rule(ex, node, ins, name, size, stride):
         y = ex.emit(op_type, [_nchw(ex, ins[0], name)], f"{name}/nchw_out",
@@ -324,6 +361,8 @@ EXPORTERS = {
     "concat": lambda ex, node, ins, name, axis: ex.emit("Concat", ins, name, axis=axis),
     "slice_axis": _export_slice, "pad_axis": _export_pad,
     "conv2d": _export_conv, "max_pool2d": _pool_rule("MaxPool"),
+    "depthwise_conv2d": _export_depthwise, "grouped_conv2d": _export_grouped,
+    "channel_shuffle": _export_channel_shuffle, "max_pool2d_padded": _export_max_pool_padded,
     "avg_pool2d": _pool_rule("AveragePool"),
     "softmax": lambda ex, node, ins, name, axis: ex.emit("Softmax", ins, name, axis=axis),
     "log_softmax": lambda ex, node, ins, name, axis: ex.emit("LogSoftmax", ins, name,

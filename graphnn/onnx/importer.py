@@ -111,6 +111,7 @@ class _Importer:
         self.problems = []
         self.missing = set()  # outputs of nodes that could not be imported
         self.aliases = {}     # output name -> input name of a node folded into a Conv
+        self.done = set()     # first outputs of nodes imported with an earlier one
 
     # ---- values -------------------------------------------------------------------------
 
@@ -305,6 +306,8 @@ class _Importer:
     # ---- nodes --------------------------------------------------------------------------
 
     def import_node(self, node):
+        if node.output and node.output[0] in self.done:  # (a channel shuffle's nodes)
+            return
         if node.output and node.output[0] in self.aliases:  # folded into a Conv
             import_identity(imp=self, node=_NodeView(
                 node, [self.aliases[node.output[0]]]), attrs={})
@@ -466,13 +469,24 @@ def dilate(w, axis, rate):
 
 
 def pad_spatial(x, pads, value=0.0):
-    """Pad NHWC `x` by pads (top, left, bottom, right); a non-zero `value` fills the pad."""
+    """Pad NHWC `x` by pads (top, left, bottom, right); a non-zero `value` fills the pad.
+    When `x` is the channels-last transpose of an NCHW value (a model's input image), the
+    NCHW value is padded and then transposed: its rows are contiguous there, where the
+    channels-last copy moves a few channels at a time."""
     top, left, bottom, right = pads
     n, h, w, c = x.sym_shape
-    if top or bottom:
-        x = ops.pad_axis(x, 1, top, bottom)
-    if left or right:
-        x = ops.pad_axis(x, 2, left, right)
+    if x.op == "transpose" and tuple(x.attr("axes")) == (0, 2, 3, 1) and any(pads):
+        y = x.inputs[0]
+        if top or bottom:
+            y = ops.pad_axis(y, 2, top, bottom)
+        if left or right:
+            y = ops.pad_axis(y, 3, left, right)
+        x = transpose(y, (0, 2, 3, 1))
+    else:
+        if top or bottom:
+            x = ops.pad_axis(x, 1, top, bottom)
+        if left or right:
+            x = ops.pad_axis(x, 2, left, right)
     if value and any(pads):
         hp, wp = h + top + bottom, w + left + right
         mask = np.full((1, hp, wp, 1), value, dtype=x.dtype)
@@ -600,7 +614,7 @@ def import_conv(imp, node, attrs):
         raise _Unsupported(f"a {kh}x{kw} kernel (dilations {dilations}) larger than the "
                            f"padded {src.h}x{src.w} input")
     if groups > 1 and wcin == 1:
-        y = _depthwise_conv(pad_spatial(x, pads), w, strides, dilations, groups)
+        y = _depthwise_conv(x, w, strides, pads, dilations, groups)
     else:
         y = _conv(x, w, strides, pads, dilations, groups, (src.h, src.w))
     if bname:
@@ -618,16 +632,8 @@ def _conv(x, w, strides, pads, dilations, groups, hw):
     elif any(pads):
         x = pad_spatial(x, pads)
     stride = strides[0] if strides[0] == strides[1] else 1
-    cin = _static_dim(x.sym_shape[3], "Conv input channels")
-    cout = _static_dim(w.sym_shape[3], "Conv output channels")
-    if groups == 1:
-        y = ops.conv2d(x, w, stride=stride, padding=padding)
-    else:
-        gin, gout = cin // groups, cout // groups
-        y = ops.concat([ops.conv2d(ops.slice_axis(x, 3, g * gin, (g + 1) * gin),
-                                   ops.slice_axis(w, 3, g * gout, (g + 1) * gout),
-                                   stride=stride, padding=padding)
-                        for g in range(groups)], axis=3)
+    # groups: a grouped 1x1 kernel is one op (grouped_conv2d), others a conv2d per group
+    y = ops.conv2d(x, w, stride=stride, padding=padding, groups=groups)
     if stride == 1 and strides != (1, 1):
         oh = (_static_dim(x.sym_shape[1], "Conv") - kh) // strides[0] + 1
         ow = (_static_dim(x.sym_shape[2], "Conv") - kw) // strides[1] + 1
@@ -635,46 +641,29 @@ def _conv(x, w, strides, pads, dilations, groups, hw):
     return y
 
 
-def _depthwise_conv(x, w, strides, dilations, groups):
-    """A depthwise Conv (one input channel per group) on padded NHWC `x` as a sum over
-    the kernel's taps of shifted input slices times a per-channel weight row: kh*kw
-    slices, products and sums that fuse into one elementwise loop, instead of one
-    conv2d per channel (ShuffleNet's 544-group convolutions). A strided Conv first
-    splits the input into its stride phases (x[a::sh, b::sw]), so every tap is a plain
-    slice of one phase. A channel multiplier (cout = m * cin) repeats each input channel
-    m times first."""
-    n, hp, wp, c = x.sym_shape
-    hp, wp = _static_dim(hp, "a Conv"), _static_dim(wp, "a Conv")
-    kh, kw, _, cout = (_static_dim(d, "a Conv kernel") for d in w.sym_shape)
+def _depthwise_conv(x, w, strides, pads, dilations, groups):
+    """A depthwise Conv (one input channel per group) on NHWC `x`: graphnn's
+    depthwise_conv2d, one step whatever the channel count (as one conv2d per channel,
+    ShuffleNet's 544-group convolutions were over 10,000 nodes), with ONNX's explicit pads.
+    A dilated kernel is dilated with zeros; unequal strides run at stride 1 and keep every
+    sh-th row and sw-th column; a channel multiplier (cout = m * cin) repeats each input
+    channel m times first."""
+    n, h, wd, c = x.sym_shape
+    h, wd = _static_dim(h, "a Conv"), _static_dim(wd, "a Conv")
+    cout = _static_dim(w.sym_shape[3], "a Conv kernel")
     mult = cout // groups
     if mult > 1:
-        x = ops.reshape(x, (n, hp, wp, c, 1)) * const_node(np.ones((1, 1, 1, 1, mult),
+        x = ops.reshape(x, (n, h, wd, c, 1)) * const_node(np.ones((1, 1, 1, 1, mult),
                                                                   x.dtype))
-        x = ops.reshape(x, (n, hp, wp, cout))
-    (sh, sw), (dh, dw) = strides, dilations
-    oh = (hp - (kh - 1) * dh - 1) // sh + 1
-    ow = (wp - (kw - 1) * dw - 1) // sw + 1
-    phases = {}
-
-    def phase(a, b):  # x[a::sh, b::sw], as long as it can be
-        if (a, b) not in phases:
-            p = x
-            if sh > 1:
-                p = strided(p, 1, a, sh, -(-(hp - a) // sh))
-            if sw > 1:
-                p = strided(p, 2, b, sw, -(-(wp - b) // sw))
-            phases[a, b] = p
-        return phases[a, b]
-    y = None
-    for i in range(kh):
-        for j in range(kw):
-            oi, oj = i * dh, j * dw
-            p = phase(oi % sh, oj % sw)
-            r0, c0 = oi // sh, oj // sw
-            tap = ops.slice_axis(ops.slice_axis(p, 1, r0, r0 + oh), 2, c0, c0 + ow)
-            row = ops.reshape(ops.slice_axis(ops.slice_axis(w, 0, i, i + 1), 1, j, j + 1),
-                              (cout,))
-            y = tap * row if y is None else y + tap * row
+        x = ops.reshape(x, (n, h, wd, cout))
+    w = dilate(dilate(w, 0, dilations[0]), 1, dilations[1])
+    kh, kw = (_static_dim(d, "a Conv kernel") for d in w.sym_shape[:2])
+    stride = strides[0] if strides[0] == strides[1] else 1
+    y = ops.depthwise_conv2d(x, w, stride=stride, padding=tuple(int(p) for p in pads))
+    if stride == 1 and strides != (1, 1):
+        oh = (h + pads[0] + pads[2] - kh) // strides[0] + 1
+        ow = (wd + pads[1] + pads[3] - kw) // strides[1] + 1
+        y = strided(strided(y, 1, 0, strides[0], oh), 2, 0, strides[1], ow)
     return y
 
 
@@ -778,14 +767,20 @@ def _pool(imp, node, attrs, kind):
     x = src.x
     include_pad = kind == "avg" and attrs.get("count_include_pad", 0)
     fill = float(np.finfo(x.dtype).min) if kind == "max" else 0.0
-    x = pad_spatial(x, pads, fill)
     native = (kernel[0] == kernel[1] and strides[0] == strides[1] and dilations == (1, 1))
-    if native and kind == "max":
-        y = ops.max_pool2d(x, kernel[0], strides[0])
+    channels = S.resolve(x.sym_shape[3])
+    if native and kind == "avg" and any(pads) and isinstance(channels, int):
+        # a padded average: a depthwise convolution by 1/(k*k) reads the zero padding
+        # where it lies (no padded copy), then the count correction below
+        w = np.full((kernel[0], kernel[1], 1, channels), 1.0 / (kernel[0] * kernel[1]),
+                    x.dtype)
+        y = ops.depthwise_conv2d(x, const_node(w), stride=strides[0], padding=tuple(pads))
+    elif native and kind == "max":  # (the pads are smaller than the window: see above)
+        y = ops.max_pool2d(x, kernel[0], strides[0], padding=tuple(int(p) for p in pads))
     elif native:
-        y = ops.avg_pool2d(x, kernel[0], strides[0])
+        y = ops.avg_pool2d(pad_spatial(x, pads, fill), kernel[0], strides[0])
     else:  # separable: along the width, then along the height
-        y = x
+        y = pad_spatial(x, pads, fill)
         for axis in (2, 1):
             i = axis - 1
             y = window_reduce(y, axis, kernel[i], dilations[i], strides[i], out[i], kind)
@@ -902,16 +897,23 @@ def _elementwise(fn):
     def importer(imp, node, attrs):
         names = [n for n in node.input if n]
         ranks = [len(imp.shape(n)) for n in names]
-        images = [n for n, r in zip(names, ranks) if r == 4]
-        scalar_like = all(r == 0 or (r <= 4 and all(d == 1 for d in imp.shape(n)))
-                          for n, r in zip(names, ranks) if r != 4)
-        last = bool(images) and all(imp.has_nhwc(n) for n in images) and scalar_like
+        def as_image(n, r):  # the shape of an operand, broadcast to rank 4
+            return (1,) * (4 - r) + tuple(imp.shape(n))
+
+        def per_channel(n, r):  # a scalar, or one value per channel ((c, 1, 1) as Caffe2's
+            # scale layers unsqueeze them, or (1, c, 1, 1)): they broadcast channels-last
+            return r == 0 or (r <= 4 and as_image(n, r)[0] == 1
+                              and as_image(n, r)[2:] == (1, 1))
+        images = [n for n, r in zip(names, ranks) if r == 4 and not per_channel(n, r)]
+        fits = all(per_channel(n, r) for n, r in zip(names, ranks) if n not in images)
+        last = bool(images) and all(imp.has_nhwc(n) for n in images) and fits
         args = []
         for n, r in zip(names, ranks):
-            if r == 4 and last:
+            if n in images and last:
                 args.append(imp.nhwc(n))
             elif last and r:
-                args.append(ops.reshape(imp.node(n), ()) if r else imp.node(n))
+                channels = as_image(n, r)[1]
+                args.append(ops.reshape(imp.node(n), (channels,) if channels != 1 else ()))
             else:
                 args.append(imp.node(n))
         imp.set(node.output[0], fn(*args, **_clean(attrs)), channels_last=last)
@@ -1055,12 +1057,61 @@ def _target_shape(x, target, allowzero=False):
     return tuple(dims)
 
 
-def import_reshape(imp, node, attrs):
-    x = imp.node(node.input[0])
+def _reshape_target(imp, node, attrs):
     if imp.opset < 5:
-        target = attrs["shape"]
-    else:
-        target = imp.static_value(node, 1, "Reshape's shape")
+        return attrs["shape"]
+    return imp.static_value(node, 1, "Reshape's shape")
+
+
+def _channel_shuffle(imp, node, target):
+    """A channel shuffle (ShuffleNet): Reshape (n, c, h, w) -> (n, g, c/g, h, w), then
+    Transpose (0, 2, 1, 3, 4), then Reshape back to (n, c, h, w), of a value the importer
+    holds channels-last: graphnn's channel_shuffle, one copy in order, where the NCHW form
+    costs a transpose to NCHW, the shuffle and a transpose back. Returns True when it imported the three
+    nodes (the Transpose and the second Reshape are then skipped), else False."""
+    name = node.input[0]
+    if not imp.has_nhwc(name) or name in imp.values:
+        return False
+    x = imp.channels_last[name]
+    n, h, w, c = (S.resolve(d) for d in x.sym_shape)
+    if not all(isinstance(d, int) for d in (h, w, c)):
+        return False
+    transpose_node = imp.only_consumer(node.output[0])
+    if transpose_node is None or transpose_node.op_type != "Transpose" \
+            or tuple(_attrs(transpose_node).get("perm", ())) != (0, 2, 1, 3, 4):
+        return False
+    back = imp.only_consumer(transpose_node.output[0])
+    if back is None or back.op_type != "Reshape" or back.input[0] != transpose_node.output[0]:
+        return False
+    try:
+        second = _reshape_target(imp, back, _attrs(back))
+    except _Unsupported:
+        return False
+
+    def dims(target, rest):  # the target's dims after the batch dim (0: copied, -1: c)
+        target = [int(d) for d in np.ravel(target)]
+        if not target or target[0] not in (0, -1) and target[0] != n or \
+                target[0] == -1 and not isinstance(n, int):
+            return None
+        out = [rest[k] if d == 0 and k < len(rest) else d for k, d in enumerate(target[1:])]
+        return tuple(out)
+    first = dims(target, (c, h, w))
+    if first is None or len(first) != 4 or first[2:] != (h, w) or first[0] < 1 \
+            or first[0] * first[1] != c:
+        return False
+    groups = first[0]
+    if dims(second, (c // groups, groups, h, w)) not in ((c, h, w), (-1, h, w)):
+        return False
+    imp.set(back.output[0], ops.channel_shuffle(x, groups), channels_last=True)
+    imp.done.update((transpose_node.output[0], back.output[0]))
+    return True
+
+
+def import_reshape(imp, node, attrs):
+    target = _reshape_target(imp, node, attrs)
+    if _channel_shuffle(imp, node, target):
+        return
+    x = imp.node(node.input[0])
     imp.set(node.output[0], _reshape(x, _target_shape(x, target, attrs.get("allowzero", 0))))
 
 
@@ -1090,7 +1141,14 @@ def import_flatten(imp, node, attrs):
 
 
 def import_concat(imp, node, attrs):
-    xs = [imp.node(n) for n in node.input if n]
+    names = [n for n in node.input if n]
+    axis = int(attrs.get("axis", 0))
+    if len(names) > 1 and all(imp.has_nhwc(n) for n in names) and -4 <= axis < 4:
+        # images held channels-last: concatenated so (no transposes to NCHW and back)
+        y = ops.concat([imp.nhwc(n) for n in names], axis=(0, 3, 1, 2)[axis % 4])
+        imp.set(node.output[0], y, channels_last=True)
+        return
+    xs = [imp.node(n) for n in names]
     imp.set(node.output[0], ops.concat(xs, axis=int(attrs.get("axis", 0))) if len(xs) > 1
             else xs[0])
 

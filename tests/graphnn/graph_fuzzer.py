@@ -6,7 +6,8 @@ images) and grows by op families until it has its drawn number of ops (3 to 14, 
 about 7): elementwise unary and binary ops with broadcasting (a binary op whose operands do
 not broadcast takes a unary op of its first operand instead, so nodes get several
 readers), reductions, matmuls with parameters, layout ops (reshape, transpose, slice_axis,
-concat, pad_axis), conv2d with parameter kernels, max and average pooling, softmax, and a
+concat, pad_axis), conv2d with parameter kernels, depthwise and grouped 1x1 convolutions
+and channel shuffles, max (also padded) and average pooling, softmax, and a
 square node added to (or multiplied by) its own transpose, where a transpose reads what
 an in-place write would alias. Then it ends one of four ways:
 
@@ -198,6 +199,32 @@ class Builder:
         return self.add(gn.conv2d(x, kernel, stride=self.choice([1, 2]),
                                   padding=self.choice(["valid", "same"])))
 
+    def grouped_conv(self):
+        """A depthwise convolution (Keras or explicit pads), a grouped 1x1 convolution, a
+        channel shuffle (on an image whose channels split into groups) or a max pool with
+        explicit pads."""
+        x = self.pick(4)
+        if x is None:
+            return None
+        c = x.shape[3]
+        kind = self.choice(["depthwise", "grouped", "shuffle", "padded_max_pool"])
+        if kind == "padded_max_pool":
+            size = int(self.choice([2, 3]))
+            pads = tuple(int(p) for p in self.rng.integers(0, size, 4))
+            return self.add(gn.max_pool2d(x, size, self.choice([1, 2]), padding=pads))
+        if kind == "depthwise":
+            k = min(int(self.choice([1, 2, 3])), x.shape[1], x.shape[2])
+            pad = self.choice(["valid", "same", "explicit"])
+            if pad == "explicit":
+                pad = tuple(int(p) for p in self.rng.integers(0, k, 4))
+            return self.add(gn.depthwise_conv2d(x, self.param((k, k, 1, c)),
+                                                stride=self.choice([1, 2]), padding=pad))
+        groups = int(self.choice([g for g in (1, 2, 3) if c % g == 0]))
+        if kind == "shuffle":
+            return self.add(gn.ops.channel_shuffle(x, groups))
+        out = groups * int(self.choice([1, 2]))
+        return self.add(gn.conv2d(x, self.param((1, 1, c // groups, out)), groups=groups))
+
     def pool(self):
         x = self.pick(4)
         if x is None or min(x.shape[1:3]) < 2:
@@ -232,6 +259,7 @@ FLOAT_FAMILIES = {  # family: (weight, method)
     "layout": (3, lambda b: b.layout()),
     "conv": (2, lambda b: b.conv()),
     "pool": (2, lambda b: b.pool()),
+    "grouped_conv": (1.5, lambda b: b.grouped_conv()),
     "softmax": (1, lambda b: b.softmax()),
     "square_alias": (1.5, lambda b: b.square_alias()),
 }

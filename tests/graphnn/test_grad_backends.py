@@ -282,10 +282,57 @@ for _op in ("conv2d_grad_input", "conv2d_grad_filter"):
     for _s, _p in ((1, "valid"), (2, "same")):
         case(f"{_op}-{_s}-{_p}", *_conv_grad_case(_op, _s, _p))
 
+# Depthwise convolutions: Keras padding both ways, explicit uneven pads (ONNX), a kernel
+# wider than tall, stride 3 that skips input rows.
+DEPTHWISE = [(1, "valid"), (2, "same"), (1, (1, 0, 2, 1)), (3, (2, 1, 0, 2))]
+case("depthwise_conv2d", lambda x, k: sum(
+    weighted_sum(gn.depthwise_conv2d(x, k, stride=s, padding=p), seed=n)
+    for n, (s, p) in enumerate(DEPTHWISE)),
+     {"x": R.normal(size=(2, 5, 6, 3)), "k": R.normal(size=(2, 3, 1, 3))})
+
+
+def _depthwise_grad_case(op, stride, padding):
+    image, kernel = (2, 5, 4, 3), (3, 2, 1, 3)
+    out = gn.depthwise_conv2d(gn.input("shape_of_x", image), gn.input("shape_of_k", kernel),
+                              stride=stride, padding=padding).shape
+    attrs = {"stride": stride, "padding": padding}
+    if op == "depthwise_conv2d_grad_input":
+        return lambda g, w, x: weighted_sum(apply(op, (g, w, x), attrs)), \
+            {"g": R.normal(size=out), "w": R.normal(size=kernel), "x": R.normal(size=image)}
+    return lambda x, g, w: weighted_sum(apply(op, (x, g, w), attrs)), \
+        {"x": R.normal(size=image), "g": R.normal(size=out), "w": R.normal(size=kernel)}
+
+
+for _op in ("depthwise_conv2d_grad_input", "depthwise_conv2d_grad_filter"):
+    for _s, _p in ((1, "same"), (2, (1, 1, 0, 1))):
+        case(f"{_op}-{_s}-{_p}", *_depthwise_grad_case(_op, _s, _p))
+
+# Grouped 1x1 convolutions (through gn.conv2d's groups: 3 groups of 2 channels into 3
+# groups of 4, and 2 groups of 3 channels into 2 of 1) and their gradient ops; the channel
+# shuffle both ways (6 channels in 2 and in 3 groups: each the other's inverse).
+case("grouped_conv2d", lambda x, k, j: weighted_sum(gn.conv2d(x, k, groups=3))
+     + weighted_sum(gn.conv2d(x, j, groups=2), seed=3),
+     {"x": R.normal(size=(2, 3, 2, 6)), "k": R.normal(size=(1, 1, 2, 12)),
+      "j": R.normal(size=(1, 1, 3, 2))})
+for _op, _names in (("grouped_conv2d_grad_input", ("g", "w", "x")),
+                    ("grouped_conv2d_grad_filter", ("x", "g", "w"))):
+    case(_op, lambda _op=_op, _names=_names, **v: weighted_sum(
+        apply(_op, tuple(v[n] for n in _names), {"groups": 3})),
+         {"x": R.normal(size=(2, 2, 3, 6)), "g": R.normal(size=(2, 2, 3, 9)),
+          "w": R.normal(size=(1, 1, 2, 9))})
+case("channel_shuffle", lambda x: weighted_sum(gn.ops.channel_shuffle(x, 2))
+     + weighted_sum(gn.ops.channel_shuffle(gn.tanh(x), 3), seed=3),
+     {"x": R.normal(size=(2, 2, 3, 6))})
+
 POOLS = [(2, 2), (3, 1), (2, 1), (3, 2)]
 case("max_pool2d", lambda x: sum(weighted_sum(gn.max_pool2d(x, size, stride), seed=n)
                                  for n, (size, stride) in enumerate(POOLS)),
      {"x": distinct(R, (2, 5, 5, 2))})
+case("max_pool2d_padded", lambda x: sum(
+    weighted_sum(gn.max_pool2d(x, size, stride, padding=pads), seed=n)
+    for n, (size, stride, pads) in enumerate([(3, 2, (1, 1, 1, 1)), (2, 1, (1, 0, 0, 1)),
+                                              (3, 1, (2, 1, 0, 2))])),
+     {"x": distinct(R, (2, 5, 4, 2))})
 case("avg_pool2d", lambda x: sum(weighted_sum(gn.avg_pool2d(x, size, stride), seed=n)
                                  for n, (size, stride) in enumerate(POOLS)),
      {"x": R.normal(size=(2, 5, 5, 2))})
@@ -443,6 +490,8 @@ SKIP = {
                "(gn.grad refuses an integer wrt: test_one_hot_has_no_gradient)",
     "random_uniform": "a random draw of (seed, counter, index): no gradient to any input "
                       "(the gradient through Dropout, mask x scale, is in test_dropout.py)",
+    "max_pool2d_padded_grad": "has no gradient rule (no second derivative through "
+                              "max-pooling), as max_pool2d_grad",
     "max_pool2d_grad": "has no gradient rule (no second derivative through max-pooling): "
                        "gn.grad raises GradError (test_max_pool2d_grad_refuses_a_gradient)",
 }

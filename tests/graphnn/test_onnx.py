@@ -65,7 +65,21 @@ def ops_zoo():
         {"x": RNG.standard_normal((3, 4)).astype(np.float32)}
 
 
-MODELS = {"mlp": mlp, "cnn": cnn, "lecture": lecture, "ops": ops_zoo}
+def grouped():
+    """A ShuffleNet unit: grouped 1x1 convolutions, a channel shuffle, depthwise
+    convolutions with explicit (ONNX) and Keras padding."""
+    x = gn.input("image", (None, 8, 8, 8))
+    h = gn.relu(gn.conv2d(x, gn.param("g1", shape=(1, 1, 2, 12), seed=1), groups=4))
+    h = gn.ops.channel_shuffle(h, 4)
+    h = gn.depthwise_conv2d(h, gn.param("dw1", shape=(3, 3, 1, 12), seed=2), stride=2,
+                            padding=(1, 1, 1, 1))
+    h = gn.conv2d(h, gn.param("dw2", shape=(3, 3, 1, 12), seed=3), padding="same",
+                  groups=12)
+    y = gn.conv2d(h, gn.param("g2", shape=(1, 1, 4, 6), seed=4), groups=3, name="y")
+    return [y], {"image": RNG.standard_normal((2, 8, 8, 8)).astype(np.float32)}
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "lecture": lecture, "ops": ops_zoo, "grouped": grouped}
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -92,7 +106,7 @@ def test_round_trip_gives_the_same_outputs(name, tmp_path):
     imported = gn.onnx.load(path)
     assert [n.name for n in imported.inputs] == [n.name for n in gn.Graph(outputs).inputs]
     assert [n.name for n in imported.outputs] == [o.name for o in onnx.load(path).graph.output]
-    backend = "cpu" if name == "cnn" else "numpy"
+    backend = "cpu" if name in ("cnn", "grouped") else "numpy"
     got = gn.compile(imported.outputs, backend=backend)(**feeds)
     expected = gn.compile(outputs, backend="numpy")(**feeds)
     for g, e in zip(got, expected):
