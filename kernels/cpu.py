@@ -29,7 +29,7 @@ from . import random, windows
 from .windows import GEMM_HELPERS, GEMM_SUPPORT, HELPERS, col_block_rows, is_pointwise, \
     use_winograd, winograd_block_tiles, winograd_scratch_items
 
-GENERATOR_VERSION = "cpu-16"
+GENERATOR_VERSION = "cpu-17"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).
@@ -160,17 +160,19 @@ def generate(program, parallel=False, approximate=True):
     helpers_used = sorted({s.helper for s in program.steps if isinstance(s, ir.Window)})
     matmul = any(isinstance(s, (ir.Matmul, ir.BatchMatmul)) for s in program.steps)
     batched = any(isinstance(s, ir.BatchMatmul) for s in program.steps)
+    vector = any(uses_gemv(s) for s in program.steps)
     out = _with_support(out, body, helpers_used, matmul,
-                        approximate and _float32_only(program), batched)
+                        approximate and _float32_only(program), batched, vector)
     out += body
     return "\n".join(out) + "\n"
 
 
-def _with_support(out, body, helpers_used, matmul, approximate, batched=False):
+def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
+                  vector=False):
     """`out` (a module's first lines: comment and imports) followed by what `body` calls:
     the float32 exp and tanh (when `approximate`), the window helpers named, gemm (when
-    `matmul`), batch_gemm (when `batched`). The generated `program` and each library
-    kernel are built the same way."""
+    `matmul`), batch_gemm (when `batched`), gemv (when `vector`). The generated `program`
+    and each library kernel are built the same way."""
     # (no C entry point: these are called from compiled code or from Python, never from C;
     # leaving it out saves compile time)
     plain = f"@njit(cache=True, no_cfunc_wrapper=True, error_model='numpy', fastmath={FASTMATH})"
@@ -213,6 +215,9 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False):
                 plain, inspect.getsource(blas.gemm).rstrip(), ""]
         if batched:
             out += ["", plain, inspect.getsource(blas.batch_gemm).rstrip(), ""]
+        if vector:
+            out += ["", inspect.getsource(blas._cblas_gemv).rstrip(), "", "",
+                    plain, inspect.getsource(blas.gemv).rstrip(), ""]
     return out
 
 
@@ -599,6 +604,25 @@ def _flat_ok(expr, shape):
     return True
 
 
+GEMV_MIN_ITEMS = 1 << 19  # see uses_gemv()
+
+
+def uses_gemv(step):
+    """Whether a Matmul step runs as BLAS gemv (kernels/blas.py `gemv`): a product with one
+    row or one column (batch-1 inference of a dense layer), sizes known when the code is
+    generated, and a matrix of at least GEMV_MIN_ITEMS items. gemm packs the matrix
+    before multiplying; gemv streams it once (measured 1 thread, float32: 9216 x 4096
+    weights 8 ms against 26-36 ms, 2048 x 1000 0.28 against 0.5-1.0 ms; at 512 x 512
+    the two tie, and below gemm is a little quicker)."""
+    if not isinstance(step, ir.Matmul):
+        return False
+    m, n = step.out.shape
+    k = step.a.shape[0 if step.trans_a else 1]
+    if not all(isinstance(d, int) for d in (m, n, k)) or min(m, n, k) < 1:
+        return False
+    return (m == 1 or n == 1) and k * max(m, n) >= GEMV_MIN_ITEMS
+
+
 def _emit_step(em, step, allocated, loop, needed):
     if isinstance(step, ir.Elementwise):
         _emit_elementwise(em, step, allocated, loop)
@@ -611,7 +635,8 @@ def _emit_step(em, step, allocated, loop, needed):
         dtype = step.out.dtype
         alpha, beta = (f"np.{dtype}({_number_literal(v)})" for v in (step.alpha, step.beta))
         # np.bool_ flags: Numba compiles gemm once, not once per literal True/False pair
-        em.emit(f"gemm(np.bool_({step.trans_a}), np.bool_({step.trans_b}), {alpha}, "
+        em.emit(f"{'gemv' if uses_gemv(step) else 'gemm'}(np.bool_({step.trans_a}), "
+                f"np.bool_({step.trans_b}), {alpha}, "
                 f"{step.a.name}, {step.b.name}, {beta}, {step.out.name})")
     elif isinstance(step, ir.BatchMatmul):
         _alloc(em, step.out, allocated)
@@ -946,7 +971,8 @@ def _kernel_template(lines, buffers, dims):
 
 
 @functools.lru_cache(maxsize=4096)
-def _kernel_module(def_lines, calls_helpers, matmul, approximate, parallel, batched=False):
+def _kernel_module(def_lines, calls_helpers, matmul, approximate, parallel, batched=False,
+                   vector=False):
     """The source of one kernel module: imports, what the kernel calls, then the kernel
     (`def_lines`, a tuple of lines whose function is or binds `kernel`); memoised, as a
     large program asks for the same kernel many times."""
@@ -957,7 +983,7 @@ def _kernel_module(def_lines, calls_helpers, matmul, approximate, parallel, batc
             "from numba import njit, prange", ""]
     approximate = approximate and any(re.search(rf"\b{name}\(", line)
                                       for line in def_lines for name in APPROXIMATIONS)
-    out = _with_support(head, def_lines, calls_helpers, matmul, approximate, batched)
+    out = _with_support(head, def_lines, calls_helpers, matmul, approximate, batched, vector)
     return "\n".join(out + [""] + list(def_lines)) + "\n"
 
 
@@ -1009,14 +1035,15 @@ def generate_library(program, parallel=False, approximate=True):
         elif isinstance(step, (ir.Matmul, ir.BatchMatmul, ir.Window)):
             # gemm or a window helper: the kernel is the function itself (its scalars
             # are arguments, so one kernel serves every transpose, alpha and beta)
-            helper = "gemm" if isinstance(step, ir.Matmul) else \
-                "batch_gemm" if isinstance(step, ir.BatchMatmul) else step.helper
-            uses = () if helper in ("gemm", "batch_gemm") else (helper,)
+            helper = ("gemv" if uses_gemv(step) else "gemm") if isinstance(step, ir.Matmul) \
+                else "batch_gemm" if isinstance(step, ir.BatchMatmul) else step.helper
+            blas_call = helper in ("gemm", "gemv", "batch_gemm")
+            uses = () if blas_call else (helper,)
             if helper in GEMM_HELPERS:  # a convolution: conv_gemm, whatever its mode
                 helper = "conv_gemm"
             name = kernel(_kernel_module(
-                (f"kernel = {helper}",), uses, helper in ("gemm", "batch_gemm"), False,
-                parallel, helper == "batch_gemm"))
+                (f"kernel = {helper}",), uses, blas_call, False,
+                parallel, helper == "batch_gemm", helper == "gemv"))
             for line in se.lines:
                 line = re.sub(rf"^(\s*){helper}\(", rf"\g<1>{name}(", line)
                 em.lines.append(_SCALAR_ARG.sub(
