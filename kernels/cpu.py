@@ -395,19 +395,55 @@ def _winograd(step):
     """(tiles per gemm round, scratch items) when a convolution step runs as Winograd
     F(2x2, 3x3) (kernels/windows.py conv_gemm, mode CONV2D_WINOGRAD: a forward 3x3 stride-1
     convolution whose channels and output size are known when the code is generated, see
-    use_winograd), else None."""
-    if step.helper != "conv2d":
+    use_winograd; or mode CONV2D_WINOGRAD_U, a `conv2d_winograd` step made by
+    winograd_constants), else None."""
+    pre = step.helper == "conv2d_winograd"
+    if step.helper != "conv2d" and not pre:
         return None
     s, ph, pw = step.params
     kh, kw, ci, co = step.args[1].shape
     oh, ow = step.out.shape[1:3]
-    if not all(isinstance(d, int) for d in (kh, kw, ci, co, oh, ow)) or \
-            not use_winograd(kh, kw, s, ci, co, oh, ow):
+    if not pre and (not all(isinstance(d, int) for d in (kh, kw, ci, co, oh, ow)) or
+                    not use_winograd(kh, kw, s, ci, co, oh, ow)):
         return None
     block = winograd_block_tiles(ci, co, _itemsize(step.out.dtype))
     tiles = f"{step.out.shape[0]} * {((oh + 1) // 2) * ((ow + 1) // 2)}"
-    fixed = winograd_scratch_items(ci, co, 0)
-    return block, f"{fixed} + min({tiles}, {block}) * {winograd_scratch_items(ci, co, 1) - fixed}"
+    fixed = winograd_scratch_items(ci, co, 0, pre)
+    per_tile = winograd_scratch_items(ci, co, 1, pre) - fixed
+    return block, f"{fixed} + min({tiles}, {block}) * {per_tile}"
+
+
+def winograd_constants(program, values):
+    """Transform constant 3x3 kernels for Winograd once, before code is generated: each
+    forward stride-1 3x3 convolution of `program` whose kernel is a constant (an inference
+    graph's weights; `values` holds the program's constants in order) and that pays as
+    Winograd with the kernel transformed beforehand (use_winograd(..., pretransformed))
+    becomes a `conv2d_winograd` step (conv_gemm's CONV2D_WINOGRAD_U) reading a new
+    constant U = winograd_kernel(w), appended to `program.consts` (one per kernel, however
+    many steps read it). Returns the new constants' arrays, to pass after `values`.
+    A kernel that is a parameter (training) keeps CONV2D_WINOGRAD: it changes at every
+    step."""
+    made, arrays = {}, []
+    for step in program.steps:
+        if not isinstance(step, ir.Window) or step.helper != "conv2d":
+            continue
+        x, w = step.args
+        s = step.params[0]
+        oh, ow = step.out.shape[1:3]
+        if w.role != "const" or not all(isinstance(d, int) for d in w.shape + (oh, ow)) or \
+                not use_winograd(*w.shape[:2], s, *w.shape[2:], oh, ow, pretransformed=True):
+            continue
+        if w.name not in made:
+            index = len(program.consts)
+            u = ir.Buffer(f"c{index}", (4, 4) + tuple(w.shape[2:]), w.dtype, "const", index)
+            program.consts.append(u)
+            arrays.append(windows.winograd_kernel(np.asarray(values[w.arg_index])))
+            made[w.name] = u
+        step.helper = "conv2d_winograd"
+        step.args = [x, made[w.name]]
+        step.comment = (step.comment + "\n" if step.comment else "") + \
+            f"(Winograd, {w.name} transformed beforehand: {made[w.name].name})"
+    return arrays
 
 
 def _conv_block_bytes(step):
@@ -418,7 +454,7 @@ def _conv_block_bytes(step):
     winograd = _winograd(step)
     if winograd:
         return f"({winograd[1]}) * {_itemsize(step.out.dtype)}"
-    if step.helper == "conv2d":
+    if step.helper in ("conv2d", "conv2d_winograd"):
         image, kernel, grid = step.args[0], step.args[1], step.out
     elif step.helper == "conv2d_grad_input":
         image, kernel, grid = step.out, step.args[1], step.args[0]
@@ -656,9 +692,10 @@ def _emit_step(em, step, allocated, loop, needed):
             ints = [f"np.intp({p})" for p in (GEMM_HELPERS[step.helper],) + step.params]
             buffers = [b.name for b in step.args]
             winograd = _winograd(step)
-            if winograd:  # mode CONV2D_WINOGRAD, whose "stride" is the tiles per round
-                ints = [f"np.intp({p})" for p in (windows.CONV2D_WINOGRAD, winograd[0])
-                        + step.params[1:]]
+            if winograd:  # mode CONV2D_WINOGRAD(_U), whose "stride" is the tiles per round
+                mode = GEMM_HELPERS[step.helper] if step.helper != "conv2d" \
+                    else windows.CONV2D_WINOGRAD
+                ints = [f"np.intp({p})" for p in (mode, winograd[0]) + step.params[1:]]
             em.emit(f"conv_gemm({', '.join(ints[:1] + buffers + ints[1:])}, {scratch}, "
                     f"{step.out.name})")
         else:

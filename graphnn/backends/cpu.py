@@ -51,6 +51,10 @@ class CpuFunction(LoweredFunction):
             library = len(self.program.steps) >= library_steps()
         self.library = bool(library)
         self._progress = progress and os.environ.get("GRAPHNN_QUIET", "") in ("", "0")
+        # constant 3x3 kernels transformed for Winograd once, here (kernels/cpu.py
+        # winograd_constants): constants the program reads after the graph's own
+        self._pretransformed = cpu_codegen.winograd_constants(
+            self.program, [n.value for n in lowering.consts])
         try:
             if self.library:
                 driver, kernel_sources = cpu_codegen.generate_library(self.program,
@@ -70,7 +74,8 @@ class CpuFunction(LoweredFunction):
         else:
             self.module, self.path = loader.load_module(self.source)
         self._fn = self.module.program
-        self._const_arrays = [np.array(n.value, order="C") for n in lowering.consts]
+        self._const_arrays = [np.array(n.value, order="C") for n in lowering.consts] + \
+            self._pretransformed
         self.stats.update({
             "passes": self.pass_report,
             "kernels": len(self.program.steps),
@@ -83,6 +88,8 @@ class CpuFunction(LoweredFunction):
             "library_kernels": len(self._kernels),
             "kernels_compiled": None,
             "kernels_cached": None,
+            "winograd_pretransformed": sum(
+                1 for s in self.program.steps if getattr(s, "helper", "") == "conv2d_winograd"),
         })
         self._states = [p.state for p in self.state_nodes]
         # Feeds that share memory with a state this step updates in place are copied first

@@ -1,0 +1,128 @@
+"""The cpu back end's inference paths for constant weights (kernels/cpu.py): 3x3 kernels
+transformed for Winograd once, before code is generated (`winograd_constants`, conv_gemm's
+CONV2D_WINOGRAD_U), and batch-1 dense layers as BLAS gemv (`uses_gemv`). Each compiled
+graph is checked against the numpy back end (the reference) and shown to take the path."""
+import re
+
+import numpy as np
+import pytest
+
+import graphnn as gn
+from kernels import cpu, windows
+
+
+def _close(got, want, dtype, what):
+    tol = 1e-10 if dtype == "float64" else 1e-5
+    assert got.dtype == np.dtype(dtype) and got.shape == want.shape, what
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max(),
+                               err_msg=what)
+
+
+def _conv_graph(dtype):
+    """Five 3x3 stride-1 convolutions: a constant kernel read by two of them (13x11 'same'
+    output, partial tiles on both edges; 12x12 'valid' of a 14x14 image), a constant with
+    a batch of 2 (14x14 'same'), one whose output has too few tiles (6x6: im2col), and
+    one whose kernel is a parameter (a training graph's: transformed at every call)."""
+    rng = np.random.default_rng(11)
+
+    def kernel(ci, co):
+        return (0.3 * rng.standard_normal((3, 3, ci, co))).astype(dtype)
+    shared = gn.const(kernel(8, 9))
+    cases = [("x0", (2, 13, 11, 8), shared, "same"),
+             ("x1", (1, 14, 14, 8), shared, "valid"),
+             ("x2", (2, 14, 14, 10), gn.const(kernel(10, 12)), "same"),
+             ("x3", (1, 6, 6, 8), gn.const(kernel(8, 8)), "same"),
+             ("x4", (1, 12, 12, 8), gn.param("pre_w4", kernel(8, 8)), "same")]
+    feeds, outs = {}, []
+    for name, shape, w, padding in cases:
+        x = gn.input(name, (None,) + shape[1:], dtype=dtype)
+        feeds[name] = rng.standard_normal(shape).astype(dtype)
+        outs.append(gn.relu(gn.conv2d(x, w, padding=padding)))
+    return feeds, outs
+
+
+@pytest.mark.parametrize("library", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_constant_kernels_are_transformed_once_and_give_the_numpy_backends_numbers(
+        dtype, library):
+    feeds, outs = _conv_graph(dtype)
+    f = gn.compile(outs, backend="cpu", library=library)
+    mode = windows.CONV2D_WINOGRAD_U
+    # conv_gemm(np.intp(4), in<k>, c<j>, ...) in the function, K<n>(np.intp(4), ...) in
+    # the driver: x0, x1 (one transformed kernel between them) and x2
+    calls = re.findall(rf"\(np\.intp\({mode}\), (in\d), (c\d+), ", f.source)
+    assert sorted(x for x, _ in calls) == ["in0", "in1", "in2"]
+    assert calls[0][1] == calls[1][1] != calls[2][1]
+    assert f.stats["winograd_pretransformed"] == 3
+    # the parameter's kernel is transformed in the call (mode 3); x3's 6x6 output: im2col
+    assert re.search(rf"\(np\.intp\({windows.CONV2D_WINOGRAD}\), in4, st0, ", f.source)
+    assert re.search(rf"\(np\.intp\({windows.CONV2D}\), in3, c\d+, ", f.source)
+    got = f(**feeds)
+    want = gn.compile(outs, backend="numpy")(**feeds)
+    for k, (a, b) in enumerate(zip(got, want)):
+        _close(a, b, dtype, f"convolution {k}")
+    again = f(**feeds)  # the transformed constants are not written by a call
+    for a, b in zip(again, want):
+        _close(a, b, dtype, "second call")
+
+
+def test_the_transformed_kernel_is_g_w_g_transposed_per_channel_pair():
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((3, 3, 4, 5))
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    u = windows.winograd_kernel(w)
+    assert u.shape == (4, 4, 4, 5) and u.dtype == np.float64 and u.flags.c_contiguous
+    for c in range(4):
+        for o in range(5):
+            np.testing.assert_allclose(u[:, :, c, o], g @ w[:, :, c, o] @ g.T, rtol=1e-14,
+                                       atol=1e-14)
+    assert windows.winograd_kernel(w.astype(np.float32)).dtype == np.float32
+
+
+def test_pretransformed_threshold_and_scratch():
+    use = windows.use_winograd
+    assert use(3, 3, 1, 64, 64, 12, 12, pretransformed=True)
+    assert not use(3, 3, 1, 512, 512, 7, 7, pretransformed=True)
+    assert not use(3, 3, 2, 64, 64, 28, 28, pretransformed=True)
+    assert windows.winograd_scratch_items(8, 16, 10, pretransformed=True) == 16 * 24 * 10
+    assert windows.winograd_scratch_items(8, 16, 10) == \
+        16 * (8 * 16 + 16) + 144 + 16 * 24 * 10
+
+
+def _dense_graph(dtype):
+    """Batch-1 dense layers whose weights are large enough for gemv: x @ W (1024 x 512),
+    x @ V^T (V 600 x 1024, read transposed), and a column: A @ v (A 1024 x 520); and one
+    too small for it (64 x 32: gemm)."""
+    rng = np.random.default_rng(6)
+    x = gn.input("x", (1, 1024), dtype=dtype)
+    v = gn.input("v", (520, 1), dtype=dtype)
+    w = gn.const(rng.standard_normal((1024, 512)).astype(dtype))
+    vt = gn.const(rng.standard_normal((600, 1024)).astype(dtype))
+    a = gn.const(rng.standard_normal((1024, 520)).astype(dtype))
+    small = gn.const(rng.standard_normal((64, 32)).astype(dtype))
+    h = gn.relu(gn.matmul(x, w) + gn.const(np.full((512,), 0.1, dtype)))
+    outs = [h, gn.matmul(x, gn.transpose(vt, (1, 0))), gn.matmul(a, v),
+            gn.matmul(gn.input("s", (1, 64), dtype=dtype), small)]
+    feeds = {"x": rng.standard_normal((1, 1024)).astype(dtype),
+             "v": rng.standard_normal((520, 1)).astype(dtype),
+             "s": rng.standard_normal((1, 64)).astype(dtype)}
+    return feeds, outs
+
+
+@pytest.mark.parametrize("library", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_batch_1_dense_layers_run_as_gemv_with_the_numpy_backends_numbers(dtype, library):
+    feeds, outs = _dense_graph(dtype)
+    f = gn.compile(outs, backend="cpu", library=library)
+    matmuls = [s for s in f.program.steps if type(s).__name__ == "Matmul"]
+    assert [cpu.uses_gemv(s) for s in matmuls] == [True, True, True, False]
+    if library:
+        assert f.source.count("\nkernel = gemv\n") == 1  # one kernel serves the three
+        assert f.source.count("\nkernel = gemm\n") == 1
+    else:
+        assert len(re.findall(r"^\s+gemv\(", f.source, re.M)) == 3
+        assert len(re.findall(r"^\s+gemm\(", f.source, re.M)) == 1
+    got = f(**feeds)
+    want = gn.compile(outs, backend="numpy")(**feeds)
+    for k, (a, b) in enumerate(zip(got, want)):
+        _close(a, b, dtype, f"product {k}")
