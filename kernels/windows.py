@@ -166,17 +166,27 @@ def max_pool2d_grad(x, g, k, s, out):
 
 
 def avg_pool2d(x, k, s, out):
-    n_, oh, ow, c_ = out.shape
+    """As max_pool2d: the channels are the inner loop, over flat unsigned indices (7-25x
+    faster than a window loop per channel); the window summed in row-major order from
+    its first element, then scaled by 1 / k^2."""
+    n_, h_, w_, c_ = x.shape
+    _, oh, ow, _ = out.shape
     scale = 1.0 / (k * k)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
     for n in range(n_):
         for y in range(oh):
             for x0 in range(ow):
-                for c in range(c_):
-                    acc = x[n, y * s, x0 * s, c] * 0
-                    for i in range(k):
-                        for j in range(k):
-                            acc += x[n, y * s + i, x0 * s + j, c]
-                    out[n, y, x0, c] = acc * scale
+                dst = ((n * oh + y) * ow + x0) * c_
+                src = ((n * h_ + y * s) * w_ + x0 * s) * c_ - dst
+                for c in range(dst, dst + c_):
+                    of[np.uintp(c)] = xf[np.uintp(src + c)]
+                for t in range(1, k * k):
+                    at = src + (t // k * w_ + t % k) * c_
+                    for c in range(dst, dst + c_):
+                        of[np.uintp(c)] += xf[np.uintp(at + c)]
+                for c in range(dst, dst + c_):
+                    of[np.uintp(c)] = of[np.uintp(c)] * scale
 
 
 def avg_pool2d_grad(g, k, s, out):

@@ -126,3 +126,25 @@ def test_batch_1_dense_layers_run_as_gemv_with_the_numpy_backends_numbers(dtype,
     want = gn.compile(outs, backend="numpy")(**feeds)
     for k, (a, b) in enumerate(zip(got, want)):
         _close(a, b, dtype, f"product {k}")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_average_pooling_with_channels_inside_equals_the_numpy_backend(dtype):
+    """avg_pool2d's loops (channels innermost, kernels/windows.py): 3x3 stride 1 with 192
+    channels, a global 7x7 pool, and 2x2 stride 2 over an odd-sized image (its last row
+    and column not covered), against a NumPy formula and the numpy back end."""
+    rng = np.random.default_rng(4)
+    cases = [((1, 9, 9, 192), 3, 1), ((2, 7, 7, 40), 7, 7), ((2, 9, 11, 5), 2, 2)]
+    for shape, size, stride in cases:
+        x = gn.input("x", shape, dtype=dtype)
+        y = gn.avg_pool2d(x, size=size, stride=stride)
+        X = rng.standard_normal(shape).astype(dtype)
+        got = gn.compile(y, backend="cpu")(x=X)
+        oh, ow = (shape[1] - size) // stride + 1, (shape[2] - size) // stride + 1
+        want = np.zeros((shape[0], oh, ow, shape[3]))
+        for i in range(oh):
+            for j in range(ow):
+                want[:, i, j] = X[:, i * stride:i * stride + size,
+                                  j * stride:j * stride + size].astype(np.float64).mean((1, 2))
+        _close(got, want.astype(dtype), dtype, f"{shape} pool {size} stride {stride}")
+        _close(got, gn.compile(y, backend="numpy")(x=X), dtype, "numpy back end")
