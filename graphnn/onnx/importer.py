@@ -1090,9 +1090,18 @@ def import_flatten(imp, node, attrs):
 
 
 def import_concat(imp, node, attrs):
-    xs = [imp.node(n) for n in node.input if n]
-    imp.set(node.output[0], ops.concat(xs, axis=int(attrs.get("axis", 0))) if len(xs) > 1
-            else xs[0])
+    """Concat; of rank-4 values that are all channels-last (Inception's and DenseNet's
+    channel concats of conv outputs), computed channels-last, so no transpose is made to
+    NCHW and back."""
+    names = [n for n in node.input if n]
+    axis = int(attrs.get("axis", 0))
+    if len(names) > 1 and all(len(imp.shape(n)) == 4 and imp.has_nhwc(n) for n in names):
+        last = {0: 0, 1: 3, 2: 1, 3: 2}[axis % 4]  # the NCHW axis in NHWC
+        imp.set(node.output[0], ops.concat([imp.nhwc(n) for n in names], axis=last),
+                channels_last=True)
+        return
+    xs = [imp.node(n) for n in names]
+    imp.set(node.output[0], ops.concat(xs, axis=axis) if len(xs) > 1 else xs[0])
 
 
 def _axes(imp, node, attrs, index, attr_until):
