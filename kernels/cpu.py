@@ -413,6 +413,64 @@ def _winograd(step):
     return block, f"{fixed} + min({tiles}, {block}) * {per_tile}"
 
 
+def fold_conv_pads(program):
+    """Drop the zero-padding copies in front of forward convolutions: a `pad_axis` step
+    (Place, zeros then one part along the height or width) right before the conv2d step
+    that reads its result, which nothing reads afterwards, is removed and the conv2d step
+    reads the unpadded image with that much more top or left padding (conv_gemm reads
+    the padding as zeros itself; what lies past the bottom or right edge is zero either
+    way). An ONNX Conv with pads that are not "same" imports as such pads (ResNet-50's stem
+    and strided 3x3 layers). Repeated, so a pad of both axes folds too. Returns the number
+    of pad steps removed."""
+    steps = program.steps
+    kept = {b.name for b in program.outputs} | {b.name for pair in program.updates
+                                                 for b in pair}
+    folded = 0
+    j = 1
+    while j < len(steps):
+        conv, pad = steps[j], steps[j - 1]
+        if not _foldable_pad(pad, conv, kept) or \
+                not _dead_after(steps, j, pad.out.name):
+            j += 1
+            continue
+        (src, axis, start), = pad.parts
+        s, ph, pw = conv.params
+        conv.params = (s, ph + start, pw) if axis == 1 else (s, ph, pw + start)
+        conv.args = [src] + list(conv.args[1:])
+        conv.comment = (conv.comment + "\n" if conv.comment else "") + \
+            f"(reads {src.name}: the zero padding of {pad.out.name} folded in)"
+        del steps[j - 1]
+        folded += 1
+        j = max(1, j - 1)
+    return folded
+
+
+def _foldable_pad(pad, conv, kept):
+    if not (isinstance(conv, ir.Window) and conv.helper == "conv2d" and
+            isinstance(pad, ir.Place) and pad.zero_fill and len(pad.parts) == 1):
+        return False
+    out = pad.out
+    (src, axis, start), = pad.parts
+    if conv.args[0].name != out.name or out.name in kept or out.role != "temp" or \
+            out.base is not None or src.name == out.name or axis not in (1, 2) or \
+            src.ndim != 4 or out.ndim != 4:
+        return False
+    if not all(isinstance(d, int) for d in (start, src.shape[axis], out.shape[axis])) or \
+            start < 0 or start + src.shape[axis] > out.shape[axis]:
+        return False
+    return all(a == b for k, (a, b) in enumerate(zip(src.shape, out.shape)) if k != axis)
+
+
+def _dead_after(steps, j, name):
+    """True when no step after steps[j] reads buffer `name` before one writes it anew."""
+    for step in steps[j + 1:]:
+        if any(b.name == name for b in ir.step_reads(step)):
+            return False
+        if step.out.name == name:
+            return True
+    return True
+
+
 def winograd_constants(program, values):
     """Transform constant 3x3 kernels for Winograd once, before code is generated: each
     forward stride-1 3x3 convolution of `program` whose kernel is a constant (an inference

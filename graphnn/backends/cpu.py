@@ -53,6 +53,8 @@ class CpuFunction(LoweredFunction):
         self._progress = progress and os.environ.get("GRAPHNN_QUIET", "") in ("", "0")
         # constant 3x3 kernels transformed for Winograd once, here (kernels/cpu.py
         # winograd_constants): constants the program reads after the graph's own
+        # (and zero-padding copies in front of convolutions folded into their padding)
+        folded = cpu_codegen.fold_conv_pads(self.program)
         self._pretransformed = cpu_codegen.winograd_constants(
             self.program, [n.value for n in lowering.consts])
         try:
@@ -88,6 +90,7 @@ class CpuFunction(LoweredFunction):
             "library_kernels": len(self._kernels),
             "kernels_compiled": None,
             "kernels_cached": None,
+            "conv_pads_folded": folded,
             "winograd_pretransformed": sum(
                 1 for s in self.program.steps if getattr(s, "helper", "") == "conv2d_winograd"),
         })

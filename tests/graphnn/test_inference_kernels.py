@@ -148,3 +148,57 @@ def test_average_pooling_with_channels_inside_equals_the_numpy_backend(dtype):
                                   j * stride:j * stride + size].astype(np.float64).mean((1, 2))
         _close(got, want.astype(dtype), dtype, f"{shape} pool {size} stride {stride}")
         _close(got, gn.compile(y, backend="numpy")(x=X), dtype, "numpy back end")
+
+
+def _padded_conv_graph(dtype):
+    """ONNX-style explicit padding in front of convolutions: a 7x7 stride-2 conv of an
+    image padded by 3 on every side (pads of both axes: two pad steps), a 3x3 stride-2 one
+    padded asymmetrically (1 on top, 2 at the bottom, 0 left, 1 right), and a padded
+    image that a second op reads too (its pad must stay)."""
+    from graphnn.ops import pad_axis
+    rng = np.random.default_rng(13)
+    x = gn.input("x", (None, 15, 14, 3), dtype=dtype)
+    w1 = gn.const((0.2 * rng.standard_normal((7, 7, 3, 8))).astype(dtype))
+    w2 = gn.const((0.2 * rng.standard_normal((3, 3, 8, 8))).astype(dtype))
+    p1 = pad_axis(pad_axis(x, axis=1, before=3, after=3), axis=2, before=3, after=3)
+    y1 = gn.relu(gn.conv2d(p1, w1, stride=2, padding="valid"))
+    p2 = pad_axis(pad_axis(y1, axis=1, before=1, after=2), axis=2, before=0, after=1)
+    y2 = gn.conv2d(p2, w2, stride=2, padding="valid")
+    p3 = pad_axis(y1, axis=1, before=1, after=1)
+    y3 = gn.conv2d(p3, w2, stride=1, padding="valid")
+    outs = [y2, y3, gn.sum(p3, axis=(1, 2))]
+    return {"x": rng.standard_normal((2, 15, 14, 3)).astype(dtype)}, outs
+
+
+@pytest.mark.parametrize("library", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_zero_padding_in_front_of_a_convolution_is_folded_into_it(dtype, library):
+    feeds, outs = _padded_conv_graph(dtype)
+    f = gn.compile(outs, backend="cpu", library=library)
+    assert f.stats["conv_pads_folded"] == 4  # p1's two steps and p2's; p3 is read twice
+    places = [s for s in f.program.steps if type(s).__name__ == "Place"]
+    assert len(places) == 1
+    convs = [s for s in f.program.steps if type(s).__name__ == "Window"]
+    assert [c.params for c in convs] == [(2, 3, 3), (2, 1, 0), (1, 0, 0)]
+    assert convs[0].args[0].name == "in0"
+    got = f(**feeds)
+    want = gn.compile(outs, backend="numpy")(**feeds)
+    for k, (a, b) in enumerate(zip(got, want)):
+        _close(a, b, dtype, f"output {k}")
+
+
+def test_a_padded_image_a_gradient_reads_keeps_its_pad():
+    """In training the padded image is read again by the kernel's gradient: nothing is
+    folded, and the gradients equal the numpy back end's."""
+    from graphnn.ops import pad_axis
+    rng = np.random.default_rng(14)
+    x = gn.input("x", (2, 9, 9, 3), dtype="float64")
+    w = gn.param("pad_fold_w", rng.standard_normal((3, 3, 3, 4)))
+    loss = gn.sum(gn.tanh(gn.conv2d(pad_axis(x, axis=1, before=1, after=1), w, stride=2,
+                                    padding="valid")))
+    targets = [loss] + gn.grad(loss, [w, x])
+    f = gn.compile(targets, backend="cpu")
+    assert f.stats["conv_pads_folded"] == 0
+    X = rng.standard_normal((2, 9, 9, 3))
+    for a, b in zip(f(x=X), gn.compile(targets, backend="numpy")(x=X)):
+        _close(np.asarray(a), np.asarray(b), "float64", "training")
