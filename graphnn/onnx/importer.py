@@ -896,22 +896,37 @@ def import_instance_norm(imp, node, attrs):
     imp.set(node.output[0], centred / ops.sqrt(var + eps) * scale + bias)
 
 
+def _per_channel(shape):
+    """The channel count when a value of this shape broadcasts against an NCHW image as
+    one number per channel, (C, 1, 1) or (1, C, 1, 1) (1 for a scalar-like value), else
+    None."""
+    shape = tuple(shape)
+    full = (1,) * (4 - len(shape)) + shape
+    if len(shape) > 4 or not isinstance(full[1], int) or \
+            any(d != 1 for k, d in enumerate(full) if k != 1):
+        return None
+    return full[1]
+
+
 def _elementwise(fn):
     """An elementwise op: computed channels-last when every image operand is available
-    so (keeps conv -> relu -> pool chains free of transposes)."""
+    so and the others are scalars or per-channel vectors (keeps conv -> relu -> pool
+    chains, and DenseNet's batch norms after a concat, free of transposes)."""
     def importer(imp, node, attrs):
         names = [n for n in node.input if n]
-        ranks = [len(imp.shape(n)) for n in names]
-        images = [n for n, r in zip(names, ranks) if r == 4]
-        scalar_like = all(r == 0 or (r <= 4 and all(d == 1 for d in imp.shape(n)))
-                          for n, r in zip(names, ranks) if r != 4)
-        last = bool(images) and all(imp.has_nhwc(n) for n in images) and scalar_like
+        shapes = [imp.shape(n) for n in names]
+        images = [n for n, s in zip(names, shapes)
+                  if len(s) == 4 and (_per_channel(s) in (None, 1) or imp.has_nhwc(n))]
+        others = all(_per_channel(s) is not None
+                     for n, s in zip(names, shapes) if n not in images)
+        last = bool(images) and all(imp.has_nhwc(n) for n in images) and others
         args = []
-        for n, r in zip(names, ranks):
-            if r == 4 and last:
+        for n, s in zip(names, shapes):
+            if n in images and last:
                 args.append(imp.nhwc(n))
-            elif last and r:
-                args.append(ops.reshape(imp.node(n), ()) if r else imp.node(n))
+            elif last and len(s):
+                channels = _per_channel(s)  # (C,): broadcasts along NHWC's last axis
+                args.append(ops.reshape(imp.node(n), (channels,) if channels > 1 else ()))
             else:
                 args.append(imp.node(n))
         imp.set(node.output[0], fn(*args, **_clean(attrs)), channels_last=last)

@@ -243,7 +243,8 @@ def test_import_nchw_model_matches_reference_and_keeps_layout_inside():
 @pytest.mark.parametrize("axis", [1, -3, 2])
 def test_channel_concat_of_conv_branches_stays_channels_last(axis):
     """Inception's pattern: two conv branches concatenated along the channels (axis 1, or
-    -3, of NCHW) are concatenated channels-last, with no transposes to NCHW and back;
+    -3, of NCHW) are concatenated channels-last, and scaled and shifted by per-channel
+    values (shapes (C, 1, 1) and (1, C, 1, 1)), with no transposes to NCHW and back;
     along another axis (2, the height) likewise, on the matching NHWC axis. Numbers
     against onnx's reference evaluator, on the numpy and cpu back ends."""
     rng = np.random.default_rng(7)
@@ -252,8 +253,12 @@ def test_channel_concat_of_conv_branches_stays_channels_last(axis):
     nodes = [helper.make_node("Conv", ["input", "w1"], ["a"], pads=[1, 1, 1, 1]),
              helper.make_node("Conv", ["input", "w2"], ["b"]),
              helper.make_node("Concat", ["a", "b"], ["cat"], axis=axis)]
-    if axis % 4 == 1:
-        nodes.append(helper.make_node("Conv", ["cat", "w3"], ["c"], pads=[1, 1, 1, 1]))
+    if axis % 4 == 1:  # then DenseNet's batch norm as Mul and Add by per-channel values
+        inits += [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+                  for n, s in (("scale", (9, 1, 1)), ("shift", (1, 9, 1, 1)))]
+        nodes.append(helper.make_node("Mul", ["cat", "scale"], ["scaled"]))
+        nodes.append(helper.make_node("Add", ["scaled", "shift"], ["shifted"]))
+        nodes.append(helper.make_node("Conv", ["shifted", "w3"], ["c"], pads=[1, 1, 1, 1]))
         nodes.append(helper.make_node("Relu", ["c"], ["out"]))
         out_shape = [2, 6, 8, 8]
     else:
