@@ -769,15 +769,20 @@ def _emit_step(em, step, allocated, loop, needed):
             em.emit(f"{step.out.name}[...] = 0")  # a reused buffer: clear it
         _alloc(em, step.out, allocated, zero=step.zero_fill)
         # explicit copy loops: Numba compiles a strided slice assignment several times
-        # slower (about 0.5 s each), and concats and pads are common
+        # slower (about 0.5 s each), and concats and pads are common. Every buffer is
+        # C-contiguous, so a part is `outer` contiguous runs of the source, each copied to
+        # its place in the output over flat unsigned indices (the copies vectorise: a
+        # channel concat ran 3-4x slower as a loop nest over all axes)
+        out = step.out.name
+        em.flat_views([step.out] + [src for src, _, _ in step.parts])
         for src, axis, start in step.parts:
-            for k, dim in enumerate(src.shape):
-                em.emit(f"for i{k} in range({dim}):")
-                em.indent()
-            index = [f"i{k}" for k in range(src.ndim)]
-            target = index[:axis] + [f"{start} + i{axis}"] + index[axis + 1:]
-            em.emit(f"{step.out.name}[{', '.join(target)}] = {src.name}[{', '.join(index)}]")
-            em.dedent(src.ndim)
+            inner = "".join(f" * {d}" for d in src.shape[axis + 1:])
+            outer = " * ".join(str(d) for d in src.shape[:axis]) or "1"
+            em.emit(f"for i0 in range({outer}):")
+            em.emit(f"    for i1 in range({src.shape[axis]}{inner}):")
+            em.emit(f"        {out}_f[np.uintp(i0 * ({step.out.shape[axis]}{inner}) + "
+                    f"{start}{inner} + i1)] = "
+                    f"{src.name}_f[np.uintp(i0 * ({src.shape[axis]}{inner}) + i1)]")
     else:
         raise TypeError(f"unknown kernel step {type(step).__name__}")
 
