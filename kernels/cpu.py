@@ -413,15 +413,16 @@ def _winograd(step):
     return block, f"{fixed} + min({tiles}, {block}) * {per_tile}"
 
 
-def fold_conv_pads(program):
+def fold_conv_pads(program, step_nodes=None):
     """Drop the zero-padding copies in front of forward convolutions: a `pad_axis` step
     (Place, zeros then one part along the height or width) right before the conv2d step
     that reads its result, which nothing reads afterwards, is removed and the conv2d step
     reads the unpadded image with that much more top or left padding (conv_gemm reads
     the padding as zeros itself; what lies past the bottom or right edge is zero either
     way). An ONNX Conv with pads that are not "same" imports as such pads (ResNet-50's stem
-    and strided 3x3 layers). Repeated, so a pad of both axes folds too. Returns the number
-    of pad steps removed."""
+    and strided 3x3 layers). Repeated, so a pad of both axes folds too. `step_nodes`, a
+    list parallel to the steps (the graph nodes each computes), loses the pad's entry to
+    the convolution's. Returns the number of pad steps removed."""
     steps = program.steps
     kept = {b.name for b in program.outputs} | {b.name for pair in program.updates
                                                  for b in pair}
@@ -440,6 +441,9 @@ def fold_conv_pads(program):
         conv.comment = (conv.comment + "\n" if conv.comment else "") + \
             f"(reads {src.name}: the zero padding of {pad.out.name} folded in)"
         del steps[j - 1]
+        if step_nodes is not None:
+            step_nodes[j] = list(step_nodes[j]) + list(step_nodes[j - 1])
+            del step_nodes[j - 1]
         folded += 1
         j = max(1, j - 1)
     return folded

@@ -54,7 +54,12 @@ class CpuFunction(LoweredFunction):
         # constant 3x3 kernels transformed for Winograd once, here (kernels/cpu.py
         # winograd_constants): constants the program reads after the graph's own
         # (and zero-padding copies in front of convolutions folded into their padding)
-        folded = cpu_codegen.fold_conv_pads(self.program)
+        folded = cpu_codegen.fold_conv_pads(self.program, lowering.step_nodes)
+        if folded:  # (steps renumbered: the kernels list again, as LoweredFunction makes it)
+            self.kernels = [{"name": f"step {k}: {type(step).__name__.lower()}",
+                             "nodes": nodes, "buffer": step.out.name}
+                            for k, (step, nodes) in enumerate(zip(self.program.steps,
+                                                                  lowering.step_nodes))]
         self._pretransformed = cpu_codegen.winograd_constants(
             self.program, [n.value for n in lowering.consts])
         try:

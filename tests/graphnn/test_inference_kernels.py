@@ -181,6 +181,10 @@ def test_zero_padding_in_front_of_a_convolution_is_folded_into_it(dtype, library
     convs = [s for s in f.program.steps if type(s).__name__ == "Window"]
     assert [c.params for c in convs] == [(2, 3, 3), (2, 1, 0), (1, 0, 0)]
     assert convs[0].args[0].name == "in0"
+    # the kernels list follows the steps; the first convolution's step computes the pads
+    assert len(f.kernels) == len(f.program.steps)
+    first = next(k for k in f.kernels if k["buffer"] == convs[0].out.name)
+    assert [n.op for n in first["nodes"]] == ["conv2d", "pad_axis", "pad_axis"]
     got = f(**feeds)
     want = gn.compile(outs, backend="numpy")(**feeds)
     for k, (a, b) in enumerate(zip(got, want)):
