@@ -33,7 +33,7 @@ from .windows import GEMM_HELPERS, GEMM_SUPPORT, col_block_rows, is_pointwise, \
 # depthwise and grouped convolutions (grouped.py)
 HELPERS = {**windows.HELPERS, **grouped.HELPERS}
 
-GENERATOR_VERSION = "cpu-18"
+GENERATOR_VERSION = "cpu-19"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).
@@ -164,17 +164,19 @@ def generate(program, parallel=False, approximate=True):
     helpers_used = sorted({s.helper for s in program.steps if isinstance(s, ir.Window)})
     matmul = any(isinstance(s, (ir.Matmul, ir.BatchMatmul)) for s in program.steps)
     batched = any(isinstance(s, ir.BatchMatmul) for s in program.steps)
+    vector = any(uses_gemv(s) for s in program.steps)
     out = _with_support(out, body, helpers_used, matmul,
-                        approximate and _float32_only(program), batched)
+                        approximate and _float32_only(program), batched, vector)
     out += body
     return "\n".join(out) + "\n"
 
 
-def _with_support(out, body, helpers_used, matmul, approximate, batched=False):
+def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
+                  vector=False):
     """`out` (a module's first lines: comment and imports) followed by what `body` calls:
     the float32 exp and tanh (when `approximate`), the window helpers named, gemm (when
-    `matmul`), batch_gemm (when `batched`). The generated `program` and each library
-    kernel are built the same way."""
+    `matmul`), batch_gemm (when `batched`), gemv (when `vector`). The generated `program`
+    and each library kernel are built the same way."""
     # (no C entry point: these are called from compiled code or from Python, never from C;
     # leaving it out saves compile time)
     plain = f"@njit(cache=True, no_cfunc_wrapper=True, error_model='numpy', fastmath={FASTMATH})"
@@ -217,6 +219,9 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False):
                 plain, inspect.getsource(blas.gemm).rstrip(), ""]
         if batched:
             out += ["", plain, inspect.getsource(blas.batch_gemm).rstrip(), ""]
+        if vector:
+            out += ["", inspect.getsource(blas._cblas_gemv).rstrip(), "", "",
+                    plain, inspect.getsource(blas.gemv).rstrip(), ""]
     return out
 
 
@@ -394,19 +399,117 @@ def _winograd(step):
     """(tiles per gemm round, scratch items) when a convolution step runs as Winograd
     F(2x2, 3x3) (kernels/windows.py conv_gemm, mode CONV2D_WINOGRAD: a forward 3x3 stride-1
     convolution whose channels and output size are known when the code is generated, see
-    use_winograd), else None."""
-    if step.helper != "conv2d":
+    use_winograd; or mode CONV2D_WINOGRAD_U, a `conv2d_winograd` step made by
+    winograd_constants), else None."""
+    pre = step.helper == "conv2d_winograd"
+    if step.helper != "conv2d" and not pre:
         return None
     s, ph, pw = step.params
     kh, kw, ci, co = step.args[1].shape
     oh, ow = step.out.shape[1:3]
-    if not all(isinstance(d, int) for d in (kh, kw, ci, co, oh, ow)) or \
-            not use_winograd(kh, kw, s, ci, co, oh, ow):
+    if not pre and (not all(isinstance(d, int) for d in (kh, kw, ci, co, oh, ow)) or
+                    not use_winograd(kh, kw, s, ci, co, oh, ow)):
         return None
     block = winograd_block_tiles(ci, co, _itemsize(step.out.dtype))
     tiles = f"{step.out.shape[0]} * {((oh + 1) // 2) * ((ow + 1) // 2)}"
-    fixed = winograd_scratch_items(ci, co, 0)
-    return block, f"{fixed} + min({tiles}, {block}) * {winograd_scratch_items(ci, co, 1) - fixed}"
+    fixed = winograd_scratch_items(ci, co, 0, pre)
+    per_tile = winograd_scratch_items(ci, co, 1, pre) - fixed
+    return block, f"{fixed} + min({tiles}, {block}) * {per_tile}"
+
+
+def fold_conv_pads(program, step_nodes=None):
+    """Drop the zero-padding copies in front of forward convolutions: a `pad_axis` step
+    (Place, zeros then one part along the height or width) right before the conv2d step
+    that reads its result, which nothing reads afterwards, is removed and the conv2d step
+    reads the unpadded image with that much more top or left padding (conv_gemm reads
+    the padding as zeros itself; what lies past the bottom or right edge is zero either
+    way). An ONNX Conv with pads that are not "same" imports as such pads (ResNet-50's stem
+    and strided 3x3 layers). Repeated, so a pad of both axes folds too. `step_nodes`, a
+    list parallel to the steps (the graph nodes each computes), loses the pad's entry to
+    the convolution's. Returns the number of pad steps removed."""
+    steps = program.steps
+    kept = {b.name for b in program.outputs} | {b.name for pair in program.updates
+                                                 for b in pair}
+    folded = 0
+    j = 1
+    while j < len(steps):
+        conv, pad = steps[j], steps[j - 1]
+        if not _foldable_pad(pad, conv, kept) or \
+                not _dead_after(steps, j, pad.out.name):
+            j += 1
+            continue
+        (src, axis, start), = pad.parts
+        s, ph, pw = conv.params
+        conv.params = (s, ph + start, pw) if axis == 1 else (s, ph, pw + start)
+        conv.args = [src] + list(conv.args[1:])
+        conv.comment = (conv.comment + "\n" if conv.comment else "") + \
+            f"(reads {src.name}: the zero padding of {pad.out.name} folded in)"
+        del steps[j - 1]
+        if step_nodes is not None:
+            step_nodes[j] = list(step_nodes[j]) + list(step_nodes[j - 1])
+            del step_nodes[j - 1]
+        folded += 1
+        j = max(1, j - 1)
+    return folded
+
+
+def _foldable_pad(pad, conv, kept):
+    if not (isinstance(conv, ir.Window) and conv.helper == "conv2d" and
+            isinstance(pad, ir.Place) and pad.zero_fill and len(pad.parts) == 1):
+        return False
+    out = pad.out
+    (src, axis, start), = pad.parts
+    if conv.args[0].name != out.name or out.name in kept or out.role != "temp" or \
+            out.base is not None or src.name == out.name or axis not in (1, 2) or \
+            src.ndim != 4 or out.ndim != 4:
+        return False
+    if not all(isinstance(d, int) for d in (start, src.shape[axis], out.shape[axis])) or \
+            start < 0 or start + src.shape[axis] > out.shape[axis]:
+        return False
+    return all(a == b for k, (a, b) in enumerate(zip(src.shape, out.shape)) if k != axis)
+
+
+def _dead_after(steps, j, name):
+    """True when no step after steps[j] reads buffer `name` before one writes it anew."""
+    for step in steps[j + 1:]:
+        if any(b.name == name for b in ir.step_reads(step)):
+            return False
+        if step.out.name == name:
+            return True
+    return True
+
+
+def winograd_constants(program, values):
+    """Transform constant 3x3 kernels for Winograd once, before code is generated: each
+    forward stride-1 3x3 convolution of `program` whose kernel is a constant (an inference
+    graph's weights; `values` holds the program's constants in order) and that pays as
+    Winograd with the kernel transformed beforehand (use_winograd(..., pretransformed))
+    becomes a `conv2d_winograd` step (conv_gemm's CONV2D_WINOGRAD_U) reading a new
+    constant U = winograd_kernel(w), appended to `program.consts` (one per kernel, however
+    many steps read it). Returns the new constants' arrays, to pass after `values`.
+    A kernel that is a parameter (training) keeps CONV2D_WINOGRAD: it changes at every
+    step."""
+    made, arrays = {}, []
+    for step in program.steps:
+        if not isinstance(step, ir.Window) or step.helper != "conv2d":
+            continue
+        x, w = step.args
+        s = step.params[0]
+        oh, ow = step.out.shape[1:3]
+        if w.role != "const" or not all(isinstance(d, int) for d in w.shape + (oh, ow)) or \
+                not use_winograd(*w.shape[:2], s, *w.shape[2:], oh, ow, pretransformed=True):
+            continue
+        if w.name not in made:
+            index = len(program.consts)
+            u = ir.Buffer(f"c{index}", (4, 4) + tuple(w.shape[2:]), w.dtype, "const", index)
+            program.consts.append(u)
+            arrays.append(windows.winograd_kernel(np.asarray(values[w.arg_index])))
+            made[w.name] = u
+        step.helper = "conv2d_winograd"
+        step.args = [x, made[w.name]]
+        step.comment = (step.comment + "\n" if step.comment else "") + \
+            f"(Winograd, {w.name} transformed beforehand: {made[w.name].name})"
+    return arrays
 
 
 def _conv_block_bytes(step):
@@ -417,7 +520,7 @@ def _conv_block_bytes(step):
     winograd = _winograd(step)
     if winograd:
         return f"({winograd[1]}) * {_itemsize(step.out.dtype)}"
-    if step.helper == "conv2d":
+    if step.helper in ("conv2d", "conv2d_winograd"):
         image, kernel, grid = step.args[0], step.args[1], step.out
     elif step.helper == "conv2d_grad_input":
         image, kernel, grid = step.out, step.args[1], step.args[0]
@@ -603,6 +706,25 @@ def _flat_ok(expr, shape):
     return True
 
 
+GEMV_MIN_ITEMS = 1 << 19  # see uses_gemv()
+
+
+def uses_gemv(step):
+    """Whether a Matmul step runs as BLAS gemv (kernels/blas.py `gemv`): a product with one
+    row or one column (batch-1 inference of a dense layer), sizes known when the code is
+    generated, and a matrix of at least GEMV_MIN_ITEMS items. gemm packs the matrix
+    before multiplying; gemv streams it once (measured 1 thread, float32: 9216 x 4096
+    weights 8 ms against 26-36 ms, 2048 x 1000 0.28 against 0.5-1.0 ms; at 512 x 512
+    the two tie, and below gemm is a little quicker)."""
+    if not isinstance(step, ir.Matmul):
+        return False
+    m, n = step.out.shape
+    k = step.a.shape[0 if step.trans_a else 1]
+    if not all(isinstance(d, int) for d in (m, n, k)) or min(m, n, k) < 1:
+        return False
+    return (m == 1 or n == 1) and k * max(m, n) >= GEMV_MIN_ITEMS
+
+
 def _emit_step(em, step, allocated, loop, needed):
     if isinstance(step, ir.Elementwise):
         _emit_elementwise(em, step, allocated, loop)
@@ -615,7 +737,8 @@ def _emit_step(em, step, allocated, loop, needed):
         dtype = step.out.dtype
         alpha, beta = (f"np.{dtype}({_number_literal(v)})" for v in (step.alpha, step.beta))
         # np.bool_ flags: Numba compiles gemm once, not once per literal True/False pair
-        em.emit(f"gemm(np.bool_({step.trans_a}), np.bool_({step.trans_b}), {alpha}, "
+        em.emit(f"{'gemv' if uses_gemv(step) else 'gemm'}(np.bool_({step.trans_a}), "
+                f"np.bool_({step.trans_b}), {alpha}, "
                 f"{step.a.name}, {step.b.name}, {beta}, {step.out.name})")
     elif isinstance(step, ir.BatchMatmul):
         _alloc(em, step.out, allocated)
@@ -635,9 +758,10 @@ def _emit_step(em, step, allocated, loop, needed):
             ints = [f"np.intp({p})" for p in (GEMM_HELPERS[step.helper],) + step.params]
             buffers = [b.name for b in step.args]
             winograd = _winograd(step)
-            if winograd:  # mode CONV2D_WINOGRAD, whose "stride" is the tiles per round
-                ints = [f"np.intp({p})" for p in (windows.CONV2D_WINOGRAD, winograd[0])
-                        + step.params[1:]]
+            if winograd:  # mode CONV2D_WINOGRAD(_U), whose "stride" is the tiles per round
+                mode = GEMM_HELPERS[step.helper] if step.helper != "conv2d" \
+                    else windows.CONV2D_WINOGRAD
+                ints = [f"np.intp({p})" for p in (mode, winograd[0]) + step.params[1:]]
             em.emit(f"conv_gemm({', '.join(ints[:1] + buffers + ints[1:])}, {scratch}, "
                     f"{step.out.name})")
         else:
@@ -653,15 +777,20 @@ def _emit_step(em, step, allocated, loop, needed):
             em.emit(f"{step.out.name}[...] = 0")  # a reused buffer: clear it
         _alloc(em, step.out, allocated, zero=step.zero_fill)
         # explicit copy loops: Numba compiles a strided slice assignment several times
-        # slower (about 0.5 s each), and concats and pads are common
+        # slower (about 0.5 s each), and concats and pads are common. Every buffer is
+        # C-contiguous, so a part is `outer` contiguous runs of the source, each copied to
+        # its place in the output over flat unsigned indices (the copies vectorise: a
+        # channel concat ran 3-4x slower as a loop nest over all axes)
+        out = step.out.name
+        em.flat_views([step.out] + [src for src, _, _ in step.parts])
         for src, axis, start in step.parts:
-            for k, dim in enumerate(src.shape):
-                em.emit(f"for i{k} in range({dim}):")
-                em.indent()
-            index = [f"i{k}" for k in range(src.ndim)]
-            target = index[:axis] + [f"{start} + i{axis}"] + index[axis + 1:]
-            em.emit(f"{step.out.name}[{', '.join(target)}] = {src.name}[{', '.join(index)}]")
-            em.dedent(src.ndim)
+            inner = "".join(f" * {d}" for d in src.shape[axis + 1:])
+            outer = " * ".join(str(d) for d in src.shape[:axis]) or "1"
+            em.emit(f"for i0 in range({outer}):")
+            em.emit(f"    for i1 in range({src.shape[axis]}{inner}):")
+            em.emit(f"        {out}_f[np.uintp(i0 * ({step.out.shape[axis]}{inner}) + "
+                    f"{start}{inner} + i1)] = "
+                    f"{src.name}_f[np.uintp(i0 * ({src.shape[axis]}{inner}) + i1)]")
     else:
         raise TypeError(f"unknown kernel step {type(step).__name__}")
 
@@ -950,7 +1079,8 @@ def _kernel_template(lines, buffers, dims):
 
 
 @functools.lru_cache(maxsize=4096)
-def _kernel_module(def_lines, calls_helpers, matmul, approximate, parallel, batched=False):
+def _kernel_module(def_lines, calls_helpers, matmul, approximate, parallel, batched=False,
+                   vector=False):
     """The source of one kernel module: imports, what the kernel calls, then the kernel
     (`def_lines`, a tuple of lines whose function is or binds `kernel`); memoised, as a
     large program asks for the same kernel many times."""
@@ -961,7 +1091,7 @@ def _kernel_module(def_lines, calls_helpers, matmul, approximate, parallel, batc
             "from numba import njit, prange", ""]
     approximate = approximate and any(re.search(rf"\b{name}\(", line)
                                       for line in def_lines for name in APPROXIMATIONS)
-    out = _with_support(head, def_lines, calls_helpers, matmul, approximate, batched)
+    out = _with_support(head, def_lines, calls_helpers, matmul, approximate, batched, vector)
     return "\n".join(out + [""] + list(def_lines)) + "\n"
 
 
@@ -1013,14 +1143,15 @@ def generate_library(program, parallel=False, approximate=True):
         elif isinstance(step, (ir.Matmul, ir.BatchMatmul, ir.Window)):
             # gemm or a window helper: the kernel is the function itself (its scalars
             # are arguments, so one kernel serves every transpose, alpha and beta)
-            helper = "gemm" if isinstance(step, ir.Matmul) else \
-                "batch_gemm" if isinstance(step, ir.BatchMatmul) else step.helper
-            uses = () if helper in ("gemm", "batch_gemm") else (helper,)
+            helper = ("gemv" if uses_gemv(step) else "gemm") if isinstance(step, ir.Matmul) \
+                else "batch_gemm" if isinstance(step, ir.BatchMatmul) else step.helper
+            blas_call = helper in ("gemm", "gemv", "batch_gemm")
+            uses = () if blas_call else (helper,)
             if helper in GEMM_HELPERS:  # a convolution: conv_gemm, whatever its mode
                 helper = "conv_gemm"
             name = kernel(_kernel_module(
-                (f"kernel = {helper}",), uses, helper in ("gemm", "batch_gemm"), False,
-                parallel, helper == "batch_gemm"))
+                (f"kernel = {helper}",), uses, blas_call, False,
+                parallel, helper == "batch_gemm", helper == "gemv"))
             for line in se.lines:
                 line = re.sub(rf"^(\s*){helper}\(", rf"\g<1>{name}(", line)
                 em.lines.append(_SCALAR_ARG.sub(

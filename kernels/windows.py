@@ -166,17 +166,27 @@ def max_pool2d_grad(x, g, k, s, out):
 
 
 def avg_pool2d(x, k, s, out):
-    n_, oh, ow, c_ = out.shape
+    """As max_pool2d: the channels are the inner loop, over flat unsigned indices (7-25x
+    faster than a window loop per channel); the window summed in row-major order from
+    its first element, then scaled by 1 / k^2."""
+    n_, h_, w_, c_ = x.shape
+    _, oh, ow, _ = out.shape
     scale = 1.0 / (k * k)
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
     for n in range(n_):
         for y in range(oh):
             for x0 in range(ow):
-                for c in range(c_):
-                    acc = x[n, y * s, x0 * s, c] * 0
-                    for i in range(k):
-                        for j in range(k):
-                            acc += x[n, y * s + i, x0 * s + j, c]
-                    out[n, y, x0, c] = acc * scale
+                dst = ((n * oh + y) * ow + x0) * c_
+                src = ((n * h_ + y * s) * w_ + x0 * s) * c_ - dst
+                for c in range(dst, dst + c_):
+                    of[np.uintp(c)] = xf[np.uintp(src + c)]
+                for t in range(1, k * k):
+                    at = src + (t // k * w_ + t % k) * c_
+                    for c in range(dst, dst + c_):
+                        of[np.uintp(c)] += xf[np.uintp(at + c)]
+                for c in range(dst, dst + c_):
+                    of[np.uintp(c)] = of[np.uintp(c)] * scale
 
 
 def avg_pool2d_grad(g, k, s, out):
@@ -195,6 +205,7 @@ def avg_pool2d_grad(g, k, s, out):
 
 CONV2D, CONV2D_GRAD_INPUT, CONV2D_GRAD_FILTER = 0, 1, 2  # conv_gemm's modes
 CONV2D_WINOGRAD = 3  # a stride-1 3x3 convolution as Winograd F(2x2, 3x3)
+CONV2D_WINOGRAD_U = 4  # the same with the kernel transformed beforehand (winograd_kernel)
 
 
 def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
@@ -207,6 +218,8 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
                         (gemm reads the block transposed and accumulates with beta = 1)
     CONV2D_WINOGRAD     a = x, b = w, out = y, a 3x3 kernel and stride 1, as Winograd
                         F(2x2, 3x3) in rounds of `s` tiles (below)
+    CONV2D_WINOGRAD_U   the same, b = U = winograd_kernel(w) (4 x 4 x ci x co), the
+                        kernel transformed once beforehand (a constant kernel)
 
     `scratch` (1-D, out's dtype) holds one block of the patch matrix; a 1x1 stride-1
     unpadded convolution needs none: the NHWC data viewed as (N*H*W, C) is the patch
@@ -227,7 +240,8 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
     as one gemm: U = (G kron G) @ w viewed as 9 x (ci co)); the products are summed over
     the input channels as 16 gemms per round of tiles: 2.25x fewer multiplies than im2col
     + gemm. scratch holds U (16 matrices ci x co, 16 items more than their size apart, so
-    that their rows do not fall into one cache set), G kron G, then one round's windows
+    that their rows do not fall into one cache set; in mode CONV2D_WINOGRAD_U, b is U and
+    the scratch starts with the windows), G kron G, then one round's windows
     (tiles x 16 x ci: the patch matrix of 4x4 windows 2 apart, transformed in place) and
     products (tiles x 16 x co); the gemms read these with leading dimensions of 16 channel
     rows, so nothing is copied for them."""
@@ -258,25 +272,30 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
     # the windows im2col copies: kh x kw, s apart, one per output (th x tw of them);
     # Winograd: 4 x 4, 2 apart, one per 2x2 tile of outputs
     wh, ww, ws, th, tw, at = kh, kw, s, oh, ow, 0
-    if mode == 3:
+    uf, us, taps = scratch, 0, 0  # the transformed kernel: where, how far apart, how many
+    if mode >= 3:
         half = out.dtype.type(0.5)
         wh, ww, ws, th, tw = 4, 4, 2, (oh + 1) // 2, (ow + 1) // 2
         total = n_ * th * tw
         block = max(1, min(s, total))
         cols = 16 * ci
         plane = ci * co
-        us = plane + 16
-        gg = scratch[16 * us:16 * us + 144]
-        at = 16 * us + 144  # where the windows are
-        # (a loop bound read from the scratch, not a literal: LLVM would unroll the loop)
-        for r in range(gg.size):  # G kron G (16 x 9); G's rows (1 0 0), (.5 .5 .5),
-            e = one               # (.5 -.5 .5), (0 0 1)
-            for a_, i in ((r // 36, r % 9 // 3), (r // 9 % 4, r % 3)):
-                e *= (one if i == a_ // 3 * 2 else zero) if a_ % 3 == 0 else \
-                    (-half if a_ == 2 and i == 1 else half)
-            gg[r] = e
-        _cblas_gemm(111, 111, 16, plane, 9, one, gg, 9, w.reshape(-1), plane, zero,
-                    scratch, us)  # U = (G kron G) @ w as 9 x (ci co)
+        # (loop bounds read from arrays, not literals: LLVM would unroll the loops)
+        if mode == 4:
+            uf, us, taps = w.reshape(-1), plane, w.size // plane
+        else:
+            us = plane + 16
+            gg = scratch[16 * us:16 * us + 144]
+            at = 16 * us + 144  # where the windows are
+            taps = gg.size // 9
+            for r in range(gg.size):  # G kron G (16 x 9); G's rows (1 0 0), (.5 .5 .5),
+                e = one               # (.5 -.5 .5), (0 0 1)
+                for a_, i in ((r // 36, r % 9 // 3), (r // 9 % 4, r % 3)):
+                    e *= (one if i == a_ // 3 * 2 else zero) if a_ % 3 == 0 else \
+                        (-half if a_ == 2 and i == 1 else half)
+                gg[r] = e
+            _cblas_gemm(111, 111, 16, plane, 9, one, gg, 9, w.reshape(-1), plane, zero,
+                        scratch, us)  # U = (G kron G) @ w as 9 x (ci co)
         mt = at + block * cols  # where the products are
         yf = out.reshape(-1)
     seg = ww * c_
@@ -313,7 +332,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
                 x0, y = 0, y + 1
                 if y == th:
                     y, n = 0, n + 1
-        if mode == 3:
+        if mode >= 3:
             # V = B^T d B in place: B^T's rows (1 0 -1 0), (0 1 1 0), (0 -1 1 0), (0 1 0 -1)
             # applied down the columns of each window (4 apart), then along its rows
             for step in range(rows * 8):
@@ -327,9 +346,9 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
                     scratch[np.uintp(c + apart)] = d1 + d2
                     scratch[np.uintp(c + 2 * apart)] = d2 - d1
                     scratch[np.uintp(c + 3 * apart)] = d1 - d3
-            for k in range(gg.size // 9):  # products[k] = V[k] @ U[k], k < 16
+            for k in range(taps):  # products[k] = V[k] @ U[k], k < 16
                 _cblas_gemm(111, 111, rows, co, ci, one, scratch[at + k * ci:], cols,
-                            scratch[k * us:], co, zero, scratch[mt + k * co:], 16 * co)
+                            uf[k * us:], co, zero, scratch[mt + k * co:], 16 * co)
             # y's 2x2 tile = A^T M A: A^T's rows (1 1 1 0), (0 1 -1 -1) applied down the
             # columns of M (4 apart, in place), then along its first two rows into y; a
             # tile's outputs past y's edge go to its first output, which is written last
@@ -404,6 +423,14 @@ WINOGRAD_MIN_ROUND = 64    # ... but at least this many tiles (rounds of fewer t
 #                            the transformed kernel too often for what they multiply)
 WINOGRAD_MIN_CHANNELS = 8  # fewer channels: the 16 products are too thin for BLAS
 WINOGRAD_MIN_TILES = 36    # fewer tiles per image: the kernel's transform dominates
+# A constant kernel transformed beforehand (CONV2D_WINOGRAD_U, inference): against
+# im2col + gemm, one thread, float32, batch 1 (thread CPU time, median of 11): 56x56
+# 64->64 0.50x, 28x28 128->128 0.60x, 14x14 256->256 0.57x, 13x13 384->384 0.57x,
+# 12x12 192->192 0.64x, 7x7 512->512 0.92x, 7x7 192->384 0.95x alone; but inside
+# ResNet-50 its 7x7 512->512 layers took 2.8 ms as Winograd against 2.3-2.5 ms as im2col
+# (U, 16/9 of the kernel's size, is read from the last-level cache at batch 1), so the
+# same 36 tiles (12x12 outputs) as for CONV2D_WINOGRAD.
+WINOGRAD_MIN_TILES_U = 36
 
 
 def winograd_tiles(oh, ow):
@@ -411,12 +438,28 @@ def winograd_tiles(oh, ow):
     return ((oh + 1) // 2) * ((ow + 1) // 2)
 
 
-def use_winograd(kh, kw, s, ci, co, oh, ow):
+def use_winograd(kh, kw, s, ci, co, oh, ow, pretransformed=False):
     """Whether a convolution runs as Winograd F(2x2, 3x3) (conv_gemm's CONV2D_WINOGRAD) rather than
     im2col + gemm: 3x3, stride 1, enough channels each way and enough tiles per image
-    (the kernel is transformed at every call, 16/9 of its size)."""
+    (the kernel is transformed at every call, 16/9 of its size). `pretransformed`: the
+    kernel is a constant transformed once (CONV2D_WINOGRAD_U), so fewer tiles pay."""
+    least = WINOGRAD_MIN_TILES_U if pretransformed else WINOGRAD_MIN_TILES
     return (kh == 3 and kw == 3 and s == 1 and min(ci, co) >= WINOGRAD_MIN_CHANNELS
-            and winograd_tiles(oh, ow) >= WINOGRAD_MIN_TILES)
+            and winograd_tiles(oh, ow) >= least)
+
+
+def winograd_kernel(w):
+    """U = G g G^T for each (input, output) channel pair of a 3x3 HWIO kernel `w`: the
+    4 x 4 x ci x co array conv_gemm's CONV2D_WINOGRAD_U mode reads, in w's dtype. The
+    same product CONV2D_WINOGRAD computes at every call."""
+    g = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+    w = np.ascontiguousarray(w)
+    # (G kron G) @ w as 9 x (ci co): one BLAS product in w's dtype, as CONV2D_WINOGRAD
+    # computes it (G's entries are 0, +-1/2 and 1: exact in float32; a 512x512 kernel
+    # takes about 10 ms; einsum's loop took 0.1 s, which every gn.compile of VGG-19 would
+    # pay for each of its 3x3 layers)
+    u = np.kron(g, g).astype(w.dtype) @ w.reshape(9, -1)
+    return u.reshape((4, 4) + w.shape[2:])
 
 
 def winograd_block_tiles(ci, co, itemsize):
@@ -425,11 +468,13 @@ def winograd_block_tiles(ci, co, itemsize):
     return max(WINOGRAD_MIN_ROUND, WINOGRAD_BYTES // (16 * (ci + co) * itemsize))
 
 
-def winograd_scratch_items(ci, co, tiles):
+def winograd_scratch_items(ci, co, tiles, pretransformed=False):
     """Items of scratch conv_gemm's Winograd mode needs for rounds of `tiles` tiles: the
     transformed kernel (16 matrices ci x co, 16 items apart), G kron G (16 x 9), and one
-    round's transformed windows and products."""
-    return 16 * (ci * co + 16) + 144 + 16 * (ci + co) * tiles
+    round's transformed windows and products; with `pretransformed` (CONV2D_WINOGRAD_U)
+    only the round's."""
+    fixed = 0 if pretransformed else 16 * (ci * co + 16) + 144
+    return fixed + 16 * (ci + co) * tiles
 
 
 HELPERS = {f.__name__: f for f in (conv2d, conv2d_grad_input, conv2d_grad_filter, max_pool2d,
@@ -437,5 +482,7 @@ HELPERS = {f.__name__: f for f in (conv2d, conv2d_grad_input, conv2d_grad_filter
 # the convolutions the CPU generator emits as conv_gemm(mode, ...) (BLAS products), and
 # the functions conv_gemm calls (copied into the generated module with it)
 GEMM_HELPERS = {"conv2d": CONV2D, "conv2d_grad_input": CONV2D_GRAD_INPUT,
-                "conv2d_grad_filter": CONV2D_GRAD_FILTER}
+                "conv2d_grad_filter": CONV2D_GRAD_FILTER,
+                # a conv2d whose constant kernel the cpu back end transformed beforehand
+                "conv2d_winograd": CONV2D_WINOGRAD_U}
 GEMM_SUPPORT = (conv_gemm,)

@@ -51,6 +51,17 @@ class CpuFunction(LoweredFunction):
             library = len(self.program.steps) >= library_steps()
         self.library = bool(library)
         self._progress = progress and os.environ.get("GRAPHNN_QUIET", "") in ("", "0")
+        # constant 3x3 kernels transformed for Winograd once, here (kernels/cpu.py
+        # winograd_constants): constants the program reads after the graph's own
+        # (and zero-padding copies in front of convolutions folded into their padding)
+        folded = cpu_codegen.fold_conv_pads(self.program, lowering.step_nodes)
+        if folded:  # (steps renumbered: the kernels list again, as LoweredFunction makes it)
+            self.kernels = [{"name": f"step {k}: {type(step).__name__.lower()}",
+                             "nodes": nodes, "buffer": step.out.name}
+                            for k, (step, nodes) in enumerate(zip(self.program.steps,
+                                                                  lowering.step_nodes))]
+        self._pretransformed = cpu_codegen.winograd_constants(
+            self.program, [n.value for n in lowering.consts])
         try:
             if self.library:
                 driver, kernel_sources = cpu_codegen.generate_library(self.program,
@@ -70,7 +81,8 @@ class CpuFunction(LoweredFunction):
         else:
             self.module, self.path = loader.load_module(self.source)
         self._fn = self.module.program
-        self._const_arrays = [np.array(n.value, order="C") for n in lowering.consts]
+        self._const_arrays = [np.array(n.value, order="C") for n in lowering.consts] + \
+            self._pretransformed
         self.stats.update({
             "passes": self.pass_report,
             "kernels": len(self.program.steps),
@@ -83,6 +95,9 @@ class CpuFunction(LoweredFunction):
             "library_kernels": len(self._kernels),
             "kernels_compiled": None,
             "kernels_cached": None,
+            "conv_pads_folded": folded,
+            "winograd_pretransformed": sum(
+                1 for s in self.program.steps if getattr(s, "helper", "") == "conv2d_winograd"),
         })
         self._states = [p.state for p in self.state_nodes]
         # Feeds that share memory with a state this step updates in place are copied first

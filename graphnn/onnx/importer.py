@@ -891,29 +891,37 @@ def import_instance_norm(imp, node, attrs):
     imp.set(node.output[0], centred / ops.sqrt(var + eps) * scale + bias)
 
 
+def _per_channel(shape):
+    """The channel count when a value of this shape broadcasts against an NCHW image as
+    one number per channel, (C, 1, 1) or (1, C, 1, 1) (1 for a scalar-like value), else
+    None."""
+    shape = tuple(shape)
+    full = (1,) * (4 - len(shape)) + shape
+    if len(shape) > 4 or not isinstance(full[1], int) or \
+            any(d != 1 for k, d in enumerate(full) if k != 1):
+        return None
+    return full[1]
+
+
 def _elementwise(fn):
     """An elementwise op: computed channels-last when every image operand is available
-    so (keeps conv -> relu -> pool chains free of transposes)."""
+    so and the others are scalars or per-channel vectors (keeps conv -> relu -> pool
+    chains, and DenseNet's batch norms after a concat, free of transposes)."""
     def importer(imp, node, attrs):
         names = [n for n in node.input if n]
-        ranks = [len(imp.shape(n)) for n in names]
-        def as_image(n, r):  # the shape of an operand, broadcast to rank 4
-            return (1,) * (4 - r) + tuple(imp.shape(n))
-
-        def per_channel(n, r):  # a scalar, or one value per channel ((c, 1, 1) as Caffe2's
-            # scale layers unsqueeze them, or (1, c, 1, 1)): they broadcast channels-last
-            return r == 0 or (r <= 4 and as_image(n, r)[0] == 1
-                              and as_image(n, r)[2:] == (1, 1))
-        images = [n for n, r in zip(names, ranks) if r == 4 and not per_channel(n, r)]
-        fits = all(per_channel(n, r) for n, r in zip(names, ranks) if n not in images)
-        last = bool(images) and all(imp.has_nhwc(n) for n in images) and fits
+        shapes = [imp.shape(n) for n in names]
+        images = [n for n, s in zip(names, shapes)
+                  if len(s) == 4 and (_per_channel(s) in (None, 1) or imp.has_nhwc(n))]
+        others = all(_per_channel(s) is not None
+                     for n, s in zip(names, shapes) if n not in images)
+        last = bool(images) and all(imp.has_nhwc(n) for n in images) and others
         args = []
-        for n, r in zip(names, ranks):
+        for n, s in zip(names, shapes):
             if n in images and last:
                 args.append(imp.nhwc(n))
-            elif last and r:
-                channels = as_image(n, r)[1]
-                args.append(ops.reshape(imp.node(n), (channels,) if channels != 1 else ()))
+            elif last and len(s):
+                channels = _per_channel(s)  # (C,): broadcasts along NHWC's last axis
+                args.append(ops.reshape(imp.node(n), (channels,) if channels > 1 else ()))
             else:
                 args.append(imp.node(n))
         imp.set(node.output[0], fn(*args, **_clean(attrs)), channels_last=last)
@@ -1141,16 +1149,18 @@ def import_flatten(imp, node, attrs):
 
 
 def import_concat(imp, node, attrs):
+    """Concat; of rank-4 values that are all channels-last (Inception's and DenseNet's
+    channel concats of conv outputs), computed channels-last, so no transpose is made to
+    NCHW and back."""
     names = [n for n in node.input if n]
     axis = int(attrs.get("axis", 0))
-    if len(names) > 1 and all(imp.has_nhwc(n) for n in names) and -4 <= axis < 4:
-        # images held channels-last: concatenated so (no transposes to NCHW and back)
-        y = ops.concat([imp.nhwc(n) for n in names], axis=(0, 3, 1, 2)[axis % 4])
-        imp.set(node.output[0], y, channels_last=True)
+    if len(names) > 1 and all(len(imp.shape(n)) == 4 and imp.has_nhwc(n) for n in names):
+        last = {0: 0, 1: 3, 2: 1, 3: 2}[axis % 4]  # the NCHW axis in NHWC
+        imp.set(node.output[0], ops.concat([imp.nhwc(n) for n in names], axis=last),
+                channels_last=True)
         return
     xs = [imp.node(n) for n in names]
-    imp.set(node.output[0], ops.concat(xs, axis=int(attrs.get("axis", 0))) if len(xs) > 1
-            else xs[0])
+    imp.set(node.output[0], ops.concat(xs, axis=axis) if len(xs) > 1 else xs[0])
 
 
 def _axes(imp, node, attrs, index, attr_until):

@@ -481,7 +481,7 @@ def profile_compiled(runner, repeat=20):
                 t = best(lambda aa=aa, bb=bb: aa @ bb)
             matmuls.append({"shape": f"{aa.shape[0]}x{aa.shape[1]} @ {bb.shape[0]}x{bb.shape[1]}",
                             "comment": s.comment, "seconds": t})
-        elif isinstance(s, ir.Window):
+        elif isinstance(s, ir.Window) and s.helper != "conv2d_winograd":  # (no loop twin)
             fn = _window_kernel(s.helper)
             args = [arr(b) for b in s.args]
             out = arr(s.out)

@@ -254,6 +254,53 @@ def test_import_nchw_model_matches_reference_and_keeps_layout_inside():
     assert next(p for p in graph.params if p.name == "conv1.weight").shape == (3, 3, 3, 8)
 
 
+@pytest.mark.parametrize("axis", [1, -3, 2])
+def test_channel_concat_of_conv_branches_stays_channels_last(axis):
+    """Inception's pattern: two conv branches concatenated along the channels (axis 1, or
+    -3, of NCHW) are concatenated channels-last, and scaled and shifted by per-channel
+    values (shapes (C, 1, 1) and (1, C, 1, 1)), with no transposes to NCHW and back;
+    along another axis (2, the height) likewise, on the matching NHWC axis. Numbers
+    against onnx's reference evaluator, on the numpy and cpu back ends."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array((0.3 * rng.standard_normal(s)).astype(np.float32), n)
+             for n, s in (("w1", (4, 3, 3, 3)), ("w2", (5, 3, 1, 1)), ("w3", (6, 9, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["input", "w2"], ["b"]),
+             helper.make_node("Concat", ["a", "b"], ["cat"], axis=axis)]
+    if axis % 4 == 1:  # then DenseNet's batch norm as Mul and Add by per-channel values
+        inits += [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+                  for n, s in (("scale", (9, 1, 1)), ("shift", (1, 9, 1, 1)))]
+        nodes.append(helper.make_node("Mul", ["cat", "scale"], ["scaled"]))
+        nodes.append(helper.make_node("Add", ["scaled", "shift"], ["shifted"]))
+        nodes.append(helper.make_node("Conv", ["shifted", "w3"], ["c"], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", ["c"], ["out"]))
+        out_shape = [2, 6, 8, 8]
+    else:
+        inits.pop()
+        inits[1] = numpy_helper.from_array(
+            (0.3 * rng.standard_normal((4, 3, 1, 1))).astype(np.float32), "w2")
+        nodes.append(helper.make_node("Relu", ["cat"], ["out"]))
+        out_shape = [2, 4, 16, 8]
+    graph = helper.make_graph(
+        nodes, "branches",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    outputs, _ = gn.onnx.load(model)
+    g = gn.Graph(outputs)
+    # one transpose into channels-last at the input, one out at the output: no others
+    assert len([n for n in g.nodes if n.op == "transpose" and n.ndim == 4]) == 2
+    (concat,) = [n for n in g.nodes if n.op == "concat"]
+    assert concat.attr("axis") == {1: 3, 2: 1}[axis % 4]
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    (expected,) = ReferenceEvaluator(model).run(None, {"input": x})
+    for backend in ("numpy", "cpu"):
+        got = gn.compile(outputs[0], backend=backend)(input=x)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max(),
+                                   err_msg=backend)
+
+
 def test_unsupported_ops_are_all_listed_at_once():
     nodes = [helper.make_node("Erf", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
              helper.make_node("LpNormalization", ["b"], ["c"]),

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from kernels.blas import GEMM
+from kernels.blas import GEMM, GEMV
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -20,6 +20,26 @@ def test_gemm_matches_numpy_for_every_transpose_and_scale(dtype, ta, tb):
         c = c0.copy()
         GEMM(ta, tb, dtype(alpha), a, b, dtype(beta), c)
         np.testing.assert_allclose(c, alpha * product + beta * c0, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("m, n, k", [(1, 7, 5), (6, 1, 5), (1, 1, 3), (1, 300, 200)])
+def test_gemv_is_gemm_for_one_row_or_one_column(dtype, ta, tb, m, n, k):
+    """gemv (the batch-1 dense layer's product) against NumPy in float64, every transpose
+    and scale, with what c held read when beta is not 0."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    product = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for alpha, beta in [(1.0, 0.0), (-0.25, 1.0), (2.0, 0.5)]:
+        c = c0.copy() if beta else np.full_like(c0, np.nan)
+        GEMV(ta, tb, dtype(alpha), a, b, dtype(beta), c)
+        np.testing.assert_allclose(c, alpha * product + beta * c0, rtol=tol,
+                                   atol=tol * np.abs(product).max())
 
 
 def test_beta_zero_ignores_what_c_held_and_empty_products_are_zero():

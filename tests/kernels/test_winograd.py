@@ -57,6 +57,28 @@ def test_winograd_mode_equals_the_direct_loops(name, dtype):
                                    err_msg=f"{name} rounds of {block}")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_pretransformed_winograd_mode_equals_the_direct_loops(name, dtype):
+    """conv_gemm's CONV2D_WINOGRAD_U mode (the kernel transformed beforehand by
+    winograd_kernel) likewise, with a NaN scratch of the size it asks for."""
+    image, co, padding = CASES[name]
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(image).astype(dtype)
+    w = rng.standard_normal((3, 3, image[3], co)).astype(dtype)
+    want, ph, pw = _reference(x, w, padding)
+    u = windows.winograd_kernel(w)
+    tiles = image[0] * windows.winograd_tiles(want.shape[1], want.shape[2])
+    tol = 1e-13 if dtype == np.float64 else 2e-6
+    for block in sorted({1, 3, tiles}):
+        scratch = np.full(windows.winograd_scratch_items(image[3], co, min(block, tiles),
+                                                         pretransformed=True), np.nan, dtype)
+        got = np.full(want.shape, np.nan, dtype)
+        windows.conv_gemm(windows.CONV2D_WINOGRAD_U, x, u, block, ph, pw, scratch, got)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max(),
+                                   err_msg=f"{name} rounds of {block}")
+
+
 def test_winograd_is_chosen_for_3x3_stride_1_with_enough_channels_and_tiles():
     use = windows.use_winograd
     assert use(3, 3, 1, 8, 8, 12, 12)          # 36 tiles of 2x2 outputs
