@@ -40,6 +40,8 @@ def is_elementwise(node):
 
 # integer dtypes Numba's arithmetic widens (results wrap to these in NumPy)
 _NARROW_INTS = frozenset({"int8", "int16", "int32", "uint8", "uint16", "uint32"})
+# int64 ops that can overflow, computed in uint64 (where wrapping is defined)
+_WRAPPING = frozenset({"add", "sub", "mul", "square", "neg"})
 
 
 def read_inputs(node):
@@ -352,7 +354,13 @@ class Lowering:
             attrs = {k: _attr_source(node, k, v) for k, v in node.attrs.items()}
             if "flat" in template_fields(opdef.scalar):
                 attrs["flat"] = self.flat_index(node, index)
+            if str(node.dtype) == "int64" and node.op in _WRAPPING:
+                # LLVM may assume a signed int64 product or sum does not overflow (sign(x*x)
+                # became 1 for x*x that wraps to 0); unsigned arithmetic wraps as NumPy does
+                args = [a if a is None else f"np.uint64({a})" for a in args]
             code = opdef.scalar.format(*args, T="T", **attrs)
+            if str(node.dtype) == "int64" and node.op in _WRAPPING:
+                code = f"np.int64({code})"
             if str(node.dtype) in _NARROW_INTS:
                 # Numba widens int32 + int32 to int64; NumPy wraps each result to its
                 # dtype, so abs(x + x) must see the wrapped sum, not the wide one

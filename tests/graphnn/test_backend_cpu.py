@@ -505,3 +505,18 @@ def test_narrow_integer_steps_wrap_like_numpy_before_the_next_op(backend):
         g = np.asarray(g)
         assert g.dtype == w.dtype
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_int64_overflow_wraps_like_numpy(backend):
+    """x*x of 2**32 wraps to 0 in NumPy; with signed arithmetic LLVM may assume it cannot
+    overflow, and sign(x*x) came out 1. graphnn computes int64 +, -, * in uint64."""
+    x = gn.input("x", (4,), dtype="int64")
+    outs = [gn.ops.sign(gn.ops.square(x)), gn.ops.sign(x * x + x - x), gn.ops.abs(-x)]
+    xv = np.array([-2 ** 63, 3, 2 ** 32, -7], np.int64)
+    with np.errstate(all="ignore"):
+        want = [np.sign(xv * xv), np.sign(xv * xv + xv - xv), np.abs(-xv)]
+        got = gn.compile(outs, backend=backend)(x=xv)
+    assert want[0].tolist() == [0, 1, 0, 1]
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(np.asarray(g), w)
