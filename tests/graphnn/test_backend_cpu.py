@@ -520,3 +520,17 @@ def test_int64_overflow_wraps_like_numpy(backend):
     assert want[0].tolist() == [0, 1, 0, 1]
     for w, g in zip(want, got):
         np.testing.assert_array_equal(np.asarray(g), w)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_elu_and_selu_of_tiny_negatives_match_expm1(backend):
+    """exp(x) - 1 cancels near 0: ELU of -1e-30 was 0 in the kernels, NumPy's expm1 gives
+    -1e-30; over -10 .. -1e-30 the kernels now agree with expm1 to 1e-12 (float64)."""
+    xs = -np.concatenate([np.logspace(-30, 1, 300), [0.0, 0.01, 0.0099999, 0.0100001]])
+    x = gn.input("x", (None,), dtype="float64")
+    for f in (gn.ops.elu, gn.ops.selu):
+        want = gn.compile(f(x), backend="numpy")(x=xs)
+        got = gn.compile(f(x), backend=backend)(x=xs)
+        scale = 1.0 if f is gn.ops.elu else 1.7580993408473766  # selu: scale * alpha
+        assert abs(want[0] / (-1e-30 * scale) - 1) < 1e-12
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
