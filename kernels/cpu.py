@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from . import blas, ir, loader
-from .approx import APPROXIMATIONS
+from .approx import APPROXIMATIONS, WIDE_VECTORS_ATTRIBUTE, WIDE_VECTORS_IMPORTS, wide_vectors
 from . import grouped, random, windows
 from .windows import GEMM_HELPERS, GEMM_SUPPORT, col_block_rows, is_pointwise, \
     use_winograd, winograd_block_tiles, winograd_scratch_items
@@ -33,7 +33,7 @@ from .windows import GEMM_HELPERS, GEMM_SUPPORT, col_block_rows, is_pointwise, \
 # depthwise and grouped convolutions (grouped.py)
 HELPERS = {**windows.HELPERS, **grouped.HELPERS}
 
-GENERATOR_VERSION = "cpu-19"
+GENERATOR_VERSION = "cpu-20"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).
@@ -165,9 +165,9 @@ def generate(program, parallel=False, approximate=True):
     matmul = any(isinstance(s, (ir.Matmul, ir.BatchMatmul)) for s in program.steps)
     batched = any(isinstance(s, ir.BatchMatmul) for s in program.steps)
     vector = any(uses_gemv(s) for s in program.steps)
-    out = _with_support(out, body, helpers_used, matmul,
-                        approximate and _float32_only(program), batched, vector)
-    out += body
+    approximate = approximate and _float32_only(program)
+    out = _with_support(out, body, helpers_used, matmul, approximate, batched, vector)
+    out += _widened(body) if approximate else body
     return "\n".join(out) + "\n"
 
 
@@ -195,6 +195,10 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
         out.append("# vectorisable float32 exp and tanh (kernels/approx.py) replace libm's")
         for fn in APPROXIMATIONS.values():
             out += ["", inline, inspect.getsource(fn).rstrip(), ""]
+        if sites:  # 512-bit vectors for the loops that call them (kernels/approx.py)
+            out[3:3] = WIDE_VECTORS_IMPORTS
+            out += ["", f"WIDE_VECTORS_ATTRIBUTE = {WIDE_VECTORS_ATTRIBUTE!r}", "",
+                    inspect.getsource(wide_vectors).rstrip(), ""]
     for name in helpers_used:
         out += ["", plain, inspect.getsource(HELPERS[name]).rstrip(), ""]
     if any("random_bits(" in line for line in body if not line.lstrip().startswith("#")):
@@ -1092,7 +1096,30 @@ def _kernel_module(def_lines, calls_helpers, matmul, approximate, parallel, batc
     approximate = approximate and any(re.search(rf"\b{name}\(", line)
                                       for line in def_lines for name in APPROXIMATIONS)
     out = _with_support(head, def_lines, calls_helpers, matmul, approximate, batched, vector)
-    return "\n".join(out + [""] + list(def_lines)) + "\n"
+    def_lines = _widened(def_lines) if approximate else list(def_lines)
+    return "\n".join(out + [""] + def_lines) + "\n"
+
+
+def _calls_approximation(line):
+    return not line.lstrip().startswith("#") and \
+        any(re.search(rf"\b{name}\(", line) for name in APPROXIMATIONS)
+
+
+def _widened(lines):
+    """`lines` (whole functions) with `wide_vectors()` first in each function that calls
+    the float32 exp or tanh (see kernels/approx.py); `_with_support` defines it when
+    these are copied in."""
+    lines = list(lines)
+    out = []
+    for k, line in enumerate(lines):
+        out.append(line)
+        if not line.startswith("def "):
+            continue
+        end = next((j for j in range(k + 1, len(lines))
+                    if lines[j][:1] not in ("", " ", "#")), len(lines))
+        if any(_calls_approximation(body) for body in lines[k + 1:end]):
+            out.append("    wide_vectors()")
+    return out
 
 
 def generate_library(program, parallel=False, approximate=True):

@@ -49,3 +49,26 @@ def test_float64_graphs_keep_libm():
     assert "vectorisable" not in f.source
     values = np.array([0.1, 1.0, 5.0])
     np.testing.assert_allclose(f(approx_x64=values), np.tanh(values), rtol=1e-15)
+
+
+def _llvm_ir(dispatcher):
+    return "\n".join(dispatcher.inspect_llvm().values())
+
+
+@pytest.mark.parametrize("library", [False, True])
+def test_loops_calling_the_approximations_ask_for_512_bit_vectors(library):
+    # kernels/approx.py wide_vectors: the function whose loop calls exp or tanh carries
+    # the attribute; a loop of plain arithmetic (memory-bound) and float64 modules do not
+    x = gn.input("wide_x", (None,))
+    f = gn.compile(gn.sigmoid(x) * gn.tanh(x) + x * x, backend="cpu", library=library)
+    values = np.linspace(-6, 6, 1001).astype(np.float32)
+    expected = 1 / (1 + np.exp(-values.astype(np.float64))) * np.tanh(values) + values ** 2
+    np.testing.assert_allclose(f(wide_x=values), expected, rtol=2e-6, atol=1e-7)
+    compiled = f._kernels[0][0].kernel if library else f.module.program
+    assert '"prefer-vector-width"="512"' in _llvm_ir(compiled)
+    assert f.source.count("    wide_vectors()") == 1
+
+    plain = gn.compile(x * x - 0.5 * x, backend="cpu", library=library)
+    assert "wide_vectors" not in plain.source
+    y = gn.input("wide_x64", (None,), dtype="float64")
+    assert "wide_vectors" not in gn.compile(gn.tanh(y), backend="cpu", library=library).source
