@@ -1118,7 +1118,7 @@ def _depthwise_pads(padding, h, w, kh, kw, stride):
             top, left)
 
 
-def _infer_depthwise(specs, stride, padding, what="depthwise_conv2d"):
+def _infer_depthwise(specs, stride, padding, *, what="depthwise_conv2d"):
     x, w = specs
     _int_attr("stride", stride, 1)
     h, wd = _spatial(x, what)
@@ -1244,7 +1244,7 @@ register(OpDef("depthwise_conv2d_grad_filter", "Layer", _infer_depthwise_grad_fi
 # [g c/groups, (g+1) c/groups) only. One op (on the cpu: one gemm per group on the column
 # blocks in place), where slices, a conv2d per group and a concat copied every block.
 
-def _infer_grouped(specs, groups, what="grouped_conv2d"):
+def _infer_grouped(specs, groups, *, what="grouped_conv2d"):
     x, w = specs
     _int_attr("groups", groups, 1)
     _spatial(x, what)
@@ -1293,14 +1293,14 @@ def _grouped_grad_filter_impl(x, g, w_like, groups):
 
 def _infer_grouped_grad_input(specs, groups):
     g, w, x_like = specs
-    shape, _ = _infer_grouped([x_like, w], groups, "grouped_conv2d_grad_input")
+    shape, _ = _infer_grouped([x_like, w], groups, what="grouped_conv2d_grad_input")
     _check_adjoint(g, shape)
     return x_like.sym_shape, _need_float(specs, "grouped_conv2d_grad_input")
 
 
 def _infer_grouped_grad_filter(specs, groups):
     x, g, w_like = specs
-    shape, _ = _infer_grouped([x, w_like], groups, "grouped_conv2d_grad_filter")
+    shape, _ = _infer_grouped([x, w_like], groups, what="grouped_conv2d_grad_filter")
     _check_adjoint(g, shape)
     return w_like.sym_shape, _need_float(specs, "grouped_conv2d_grad_filter")
 
@@ -1370,7 +1370,8 @@ register(OpDef("channel_shuffle", "Shape", _infer_channel_shuffle, _channel_shuf
 # (ResNet's and ShuffleNet's stems, Inception's 3x3 stride-1 pools) needs no padded copy
 # and no mask. Every window must hold an image element: each pad is smaller than `size`.
 
-def _infer_max_pool_padded(specs, size, stride, padding, what="max_pool2d_padded"):
+def _infer_max_pool_padded(specs, size, stride, padding, *,
+                           what="max_pool2d_padded"):
     (x,) = specs[:1]
     h, w = _spatial(x, what)
     _int_attr("size", size, 1)
@@ -1431,7 +1432,8 @@ def _max_pool_padded_grad_impl(x, g, size, stride, padding):
 
 def _infer_max_pool_padded_grad(specs, size, stride, padding):
     x, g = specs
-    shape, _ = _infer_max_pool_padded([x], size, stride, padding, "max_pool2d_padded_grad")
+    shape, _ = _infer_max_pool_padded([x], size, stride, padding,
+                                      what="max_pool2d_padded_grad")
     _check_adjoint(g, shape)
     return x.sym_shape, _need_float(specs, "max_pool2d_padded_grad")
 

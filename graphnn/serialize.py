@@ -392,8 +392,9 @@ class _Loader:
         kind = ATTR_KINDS.get(key)
 
         def bad():
-            self.fail(f"attr {key}={value!r} of {op} is not a valid "
-                      f"{kind if isinstance(kind, str) else ' or '.join(kind)}"[:300], position)
+            wanted = kind if isinstance(kind, str) else \
+                " or ".join(kind) if isinstance(kind, tuple) else "attr of a saved graph"
+            self.fail(f"attr {key}={value!r} of {op} is not a valid {wanted}"[:300], position)
 
         def whole(v):
             return isinstance(v, int) and not isinstance(v, bool) and abs(v) <= MAX_DIM

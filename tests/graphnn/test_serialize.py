@@ -113,6 +113,31 @@ def saved(tmp_path):
         return path, json.load(fh)
 
 
+def test_round_trip_of_grouped_and_depthwise_convolutions_and_padded_pooling(tmp_path):
+    # the ops ShuffleNet-like models import as (their attrs: groups, stride, padding)
+    img = gn.input("img", (None, 6, 6, 4))
+    dw = gn.param("dw", shape=(3, 3, 1, 4), seed=1)
+    gw = gn.param("gw", shape=(1, 1, 2, 6), seed=2)
+    h = gn.depthwise_conv2d(img, dw, stride=2, padding=(1, 1, 1, 1))
+    h = gn.ops.channel_shuffle(gn.ops.grouped_conv2d(h, gw, groups=2), groups=3)
+    out = gn.max_pool2d(gn.relu(h), 3, 2, padding=(1, 1, 1, 1))
+    gn.save(out, tmp_path / "grouped.json")
+    g = gn.load(tmp_path / "grouped.json")
+    assert [n.op for n in g.nodes if n.op not in ("input", "param")] == \
+        [n.op for n in gn.Graph([out]).nodes if n.op not in ("input", "param")]
+    feeds = {"img": rng.standard_normal((2, 6, 6, 4)).astype(np.float32)}
+    expected = gn.compile(out, backend="numpy")(**feeds)
+    got = gn.compile(g.outputs[0], backend="cpu")(**feeds)
+    assert got.shape == expected.shape == (2, 2, 2, 6)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # an attr the op's shape rule names but no file may carry is refused, not a crash
+    document = json.loads((tmp_path / "grouped.json").read_text())
+    document["nodes"][_nodes(document)["max_pool2d_padded"]]["attrs"]["what"] = 7
+    _rewrite(tmp_path / "grouped.json", document)
+    _load_fails(tmp_path / "grouped.json", "op max_pool2d_padded takes attrs "
+                "['size', 'stride', 'padding']")
+
+
 def _rewrite(path, document):
     with open(path, "w") as fh:
         json.dump(document, fh)
