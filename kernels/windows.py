@@ -392,17 +392,8 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
             ta, tb, p, q, c, beta = 111, 112, gy, w2, col, zero
         else:
             ta, tb, p, q, c, beta = 112, 111, col, gy, w2, zero if r0 == 0 else one
-        # few rows (batch 1 deep in a network: 7x7 or 13x13 outputs): BLAS packs the
-        # whole kernel for one product, then reads the packed copy back from memory; in
-        # column blocks of 256 each block is packed and used while it is in cache
-        # (1.05-1.2x faster up to 256 rows, slower beyond: docs/BENCHMARKS.md)
-        width = c.shape[1]
-        step = min(width, 256) if mode == 0 and rows <= 256 else width
-        qv, cv = q.reshape(-1), c.reshape(-1)
-        for c0 in range(0, width, step):
-            _cblas_gemm(ta, tb, c.shape[0], min(step, width - c0),
-                        p.shape[0] if ta == 112 else p.shape[1], one, p, p.shape[1],
-                        qv[c0:], q.shape[1], beta, cv[c0:], width)
+        _cblas_gemm(ta, tb, c.shape[0], c.shape[1], p.shape[0] if ta == 112 else p.shape[1],
+                    one, p, p.shape[1], q, q.shape[1], beta, c, c.shape[1])
         for r in range(rows if mode == 1 and not pointwise else 0):  # col2im
             # x += col[r] put back where im2col took it from (the padding's share dropped)
             xs = x0 * s - pw

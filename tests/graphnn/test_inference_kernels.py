@@ -206,26 +206,3 @@ def test_a_padded_image_a_gradient_reads_keeps_its_pad():
     X = rng.standard_normal((2, 9, 9, 3))
     for a, b in zip(f(x=X), gn.compile(targets, backend="numpy")(x=X)):
         _close(np.asarray(a), np.asarray(b), "float64", "training")
-
-
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_few_rows_and_many_output_channels_in_column_blocks(dtype):
-    # conv_gemm multiplies up to 256 rows in column blocks of 256 (BLAS then packs each
-    # block of the kernel while it is in cache): 600 and 520 channels are 3 blocks, the
-    # last one partial; 17x17 outputs (289 rows) take one product, as before
-    rng = np.random.default_rng(5)
-    cases = [("c0", (1, 5, 5, 16), (1, 1, 16, 600), "valid", 1),   # pointwise, 25 rows
-             ("c1", (2, 7, 7, 12), (3, 3, 12, 520), "same", 2),    # im2col, 2 x 16 rows
-             ("c2", (1, 17, 17, 8), (1, 1, 8, 300), "valid", 1)]   # 289 rows: one product
-    feeds, outs = {}, []
-    for name, shape, kshape, padding, stride in cases:
-        x = gn.input(name, (None,) + shape[1:], dtype=dtype)
-        w = gn.const((0.2 * rng.standard_normal(kshape)).astype(dtype))
-        feeds[name] = rng.standard_normal(shape).astype(dtype)
-        outs.append(gn.conv2d(x, w, stride=stride, padding=padding))
-    want = gn.compile(outs, backend="numpy")(**feeds)
-    for library in (False, True):
-        got = gn.compile(outs, backend="cpu", library=library)(**feeds)
-        for (name, *_), g, w in zip(cases, got, want):
-            _close(g, w, dtype, f"{name}, library={library}")
-    assert [w.shape[-1] for w in want] == [600, 520, 300]
