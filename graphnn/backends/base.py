@@ -236,7 +236,7 @@ class LoweredFunction(CompiledFunction):
         self.program, self.lowering = lower(
             roots, self.graph.inputs, self.state_nodes, self.optimized_outputs, opt_updates,
             plan_memory=self.passes["memory_planning"], fusion=self.passes["fusion"],
-            update_in_place=self.passes["update_in_place"])
+            update_in_place=self.passes["update_in_place"], order=self.optimized_graph.nodes)
         self.program.index_checks = [
             (k, self.feeds.bounds[n.name][0]) for k, n in enumerate(self.graph.inputs)
             if n.name in self.feeds.bounds]
