@@ -375,8 +375,12 @@ class Lowering:
             if opdef.kind == "pattern":
                 return value_of(*opdef.lower(node, index))
             read = self.reads(node)
-            args = [value_of(inp, self.broadcast_index(inp, node, index))
-                    if any(inp is r for r in read) else None for inp in node.inputs]
+            if len(read) == len(node.inputs):  # (reads every input: nearly every op)
+                args = [value_of(inp, self.broadcast_index(inp, node, index))
+                        for inp in node.inputs]
+            else:
+                args = [value_of(inp, self.broadcast_index(inp, node, index))
+                        if any(inp is r for r in read) else None for inp in node.inputs]
             attrs = {k: _attr_source(node, k, v) for k, v in node.attrs.items()}
             if "flat" in template_fields(opdef.scalar):
                 attrs["flat"] = self.flat_index(node, index)
