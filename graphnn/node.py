@@ -168,10 +168,9 @@ def collector_paused():
     Each full collection walks every tracked object, and building the derivative graph or
     compiling a graph of tens of thousands of nodes, all of them long-lived, sets off
     dozens of full collections (0.3 s of a 1.6 s compile of 11,000 steps) that find
-    nothing to free: nodes are freed by reference counting. gn.grad, gn.compile and a
-    compiled function's first call (which loads or compiles its kernels) run inside this
-    block (or under it as a decorator, `@collector_paused()`); the collector sees what
-    they leave at its next run."""
+    nothing to free: nodes are freed by reference counting. gn.grad and gn.compile run
+    inside this block (or under it as a decorator, `@collector_paused()`); the collector
+    sees what they leave at its next run."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -179,3 +178,20 @@ def collector_paused():
     finally:
         if was_enabled:
             gc.enable()
+
+
+@contextlib.contextmanager
+def collector_spares_existing():
+    """The cyclic collector kept running for the block, but blind to every object alive at
+    its start (gc.freeze, undone after). For work that makes garbage cycles among a deep
+    graph's nodes: a compiled function's first call, in which Numba's compiler makes
+    (and drops) many, would otherwise walk the nodes again at each full collection.
+    Does nothing special when objects are frozen already or the collector is off."""
+    if gc.get_freeze_count() or not gc.isenabled():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
