@@ -63,8 +63,10 @@ class CompiledFunction:
         self.graph = Graph(roots)
         targets = [p for p, _ in self.update_pairs]
         self.state_nodes = self.graph.params + self.graph.variables
+        known = {id(p) for p in self.state_nodes}  # (a set: thousands of parameters)
         for t in targets:
-            if t not in self.state_nodes:
+            if id(t) not in known:
+                known.add(id(t))
                 self.state_nodes.append(t)
         Graph._check_unique_names(self.state_nodes, "parameter")
         self.check_finite = check_finite
