@@ -146,6 +146,7 @@ class Lowering:
         self.pinned = {id(n) for n in self.outputs} | {id(v) for _, v in self.update_pairs}
         self.counter = 0
         self._inlined = {}  # node -> whether it is inlined (see `inlined`)
+        self._groups = {}  # root node -> group_nodes(root)
         self._bind_dims()
 
     # -- shapes -------------------------------------------------------------------------
@@ -449,15 +450,19 @@ class Lowering:
         self.step_nodes.append(nodes)
 
     def group_nodes(self, root):
-        """The nodes fused into root's step (root first)."""
-        found, stack = [], [root]
-        while stack:
-            n = stack.pop()
-            found.append(n)
-            for i in self.reads(n):
-                if kind_of(i) not in ("leaf", "size") and self.inlined(i):
-                    stack.append(i)
-        return found
+        """The nodes fused into root's step (root first): a new list each time, found once
+        per root (asked for a step's fusion decisions and again for its step)."""
+        found = self._groups.get(root)
+        if found is None:
+            found, stack = [], [root]
+            while stack:
+                n = stack.pop()
+                found.append(n)
+                for i in self.reads(n):
+                    if kind_of(i) not in ("leaf", "size") and self.inlined(i):
+                        stack.append(i)
+            self._groups[root] = found
+        return list(found)
 
     def lower_node(self, node):
         """Add the step computing `node` (and what fuses into it), by its op's kind."""
