@@ -186,10 +186,14 @@ def collector_spares_existing():
     its start (gc.freeze, undone after). For work that makes garbage cycles among a deep
     graph's nodes: a compiled function's first call, in which Numba's compiler makes
     (and drops) many, would otherwise walk the nodes again at each full collection.
+    Young garbage is collected first, as it would have been soon: what is frozen goes to
+    the oldest generation when thawed (a dead graph there would wait for a full
+    collection, and with it the names of its inputs, which feeds are checked against).
     Does nothing special when objects are frozen already or the collector is off."""
     if gc.get_freeze_count() or not gc.isenabled():
         yield
         return
+    gc.collect(1)
     gc.freeze()
     try:
         yield
