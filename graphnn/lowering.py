@@ -39,7 +39,9 @@ def is_elementwise(node):
 
 
 # integer dtypes Numba's arithmetic widens (results wrap to these in NumPy)
-_NARROW_INTS = frozenset({"int8", "int16", "int32", "uint8", "uint16", "uint32"})
+_NARROW_INTS = frozenset(np.dtype(name) for name in
+                         ("int8", "int16", "int32", "uint8", "uint16", "uint32"))
+_INT64 = np.dtype("int64")
 # int64 ops that can overflow, computed in uint64 (where wrapping is defined)
 _WRAPPING = frozenset({"add", "sub", "mul", "square", "neg"})
 
@@ -55,6 +57,12 @@ def read_inputs(node):
         used = template_fields(opdef.scalar)
         return tuple(i for k, i in enumerate(node.inputs) if str(k) in used)
     return node.inputs
+
+
+@functools.lru_cache(maxsize=None)
+def dtype_name(dtype):
+    """`dtype.name` (a slow property of NumPy's, asked for every buffer)."""
+    return dtype.name
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,16 +120,22 @@ class Lowering:
     """Lowers one graph; `fusion=False` gives every elementwise, pattern and reduction node
     a step of its own (the "fusion" option of passes.OPTIONAL_PASSES)."""
 
-    def __init__(self, roots, inputs, states, outputs, update_pairs, fusion=True):
+    def __init__(self, roots, inputs, states, outputs, update_pairs, fusion=True,
+                 order=None):
         self.fusion = fusion
-        self.nodes = topological_order(roots)
+        self.nodes = topological_order(roots) if order is None else list(order)
         self.inputs = list(inputs)
         self.states = list(states)
+        self._state_index = {}  # state node -> its first position in `states`
+        for k, n in enumerate(self.states):
+            self._state_index.setdefault(n, k)
         self.outputs = list(outputs)
         self.update_pairs = list(update_pairs)
         self.consumers = {id(n): [] for n in self.nodes}
+        self._reads = {}  # node -> read_inputs(node), asked for again and again
         for n in self.nodes:
-            for i in read_inputs(n):
+            reads = self._reads[n] = read_inputs(n)
+            for i in reads:
                 self.consumers[id(i)].append(n)
         self.dims = {}          # representative Sym -> dim name
         self.dim_sources = {}   # dim name -> (input index, axis)
@@ -131,6 +145,8 @@ class Lowering:
         self.consts = []
         self.pinned = {id(n) for n in self.outputs} | {id(v) for _, v in self.update_pairs}
         self.counter = 0
+        self._inlined = {}  # node -> whether it is inlined (see `inlined`)
+        self._groups = {}  # root node -> group_nodes(root)
         self._bind_dims()
 
     # -- shapes -------------------------------------------------------------------------
@@ -160,20 +176,29 @@ class Lowering:
         parts = [str(shape[a]) for a in axes] or ["1"]
         return " * ".join(parts)
 
+    def reads(self, node):
+        """read_inputs(node), looked up for the graph's nodes."""
+        found = self._reads.get(node)
+        return read_inputs(node) if found is None else found
+
     # -- fusion decisions ----------------------------------------------------------------
     def inlined(self, node):
         """True when `node` is computed inside its consumer's loop: its single consumer's,
         or every consumer's for a mask of a leaf (see `recomputed`)."""
+        # (memoised per node: lowering asks several times per node and per reader, a
+        # learning rate has thousands of consumers in a deep graph, and consumers and
+        # pinned nodes are fixed once lowering starts)
+        known = self._inlined.get(node)
+        if known is None:
+            known = self._inlined[node] = self._decide_inlined(node)
+        return known
+
+    def _decide_inlined(self, node):
         if kind_of(node) == "size":
             return True
         if node.op == "const" and (node.value.size == 1 or is_index_const(node)):
-            # (memoised: a learning rate has thousands of consumers in a deep graph, and
-            # consumers and pinned nodes are fixed once lowering starts)
-            memo = self.__dict__.setdefault("_inlined_consts", {})
-            if id(node) not in memo:
-                memo[id(node)] = all(is_elementwise(c) for c in self.consumers[id(node)]) \
-                    and id(node) not in self.pinned
-            return memo[id(node)]
+            return all(is_elementwise(c) for c in self.consumers[id(node)]) \
+                and id(node) not in self.pinned
         if not is_elementwise(node) or id(node) in self.pinned or not self.fusion:
             return False
         users = self.consumers[id(node)]
@@ -223,7 +248,7 @@ class Lowering:
         `sole_elementwise_reader`), in the order it reads them."""
         if not self.fusion:
             return []
-        return [i for n in self.group_nodes(user) if is_elementwise(n) for i in read_inputs(n)
+        return [i for n in self.group_nodes(user) if is_elementwise(n) for i in self.reads(n)
                 if kind_of(i) == "reduce" and self.sole_elementwise_reader(i) is user]
 
     def sole_elementwise_reader(self, node):
@@ -284,20 +309,22 @@ class Lowering:
         self.counter += 1
         label = node.name if node.name and node.name.isidentifier() else node.op
         name = f"b{self.counter}_{label}"[:40]
-        return ir.Buffer(name, self.shape(node), node.dtype.name, role)
+        return ir.Buffer(name, self.shape(node), dtype_name(node.dtype), role)
 
     def leaf_buffer(self, node):
         if id(node) in self.buffers:
             return self.buffers[id(node)]
         if node.op == "input":
             index = self.inputs.index(node)
-            buf = ir.Buffer(f"in{index}", self.shape(node), node.dtype.name, "input", index)
+            buf = ir.Buffer(f"in{index}", self.shape(node), dtype_name(node.dtype), "input",
+                            index)
         elif node.op in ("param", "variable"):
-            index = self.states.index(node)
-            buf = ir.Buffer(f"st{index}", self.shape(node), node.dtype.name, "state", index)
+            index = self._state_index[node]
+            buf = ir.Buffer(f"st{index}", self.shape(node), dtype_name(node.dtype), "state",
+                            index)
         else:
             index = len(self.consts)
-            buf = ir.Buffer(f"c{index}", self.shape(node), node.dtype.name, "const", index)
+            buf = ir.Buffer(f"c{index}", self.shape(node), dtype_name(node.dtype), "const", index)
             self.consts.append(node)
         self.buffers[id(node)] = buf
         return buf
@@ -348,20 +375,25 @@ class Lowering:
             opdef = OPS[node.op]
             if opdef.kind == "pattern":
                 return value_of(*opdef.lower(node, index))
-            read = read_inputs(node)
-            args = [value_of(inp, self.broadcast_index(inp, node, index))
-                    if any(inp is r for r in read) else None for inp in node.inputs]
+            read = self.reads(node)
+            if len(read) == len(node.inputs):  # (reads every input: nearly every op)
+                args = [value_of(inp, self.broadcast_index(inp, node, index))
+                        for inp in node.inputs]
+            else:
+                args = [value_of(inp, self.broadcast_index(inp, node, index))
+                        if any(inp is r for r in read) else None for inp in node.inputs]
             attrs = {k: _attr_source(node, k, v) for k, v in node.attrs.items()}
             if "flat" in template_fields(opdef.scalar):
                 attrs["flat"] = self.flat_index(node, index)
-            if str(node.dtype) == "int64" and node.op in _WRAPPING:
+            wraps = node.dtype == _INT64 and node.op in _WRAPPING
+            if wraps:
                 # LLVM may assume a signed int64 product or sum does not overflow (sign(x*x)
                 # became 1 for x*x that wraps to 0); unsigned arithmetic wraps as NumPy does
                 args = [a if a is None else f"np.uint64({a})" for a in args]
             code = opdef.scalar.format(*args, T="T", **attrs)
-            if str(node.dtype) == "int64" and node.op in _WRAPPING:
+            if wraps:
                 code = f"np.int64({code})"
-            if str(node.dtype) in _NARROW_INTS:
+            if node.dtype in _NARROW_INTS:
                 # Numba widens int32 + int32 to int64; NumPy wraps each result to its
                 # dtype, so abs(x + x) must see the wrapped sum, not the wide one
                 code = f"np.{node.dtype}({code})"
@@ -418,15 +450,19 @@ class Lowering:
         self.step_nodes.append(nodes)
 
     def group_nodes(self, root):
-        """The nodes fused into root's step (root first)."""
-        found, stack = [], [root]
-        while stack:
-            n = stack.pop()
-            found.append(n)
-            for i in read_inputs(n):
-                if kind_of(i) not in ("leaf", "size") and self.inlined(i):
-                    stack.append(i)
-        return found
+        """The nodes fused into root's step (root first): a new list each time, found once
+        per root (asked for a step's fusion decisions and again for its step)."""
+        found = self._groups.get(root)
+        if found is None:
+            found, stack = [], [root]
+            while stack:
+                n = stack.pop()
+                found.append(n)
+                for i in self.reads(n):
+                    if kind_of(i) not in ("leaf", "size") and self.inlined(i):
+                        stack.append(i)
+            self._groups[root] = found
+        return list(found)
 
     def lower_node(self, node):
         """Add the step computing `node` (and what fuses into it), by its op's kind."""
@@ -466,7 +502,7 @@ class Lowering:
         axes = S.normalize_axes(node.attr("axis"), x.ndim)
         if finish is None:
             reduced = tuple(d for k, d in enumerate(self.shape(x)) if k not in axes)
-            out = ir.Buffer(f"b{self.counter + 1}_{node.op}", reduced, node.dtype.name)
+            out = ir.Buffer(f"b{self.counter + 1}_{node.op}", reduced, dtype_name(node.dtype))
             self.counter += 1
         else:
             out = self.new_buffer(finish)
@@ -529,11 +565,12 @@ class Lowering:
             axes = S.normalize_axes(summed.attr("axis"), node.ndim)
             batch = tuple(1 if k in axes else d for k, d in enumerate(batch))
         if rank == 2:
-            step_out = ir.Buffer(f"b{self.counter + 1}_matmul", (n, m), node.dtype.name)
+            step_out = ir.Buffer(f"b{self.counter + 1}_matmul", (n, m),
+                                 dtype_name(node.dtype))
             step = ir.Matmul(step_out, a, b, trans_a, trans_b, comment)
         else:
             step_out = ir.Buffer(f"b{self.counter + 1}_matmul", batch + (n, m),
-                                 node.dtype.name)
+                                 dtype_name(node.dtype))
             step = ir.BatchMatmul(step_out, a, b, trans_a, trans_b, comment)
         self.counter += 1
         target = summed if summed is not None else node
@@ -713,11 +750,13 @@ def _describe(node):
 
 
 def lower(roots, inputs, states, outputs, update_pairs, plan_memory=True, fusion=True,
-          update_in_place=True):
+          update_in_place=True, order=None):
     """Lower the graph to a kernel-IR Program; returns (program, lowering). `fusion`,
     `update_in_place` and `plan_memory` switch those optimisations (passes.OPTIONAL_PASSES);
-    the program computes the same numbers without them."""
-    lowering = Lowering(roots, inputs, states, outputs, update_pairs, fusion=fusion)
+    the program computes the same numbers without them. `order` is
+    topological_order(roots) when the caller has it already."""
+    lowering = Lowering(roots, inputs, states, outputs, update_pairs, fusion=fusion,
+                        order=order)
     out_bufs, updates = lowering.lower()
     if update_in_place:
         updates = lowering.accumulate_updates(out_bufs, updates)

@@ -15,11 +15,12 @@ from .registry import OPS, const_node, kind_of
 FOLD_LIMIT = 1 << 16  # constant folding keeps results up to this many elements
 
 
-def rebuild(roots, rule):
+def rebuild(roots, rule, order=None):
     """Apply `rule(node, new_inputs) -> Node or None` bottom-up; None keeps the node (rebuilt
-    with new inputs when they changed). Returns the new roots."""
+    with new inputs when they changed). Returns the new roots. `order` is
+    topological_order(roots) when the caller has it already."""
     memo = {}
-    for node in topological_order(roots):
+    for node in topological_order(roots) if order is None else order:
         new_inputs = [memo[id(i)] for i in node.inputs]
         replacement = rule(node, new_inputs)
         if replacement is None:
@@ -32,8 +33,13 @@ def rebuild(roots, rule):
     return [memo[id(r)] for r in roots]
 
 
-def decompose(roots):
+def decompose(roots, order=None):
     """Rewrite composite ops (softmax, losses, mean, one_hot...) into primitive ops."""
+    return _decompose(roots, order)[0]
+
+
+def _decompose(roots, order):
+    """decompose(); returns (new roots, their topological order)."""
     def rule(node, inputs):
         opdef = OPS.get(node.op)
         if opdef is None or opdef.decompose is None:
@@ -43,13 +49,13 @@ def decompose(roots):
             out.name = node.name
         return out
     while True:
-        new = rebuild(roots, rule)
-        if not any(OPS[n.op].decompose for n in topological_order(new)):
-            return new
-        roots = new
+        roots = rebuild(roots, rule, order)
+        order = topological_order(roots)
+        if not any(OPS[n.op].decompose for n in order):
+            return roots, order
 
 
-def fold_constants(roots):
+def fold_constants(roots, order=None):
     """Evaluate ops whose inputs are all constants (results up to FOLD_LIMIT elements)."""
     def rule(node, inputs):
         if kind_of(node) == "leaf" or not inputs or not all(i.op == "const" for i in inputs):
@@ -64,7 +70,7 @@ def fold_constants(roots):
         if value.size > FOLD_LIMIT or value.shape != node.shape:
             return None
         return const_node(value.astype(node.dtype))
-    return rebuild(roots, rule)
+    return rebuild(roots, rule, order)
 
 
 def _const_equals(node, number):
@@ -76,12 +82,14 @@ def _all_axes(node, ndim):
     return S.normalize_axes(node.attr("axis"), ndim) == tuple(range(ndim))
 
 
-def simplify(roots):
+def simplify(roots, order=None):
     """x*1, 1*x, x+0, 0+x, x-0, x/1, x**1 -> x; --x -> x (when shape and dtype stay);
     the count of a reduction's result is counted on its input; a sum of all of a sum read
     by nothing else is one sum (a mean of row sums, as in a loss, is one reduction)."""
+    if order is None:
+        order = topological_order(roots)
     readers = {}  # id(node) -> nodes that read its values (a count reads only its shape)
-    for n in topological_order(roots):
+    for n in order:
         for i in n.inputs:
             if kind_of(n) != "size":
                 readers[id(i)] = readers.get(id(i), 0) + 1
@@ -130,10 +138,10 @@ def simplify(roots):
             return make_node("square", (), [a], node.sym_shape, node.dtype, node.name) \
                 if keeps(node, a) else None
         return None
-    return rebuild(roots, rule)
+    return rebuild(roots, rule, order)
 
 
-def common_subexpressions(roots):
+def common_subexpressions(roots, order=None):
     """Share nodes with equal (op, attrs, inputs) that hash-consing did not catch."""
     seen = {}
 
@@ -147,7 +155,7 @@ def common_subexpressions(roots):
         seen[key] = node if same else make_node(node.op, node._attrs, inputs, node.sym_shape,
                                                 node.dtype, node.name)
         return seen[key]
-    return rebuild(roots, rule)
+    return rebuild(roots, rule, order)
 
 
 PIPELINE = (("decompose", decompose), ("fold_constants", fold_constants),
@@ -207,11 +215,17 @@ def pass_options(passes, backend, valid=tuple(OPTIONAL_PASSES)):
 def optimize(roots, passes=PIPELINE, enabled=None):
     """Run the pass pipeline; return (new roots, [(pass name, node count after)]).
     `enabled` ({optional pass name: bool}, see OPTIONAL_PASSES) leaves out the graph passes
-    switched off."""
-    report = [("input", len(topological_order(roots)))]
+    switched off. Each pass gets `order=` the topological order of its roots, found once
+    per pass (a deep graph has tens of thousands of nodes)."""
+    order = topological_order(roots)
+    report = [("input", len(order))]
     for name, fn in passes:
         if enabled is not None and not enabled.get(_GRAPH_PASSES.get(name), True):
             continue
-        roots = fn(roots)
-        report.append((name, len(topological_order(roots))))
+        if fn is decompose:
+            roots, order = _decompose(roots, order)
+        else:
+            roots = fn(roots, order=order)
+            order = topological_order(roots)
+        report.append((name, len(order)))
     return roots, report

@@ -982,6 +982,8 @@ def _wide_sum(lines, wide):
     order (`wide` = x1 + x2, then += x3, ...), and the step's kernel reads `wide`: its
     code no longer grows with n, and one kernel serves every n. Returns (the step's new
     lines, the driver's lines), or None."""
+    if sum(" + " in line for line in lines) < WIDE_SUM - 1:
+        return None  # (most steps: fewer additions than a wide sum has)
     loads, adds = {}, []
     for number, line in enumerate(lines):
         m = _LOAD_LINE.match(line)
@@ -1076,8 +1078,13 @@ def _kernel_template(lines, buffers, dims):
     for line in lines:
         # names first (graph names such as c0 are not the parameters c<k>), then constants,
         # then integers (a parameter such as buf12 holds digits but no \b-integer)
-        line = _CONSTANT.sub(constant, _NAME.sub(rename, line))
-        text.append(_SIZE_SPANS.sub(span, line))
+        # (each pattern is tried only on lines that can hold a match: "np.float..." for a
+        # constant, "range(" or "[" for a span; a deep graph has tens of thousands of lines)
+        line = _NAME.sub(rename, line)
+        if "np.float" in line:
+            line = _CONSTANT.sub(constant, line)
+        text.append(_SIZE_SPANS.sub(span, line) if "[" in line or "range(" in line
+                    else line)
     return ("\n".join(text), buf_params + size_params + const_params,
             args_buf + args_size + args_const)
 

@@ -6,14 +6,20 @@ of its source and the Numba version (the source's first line names its generator
 generator's version), then imported from there, registered in sys.modules first so that
 Numba's on-disk cache (`cache=True`) finds it again in a new process.
 
-What runs is always the source that was checked: the file is compared byte for byte with
-the generated source (and rewritten when it differs), then compiled from those bytes.
+What runs is the source that was checked: the file is compared byte for byte with the
+generated source (and rewritten when it differs), then compiled from those bytes.
 No `.pyc` is read or written, so a stale, corrupt or tampered `__pycache__/*.pyc` can
-neither run nor break a compile. Numba's own cache files (`.nbi`/`.nbc`) are keyed by the
-hash of the source file; a damaged one is removed by `clear_numba_cache`.
+neither run nor break a compile. Only a large module (a library driver of thousands of
+steps, whose compile() takes a good part of a second) keeps its code object, in
+`<name>.<python tag>.code` next to it: the SHA-256 of the source it was compiled from and
+the SHA-256 of its marshal data head the file, and a code file that does not match both
+is ignored and rewritten (see `_compiled`). Numba's own cache files (`.nbi`/`.nbc`) are
+keyed by the hash of the source file; a damaged one is removed by `clear_numba_cache`.
+Like those, a code file is trusted as the directory is: keep the cache directory private.
 """
 import hashlib
 import importlib.util
+import marshal
 import os
 import sys
 import tempfile
@@ -21,6 +27,10 @@ import tempfile
 import numba
 
 LOADER_VERSION = "loader-1"
+# Modules of at least this many bytes of source keep their compiled code (see _compiled)
+CODE_CACHE_MIN_BYTES = 1 << 16
+# What a code file is valid for: marshal data is specific to the interpreter's version
+_CODE_TAG = f"{sys.implementation.cache_tag}-{importlib.util.MAGIC_NUMBER.hex()}"
 
 
 def cache_dir():
@@ -112,11 +122,44 @@ def load_module(source):
     sys.modules[name] = module
     try:
         # The checked bytes, compiled here: no .pyc is consulted (nor written)
-        exec(compile(data, path, "exec", dont_inherit=True), module.__dict__)  # noqa: S102
+        exec(_compiled(data, path), module.__dict__)  # noqa: S102
     except BaseException:
         del sys.modules[name]
         raise
     return module, path
+
+
+def _compiled(data, path):
+    """compile() of the checked source `data` of the module at `path`. A large module's code
+    object is kept in `<path without .py>.<tag>.code`: SHA-256 of the source, SHA-256 of
+    the payload, then the payload (marshal data, valid for this interpreter only). A code
+    file that is missing, stale, truncated or corrupt is never loaded: the source is
+    compiled and the file written again (when the directory cannot be written, no file)."""
+    if len(data) < CODE_CACHE_MIN_BYTES:
+        return compile(data, path, "exec", dont_inherit=True)
+    code_path = f"{os.path.splitext(path)[0]}.{_CODE_TAG}.code"
+    source_digest = hashlib.sha256(data).digest()
+    try:
+        with open(code_path, "rb") as fh:
+            blob = fh.read()
+    except OSError:
+        blob = b""
+    payload = blob[64:]
+    if blob[:32] == source_digest and blob[32:64] == hashlib.sha256(payload).digest():
+        try:
+            code = marshal.loads(payload)
+        except (EOFError, ValueError, TypeError):
+            code = None
+        if getattr(code, "co_filename", None) == path:
+            return code
+    code = compile(data, path, "exec", dont_inherit=True)
+    payload = marshal.dumps(code)
+    try:
+        write_atomically(os.path.dirname(path), code_path,
+                         source_digest + hashlib.sha256(payload).digest() + payload)
+    except OSError:
+        pass  # (a directory we cannot write: the next process compiles again)
+    return code
 
 
 def clear_numba_cache(path):

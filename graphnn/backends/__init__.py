@@ -12,6 +12,7 @@ import importlib
 import inspect
 
 from ..errors import BackendError, GraphError, user_location
+from ..node import collector_paused
 
 # backend name -> (module in this package, class)
 BACKENDS = {
@@ -60,4 +61,5 @@ def compile(outputs, updates=None, backend="cpu", check_finite=False, **options)
         raise GraphError(f"gn.compile: unknown option {unknown[0]!r} for backend "
                          f"{backend!r}; its options are {', '.join(accepted) or 'none'} "
                          f"(at {user_location()})")
-    return cls(outputs, updates, check_finite=check_finite, **options)
+    with collector_paused():  # (a large graph: see node.collector_paused)
+        return cls(outputs, updates, check_finite=check_finite, **options)

@@ -63,8 +63,10 @@ class CompiledFunction:
         self.graph = Graph(roots)
         targets = [p for p, _ in self.update_pairs]
         self.state_nodes = self.graph.params + self.graph.variables
+        known = {id(p) for p in self.state_nodes}  # (a set: thousands of parameters)
         for t in targets:
-            if t not in self.state_nodes:
+            if id(t) not in known:
+                known.add(id(t))
                 self.state_nodes.append(t)
         Graph._check_unique_names(self.state_nodes, "parameter")
         self.check_finite = check_finite
@@ -236,7 +238,7 @@ class LoweredFunction(CompiledFunction):
         self.program, self.lowering = lower(
             roots, self.graph.inputs, self.state_nodes, self.optimized_outputs, opt_updates,
             plan_memory=self.passes["memory_planning"], fusion=self.passes["fusion"],
-            update_in_place=self.passes["update_in_place"])
+            update_in_place=self.passes["update_in_place"], order=self.optimized_graph.nodes)
         self.program.index_checks = [
             (k, self.feeds.bounds[n.name][0]) for k, n in enumerate(self.graph.inputs)
             if n.name in self.feeds.bounds]

@@ -17,6 +17,7 @@ from kernels import blas, cpu as cpu_codegen, loader
 
 from ..api import ValueState
 from ..errors import BackendError, user_location
+from ..node import collector_spares_existing
 from ..passes import OPTIONAL_PASSES
 from .base import LoweredFunction, raise_positional
 
@@ -201,6 +202,7 @@ class CpuFunction(LoweredFunction):
     def _grow_workspace(self, arrays):
         self._workspace = np.empty(self.module.workspace_bytes(*arrays), np.uint8)
 
+    @collector_spares_existing()  # (loading or compiling kernels: see node.py)
     def _first_call(self, args):
         if self.library:
             return self._first_library_call(args)

@@ -367,7 +367,10 @@ class CudaFunction(LoweredFunction):
 
     # -- check_finite: parameters are saved and restored on the device ---------------------
     def _update_indices(self):
-        return [self.state_nodes.index(p) for p, _ in self.update_pairs]
+        position = {}
+        for k, p in enumerate(self.state_nodes):
+            position.setdefault(id(p), k)
+        return [position[id(p)] for p, _ in self.update_pairs]
 
     def _save_updated_states(self):
         self._refresh_states()

@@ -534,3 +534,17 @@ def test_elu_and_selu_of_tiny_negatives_match_expm1(backend):
         scale = 1.0 if f is gn.ops.elu else 1.7580993408473766  # selu: scale * alpha
         assert abs(want[0] / (-1e-30 * scale) - 1) < 1e-12
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_grad_compile_and_first_call_leave_the_garbage_collector_as_they_found_it(enabled):
+    import gc
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        step, _ = training_step()  # gn.grad and gn.compile hold the collector off
+        step(x=np.ones((2, 3), np.float32), y=np.zeros(2, np.int64))  # the first call
+        # freezes the objects alive before it, and thaws them after
+        assert gc.isenabled() is enabled and gc.get_freeze_count() == 0
+    finally:
+        (gc.enable if was else gc.disable)()

@@ -1,6 +1,9 @@
 """kernels.loader: the kernel cache writes generated modules once, atomically, and imports
-exactly the source it checked (no bytecode from __pycache__)."""
+exactly the source it checked (no bytecode from __pycache__; a large module's own code
+file only when it matches the source and itself)."""
+import hashlib
 import importlib.util
+import marshal
 import os
 import sys
 
@@ -82,3 +85,55 @@ def test_a_module_that_raises_on_import_is_not_left_registered(cache):
     with pytest.raises(RuntimeError, match="broken module"):
         loader.load_module(source)
     assert loader.module_name(source) not in sys.modules
+
+
+LARGE = SOURCE + "".join(f"V{k} = {k}  # padding to a large module\n"
+                         for k in range(loader.CODE_CACHE_MIN_BYTES // 30))
+
+
+def _code_path(path):
+    return [os.path.join(os.path.dirname(path), f) for f in os.listdir(os.path.dirname(path))
+            if f.endswith(".code")]
+
+
+@pytest.fixture
+def large(cache):
+    yield LARGE
+    sys.modules.pop(loader.module_name(LARGE), None)
+
+
+def test_a_large_module_keeps_its_code_and_a_new_import_uses_it(large, monkeypatch):
+    module, path = loader.load_module(large)
+    (code_path,) = _code_path(path)
+    assert module.value() == 7 and module.V3 == 3
+    sys.modules.pop(module.__name__)
+    compiled = []
+    real_compile = compile
+    monkeypatch.setattr("builtins.compile", lambda *a, **k: compiled.append(1) or
+                        real_compile(*a, **k))
+    again, _ = loader.load_module(large)
+    assert again.value() == 7 and again.__name__ == module.__name__
+    assert compiled == [] and again.value.__code__.co_filename == path
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "stale"])
+def test_a_damaged_or_stale_code_file_is_never_loaded(large, damage):
+    module, path = loader.load_module(large)
+    (code_path,) = _code_path(path)
+    with open(code_path, "rb") as fh:
+        blob = fh.read()
+    if damage == "truncate":
+        blob = blob[:len(blob) // 2]
+    elif damage == "flip":
+        blob = blob[:-10] + bytes([blob[-10] ^ 0xFF]) + blob[-9:]
+    else:  # a consistent file for another source: the code of another module
+        payload = marshal.dumps(compile("VALUE = 666\n\ndef value():\n    return VALUE\n",
+                                        path, "exec"))
+        blob = hashlib.sha256(b"another source").digest() + \
+            hashlib.sha256(payload).digest() + payload
+    with open(code_path, "wb") as fh:
+        fh.write(blob)
+    sys.modules.pop(module.__name__)
+    assert loader.load_module(large)[0].value() == 7
+    with open(code_path, "rb") as fh:  # rewritten, valid again
+        assert fh.read()[:32] == hashlib.sha256(large.encode()).digest()
