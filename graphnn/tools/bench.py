@@ -202,6 +202,7 @@ class Model:
     loss_kind = None
     mlp_sizes = None  # MLPs also get the BLAS-floor reference
     eltwise = False
+    lr = LR  # SGD's step size, the same in every mode
 
     def __init__(self, name, description):
         self.name, self.description = name, description
@@ -358,6 +359,9 @@ class ResidualMLP(Model):
         super().__init__(f"resmlp-{blocks}", f"{blocks} residual blocks h + relu(h W + b), "
                                              f"width {width}, softmax CE, batch {batch}, train")
         self.blocks = blocks
+        # SGD's step divided by the depth too: each block's update adds to the residual
+        # sum, and at 0.1 the 1000-block stack's loss went from 3.4 to 6e6 in one step
+        self.lr = LR / blocks
         rng = np.random.default_rng(seed)
         scale = 1.0 / blocks  # keeps h and its gradient bounded through the residual sum
         self.param_inits = []
@@ -387,6 +391,7 @@ class ResidualCNN(Model):
                                               f" {size}x{size}x{channels}, dense 10, "
                                               f"softmax CE, batch {batch}, train")
         self.blocks = blocks
+        self.lr = LR / blocks  # (as ResidualMLP's: at 0.1 the 1000-block loss was NaN)
         rng = np.random.default_rng(seed)
         scale = np.float32(1.0 / blocks)
         self.param_inits = [(f"W{k}", _glorot(rng, (3, 3, channels, channels)) * scale)
@@ -457,7 +462,7 @@ def _graph_runner(model, backend, **options):
     t0 = time.perf_counter()
     if model.train:
         loss = model.loss(GraphnnOps, out, feeds_in["y"])
-        f = gn.compile(loss, updates=gn.optim.SGD(lr=LR).updates(loss, params),
+        f = gn.compile(loss, updates=gn.optim.SGD(lr=model.lr).updates(loss, params),
                        backend=backend, **options)
     else:
         f = gn.compile(out, backend=backend, **options)
@@ -476,7 +481,7 @@ def _eager_runner(model):
         return model.loss(GraphnnOps, model.forward(GraphnnOps, X, list(ps)), Y)
 
     grad_fn = gn.eager.value_and_grad(loss_fn, argnums=tuple(range(len(values))))
-    lr = np.float32(LR)
+    lr = np.float32(model.lr)
 
     def step():
         loss, grads = grad_fn(*values)
@@ -528,7 +533,7 @@ def _torch_runner(model, compiled=False):
         loss.backward()
         with torch.no_grad():
             for p in params:
-                p -= LR * p.grad
+                p -= model.lr * p.grad
                 p.grad = None
         return loss.detach()
     return Runner(step, lambda t: t.numpy(), info)
@@ -552,7 +557,7 @@ def _jax_runner(model):
     @jax.jit
     def train(ps, x, y):
         loss, grads = jax.value_and_grad(loss_fn)(ps, x, y)
-        return loss, [p - LR * g for p, g in zip(ps, grads)]
+        return loss, [p - model.lr * g for p, g in zip(ps, grads)]
 
     state = [[jnp.asarray(v) for _, v in model.param_inits]]
 
@@ -655,7 +660,7 @@ def run_workload(name, modes, repeat=200, budget=20.0, warmup=3, subprocess_info
     """Measure one workload in every mode; returns its result row (see `check_schema`)."""
     model = WORKLOADS[name]()
     row = {"workload": name, "description": model.description, "train": model.train,
-           "modes": {}, "references": {}}
+           "lr": model.lr, "modes": {}, "references": {}}
     runners = {}
     checks = {}
     for mode in modes:
@@ -1116,7 +1121,7 @@ def check_schema(result):
     """Raise ValueError unless `result` has the shape `graphnn bench --json` writes:
 
     {"schema": "graphnn-bench/1", "environment": {...}, "options": {...},
-     "workloads": [{"workload", "description", "train", "rounds", "reference_mode",
+     "workloads": [{"workload", "description", "train", "lr", "rounds", "reference_mode",
                     "modes": {mode: {"status": "ok", "median_s", "min_s", "max_s", "q1_s",
                                      "q3_s", "samples", "first_value", "second_value",
                                      "agrees", "compile": {...}, ["speedup_vs_eager"],
@@ -1266,7 +1271,8 @@ def run(workloads, modes, repeat=200, budget=20.0, warmup=3, subprocess_info=Tru
                           "repeat": repeat, "budget_s": budget, "warmup": warmup,
                           "new_process": subprocess_info, "threads": threads,
                           "cache_dir": os.environ.get("GRAPHNN_CACHE_DIR"),
-                          "rtol": RTOL, "atol": ATOL, "lr": LR},
+                          "rtol": RTOL, "atol": ATOL,
+                          "lr": LR},  # (each workload's own: its "lr")
               "workloads": []}
     for name in workloads:
         result["workloads"].append(run_workload(name, modes, repeat, budget, warmup,

@@ -36,11 +36,11 @@ def _wrong_loss(model):
 
 def _wrong_update(model):
     """The eager step with 3x the learning rate: right first loss, wrong second one."""
-    saved, bench.LR = bench.LR, 3 * bench.LR
+    saved, model.lr = model.lr, 3 * model.lr
     try:
         return bench.MODE_BUILDERS["eager"](model)
     finally:
-        bench.LR = saved
+        model.lr = saved
 
 
 def test_modes_agree_and_schema_holds(tiny):
@@ -231,3 +231,14 @@ def test_the_mnist_cnn_workload_computes_the_same_loss_in_every_mode():
     except bench.Skip:
         return
     np.testing.assert_allclose(torch.value(), eager, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["resmlp-100", "resconv-100"])
+def test_deep_stacks_take_steps_divided_by_their_depth(name):
+    # at SGD's 0.1 a deep residual stack's loss grew after one step (1000 blocks: to 6e6,
+    # or NaN): each block's update adds to the residual sum
+    model = bench.WORKLOADS[name]()
+    assert model.lr == pytest.approx(bench.LR / 100)
+    runner = bench.MODE_BUILDERS["numpy"](model)
+    first, second = float(runner.value()), float(runner.value())
+    assert np.isfinite(second) and second < first
