@@ -3,6 +3,7 @@
 Every error graphnn raises for a mistake in a user's graph or feed is a subclass of
 `GraphError`; its message names the node or input and the user's file:line.
 """
+import contextlib
 import os
 import sys
 
@@ -86,8 +87,8 @@ def user_location():
         inside = _INSIDE.get(code_file)
         if inside is None:  # every node asks: abspath once per file, not once per frame
             filename = os.path.abspath(code_file)
-            inside = _INSIDE[code_file] = \
-                filename.startswith(_PACKAGE_DIRS) or "importlib" in filename
+            inside = _INSIDE[code_file] = filename.startswith(_PACKAGE_DIRS) or \
+                "importlib" in filename or filename == _CONTEXTLIB  # (ContextDecorator)
         if not inside:
             return f"{code_file}:{frame.f_lineno}"
         frame = frame.f_back
@@ -95,3 +96,6 @@ def user_location():
 
 
 _INSIDE = {}  # code file name -> whether it is one of graphnn's own (or importlib's)
+# graphnn functions decorated with a context manager (node.collector_paused) run under a
+# frame of contextlib's: never the user's line
+_CONTEXTLIB = os.path.abspath(contextlib.__file__)

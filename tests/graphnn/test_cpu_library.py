@@ -257,7 +257,7 @@ def test_a_sum_of_many_arrays_is_added_by_the_driver_in_library_mode():
     short = gn.compile(gn.tanh(xs[0] + xs[1] + xs[2]), backend="cpu", library=True)
     assert re.search(r"\bwide\d+_f = \S+ \+ \S+", f.source)
     assert len(re.findall(r"\bwide\d+_f \+= ", f.source)) == n - 2
-    assert "wide" not in short.source
+    assert not re.search(r"\bwide\d+", short.source)
     rng = np.random.default_rng(9)
     feeds = {f"wide_x{k}": rng.standard_normal(5).astype(np.float32) for k in range(n)}
     expected = np.tanh(sum(v.astype(np.float64) for v in feeds.values()))
