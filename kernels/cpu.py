@@ -50,6 +50,8 @@ SHARED_STEPS = 2  # see _program_functions()
 # 'reassoc' alone vectorises the reductions (measured: no loop got slower without 'nsz').
 FASTMATH = "{'arcp', 'contract', 'afn', 'reassoc'}"
 _T_CALL = re.compile(r"\bT\(")
+# a call of the float32 exp or tanh (kernels/approx.py) in a generated line
+_APPROXIMATION_CALL = re.compile(rf"\b(?:{'|'.join(APPROXIMATIONS)})\(")
 
 
 def _shape_src(shape):
@@ -187,9 +189,8 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
     if approximate:
         # Numba inlines a helper at each call site (so the loop can vectorise) at a compile
         # cost of about 0.2 s per site: inline only where the sites are few.
-        sites = sum(len(re.findall(rf"\b{name}\(", line))
-                    for line in body if not line.lstrip().startswith("#")
-                    for name in APPROXIMATIONS)
+        sites = sum(len(_APPROXIMATION_CALL.findall(line))
+                    for line in body if not line.lstrip().startswith("#"))
         inline = plain.replace("@njit(", "@njit(inline='always', ") \
             if sites <= INLINE_SITES else plain
         out.append("# vectorisable float32 exp and tanh (kernels/approx.py) replace libm's")
@@ -1100,16 +1101,14 @@ def _kernel_module(def_lines, calls_helpers, matmul, approximate, parallel, batc
             "import numpy as np",
             "from math import erf, exp, log, log1p, sqrt, tanh",
             "from numba import njit, prange", ""]
-    approximate = approximate and any(re.search(rf"\b{name}\(", line)
-                                      for line in def_lines for name in APPROXIMATIONS)
+    approximate = approximate and any(_APPROXIMATION_CALL.search(line) for line in def_lines)
     out = _with_support(head, def_lines, calls_helpers, matmul, approximate, batched, vector)
     def_lines = _widened(def_lines) if approximate else list(def_lines)
     return "\n".join(out + [""] + def_lines) + "\n"
 
 
 def _calls_approximation(line):
-    return not line.lstrip().startswith("#") and \
-        any(re.search(rf"\b{name}\(", line) for name in APPROXIMATIONS)
+    return not line.lstrip().startswith("#") and _APPROXIMATION_CALL.search(line) is not None
 
 
 def _widened(lines):
