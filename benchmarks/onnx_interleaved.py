@@ -32,7 +32,7 @@ import graphnn as gn  # noqa: E402
 from graphnn.tools.bench_onnx import MODELS, light_case  # noqa: E402
 
 
-def measure(name, rounds, budget):
+def measure(name, rounds, budget, off=None):
     import onnxruntime as ort
     path, input_name, x, _ = light_case(name)
     outputs, _ = gn.onnx.load(path)
@@ -48,6 +48,9 @@ def measure(name, rounds, budget):
     diff = float(np.abs(np.asarray(ours).reshape(theirs.shape) - theirs).max())
     systems = {"graphnn": lambda: f(**{input_name: x}),
                "ort": lambda: session.run(None, {input_name: x})}
+    if off:  # the same model compiled with an optional pass off, in the same rounds
+        g = gn.compile(outputs[0], backend="cpu", progress=False, passes={off: False})
+        systems["graphnn -" + off] = lambda: g(**{input_name: x})
     for run in systems.values():  # warm-up
         run()
     wall = {k: [] for k in systems}
@@ -69,6 +72,9 @@ def main():
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per model")
+    parser.add_argument("--off", default=None, metavar="PASS",
+                        help="also time graphnn with this optional pass off (e.g. "
+                             "packed_kernels), interleaved in the same rounds")
     args = parser.parse_args()
 
     def ms(values):
@@ -77,12 +83,19 @@ def main():
     print(f"{'model':14s} {'cold s':>6s}  {'graphnn wall ms':>22s} {'ort wall ms':>22s} "
           f"{'ratio':>5s}  {'graphnn cpu ms':>22s} {'ort cpu ms':>22s} {'ratio':>5s}  diff")
     for name in args.models.split(","):
-        cold, wall, cpu, diff = measure(name, args.rounds, args.budget)
+        cold, wall, cpu, diff = measure(name, args.rounds, args.budget, args.off)
         rw = statistics.median(wall["graphnn"]) / statistics.median(wall["ort"])
         rc = statistics.median(cpu["graphnn"]) / statistics.median(cpu["ort"])
         print(f"{name:14s} {cold:6.1f}  {ms(wall['graphnn']):>22s} {ms(wall['ort']):>22s} "
               f"{rw:5.2f}  {ms(cpu['graphnn']):>22s} {ms(cpu['ort']):>22s} {rc:5.2f}  "
               f"{diff:.1e}  ({len(wall['ort'])} rounds)", flush=True)
+        if args.off:
+            other = "graphnn -" + args.off
+            print(f"{'  -' + args.off:14s} {'':6s}  {ms(wall[other]):>22s} {'':22s} "
+                  f"{statistics.median(wall[other]) / statistics.median(wall['ort']):5.2f}  "
+                  f"{ms(cpu[other]):>22s} {'':22s} "
+                  f"{statistics.median(cpu[other]) / statistics.median(cpu['ort']):5.2f}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -181,7 +181,12 @@ OPTIONAL_PASSES = {
                        "that dies there (lowering.Lowering.plan_memory)",
     "output_recycling": "cpu only: write a new result into an earlier result the caller no "
                         "longer holds (backends/cpu.py, CpuFunction._recycle)",
+    "packed_kernels": "cpu only: pack each constant float32 convolution kernel once and "
+                      "multiply by it with graphnn's own gemm tile kernel, on CPUs with "
+                      "AVX-512 (kernels/packed.py, cpu.packed_constants)",
 }
+# the optional passes only the cpu back end has
+CPU_ONLY_PASSES = ("output_recycling", "packed_kernels")
 # graph passes of PIPELINE switched by an optional pass's name
 _GRAPH_PASSES = {"fold_constants": "constant_folding", "simplify": "simplification",
                  "common_subexpressions": "cse"}

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import blas, ir, loader
 from .approx import APPROXIMATIONS, WIDE_VECTORS_ATTRIBUTE, WIDE_VECTORS_IMPORTS, wide_vectors
-from . import grouped, random, windows
+from . import grouped, packed, random, windows
 from .windows import GEMM_HELPERS, GEMM_SUPPORT, col_block_rows, is_pointwise, \
     use_winograd, winograd_block_tiles, winograd_scratch_items
 
@@ -33,7 +33,7 @@ from .windows import GEMM_HELPERS, GEMM_SUPPORT, col_block_rows, is_pointwise, \
 # depthwise and grouped convolutions (grouped.py)
 HELPERS = {**windows.HELPERS, **grouped.HELPERS}
 
-GENERATOR_VERSION = "cpu-20"
+GENERATOR_VERSION = "cpu-21"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).
@@ -211,6 +211,10 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
                 "(kernels/windows.py)"]
         for fn in GEMM_SUPPORT:
             out += ["", plain, inspect.getsource(fn).rstrip(), ""]
+        out += ["", "# graphnn's own gemm tile kernel for packed constant kernels "
+                "(kernels/packed.py)", f"PACK_VECTOR_BYTES = {packed.PACK_VECTOR_BYTES}",
+                f"PACK_DEPTH = {packed.PACK_DEPTH}", "",
+                inspect.getsource(packed._packed_tile).rstrip(), ""]
     if matmul or gemm_used or any(h in grouped.BLAS_HELPERS for h in helpers_used):
         bits = blas.integer_bits()
         if bits is None:
@@ -517,6 +521,38 @@ def winograd_constants(program, values):
     return arrays
 
 
+def packed_constants(program, values):
+    """Pack constant convolution kernels once, before code is generated: each forward
+    convolution of `program` still a `conv2d` step (after winograd_constants) whose kernel
+    is a float32 constant becomes a `conv2d_packed` step (conv_gemm's CONV2D_PACKED)
+    reading a new constant, packed.pack_kernel(w), appended to `program.consts` (one per
+    kernel, however many steps read it), when this CPU runs graphnn's tile kernel
+    (packed.available(): AVX-512). Returns the new constants' arrays, to pass after
+    `values`. A kernel that is a parameter keeps BLAS: packing it at every step is what
+    BLAS does itself."""
+    if not packed.available():
+        return []
+    made, arrays = {}, []
+    for step in program.steps:
+        if not isinstance(step, ir.Window) or step.helper != "conv2d":
+            continue
+        x, w = step.args
+        if w.role != "const" or w.dtype != "float32" or \
+                not all(isinstance(d, int) and d > 0 for d in w.shape):
+            continue
+        if w.name not in made:
+            array = packed.pack_kernel(np.asarray(values[w.arg_index], np.float32))
+            index = len(program.consts)
+            made[w.name] = ir.Buffer(f"c{index}", array.shape, w.dtype, "const", index)
+            program.consts.append(made[w.name])
+            arrays.append(array)
+        step.helper = "conv2d_packed"
+        step.args = [x, made[w.name]]
+        step.comment = (step.comment + "\n" if step.comment else "") + \
+            f"({w.name} packed beforehand: {made[w.name].name})"
+    return arrays
+
+
 def _conv_block_bytes(step):
     """Source for the bytes of one patch-matrix block of a convolution step (see
     kernels/windows.py), or None when it needs none (1x1, stride 1, unpadded); for a
@@ -525,7 +561,7 @@ def _conv_block_bytes(step):
     winograd = _winograd(step)
     if winograd:
         return f"({winograd[1]}) * {_itemsize(step.out.dtype)}"
-    if step.helper in ("conv2d", "conv2d_winograd"):
+    if step.helper in ("conv2d", "conv2d_winograd", "conv2d_packed"):
         image, kernel, grid = step.args[0], step.args[1], step.out
     elif step.helper == "conv2d_grad_input":
         image, kernel, grid = step.out, step.args[1], step.args[0]

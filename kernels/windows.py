@@ -21,8 +21,10 @@ multiplies (conv_gemm's CONV2D_WINOGRAD mode).
 """
 import numpy as np
 
-# generated modules carry their own _cblas_gemm (kernels/blas.py), an intrinsic
+# generated modules carry their own _cblas_gemm (kernels/blas.py) and _packed_tile
+# (kernels/packed.py), intrinsics; these are their versions callable from Python
 from .blas import CBLAS_GEMM as _cblas_gemm
+from .packed import PACK_DEPTH, PACK_VECTOR_BYTES, PACKED_TILE as _packed_tile
 
 # The patch-matrix block the CPU generator plans for: about COL_BYTES, at least
 # COL_MIN_ROWS rows (BLAS wants some rows to work on), never more rows than the output has.
@@ -206,6 +208,7 @@ def avg_pool2d_grad(g, k, s, out):
 CONV2D, CONV2D_GRAD_INPUT, CONV2D_GRAD_FILTER = 0, 1, 2  # conv_gemm's modes
 CONV2D_WINOGRAD = 3  # a stride-1 3x3 convolution as Winograd F(2x2, 3x3)
 CONV2D_WINOGRAD_U = 4  # the same with the kernel transformed beforehand (winograd_kernel)
+CONV2D_PACKED = 5  # a convolution whose constant kernel was packed beforehand (packed.py)
 
 
 def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
@@ -220,6 +223,9 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
                         F(2x2, 3x3) in rounds of `s` tiles (below)
     CONV2D_WINOGRAD_U   the same, b = U = winograd_kernel(w) (4 x 4 x ci x co), the
                         kernel transformed once beforehand (a constant kernel)
+    CONV2D_PACKED       a = x, b = pack_kernel(w) (kernels/packed.py), out = y: the
+                        forward product by graphnn's own tile kernel, reading the kernel
+                        in the layout it was packed into once beforehand
 
     `scratch` (1-D, out's dtype) holds one block of the patch matrix; a 1x1 stride-1
     unpadded convolution needs none: the NHWC data viewed as (N*H*W, C) is the patch
@@ -254,6 +260,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
     n_, h_, w_, c_ = x.shape
     kh, kw, ci, co = w.shape
     oh, ow = g.shape[1], g.shape[2]
+    co = g.shape[3]  # (a packed kernel's last dim is co rounded up to whole panels)
     cols = kh * kw * ci
     total = n_ * oh * ow
     one, zero = out.dtype.type(1), out.dtype.type(0)
@@ -266,14 +273,19 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
             of[k] = zero
         if empty:
             return
-    w2 = w.reshape((cols, co))
+    w2 = w.reshape((cols, w.shape[3]))
     g2 = g.reshape((total, co))
     block = total if pointwise else min(total, scratch.size // cols)
     # the windows im2col copies: kh x kw, s apart, one per output (th x tw of them);
     # Winograd: 4 x 4, 2 apart, one per 2x2 tile of outputs
     wh, ww, ws, th, tw, at = kh, kw, s, oh, ow, 0
     uf, us, taps = scratch, 0, 0  # the transformed kernel: where, how far apart, how many
-    if mode >= 3:
+    winograd = mode == 3 or mode == 4
+    yf = out.reshape(-1)
+    width = 2 * PACK_VECTOR_BYTES // out.itemsize  # a packed kernel's panel (mode 5)
+    whole = co // width * width                    # columns in whole panels
+    edge = np.empty(block * width if mode == 5 and whole < co else 0, out.dtype)
+    if winograd:
         half = out.dtype.type(0.5)
         wh, ww, ws, th, tw = 4, 4, 2, (oh + 1) // 2, (ow + 1) // 2
         total = n_ * th * tw
@@ -297,7 +309,6 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
             _cblas_gemm(111, 111, 16, plane, 9, one, gg, 9, w.reshape(-1), plane, zero,
                         scratch, us)  # U = (G kron G) @ w as 9 x (ci co)
         mt = at + block * cols  # where the products are
-        yf = out.reshape(-1)
     seg = ww * c_
     for r0 in range(0, total, block):
         rows = min(block, total - r0)
@@ -332,7 +343,39 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
                 x0, y = 0, y + 1
                 if y == th:
                     y, n = 0, n + 1
-        if mode >= 3:
+        if mode == 5:
+            # y's rows = col @ w, w packed: for each block of PACK_DEPTH kernel rows, each
+            # panel of `width` columns, tiles of up to 12 rows kept in registers (a tile
+            # of the last, partial panel goes to `edge` and its columns are copied out)
+            cp, wf = w.shape[3], w.reshape(-1)
+            for k0 in range(0, cols, PACK_DEPTH):
+                kc = min(PACK_DEPTH, cols - k0)
+                for j in range(0, cp, width):
+                    dst, at_, ld = (yf, r0 * co + j, co) if j < whole else (edge, 0, width)
+                    bo = k0 * cp + j * kc
+                    i = 0
+                    while i < rows:
+                        ao, o, left = i * cols + k0, at_ + i * ld, rows - i
+                        if left >= 12:
+                            _packed_tile(12, kc, cf, ao, cols, wf, bo, dst, o, ld, k0)
+                            i += 12
+                        elif left >= 8:
+                            _packed_tile(8, kc, cf, ao, cols, wf, bo, dst, o, ld, k0)
+                            i += 8
+                        elif left >= 4:
+                            _packed_tile(4, kc, cf, ao, cols, wf, bo, dst, o, ld, k0)
+                            i += 4
+                        elif left >= 2:
+                            _packed_tile(2, kc, cf, ao, cols, wf, bo, dst, o, ld, k0)
+                            i += 2
+                        else:
+                            _packed_tile(1, kc, cf, ao, cols, wf, bo, dst, o, ld, k0)
+                            i += 1
+            for r in range(rows if whole < co else 0):
+                for q in range(co - whole):
+                    yf[np.uintp((r0 + r) * co + whole + q)] = edge[np.uintp(r * width + q)]
+            continue
+        if winograd:
             # V = B^T d B in place: B^T's rows (1 0 -1 0), (0 1 1 0), (0 -1 1 0), (0 1 0 -1)
             # applied down the columns of each window (4 apart), then along its rows
             for step in range(rows * 8):
@@ -484,5 +527,7 @@ HELPERS = {f.__name__: f for f in (conv2d, conv2d_grad_input, conv2d_grad_filter
 GEMM_HELPERS = {"conv2d": CONV2D, "conv2d_grad_input": CONV2D_GRAD_INPUT,
                 "conv2d_grad_filter": CONV2D_GRAD_FILTER,
                 # a conv2d whose constant kernel the cpu back end transformed beforehand
-                "conv2d_winograd": CONV2D_WINOGRAD_U}
+                "conv2d_winograd": CONV2D_WINOGRAD_U,
+                # a conv2d whose constant kernel the cpu back end packed (kernels/packed.py)
+                "conv2d_packed": CONV2D_PACKED}
 GEMM_SUPPORT = (conv_gemm,)

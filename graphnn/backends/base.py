@@ -14,7 +14,7 @@ from ..errors import FeedError, GraphError, NumericalError, user_location
 from ..feeds import FeedChecker, label_bounds
 from ..graph import Graph, as_node_list
 from ..node import Node
-from ..passes import OPTIONAL_PASSES, optimize, pass_options
+from ..passes import CPU_ONLY_PASSES, OPTIONAL_PASSES, optimize, pass_options
 from ..lowering import lower
 from ..registry import OPS
 
@@ -221,7 +221,7 @@ class LoweredFunction(CompiledFunction):
     name, the graph nodes it computes and its buffer, for explain() and pictures)."""
 
     # the optional passes (passes.OPTIONAL_PASSES) this back end has
-    optional_passes = tuple(name for name in OPTIONAL_PASSES if name != "output_recycling")
+    optional_passes = tuple(name for name in OPTIONAL_PASSES if name not in CPU_ONLY_PASSES)
 
     def __init__(self, outputs, updates=None, check_finite=False, optimize_graph=True,
                  passes=None):

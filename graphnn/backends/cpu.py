@@ -61,8 +61,13 @@ class CpuFunction(LoweredFunction):
                              "nodes": nodes, "buffer": step.out.name}
                             for k, (step, nodes) in enumerate(zip(self.program.steps,
                                                                   lowering.step_nodes))]
-        self._pretransformed = cpu_codegen.winograd_constants(
-            self.program, [n.value for n in lowering.consts])
+        values = [n.value for n in lowering.consts]
+        self._pretransformed = cpu_codegen.winograd_constants(self.program, values)
+        # the other constant float32 kernels packed for graphnn's own gemm tile kernel
+        # (kernels/packed.py), on CPUs where it beats BLAS
+        if self.passes["packed_kernels"]:
+            self._pretransformed += cpu_codegen.packed_constants(
+                self.program, values + self._pretransformed)
         try:
             if self.library:
                 driver, kernel_sources = cpu_codegen.generate_library(self.program,
@@ -99,6 +104,8 @@ class CpuFunction(LoweredFunction):
             "conv_pads_folded": folded,
             "winograd_pretransformed": sum(
                 1 for s in self.program.steps if getattr(s, "helper", "") == "conv2d_winograd"),
+            "packed_kernels": sum(
+                1 for s in self.program.steps if getattr(s, "helper", "") == "conv2d_packed"),
         })
         self._states = [p.state for p in self.state_nodes]
         # Feeds that share memory with a state this step updates in place are copied first

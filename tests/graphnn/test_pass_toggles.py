@@ -16,13 +16,13 @@ import pytest
 
 import graph_fuzzer as F
 import graphnn as gn
-from graphnn.passes import OPTIONAL_PASSES
+from graphnn.passes import CPU_ONLY_PASSES, OPTIONAL_PASSES
 from helpers import BACKEND_OPTIONS
 
 EXAMPLES = int(os.environ.get("GRAPHNN_FUZZ_EXAMPLES", "200"))
 PASSES = list(OPTIONAL_PASSES)
 CPU_PASSES = PASSES
-CUDA_PASSES = [p for p in PASSES if p != "output_recycling"]
+CUDA_PASSES = [p for p in PASSES if p not in CPU_ONLY_PASSES]
 # half of the fuzz seeds, each with one pass off in turn (every eighth: all of them off)
 TOGGLE_SEEDS = [s for s in range(EXAMPLES) if s % 2 == 0]
 
@@ -148,7 +148,8 @@ def test_an_unknown_pass_is_an_option_error_naming_the_valid_ones():
     with pytest.raises(gn.OptionError, match=r"unknown pass 'fuse' for backend 'cpu'; its "
                                              r"passes are constant_folding, simplification, "
                                              r"cse, fusion, update_in_place, memory_planning, "
-                                             r"output_recycling \(at .*test_pass_toggles"):
+                                             r"output_recycling, packed_kernels "
+                                             r"\(at .*test_pass_toggles"):
         gn.compile(gn.tanh(x), backend="cpu", passes={"fuse": False})
     with pytest.raises(gn.OptionError, match=r"unknown pass 'output_recycling' for backend "
                                              r"'cuda'; its passes are .*memory_planning \("):
@@ -166,7 +167,8 @@ def test_an_unknown_pass_is_an_option_error_naming_the_valid_ones():
 
 def test_every_optional_pass_is_described():
     assert set(OPTIONAL_PASSES) == {"constant_folding", "simplification", "cse", "fusion",
-                                    "update_in_place", "memory_planning", "output_recycling"}
+                                    "update_in_place", "memory_planning", "output_recycling",
+                                    "packed_kernels"}
     assert all(len(text) > 20 for text in OPTIONAL_PASSES.values())
 
 

@@ -1,0 +1,164 @@
+"""Matrix products with a constant right operand packed once: graphnn's own gemm kernel.
+
+At batch 1 an image's late layers have few output positions (7x7 = 49 rows in ResNet-50's
+last stage) and large kernels (up to 9.4 MB): BLAS copies ("packs") the whole kernel into
+its own layout at every call and reads the copy back, so the kernel crosses memory three
+times per product. A constant kernel (inference) can be packed once, when the graph is
+compiled (`pack_kernel`), and multiplied by a kernel that reads it straight from its
+packed layout (`_packed_tile`, used by kernels/windows.py conv_gemm in mode
+CONV2D_PACKED).
+
+Layout. The kernel viewed as a K x N matrix (K = kh*kw*ci rows of the patch matrix's
+columns, N = co) is cut into blocks of PACK_DEPTH rows, and each block into panels of
+`pack_width(itemsize)` columns (two vectors of PACK_VECTOR_BYTES; the last panel padded
+with zeros); a panel's rows follow each other, so the kernel below reads one panel row as
+two aligned-size vector loads. Block b, panel p starts at b*PACK_DEPTH*Np + p*kc*width
+(Np: N rounded up to whole panels, kc: the block's rows).
+
+The tile kernel `_packed_tile(rows, kc, a, ...)` keeps a rows x width tile of the product
+in registers (rows <= 12: 24 vector accumulators of the 32 an AVX-512 core has), and for
+each of kc steps loads one panel row (2 vectors), broadcasts one element of each of the
+tile's rows of `a` and issues 2 fused multiply-adds per row. It is written in LLVM IR (an
+intrinsic, so that the accumulators stay in registers; Numba's loops over a small array
+would keep them in memory), with `rows` a literal so each tile height is its own loop.
+
+Measured against OpenBLAS's sgemm on one thread (docs/BENCHMARKS.md, "A gemm kernel of
+graphnn's own"): 49x4608 @ 4608x512 1.30-1.40 ms against 1.81-1.93 (170-179 GFLOP/s),
+196x2304 @ 2304x256 1.13 against 1.43, 784x1152 @ 1152x128 1.2-1.3 against 1.33.
+"""
+from llvmlite import ir as _llir
+from llvmlite import binding as _llvm
+from numba import njit
+from numba.core import cgutils as _cgutils, types as _types
+from numba.extending import intrinsic
+import numpy as np
+
+PACK_VECTOR_BYTES = 64  # one vector register of AVX-512
+PACK_DEPTH = 512        # kernel rows per block (a block of one panel: 64 KB in float32)
+PACK_ROWS = 12          # the tallest tile
+# The CPU features the tile kernel is written for: 32 vector registers of 64 bytes. On
+# other CPUs LLVM splits each vector in two, the tile no longer fits the registers, and
+# BLAS is faster: there the cpu back end keeps BLAS (see `available`).
+PACK_FEATURES = ("avx512f",)
+
+
+def pack_width(itemsize):
+    """Columns of one panel: two vectors."""
+    return 2 * PACK_VECTOR_BYTES // itemsize
+
+
+def available():
+    """Whether this CPU runs the packed kernel faster than BLAS (AVX-512)."""
+    features = _llvm.get_host_cpu_features()
+    return all(features.get(f, False) for f in PACK_FEATURES)
+
+
+def pack_kernel(w):
+    """`w` (kh, kw, ci, co), an HWIO kernel, packed for `_packed_tile` (module docstring),
+    returned as (kh, kw, ci, co rounded up to whole panels), the dtype kept."""
+    w = np.asarray(w)
+    kh, kw, ci, co = w.shape
+    width = pack_width(w.dtype.itemsize)
+    cp = -(-co // width) * width
+    k = kh * kw * ci
+    b = np.zeros((k, cp), w.dtype)
+    b[:, :co] = w.reshape(k, co)
+    parts = [b[k0:k0 + PACK_DEPTH].reshape(-1, cp // width, width).transpose(1, 0, 2)
+             .reshape(-1) for k0 in range(0, k, PACK_DEPTH)]
+    return np.ascontiguousarray(np.concatenate(parts) if parts else b.reshape(-1)) \
+        .reshape(kh, kw, ci, cp)
+
+
+@intrinsic
+def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep):
+    # c[co + r*ldc + j] (+ what it holds when keep != 0) = sum over t < kc of
+    # a[ao + r*lda + t] * b[bo + t*width + j], r < rows (a literal), j < width (two vectors)
+    if not isinstance(rows, _types.IntegerLiteral):
+        return None
+    height = rows.literal_value
+
+    def codegen(context, builder, signature, args):
+        _, kc, a, ao, lda, b, bo, c, co, ldc, keep = args
+        ty = signature.args
+        ap = _cgutils.gep(builder, context.make_array(ty[2])(context, builder, a).data, ao)
+        bp = _cgutils.gep(builder, context.make_array(ty[5])(context, builder, b).data, bo)
+        cp = _cgutils.gep(builder, context.make_array(ty[7])(context, builder, c).data, co)
+        item = context.get_data_type(ty[7].dtype)
+        bits = 32 if item == _llir.FloatType() else 64
+        width = PACK_VECTOR_BYTES * 8 // bits
+        vt = _llir.VectorType(item, width)
+        i64 = _llir.IntType(64)
+        kc, lda, ldc = (builder.sext(v, i64) if v.type.width < 64 else v
+                        for v in (kc, lda, ldc))
+        fma = _cgutils.get_or_insert_function(
+            builder.module, _llir.FunctionType(vt, [vt] * 3), f"llvm.fma.v{width}f{bits}")
+
+        def vector(p, at):
+            return builder.bitcast(builder.gep(p, [_llir.Constant(i64, at)]),
+                                   vt.as_pointer())
+
+        def count(v):
+            return _llir.Constant(i64, v)
+
+        rowp = [builder.gep(cp, [builder.mul(ldc, count(r))]) for r in range(height)]
+        kept = builder.icmp_signed("!=", keep, keep.type(0))
+        start = [builder.select(kept, builder.load(vector(rowp[r], h * width), align=4),
+                                _llir.Constant(vt, None))
+                 for r in range(height) for h in (0, 1)]
+        entry = builder.block
+        loop = builder.append_basic_block("tile.loop")
+        done = builder.append_basic_block("tile.done")
+        builder.cbranch(builder.icmp_signed(">", kc, count(0)), loop, done)
+        builder.position_at_end(loop)
+        t = builder.phi(i64)
+        acc = [builder.phi(vt) for _ in start]
+        bt = builder.gep(bp, [builder.mul(t, count(2 * width))])
+        b0 = builder.load(vector(bt, 0), align=4)
+        b1 = builder.load(vector(bt, width), align=4)
+        broadcast = _llir.Constant(_llir.VectorType(_llir.IntType(32), width), None)
+        nxt = []
+        for r in range(height):
+            s = builder.load(builder.gep(ap, [builder.add(builder.mul(lda, count(r)), t)]))
+            s = builder.insert_element(_llir.Constant(vt, _llir.Undefined), s,
+                                       _llir.Constant(_llir.IntType(32), 0))
+            s = builder.shuffle_vector(s, _llir.Constant(vt, _llir.Undefined), broadcast)
+            nxt += [builder.call(fma, [s, b0, acc[2 * r]]),
+                    builder.call(fma, [s, b1, acc[2 * r + 1]])]
+        t1 = builder.add(t, count(1))
+        t.add_incoming(count(0), entry)
+        t.add_incoming(t1, loop)
+        for phi, first, later in zip(acc, start, nxt):
+            phi.add_incoming(first, entry)
+            phi.add_incoming(later, loop)
+        builder.cbranch(builder.icmp_signed("<", t1, kc), loop, done)
+        builder.position_at_end(done)
+        final = [builder.phi(vt) for _ in start]
+        for phi, first, later in zip(final, start, nxt):
+            phi.add_incoming(first, entry)
+            phi.add_incoming(later, loop)
+        for k, phi in enumerate(final):
+            builder.store(phi, vector(rowp[k // 2], k % 2 * width), align=4)
+        return context.get_dummy_value()
+
+    return _types.none(rows, kc, a, ao, lda, b, bo, c, co, ldc, keep), codegen
+
+
+@njit
+def _packed_tile_call(rows, kc, a, ao, lda, b, bo, c, co, ldc, keep):
+    # (each tile height the kernels use is its own literal)
+    if rows == 12:
+        _packed_tile(12, kc, a, ao, lda, b, bo, c, co, ldc, keep)
+    elif rows == 8:
+        _packed_tile(8, kc, a, ao, lda, b, bo, c, co, ldc, keep)
+    elif rows == 4:
+        _packed_tile(4, kc, a, ao, lda, b, bo, c, co, ldc, keep)
+    elif rows == 2:
+        _packed_tile(2, kc, a, ao, lda, b, bo, c, co, ldc, keep)
+    elif rows == 1:
+        _packed_tile(1, kc, a, ao, lda, b, bo, c, co, ldc, keep)
+    else:
+        raise ValueError("a packed tile has 12, 8, 4, 2 or 1 rows")
+
+
+# _packed_tile callable from Python (kernels/windows.py run as Python, in tests)
+PACKED_TILE = _packed_tile_call

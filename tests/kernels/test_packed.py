@@ -1,0 +1,142 @@
+"""graphnn's own gemm tile kernel for constant kernels packed once (kernels/packed.py) and
+conv_gemm's CONV2D_PACKED mode: the layout, the tile kernel against NumPy products, the
+mode against the direct loops, and compiled graphs against the numpy back end."""
+import numpy as np
+import pytest
+
+import graphnn as gn
+from graphnn.ops import conv_geometry
+from kernels import packed, windows
+
+from test_conv_gemm import CASES
+
+
+def _product(a, w, rows, dtype):
+    """a (rows x K) @ w (K x N) by tiles of the heights conv_gemm uses, through the packed
+    layout, as conv_gemm's CONV2D_PACKED does for one block of rows."""
+    k, n = w.shape
+    width = packed.pack_width(np.dtype(dtype).itemsize)
+    b = packed.pack_kernel(w.reshape(1, 1, k, n)).reshape(-1)
+    cp = b.size // max(k, 1)
+    out = np.full((rows, cp), np.nan, dtype)
+    af, of = a.reshape(-1), out.reshape(-1)
+    for k0 in range(0, k, packed.PACK_DEPTH):
+        kc = min(packed.PACK_DEPTH, k - k0)
+        for j in range(0, cp, width):
+            i = 0
+            while i < rows:
+                h = max(t for t in (12, 8, 4, 2, 1) if t <= rows - i)
+                packed.PACKED_TILE(h, kc, af, i * k + k0, k, b, k0 * cp + j * kc, of,
+                                   i * cp + j, cp, k0)
+                i += h
+    return out[:, :n]
+
+
+def test_pack_kernel_lays_out_blocks_of_rows_in_panels_of_two_vectors():
+    w = np.arange(2 * 700 * 40, dtype=np.float32).reshape(2, 1, 700, 40)
+    p = packed.pack_kernel(w)
+    assert p.shape == (2, 1, 700, 64) and p.dtype == np.float32  # 40 -> two 32-panels
+    flat, m = p.reshape(-1), w.reshape(1400, 40)
+    depth = packed.PACK_DEPTH
+    # block 0 (rows 0..511), panel 1 (columns 32..63): row t starts at 512*32 + t*32
+    assert np.array_equal(flat[depth * 32:depth * 32 + 8], m[0, 32:40])
+    assert np.all(flat[depth * 32 + 8:depth * 32 + 32] == 0)  # the padding
+    assert np.array_equal(flat[depth * 32 + 5 * 32:depth * 32 + 5 * 32 + 32][:8], m[5, 32:40])
+    # block 1 (rows 512..1023) starts after block 0's 512 x 64 items; panel 0, row 3
+    assert np.array_equal(flat[depth * 64 + 3 * 32:depth * 64 + 4 * 32], m[515, :32])
+    # the last block holds the 376 remaining rows
+    assert np.array_equal(flat[2 * depth * 64:2 * depth * 64 + 32], m[1024, :32])
+    assert packed.pack_kernel(w.astype(np.float64)).shape == (2, 1, 700, 48)  # 16-panels
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows, k, n", [(1, 1, 1), (49, 300, 64), (13, 1100, 40),
+                                        (27, 512, 33), (3, 7, 100), (12, 1025, 32)])
+def test_tile_kernel_products_equal_numpy(rows, k, n, dtype):
+    """Every tile height (12, 8, 4, 2, 1 rows), blocks of kernel rows crossing PACK_DEPTH
+    (accumulating into what the tile holds), partial last panels."""
+    rng = np.random.default_rng(rows * 1000 + k)
+    a = rng.standard_normal((rows, k)).astype(dtype)
+    w = rng.standard_normal((k, n)).astype(dtype)
+    got = _product(a, w, rows, dtype)
+    want = a.astype(np.float64) @ w.astype(np.float64)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_tile_kernel_rejects_a_height_it_has_no_loop_for():
+    a = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="12, 8, 4, 2 or 1 rows"):
+        packed.PACKED_TILE(3, 1, a, 0, 1, a, 0, a, 0, 1, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_packed_mode_equals_the_direct_loops(name, dtype):
+    """conv_gemm's CONV2D_PACKED (the helper as Python, its tile kernel compiled) with a
+    NaN scratch of one row, a few rows and every row: 1x1, strided, padded, one input or
+    output channel."""
+    image, kernel, stride, padding = CASES[name]
+    oh, ph = conv_geometry(image[1], kernel[0], stride, padding)
+    ow, pw = conv_geometry(image[2], kernel[1], stride, padding)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(image).astype(dtype)
+    w = rng.standard_normal(kernel).astype(dtype)
+    want = np.zeros((image[0], oh, ow, kernel[3]), dtype)
+    windows.conv2d(x, w, stride, ph, pw, want)
+    b = packed.pack_kernel(w)
+    cols = kernel[0] * kernel[1] * kernel[2]
+    rows = image[0] * oh * ow
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for block in sorted({1, 3, rows}):
+        scratch = np.full(block * cols, np.nan, dtype)
+        got = np.full(want.shape, np.nan, dtype)
+        windows.conv_gemm(windows.CONV2D_PACKED, x, b, stride, ph, pw, scratch, got)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol,
+                                   err_msg=f"{name} block {block}")
+
+
+needs_avx512 = pytest.mark.skipif(not packed.available(),
+                                  reason="the cpu back end packs kernels on AVX-512 CPUs")
+
+
+@needs_avx512
+@pytest.mark.parametrize("library", [False, True])
+def test_compiled_constant_kernels_are_packed_and_equal_the_numpy_backend(library):
+    """An inference graph: constant float32 kernels (one read by two convolutions) are
+    packed once; a parameter kernel and a float64 constant keep BLAS; results equal the
+    numpy back end's, and with the pass off nothing is packed."""
+    rng = np.random.default_rng(3)
+    x = gn.input("x", (None, 9, 9, 5))
+    shared = gn.const(rng.standard_normal((3, 3, 5, 40)).astype(np.float32))
+    y1 = gn.relu(gn.conv2d(x, shared, padding="same"))
+    y2 = gn.conv2d(x, shared, stride=2, padding="same")
+    y3 = gn.conv2d(y1, gn.const(rng.standard_normal((1, 1, 40, 70)).astype(np.float32)))
+    y4 = gn.conv2d(x, gn.param("w", rng.standard_normal((3, 3, 5, 8)).astype(np.float32)))
+    x64 = gn.input("x64", (2, 6, 6, 3), dtype="float64")
+    y5 = gn.conv2d(x64, gn.const(rng.standard_normal((3, 3, 3, 4))))
+    outs = [y2, y3, y4, y5]
+    feeds = {"x": rng.standard_normal((2, 9, 9, 5)).astype(np.float32),
+             "x64": rng.standard_normal((2, 6, 6, 3))}
+    f = gn.compile(outs, backend="cpu", library=library)
+    assert f.stats["packed_kernels"] == 3  # y1, y2 (one packed constant), y3
+    assert f.source.count(f"np.intp({windows.CONV2D_PACKED})") == 3  # calls or driver lines
+    want = gn.compile(outs, backend="numpy")(**feeds)
+    for got in (f(**feeds), f(**feeds)):
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+    off = gn.compile(outs, backend="cpu", library=library, passes={"packed_kernels": False})
+    assert off.stats["packed_kernels"] == 0
+    assert f"np.intp({windows.CONV2D_PACKED})" not in off.source
+    for a, b in zip(off(**feeds), want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+def test_the_back_end_packs_only_where_the_cpu_has_avx512(monkeypatch):
+    monkeypatch.setattr(packed, "available", lambda: False)
+    x = gn.input("x", (1, 5, 5, 3))
+    y = gn.conv2d(x, gn.const(np.ones((3, 3, 3, 4), np.float32)))
+    f = gn.compile(y, backend="cpu")
+    assert f.stats["packed_kernels"] == 0
+    np.testing.assert_allclose(f(x=np.ones((1, 5, 5, 3), np.float32)), np.full((1, 3, 3, 4), 27))
