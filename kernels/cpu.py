@@ -410,7 +410,7 @@ def _winograd(step):
     convolution whose channels and output size are known when the code is generated, see
     use_winograd; or mode CONV2D_WINOGRAD_U, a `conv2d_winograd` step made by
     winograd_constants), else None."""
-    pre = step.helper == "conv2d_winograd"
+    pre = step.helper in ("conv2d_winograd", "conv2d_winograd_packed")
     if step.helper != "conv2d" and not pre:
         return None
     s, ph, pw = step.params
@@ -488,7 +488,7 @@ def _dead_after(steps, j, name):
     return True
 
 
-def winograd_constants(program, values):
+def winograd_constants(program, values, pack=False):
     """Transform constant 3x3 kernels for Winograd once, before code is generated: each
     forward stride-1 3x3 convolution of `program` whose kernel is a constant (an inference
     graph's weights; `values` holds the program's constants in order) and that pays as
@@ -497,7 +497,10 @@ def winograd_constants(program, values):
     constant U = winograd_kernel(w), appended to `program.consts` (one per kernel, however
     many steps read it). Returns the new constants' arrays, to pass after `values`.
     A kernel that is a parameter (training) keeps CONV2D_WINOGRAD: it changes at every
-    step."""
+    step. With `pack`, on a CPU where graphnn's tile kernel runs (packed.available()), a
+    float32 U is also packed (its 16 matrices ci x co, each by packed.pack_kernel) and the
+    step is a `conv2d_winograd_packed` (CONV2D_WINOGRAD_PACKED)."""
+    pack = pack and packed.available()
     made, arrays = {}, []
     for step in program.steps:
         if not isinstance(step, ir.Window) or step.helper != "conv2d":
@@ -510,14 +513,21 @@ def winograd_constants(program, values):
             continue
         if w.name not in made:
             index = len(program.consts)
-            u = ir.Buffer(f"c{index}", (4, 4) + tuple(w.shape[2:]), w.dtype, "const", index)
-            program.consts.append(u)
-            arrays.append(windows.winograd_kernel(np.asarray(values[w.arg_index])))
-            made[w.name] = u
-        step.helper = "conv2d_winograd"
-        step.args = [x, made[w.name]]
+            u = windows.winograd_kernel(np.asarray(values[w.arg_index]))
+            helper = "conv2d_winograd"
+            if pack and u.dtype == np.float32:
+                ci = u.shape[2]
+                u = np.stack([packed.pack_kernel(m.reshape(1, 1, ci, -1))
+                              for m in u.reshape(16, ci, -1)]).reshape(4, 4, ci, -1)
+                helper = "conv2d_winograd_packed"
+            made[w.name] = ir.Buffer(f"c{index}", u.shape, w.dtype, "const", index), helper
+            program.consts.append(made[w.name][0])
+            arrays.append(u)
+        u, step.helper = made[w.name]
+        step.args = [x, u]
         step.comment = (step.comment + "\n" if step.comment else "") + \
-            f"(Winograd, {w.name} transformed beforehand: {made[w.name].name})"
+            f"(Winograd, {w.name} transformed beforehand" \
+            f"{' and packed' if step.helper.endswith('_packed') else ''}: {u.name})"
     return arrays
 
 

@@ -209,6 +209,7 @@ CONV2D, CONV2D_GRAD_INPUT, CONV2D_GRAD_FILTER = 0, 1, 2  # conv_gemm's modes
 CONV2D_WINOGRAD = 3  # a stride-1 3x3 convolution as Winograd F(2x2, 3x3)
 CONV2D_WINOGRAD_U = 4  # the same with the kernel transformed beforehand (winograd_kernel)
 CONV2D_PACKED = 5  # a convolution whose constant kernel was packed beforehand (packed.py)
+CONV2D_WINOGRAD_PACKED = 6  # CONV2D_WINOGRAD_U with U packed (packed.py) after its transform
 
 
 def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
@@ -226,6 +227,9 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
     CONV2D_PACKED       a = x, b = pack_kernel(w) (kernels/packed.py), out = y: the
                         forward product by graphnn's own tile kernel, reading the kernel
                         in the layout it was packed into once beforehand
+    CONV2D_WINOGRAD_PACKED  CONV2D_WINOGRAD_U with each of U's 16 matrices packed
+                        (pack_kernel(U viewed as 16 kernels 1 x 1 x ci x co)), the 16
+                        products by the tile kernel
 
     `scratch` (1-D, out's dtype) holds one block of the patch matrix; a 1x1 stride-1
     unpadded convolution needs none: the NHWC data viewed as (N*H*W, C) is the patch
@@ -280,11 +284,10 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
     # Winograd: 4 x 4, 2 apart, one per 2x2 tile of outputs
     wh, ww, ws, th, tw, at = kh, kw, s, oh, ow, 0
     uf, us, taps = scratch, 0, 0  # the transformed kernel: where, how far apart, how many
-    winograd = mode == 3 or mode == 4
+    winograd = mode == 3 or mode == 4 or mode == 6
     yf = out.reshape(-1)
     width = 2 * PACK_VECTOR_BYTES // out.itemsize  # a packed kernel's panel (mode 5)
     whole = co // width * width                    # columns in whole panels
-    edge = np.empty(block * width if mode == 5 and whole < co else 0, out.dtype)
     if winograd:
         half = out.dtype.type(0.5)
         wh, ww, ws, th, tw = 4, 4, 2, (oh + 1) // 2, (ow + 1) // 2
@@ -293,8 +296,8 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
         cols = 16 * ci
         plane = ci * co
         # (loop bounds read from arrays, not literals: LLVM would unroll the loops)
-        if mode == 4:
-            uf, us, taps = w.reshape(-1), plane, w.size // plane
+        if mode == 4 or mode == 6:
+            uf, us, taps = w.reshape(-1), plane, w.shape[0] * w.shape[1]
         else:
             us = plane + 16
             gg = scratch[16 * us:16 * us + 144]
@@ -309,6 +312,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
             _cblas_gemm(111, 111, 16, plane, 9, one, gg, 9, w.reshape(-1), plane, zero,
                         scratch, us)  # U = (G kron G) @ w as 9 x (ci co)
         mt = at + block * cols  # where the products are
+    edge = np.empty(block * width if mode >= 5 and whole < co else 0, out.dtype)
     seg = ww * c_
     for r0 in range(0, total, block):
         rows = min(block, total - r0)
@@ -343,38 +347,6 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
                 x0, y = 0, y + 1
                 if y == th:
                     y, n = 0, n + 1
-        if mode == 5:
-            # y's rows = col @ w, w packed: for each block of PACK_DEPTH kernel rows, each
-            # panel of `width` columns, tiles of up to 12 rows kept in registers (a tile
-            # of the last, partial panel goes to `edge` and its columns are copied out)
-            cp, wf = w.shape[3], w.reshape(-1)
-            for k0 in range(0, cols, PACK_DEPTH):
-                kc = min(PACK_DEPTH, cols - k0)
-                for j in range(0, cp, width):
-                    dst, at_, ld = (yf, r0 * co + j, co) if j < whole else (edge, 0, width)
-                    bo = k0 * cp + j * kc
-                    i = 0
-                    while i < rows:
-                        ao, o, left = i * cols + k0, at_ + i * ld, rows - i
-                        if left >= 12:
-                            _packed_tile(12, kc, cf, ao, cols, wf, bo, dst, o, ld, k0)
-                            i += 12
-                        elif left >= 8:
-                            _packed_tile(8, kc, cf, ao, cols, wf, bo, dst, o, ld, k0)
-                            i += 8
-                        elif left >= 4:
-                            _packed_tile(4, kc, cf, ao, cols, wf, bo, dst, o, ld, k0)
-                            i += 4
-                        elif left >= 2:
-                            _packed_tile(2, kc, cf, ao, cols, wf, bo, dst, o, ld, k0)
-                            i += 2
-                        else:
-                            _packed_tile(1, kc, cf, ao, cols, wf, bo, dst, o, ld, k0)
-                            i += 1
-            for r in range(rows if whole < co else 0):
-                for q in range(co - whole):
-                    yf[np.uintp((r0 + r) * co + whole + q)] = edge[np.uintp(r * width + q)]
-            continue
         if winograd:
             # V = B^T d B in place: B^T's rows (1 0 -1 0), (0 1 1 0), (0 -1 1 0), (0 1 0 -1)
             # applied down the columns of each window (4 apart), then along its rows
@@ -389,7 +361,50 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
                     scratch[np.uintp(c + apart)] = d1 + d2
                     scratch[np.uintp(c + 2 * apart)] = d2 - d1
                     scratch[np.uintp(c + 3 * apart)] = d1 - d3
-            for k in range(taps):  # products[k] = V[k] @ U[k], k < 16
+        if mode >= 5:
+            # products by graphnn's tile kernel from a packed kernel (kernels/packed.py):
+            # mode 5 one, y's rows = col @ w; mode 6 the Winograd products M[k] = V[k] @
+            # U[k] (U packed per k). For each block of PACK_DEPTH kernel rows, each panel
+            # of `width` columns, tiles of up to 12 rows kept in registers; a tile of the
+            # last, partial panel goes to `edge`, whose columns are then copied out.
+            cp, wf = w.shape[3], w.reshape(-1)
+            depth = cols if mode == 5 else ci
+            src = cf if mode == 5 else scratch
+            for k in range(1 if mode == 5 else taps):
+                a0 = 0 if mode == 5 else at + k * ci
+                dst0, d0, ldd = (yf, r0 * co, co) if mode == 5 else (scratch, mt + k * co,
+                                                                     16 * co)
+                for k0 in range(0, depth, PACK_DEPTH):
+                    kc = min(PACK_DEPTH, depth - k0)
+                    for j in range(0, cp, width):
+                        dst, at_, ld = (dst0, d0 + j, ldd) if j < whole else (edge, 0, width)
+                        bo = (k * depth + k0) * cp + j * kc
+                        i = 0
+                        while i < rows:
+                            ao, o, left = a0 + i * cols + k0, at_ + i * ld, rows - i
+                            if left >= 12:
+                                _packed_tile(12, kc, src, ao, cols, wf, bo, dst, o, ld, k0)
+                                i += 12
+                            elif left >= 8:
+                                _packed_tile(8, kc, src, ao, cols, wf, bo, dst, o, ld, k0)
+                                i += 8
+                            elif left >= 4:
+                                _packed_tile(4, kc, src, ao, cols, wf, bo, dst, o, ld, k0)
+                                i += 4
+                            elif left >= 2:
+                                _packed_tile(2, kc, src, ao, cols, wf, bo, dst, o, ld, k0)
+                                i += 2
+                            else:
+                                _packed_tile(1, kc, src, ao, cols, wf, bo, dst, o, ld, k0)
+                                i += 1
+                for r in range(rows if whole < co else 0):
+                    for q in range(co - whole):
+                        dst0[np.uintp(d0 + r * ldd + whole + q)] = \
+                            edge[np.uintp(r * width + q)]
+            if mode == 5:
+                continue
+        if winograd:
+            for k in range(taps if mode != 6 else 0):  # products[k] = V[k] @ U[k], k < 16
                 _cblas_gemm(111, 111, rows, co, ci, one, scratch[at + k * ci:], cols,
                             uf[k * us:], co, zero, scratch[mt + k * co:], 16 * co)
             # y's 2x2 tile = A^T M A: A^T's rows (1 1 1 0), (0 1 -1 -1) applied down the
@@ -529,5 +544,7 @@ GEMM_HELPERS = {"conv2d": CONV2D, "conv2d_grad_input": CONV2D_GRAD_INPUT,
                 # a conv2d whose constant kernel the cpu back end transformed beforehand
                 "conv2d_winograd": CONV2D_WINOGRAD_U,
                 # a conv2d whose constant kernel the cpu back end packed (kernels/packed.py)
-                "conv2d_packed": CONV2D_PACKED}
+                "conv2d_packed": CONV2D_PACKED,
+                # a conv2d_winograd whose transformed kernel the cpu back end also packed
+                "conv2d_winograd_packed": CONV2D_WINOGRAD_PACKED}
 GEMM_SUPPORT = (conv_gemm,)

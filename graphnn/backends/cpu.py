@@ -62,7 +62,8 @@ class CpuFunction(LoweredFunction):
                             for k, (step, nodes) in enumerate(zip(self.program.steps,
                                                                   lowering.step_nodes))]
         values = [n.value for n in lowering.consts]
-        self._pretransformed = cpu_codegen.winograd_constants(self.program, values)
+        self._pretransformed = cpu_codegen.winograd_constants(
+            self.program, values, pack=self.passes["packed_kernels"])
         # the other constant float32 kernels packed for graphnn's own gemm tile kernel
         # (kernels/packed.py), on CPUs where it beats BLAS
         if self.passes["packed_kernels"]:
@@ -102,10 +103,10 @@ class CpuFunction(LoweredFunction):
             "kernels_compiled": None,
             "kernels_cached": None,
             "conv_pads_folded": folded,
-            "winograd_pretransformed": sum(
-                1 for s in self.program.steps if getattr(s, "helper", "") == "conv2d_winograd"),
-            "packed_kernels": sum(
-                1 for s in self.program.steps if getattr(s, "helper", "") == "conv2d_packed"),
+            "winograd_pretransformed": sum(1 for s in self.program.steps if getattr(
+                s, "helper", "") in ("conv2d_winograd", "conv2d_winograd_packed")),
+            "packed_kernels": sum(1 for s in self.program.steps if getattr(
+                s, "helper", "") in ("conv2d_packed", "conv2d_winograd_packed")),
         })
         self._states = [p.state for p in self.state_nodes]
         # Feeds that share memory with a state this step updates in place are copied first

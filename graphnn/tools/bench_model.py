@@ -447,6 +447,7 @@ def profile_compiled(runner, repeat=20):
     pooling) timed alone on arrays of the same shapes; the rest of the step (elementwise
     loops, reductions, the call itself) is the difference."""
     from kernels import ir
+    from kernels.windows import HELPERS as loop_helpers
     f = runner.function
     program = f.program
     feeds = runner.batches[0]
@@ -481,7 +482,8 @@ def profile_compiled(runner, repeat=20):
                 t = best(lambda aa=aa, bb=bb: aa @ bb)
             matmuls.append({"shape": f"{aa.shape[0]}x{aa.shape[1]} @ {bb.shape[0]}x{bb.shape[1]}",
                             "comment": s.comment, "seconds": t})
-        elif isinstance(s, ir.Window) and s.helper != "conv2d_winograd":  # (no loop twin)
+        elif isinstance(s, ir.Window) and s.helper in loop_helpers:  # (packed and pre-
+            # transformed kernels have no loop twin)
             fn = _window_kernel(s.helper)
             args = [arr(b) for b in s.args]
             out = arr(s.out)

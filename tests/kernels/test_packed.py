@@ -140,3 +140,29 @@ def test_the_back_end_packs_only_where_the_cpu_has_avx512(monkeypatch):
     f = gn.compile(y, backend="cpu")
     assert f.stats["packed_kernels"] == 0
     np.testing.assert_allclose(f(x=np.ones((1, 5, 5, 3), np.float32)), np.full((1, 3, 3, 4), 27))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("image, co", [((1, 14, 14, 8), 40), ((2, 13, 11, 16), 32),
+                                       ((1, 12, 12, 9), 7)])
+def test_winograd_with_packed_kernel_equals_the_direct_loops(image, co, dtype):
+    """CONV2D_WINOGRAD_PACKED: U's 16 matrices packed, the products by the tile kernel
+    (partial panels, odd output sizes), in rounds of 1, 3 and every tile."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(image).astype(dtype)
+    w = rng.standard_normal((3, 3, image[3], co)).astype(dtype)
+    want = np.zeros(image[:3] + (co,), dtype)
+    windows.conv2d(x, w, 1, 1, 1, want)
+    u = windows.winograd_kernel(w)
+    ci = image[3]
+    b = np.stack([packed.pack_kernel(m.reshape(1, 1, ci, co)) for m in u.reshape(16, ci, co)])
+    b = b.reshape(4, 4, ci, -1)
+    tiles = image[0] * windows.winograd_tiles(image[1], image[2])
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for block in sorted({1, 3, tiles}):
+        scratch = np.full(windows.winograd_scratch_items(ci, co, min(block, tiles),
+                                                         pretransformed=True), np.nan, dtype)
+        got = np.full(want.shape, np.nan, dtype)
+        windows.conv_gemm(windows.CONV2D_WINOGRAD_PACKED, x, b, block, 1, 1, scratch, got)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max(),
+                                   err_msg=f"rounds of {block}")
