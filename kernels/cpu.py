@@ -498,8 +498,9 @@ def winograd_constants(program, values, pack=False):
     many steps read it). Returns the new constants' arrays, to pass after `values`.
     A kernel that is a parameter (training) keeps CONV2D_WINOGRAD: it changes at every
     step. With `pack`, on a CPU where graphnn's tile kernel runs (packed.available()), a
-    float32 U is also packed (its 16 matrices ci x co, each by packed.pack_kernel) and the
-    step is a `conv2d_winograd_packed` (CONV2D_WINOGRAD_PACKED)."""
+    float32 U with at least packed.WINOGRAD_MIN_OUTPUTS output channels is also packed (its
+    16 matrices ci x co, each by packed.pack_kernel) and the step is a
+    `conv2d_winograd_packed` (CONV2D_WINOGRAD_PACKED)."""
     pack = pack and packed.available()
     made, arrays = {}, []
     for step in program.steps:
@@ -515,7 +516,7 @@ def winograd_constants(program, values, pack=False):
             index = len(program.consts)
             u = windows.winograd_kernel(np.asarray(values[w.arg_index]))
             helper = "conv2d_winograd"
-            if pack and u.dtype == np.float32:
+            if pack and u.dtype == np.float32 and u.shape[3] >= packed.WINOGRAD_MIN_OUTPUTS:
                 ci = u.shape[2]
                 u = np.stack([packed.pack_kernel(m.reshape(1, 1, ci, -1))
                               for m in u.reshape(16, ci, -1)]).reshape(4, 4, ci, -1)

@@ -40,6 +40,12 @@ PACK_ROWS = 12          # the tallest tile
 # other CPUs LLVM splits each vector in two, the tile no longer fits the registers, and
 # BLAS is faster: there the cpu back end keeps BLAS (see `available`).
 PACK_FEATURES = ("avx512f",)
+# Winograd's 16 products (kernels/windows.py CONV2D_WINOGRAD_PACKED) by the tile kernel
+# from a packed U against BLAS from U (CONV2D_WINOGRAD_U), one thread, batch 1, float32:
+# faster from 128 output channels (27x27 32->128 0.20 against 0.22 ms, 28x28 96->128 0.49
+# against 0.58, 14x14 160->224 0.35 against 0.48, 14x14 256->256 0.67 against 0.90),
+# slower below (56x56 64->64 0.88 against 0.80, 55x55 16->64 0.33-0.37 against 0.31).
+WINOGRAD_MIN_OUTPUTS = 128
 
 
 def pack_width(itemsize):

@@ -133,6 +133,23 @@ def test_compiled_constant_kernels_are_packed_and_equal_the_numpy_backend(librar
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
 
+@needs_avx512
+def test_compiled_winograd_kernels_are_packed_from_enough_output_channels():
+    rng = np.random.default_rng(4)
+    x = gn.input("x", (1, 12, 12, 8))
+    wide = gn.const(rng.standard_normal((3, 3, 8, packed.WINOGRAD_MIN_OUTPUTS))
+                    .astype(np.float32))
+    narrow = gn.const(rng.standard_normal((3, 3, 8, 64)).astype(np.float32))
+    outs = [gn.conv2d(x, wide, padding="same"), gn.conv2d(x, narrow, padding="same")]
+    f = gn.compile(outs, backend="cpu")
+    assert f.stats["winograd_pretransformed"] == 2 and f.stats["packed_kernels"] == 1
+    assert f"np.intp({windows.CONV2D_WINOGRAD_PACKED}), in0, " in f.source
+    assert f"np.intp({windows.CONV2D_WINOGRAD_U}), in0, " in f.source
+    feeds = {"x": rng.standard_normal((1, 12, 12, 8)).astype(np.float32)}
+    for a, b in zip(f(**feeds), gn.compile(outs, backend="numpy")(**feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
 def test_the_back_end_packs_only_where_the_cpu_has_avx512(monkeypatch):
     monkeypatch.setattr(packed, "available", lambda: False)
     x = gn.input("x", (1, 5, 5, 3))
@@ -143,7 +160,7 @@ def test_the_back_end_packs_only_where_the_cpu_has_avx512(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("image, co", [((1, 14, 14, 8), 40), ((2, 13, 11, 16), 32),
+@pytest.mark.parametrize("image, co", [((1, 14, 14, 8), 140), ((2, 13, 11, 16), 32),
                                        ((1, 12, 12, 9), 7)])
 def test_winograd_with_packed_kernel_equals_the_direct_loops(image, co, dtype):
     """CONV2D_WINOGRAD_PACKED: U's 16 matrices packed, the products by the tile kernel
