@@ -32,10 +32,44 @@ import graphnn as gn  # noqa: E402
 from graphnn.tools.bench_onnx import MODELS, light_case  # noqa: E402
 
 
-def measure(name, rounds, budget, off=None):
+def varied_weights(path, seed=0):
+    """A copy of a light model (a temporary file) whose weights differ element by element.
+    The light models build each weight with ConstantOfShape, one value repeated, so equal
+    shapes give equal weights, which graphnn shares (one constant) and onnxruntime may
+    not; here each such weight is an initializer of its value times uniform(0.9, 1.1)
+    (signs kept: batch-norm variances stay positive), so both read as many distinct
+    weights as a trained network has."""
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(path)
+    graph = model.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    rng = np.random.default_rng(seed)
+    kept = []
+    for node in graph.node:
+        if node.op_type == "ConstantOfShape" and node.input[0] in inits:
+            shape = tuple(int(d) for d in inits[node.input[0]])
+            value = numpy_helper.to_array(node.attribute[0].t) if node.attribute else \
+                np.zeros(1, np.float32)
+            array = (np.broadcast_to(value.reshape(-1)[0], shape) *
+                     rng.uniform(0.9, 1.1, shape)).astype(value.dtype)
+            graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    fd, out = tempfile.mkstemp(suffix=".onnx", prefix=f"varied-{os.path.basename(path)}-")
+    os.close(fd)
+    onnx.save(model, out)
+    return out
+
+
+def measure(name, rounds, budget, off=None, varied=False, frozen=False):
     import onnxruntime as ort
     path, input_name, x, _ = light_case(name)
-    outputs, _ = gn.onnx.load(path)
+    if varied:
+        path = varied_weights(path)
+    outputs, _ = gn.onnx.load(path, frozen=frozen)
     t = time.perf_counter()
     f = gn.compile(outputs[0], backend="cpu", progress=False)
     ours = f(**{input_name: x})
@@ -75,6 +109,11 @@ def main():
     parser.add_argument("--off", default=None, metavar="PASS",
                         help="also time graphnn with this optional pass off (e.g. "
                              "packed_kernels), interleaved in the same rounds")
+    parser.add_argument("--varied-weights", action="store_true",
+                        help="every weight distinct (see varied_weights), not the light "
+                             "models' repeated values")
+    parser.add_argument("--frozen", action="store_true",
+                        help="gn.onnx.load(..., frozen=True): initializers as constants")
     args = parser.parse_args()
 
     def ms(values):
@@ -83,7 +122,8 @@ def main():
     print(f"{'model':14s} {'cold s':>6s}  {'graphnn wall ms':>22s} {'ort wall ms':>22s} "
           f"{'ratio':>5s}  {'graphnn cpu ms':>22s} {'ort cpu ms':>22s} {'ratio':>5s}  diff")
     for name in args.models.split(","):
-        cold, wall, cpu, diff = measure(name, args.rounds, args.budget, args.off)
+        cold, wall, cpu, diff = measure(name, args.rounds, args.budget, args.off,
+                                          args.varied_weights, args.frozen)
         rw = statistics.median(wall["graphnn"]) / statistics.median(wall["ort"])
         rc = statistics.median(cpu["graphnn"]) / statistics.median(cpu["ort"])
         print(f"{name:14s} {cold:6.1f}  {ms(wall['graphnn']):>22s} {ms(wall['ort']):>22s} "

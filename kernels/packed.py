@@ -36,6 +36,7 @@ import numpy as np
 PACK_VECTOR_BYTES = 64  # one vector register of AVX-512
 PACK_DEPTH = 512        # kernel rows per block (a block of one panel: 64 KB in float32)
 PACK_ROWS = 12          # the tallest tile
+PACK_PREFETCH = 2       # llvm.prefetch locality of the next panel (0: no prefetch)
 # The CPU features the tile kernel is written for: 32 vector registers of 64 bytes. On
 # other CPUs LLVM splits each vector in two, the tile no longer fits the registers, and
 # BLAS is faster: there the cpu back end keeps BLAS (see `available`).
@@ -99,6 +100,10 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep):
         fma = _cgutils.get_or_insert_function(
             builder.module, _llir.FunctionType(vt, [vt] * 3), f"llvm.fma.v{width}f{bits}")
 
+        prefetch = _cgutils.get_or_insert_function(builder.module, _llir.FunctionType(
+            _llir.VoidType(), [_llir.IntType(8).as_pointer()] + [_llir.IntType(32)] * 3),
+            "llvm.prefetch.p0i8")
+
         def vector(p, at):
             return builder.bitcast(builder.gep(p, [_llir.Constant(i64, at)]),
                                    vt.as_pointer())
@@ -121,6 +126,16 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep):
         bt = builder.gep(bp, [builder.mul(t, count(2 * width))])
         b0 = builder.load(vector(bt, 0), align=4)
         b1 = builder.load(vector(bt, width), align=4)
+        # the same row of the next panel (it follows this one, kc rows on) on its way to
+        # the cache while this panel's tiles run: the first tile of each panel would
+        # otherwise wait for memory (a constant kernel is read from memory once a call)
+        if PACK_PREFETCH:
+            ahead = builder.bitcast(builder.gep(bt, [builder.mul(kc, count(2 * width))]),
+                                    _llir.IntType(8).as_pointer())
+            for line in range(0, 2 * width * (bits // 8), 64):
+                builder.call(prefetch, [builder.gep(ahead, [count(line)]), _llir.Constant(
+                    _llir.IntType(32), 0), _llir.Constant(_llir.IntType(32), PACK_PREFETCH),
+                    _llir.Constant(_llir.IntType(32), 1)])
         broadcast = _llir.Constant(_llir.VectorType(_llir.IntType(32), width), None)
         nxt = []
         for r in range(height):
