@@ -77,15 +77,18 @@ def pack_kernel(w):
 
 
 @intrinsic
-def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep):
-    # c[co + r*ldc + j] (+ what it holds when keep != 0) = sum over t < kc of
-    # a[ao + r*lda + t] * b[bo + t*width + j], r < rows (a literal), j < width (two vectors)
+def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step):
+    # c[co + r*ldc + j] (+ what it holds when keep != 0) = sum over s < segs, t < kc of
+    # a[ao + s*step + r*lda + t] * b[bo + (s*kc + t)*width + j], r < rows (a literal),
+    # j < width (two vectors): `segs` runs of kc columns of a, `step` apart (one run: a
+    # block of a patch matrix's rows; several: a convolution's windows read in place, one
+    # run per kernel row)
     if not isinstance(rows, _types.IntegerLiteral):
         return None
     height = rows.literal_value
 
     def codegen(context, builder, signature, args):
-        _, kc, a, ao, lda, b, bo, c, co, ldc, keep = args
+        _, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step = args
         ty = signature.args
         ap = _cgutils.gep(builder, context.make_array(ty[2])(context, builder, a).data, ao)
         bp = _cgutils.gep(builder, context.make_array(ty[5])(context, builder, b).data, bo)
@@ -94,14 +97,13 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep):
         bits = 32 if item == _llir.FloatType() else 64
         width = PACK_VECTOR_BYTES * 8 // bits
         vt = _llir.VectorType(item, width)
-        i64 = _llir.IntType(64)
-        kc, lda, ldc = (builder.sext(v, i64) if v.type.width < 64 else v
-                        for v in (kc, lda, ldc))
+        i64, i32 = _llir.IntType(64), _llir.IntType(32)
+        kc, lda, ldc, segs, step = (builder.sext(v, i64) if v.type.width < 64 else v
+                                    for v in (kc, lda, ldc, segs, step))
         fma = _cgutils.get_or_insert_function(
             builder.module, _llir.FunctionType(vt, [vt] * 3), f"llvm.fma.v{width}f{bits}")
-
         prefetch = _cgutils.get_or_insert_function(builder.module, _llir.FunctionType(
-            _llir.VoidType(), [_llir.IntType(8).as_pointer()] + [_llir.IntType(32)] * 3),
+            _llir.VoidType(), [_llir.IntType(8).as_pointer()] + [i32] * 3),
             "llvm.prefetch.p0i8")
 
         def vector(p, at):
@@ -116,67 +118,84 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep):
         start = [builder.select(kept, builder.load(vector(rowp[r], h * width), align=4),
                                 _llir.Constant(vt, None))
                  for r in range(height) for h in (0, 1)]
+        panel = builder.mul(builder.mul(kc, segs), count(2 * width))  # items of b read
         entry = builder.block
-        loop = builder.append_basic_block("tile.loop")
+        outer = builder.append_basic_block("tile.run")
+        inner = builder.append_basic_block("tile.loop")
+        ran = builder.append_basic_block("tile.ran")
         done = builder.append_basic_block("tile.done")
-        builder.cbranch(builder.icmp_signed(">", kc, count(0)), loop, done)
-        builder.position_at_end(loop)
+        some = builder.and_(builder.icmp_signed(">", kc, count(0)),
+                            builder.icmp_signed(">", segs, count(0)))
+        builder.cbranch(some, outer, done)
+        # a run: kc columns of a from ao + s*step, kc rows of the panel from s*kc
+        builder.position_at_end(outer)
+        s = builder.phi(i64)
+        acc_run = [builder.phi(vt) for _ in start]
+        a_run = builder.gep(ap, [builder.mul(s, step)])
+        b_run = builder.gep(bp, [builder.mul(builder.mul(s, kc), count(2 * width))])
+        builder.branch(inner)
+        builder.position_at_end(inner)
         t = builder.phi(i64)
         acc = [builder.phi(vt) for _ in start]
-        bt = builder.gep(bp, [builder.mul(t, count(2 * width))])
+        bt = builder.gep(b_run, [builder.mul(t, count(2 * width))])
         b0 = builder.load(vector(bt, 0), align=4)
         b1 = builder.load(vector(bt, width), align=4)
-        # the same row of the next panel (it follows this one, kc rows on) on its way to
-        # the cache while this panel's tiles run: the first tile of each panel would
-        # otherwise wait for memory (a constant kernel is read from memory once a call)
+        # the same row of the next panel (it follows this one) on its way to the L2 cache
+        # while this panel's tiles run: the first tile of each panel would otherwise wait
+        # for memory (a constant kernel is read from memory once a call)
         if PACK_PREFETCH:
-            ahead = builder.bitcast(builder.gep(bt, [builder.mul(kc, count(2 * width))]),
-                                    _llir.IntType(8).as_pointer())
+            ahead = builder.bitcast(builder.gep(bt, [panel]), _llir.IntType(8).as_pointer())
             for line in range(0, 2 * width * (bits // 8), 64):
-                builder.call(prefetch, [builder.gep(ahead, [count(line)]), _llir.Constant(
-                    _llir.IntType(32), 0), _llir.Constant(_llir.IntType(32), PACK_PREFETCH),
-                    _llir.Constant(_llir.IntType(32), 1)])
-        broadcast = _llir.Constant(_llir.VectorType(_llir.IntType(32), width), None)
+                builder.call(prefetch, [builder.gep(ahead, [count(line)]), i32(0),
+                                        i32(PACK_PREFETCH), i32(1)])
+        broadcast = _llir.Constant(_llir.VectorType(i32, width), None)
         nxt = []
         for r in range(height):
-            s = builder.load(builder.gep(ap, [builder.add(builder.mul(lda, count(r)), t)]))
-            s = builder.insert_element(_llir.Constant(vt, _llir.Undefined), s,
-                                       _llir.Constant(_llir.IntType(32), 0))
-            s = builder.shuffle_vector(s, _llir.Constant(vt, _llir.Undefined), broadcast)
-            nxt += [builder.call(fma, [s, b0, acc[2 * r]]),
-                    builder.call(fma, [s, b1, acc[2 * r + 1]])]
+            x = builder.load(builder.gep(a_run, [builder.add(builder.mul(lda, count(r)), t)]))
+            x = builder.insert_element(_llir.Constant(vt, _llir.Undefined), x, i32(0))
+            x = builder.shuffle_vector(x, _llir.Constant(vt, _llir.Undefined), broadcast)
+            nxt += [builder.call(fma, [x, b0, acc[2 * r]]),
+                    builder.call(fma, [x, b1, acc[2 * r + 1]])]
         t1 = builder.add(t, count(1))
-        t.add_incoming(count(0), entry)
-        t.add_incoming(t1, loop)
-        for phi, first, later in zip(acc, start, nxt):
+        builder.cbranch(builder.icmp_signed("<", t1, kc), inner, ran)
+        t.add_incoming(count(0), outer)
+        t.add_incoming(t1, inner)
+        for phi, first, later in zip(acc, acc_run, nxt):
+            phi.add_incoming(first, outer)
+            phi.add_incoming(later, inner)
+        builder.position_at_end(ran)
+        s1 = builder.add(s, count(1))
+        builder.cbranch(builder.icmp_signed("<", s1, segs), outer, done)
+        s.add_incoming(count(0), entry)
+        s.add_incoming(s1, ran)
+        for phi, first, later in zip(acc_run, start, nxt):
             phi.add_incoming(first, entry)
-            phi.add_incoming(later, loop)
-        builder.cbranch(builder.icmp_signed("<", t1, kc), loop, done)
+            phi.add_incoming(later, ran)
         builder.position_at_end(done)
         final = [builder.phi(vt) for _ in start]
         for phi, first, later in zip(final, start, nxt):
             phi.add_incoming(first, entry)
-            phi.add_incoming(later, loop)
+            phi.add_incoming(later, ran)
         for k, phi in enumerate(final):
             builder.store(phi, vector(rowp[k // 2], k % 2 * width), align=4)
         return context.get_dummy_value()
 
-    return _types.none(rows, kc, a, ao, lda, b, bo, c, co, ldc, keep), codegen
+    return _types.none(rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step), codegen
 
 
 @njit
-def _packed_tile_call(rows, kc, a, ao, lda, b, bo, c, co, ldc, keep):
+def _packed_tile_call(rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs=1, step=0):
     # (each tile height the kernels use is its own literal)
     if rows == 12:
-        _packed_tile(12, kc, a, ao, lda, b, bo, c, co, ldc, keep)
+        _packed_tile(12, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step)
     elif rows == 8:
-        _packed_tile(8, kc, a, ao, lda, b, bo, c, co, ldc, keep)
+        _packed_tile(8, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step)
     elif rows == 4:
-        _packed_tile(4, kc, a, ao, lda, b, bo, c, co, ldc, keep)
+        _packed_tile(4, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step)
     elif rows == 2:
-        _packed_tile(2, kc, a, ao, lda, b, bo, c, co, ldc, keep)
+        _packed_tile(2, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step)
     elif rows == 1:
-        _packed_tile(1, kc, a, ao, lda, b, bo, c, co, ldc, keep)
+        _packed_tile(1, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step)
     else:
         raise ValueError("a packed tile has 12, 8, 4, 2 or 1 rows")
 

@@ -210,6 +210,9 @@ CONV2D_WINOGRAD = 3  # a stride-1 3x3 convolution as Winograd F(2x2, 3x3)
 CONV2D_WINOGRAD_U = 4  # the same with the kernel transformed beforehand (winograd_kernel)
 CONV2D_PACKED = 5  # a convolution whose constant kernel was packed beforehand (packed.py)
 CONV2D_WINOGRAD_PACKED = 6  # CONV2D_WINOGRAD_U with U packed (packed.py) after its transform
+# CONV2D_PACKED reads the windows of an unpadded convolution in place (no patch matrix) for
+# outputs at least this wide: a tile's rows are outputs of one row
+DIRECT_MIN_WIDTH = 24
 
 
 def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
@@ -270,6 +273,11 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
     one, zero = out.dtype.type(1), out.dtype.type(0)
     xf = x.reshape(-1)
     pointwise = kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0
+    # mode 5 reading the windows in place, an output row at a time ("direct"): unpadded
+    # windows inside the image, a kernel of one block, rows long enough for whole tiles
+    direct = mode == 5 and not pointwise and ph == 0 and pw == 0 and \
+        (oh - 1) * s + kh <= h_ and (ow - 1) * s + kw <= w_ and \
+        kh * kw * ci <= PACK_DEPTH and ow >= DIRECT_MIN_WIDTH
     empty = total == 0 or co == 0 or cols == 0  # (BLAS wants sizes >= 1)
     if empty or (mode == 1 and not pointwise):  # zeros: the result, or col2im's start
         of = out.reshape(-1)
@@ -279,7 +287,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
             return
     w2 = w.reshape((cols, w.shape[3]))
     g2 = g.reshape((total, co))
-    block = total if pointwise else min(total, scratch.size // cols)
+    block = total if pointwise or direct else min(total, scratch.size // cols)
     # the windows im2col copies: kh x kw, s apart, one per output (th x tw of them);
     # Winograd: 4 x 4, 2 apart, one per 2x2 tile of outputs
     wh, ww, ws, th, tw, at = kh, kw, s, oh, ow, 0
@@ -312,7 +320,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
             _cblas_gemm(111, 111, 16, plane, 9, one, gg, 9, w.reshape(-1), plane, zero,
                         scratch, us)  # U = (G kron G) @ w as 9 x (ci co)
         mt = at + block * cols  # where the products are
-    edge = np.empty(block * width if mode >= 5 and whole < co else 0, out.dtype)
+    edge = np.empty(max(block, ow) * width if mode >= 5 and whole < co else 0, out.dtype)
     seg = ww * c_
     for r0 in range(0, total, block):
         rows = min(block, total - r0)
@@ -321,10 +329,12 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
         x0 = r0 - (n * th + y) * tw
         if pointwise:
             col = x.reshape((-1, ci))[r0:r0 + rows]
+        elif direct:  # (no patch matrix)
+            col = scratch[:0].reshape((0, cols))
         else:
             col = scratch[at:at + rows * cols].reshape((rows, cols))
         cf = col.reshape(-1)
-        for r in range(rows if mode != 1 and not pointwise else 0):  # im2col
+        for r in range(rows if mode != 1 and not pointwise and not direct else 0):  # im2col
             # col[r] = the window of output (n, y, x0) as (i, j, c), zeros where it hangs
             # over the padding; unsigned flat indices let Numba drop its negative-index
             # wraparound, and the copies vectorise (4-6x faster than signed indexing)
@@ -362,42 +372,51 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
                     scratch[np.uintp(c + 2 * apart)] = d2 - d1
                     scratch[np.uintp(c + 3 * apart)] = d1 - d3
         if mode >= 5:
-            # products by graphnn's tile kernel from a packed kernel (kernels/packed.py):
-            # mode 5 one, y's rows = col @ w; mode 6 the Winograd products M[k] = V[k] @
-            # U[k] (U packed per k). For each block of PACK_DEPTH kernel rows, each panel
-            # of `width` columns, tiles of up to 12 rows kept in registers; a tile of the
-            # last, partial panel goes to `edge`, whose columns are then copied out.
+            # products by graphnn's tile kernel from a packed kernel (kernels/packed.py),
+            # one job per panel of `width` columns and block of PACK_DEPTH kernel rows: in
+            # mode 5 of y's rows = col @ w (or, `direct`, of one output row of y read from
+            # the windows in place, a run of kw*ci items per kernel row), in mode 6 of each
+            # Winograd product M[k] = V[k] @ U[k] (U packed per k); tiles of up to 12 rows
+            # kept in registers; a tile of the last, partial panel goes to `edge`, whose
+            # columns are copied out once the panel's last block is done
             cp, wf = w.shape[3], w.reshape(-1)
+            panels = cp // width
             depth = cols if mode == 5 else ci
-            src = cf if mode == 5 else scratch
-            for k in range(1 if mode == 5 else taps):
-                a0 = 0 if mode == 5 else at + k * ci
-                dst0, d0, ldd = (yf, r0 * co, co) if mode == 5 else (scratch, mt + k * co,
-                                                                     16 * co)
-                for k0 in range(0, depth, PACK_DEPTH):
-                    kc = min(PACK_DEPTH, depth - k0)
-                    for j in range(0, cp, width):
-                        dst, at_, ld = (dst0, d0 + j, ldd) if j < whole else (edge, 0, width)
-                        bo = (k * depth + k0) * cp + j * kc
-                        i = 0
-                        while i < rows:
-                            ao, o, left = a0 + i * cols + k0, at_ + i * ld, rows - i
-                            if left >= 12:
-                                _packed_tile(12, kc, src, ao, cols, wf, bo, dst, o, ld, k0)
-                                i += 12
-                            elif left >= 8:
-                                _packed_tile(8, kc, src, ao, cols, wf, bo, dst, o, ld, k0)
-                                i += 8
-                            elif left >= 4:
-                                _packed_tile(4, kc, src, ao, cols, wf, bo, dst, o, ld, k0)
-                                i += 4
-                            elif left >= 2:
-                                _packed_tile(2, kc, src, ao, cols, wf, bo, dst, o, ld, k0)
-                                i += 2
-                            else:
-                                _packed_tile(1, kc, src, ao, cols, wf, bo, dst, o, ld, k0)
-                                i += 1
-                for r in range(rows if whole < co else 0):
+            blocks = (depth + PACK_DEPTH - 1) // PACK_DEPTH
+            groups = n_ * oh if direct else (1 if mode == 5 else taps)
+            for job in range(groups * blocks * panels):
+                p, k0 = job % panels * width, job // panels % blocks * PACK_DEPTH
+                g = job // (panels * blocks)  # Winograd's k, or (direct) the output row
+                kb = min(PACK_DEPTH, depth - k0)
+                bo = (g * depth * cp if mode == 6 else 0) + k0 * cp + p * kb
+                src, lda, kc, runs, apart, count = cf, cols, kb, 1, 0, rows
+                a0, dst0, d0, ldd = k0, yf, r0 * co, co
+                if direct:
+                    src, lda, kc, runs, apart, count = xf, s * c_, kw * c_, kh, w_ * c_, ow
+                    a0, d0 = (g // oh * h_ + g % oh * s) * w_ * c_, g * ow * co
+                elif mode == 6:
+                    src, a0, dst0, d0, ldd = scratch, at + g * ci + k0, scratch, mt + g * co, \
+                        16 * co
+                dst, o, ld = (dst0, d0 + p, ldd) if p < whole else (edge, 0, width)
+                i = 0
+                while i < count:
+                    ao, oi, left = a0 + i * lda, o + i * ld, count - i
+                    if left >= 12:
+                        _packed_tile(12, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart)
+                        i += 12
+                    elif left >= 8:
+                        _packed_tile(8, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart)
+                        i += 8
+                    elif left >= 4:
+                        _packed_tile(4, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart)
+                        i += 4
+                    elif left >= 2:
+                        _packed_tile(2, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart)
+                        i += 2
+                    else:
+                        _packed_tile(1, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart)
+                        i += 1
+                for r in range(count if p >= whole and k0 + kb >= depth else 0):
                     for q in range(co - whole):
                         dst0[np.uintp(d0 + r * ldd + whole + q)] = \
                             edge[np.uintp(r * width + q)]

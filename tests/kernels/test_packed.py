@@ -70,13 +70,25 @@ def test_tile_kernel_rejects_a_height_it_has_no_loop_for():
         packed.PACKED_TILE(3, 1, a, 0, 1, a, 0, a, 0, 1, 0)
 
 
+# rows of 24 outputs and more: unpadded ones read the windows in place (DIRECT_MIN_WIDTH)
+WIDE = {
+    "3x3-valid-stride2-wide": ((1, 11, 52, 3), (3, 3, 3, 40), 2, "valid"),   # ow 25
+    "7x7-valid-stride2-wide": ((2, 13, 60, 3), (7, 7, 3, 64), 2, "valid"),   # ow 27
+    "1x1-stride2-wide": ((1, 6, 61, 40), (1, 1, 40, 33), 2, "valid"),        # ow 31
+    "3x3-valid-wide": ((1, 5, 30, 8), (3, 3, 8, 7), 1, "valid"),             # ow 28
+    "3x3-same-wide": ((1, 5, 30, 8), (3, 3, 8, 20), 1, "same"),              # padded
+    "2x2-same-wide": ((1, 5, 30, 4), (2, 2, 4, 9), 1, "same"),   # pads bottom/right only
+    "3x3-valid-deep": ((1, 4, 28, 64), (3, 3, 64, 32), 1, "valid"),  # 576 > PACK_DEPTH
+}
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(CASES) + sorted(WIDE))
 def test_packed_mode_equals_the_direct_loops(name, dtype):
     """conv_gemm's CONV2D_PACKED (the helper as Python, its tile kernel compiled) with a
     NaN scratch of one row, a few rows and every row: 1x1, strided, padded, one input or
     output channel."""
-    image, kernel, stride, padding = CASES[name]
+    image, kernel, stride, padding = {**CASES, **WIDE}[name]
     oh, ph = conv_geometry(image[1], kernel[0], stride, padding)
     ow, pw = conv_geometry(image[2], kernel[1], stride, padding)
     rng = np.random.default_rng(9)
@@ -183,3 +195,22 @@ def test_winograd_with_packed_kernel_equals_the_direct_loops(image, co, dtype):
         windows.conv_gemm(windows.CONV2D_WINOGRAD_PACKED, x, b, block, 1, 1, scratch, got)
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max(),
                                    err_msg=f"rounds of {block}")
+
+
+@pytest.mark.parametrize("name", ["3x3-valid-stride2-wide", "7x7-valid-stride2-wide",
+                                  "1x1-stride2-wide", "3x3-valid-wide"])
+def test_unpadded_wide_convolutions_read_their_windows_in_place(name):
+    """No patch matrix: with an empty scratch the packed mode still gives the direct loops'
+    numbers (a mode that copied windows would have no room for a single row)."""
+    image, kernel, stride, padding = WIDE[name]
+    oh, ow = (image[1] - kernel[0]) // stride + 1, (image[2] - kernel[1]) // stride + 1
+    assert ow >= windows.DIRECT_MIN_WIDTH
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal(image).astype(np.float32)
+    w = rng.standard_normal(kernel).astype(np.float32)
+    want = np.zeros((image[0], oh, ow, kernel[3]), np.float32)
+    windows.conv2d(x, w, stride, 0, 0, want)
+    got = np.full(want.shape, np.nan, np.float32)
+    windows.conv_gemm(windows.CONV2D_PACKED, x, packed.pack_kernel(w), stride, 0, 0,
+                      np.empty(0, np.float32), got)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
