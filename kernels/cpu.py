@@ -539,7 +539,8 @@ def packed_constants(program, values):
     is a float32 constant becomes a `conv2d_packed` step (conv_gemm's CONV2D_PACKED)
     reading a new constant, packed.pack_kernel(w), appended to `program.consts` (one per
     kernel, however many steps read it), when this CPU runs graphnn's tile kernel
-    (packed.available(): AVX-512). Returns the new constants' arrays, to pass after
+    (packed.available(): AVX-512) and the kernel has packed.PACK_MIN_OUTPUTS output
+    channels or more. Returns the new constants' arrays, to pass after
     `values`. A kernel that is a parameter keeps BLAS: packing it at every step is what
     BLAS does itself."""
     if not packed.available():
@@ -550,7 +551,8 @@ def packed_constants(program, values):
             continue
         x, w = step.args
         if w.role != "const" or w.dtype != "float32" or \
-                not all(isinstance(d, int) and d > 0 for d in w.shape):
+                not all(isinstance(d, int) and d > 0 for d in w.shape) or \
+                w.shape[3] < packed.PACK_MIN_OUTPUTS:
             continue
         if w.name not in made:
             array = packed.pack_kernel(np.asarray(values[w.arg_index], np.float32))

@@ -13,7 +13,7 @@ from onnx.reference import ReferenceEvaluator  # noqa: E402
 import graphnn as gn  # noqa: E402
 from graphnn.ops import pad_axis  # noqa: E402
 from graphnn.tools.cli import main as graphnn_main  # noqa: E402
-from kernels import packed  # noqa: E402
+from kernels import ir  # noqa: E402
 from helpers import EXAMPLES, load_example  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -256,9 +256,10 @@ def test_import_nchw_model_matches_reference_and_keeps_layout_inside():
 
 
 def test_frozen_import_makes_weights_constants_the_cpu_back_end_prepares_once():
-    """frozen=True: no params (every initializer a constant, batch norm still folded); the
-    cpu back end then packs or transforms the constant kernels when it compiles; the
-    numbers equal the reference evaluator's, and the file's initializers are unchanged."""
+    """frozen=True: no params (every initializer a constant, batch norm still folded), so
+    the cpu back end's convolutions read constant kernels (which it may pack or transform
+    when it compiles: tests/kernels/test_packed.py); the numbers equal the reference
+    evaluator's."""
     model = onnx_cnn_model()
     x = RNG.standard_normal((2, 3, 12, 12)).astype(np.float32)
     (expected,) = ReferenceEvaluator(model).run(None, {"input": x})
@@ -267,12 +268,14 @@ def test_frozen_import_makes_weights_constants_the_cpu_back_end_prepares_once():
     assert graph.param_count() == 0 and not graph.params
     assert [i.name for i in inputs] == ["input"]
     f = gn.compile(outputs[0], backend="cpu")
-    prepared = f.stats["packed_kernels"] + f.stats["winograd_pretransformed"]
-    assert prepared == (3 if packed.available() else 0)  # conv1, conv2 (2 groups)
+    trainable = gn.compile(gn.onnx.load(model).outputs[0], backend="cpu")
+    for function, frozen in ((f, True), (trainable, False)):
+        convs = [s for s in function.program.steps if isinstance(s, ir.Window)
+                 and s.helper.startswith("conv2d")]
+        assert len(convs) == 3  # conv1, conv2's two groups
+        assert [s.args[1].role == "const" for s in convs] == [frozen] * 3
     for backend_fn in (f, gn.compile(outputs[0], backend="numpy")):
         np.testing.assert_allclose(backend_fn(input=x), expected, rtol=1e-4, atol=1e-6)
-    trainable = gn.compile(gn.onnx.load(model).outputs[0], backend="cpu")
-    assert trainable.stats["packed_kernels"] == 0
     np.testing.assert_allclose(trainable(input=x), expected, rtol=1e-4, atol=1e-6)
 
 

@@ -116,8 +116,9 @@ needs_avx512 = pytest.mark.skipif(not packed.available(),
 @pytest.mark.parametrize("library", [False, True])
 def test_compiled_constant_kernels_are_packed_and_equal_the_numpy_backend(library):
     """An inference graph: constant float32 kernels (one read by two convolutions) are
-    packed once; a parameter kernel and a float64 constant keep BLAS; results equal the
-    numpy back end's, and with the pass off nothing is packed."""
+    packed once; a parameter kernel, a float64 constant and a kernel with fewer than
+    PACK_MIN_OUTPUTS outputs keep BLAS; results equal the numpy back end's, and with the
+    pass off nothing is packed."""
     rng = np.random.default_rng(3)
     x = gn.input("x", (None, 9, 9, 5))
     shared = gn.const(rng.standard_normal((3, 3, 5, 40)).astype(np.float32))
@@ -125,9 +126,11 @@ def test_compiled_constant_kernels_are_packed_and_equal_the_numpy_backend(librar
     y2 = gn.conv2d(x, shared, stride=2, padding="same")
     y3 = gn.conv2d(y1, gn.const(rng.standard_normal((1, 1, 40, 70)).astype(np.float32)))
     y4 = gn.conv2d(x, gn.param("w", rng.standard_normal((3, 3, 5, 8)).astype(np.float32)))
+    y6 = gn.conv2d(x, gn.const(rng.standard_normal((1, 1, 5, packed.PACK_MIN_OUTPUTS - 1))
+                               .astype(np.float32)))  # too few output channels: BLAS
     x64 = gn.input("x64", (2, 6, 6, 3), dtype="float64")
     y5 = gn.conv2d(x64, gn.const(rng.standard_normal((3, 3, 3, 4))))
-    outs = [y2, y3, y4, y5]
+    outs = [y2, y3, y4, y5, y6]
     feeds = {"x": rng.standard_normal((2, 9, 9, 5)).astype(np.float32),
              "x64": rng.standard_normal((2, 6, 6, 3))}
     f = gn.compile(outs, backend="cpu", library=library)
