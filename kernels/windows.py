@@ -210,6 +210,9 @@ CONV2D_WINOGRAD = 3  # a stride-1 3x3 convolution as Winograd F(2x2, 3x3)
 CONV2D_WINOGRAD_U = 4  # the same with the kernel transformed beforehand (winograd_kernel)
 CONV2D_PACKED = 5  # a convolution whose constant kernel was packed beforehand (packed.py)
 CONV2D_WINOGRAD_PACKED = 6  # CONV2D_WINOGRAD_U with U packed (packed.py) after its transform
+# Whether conv_gemm holds modes 5 and 6 (graphnn's tile kernel): a generated module that
+# uses neither says False, and Numba leaves their code out (1.5 s less compile time)
+PACKED = True
 # CONV2D_PACKED reads the windows of an unpadded convolution in place (no patch matrix) for
 # outputs at least this wide: a tile's rows are outputs of one row
 DIRECT_MIN_WIDTH = 24
@@ -258,6 +261,8 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
     (tiles x 16 x ci: the patch matrix of 4x4 windows 2 apart, transformed in place) and
     products (tiles x 16 x co); the gemms read these with leading dimensions of 16 channel
     rows, so nothing is copied for them."""
+    if not PACKED and mode >= 5:
+        raise ValueError("conv_gemm: modes 5 and 6 are left out of this module (PACKED)")
     if mode == 1:
         x, w, g = out, b, a
     elif mode == 2:
@@ -275,9 +280,11 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
     pointwise = kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0
     # mode 5 reading the windows in place, an output row at a time ("direct"): unpadded
     # windows inside the image, a kernel of one block, rows long enough for whole tiles
-    direct = mode == 5 and not pointwise and ph == 0 and pw == 0 and \
-        (oh - 1) * s + kh <= h_ and (ow - 1) * s + kw <= w_ and \
-        kh * kw * ci <= PACK_DEPTH and ow >= DIRECT_MIN_WIDTH
+    direct = False
+    if PACKED:
+        direct = mode == 5 and not pointwise and ph == 0 and pw == 0 and \
+            (oh - 1) * s + kh <= h_ and (ow - 1) * s + kw <= w_ and \
+            kh * kw * ci <= PACK_DEPTH and ow >= DIRECT_MIN_WIDTH
     empty = total == 0 or co == 0 or cols == 0  # (BLAS wants sizes >= 1)
     if empty or (mode == 1 and not pointwise):  # zeros: the result, or col2im's start
         of = out.reshape(-1)
@@ -320,7 +327,8 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
             _cblas_gemm(111, 111, 16, plane, 9, one, gg, 9, w.reshape(-1), plane, zero,
                         scratch, us)  # U = (G kron G) @ w as 9 x (ci co)
         mt = at + block * cols  # where the products are
-    edge = np.empty(max(block, ow) * width if mode >= 5 and whole < co else 0, out.dtype)
+    edge = np.empty(max(block, ow) * width if PACKED and mode >= 5 and whole < co else 0,
+                    out.dtype)
     seg = ww * c_
     for r0 in range(0, total, block):
         rows = min(block, total - r0)
@@ -371,7 +379,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
                     scratch[np.uintp(c + apart)] = d1 + d2
                     scratch[np.uintp(c + 2 * apart)] = d2 - d1
                     scratch[np.uintp(c + 3 * apart)] = d1 - d3
-        if mode >= 5:
+        if PACKED and mode >= 5:
             # products by graphnn's tile kernel from a packed kernel (kernels/packed.py),
             # one job per panel of `width` columns and block of PACK_DEPTH kernel rows: in
             # mode 5 of y's rows = col @ w (or, `direct`, of one output row of y read from
@@ -567,3 +575,5 @@ GEMM_HELPERS = {"conv2d": CONV2D, "conv2d_grad_input": CONV2D_GRAD_INPUT,
                 # a conv2d_winograd whose transformed kernel the cpu back end also packed
                 "conv2d_winograd_packed": CONV2D_WINOGRAD_PACKED}
 GEMM_SUPPORT = (conv_gemm,)
+# the helpers that need conv_gemm's modes 5 and 6 (PACKED)
+PACKED_HELPERS = ("conv2d_packed", "conv2d_winograd_packed")

@@ -217,3 +217,23 @@ def test_unpadded_wide_convolutions_read_their_windows_in_place(name):
     windows.conv_gemm(windows.CONV2D_PACKED, x, packed.pack_kernel(w), stride, 0, 0,
                       np.empty(0, np.float32), got)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@needs_avx512
+def test_only_modules_with_packed_convolutions_compile_the_tile_kernel(monkeypatch):
+    """A module whose convolutions are all BLAS says PACKED = False (Numba leaves modes 5
+    and 6 out), one with a packed kernel PACKED = True; conv_gemm refuses mode 5 where the
+    modes are left out instead of computing something else."""
+    rng = np.random.default_rng(6)
+    x = gn.input("x", (1, 6, 6, 4))
+    trained = gn.conv2d(x, gn.param("w", rng.standard_normal((3, 3, 4, 32))
+                                    .astype(np.float32)))
+    frozen = gn.conv2d(x, gn.const(rng.standard_normal((3, 3, 4, 32)).astype(np.float32)))
+    assert "\nPACKED = False\n" in gn.compile(trained, backend="cpu").source
+    assert "\nPACKED = True\n" in gn.compile(frozen, backend="cpu").source
+    monkeypatch.setattr(windows, "PACKED", False)
+    w = rng.standard_normal((1, 1, 4, 32)).astype(np.float32)
+    with pytest.raises(ValueError, match="modes 5 and 6 are left out"):
+        windows.conv_gemm(windows.CONV2D_PACKED, np.ones((1, 2, 2, 4), np.float32),
+                          packed.pack_kernel(w), 1, 0, 0, np.empty(0, np.float32),
+                          np.empty((1, 2, 2, 32), np.float32))
