@@ -192,16 +192,12 @@ def _packed_tile_call(rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs=1, ste
     # (each tile height the kernels use is its own literal)
     if rows == 12:
         _packed_tile(12, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step)
-    elif rows == 8:
-        _packed_tile(8, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step)
     elif rows == 4:
         _packed_tile(4, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step)
-    elif rows == 2:
-        _packed_tile(2, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step)
     elif rows == 1:
         _packed_tile(1, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step)
     else:
-        raise ValueError("a packed tile has 12, 8, 4, 2 or 1 rows")
+        raise ValueError("a packed tile has 12, 4 or 1 rows")
 
 
 # _packed_tile callable from Python (kernels/windows.py run as Python, in tests)

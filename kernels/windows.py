@@ -412,15 +412,9 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out):
                     if left >= 12:
                         _packed_tile(12, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart)
                         i += 12
-                    elif left >= 8:
-                        _packed_tile(8, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart)
-                        i += 8
                     elif left >= 4:
                         _packed_tile(4, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart)
                         i += 4
-                    elif left >= 2:
-                        _packed_tile(2, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart)
-                        i += 2
                     else:
                         _packed_tile(1, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart)
                         i += 1

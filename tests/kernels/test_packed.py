@@ -25,7 +25,7 @@ def _product(a, w, rows, dtype):
         for j in range(0, cp, width):
             i = 0
             while i < rows:
-                h = max(t for t in (12, 8, 4, 2, 1) if t <= rows - i)
+                h = max(t for t in (12, 4, 1) if t <= rows - i)
                 packed.PACKED_TILE(h, kc, af, i * k + k0, k, b, k0 * cp + j * kc, of,
                                    i * cp + j, cp, k0)
                 i += h
@@ -53,7 +53,7 @@ def test_pack_kernel_lays_out_blocks_of_rows_in_panels_of_two_vectors():
 @pytest.mark.parametrize("rows, k, n", [(1, 1, 1), (49, 300, 64), (13, 1100, 40),
                                         (27, 512, 33), (3, 7, 100), (12, 1025, 32)])
 def test_tile_kernel_products_equal_numpy(rows, k, n, dtype):
-    """Every tile height (12, 8, 4, 2, 1 rows), blocks of kernel rows crossing PACK_DEPTH
+    """Every tile height (12, 4, 1 rows), blocks of kernel rows crossing PACK_DEPTH
     (accumulating into what the tile holds), partial last panels."""
     rng = np.random.default_rng(rows * 1000 + k)
     a = rng.standard_normal((rows, k)).astype(dtype)
@@ -66,7 +66,7 @@ def test_tile_kernel_products_equal_numpy(rows, k, n, dtype):
 
 def test_tile_kernel_rejects_a_height_it_has_no_loop_for():
     a = np.ones(8, np.float32)
-    with pytest.raises(ValueError, match="12, 8, 4, 2 or 1 rows"):
+    with pytest.raises(ValueError, match="12, 4 or 1 rows"):
         packed.PACKED_TILE(3, 1, a, 0, 1, a, 0, a, 0, 1, 0)
 
 
