@@ -41,8 +41,10 @@ def cli_export(args):
 
 
 def cli_run(args):
-    """`graphnn run model.onnx --input NAME=file.npy`: print (and optionally save) outputs."""
-    model = load(args.file)
+    """`graphnn run model.onnx --input NAME=file.npy`: print (and optionally save) outputs.
+    Inference only: the weights are imported frozen (constants the cpu back end prepares
+    once, see gn.onnx.load)."""
+    model = load(args.file, frozen=True)
     feeds = {}
     for item in args.input:
         name, sep, path = item.partition("=")
