@@ -800,6 +800,20 @@ def _emit_step(em, step, allocated, loop, needed):
         raise TypeError(f"unknown kernel step {type(step).__name__}")
 
 
+def _flat_buffers(step):
+    """The buffers an Elementwise or Reduce step reads and writes through their flat views
+    `<name>_f` (its loop is one flat loop), or None (its loops follow the axes, or it
+    writes a 0-d result)."""
+    arrays = {v: l for v, l in step.expr.loads.items() if l.buffer.ndim != 0}
+    body = ir.ScalarExpr(arrays, step.expr.stmts, step.expr.result)
+    buffers = [l.buffer for l in arrays.values()]
+    if isinstance(step, ir.Elementwise):
+        ok = step.out.ndim != 0 and _flat_ok(body, step.out.shape)
+        return [step.out] + buffers if ok else None
+    kept = any(k not in step.axes for k in range(len(step.domain)))
+    return buffers if not kept and _flat_ok(body, step.domain) else None
+
+
 def _emit_elementwise(em, step, allocated, loop):
     out, expr = step.out, step.expr
     _alloc(em, out, allocated)
@@ -813,8 +827,9 @@ def _emit_elementwise(em, step, allocated, loop):
         _emit_stmts(em, body, out.dtype)
         em.emit(f"{out.name}[()] = {_typed(expr.result, out.dtype)}")
         return
-    if _flat_ok(body, out.shape):
-        em.flat_views([out] + [l.buffer for l in arrays.values()])
+    flat = _flat_buffers(step)
+    if flat is not None:
+        em.flat_views(flat)
         em.emit(f"for k in {loop}({out.name}_f.size):")
         em.indent()
         _emit_loads(em, body, lambda l: "k", "_f")
@@ -842,8 +857,9 @@ def _emit_reduce(em, step, allocated, loop):
         em.emit(f"{var} = {load.buffer.name}[()]")
     arrays = {v: l for v, l in expr.loads.items() if l.buffer.ndim != 0}
     body = ir.ScalarExpr(arrays, expr.stmts, expr.result)
-    if not kept and _flat_ok(body, domain):
-        em.flat_views([l.buffer for l in arrays.values()])
+    flat = _flat_buffers(step)
+    if flat is not None:
+        em.flat_views(flat)
         em.emit(f"acc = {_typed(init, out.dtype)}")
         size = " * ".join(str(d) for d in domain) or "1"
         em.emit(f"for k in range({size}):")
@@ -1152,14 +1168,30 @@ def generate_library(program, parallel=False, approximate=True):
             numbers[source] = len(kernels)
             kernels.append(source)
         return f"K{numbers[source]}"
+    # a deep graph repeats a few step structures thousands of times: each structure's
+    # kernel and call are found once (see _loops_key), then each step costs a lookup
+    calls = {}
     for number, step in enumerate(program.steps):
         se = em.for_step()
-        _emit_step(se, step, allocated, loop, needed)
+        key, own = _loops_key(step, loop) if isinstance(step, (ir.Elementwise, ir.Reduce)) \
+            else (None, ())
+        own_named = all(b.name in buffers for b in own)  # (else a kernel would name one)
+        call = calls.get(key) if key is not None and own_named else None
+        if call is not None:
+            _alloc(se, step.out, allocated)
+            if call[2] is not None:
+                se.flat_views([own[k] for k in call[2]])
+        else:
+            call = None
+            _emit_step(se, step, allocated, loop, needed)
         em.emit(f"# step {number}: {type(step).__name__.lower()}")
         for line in step.comment.splitlines():
             em.emit(f"# {line}")
         em.lines += se.setup
-        if isinstance(step, _SHAREABLE):
+        if call is not None:
+            name, pattern, _ = call
+            em.emit(f"{name}({', '.join(_call_arguments(pattern, own))})")
+        elif isinstance(step, _SHAREABLE):
             lines = se.lines
             wide = _wide_sum(lines, f"wide{number}_f") \
                 if isinstance(step, ir.Elementwise) else None
@@ -1173,6 +1205,8 @@ def generate_library(program, parallel=False, approximate=True):
             body = (deco, f"def kernel({', '.join(params)}):", *text.splitlines())
             name = kernel(_kernel_module(body, (), False, approximate, parallel))
             em.emit(f"{name}({', '.join(map(str, names))})")
+            if key is not None and own_named and not wide and key not in calls:
+                calls[key] = _call_pattern(name, params, names, own, _flat_buffers(step))
         elif isinstance(step, (ir.Matmul, ir.BatchMatmul, ir.Window)):
             # gemm or a window helper: the kernel is the function itself (its scalars
             # are arguments, so one kernel serves every transpose, alpha and beta)
@@ -1211,6 +1245,58 @@ def generate_library(program, parallel=False, approximate=True):
     driver += ["", ""] + _memory_functions(program, em, recycled) + [""]
     driver += [f"def program({', '.join(args)}):"] + em.lines
     return "\n".join(driver) + "\n", kernels
+
+
+def _loops_key(step, loop):
+    """(key, buffers): what the loops `_emit_step` writes for an Elementwise or Reduce
+    step depend on, with each buffer named by its place in the list of buffers (the order
+    in which the key meets their names). Two steps with one key have the same kernel and
+    the same call but for those buffers; the key holds everything else the loops are made
+    of (shapes, indices, statements, dtype, reduction axes and kind, the loop)."""
+    places, buffers = {}, []
+
+    def ref(buf):
+        place = places.get(buf.name)
+        if place is None:
+            place = places[buf.name] = len(buffers)
+            buffers.append(buf)
+        return place, tuple(buf.shape), buf.dtype
+
+    def expr_key(expr):
+        return (tuple((var, ref(load.buffer), tuple(load.index))
+                      for var, load in expr.loads.items()),
+                tuple(tuple(s) for s in expr.stmts), expr.result)
+    out = ref(step.out)
+    if isinstance(step, ir.Elementwise):
+        key = ("elementwise", loop, out, expr_key(step.expr))
+    else:
+        key = ("reduce", loop, out, expr_key(step.expr), tuple(step.domain),
+               tuple(step.axes), step.kind, step.post and expr_key(step.post))
+    return key, buffers
+
+
+def _call_pattern(name, params, arguments, buffers, flat):
+    """How a step calls kernel `name` (`_kernel_template`'s parameters and arguments), its
+    buffers given by their place in `buffers` (see _loops_key): (name, [text, or (place,
+    suffix "" or "_f")], the places of the buffers it reads flat (see _flat_buffers) or
+    None), or None when a buffer argument is not one of `buffers`."""
+    place = {b.name: k for k, b in enumerate(buffers)}
+    pattern = []
+    for param, arg in zip(params, arguments):
+        if not param.startswith("buf"):
+            pattern.append(str(arg))
+        elif arg in place:
+            pattern.append((place[arg], ""))
+        elif arg.endswith("_f") and arg[:-2] in place:
+            pattern.append((place[arg[:-2]], "_f"))
+        else:
+            return None
+    return name, pattern, None if flat is None else [place[b.name] for b in flat]
+
+
+def _call_arguments(pattern, buffers):
+    """A `_call_pattern`'s arguments for a step whose buffers are `buffers`."""
+    return [p if isinstance(p, str) else buffers[p[0]].name + p[1] for p in pattern]
 
 
 def bind_library(driver, modules):
