@@ -147,6 +147,7 @@ class Lowering:
         self.counter = 0
         self._inlined = {}  # node -> whether it is inlined (see `inlined`)
         self._groups = {}  # root node -> group_nodes(root)
+        self._described = {}  # (name, op, sym_shape) -> _describe(node)
         self._bind_dims()
 
     # -- shapes -------------------------------------------------------------------------
@@ -418,6 +419,8 @@ class Lowering:
     @staticmethod
     def broadcast_index(inp, user, index):
         """Index of `inp` inside `user`'s loop, NumPy broadcasting (right-aligned)."""
+        if inp.sym_shape == user.sym_shape:  # (the same dims: the same index)
+            return list(index)
         lead = user.ndim - inp.ndim
         sub = []
         for j, d in enumerate(inp.sym_shape):
@@ -445,6 +448,15 @@ class Lowering:
         updates = [(self.leaf_buffer(p), self.buffer_of(v)) for p, v in self.update_pairs]
         return outputs, updates
 
+    def describe(self, node):
+        """_describe(node), found once per name, op and shape (a deep graph has thousands
+        of nodes described alike)."""
+        key = (node.name, node.op, node.sym_shape)
+        found = self._described.get(key)
+        if found is None:
+            found = self._described[key] = _describe(node)
+        return found
+
     def add_step(self, step, nodes):
         self.steps.append(step)
         self.step_nodes.append(nodes)
@@ -467,7 +479,7 @@ class Lowering:
     def lower_node(self, node):
         """Add the step computing `node` (and what fuses into it), by its op's kind."""
         opdef = OPS[node.op]
-        comment = _describe(node)
+        comment = self.describe(node)
         if opdef.kind in FUSIBLE_KINDS:
             finished = self.reductions_finished_by(node)
             if finished:
@@ -487,7 +499,7 @@ class Lowering:
         expr = self.expression(node, loopvars)
         nodes = self.group_nodes(node)
         if len(nodes) > 1:
-            comment += "  <- fused: " + ", ".join(_describe(n) for n in nodes[1:][:6]) + (
+            comment += "  <- fused: " + ", ".join(self.describe(n) for n in nodes[1:][:6]) + (
                 " ..." if len(nodes) > 7 else "")
         self.add_step(ir.Elementwise(out, expr, comment), nodes)
 
@@ -519,7 +531,7 @@ class Lowering:
             kept = [v for k, v in enumerate(loopvars) if k not in axes]
             post = self.expression(finish, kept, given={node: "acc"})
             nodes = [finish] + [n for n in self.group_nodes(finish) if n is not finish] + nodes
-            comment = f"{comment}  <- finishes: {_describe(node)}"
+            comment = f"{comment}  <- finishes: {self.describe(node)}"
         self.add_step(ir.Reduce(out, expr, self.shape(x), axes, reducer, comment, post), nodes)
         self.buffers[id(finish if finish is not None else node)] = out
         if node.attr("keepdims"):

@@ -28,7 +28,7 @@ def rebuild(roots, rule, order=None):
                 replacement = node
             else:
                 replacement = make_node(node.op, node._attrs, new_inputs, node.sym_shape,
-                                        node.dtype, node.name)
+                                        node.dtype, node.name, where=node.where)
         memo[id(node)] = replacement
     return [memo[id(r)] for r in roots]
 
@@ -225,7 +225,9 @@ def optimize(roots, passes=PIPELINE, enabled=None):
         if fn is decompose:
             roots, order = _decompose(roots, order)
         else:
-            roots = fn(roots, order=order)
-            order = topological_order(roots)
+            new_roots = fn(roots, order=order)
+            if any(a is not b for a, b in zip(new_roots, roots)):  # (else the same graph)
+                order = topological_order(new_roots)
+            roots = new_roots
         report.append((name, len(order)))
     return roots, report
