@@ -1224,7 +1224,9 @@ def generate_library(program, parallel=False, approximate=True):
                 (f"kernel = {helper}",), uses, blas_call, False,
                 parallel, helper == "batch_gemm", helper == "gemv"))
             for line in se.lines:
-                line = re.sub(rf"^(\s*){helper}\(", rf"\g<1>{name}(", line)
+                code = line.lstrip()
+                if code.startswith(f"{helper}("):  # the call: of the kernel instead
+                    line = line[:len(line) - len(code)] + name + code[len(helper):]
                 em.lines.append(_SCALAR_ARG.sub(
                     lambda m: constants.setdefault(m.group(0), f"C{len(constants)}"), line))
         else:  # a reshape: a view, made here
@@ -1296,7 +1298,7 @@ def _fold_repeats(steps, args, body):
         return [], flat
     # (each pattern runs once over the text of every step, steps apart by lines "\0": a
     # deep graph has 11,000 steps; each line follows a newline, which the patterns find)
-    text = "\n" + "\n\0\n".join("\n".join(lines) for lines in steps)
+    text = "\n" + "\n\0\n".join("\n".join(lines) for lines in steps) + "\n"
     code = _COMMENT_LINE.sub("", text)
     at = body.index(_STEPS_HERE)
     before, after = "\n" + "\n".join(body[:at]), "\n" + "\n".join(body[at + 1:])
