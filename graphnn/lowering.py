@@ -148,6 +148,7 @@ class Lowering:
         self._inlined = {}  # node -> whether it is inlined (see `inlined`)
         self._groups = {}  # root node -> group_nodes(root)
         self._described = {}  # (name, op, sym_shape) -> _describe(node)
+        self._codes = {}  # (op, dtype, argument variables) -> scalar code
         self._bind_dims()
 
     # -- shapes -------------------------------------------------------------------------
@@ -383,27 +384,40 @@ class Lowering:
             else:
                 args = [value_of(inp, self.broadcast_index(inp, node, index))
                         if any(inp is r for r in read) else None for inp in node.inputs]
-            attrs = {k: _attr_source(node, k, v) for k, v in node.attrs.items()}
-            if "flat" in template_fields(opdef.scalar):
-                attrs["flat"] = self.flat_index(node, index)
-            wraps = node.dtype == _INT64 and node.op in _WRAPPING
-            if wraps:
-                # LLVM may assume a signed int64 product or sum does not overflow (sign(x*x)
-                # became 1 for x*x that wraps to 0); unsigned arithmetic wraps as NumPy does
-                args = [a if a is None else f"np.uint64({a})" for a in args]
-            code = opdef.scalar.format(*args, T="T", **attrs)
-            if wraps:
-                code = f"np.int64({code})"
-            if node.dtype in _NARROW_INTS:
-                # Numba widens int32 + int32 to int64; NumPy wraps each result to its
-                # dtype, so abs(x + x) must see the wrapped sum, not the wide one
-                code = f"np.{node.dtype}({code})"
+            flat = "flat" in template_fields(opdef.scalar)
+            # (an op without attrs on the same variables gives the same code: found once, as
+            # a deep graph's blocks number their variables alike)
+            key = None if flat or node._attrs else (node.op, node.dtype, tuple(args))
+            code = self._codes.get(key) if key is not None else None
+            if code is None:
+                code = self._code(node, opdef, args, index, flat)
+                if key is not None:
+                    self._codes[key] = code
             v = var("v")
             stmts.append((v, code))
             return v
 
         result = value_of(root, loopvars)
         return ir.ScalarExpr(loads, stmts, result)
+
+    def _code(self, node, opdef, args, index, flat):
+        """The scalar code of elementwise `node` on the variables `args`."""
+        attrs = {k: _attr_source(node, k, v) for k, v in node.attrs.items()}
+        if flat:
+            attrs["flat"] = self.flat_index(node, index)
+        wraps = node.dtype == _INT64 and node.op in _WRAPPING
+        if wraps:
+            # LLVM may assume a signed int64 product or sum does not overflow (sign(x*x)
+            # became 1 for x*x that wraps to 0); unsigned arithmetic wraps as NumPy does
+            args = [a if a is None else f"np.uint64({a})" for a in args]
+        code = opdef.scalar.format(*args, T="T", **attrs)
+        if wraps:
+            code = f"np.int64({code})"
+        if node.dtype in _NARROW_INTS:
+            # Numba widens int32 + int32 to int64; NumPy wraps each result to its
+            # dtype, so abs(x + x) must see the wrapped sum, not the wide one
+            code = f"np.{node.dtype}({code})"
+        return code
 
     def flat_index(self, node, index):
         """Source of the row-major position of element `index` in `node`'s shape (the
