@@ -1274,11 +1274,13 @@ _ASSIGNED = re.compile(r"\s*([A-Za-z_]\w*) (\+?=) ")
 _ASSIGNED_LINE = re.compile(r"\n[ \t]*([A-Za-z_]\w*) \+?= ")
 _LOCAL_SPLIT = re.compile(f"({_LOCAL.pattern})")
 # lines a folded run may not hold: blocks (if, for ...), strings, comments after code,
-# anything returned (three patterns, each quick to look for, over text whose every line
-# follows a newline)
-_UNFOLDABLE = (re.compile(r"""['"#]"""), re.compile(r":[ \t]*(?:\n|\Z)"),
+# anything returned, assignments other than `name = ...` and `name += ...` to a name (a
+# tuple, `-=`, `:=`: _reads_and_writes would not see what they assign) (patterns each quick
+# to look for, over text whose every line follows a newline)
+_UNFOLDABLE = (re.compile(r"""['"#]"""), re.compile(r":[ \t]*(?:\n|\Z)|:="),
                re.compile(r"\n[ \t]*(?:if|for|while|return|raise|def|with|try|else|elif|del"
-                          r"|global|nonlocal|lambda|async|await|yield)\b"))
+                          r"|global|nonlocal|lambda|async|await|yield)\b"),
+               re.compile(r"\n[ \t]*[A-Za-z_]\w*[ \t]*(?:,|(?:[-*/%&|^@]|\*\*|//|<<|>>)=)"))
 _COMMENT_LINE = re.compile(r"\n[ \t]*#[^\n]*")
 
 

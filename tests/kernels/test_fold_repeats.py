@@ -74,14 +74,19 @@ def test_variables_read_after_a_run_are_returned_and_the_others_are_not():
     assert not any("b6_add_f" in line.split(" = ")[0] for line in lines if "_steps0(" in line)
 
 
-def test_steps_that_hold_blocks_or_names_of_no_known_form_are_left_as_written():
-    steps = [_block(k) + ["    if d0 > 1:", "        K0(b0_add)"] for k in range(128)]
+def test_steps_that_hold_blocks_or_unknown_forms_are_left_as_written():
+    steps = [_block(k) + ["    if d0 > 1:", f"        K0(b{k}_add)"] for k in range(128)]
     args = ["in0", "workspace"] + [f"st{k}" for k in range(128)] + \
         [f"_w{k}" for k in range(128)]
     functions, lines = _run(steps, args)
     assert functions == [] and lines == [l for s in steps for l in s]
+    # assignments _reads_and_writes would not see: a tuple, another augmented operator
+    for line in ("    b{1}_add, b{0}_add = b{0}_add, b{1}_add", "    b{1}_add -= b{0}_add"):
+        steps = [_block(k) + [line.format(k, k + 1)] for k in range(128)]
+        functions, lines = _run(steps, args)
+        assert functions == [] and lines == [l for s in steps for l in s]
     # a local variable _LOCAL does not know (it would be read as a global in a function)
-    steps = [_block(k) + [f"    tmp{k} = b{k}_add"] for k in range(128)]
+    steps = [_block(k) + [f"    tmp = b{k}_add"] for k in range(128)]
     functions, lines = _run(steps, args)
     assert functions == [] and lines == [l for s in steps for l in s]
     # too few steps to repeat FOLD_REPEATS times
