@@ -147,6 +147,8 @@ class Lowering:
         self.counter = 0
         self._inlined = {}  # node -> whether it is inlined (see `inlined`)
         self._groups = {}  # root node -> group_nodes(root)
+        self._described = {}  # (name, op, sym_shape) -> _describe(node)
+        self._codes = {}  # (op, dtype, argument variables) -> scalar code
         self._bind_dims()
 
     # -- shapes -------------------------------------------------------------------------
@@ -382,27 +384,40 @@ class Lowering:
             else:
                 args = [value_of(inp, self.broadcast_index(inp, node, index))
                         if any(inp is r for r in read) else None for inp in node.inputs]
-            attrs = {k: _attr_source(node, k, v) for k, v in node.attrs.items()}
-            if "flat" in template_fields(opdef.scalar):
-                attrs["flat"] = self.flat_index(node, index)
-            wraps = node.dtype == _INT64 and node.op in _WRAPPING
-            if wraps:
-                # LLVM may assume a signed int64 product or sum does not overflow (sign(x*x)
-                # became 1 for x*x that wraps to 0); unsigned arithmetic wraps as NumPy does
-                args = [a if a is None else f"np.uint64({a})" for a in args]
-            code = opdef.scalar.format(*args, T="T", **attrs)
-            if wraps:
-                code = f"np.int64({code})"
-            if node.dtype in _NARROW_INTS:
-                # Numba widens int32 + int32 to int64; NumPy wraps each result to its
-                # dtype, so abs(x + x) must see the wrapped sum, not the wide one
-                code = f"np.{node.dtype}({code})"
+            flat = "flat" in template_fields(opdef.scalar)
+            # (an op without attrs on the same variables gives the same code: found once, as
+            # a deep graph's blocks number their variables alike)
+            key = None if flat or node._attrs else (node.op, node.dtype, tuple(args))
+            code = self._codes.get(key) if key is not None else None
+            if code is None:
+                code = self._code(node, opdef, args, index, flat)
+                if key is not None:
+                    self._codes[key] = code
             v = var("v")
             stmts.append((v, code))
             return v
 
         result = value_of(root, loopvars)
         return ir.ScalarExpr(loads, stmts, result)
+
+    def _code(self, node, opdef, args, index, flat):
+        """The scalar code of elementwise `node` on the variables `args`."""
+        attrs = {k: _attr_source(node, k, v) for k, v in node.attrs.items()}
+        if flat:
+            attrs["flat"] = self.flat_index(node, index)
+        wraps = node.dtype == _INT64 and node.op in _WRAPPING
+        if wraps:
+            # LLVM may assume a signed int64 product or sum does not overflow (sign(x*x)
+            # became 1 for x*x that wraps to 0); unsigned arithmetic wraps as NumPy does
+            args = [a if a is None else f"np.uint64({a})" for a in args]
+        code = opdef.scalar.format(*args, T="T", **attrs)
+        if wraps:
+            code = f"np.int64({code})"
+        if node.dtype in _NARROW_INTS:
+            # Numba widens int32 + int32 to int64; NumPy wraps each result to its
+            # dtype, so abs(x + x) must see the wrapped sum, not the wide one
+            code = f"np.{node.dtype}({code})"
+        return code
 
     def flat_index(self, node, index):
         """Source of the row-major position of element `index` in `node`'s shape (the
@@ -418,6 +433,8 @@ class Lowering:
     @staticmethod
     def broadcast_index(inp, user, index):
         """Index of `inp` inside `user`'s loop, NumPy broadcasting (right-aligned)."""
+        if inp.sym_shape == user.sym_shape:  # (the same dims: the same index)
+            return list(index)
         lead = user.ndim - inp.ndim
         sub = []
         for j, d in enumerate(inp.sym_shape):
@@ -445,6 +462,15 @@ class Lowering:
         updates = [(self.leaf_buffer(p), self.buffer_of(v)) for p, v in self.update_pairs]
         return outputs, updates
 
+    def describe(self, node):
+        """_describe(node), found once per name, op and shape (a deep graph has thousands
+        of nodes described alike)."""
+        key = (node.name, node.op, node.sym_shape)
+        found = self._described.get(key)
+        if found is None:
+            found = self._described[key] = _describe(node)
+        return found
+
     def add_step(self, step, nodes):
         self.steps.append(step)
         self.step_nodes.append(nodes)
@@ -467,7 +493,7 @@ class Lowering:
     def lower_node(self, node):
         """Add the step computing `node` (and what fuses into it), by its op's kind."""
         opdef = OPS[node.op]
-        comment = _describe(node)
+        comment = self.describe(node)
         if opdef.kind in FUSIBLE_KINDS:
             finished = self.reductions_finished_by(node)
             if finished:
@@ -487,7 +513,7 @@ class Lowering:
         expr = self.expression(node, loopvars)
         nodes = self.group_nodes(node)
         if len(nodes) > 1:
-            comment += "  <- fused: " + ", ".join(_describe(n) for n in nodes[1:][:6]) + (
+            comment += "  <- fused: " + ", ".join(self.describe(n) for n in nodes[1:][:6]) + (
                 " ..." if len(nodes) > 7 else "")
         self.add_step(ir.Elementwise(out, expr, comment), nodes)
 
@@ -519,7 +545,7 @@ class Lowering:
             kept = [v for k, v in enumerate(loopvars) if k not in axes]
             post = self.expression(finish, kept, given={node: "acc"})
             nodes = [finish] + [n for n in self.group_nodes(finish) if n is not finish] + nodes
-            comment = f"{comment}  <- finishes: {_describe(node)}"
+            comment = f"{comment}  <- finishes: {self.describe(node)}"
         self.add_step(ir.Reduce(out, expr, self.shape(x), axes, reducer, comment, post), nodes)
         self.buffers[id(finish if finish is not None else node)] = out
         if node.attr("keepdims"):

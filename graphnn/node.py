@@ -142,13 +142,15 @@ def _ops():
     return ops
 
 
-def make_node(op, attrs, inputs, sym_shape, dtype, name=None, intern=True):
+def make_node(op, attrs, inputs, sym_shape, dtype, name=None, intern=True, where=None):
     """Create a node, or return the existing one with the same (op, attrs, inputs); a named
     constant is shared only with constants of its name (two ONNX tensors that happen to be
-    equal stay two named values, each drawn in its own layer)."""
+    equal stay two named values, each drawn in its own layer). `where` is the user's
+    file:line for a new node (by default found on the stack; a pass that rebuilds a node
+    with new inputs gives the old node's)."""
     attrs = tuple(sorted(attrs.items())) if isinstance(attrs, dict) else tuple(attrs)
     if not intern:
-        return Node(op, attrs, inputs, sym_shape, dtype, name)
+        return Node(op, attrs, inputs, sym_shape, dtype, name, where)
     key = (op, attrs, tuple(inputs)) if not (op == "const" and name) else \
         (op, attrs, (), name)
     existing = _interned.get(key)
@@ -156,7 +158,7 @@ def make_node(op, attrs, inputs, sym_shape, dtype, name=None, intern=True):
         if name and not existing.name:
             existing.name = name
         return existing
-    node = Node(op, attrs, inputs, sym_shape, dtype, name)
+    node = Node(op, attrs, inputs, sym_shape, dtype, name, where)
     _interned[key] = node
     return node
 

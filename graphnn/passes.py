@@ -4,6 +4,8 @@ Nodes are immutable, so a pass rebuilds what changes and keeps the rest; rebuilt
 through hash-consing, so two nodes that become equal become one (common subexpressions are
 shared). Dead code never survives a pass: only what the outputs reach is kept.
 """
+import operator
+
 import numpy as np
 
 from . import shapes as S
@@ -20,15 +22,17 @@ def rebuild(roots, rule, order=None):
     with new inputs when they changed). Returns the new roots. `order` is
     topological_order(roots) when the caller has it already."""
     memo = {}
+    new_of = memo.__getitem__
     for node in topological_order(roots) if order is None else order:
-        new_inputs = [memo[id(i)] for i in node.inputs]
+        # (map over builtins: this loop runs for every node of every pass)
+        new_inputs = list(map(new_of, map(id, node.inputs)))
         replacement = rule(node, new_inputs)
         if replacement is None:
-            if all(a is b for a, b in zip(new_inputs, node.inputs)):
+            if all(map(operator.is_, new_inputs, node.inputs)):
                 replacement = node
             else:
                 replacement = make_node(node.op, node._attrs, new_inputs, node.sym_shape,
-                                        node.dtype, node.name)
+                                        node.dtype, node.name, where=node.where)
         memo[id(node)] = replacement
     return [memo[id(r)] for r in roots]
 
@@ -148,10 +152,10 @@ def common_subexpressions(roots, order=None):
     def rule(node, inputs):
         if node.op in ("input", "param", "variable"):
             return None
-        key = (node.op, node._attrs, tuple(id(i) for i in inputs))
+        key = (node.op, node._attrs, tuple(map(id, inputs)))
         if key in seen:
             return seen[key]
-        same = all(a is b for a, b in zip(inputs, node.inputs))
+        same = all(map(operator.is_, inputs, node.inputs))
         seen[key] = node if same else make_node(node.op, node._attrs, inputs, node.sym_shape,
                                                 node.dtype, node.name)
         return seen[key]
@@ -230,7 +234,9 @@ def optimize(roots, passes=PIPELINE, enabled=None):
         if fn is decompose:
             roots, order = _decompose(roots, order)
         else:
-            roots = fn(roots, order=order)
-            order = topological_order(roots)
+            new_roots = fn(roots, order=order)
+            if any(a is not b for a, b in zip(new_roots, roots)):  # (else the same graph)
+                order = topological_order(new_roots)
+            roots = new_roots
         report.append((name, len(order)))
     return roots, report

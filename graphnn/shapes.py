@@ -7,7 +7,6 @@ dims (for example `pred - target`, both with a batch dim), the two symbols are u
 they must then be bound to the same size at call time. A symbol is never broadcast: a
 symbolic dim is assumed not to be 1 (feed it with a concrete 1 in the shape instead).
 """
-import contextlib
 import itertools
 
 import numpy as np
@@ -116,18 +115,25 @@ def unify_dims(a, b):
     return True
 
 
-@contextlib.contextmanager
-def undo_unification_on_error(shapes):
+class undo_unification_on_error:
     """Undo what the block unified among the symbols of `shapes` if it raises, so that a
     declaration that fails leaves the shapes of the nodes it looked at as they were.
-    (Unification only ever sets the `parent` of a representative symbol.)"""
-    roots = [d for shape in shapes for d in map(resolve, shape) if isinstance(d, Sym)]
-    try:
-        yield
-    except Exception:
-        for root in roots:
-            root.parent = None
-        raise
+    (Unification only ever sets the `parent` of a representative symbol.) A class, not a
+    generator: every node a graph is built of enters it once."""
+
+    __slots__ = ("roots",)
+
+    def __init__(self, shapes):
+        self.roots = [d for shape in shapes for d in map(resolve, shape) if isinstance(d, Sym)]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is not None and issubclass(kind, Exception):
+            for root in self.roots:
+                root.parent = None
+        return False
 
 
 def dims_equal(a, b):
@@ -137,6 +143,8 @@ def dims_equal(a, b):
 
 def broadcast_shapes(*shapes):
     """NumPy broadcasting over static and symbolic dims. Returns the result or None on clash."""
+    if all(s == shapes[0] for s in shapes[1:]):  # (the same dims: nothing to unify)
+        return tuple(map(resolve, shapes[0]))
     rank = max(len(s) for s in shapes)
     columns = list(zip(*[(1,) * (rank - len(s)) + tuple(s) for s in shapes]))
     # Look for a clash of sizes before unifying anything: a failed broadcast changes no symbol.

@@ -17,6 +17,7 @@ zero-size array, and a new array is made). `run(module, *arrays)` calls a progra
 """
 import functools
 import inspect
+import itertools
 import re
 import textwrap
 
@@ -854,6 +855,20 @@ def _emit_step(em, step, allocated, loop, needed):
         raise TypeError(f"unknown kernel step {type(step).__name__}")
 
 
+def _flat_buffers(step):
+    """The buffers an Elementwise or Reduce step reads and writes through their flat views
+    `<name>_f` (its loop is one flat loop), or None (its loops follow the axes, or it
+    writes a 0-d result)."""
+    arrays = {v: l for v, l in step.expr.loads.items() if l.buffer.ndim != 0}
+    body = ir.ScalarExpr(arrays, step.expr.stmts, step.expr.result)
+    buffers = [l.buffer for l in arrays.values()]
+    if isinstance(step, ir.Elementwise):
+        ok = step.out.ndim != 0 and _flat_ok(body, step.out.shape)
+        return [step.out] + buffers if ok else None
+    kept = any(k not in step.axes for k in range(len(step.domain)))
+    return buffers if not kept and _flat_ok(body, step.domain) else None
+
+
 def _emit_elementwise(em, step, allocated, loop):
     out, expr = step.out, step.expr
     _alloc(em, out, allocated)
@@ -867,8 +882,9 @@ def _emit_elementwise(em, step, allocated, loop):
         _emit_stmts(em, body, out.dtype)
         em.emit(f"{out.name}[()] = {_typed(expr.result, out.dtype)}")
         return
-    if _flat_ok(body, out.shape):
-        em.flat_views([out] + [l.buffer for l in arrays.values()])
+    flat = _flat_buffers(step)
+    if flat is not None:
+        em.flat_views(flat)
         em.emit(f"for k in {loop}({out.name}_f.size):")
         em.indent()
         _emit_loads(em, body, lambda l: "k", "_f")
@@ -896,8 +912,9 @@ def _emit_reduce(em, step, allocated, loop):
         em.emit(f"{var} = {load.buffer.name}[()]")
     arrays = {v: l for v, l in expr.loads.items() if l.buffer.ndim != 0}
     body = ir.ScalarExpr(arrays, expr.stmts, expr.result)
-    if not kept and _flat_ok(body, domain):
-        em.flat_views([l.buffer for l in arrays.values()])
+    flat = _flat_buffers(step)
+    if flat is not None:
+        em.flat_views(flat)
         em.emit(f"acc = {_typed(init, out.dtype)}")
         size = " * ".join(str(d) for d in domain) or "1"
         em.emit(f"for k in range({size}):")
@@ -1206,14 +1223,33 @@ def generate_library(program, parallel=False, approximate=True):
             numbers[source] = len(kernels)
             kernels.append(source)
         return f"K{numbers[source]}"
+    # a deep graph repeats a few step structures thousands of times: each structure's
+    # kernel and call are found once (see _loops_key), then each step costs a lookup
+    calls = {}
+    head, steps = em.lines, []  # each step's driver lines (see _fold_repeats)
     for number, step in enumerate(program.steps):
+        em.lines = []
+        steps.append(em.lines)
         se = em.for_step()
-        _emit_step(se, step, allocated, loop, needed)
+        key, own = _loops_key(step, loop) if isinstance(step, (ir.Elementwise, ir.Reduce)) \
+            else (None, ())
+        own_named = all(b.name in buffers for b in own)  # (else a kernel would name one)
+        call = calls.get(key) if key is not None and own_named else None
+        if call is not None:
+            _alloc(se, step.out, allocated)
+            if call[2] is not None:
+                se.flat_views([own[k] for k in call[2]])
+        else:
+            call = None
+            _emit_step(se, step, allocated, loop, needed)
         em.emit(f"# step {number}: {type(step).__name__.lower()}")
         for line in step.comment.splitlines():
             em.emit(f"# {line}")
         em.lines += se.setup
-        if isinstance(step, _SHAREABLE):
+        if call is not None:
+            name, pattern, _ = call
+            em.emit(f"{name}({', '.join(_call_arguments(pattern, own))})")
+        elif isinstance(step, _SHAREABLE):
             lines = se.lines
             wide = _wide_sum(lines, f"wide{number}_f") \
                 if isinstance(step, ir.Elementwise) else None
@@ -1227,6 +1263,8 @@ def generate_library(program, parallel=False, approximate=True):
             body = (deco, f"def kernel({', '.join(params)}):", *text.splitlines())
             name = kernel(_kernel_module(body, (), False, approximate, parallel))
             em.emit(f"{name}({', '.join(map(str, names))})")
+            if key is not None and own_named and not wide and key not in calls:
+                calls[key] = _call_pattern(name, params, names, own, _flat_buffers(step))
         elif isinstance(step, (ir.Matmul, ir.BatchMatmul, ir.Window)):
             # gemm or a window helper: the kernel is the function itself (its scalars
             # are arguments, so one kernel serves every transpose, alpha and beta)
@@ -1240,15 +1278,20 @@ def generate_library(program, parallel=False, approximate=True):
                 (f"kernel = {helper}",), uses, blas_call, False,
                 parallel, helper == "batch_gemm", helper == "gemv"))
             for line in se.lines:
-                line = re.sub(rf"^(\s*){helper}\(", rf"\g<1>{name}(", line)
+                code = line.lstrip()
+                if code.startswith(f"{helper}("):  # the call: of the kernel instead
+                    line = line[:len(line) - len(code)] + name + code[len(helper):]
                 em.lines.append(_SCALAR_ARG.sub(
                     lambda m: constants.setdefault(m.group(0), f"C{len(constants)}"), line))
         else:  # a reshape: a view, made here
             em.lines += se.lines
+    em.lines = head + [_STEPS_HERE]
     # (the driver is Python: an array assignment costs no compile time there)
     _emit_epilogue(em, program, prologue_at, lambda em, state, value, source: em.emit(
         f"{state.name}[...] = {source}"))
     args += [f"recycled{k}" for k in recycled] + ["workspace"]
+    at = em.lines.index(_STEPS_HERE)
+    functions, em.lines[at:at + 1] = _fold_repeats(steps, args, em.lines)
     names = [loader.module_name(source) for source in kernels]
     driver = [
         f"# Generated by graphnn ({GENERATOR_VERSION} library driver, numba "
@@ -1263,8 +1306,216 @@ def generate_library(program, parallel=False, approximate=True):
         "# the kernels' constant arguments (typed, made once)"]
     driver += [f"{name} = {value}" for value, name in constants.items()]
     driver += ["", ""] + _memory_functions(program, em, recycled) + [""]
-    driver += [f"def program({', '.join(args)}):"] + em.lines
+    driver += functions + [f"def program({', '.join(args)}):"] + em.lines
     return "\n".join(driver) + "\n", kernels
+
+
+# The driver of a deep graph repeats a few runs of steps hundreds of times (a residual
+# block's forward steps, its gradient's, its update's), and compiling 11,000 lines of Python
+# took 0.3-0.6 s, as long as all the kernels. A run of steps whose lines are the same but
+# for the names of their local variables becomes a function, `_steps<k>`, that the driver
+# calls once per repeat with its own variables (see _fold_repeats).
+FOLD_STEPS = 32    # steps per call of a folded run, at least (fewer calls, each ~1 µs)
+FOLD_REPEATS = 4   # calls in a row, at least: smaller programs keep every line
+FOLD_PERIOD = 24   # the longest run of distinct steps a repeat is looked for in
+_STEPS_HERE = "\0steps"  # where the steps go in the driver's lines, until they are folded
+# the driver's local variables: buffers (b<n>_<label>, in<k>, st<k>, c<k>, their flat
+# views <name>_f), dims d<k>, workspace offsets _w<k>, _wend, wide sums, recycled and
+# copied outputs, the convolution scratch; _fold_repeats checks that it names them all
+_LOCAL = re.compile(r"(?<![.\w])(?:b\d+_\w+|(?:in|st|c|d|_w|wide|recycled|out|new)\d+(?:_f)?"
+                    r"|_wend|workspace|conv_scratch(?:_f)?)(?!\w)")
+_ASSIGNED = re.compile(r"\s*([A-Za-z_]\w*) (\+?=) ")
+_ASSIGNED_LINE = re.compile(r"\n[ \t]*([A-Za-z_]\w*) \+?= ")
+_LOCAL_SPLIT = re.compile(f"({_LOCAL.pattern})")
+# lines a folded run may not hold: blocks (if, for ...), strings, comments after code,
+# anything returned, assignments other than `name = ...` and `name += ...` to a name (a
+# tuple, `-=`, `:=`: _reads_and_writes would not see what they assign) (patterns each quick
+# to look for, over text whose every line follows a newline)
+_UNFOLDABLE = (re.compile(r"""['"#]"""), re.compile(r":[ \t]*(?:\n|\Z)|:="),
+               re.compile(r"\n[ \t]*(?:if|for|while|return|raise|def|with|try|else|elif|del"
+                          r"|global|nonlocal|lambda|async|await|yield)\b"),
+               re.compile(r"\n[ \t]*[A-Za-z_]\w*[ \t]*(?:,|(?:[-*/%&|^@]|\*\*|//|<<|>>)=)"))
+_COMMENT_LINE = re.compile(r"\n[ \t]*#[^\n]*")
+
+
+def _fold_repeats(steps, args, body):
+    """(module-level functions, the program's lines for `steps`): each step's driver
+    lines, in order, with every run of at least FOLD_REPEATS repeats of the same lines (up
+    to the names of local variables: the same text once each is replaced by its place in
+    the order the run first names them) folded into calls of one function per run shape,
+    each call taking at least FOLD_STEPS steps. A call passes the variables the run reads
+    before it assigns them and rebinds those it assigns that are read after it, so the
+    program computes exactly what the lines did; each step's comments stay in the program,
+    before its call. `args` and `body` (the program's other lines, _STEPS_HERE where the
+    steps go) are read for the local variables: when one is not of a form _LOCAL knows,
+    nothing is folded."""
+    flat = [line for lines in steps for line in lines]
+    if len(steps) < FOLD_STEPS * FOLD_REPEATS:
+        return [], flat
+    # (each pattern runs once over the text of every step, steps apart by lines "\0": a
+    # deep graph has 11,000 steps; each line follows a newline, which the patterns find)
+    text = "\n" + "\n\0\n".join("\n".join(lines) for lines in steps) + "\n"
+    code = _COMMENT_LINE.sub("", text)
+    at = body.index(_STEPS_HERE)
+    before, after = "\n" + "\n".join(body[:at]), "\n" + "\n".join(body[at + 1:])
+    local = set(args).union(*(_ASSIGNED_LINE.findall(t) for t in (before, code, after)))
+    if not all(_LOCAL.fullmatch(name) for name in local):
+        return [], flat
+    parts = _LOCAL_SPLIT.split(code)  # text, variable, text, variable, ..., text
+    skeletons = "\1".join(parts[0::2]).split("\0")
+    counts = [skeleton.count("\1") for skeleton in skeletons]
+    found = parts[1::2]  # the variables the steps name, in order; step k's from offset[k]
+    offset = [0, *itertools.accumulate(counts)]
+    # variable -> the last step that names it (len(steps): named after the steps)
+    last_use = dict(zip(found, itertools.chain.from_iterable(
+        itertools.repeat(number, count) for number, count in enumerate(counts))))
+    last_use.update(dict.fromkeys(_LOCAL.findall(after), len(steps)))
+    ids = {}  # skeleton -> its number: a step's shape
+    shapes = [ids.setdefault(skeleton, len(ids)) for skeleton in skeletons]
+    for pattern in _UNFOLDABLE:
+        for m in pattern.finditer(code):
+            shapes[code.count("\0", 0, m.start())] = None
+    functions, out, made, analysed, number = [], [], {}, {}, 0
+    while number < len(steps):
+        run, period = _longest_repeat(shapes, number)
+        size = -(-FOLD_STEPS // period) * period  # whole periods, at least FOLD_STEPS steps
+        calls, first, live = [], None, set()
+        for start in range(number, number + run - size + 1, size):
+            used = found[offset[start]:offset[start + size]]
+            order = list(dict.fromkeys(used))
+            place = {n: j for j, n in enumerate(order)}
+            key = (tuple(shapes[start:start + size]), tuple(map(place.__getitem__, used)))
+            if first is None:
+                first = key
+            elif key != first:
+                break  # (the names fall another way: a new run starts here)
+            if key not in analysed:
+                analysed[key] = _reads_and_writes(steps[start:start + size], place)
+            live.update(j for j in analysed[key][1]
+                        if last_use[order[j]] >= start + size)
+            calls.append((start, order))
+        if len(calls) < FOLD_REPEATS:
+            out += steps[number]
+            number += 1
+            continue
+        reads, writes = analysed[first]
+        returned = sorted(live)
+        shape = (first, tuple(returned))
+        if shape not in made:
+            made[shape] = f"_steps{len(made)}"
+            functions += _run_function(made[shape], steps[number:number + size], calls[0][1],
+                                       reads, returned)
+        for start, order in calls:
+            block = steps[start:start + size]
+            out += [line for lines in block for line in lines
+                    if line.lstrip().startswith("#")]
+            call = f"{made[shape]}({', '.join(order[j] for j in reads)})"
+            targets = "".join(f"{order[j]}, " for j in returned)
+            out.append(f"    {targets}= {call}" if returned else f"    {call}")
+        number += len(calls) * size
+    return functions, out
+
+
+def _longest_repeat(shapes, start):
+    """(steps covered, period): the longest stretch from `start` in which each step's shape
+    is that of the step `period` before it (after the first period), over periods up to
+    FOLD_PERIOD, the shortest period among the longest; (1, 1) when none repeats."""
+    best, repeating = (1, 1), []
+    for period in range(1, FOLD_PERIOD + 1):
+        if start + period > len(shapes) or shapes[start + period - 1] is None:
+            break
+        if any(period % p == 0 for p in repeating):
+            continue  # (a multiple of a period that repeats covers about as much)
+        end = start + period
+        while end < len(shapes) and shapes[end] is not None and \
+                shapes[end] == shapes[end - period]:
+            end += 1
+        if end - start >= 2 * period:
+            repeating.append(period)
+            if end - start > best[0]:
+                best = (end - start, period)
+    return best
+
+
+def _reads_and_writes(block, place):
+    """(places read before they are assigned, places assigned) of the variables of the
+    driver lines `block` (a list of steps' lines), `place` numbering the variables."""
+    reads, writes = set(), set()
+    for line in (line for lines in block for line in lines):
+        if line.lstrip().startswith("#"):
+            continue
+        m = _ASSIGNED.match(line)
+        used = _LOCAL.findall(line[m.end():] if m else line)
+        if m and m.group(2) == "+=":
+            used.append(m.group(1))
+        reads.update(place[n] for n in used if place[n] not in writes)
+        if m:
+            writes.add(place[m.group(1)])
+    return sorted(reads), sorted(writes)
+
+
+def _run_function(name, block, order, reads, returned):
+    """The lines of function `name` that runs the steps `block` (lists of driver lines)
+    with their local variables `order` renamed v0, v1, ...: it takes the places `reads`
+    and returns the places `returned`."""
+    place = {n: j for j, n in enumerate(order)}
+    body = [_LOCAL.sub(lambda v: f"v{place[v.group(0)]}", line)
+            for lines in block for line in lines if not line.lstrip().startswith("#")]
+    back = "".join(f"v{j}, " for j in returned)
+    return ([f"def {name}({', '.join(f'v{j}' for j in reads)}):"] + body +
+            ([f"    return ({back})"] if returned else []) + ["", ""])
+
+
+def _loops_key(step, loop):
+    """(key, buffers): what the loops `_emit_step` writes for an Elementwise or Reduce
+    step depend on, with each buffer named by its place in the list of buffers (the order
+    in which the key meets their names). Two steps with one key have the same kernel and
+    the same call but for those buffers; the key holds everything else the loops are made
+    of (shapes, indices, statements, dtype, reduction axes and kind, the loop)."""
+    places, buffers = {}, []
+
+    def ref(buf):
+        place = places.get(buf.name)
+        if place is None:
+            place = places[buf.name] = len(buffers)
+            buffers.append(buf)
+        return place, tuple(buf.shape), buf.dtype
+
+    def expr_key(expr):
+        return (tuple((var, ref(load.buffer), tuple(load.index))
+                      for var, load in expr.loads.items()),
+                tuple(tuple(s) for s in expr.stmts), expr.result)
+    out = ref(step.out)
+    if isinstance(step, ir.Elementwise):
+        key = ("elementwise", loop, out, expr_key(step.expr))
+    else:
+        key = ("reduce", loop, out, expr_key(step.expr), tuple(step.domain),
+               tuple(step.axes), step.kind, step.post and expr_key(step.post))
+    return key, buffers
+
+
+def _call_pattern(name, params, arguments, buffers, flat):
+    """How a step calls kernel `name` (`_kernel_template`'s parameters and arguments), its
+    buffers given by their place in `buffers` (see _loops_key): (name, [text, or (place,
+    suffix "" or "_f")], the places of the buffers it reads flat (see _flat_buffers) or
+    None), or None when a buffer argument is not one of `buffers`."""
+    place = {b.name: k for k, b in enumerate(buffers)}
+    pattern = []
+    for param, arg in zip(params, arguments):
+        if not param.startswith("buf"):
+            pattern.append(str(arg))
+        elif arg in place:
+            pattern.append((place[arg], ""))
+        elif arg.endswith("_f") and arg[:-2] in place:
+            pattern.append((place[arg[:-2]], "_f"))
+        else:
+            return None
+    return name, pattern, None if flat is None else [place[b.name] for b in flat]
+
+
+def _call_arguments(pattern, buffers):
+    """A `_call_pattern`'s arguments for a step whose buffers are `buffers`."""
+    return [p if isinstance(p, str) else buffers[p[0]].name + p[1] for p in pattern]
 
 
 def bind_library(driver, modules):

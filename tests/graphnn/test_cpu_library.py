@@ -265,3 +265,77 @@ def test_a_sum_of_many_arrays_is_added_by_the_driver_in_library_mode():
     np.testing.assert_allclose(short(**{k: feeds[k] for k in ("wide_x0", "wide_x1", "wide_x2")}),
                                np.tanh(sum(feeds[f"wide_x{k}"].astype(np.float64)
                                            for k in range(3))), rtol=1e-5, atol=1e-6)
+
+
+def _train_step(blocks, prefix):
+    # (small weights and steps: 60 residual blocks of 0.1 diverge at once)
+    x, y, h, logits, loss, params = residual_mlp(blocks, prefix=prefix, scale=0.02)
+    updates = gn.optim.SGD(lr=0.01).updates(loss, params)
+    return loss, updates, params
+
+
+def test_a_deep_stack_runs_its_repeated_steps_as_calls_of_one_function(monkeypatch):
+    # kernels/cpu.py _fold_repeats: 60 blocks repeat the same driver lines (but for the
+    # variables' names) 60 times forward, backward and in the update; each run becomes
+    # calls of a function of FOLD_STEPS steps or more. Same numbers as the unfolded driver
+    # (bit for bit) and as the numpy back end.
+    from kernels import cpu as kernels_cpu
+    repeats = kernels_cpu.FOLD_REPEATS
+    loss, updates, params = _train_step(60, "fold_")
+    folded = gn.compile(loss, updates=updates, backend="cpu")
+    monkeypatch.setattr(kernels_cpu, "FOLD_REPEATS", 10 ** 9)  # nothing repeats that often
+    loss2, updates2, params2 = _train_step(60, "plain_")
+    plain = gn.compile(loss2, updates=updates2, backend="cpu")
+    ref = gn.compile(loss, updates=updates, backend="numpy")
+    driver, plain_driver = (f.source.split("# K0: kernel module")[0] for f in (folded, plain))
+    calls = re.findall(r"= (_steps\d+)\(|^    (_steps\d+)\(", driver, re.MULTILINE)
+    functions = set(re.findall(r"^def (_steps\d+)\(", driver, re.MULTILINE))
+    assert functions and "_steps" not in plain_driver
+    assert len(calls) >= repeats
+    assert {a or b for a, b in calls} == functions  # each function is called
+    def code_lines(text):
+        return [line for line in text.splitlines() if line.strip()[:1] not in ("", "#")]
+    assert len(code_lines(driver)) < 0.5 * len(code_lines(plain_driver))
+    # every step's comment is still in the program, in order
+    numbers = [int(n) for n in re.findall(r"^    # step (\d+):", driver, re.MULTILINE)]
+    assert numbers == list(range(len(folded.program.steps)))
+    start = _values(params)
+    for p, v in zip(params2, start):
+        p.value = v.copy()
+    got, again, want = [], [], []
+    for n in (4, 600, 4):
+        got.append(float(folded(**_feeds(n, seed=n, prefix="fold_"))))
+        again.append(float(plain(**_feeds(n, seed=n, prefix="plain_"))))
+    assert got == again and np.isfinite(got).all() and got[2] != got[0]
+    for a, b in zip(_values(params), _values(params2)):
+        np.testing.assert_array_equal(a, b)
+    for p, v in zip(params, start):
+        p.value = v.copy()
+    for n in (4, 600, 4):
+        want.append(float(ref(**_feeds(n, seed=n, prefix="fold_"))))
+    np.testing.assert_allclose(got, want, rtol=2e-4)
+
+
+def test_the_driver_of_repeated_steps_is_the_same_found_once_or_step_by_step(monkeypatch):
+    # kernels/cpu.py generate_library: a step whose loops have the structure of an earlier
+    # one (_loops_key) gets that step's kernel and call with its own buffers; the driver and
+    # kernels must be those made step by step, byte for byte
+    from kernels import cpu as kernels_cpu
+    rng = np.random.default_rng(3)
+    images = gn.input("memo_images", (None, 6, 6, 4))
+    labels = gn.input("memo_labels", (None,), dtype="int64")
+    h, params = images, []
+    for k in range(6):
+        W = gn.param(f"memo_K{k}", (rng.standard_normal((3, 3, 4, 4)) * 0.1).astype(np.float32))
+        params.append(W)
+        h = h + gn.relu(gn.conv2d(h, W, padding="same"))
+    Wd = gn.param("memo_Wd", (rng.standard_normal((6 * 6 * 4, 3)) * 0.1).astype(np.float32))
+    loss = gn.softmax_cross_entropy(gn.flatten(h) @ Wd, labels)
+    conv = gn.compile(loss, updates=gn.optim.Adam(1e-3).updates(loss, params + [Wd]),
+                      backend="cpu", library=True)
+    mlp_loss, mlp_updates, _ = _train_step(12, "memo_")
+    mlp = gn.compile(mlp_loss, updates=mlp_updates, backend="cpu", library=True)
+    made = [kernels_cpu.generate_library(f.program) for f in (conv, mlp)]
+    monkeypatch.setattr(kernels_cpu, "_loops_key", lambda step, loop: (None, ()))
+    assert [kernels_cpu.generate_library(f.program) for f in (conv, mlp)] == made
+    assert made[1][0].count("K1(") >= 12  # (the relu kernel, called by every block)
