@@ -106,9 +106,10 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs,
                                     for v in (kc, lda, ldc, segs, step))
         fma = _cgutils.get_or_insert_function(
             builder.module, _llir.FunctionType(vt, [vt] * 3), f"llvm.fma.v{width}f{bits}")
+        bytes_at = _llir.IntType(8).as_pointer()
         prefetch = _cgutils.get_or_insert_function(builder.module, _llir.FunctionType(
-            _llir.VoidType(), [_llir.IntType(8).as_pointer()] + [i32] * 3),
-            "llvm.prefetch.p0i8")
+            _llir.VoidType(), [bytes_at] + [i32] * 3),
+            f"llvm.prefetch.{bytes_at.intrinsic_name}")  # (p0i8, or p0 in opaque-pointer IR)
 
         def vector(p, at):
             return builder.bitcast(builder.gep(p, [_llir.Constant(i64, at)]),
@@ -148,7 +149,7 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs,
         # while this panel's tiles run: the first tile of each panel would otherwise wait
         # for memory (a constant kernel is read from memory once a call)
         if PACK_PREFETCH:
-            ahead = builder.bitcast(builder.gep(bt, [panel]), _llir.IntType(8).as_pointer())
+            ahead = builder.bitcast(builder.gep(bt, [panel]), bytes_at)
             for line in range(0, 2 * width * (bits // 8), 64):
                 builder.call(prefetch, [builder.gep(ahead, [count(line)]), i32(0),
                                         i32(PACK_PREFETCH), i32(1)])
