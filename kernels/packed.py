@@ -118,6 +118,11 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs,
         def count(v):
             return _llir.Constant(i64, v)
 
+        def joined(phis, firsts, first_block, laters, later_block):
+            for phi, first, later in zip(phis, firsts, laters):
+                phi.add_incoming(first, first_block)
+                phi.add_incoming(later, later_block)
+
         rowp = [builder.gep(cp, [builder.mul(ldc, count(r))]) for r in range(height)]
         kept = builder.icmp_signed("!=", keep, keep.type(0))
         start = [builder.select(kept, builder.load(vector(rowp[r], h * width), align=4),
@@ -165,22 +170,16 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs,
         builder.cbranch(builder.icmp_signed("<", t1, kc), inner, ran)
         t.add_incoming(count(0), outer)
         t.add_incoming(t1, inner)
-        for phi, first, later in zip(acc, acc_run, nxt):
-            phi.add_incoming(first, outer)
-            phi.add_incoming(later, inner)
+        joined(acc, acc_run, outer, nxt, inner)
         builder.position_at_end(ran)
         s1 = builder.add(s, count(1))
         builder.cbranch(builder.icmp_signed("<", s1, segs), outer, done)
         s.add_incoming(count(0), entry)
         s.add_incoming(s1, ran)
-        for phi, first, later in zip(acc_run, start, nxt):
-            phi.add_incoming(first, entry)
-            phi.add_incoming(later, ran)
+        joined(acc_run, start, entry, nxt, ran)
         builder.position_at_end(done)
         final = [builder.phi(vt) for _ in start]
-        for phi, first, later in zip(final, start, nxt):
-            phi.add_incoming(first, entry)
-            phi.add_incoming(later, ran)
+        joined(final, start, entry, nxt, ran)
         for k, phi in enumerate(final):
             builder.store(phi, vector(rowp[k // 2], k % 2 * width), align=4)
         return context.get_dummy_value()
