@@ -219,6 +219,7 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
                 "(kernels/packed.py)", f"PACKED = {uses_packed}",
                 f"PACK_VECTOR_BYTES = {packed.PACK_VECTOR_BYTES}",
                 f"PACK_DEPTH = {packed.PACK_DEPTH}", f"PACK_PREFETCH = {packed.PACK_PREFETCH}",
+                f"PACK_UNROLL = {packed.PACK_UNROLL}",
                 f"DIRECT_MIN_WIDTH = {windows.DIRECT_MIN_WIDTH}", "",
                 inspect.getsource(packed._packed_tile).rstrip(), ""]
     if matmul or gemm_used or any(h in grouped.BLAS_HELPERS for h in helpers_used):

@@ -37,6 +37,7 @@ PACK_VECTOR_BYTES = 64  # one vector register of AVX-512
 PACK_DEPTH = 512        # kernel rows per block (a block of one panel: 64 KB in float32)
 PACK_ROWS = 12          # the tallest tile
 PACK_PREFETCH = 2       # llvm.prefetch locality of the next panel (0: no prefetch)
+PACK_UNROLL = 4         # steps of the tile kernel per trip of its loop
 # The CPU features the tile kernel is written for: 32 vector registers of 64 bytes. On
 # other CPUs LLVM splits each vector in two, the tile no longer fits the registers, and
 # BLAS is faster: there the cpu back end keeps BLAS (see `available`).
@@ -92,7 +93,7 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs,
     height = rows.literal_value
 
     def codegen(context, builder, signature, args):
-        _, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step = args
+        _, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step_ = args
         ty = signature.args
         ap = _cgutils.gep(builder, context.make_array(ty[2])(context, builder, a).data, ao)
         bp = _cgutils.gep(builder, context.make_array(ty[5])(context, builder, b).data, bo)
@@ -102,8 +103,8 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs,
         width = PACK_VECTOR_BYTES * 8 // bits
         vt = _llir.VectorType(item, width)
         i64, i32 = _llir.IntType(64), _llir.IntType(32)
-        kc, lda, ldc, segs, step = (builder.sext(v, i64) if v.type.width < 64 else v
-                                    for v in (kc, lda, ldc, segs, step))
+        kc, lda, ldc, segs, step_ = (builder.sext(v, i64) if v.type.width < 64 else v
+                                     for v in (kc, lda, ldc, segs, step_))
         fma = _cgutils.get_or_insert_function(
             builder.module, _llir.FunctionType(vt, [vt] * 3), f"llvm.fma.v{width}f{bits}")
         bytes_at = _llir.IntType(8).as_pointer()
@@ -129,57 +130,93 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs,
                                 _llir.Constant(vt, None))
                  for r in range(height) for h in (0, 1)]
         panel = builder.mul(builder.mul(kc, segs), count(2 * width))  # items of b read
+        broadcast = _llir.Constant(_llir.VectorType(i32, width), None)
+
+        def step(a_run, b_run, t, acc):
+            """One step: a panel row times a column of the tile's rows of a, added."""
+            bt = builder.gep(b_run, [builder.mul(t, count(2 * width))])
+            b0 = builder.load(vector(bt, 0), align=4)
+            b1 = builder.load(vector(bt, width), align=4)
+            # the same row of the next panel (it follows this one) on its way to the L2
+            # cache while this panel's tiles run: the first tile of each panel would
+            # otherwise wait for memory (a constant kernel is read from memory once a call)
+            if PACK_PREFETCH:
+                ahead = builder.bitcast(builder.gep(bt, [panel]), bytes_at)
+                for line in range(0, 2 * width * (bits // 8), 64):
+                    builder.call(prefetch, [builder.gep(ahead, [count(line)]), i32(0),
+                                            i32(PACK_PREFETCH), i32(1)])
+            out = []
+            for r in range(height):
+                x = builder.load(builder.gep(a_run, [builder.add(builder.mul(lda, count(r)),
+                                                                 t)]))
+                x = builder.insert_element(_llir.Constant(vt, _llir.Undefined), x, i32(0))
+                x = builder.shuffle_vector(x, _llir.Constant(vt, _llir.Undefined), broadcast)
+                out += [builder.call(fma, [x, b0, acc[2 * r]]),
+                        builder.call(fma, [x, b1, acc[2 * r + 1]])]
+            return out
+
+        def phis(incoming):
+            """Phi nodes of the accumulators: `incoming` pairs (values, block)."""
+            made = [builder.phi(vt) for _ in start]
+            for values, block in incoming:
+                for phi, value in zip(made, values):
+                    phi.add_incoming(value, block)
+            return made
+
+        # runs (s < segs) of kc steps: PACK_UNROLL steps per trip of the loop, then the
+        # kc % PACK_UNROLL left one at a time
         entry = builder.block
         outer = builder.append_basic_block("tile.run")
         inner = builder.append_basic_block("tile.loop")
+        mid = builder.append_basic_block("tile.rest")
+        tail = builder.append_basic_block("tile.tail")
         ran = builder.append_basic_block("tile.ran")
         done = builder.append_basic_block("tile.done")
         some = builder.and_(builder.icmp_signed(">", kc, count(0)),
                             builder.icmp_signed(">", segs, count(0)))
         builder.cbranch(some, outer, done)
-        # a run: kc columns of a from ao + s*step, kc rows of the panel from s*kc
         builder.position_at_end(outer)
         s = builder.phi(i64)
         acc_run = [builder.phi(vt) for _ in start]
-        a_run = builder.gep(ap, [builder.mul(s, step)])
+        a_run = builder.gep(ap, [builder.mul(s, step_)])
         b_run = builder.gep(bp, [builder.mul(builder.mul(s, kc), count(2 * width))])
-        builder.branch(inner)
+        main = builder.sub(kc, builder.srem(kc, count(PACK_UNROLL)))
+        builder.cbranch(builder.icmp_signed(">", main, count(0)), inner, mid)
         builder.position_at_end(inner)
         t = builder.phi(i64)
         acc = [builder.phi(vt) for _ in start]
-        bt = builder.gep(b_run, [builder.mul(t, count(2 * width))])
-        b0 = builder.load(vector(bt, 0), align=4)
-        b1 = builder.load(vector(bt, width), align=4)
-        # the same row of the next panel (it follows this one) on its way to the L2 cache
-        # while this panel's tiles run: the first tile of each panel would otherwise wait
-        # for memory (a constant kernel is read from memory once a call)
-        if PACK_PREFETCH:
-            ahead = builder.bitcast(builder.gep(bt, [panel]), bytes_at)
-            for line in range(0, 2 * width * (bits // 8), 64):
-                builder.call(prefetch, [builder.gep(ahead, [count(line)]), i32(0),
-                                        i32(PACK_PREFETCH), i32(1)])
-        broadcast = _llir.Constant(_llir.VectorType(i32, width), None)
-        nxt = []
-        for r in range(height):
-            x = builder.load(builder.gep(a_run, [builder.add(builder.mul(lda, count(r)), t)]))
-            x = builder.insert_element(_llir.Constant(vt, _llir.Undefined), x, i32(0))
-            x = builder.shuffle_vector(x, _llir.Constant(vt, _llir.Undefined), broadcast)
-            nxt += [builder.call(fma, [x, b0, acc[2 * r]]),
-                    builder.call(fma, [x, b1, acc[2 * r + 1]])]
-        t1 = builder.add(t, count(1))
-        builder.cbranch(builder.icmp_signed("<", t1, kc), inner, ran)
+        nxt = acc
+        for u in range(PACK_UNROLL):
+            nxt = step(a_run, b_run, builder.add(t, count(u)), nxt)
+        t_next = builder.add(t, count(PACK_UNROLL))
+        builder.cbranch(builder.icmp_signed("<", t_next, main), inner, mid)
         t.add_incoming(count(0), outer)
-        t.add_incoming(t1, inner)
+        t.add_incoming(t_next, inner)
         joined(acc, acc_run, outer, nxt, inner)
+        builder.position_at_end(mid)
+        t_mid = builder.phi(i64)
+        t_mid.add_incoming(count(0), outer)
+        t_mid.add_incoming(t_next, inner)
+        acc_mid = phis([(acc_run, outer), (nxt, inner)])
+        builder.cbranch(builder.icmp_signed("<", t_mid, kc), tail, ran)
+        builder.position_at_end(tail)
+        t_tail = builder.phi(i64)
+        acc_tail = [builder.phi(vt) for _ in start]
+        one = step(a_run, b_run, t_tail, acc_tail)
+        t1 = builder.add(t_tail, count(1))
+        builder.cbranch(builder.icmp_signed("<", t1, kc), tail, ran)
+        t_tail.add_incoming(t_mid, mid)
+        t_tail.add_incoming(t1, tail)
+        joined(acc_tail, acc_mid, mid, one, tail)
         builder.position_at_end(ran)
+        acc_end = phis([(acc_mid, mid), (one, tail)])
         s1 = builder.add(s, count(1))
         builder.cbranch(builder.icmp_signed("<", s1, segs), outer, done)
         s.add_incoming(count(0), entry)
         s.add_incoming(s1, ran)
-        joined(acc_run, start, entry, nxt, ran)
+        joined(acc_run, start, entry, acc_end, ran)
         builder.position_at_end(done)
-        final = [builder.phi(vt) for _ in start]
-        joined(final, start, entry, nxt, ran)
+        final = phis([(start, entry), (acc_end, ran)])
         for k, phi in enumerate(final):
             builder.store(phi, vector(rowp[k // 2], k % 2 * width), align=4)
         return context.get_dummy_value()

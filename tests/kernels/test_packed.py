@@ -241,19 +241,20 @@ def test_only_modules_with_packed_convolutions_compile_the_tile_kernel(monkeypat
 
 @needs_avx512
 def test_the_tile_kernel_keeps_its_tile_in_registers_and_prefetches_the_next_panel():
-    """The 12-row tile's loop: 24 fused multiply-adds on 512-bit registers, no
+    """The 12-row tile's loop: 24 fused multiply-adds a step on 512-bit registers, no
     accumulator spilled to memory, and the next panel prefetched into L2 (prefetcht1)."""
     from numba import njit
 
     @njit
-    def tile(a, b, c):
-        packed._packed_tile(12, 100, a, 0, 100, b, 0, c, 0, 32, 0, 1, 0)
+    def tile(a, b, c, kc):
+        packed._packed_tile(12, kc, a, 0, 101, b, 0, c, 0, 32, 0, 1, 0)
 
-    a, b, c = (np.ones(n, np.float32) for n in (1200, 6400, 384))
-    tile(a, b, c)
-    assert np.all(c == 100)
+    a, b, c = (np.ones(n, np.float32) for n in (1212, 6464, 384))
+    tile(a, b, c, 101)  # (101 steps: 25 trips of the unrolled loop, then one more)
+    assert np.all(c == 101)
     asm = next(iter(tile.inspect_asm().values()))
     fmas = [line for line in asm.splitlines() if "vfmadd" in line]
-    assert len(fmas) == 24 and all("zmm" in line and "(%" not in line.split(",")[-1]
-                                   for line in fmas)
+    # (PACK_UNROLL steps per trip of the loop, then one step at a time)
+    assert len(fmas) == 24 * (packed.PACK_UNROLL + 1)
+    assert all("zmm" in line and "(%" not in line.split(",")[-1] for line in fmas)
     assert "prefetcht1" in asm
