@@ -89,7 +89,8 @@ def _all_axes(node, ndim):
 def simplify(roots, order=None):
     """x*1, 1*x, x+0, 0+x, x-0, x/1, x**1 -> x; --x -> x (when shape and dtype stay);
     the count of a reduction's result is counted on its input; a sum of all of a sum read
-    by nothing else is one sum (a mean of row sums, as in a loss, is one reduction)."""
+    by nothing else is one sum (a mean of row sums, as in a loss, is one reduction); a max
+    pool goes before the relu and per-channel bias it reads (see _pool_first)."""
     if order is None:
         order = topological_order(roots)
     readers = {}  # id(node) -> nodes that read its values (a count reads only its shape)
@@ -121,6 +122,8 @@ def simplify(roots, order=None):
             src = inputs[0].inputs[0]
             return make_node(op, {"axis": None, "keepdims": False}, [src], node.sym_shape,
                              node.dtype, node.name)
+        if op in _POOLS:
+            return _pool_first(node, node.inputs[0], inputs[0], readers)
         if len(inputs) != 2:
             return None
         a, b = inputs
@@ -143,6 +146,53 @@ def simplify(roots, order=None):
                 if keeps(node, a) else None
         return None
     return rebuild(roots, rule, order)
+
+
+_POOLS = ("max_pool2d", "max_pool2d_padded")
+
+
+def _pool_first(pool, old, x, readers):
+    """max_pool(relu(y)) -> relu(max_pool(y)), max_pool(y + b) -> max_pool(y) + b for a
+    per-channel b, repeatedly (max_pool(relu(conv + bias)) -> relu(max_pool(conv) + bias)):
+    the same numbers (relu and adding b never change which element is largest, and a
+    rounded sum keeps their order), with the relu and the bias over the pooled image, 4x
+    smaller after a 2x2 or stride-2 pool. Only through nodes nothing else reads (`readers`
+    counts them in the graph before the pass: `old` is the pool's input there, `x` its
+    rebuilt version); None when nothing moves."""
+    moved = []
+    while readers.get(id(old)) == 1 and x.op == old.op and x.dtype == pool.dtype and \
+            len(x.inputs) == len(old.inputs):
+        if x.op == "relu":
+            moved.append((x, None))
+            x, old = x.inputs[0], old.inputs[0]
+        elif x.op == "add" and len(x.inputs) == 2:
+            y, b = x.inputs
+            if _per_channel(y, b, x):
+                moved.append((x, b))
+                x, old = y, old.inputs[0]
+            elif _per_channel(b, y, x):
+                moved.append((x, y))
+                x, old = b, old.inputs[1]
+            else:
+                break
+        else:
+            break
+    if not moved:
+        return None
+    out = make_node(pool.op, pool._attrs, [x], pool.sym_shape, pool.dtype, pool.name,
+                    where=pool.where)
+    for node, b in reversed(moved):
+        out = make_node(node.op, node._attrs, [out] if b is None else [out, b],
+                        pool.sym_shape, pool.dtype, node.name, where=node.where)
+    return out
+
+
+def _per_channel(y, b, total):
+    """True when y has `total`'s shape and b is constant along all but the last axis."""
+    shape, dims = b.sym_shape, total.sym_shape
+    return y.sym_shape == dims and y.dtype == total.dtype and b.dtype == total.dtype and \
+        0 < len(shape) <= len(dims) and shape[-1] == dims[-1] and \
+        all(d == 1 for d in shape[:-1])
 
 
 def common_subexpressions(roots, order=None):
@@ -188,9 +238,15 @@ OPTIONAL_PASSES = {
     "packed_kernels": "cpu only: pack each constant float32 convolution kernel once and "
                       "multiply by it with graphnn's own gemm tile kernel, on CPUs with "
                       "AVX-512 (kernels/packed.py, cpu.packed_constants)",
+    "concat_in_place": "cpu only: an elementwise step whose result is only a part of a "
+                       "concatenation stores it straight into the concatenated buffer "
+                       "(kernels/cpu.py place_in_concat)",
+    "conv_epilogues": "cpu only: add a convolution's bias and apply its relu as the "
+                      "convolution writes its result, and write it where the step after "
+                      "it would (kernels/cpu.py fold_conv_epilogues)",
 }
 # the optional passes only the cpu back end has
-CPU_ONLY_PASSES = ("output_recycling", "packed_kernels")
+CPU_ONLY_PASSES = ("output_recycling", "packed_kernels", "concat_in_place", "conv_epilogues")
 # graph passes of PIPELINE switched by an optional pass's name
 _GRAPH_PASSES = {"fold_constants": "constant_folding", "simplify": "simplification",
                  "common_subexpressions": "cse"}

@@ -185,14 +185,29 @@ def channel_shuffle(x, groups, out):
 # taps inside the image; size `k`, stride `s`, top/left pads `ph`, `pw`; channels inner.
 
 def max_pool2d_padded(x, k, s, ph, pw, out):
+    """(A 3x3 window wholly inside the image keeps its maximum in a register over its
+    taps, as in windows.max_pool2d.)"""
     n_, h_, w_, c_ = x.shape
     oh, ow = out.shape[1], out.shape[2]
     xf, of = x.reshape(-1), out.reshape(-1)
     c = np.uintp(c_)
+    r1 = w_ * c_  # the next image row
     for n in range(n_):
         for y in range(oh):
             for x0 in range(ow):
                 o = np.uintp(((n * oh + y) * ow + x0) * c_)
+                y0, xs = y * s - ph, x0 * s - pw
+                if k == 3 and y0 >= 0 and xs >= 0 and y0 + 3 <= h_ and xs + 3 <= w_:
+                    a0 = ((n * h_ + y0) * w_ + xs) * c_
+                    for q in range(c_):
+                        a = a0 + q
+                        m = xf[np.uintp(a)]
+                        for t in (c_, 2 * c_, r1, r1 + c_, r1 + 2 * c_, 2 * r1,
+                                  2 * r1 + c_, 2 * r1 + 2 * c_):
+                            v = xf[np.uintp(a + t)]
+                            m = v if v > m else m
+                        of[o + np.uintp(q)] = m
+                    continue
                 first = True
                 for i in range(k):
                     yy = y * s + i - ph

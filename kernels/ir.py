@@ -48,11 +48,17 @@ class ScalarExpr:
 
 @dataclass
 class Elementwise:
-    """out[i0, ..., ik] = expr, over out's shape (i0.. are the loop variables)."""
+    """out[i0, ..., ik] = expr, over out's shape (i0.. are the loop variables).
+
+    With `placed` = (shape, axis, start), the loops run over `shape` instead, and the
+    result at (i0, ..., ik) goes to out at i_axis + start along `axis`: the step writes its
+    part of a concatenation straight into the concatenated buffer (a CPU back end's
+    rewrite, kernels/cpu.py place_in_concat)."""
     out: Buffer
     expr: ScalarExpr
     comment: str = ""
     inplace_of: Optional[Buffer] = None
+    placed: Optional[Tuple[Tuple[Dim, ...], int, Dim]] = None
 
 
 @dataclass
@@ -118,6 +124,10 @@ class Window:
     args: List[Buffer]
     params: Tuple[int, ...]            # stride, pads, sizes...
     comment: str = ""
+    # a forward convolution's epilogue (kernels/windows.py conv_gemm): (bias buffer or
+    # None, act: 0 none or 1 relu, channels computed, first channel in out) - out may be
+    # a concatenation whose channels off .. off + cout this convolution writes
+    epilogue: Optional[Tuple[Optional[Buffer], int, int, int]] = None
 
 
 @dataclass
@@ -162,7 +172,8 @@ def step_reads(step):
     if isinstance(step, (Matmul, BatchMatmul)):
         return [step.a, step.b]
     if isinstance(step, Window):
-        return list(step.args)
+        bias = step.epilogue and step.epilogue[0]
+        return list(step.args) + ([bias] if bias is not None else [])
     if isinstance(step, Reshape):
         return [step.src]
     if isinstance(step, Place):

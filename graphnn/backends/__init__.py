@@ -48,9 +48,9 @@ def compile(outputs, updates=None, backend="cpu", check_finite=False, **options)
     "cpu" and "cuda" also take `passes={name: False, ...}`, which switches single
     optimisations off (the results must not change; for tests and for bisecting a bug):
     "constant_folding", "simplification", "cse", "fusion", "update_in_place",
-    "memory_planning", and on "cpu" "output_recycling" and "packed_kernels"
-    (graphnn.passes.OPTIONAL_PASSES says
-    what each does); an unknown name is a gn.OptionError listing the valid ones:
+    "memory_planning", and on "cpu" "output_recycling", "packed_kernels",
+    "concat_in_place" and "conv_epilogues" (graphnn.passes.OPTIONAL_PASSES says what
+    each does); an unknown name is a gn.OptionError listing the valid ones:
 
         f = gn.compile(loss, backend="cpu", passes={"fusion": False, "memory_planning": False})
     """

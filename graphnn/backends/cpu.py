@@ -56,7 +56,14 @@ class CpuFunction(LoweredFunction):
         # winograd_constants): constants the program reads after the graph's own
         # (and zero-padding copies in front of convolutions folded into their padding)
         folded = cpu_codegen.fold_conv_pads(self.program, lowering.step_nodes)
-        if folded:  # (steps renumbered: the kernels list again, as LoweredFunction makes it)
+        steps = len(self.program.steps)
+        # (and the parts of concatenations stored in place by the steps that make them)
+        placed = cpu_codegen.place_in_concat(self.program, lowering.step_nodes) \
+            if self.passes["concat_in_place"] else 0
+        # (and bias + relu after a convolution done as it writes its result)
+        epilogues = cpu_codegen.fold_conv_epilogues(self.program, lowering.step_nodes) \
+            if self.passes["conv_epilogues"] else 0
+        if folded or len(self.program.steps) != steps:  # (steps renumbered: the kernels list again, as LoweredFunction makes it)
             self.kernels = [{"name": f"step {k}: {type(step).__name__.lower()}",
                              "nodes": nodes, "buffer": step.out.name}
                             for k, (step, nodes) in enumerate(zip(self.program.steps,
@@ -103,6 +110,8 @@ class CpuFunction(LoweredFunction):
             "kernels_compiled": None,
             "kernels_cached": None,
             "conv_pads_folded": folded,
+            "concat_parts_in_place": placed,
+            "conv_epilogues": epilogues,
             "winograd_pretransformed": sum(1 for s in self.program.steps if getattr(
                 s, "helper", "") in ("conv2d_winograd", "conv2d_winograd_packed")),
             "packed_kernels": sum(1 for s in self.program.steps if getattr(

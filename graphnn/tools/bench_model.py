@@ -482,8 +482,9 @@ def profile_compiled(runner, repeat=20):
                 t = best(lambda aa=aa, bb=bb: aa @ bb)
             matmuls.append({"shape": f"{aa.shape[0]}x{aa.shape[1]} @ {bb.shape[0]}x{bb.shape[1]}",
                             "comment": s.comment, "seconds": t})
-        elif isinstance(s, ir.Window) and s.helper in loop_helpers:  # (packed and pre-
-            # transformed kernels have no loop twin)
+        elif isinstance(s, ir.Window) and s.helper in loop_helpers and \
+                s.epilogue is None:  # (packed and pre-transformed kernels, and epilogues,
+            # have no loop twin)
             fn = _window_kernel(s.helper)
             args = [arr(b) for b in s.args]
             out = arr(s.out)

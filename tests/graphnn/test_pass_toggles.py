@@ -148,7 +148,8 @@ def test_an_unknown_pass_is_an_option_error_naming_the_valid_ones():
     with pytest.raises(gn.OptionError, match=r"unknown pass 'fuse' for backend 'cpu'; its "
                                              r"passes are constant_folding, simplification, "
                                              r"cse, fusion, update_in_place, memory_planning, "
-                                             r"output_recycling, packed_kernels "
+                                             r"output_recycling, packed_kernels, "
+                                             r"concat_in_place, conv_epilogues "
                                              r"\(at .*test_pass_toggles"):
         gn.compile(gn.tanh(x), backend="cpu", passes={"fuse": False})
     with pytest.raises(gn.OptionError, match=r"unknown pass 'output_recycling' for backend "
@@ -168,7 +169,7 @@ def test_an_unknown_pass_is_an_option_error_naming_the_valid_ones():
 def test_every_optional_pass_is_described():
     assert set(OPTIONAL_PASSES) == {"constant_folding", "simplification", "cse", "fusion",
                                     "update_in_place", "memory_planning", "output_recycling",
-                                    "packed_kernels"}
+                                    "packed_kernels", "concat_in_place", "conv_epilogues"}
     assert all(len(text) > 20 for text in OPTIONAL_PASSES.values())
 
 
