@@ -34,7 +34,7 @@ from .windows import GEMM_HELPERS, GEMM_SUPPORT, col_block_rows, is_pointwise, \
 # depthwise and grouped convolutions (grouped.py)
 HELPERS = {**windows.HELPERS, **grouped.HELPERS}
 
-GENERATOR_VERSION = "cpu-21"
+GENERATOR_VERSION = "cpu-22"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).
@@ -220,7 +220,8 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
                 f"PACK_VECTOR_BYTES = {packed.PACK_VECTOR_BYTES}",
                 f"PACK_DEPTH = {packed.PACK_DEPTH}", f"PACK_PREFETCH = {packed.PACK_PREFETCH}",
                 f"PACK_UNROLL = {packed.PACK_UNROLL}",
-                f"DIRECT_MIN_WIDTH = {windows.DIRECT_MIN_WIDTH}", "",
+                f"DIRECT_MIN_WIDTH = {windows.DIRECT_MIN_WIDTH}",
+                f"EPILOGUE_ROWS = {windows.EPILOGUE_ROWS}", "",
                 inspect.getsource(packed._packed_tile).rstrip(), ""]
     if matmul or gemm_used or any(h in grouped.BLAS_HELPERS for h in helpers_used):
         bits = blas.integer_bits()
@@ -909,25 +910,30 @@ def lifetimes(program):
     return {name: tuple(span) for name, span in life.items()}
 
 
+PACK_RECENT = 16  # the dead temporaries pack_workspace looks at: the last touched
+
+
 def pack_workspace(parts):
     """Offsets for temporaries [(bytes, (first step, last step))], in the order they are
     first written, and the bytes they need in all: each goes into the free room (between
-    the live ones, or above them all) where the temporary that was touched last used to
-    be, so that its first writes find cache lines still warm (an arena that gave every
-    temporary memory of its own swept 9 MB per SqueezeNet call through a 2 MB L2 cache);
-    ties go to the smallest room that fits, then the lowest offset. Two temporaries whose
-    lifetimes share a step never overlap."""
+    the live ones, or above them all) where a temporary touched shortly before used to be
+    (the PACK_RECENT last dead ones are looked at), so that its first writes find cache
+    lines still warm (an arena that gave every temporary memory of its own swept 9 MB per
+    SqueezeNet call through a 2 MB L2 cache); ties go to the smallest room that fits, then
+    the lowest offset. Two temporaries whose lifetimes share a step never overlap."""
     top = 0
-    placed = []  # (offset, end, first, last)
+    live, dead = [], []  # (offset, end, last step)
     order = sorted(range(len(parts)), key=lambda k: parts[k][1][0])
     result = [0] * len(parts)
     for k in order:
         size = (parts[k][0] + WORKSPACE_ALIGN - 1) // WORKSPACE_ALIGN * WORKSPACE_ALIGN
         first, last = parts[k][1]
-        live = sorted((o, e) for o, e, f, l in placed if f <= last and first <= l)
-        dead = [(o, e, l) for o, e, f, l in placed if not (f <= last and first <= l)]
+        # (every temporary placed so far was first written at or before `first`)
+        dead += [t for t in live if t[2] < first]
+        live = sorted(t for t in live if t[2] >= first)
+        dead = sorted(dead, key=lambda t: t[2])[-PACK_RECENT:]
         rooms, at = [], 0
-        for o, e in live:
+        for o, e, _ in live:
             if o - at >= size:
                 rooms.append((at, o - at))
             at = max(at, e)
@@ -947,7 +953,7 @@ def pack_workspace(parts):
                     best = (key, offset)
         offset = best[1]
         result[k] = offset
-        placed.append((offset, offset + size, first, last))
+        live.append((offset, offset + size, last))
         top = max(top, offset + size)
     return result, top
 

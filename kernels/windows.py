@@ -237,6 +237,7 @@ PACKED = True
 # CONV2D_PACKED reads the windows of an unpadded convolution in place (no patch matrix) for
 # outputs at least this wide: a tile's rows are outputs of one row
 DIRECT_MIN_WIDTH = 24
+EPILOGUE_ROWS = 256  # rows per block at most, when an epilogue finishes each block
 
 
 def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off=0):
@@ -328,6 +329,8 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     block = total if pointwise else ow if direct else min(total, scratch.size // cols)
     bz = np.zeros(co, out.dtype) if bias is None or bias.size == 0 else bias
     finish = act != 0 or not (bias is None or bias.size == 0)  # an epilogue to apply
+    if finish and mode != 1 and mode != 2:  # blocks whose rows are still in cache after
+        block = min(block, max(EPILOGUE_ROWS, ow))  # their products
     # the windows im2col copies: kh x kw, s apart, one per output (th x tw of them);
     # Winograd: 4 x 4, 2 apart, one per 2x2 tile of outputs
     wh, ww, ws, th, tw, at = kh, kw, s, oh, ow, 0
