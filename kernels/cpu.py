@@ -44,6 +44,8 @@ WORKSPACE_TOO_SMALL = "graphnn: the workspace is too small for these inputs"
 INLINE_SITES = 8  # see generate()
 WORKSPACE_ALIGN = 64  # bytes: each temporary in the workspace starts on a cache line
 WORKSPACE_MIN = 32768  # bytes: smaller temporaries are allocated at each call
+# the bytes a temporary of `size` bytes takes in the workspace (source)
+_ROUNDED = f"({{size}} + {WORKSPACE_ALIGN - 1}) // {WORKSPACE_ALIGN} * {WORKSPACE_ALIGN}"
 SHARED_STEPS = 2  # see _program_functions()
 # fastmath without nnan/ninf: NaN and Inf keep their meaning (see docs/ARCHITECTURE.md)
 # No 'nsz': with 'reassoc' it lets LLVM factor a loop-invariant operand out of a sum of
@@ -680,15 +682,23 @@ class _Memory:
             em.emit_setup(f"{buf.name}[...] = 0")
 
     def offsets(self):
-        """Lines binding the offsets `_w<k>` and `_wend`, the bytes the workspace needs."""
-        lines, end = [], "0"
+        """Lines binding the offsets `_w<k>` and `_wend`, the bytes the workspace needs.
+        The room a size whose dims are variables takes is bound once per distinct size
+        (`_room<j>`): a deep graph has thousands of temporaries of a few sizes, and a
+        conditional expression on each of thousands of lines made CPython's compile() of
+        the library driver take 0.1 s instead of 0.03 s."""
+        lines, rooms, end = [], {}, "0"
         for k, (size, dynamic) in enumerate(self.parts):
             lines.append(f"_w{k} = {end}")
-            room = f"({size} + {WORKSPACE_ALIGN - 1}) // {WORKSPACE_ALIGN} * {WORKSPACE_ALIGN}"
+            room = _ROUNDED.format(size=size)
             if dynamic:  # (allocated instead when small, see alloc)
-                room = f"({room} if {size} >= {WORKSPACE_MIN} else 0)"
+                if size not in rooms:
+                    rooms[size] = f"_room{len(rooms)}"
+                room = rooms[size]
             end = f"_w{k} + {room}"
-        return lines + [f"_wend = {end}"]
+        bound = [f"{name} = {_ROUNDED.format(size=size)} if {size} >= {WORKSPACE_MIN} else 0"
+                 for size, name in rooms.items()]
+        return bound + lines + [f"_wend = {end}"]
 
     def prologue(self):
         """The offsets, and the check that the caller's workspace is large enough: when it
@@ -1321,9 +1331,10 @@ FOLD_REPEATS = 4   # calls in a row, at least: smaller programs keep every line
 FOLD_PERIOD = 24   # the longest run of distinct steps a repeat is looked for in
 _STEPS_HERE = "\0steps"  # where the steps go in the driver's lines, until they are folded
 # the driver's local variables: buffers (b<n>_<label>, in<k>, st<k>, c<k>, their flat
-# views <name>_f), dims d<k>, workspace offsets _w<k>, _wend, wide sums, recycled and
-# copied outputs, the convolution scratch; _fold_repeats checks that it names them all
-_LOCAL = re.compile(r"(?<![.\w])(?:b\d+_\w+|(?:in|st|c|d|_w|wide|recycled|out|new)\d+(?:_f)?"
+# views <name>_f), dims d<k>, workspace offsets _w<k>, _wend and rooms _room<k>, wide sums,
+# recycled and copied outputs, the convolution scratch; _fold_repeats checks that it names
+# them all
+_LOCAL = re.compile(r"(?<![.\w])(?:b\d+_\w+|(?:in|st|c|d|_w|_room|wide|recycled|out|new)\d+(?:_f)?"
                     r"|_wend|workspace|conv_scratch(?:_f)?)(?!\w)")
 _ASSIGNED = re.compile(r"\s*([A-Za-z_]\w*) (\+?=) ")
 _ASSIGNED_LINE = re.compile(r"\n[ \t]*([A-Za-z_]\w*) \+?= ")
