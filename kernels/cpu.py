@@ -94,7 +94,8 @@ class _Emitter:
     def for_step(self):
         """An emitter for one step's lines, sharing this one's flat views, views and
         memory plan."""
-        em = _Emitter()
+        em = _Emitter.__new__(_Emitter)  # (one per step of a deep graph: no __init__)
+        em.lines, em.setup, em.depth = [], [], 1
         em.flat, em.views, em.memory = self.flat, self.views, self.memory
         em.scratch = self.scratch
         return em
@@ -1242,8 +1243,14 @@ def generate_library(program, parallel=False, approximate=True):
         em.lines = []
         steps.append(em.lines)
         se = em.for_step()
-        key, own = _loops_key(step, loop) if isinstance(step, (ir.Elementwise, ir.Reduce)) \
-            else (None, ())
+        if isinstance(step, (ir.Elementwise, ir.Reduce)):
+            key, own = _loops_key(step, loop)
+        elif isinstance(step, _LIBRARY_CALLS) and not (
+                isinstance(step, ir.Window) and em.scratch is not None
+                and em.scratch.name not in allocated):  # (else this step allocates it)
+            key, own = _library_call_key(step)
+        else:
+            key, own = None, ()
         own_named = all(b.name in buffers for b in own)  # (else a kernel would name one)
         call = calls.get(key) if key is not None and own_named else None
         if call is not None:
@@ -1276,7 +1283,7 @@ def generate_library(program, parallel=False, approximate=True):
             em.emit(f"{name}({', '.join(map(str, names))})")
             if key is not None and own_named and not wide and key not in calls:
                 calls[key] = _call_pattern(name, params, names, own, _flat_buffers(step))
-        elif isinstance(step, (ir.Matmul, ir.BatchMatmul, ir.Window)):
+        elif isinstance(step, _LIBRARY_CALLS):
             # gemm or a window helper: the kernel is the function itself (its scalars
             # are arguments, so one kernel serves every transpose, alpha and beta)
             helper = ("gemv" if uses_gemv(step) else "gemm") if isinstance(step, ir.Matmul) \
@@ -1294,6 +1301,8 @@ def generate_library(program, parallel=False, approximate=True):
                     line = line[:len(line) - len(code)] + name + code[len(helper):]
                 em.lines.append(_SCALAR_ARG.sub(
                     lambda m: constants.setdefault(m.group(0), f"C{len(constants)}"), line))
+            if key is not None and own_named and len(se.lines) == 1 and key not in calls:
+                calls[key] = _line_pattern(em.lines[-1], em.depth, own)
         else:  # a reshape: a view, made here
             em.lines += se.lines
     em.lines = head + [_STEPS_HERE]
@@ -1504,6 +1513,49 @@ def _loops_key(step, loop):
         key = ("reduce", loop, out, expr_key(step.expr), tuple(step.domain),
                tuple(step.axes), step.kind, step.post and expr_key(step.post))
     return key, buffers
+
+
+# steps whose kernel is a library function called with the step's buffers
+_LIBRARY_CALLS = (ir.Matmul, ir.BatchMatmul, ir.Window)
+
+
+def _library_call_key(step):
+    """(key, buffers) for a Matmul, BatchMatmul or Window step, as `_loops_key` gives them
+    for loops: two steps with one key call the same kernel with the same other arguments
+    (transposes, alpha and beta, the helper and its integers) but for their buffers, each
+    named in the key by its place in `buffers` with its shape and dtype."""
+    places, buffers = {}, []
+    refs = []
+    operands = (step.a, step.b) if not isinstance(step, ir.Window) else step.args
+    for buf in (*operands, step.out):
+        place = places.get(buf.name)
+        if place is None:
+            place = places[buf.name] = len(buffers)
+            buffers.append(buf)
+        refs.append((place, tuple(buf.shape), buf.dtype))
+    if isinstance(step, ir.Window):
+        return ("window", step.helper, tuple(step.params), tuple(refs)), buffers
+    scalars = (step.alpha, step.beta) if isinstance(step, ir.Matmul) else ()
+    return (type(step).__name__, step.trans_a, step.trans_b, scalars, tuple(refs)), buffers
+
+
+def _line_pattern(line, depth, buffers):
+    """The `_call_pattern` of a driver line `name(arg, arg, ...)` (at `depth`) that passes
+    each of `buffers` as an argument of its own, or None when the line is not of that form
+    (then every step of its key is written out)."""
+    indent = "    " * depth
+    name, _, rest = line[len(indent):].partition("(")
+    if not line.startswith(indent) or not rest.endswith(")") or not name.isidentifier():
+        return None
+    place = {b.name: k for k, b in enumerate(buffers)}
+    pattern = [(place[arg], "") if arg in place else arg for arg in rest[:-1].split(", ")]
+    own = [p for p in pattern if isinstance(p, tuple)]
+    if len({p for p, _ in own}) != len(buffers) or any(
+            b.name in arg for b in buffers for arg in pattern if isinstance(arg, str)):
+        return None  # (a buffer that is not an argument of its own)
+    if f"{name}({', '.join(_call_arguments(pattern, buffers))})" != line[len(indent):]:
+        return None
+    return name, pattern, None
 
 
 def _call_pattern(name, params, arguments, buffers, flat):
