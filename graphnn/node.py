@@ -7,13 +7,33 @@ Inputs, parameters and variables are never shared this way: each declaration is 
 import contextlib
 import gc
 import weakref
+from _weakref import _remove_dead_weakref
 
 import numpy as np
 
 from . import shapes as S
 from .errors import user_location
 
-_interned = weakref.WeakValueDictionary()  # registry: (op, attrs, inputs) -> Node
+# registry: (op, attrs, inputs) -> weak reference to the Node, dropped when the node dies.
+# (A dict of weak references rather than a WeakValueDictionary, whose Python-level get and
+# set cost a deep graph's compile 30 ms: every node is looked up, and most are new.)
+_interned = {}
+
+
+def _interned_node(key):
+    """The living node interned under `key`, or None."""
+    ref = _interned.get(key)
+    return None if ref is None else ref()
+
+
+def _intern(key, node):
+    # (_remove_dead_weakref drops the entry only while it is still this dead reference, in
+    # one step, as WeakValueDictionary does; the callback holds what it uses, so it works
+    # while the interpreter shuts down too)
+    _interned[key] = weakref.ref(
+        node, lambda ref, key=key, table=_interned, remove=_remove_dead_weakref:
+        remove(table, key))
+
 
 LEAF_OPS = ("input", "param", "variable", "const")
 
@@ -153,13 +173,13 @@ def make_node(op, attrs, inputs, sym_shape, dtype, name=None, intern=True, where
         return Node(op, attrs, inputs, sym_shape, dtype, name, where)
     key = (op, attrs, tuple(inputs)) if not (op == "const" and name) else \
         (op, attrs, (), name)
-    existing = _interned.get(key)
+    existing = _interned_node(key)
     if existing is not None:
         if name and not existing.name:
             existing.name = name
         return existing
     node = Node(op, attrs, inputs, sym_shape, dtype, name, where)
-    _interned[key] = node
+    _intern(key, node)
     return node
 
 
