@@ -203,12 +203,13 @@ class Lowering:
         return known
 
     def _decide_inlined(self, node):
-        if kind_of(node) == "size":
+        kind = OPS[node.op].kind
+        if kind == "size":
             return True
         if node.op == "const" and (node.value.size == 1 or is_index_const(node)):
             return all(is_elementwise(c) for c in self.consumers[id(node)]) \
                 and id(node) not in self.pinned
-        if not is_elementwise(node) or id(node) in self.pinned or not self.fusion:
+        if kind not in FUSIBLE_KINDS or id(node) in self.pinned or not self.fusion:
             return False
         users = self.consumers[id(node)]
         if len(users) != 1:
@@ -725,9 +726,10 @@ class Lowering:
 
     def plan_memory(self, outputs, updates):
         """Reuse dead temporaries (same shape and dtype) and write in place where safe."""
+        reads = list(map(_reads, self.steps))
         last_use = {}
-        for s, step in enumerate(self.steps):
-            for buf in _reads(step):
+        for s, read in enumerate(reads):
+            for buf in read:
                 last_use[buf.name] = s
                 if buf.base is not None:
                     last_use[buf.base.name] = s
@@ -761,7 +763,7 @@ class Lowering:
                     old = out.name
                     out.name = candidate.name
                     last_use[candidate.name] = last_use.get(old, s)
-            for buf in dict.fromkeys(b for b in _reads(step) if b.role == "temp"):
+            for buf in dict.fromkeys(b for b in reads[s] if b.role == "temp"):
                 if last_use.get(buf.name) == s and buf.name not in no_reuse and \
                         buf is not out and buf.name != out.name:
                     free.append((buf.shape, buf.dtype, buf))
