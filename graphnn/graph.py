@@ -73,11 +73,12 @@ class Graph:
         print(g.summary())
     """
 
-    def __init__(self, outputs):
+    def __init__(self, outputs, order=None):
         self.outputs, self.single = as_node_list(outputs)
         if not self.outputs:
             raise GraphError(f"a graph needs at least one output (at {user_location()})")
-        self.nodes = topological_order(self.outputs)
+        # (`order`: topological_order(outputs), when the caller has it already)
+        self.nodes = topological_order(self.outputs) if order is None else list(order)
         self.inputs = [n for n in self.nodes if n.op == "input"]
         self.params = [n for n in self.nodes if n.op == "param"]
         self.variables = [n for n in self.nodes if n.op == "variable"]

@@ -149,6 +149,7 @@ class Lowering:
         self._groups = {}  # root node -> group_nodes(root)
         self._described = {}  # (name, op, sym_shape) -> _describe(node)
         self._codes = {}  # (op, dtype, argument variables) -> scalar code
+        self._shapes = {}  # sym_shape -> shape (see `shape`)
         self._bind_dims()
 
     # -- shapes -------------------------------------------------------------------------
@@ -162,6 +163,11 @@ class Lowering:
                     self.dim_sources[name] = (index, axis)
 
     def shape(self, node):
+        """`node`'s shape with each symbolic dim named (found once per sym_shape: no dim is
+        unified while a graph is lowered)."""
+        found = self._shapes.get(node.sym_shape)
+        if found is not None:
+            return found
         out = []
         for d in node.sym_shape:
             d = S.resolve(d)
@@ -171,7 +177,8 @@ class Lowering:
                 out.append(self.dims[d])
             else:
                 raise GraphError(f"the symbolic dim of {node.label()} is not bound by any input")
-        return tuple(out)
+        found = self._shapes[node.sym_shape] = tuple(out)
+        return found
 
     def size_expr(self, node, axes):
         shape = self.shape(node)
@@ -196,12 +203,13 @@ class Lowering:
         return known
 
     def _decide_inlined(self, node):
-        if kind_of(node) == "size":
+        kind = OPS[node.op].kind
+        if kind == "size":
             return True
         if node.op == "const" and (node.value.size == 1 or is_index_const(node)):
             return all(is_elementwise(c) for c in self.consumers[id(node)]) \
                 and id(node) not in self.pinned
-        if not is_elementwise(node) or id(node) in self.pinned or not self.fusion:
+        if kind not in FUSIBLE_KINDS or id(node) in self.pinned or not self.fusion:
             return False
         users = self.consumers[id(node)]
         if len(users) != 1:
@@ -355,13 +363,14 @@ class Lowering:
 
         def value_of(node, index):
             key = (id(node), tuple(index))
-            if key in memo:
-                return memo[key]
+            result = memo.get(key)
+            if result is not None:
+                return result
             if node.op == "const" and node.value.size == 1 and self.inlined(node):
                 result = _float_literal(node.value, node.dtype)
-            elif is_index_const(node) and self.inlined(node):
+            elif node.op == "const" and is_index_const(node) and self.inlined(node):
                 result = index[0] if index[0].isidentifier() else f"({index[0]})"  # an int
-            elif kind_of(node) == "size":
+            elif OPS[node.op].kind == "size":
                 result = OPS[node.op].lower(self, node)
             elif node is root or self.inlined(node):
                 result = compute(node, index)
@@ -449,13 +458,14 @@ class Lowering:
     # -- steps -----------------------------------------------------------------------------
     def lower(self):
         for node in self.nodes:
-            if kind_of(node) == "leaf":
+            kind = OPS[node.op].kind
+            if kind == "leaf":
                 if id(node) in self.pinned or not self.inlined(node):
                     self.leaf_buffer(node)
                 continue
-            if self.inlined(node) or self.transposed_view(node) or \
-                    self.reduction_finished_in(node) is not None or \
-                    self.summed_product(node) is not None:
+            if self.inlined(node) or node.op == "transpose" and self.transposed_view(node) or \
+                    kind == "reduce" and self.reduction_finished_in(node) is not None or \
+                    kind == "matmul" and self.summed_product(node) is not None:
                 continue  # computed in a consumer's step (a finished reduction: in its own)
             self.lower_node(node)
         outputs = [self.buffer_of(n) for n in self.outputs]
@@ -628,8 +638,9 @@ class Lowering:
         readers = {}
         for s, step in enumerate(self.steps):
             for buf in _reads(step):
-                for name in {buf.name, buf.base.name if buf.base else buf.name}:
-                    readers.setdefault(name, []).append(s)
+                readers.setdefault(buf.name, []).append(s)
+                if buf.base is not None and buf.base.name != buf.name:
+                    readers.setdefault(buf.base.name, []).append(s)
         output_names = {b.name for b in outputs} | {b.base.name for b in outputs if b.base}
         remaining, drop = [], set()
         for (p, v), (state, value) in zip(self.update_pairs, updates):
@@ -715,9 +726,10 @@ class Lowering:
 
     def plan_memory(self, outputs, updates):
         """Reuse dead temporaries (same shape and dtype) and write in place where safe."""
+        reads = list(map(_reads, self.steps))
         last_use = {}
-        for s, step in enumerate(self.steps):
-            for buf in _reads(step):
+        for s, read in enumerate(reads):
+            for buf in read:
                 last_use[buf.name] = s
                 if buf.base is not None:
                     last_use[buf.base.name] = s
@@ -751,7 +763,7 @@ class Lowering:
                     old = out.name
                     out.name = candidate.name
                     last_use[candidate.name] = last_use.get(old, s)
-            for buf in dict.fromkeys(b for b in _reads(step) if b.role == "temp"):
+            for buf in dict.fromkeys(b for b in reads[s] if b.role == "temp"):
                 if last_use.get(buf.name) == s and buf.name not in no_reuse and \
                         buf is not out and buf.name != out.name:
                     free.append((buf.shape, buf.dtype, buf))

@@ -671,17 +671,21 @@ def _infer_matmul(specs):
     """np.matmul's shape rule: (..., n, k) @ (..., k, m) -> (..., n, m), the leading (batch)
     dims broadcast; a 1-D operand is a row (left) or a column (right) whose dim is dropped."""
     a, b = specs
-    shown = f"{S.format_shape(a.sym_shape)} @ {S.format_shape(b.sym_shape)}"
+
+    def shown():  # (the operands' shapes in a message: as they were before any unification)
+        return f"{S.format_shape(a.sym_shape)} @ {S.format_shape(b.sym_shape)}"
     if a.ndim == 0 or b.ndim == 0:
-        raise Mismatch(f"matmul takes operands of rank 1 or more, got {shown} (multiply a "
+        raise Mismatch(f"matmul takes operands of rank 1 or more, got {shown()} (multiply a "
                        "scalar with *)")
     a2, b2 = _promoted(a.sym_shape, b.sym_shape)
+    batched = len(a2) > 2 or len(b2) > 2
+    shown_before = shown() if batched else None  # (the inner dims are unified next)
     if not S.unify_dims(a2[-1], b2[-2]):
-        raise Mismatch(f"inner dims differ: {shown}")
-    batch = S.broadcast_shapes(a2[:-2], b2[:-2])
+        raise Mismatch(f"inner dims differ: {shown()}")
+    batch = S.broadcast_shapes(a2[:-2], b2[:-2]) if batched else ()
     if batch is None:
         raise Mismatch(f"batch dims {S.format_shape(a2[:-2])} and {S.format_shape(b2[:-2])} "
-                       f"do not broadcast: {shown}")
+                       f"do not broadcast: {shown_before}")
     shape = batch + (a2[-2],) * (a.ndim > 1) + (b2[-1],) * (b.ndim > 1)
     return shape, _need_float(specs, "matmul")
 

@@ -277,12 +277,20 @@ def pass_options(passes, backend, valid=tuple(OPTIONAL_PASSES)):
     return chosen
 
 
-def optimize(roots, passes=PIPELINE, enabled=None):
+def optimize(roots, passes=PIPELINE, enabled=None, order=None):
     """Run the pass pipeline; return (new roots, [(pass name, node count after)]).
     `enabled` ({optional pass name: bool}, see OPTIONAL_PASSES) leaves out the graph passes
     switched off. Each pass gets `order=` the topological order of its roots, found once
-    per pass (a deep graph has tens of thousands of nodes)."""
-    order = topological_order(roots)
+    per pass (a deep graph has tens of thousands of nodes); `order` is topological_order(
+    roots) when the caller has it already."""
+    roots, report, _ = optimize_in_order(roots, passes, enabled, order)
+    return roots, report
+
+
+def optimize_in_order(roots, passes=PIPELINE, enabled=None, order=None):
+    """optimize(); returns (new roots, report, topological_order(new roots))."""
+    if order is None:
+        order = topological_order(roots)
     report = [("input", len(order))]
     for name, fn in passes:
         if enabled is not None and not enabled.get(_GRAPH_PASSES.get(name), True):
@@ -295,4 +303,4 @@ def optimize(roots, passes=PIPELINE, enabled=None):
                 order = topological_order(new_roots)
             roots = new_roots
         report.append((name, len(order)))
-    return roots, report
+    return roots, report, order

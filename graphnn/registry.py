@@ -181,8 +181,10 @@ class Spec:
 
 
 def spec_of(value):
-    if isinstance(value, Node):
-        return Spec(value.sym_shape, value.dtype)
+    if isinstance(value, Node):  # (a node's shape is a tuple and its dtype a numpy.dtype)
+        spec = Spec.__new__(Spec)
+        spec.sym_shape, spec.dtype, spec.weak = value.sym_shape, value.dtype, False
+        return spec
     if isinstance(value, (bool, np.bool_)):
         return Spec((), np.bool_)
     # Only Python numbers are weak; NumPy scalars (np.float64 subclasses float) keep their
@@ -252,15 +254,20 @@ def _apply(opname, args, attrs=None, name=None):
         inputs = ", ".join(_describe(a) for a in args) or "none"
         raise ShapeError(f"{opname}: takes {wanted} inputs, got {len(args)} ({inputs}); at "
                          f"{user_location()}")
-    graph_mode = any(isinstance(a, Node) for a in args)
+    graph_mode = False
+    for a in args:
+        if isinstance(a, Node):
+            graph_mode = True
+            break
     if graph_mode:
         scope = active_scope.get()
         if scope is not None:  # eager: parameters, variables and constants are read
             args = scope.resolve(opname, args)
             graph_mode = False
     specs = [spec_of(a) for a in args]
-    for spec, arg in zip(specs, args):
+    for spec in specs:
         if spec.dtype.kind not in "fiu":
+            arg = args[specs.index(spec)]
             raise DTypeError(f"{opname}: argument {_describe(arg)} has dtype {spec.dtype}; "
                              f"graphnn computes on float and int arrays (at {user_location()})")
     try:

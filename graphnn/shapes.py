@@ -143,14 +143,23 @@ def dims_equal(a, b):
 
 def broadcast_shapes(*shapes):
     """NumPy broadcasting over static and symbolic dims. Returns the result or None on clash."""
-    if all(s == shapes[0] for s in shapes[1:]):  # (the same dims: nothing to unify)
-        return tuple(map(resolve, shapes[0]))
-    rank = max(len(s) for s in shapes)
-    columns = list(zip(*[(1,) * (rank - len(s)) + tuple(s) for s in shapes]))
+    first = shapes[0]
+    if all(s == first for s in shapes[1:]):  # (the same dims: nothing to unify)
+        return tuple(map(resolve, first))
+    rank = max(map(len, shapes))
+    columns = list(zip(*[(1,) * (rank - len(s)) + tuple(s) if len(s) < rank else s
+                         for s in shapes]))
     # Look for a clash of sizes before unifying anything: a failed broadcast changes no symbol.
     for dims in columns:
-        if len({d for d in map(resolve, dims) if isinstance(d, int) and d != 1}) > 1:
-            return None
+        size = 1
+        for d in dims:
+            if d.__class__ is Sym:
+                d = d.find()
+            if isinstance(d, int) and d != 1:
+                if size == 1:
+                    size = d
+                elif d != size:
+                    return None
     result = []
     for dims in columns:
         out = 1

@@ -44,6 +44,8 @@ WORKSPACE_TOO_SMALL = "graphnn: the workspace is too small for these inputs"
 INLINE_SITES = 8  # see generate()
 WORKSPACE_ALIGN = 64  # bytes: each temporary in the workspace starts on a cache line
 WORKSPACE_MIN = 32768  # bytes: smaller temporaries are allocated at each call
+# the bytes a temporary of `size` bytes takes in the workspace (source)
+_ROUNDED = f"({{size}} + {WORKSPACE_ALIGN - 1}) // {WORKSPACE_ALIGN} * {WORKSPACE_ALIGN}"
 SHARED_STEPS = 2  # see _program_functions()
 # fastmath without nnan/ninf: NaN and Inf keep their meaning (see docs/ARCHITECTURE.md)
 # No 'nsz': with 'reassoc' it lets LLVM factor a loop-invariant operand out of a sum of
@@ -92,7 +94,8 @@ class _Emitter:
     def for_step(self):
         """An emitter for one step's lines, sharing this one's flat views, views and
         memory plan."""
-        em = _Emitter()
+        em = _Emitter.__new__(_Emitter)  # (one per step of a deep graph: no __init__)
+        em.lines, em.setup, em.depth = [], [], 1
         em.flat, em.views, em.memory = self.flat, self.views, self.memory
         em.scratch = self.scratch
         return em
@@ -839,24 +842,32 @@ class _Memory:
     def offsets(self):
         """Lines binding the offsets `_w<k>` and `_wend`, the bytes the workspace needs.
         Temporaries whose sizes are known here share memory where their lifetimes do not
-        overlap (see pack_workspace); the others follow them, one after another."""
+        overlap (see pack_workspace); the others follow them, one after another. The room
+        a size whose dims are variables takes is bound once per distinct size
+        (`_room<j>`): a deep graph has thousands of temporaries of a few sizes, and a
+        conditional expression on each of thousands of lines made CPython's compile() of
+        the library driver take 0.1 s instead of 0.03 s."""
         life = self.life or {}
         static = [(k, _constant_bytes(size), life.get(name))
                   for k, (size, dynamic, name) in enumerate(self.parts)]
         static = [(k, b, span) for k, b, span in static if b is not None and span]
         placed, top = pack_workspace([(b, span) for _, b, span in static])
         at = {k: offset for (k, _, _), offset in zip(static, placed)}
-        lines, end = [], str(top)
+        lines, rooms, end = [], {}, str(top)
         for k, (size, dynamic, _) in enumerate(self.parts):
             if k in at:
                 lines.append(f"_w{k} = {at[k]}")
                 continue
             lines.append(f"_w{k} = {end}")
-            room = f"({size} + {WORKSPACE_ALIGN - 1}) // {WORKSPACE_ALIGN} * {WORKSPACE_ALIGN}"
+            room = _ROUNDED.format(size=size)
             if dynamic:  # (allocated instead when small, see alloc)
-                room = f"({room} if {size} >= {WORKSPACE_MIN} else 0)"
+                if size not in rooms:
+                    rooms[size] = f"_room{len(rooms)}"
+                room = rooms[size]
             end = f"_w{k} + {room}"
-        return lines + [f"_wend = {end}"]
+        bound = [f"{name} = {_ROUNDED.format(size=size)} if {size} >= {WORKSPACE_MIN} else 0"
+                 for size, name in rooms.items()]
+        return bound + lines + [f"_wend = {end}"]
 
     def prologue(self):
         """The offsets, and the check that the caller's workspace is large enough: when it
@@ -1091,10 +1102,10 @@ def _emit_step(em, step, allocated, loop, needed):
                 ints = [f"np.intp({p})" for p in (mode, winograd[0]) + step.params[1:]]
             # (every call passes the epilogue's arguments: one compiled conv_gemm)
             bias, act, cout, off = step.epilogue or (None, 0, 0, 0)
-            if bias is not None:
+            if bias is not None and bias.ndim != 1:
                 em.flat_views([bias])
-            bias = f"{bias.name}_f" if bias is not None else \
-                f"np.empty(0, {_dtype_src(step.out.dtype)})"
+            bias = f"np.empty(0, {_dtype_src(step.out.dtype)})" if bias is None else \
+                bias.name if bias.ndim == 1 else f"{bias.name}_f"
             em.emit(f"conv_gemm({', '.join(ints[:1] + buffers + ints[1:])}, {scratch}, "
                     f"{step.out.name}, {bias}, np.intp({act}), np.intp({cout}), "
                     f"np.intp({off}))")
@@ -1533,8 +1544,14 @@ def generate_library(program, parallel=False, approximate=True):
         em.lines = []
         steps.append(em.lines)
         se = em.for_step()
-        key, own = _loops_key(step, loop) if isinstance(step, (ir.Elementwise, ir.Reduce)) \
-            else (None, ())
+        if isinstance(step, (ir.Elementwise, ir.Reduce)):
+            key, own = _loops_key(step, loop)
+        elif isinstance(step, _LIBRARY_CALLS) and not (
+                isinstance(step, ir.Window) and em.scratch is not None
+                and em.scratch.name not in allocated):  # (else this step allocates it)
+            key, own = _library_call_key(step)
+        else:
+            key, own = None, ()
         own_named = all(b.name in buffers for b in own)  # (else a kernel would name one)
         call = calls.get(key) if key is not None and own_named else None
         if call is not None:
@@ -1567,7 +1584,7 @@ def generate_library(program, parallel=False, approximate=True):
             em.emit(f"{name}({', '.join(map(str, names))})")
             if key is not None and own_named and not wide and key not in calls:
                 calls[key] = _call_pattern(name, params, names, own, _flat_buffers(step))
-        elif isinstance(step, (ir.Matmul, ir.BatchMatmul, ir.Window)):
+        elif isinstance(step, _LIBRARY_CALLS):
             # gemm or a window helper: the kernel is the function itself (its scalars
             # are arguments, so one kernel serves every transpose, alpha and beta)
             helper = ("gemv" if uses_gemv(step) else "gemm") if isinstance(step, ir.Matmul) \
@@ -1585,6 +1602,8 @@ def generate_library(program, parallel=False, approximate=True):
                     line = line[:len(line) - len(code)] + name + code[len(helper):]
                 em.lines.append(_SCALAR_ARG.sub(
                     lambda m: constants.setdefault(m.group(0), f"C{len(constants)}"), line))
+            if key is not None and own_named and len(se.lines) == 1 and key not in calls:
+                calls[key] = _line_pattern(em.lines[-1], em.depth, own)
         else:  # a reshape: a view, made here
             em.lines += se.lines
     em.lines = head + [_STEPS_HERE]
@@ -1622,9 +1641,10 @@ FOLD_REPEATS = 4   # calls in a row, at least: smaller programs keep every line
 FOLD_PERIOD = 24   # the longest run of distinct steps a repeat is looked for in
 _STEPS_HERE = "\0steps"  # where the steps go in the driver's lines, until they are folded
 # the driver's local variables: buffers (b<n>_<label>, in<k>, st<k>, c<k>, their flat
-# views <name>_f), dims d<k>, workspace offsets _w<k>, _wend, wide sums, recycled and
-# copied outputs, the convolution scratch; _fold_repeats checks that it names them all
-_LOCAL = re.compile(r"(?<![.\w])(?:b\d+_\w+|(?:in|st|c|d|_w|wide|recycled|out|new)\d+(?:_f)?"
+# views <name>_f), dims d<k>, workspace offsets _w<k>, _wend and rooms _room<k>, wide sums,
+# recycled and copied outputs, the convolution scratch; _fold_repeats checks that it names
+# them all
+_LOCAL = re.compile(r"(?<![.\w])(?:b\d+_\w+|(?:in|st|c|d|_w|_room|wide|recycled|out|new)\d+(?:_f)?"
                     r"|_wend|workspace|conv_scratch(?:_f)?)(?!\w)")
 _ASSIGNED = re.compile(r"\s*([A-Za-z_]\w*) (\+?=) ")
 _ASSIGNED_LINE = re.compile(r"\n[ \t]*([A-Za-z_]\w*) \+?= ")
@@ -1795,6 +1815,52 @@ def _loops_key(step, loop):
         key = ("reduce", loop, out, expr_key(step.expr), tuple(step.domain),
                tuple(step.axes), step.kind, step.post and expr_key(step.post))
     return key, buffers
+
+
+# steps whose kernel is a library function called with the step's buffers
+_LIBRARY_CALLS = (ir.Matmul, ir.BatchMatmul, ir.Window)
+
+
+def _library_call_key(step):
+    """(key, buffers) for a Matmul, BatchMatmul or Window step, as `_loops_key` gives them
+    for loops: two steps with one key call the same kernel with the same other arguments
+    (transposes, alpha and beta, the helper and its integers) but for their buffers, each
+    named in the key by its place in `buffers` with its shape and dtype."""
+    places, buffers = {}, []
+    refs = []
+    operands = (step.a, step.b) if not isinstance(step, ir.Window) else step.args
+    epilogue = getattr(step, "epilogue", None)
+    bias = () if epilogue is None or epilogue[0] is None else (epilogue[0],)
+    for buf in (*operands, step.out, *bias):
+        place = places.get(buf.name)
+        if place is None:
+            place = places[buf.name] = len(buffers)
+            buffers.append(buf)
+        refs.append((place, tuple(buf.shape), buf.dtype))
+    if isinstance(step, ir.Window):
+        return ("window", step.helper, tuple(step.params), tuple(refs),
+                epilogue and epilogue[1:]), buffers
+    scalars = (step.alpha, step.beta) if isinstance(step, ir.Matmul) else ()
+    return (type(step).__name__, step.trans_a, step.trans_b, scalars, tuple(refs)), buffers
+
+
+def _line_pattern(line, depth, buffers):
+    """The `_call_pattern` of a driver line `name(arg, arg, ...)` (at `depth`) that passes
+    each of `buffers` as an argument of its own, or None when the line is not of that form
+    (then every step of its key is written out)."""
+    indent = "    " * depth
+    name, _, rest = line[len(indent):].partition("(")
+    if not line.startswith(indent) or not rest.endswith(")") or not name.isidentifier():
+        return None
+    place = {b.name: k for k, b in enumerate(buffers)}
+    pattern = [(place[arg], "") if arg in place else arg for arg in rest[:-1].split(", ")]
+    own = [p for p in pattern if isinstance(p, tuple)]
+    if len({p for p, _ in own}) != len(buffers) or any(
+            b.name in arg for b in buffers for arg in pattern if isinstance(arg, str)):
+        return None  # (a buffer that is not an argument of its own)
+    if f"{name}({', '.join(_call_arguments(pattern, buffers))})" != line[len(indent):]:
+        return None
+    return name, pattern, None
 
 
 def _call_pattern(name, params, arguments, buffers, flat):

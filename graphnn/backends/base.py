@@ -14,7 +14,7 @@ from ..errors import FeedError, GraphError, NumericalError, user_location
 from ..feeds import FeedChecker, label_bounds
 from ..graph import Graph, as_node_list
 from ..node import Node
-from ..passes import CPU_ONLY_PASSES, OPTIONAL_PASSES, optimize, pass_options
+from ..passes import CPU_ONLY_PASSES, OPTIONAL_PASSES, optimize_in_order, pass_options
 from ..lowering import lower
 from ..registry import OPS
 
@@ -229,11 +229,13 @@ class LoweredFunction(CompiledFunction):
         super().__init__(outputs, updates, check_finite)
         roots = self.outputs + [v for _, v in self.update_pairs]
         self.pass_report = []
+        order = self.graph.nodes  # (the order of these roots: topological_order(roots))
         if optimize_graph:
-            roots, self.pass_report = optimize(roots, enabled=self.passes)
+            roots, self.pass_report, order = optimize_in_order(roots, enabled=self.passes,
+                                                               order=order)
         n_out = len(self.outputs)
         self.optimized_outputs = roots[:n_out]
-        self.optimized_graph = Graph(roots)
+        self.optimized_graph = Graph(roots, order=order)
         opt_updates = [(p, v) for (p, _), v in zip(self.update_pairs, roots[n_out:])]
         self.program, self.lowering = lower(
             roots, self.graph.inputs, self.state_nodes, self.optimized_outputs, opt_updates,

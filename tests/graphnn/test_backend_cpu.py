@@ -548,3 +548,31 @@ def test_grad_compile_and_first_call_leave_the_garbage_collector_as_they_found_i
         assert gc.isenabled() is enabled and gc.get_freeze_count() == 0
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_a_paused_block_that_leaves_many_objects_moves_them_to_the_oldest_generation(
+        monkeypatch):
+    # node.collector_paused: a deep graph's objects are not walked by the next collections
+    # of the young generations; a garbage cycle among them waits for a full collection
+    import gc
+    import weakref
+    from graphnn import node
+    monkeypatch.setattr(node, "PROMOTE_OBJECTS", 2000)
+
+    class Cycle:
+        pass
+    gc.collect()
+    with node.collector_paused():
+        kept = [[k] for k in range(5000)]
+        garbage = Cycle()
+        garbage.itself = garbage
+        probe = weakref.ref(garbage)
+        del garbage
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert gc.get_count()[0] < 500 and len(kept) == 5000  # (moved on, and kept)
+    assert probe() is not None
+    gc.collect()
+    assert probe() is None
+    with node.collector_paused():  # (fewer objects: left to the young generation)
+        few = [[k] for k in range(100)]
+    assert gc.get_count()[0] >= len(few)

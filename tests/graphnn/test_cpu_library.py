@@ -12,6 +12,7 @@ import pytest
 
 import graphnn as gn
 from graphnn.backends import cpu as cpu_backend
+from kernels import ir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -318,8 +319,9 @@ def test_a_deep_stack_runs_its_repeated_steps_as_calls_of_one_function(monkeypat
 
 def test_the_driver_of_repeated_steps_is_the_same_found_once_or_step_by_step(monkeypatch):
     # kernels/cpu.py generate_library: a step whose loops have the structure of an earlier
-    # one (_loops_key) gets that step's kernel and call with its own buffers; the driver and
-    # kernels must be those made step by step, byte for byte
+    # one (_loops_key), or a gemm or convolution whose call has that of an earlier one
+    # (_library_call_key), gets that step's kernel and call with its own buffers; the
+    # driver and kernels must be those made step by step, byte for byte
     from kernels import cpu as kernels_cpu
     rng = np.random.default_rng(3)
     images = gn.input("memo_images", (None, 6, 6, 4))
@@ -336,6 +338,12 @@ def test_the_driver_of_repeated_steps_is_the_same_found_once_or_step_by_step(mon
     mlp_loss, mlp_updates, _ = _train_step(12, "memo_")
     mlp = gn.compile(mlp_loss, updates=mlp_updates, backend="cpu", library=True)
     made = [kernels_cpu.generate_library(f.program) for f in (conv, mlp)]
+    # the blocks' convolutions (and their gradients) and products share their call's key
+    for f, kind in ((conv, ir.Window), (mlp, ir.Matmul)):
+        keys = [kernels_cpu._library_call_key(s)[0] for s in f.program.steps
+                if isinstance(s, kind)]
+        assert max(keys.count(k) for k in keys) >= 6
     monkeypatch.setattr(kernels_cpu, "_loops_key", lambda step, loop: (None, ()))
+    monkeypatch.setattr(kernels_cpu, "_library_call_key", lambda step: (None, ()))
     assert [kernels_cpu.generate_library(f.program) for f in (conv, mlp)] == made
     assert made[1][0].count("K1(") >= 12  # (the relu kernel, called by every block)

@@ -270,3 +270,24 @@ def test_the_generated_workspace_shares_memory_between_dead_temporaries(monkeypa
     monkeypatch.setattr(cpu, "pack_workspace", one_after_another)
     g = gn.compile(outs, backend="cpu", library=True)
     assert f.module.workspace_bytes(feed) < g.module.workspace_bytes(feed)
+
+
+def test_convolutions_alike_but_for_their_epilogues_keep_their_own_calls():
+    """In library mode the driver writes a convolution's call once per call structure;
+    the epilogue (bias, relu, channels) is part of that structure."""
+    rng = np.random.default_rng(12)
+    x = gn.input("x", (1, 9, 9, 6))
+    w = gn.const(rng.standard_normal((3, 3, 6, 6)).astype("f4"))
+    b = gn.const(rng.standard_normal(6).astype("f4"))
+    xs = [gn.tanh(x * float(k + 1)) for k in range(4)]  # four images, one shape
+    outs = [gn.relu(gn.conv2d(xs[0], w, padding="same") + b),
+            gn.conv2d(xs[1], w, padding="same") * 2.0 + 1.0,
+            gn.conv2d(xs[2], w, padding="same") + b,
+            gn.relu(gn.conv2d(xs[3], w, padding="same"))]
+    f = gn.compile(outs, backend="cpu", library=True)
+    assert sorted(s.epilogue[1] for s in f.program.steps
+                  if getattr(s, "epilogue", None)) == [0, 1, 1]
+    feed = rng.standard_normal((1, 9, 9, 6)).astype("f4")
+    want = gn.compile(outs, backend="numpy")(x=feed)
+    for got, ref in zip(f(x=feed), want):
+        np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
