@@ -1536,6 +1536,8 @@ def generate_library(program, parallel=False, approximate=True):
             numbers[source] = len(kernels)
             kernels.append(source)
         return f"K{numbers[source]}"
+    convolutions = tuple(sorted({s.helper for s in program.steps
+                                 if isinstance(s, ir.Window) and s.helper in GEMM_HELPERS}))
     # a deep graph repeats a few step structures thousands of times: each structure's
     # kernel and call are found once (see _loops_key), then each step costs a lookup
     calls = {}
@@ -1592,7 +1594,9 @@ def generate_library(program, parallel=False, approximate=True):
             blas_call = helper in ("gemm", "gemv", "batch_gemm")
             uses = () if blas_call else (helper,)
             if helper in GEMM_HELPERS:  # a convolution: conv_gemm, whatever its mode
-                helper = "conv_gemm"
+                # (the program's convolution helpers: one module, PACKED or not, serves
+                # every convolution of the program, and conv_gemm compiles once)
+                helper, uses = "conv_gemm", convolutions
             name = kernel(_kernel_module(
                 (f"kernel = {helper}",), uses, blas_call, False,
                 parallel, helper == "batch_gemm", helper == "gemv"))

@@ -291,3 +291,21 @@ def test_convolutions_alike_but_for_their_epilogues_keep_their_own_calls():
     want = gn.compile(outs, backend="numpy")(x=feed)
     for got, ref in zip(f(x=feed), want):
         np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
+
+
+@needs_avx512
+def test_one_conv_gemm_module_serves_packed_and_other_convolutions_of_a_program():
+    """conv_gemm is the costliest kernel to compile (seconds): a program whose
+    convolutions are partly packed compiles it once, with the packed modes, for all."""
+    rng = np.random.default_rng(13)
+    x = gn.input("x", (1, 10, 10, 4))
+    wide = gn.const(rng.standard_normal((3, 3, 4, 40)).astype("f4"))  # packed
+    thin = gn.const(rng.standard_normal((1, 1, 40, 8)).astype("f4"))   # BLAS (co < 24)
+    y = gn.conv2d(gn.relu(gn.conv2d(x, wide, padding="same")), thin)
+    f = gn.compile(y, backend="cpu", library=True)
+    assert f.stats["packed_kernels"] == 1
+    modules = [m for m, _ in f._kernels if hasattr(m, "conv_gemm")]
+    assert len(modules) == 1 and modules[0].PACKED
+    feed = rng.standard_normal((1, 10, 10, 4)).astype("f4")
+    np.testing.assert_allclose(f(x=feed), gn.compile(y, backend="numpy")(x=feed),
+                               rtol=2e-5, atol=2e-4)
