@@ -160,6 +160,8 @@ def _pool_first(pool, old, x, readers):
     counts them in the graph before the pass: `old` is the pool's input there, `x` its
     rebuilt version); None when nothing moves."""
     moved = []
+    if np.dtype(pool.dtype).kind != "f":  # (an integer sum may wrap around)
+        return None
     while readers.get(id(old)) == 1 and x.op == old.op and x.dtype == pool.dtype and \
             len(x.inputs) == len(old.inputs):
         if x.op == "relu":
