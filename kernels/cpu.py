@@ -479,8 +479,10 @@ def place_in_concat(program, step_nodes=None):
     of a concat (a Place step without zero fill) and is read by nothing else (the bias and
     relu after each branch of a SqueezeNet fire module or an Inception block) stores its
     result straight into the concatenated buffer at the part's offset (`placed`, see
-    ir.Elementwise), and the Place step no longer copies that part; a Place step left with
-    no parts is removed (`step_nodes` as in fold_conv_pads). Only when nothing reads or
+    ir.Elementwise), and so does a forward convolution along the channels (its epilogue's
+    channels, see ir.Window: a DenseNet layer's new features); the Place step no longer
+    copies that part, and a Place step left with no parts is removed (`step_nodes` as in
+    fold_conv_pads). Only when nothing reads or
     writes the concatenated buffer (or a view of it) between the two steps, and neither
     buffer is an output, a state's new value or a view. Returns the parts placed."""
     steps = program.steps
@@ -498,8 +500,12 @@ def place_in_concat(program, step_nodes=None):
                 i = writer.get(part[0].name)
                 if i is not None and _placeable(steps, i, j, part, step.out, kept, viewed):
                     producer = steps[i]
-                    producer.out, producer.inplace_of = step.out, None
-                    producer.placed = (tuple(part[0].shape), part[1], part[2])
+                    if isinstance(producer, ir.Window):  # a convolution: its channels
+                        producer.epilogue = (None, 0, part[0].shape[3], part[2])
+                    else:
+                        producer.inplace_of = None
+                        producer.placed = (tuple(part[0].shape), part[1], part[2])
+                    producer.out = step.out
                     producer.comment += f"\n(stored in place in {step.out.name})"
                     placed += 1
                 else:
@@ -519,8 +525,14 @@ def place_in_concat(program, step_nodes=None):
 def _placeable(steps, i, j, part, out, kept, viewed):
     src, axis, start = part
     producer = steps[i]
-    if not isinstance(producer, ir.Elementwise) or producer.placed is not None or \
-            producer.out.name != src.name or producer.out.dtype != out.dtype:
+    if isinstance(producer, ir.Window):  # a forward convolution writing channels of out
+        if producer.helper not in FORWARD_CONVOLUTIONS or producer.epilogue is not None or \
+                axis != 3 or src.dtype not in ("float32", "float64") or \
+                not all(isinstance(d, int) and d > 0 for d in producer.args[1].shape):
+            return False
+    elif not isinstance(producer, ir.Elementwise) or producer.placed is not None:
+        return False
+    if producer.out.name != src.name or producer.out.dtype != out.dtype:
         return False
     names = (src.name, out.name)
     if any(b.role != "temp" or b.base is not None or b.name in kept or b.name in viewed

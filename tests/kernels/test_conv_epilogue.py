@@ -309,3 +309,25 @@ def test_one_conv_gemm_module_serves_packed_and_other_convolutions_of_a_program(
     feed = rng.standard_normal((1, 10, 10, 4)).astype("f4")
     np.testing.assert_allclose(f(x=feed), gn.compile(y, backend="numpy")(x=feed),
                                rtol=2e-5, atol=2e-4)
+
+
+@pytest.mark.parametrize("library", [False, True])
+def test_dense_block_convolutions_write_their_new_channels_into_the_concatenation(library):
+    """DenseNet's layers: concat([h, conv(relu(h))]) three times; each convolution writes
+    its new channels into the concatenation (its epilogue's channels), only h is copied."""
+    rng = np.random.default_rng(14)
+    x = gn.input("x", (1, 9, 9, 8))
+    h = x
+    for k in range(3):
+        c = h.shape[3]
+        w = gn.const((0.3 * rng.standard_normal((3, 3, c, 4))).astype("f4"))
+        h = gn.concat([h, gn.conv2d(gn.relu(h * 0.5), w, padding="same")], axis=3)
+    out = gn.max_pool2d(h, 3, 2)
+    f = gn.compile(out, backend="cpu", library=library)
+    placed = [s for s in f.program.steps if getattr(s, "epilogue", None)]
+    assert [(s.epilogue[2], s.epilogue[3], s.out.shape[3]) for s in placed] == \
+        [(4, 8, 12), (4, 12, 16), (4, 16, 20)]
+    assert f.stats["concat_parts_in_place"] == 3
+    feed = rng.standard_normal((1, 9, 9, 8)).astype("f4")
+    np.testing.assert_allclose(f(x=feed), gn.compile(out, backend="numpy")(x=feed),
+                               rtol=2e-5, atol=2e-5)
