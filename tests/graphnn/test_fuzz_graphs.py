@@ -91,3 +91,16 @@ def test_the_same_seed_builds_the_same_graph():
         assert a.feeds.keys() == b.feeds.keys()
         for k in a.feeds:
             np.testing.assert_array_equal(a.feeds[k], b.feeds[k])
+
+
+@pytest.mark.parametrize("seed", range(0, min(EXAMPLES, 200), 5), ids=lambda s: f"seed={s}")
+def test_fuzz_graph_cpu_with_every_temporary_in_the_shared_workspace(seed, monkeypatch):
+    """The fuzzer's graphs are small: their temporaries are allocated at each call, not
+    placed in the workspace (kernels/cpu.py WORKSPACE_MIN). With that bound at 0 every
+    temporary of a static shape gets a workspace offset shared by lifetime
+    (pack_workspace), and the results must not change."""
+    from kernels import cpu
+    monkeypatch.setattr(cpu, "WORKSPACE_MIN", 0)
+    fg = F.graph(seed)
+    F.assert_same(fg, F.numpy_result(seed), F.run(fg, "cpu", **F.cpu_options(seed)),
+                  "cpu, shared workspace")
