@@ -1118,8 +1118,9 @@ def _emit_step(em, step, allocated, loop, needed):
                 em.flat_views([bias])
             bias = f"np.empty(0, {_dtype_src(step.out.dtype)})" if bias is None else \
                 bias.name if bias.ndim == 1 else f"{bias.name}_f"
+            code = act + (2 if step.epilogue and step.epilogue[0] is not None else 0)
             em.emit(f"conv_gemm({', '.join(ints[:1] + buffers + ints[1:])}, {scratch}, "
-                    f"{step.out.name}, {bias}, np.intp({act}), np.intp({cout}), "
+                    f"{step.out.name}, {bias}, np.intp({code}), np.intp({cout}), "
                     f"np.intp({off}))")
         else:
             # np.intp: one compiled helper for every window size and stride

@@ -126,7 +126,8 @@ class Window:
     comment: str = ""
     # a forward convolution's epilogue (kernels/windows.py conv_gemm): (bias buffer or
     # None, act: 0 none or 1 relu, channels computed, first channel in out) - out may be
-    # a concatenation whose channels off .. off + cout this convolution writes
+    # a concatenation whose channels off .. off + cout this convolution writes (conv_gemm
+    # takes act + 2 when there is a bias)
     epilogue: Optional[Tuple[Optional[Buffer], int, int, int]] = None
 
 

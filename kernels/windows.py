@@ -284,9 +284,10 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     products (tiles x 16 x co); the gemms read these with leading dimensions of 16 channel
     rows, so nothing is copied for them.
 
-    The forward modes finish their result as they write it (an epilogue): `bias` (1-D,
-    co items, or None/empty) is added per channel and, with act = 1, relu applied (as
-    graphnn's relu: zero where x <= 0, NaN kept), while the rows are still in cache; and
+    The forward modes finish their result as they write it (an epilogue, `act`: 0 none,
+    1 relu, 2 bias, 3 bias then relu): `bias` (1-D, co items; not read without act's 2)
+    is added per channel and relu applied (as graphnn's relu: zero where x <= 0, NaN
+    kept), while the rows are still in cache; and
     with `cout` > 0 the result has `cout` channels that go to channels off .. off + cout of
     `out` (a concatenation's buffer: out.shape[3] channels per position, kernels/cpu.py
     fold_conv_epilogues). The gradient modes take neither."""
@@ -327,8 +328,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     g2 = g.reshape((total, pitch))
     # (direct: a block is one output row)
     block = total if pointwise else ow if direct else min(total, scratch.size // cols)
-    bz = np.zeros(co, out.dtype) if bias is None or bias.size == 0 else bias
-    finish = act != 0 or not (bias is None or bias.size == 0)  # an epilogue to apply
+    finish = act != 0  # an epilogue to apply
     if finish and mode != 1 and mode != 2:  # blocks whose rows are still in cache after
         block = min(block, max(EPILOGUE_ROWS, ow))  # their products
     # the windows im2col copies: kh x kw, s apart, one per output (th x tw of them);
@@ -462,8 +462,8 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                 for r in range(r0, r0 + rows if finish else r0):  # the epilogue
                     base = r * pitch + off
                     for q_ in range(co):
-                        v = yf[np.uintp(base + q_)] + bz[q_]
-                        yf[np.uintp(base + q_)] = zero if act == 1 and v <= zero else v
+                        v = yf[np.uintp(base + q_)] + (bias[q_] if act >= 2 else zero)
+                        yf[np.uintp(base + q_)] = zero if act % 2 == 1 and v <= zero else v
                 continue
         if winograd:
             for k in range(taps if mode != 6 else 0):  # products[k] = V[k] @ U[k], k < 16
@@ -495,9 +495,10 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                     e0, e1 = scratch[np.uintp(first + k)], scratch[np.uintp(first + k + co)]
                     e2 = scratch[np.uintp(first + k + 2 * co)]
                     e3 = scratch[np.uintp(first + k + 3 * co)]
-                    v1, v0 = e1 - e2 - e3 + bz[k], e0 + e1 + e2 + bz[k]  # (+ the epilogue)
-                    yf[np.uintp(p1 + k)] = zero if act == 1 and v1 <= zero else v1
-                    yf[np.uintp(p0 + k)] = zero if act == 1 and v0 <= zero else v0
+                    ep = bias[k] if act >= 2 else zero  # (the epilogue)
+                    v1, v0 = e1 - e2 - e3 + ep, e0 + e1 + e2 + ep
+                    yf[np.uintp(p1 + k)] = zero if act % 2 == 1 and v1 <= zero else v1
+                    yf[np.uintp(p0 + k)] = zero if act % 2 == 1 and v0 <= zero else v0
                 if step % 2 == 1:
                     x0 += 1
                     if x0 == tw:
@@ -522,8 +523,8 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
         for r in range(r0, r0 + rows if mode == 0 and finish else r0):  # the epilogue
             base = r * pitch + off
             for q_ in range(co):
-                v = yf[np.uintp(base + q_)] + bz[q_]
-                yf[np.uintp(base + q_)] = zero if act == 1 and v <= zero else v
+                v = yf[np.uintp(base + q_)] + (bias[q_] if act >= 2 else zero)
+                yf[np.uintp(base + q_)] = zero if act % 2 == 1 and v <= zero else v
         for r in range(rows if mode == 1 and not pointwise else 0):  # col2im
             # x += col[r] put back where im2col took it from (the padding's share dropped)
             xs = x0 * s - pw

@@ -82,7 +82,7 @@ def test_conv_gemm_epilogue_writes_bias_and_relu_into_its_channels_of_a_larger_o
     if mode in (windows.CONV2D, windows.CONV2D_PACKED):
         s = stride
     out = np.full((image[0], oh, ow, before + co + after), -7.0, np.float32)
-    windows.conv_gemm(mode, x, b, s, pad, pad, scratch, out, bias, act, co, before)
+    windows.conv_gemm(mode, x, b, s, pad, pad, scratch, out, bias, act + 2, co, before)
     np.testing.assert_allclose(out[..., before:before + co], want, rtol=2e-5, atol=2e-5)
     assert (out[..., :before] == -7).all() and (out[..., before + co:] == -7).all()
     # no epilogue, the whole output: the plain convolution
@@ -98,7 +98,7 @@ def test_conv_gemm_epilogue_relu_keeps_nan_as_graphnns_relu_does():
     w = np.ones((1, 1, 2, 3), np.float32)
     out = np.zeros((1, 4, 4, 3), np.float32)
     windows.conv_gemm(windows.CONV2D, x, w, 1, 0, 0, np.zeros(8, np.float32), out,
-                      np.array([-5, 0, 1], np.float32), 1, 0, 0)
+                      np.array([-5, 0, 1], np.float32), 3, 0, 0)
     assert np.isnan(out[0, 1, 1]).all()
     assert (out[0, 0, 0] == [0, 2, 3]).all()
 
