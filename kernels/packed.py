@@ -82,18 +82,21 @@ def pack_kernel(w):
 
 
 @intrinsic
-def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step):
+def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step, act,
+                 bias, at):
     # c[co + r*ldc + j] (+ what it holds when keep != 0) = sum over s < segs, t < kc of
     # a[ao + s*step + r*lda + t] * b[bo + (s*kc + t)*width + j], r < rows (a literal),
     # j < width (two vectors): `segs` runs of kc columns of a, `step` apart (one run: a
     # block of a patch matrix's rows; several: a convolution's windows read in place, one
-    # run per kernel row)
+    # run per kernel row); then, with act != 0, a convolution's epilogue on the tile in
+    # its registers: + bias[at + j] when act >= 2, relu (zero where <= 0, NaN kept) when
+    # act is odd (kernels/windows.py conv_gemm)
     if not isinstance(rows, _types.IntegerLiteral):
         return None
     height = rows.literal_value
 
     def codegen(context, builder, signature, args):
-        _, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step_ = args
+        _, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step_, act, bias, at = args
         ty = signature.args
         ap = _cgutils.gep(builder, context.make_array(ty[2])(context, builder, a).data, ao)
         bp = _cgutils.gep(builder, context.make_array(ty[5])(context, builder, b).data, bo)
@@ -103,8 +106,9 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs,
         width = PACK_VECTOR_BYTES * 8 // bits
         vt = _llir.VectorType(item, width)
         i64, i32 = _llir.IntType(64), _llir.IntType(32)
-        kc, lda, ldc, segs, step_ = (builder.sext(v, i64) if v.type.width < 64 else v
-                                     for v in (kc, lda, ldc, segs, step_))
+        kc, lda, ldc, segs, step_, act, at = (builder.sext(v, i64) if v.type.width < 64
+                                              else v for v in (kc, lda, ldc, segs, step_,
+                                                               act, at))
         fma = _cgutils.get_or_insert_function(
             builder.module, _llir.FunctionType(vt, [vt] * 3), f"llvm.fma.v{width}f{bits}")
         bytes_at = _llir.IntType(8).as_pointer()
@@ -217,22 +221,66 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs,
         joined(acc_run, start, entry, acc_end, ran)
         builder.position_at_end(done)
         final = phis([(start, entry), (acc_end, ran)])
+        # the tile stored as it is, or after the epilogue (no instruction is added to the
+        # tiles without one)
+        plain = builder.append_basic_block("tile.store")
+        finish = builder.append_basic_block("tile.epilogue")
+        biased = builder.append_basic_block("tile.bias")
+        finished = builder.append_basic_block("tile.finished")
+        end = builder.append_basic_block("tile.end")
+        builder.cbranch(builder.icmp_signed("!=", act, count(0)), finish, plain)
+        builder.position_at_end(plain)
         for k, phi in enumerate(final):
             builder.store(phi, vector(rowp[k // 2], k % 2 * width), align=4)
+        builder.branch(end)
+        builder.position_at_end(finish)
+        builder.cbranch(builder.icmp_signed(">=", act, count(2)), biased, finished)
+        builder.position_at_end(biased)
+        bp_ = _cgutils.gep(builder, context.make_array(ty[14])(context, builder, bias).data,
+                           at)
+        loaded = [builder.load(vector(bp_, h * width), align=4) for h in (0, 1)]
+        builder.branch(finished)
+        builder.position_at_end(finished)
+        zero = _llir.Constant(vt, None)
+        added = []
+        for h in (0, 1):
+            phi = builder.phi(vt)
+            phi.add_incoming(zero, finish)
+            phi.add_incoming(loaded[h], biased)
+            added.append(phi)
+        # relu's flag (act odd) in every lane
+        flags = _llir.VectorType(_llir.IntType(1), width)
+        relu = builder.insert_element(
+            _llir.Constant(flags, _llir.Undefined),
+            builder.icmp_signed("!=", builder.and_(act, count(1)), count(0)), i32(0))
+        relu = builder.shuffle_vector(relu, _llir.Constant(flags, _llir.Undefined), broadcast)
+        for k, phi in enumerate(final):
+            v = builder.fadd(phi, added[k % 2])
+            low = builder.fcmp_ordered("<=", v, zero)
+            v = builder.select(builder.and_(low, relu), zero, v)
+            builder.store(v, vector(rowp[k // 2], k % 2 * width), align=4)
+        builder.branch(end)
+        builder.position_at_end(end)
         return context.get_dummy_value()
 
-    return _types.none(rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step), codegen
+    return _types.none(rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step, act, bias,
+                       at), codegen
 
 
 @njit
-def _packed_tile_call(rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs=1, step=0):
+def _packed_tile_call(rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs=1, step=0, act=0,
+                      bias=None, at=0):
     # (each tile height the kernels use is its own literal)
+    if bias is None:
+        tb = c  # (not read: act < 2)
+    else:
+        tb = bias
     if rows == 12:
-        _packed_tile(12, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step)
+        _packed_tile(12, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step, act, tb, at)
     elif rows == 4:
-        _packed_tile(4, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step)
+        _packed_tile(4, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step, act, tb, at)
     elif rows == 1:
-        _packed_tile(1, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step)
+        _packed_tile(1, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs, step, act, tb, at)
     else:
         raise ValueError("a packed tile has 12, 4 or 1 rows")
 

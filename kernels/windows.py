@@ -337,6 +337,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     uf, us, taps = scratch, 0, 0  # the transformed kernel: where, how far apart, how many
     winograd = mode == 3 or mode == 4 or mode == 6
     yf = out.reshape(-1)
+    bv = yf if bias is None else bias  # (the bias: not read without act's 2)
     width = 2 * PACK_VECTOR_BYTES // out.itemsize  # a packed kernel's panel (mode 5)
     whole = co // width * width                    # columns in whole panels
     if winograd:
@@ -442,28 +443,33 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                     src, a0, dst0, d0, ldd = scratch, at + g * ci + k0, scratch, mt + g * co, \
                         16 * co
                 dst, o, ld = (dst0, d0 + p, ldd) if p < whole else (edge, 0, width)
+                # the epilogue (mode 5) by the tile kernel on the panel's last block, in its
+                # registers; a partial panel's as its columns are copied out of `edge`
+                fin = act if mode == 5 and p < whole and k0 + kb >= depth else 0
                 i = 0
                 while i < count:
                     ao, oi, left = a0 + i * lda, o + i * ld, count - i
                     if left >= 12:
-                        _packed_tile(12, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart)
+                        _packed_tile(12, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart,
+                                     fin, bv, p)
                         i += 12
                     elif left >= 4:
-                        _packed_tile(4, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart)
+                        _packed_tile(4, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart,
+                                     fin, bv, p)
                         i += 4
                     else:
-                        _packed_tile(1, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart)
+                        _packed_tile(1, kc, src, ao, lda, wf, bo, dst, oi, ld, k0, runs, apart,
+                                     fin, bv, p)
                         i += 1
                 for r in range(count if p >= whole and k0 + kb >= depth else 0):
                     for q in range(co - whole):
-                        dst0[np.uintp(d0 + r * ldd + whole + q)] = \
-                            edge[np.uintp(r * width + q)]
+                        v = edge[np.uintp(r * width + q)]
+                        if mode == 5 and act >= 2:
+                            v += bv[whole + q]
+                        if mode == 5 and act % 2 == 1 and v <= zero:
+                            v = zero
+                        dst0[np.uintp(d0 + r * ldd + whole + q)] = v
             if mode == 5:
-                for r in range(r0, r0 + rows if finish else r0):  # the epilogue
-                    base = r * pitch + off
-                    for q_ in range(co):
-                        v = yf[np.uintp(base + q_)] + (bias[q_] if act >= 2 else zero)
-                        yf[np.uintp(base + q_)] = zero if act % 2 == 1 and v <= zero else v
                 continue
         if winograd:
             for k in range(taps if mode != 6 else 0):  # products[k] = V[k] @ U[k], k < 16

@@ -247,7 +247,7 @@ def test_the_tile_kernel_keeps_its_tile_in_registers_and_prefetches_the_next_pan
 
     @njit
     def tile(a, b, c, kc):
-        packed._packed_tile(12, kc, a, 0, 101, b, 0, c, 0, 32, 0, 1, 0)
+        packed._packed_tile(12, kc, a, 0, 101, b, 0, c, 0, 32, 0, 1, 0, 0, c, 0)
 
     a, b, c = (np.ones(n, np.float32) for n in (1212, 6464, 384))
     tile(a, b, c, 101)  # (101 steps: 25 trips of the unrolled loop, then one more)
@@ -258,3 +258,25 @@ def test_the_tile_kernel_keeps_its_tile_in_registers_and_prefetches_the_next_pan
     assert len(fmas) == 24 * (packed.PACK_UNROLL + 1)
     assert all("zmm" in line and "(%" not in line.split(",")[-1] for line in fmas)
     assert "prefetcht1" in asm
+
+
+@needs_avx512
+@pytest.mark.parametrize("act", [1, 2, 3])
+def test_the_tile_kernel_applies_a_convolutions_epilogue_in_its_registers(act):
+    """act 2: + bias[at + j]; act 1: relu (zero where <= 0, NaN kept); 3: both."""
+    rng = np.random.default_rng(act)
+    kc, width = 7, packed.pack_width(4)
+    a = rng.standard_normal((12, kc)).astype(np.float32)
+    a[3, 0] = np.nan
+    b = rng.standard_normal((kc, width)).astype(np.float32)
+    bias = rng.standard_normal(width + 5).astype(np.float32)
+    c = np.full((12, width), 99.0, np.float32)
+    packed.PACKED_TILE(12, kc, a.reshape(-1), 0, kc, b.reshape(-1), 0, c.reshape(-1), 0,
+                       width, 0, 1, 0, act, bias, 5)
+    want = a.astype(np.float64) @ b
+    if act >= 2:
+        want = want + bias[5:]
+    if act % 2:
+        want = np.where(want <= 0, 0, want)
+    np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)
+    assert np.isnan(c[3]).all()
