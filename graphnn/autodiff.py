@@ -11,11 +11,12 @@ import numpy as np
 from .errors import GradError, user_location
 from .graph import topological_order
 from .node import Node, collector_paused
-from .registry import OPS, const_node
+from .registry import OPS, applied_alike, const_node
 from . import ops
 
 
 @collector_paused()  # (a deep graph: see node.collector_paused)
+@applied_alike()  # (its blocks' gradients: the same ops on the same shapes, see there)
 def grad(y, wrt, seed=None):
     """Gradient of `y` with respect to `wrt` (a node or a list of nodes; same structure back).
 

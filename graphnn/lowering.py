@@ -150,6 +150,7 @@ class Lowering:
         self._described = {}  # (name, op, sym_shape) -> _describe(node)
         self._codes = {}  # (op, dtype, argument variables) -> scalar code
         self._shapes = {}  # sym_shape -> shape (see `shape`)
+        self._expressions = {}  # _expression_key -> an expression's template (see there)
         self._bind_dims()
 
     # -- shapes -------------------------------------------------------------------------
@@ -409,6 +410,71 @@ class Lowering:
         result = value_of(root, loopvars)
         return ir.ScalarExpr(loads, stmts, result)
 
+    def group_expression(self, root, loopvars):
+        """`expression(root, loopvars)`, made once per structure: the blocks of a deep
+        graph fuse the same ops on the same shapes into their steps, and such an expression
+        is the first one's with the buffers of its own loads (`_expression_key`)."""
+        key, loaded = self._expression_key(root)
+        template = self._expressions.get(key) if key is not None else None
+        if template is not None:
+            buffers = [self.buffer_of(n) for n in loaded]  # (in the order value_of meets them)
+            loads, stmts, result = template
+            return ir.ScalarExpr({var: ir.Load(buffers[slot], index)
+                                  for var, slot, index in loads}, list(stmts), result)
+        expr = self.expression(root, loopvars)
+        if key is not None:
+            slots = {id(self.buffer_of(n)): k for k, n in enumerate(loaded)}
+            if len(slots) == len(loaded) and \
+                    all(id(load.buffer) in slots for load in expr.loads.values()):
+                self._expressions[key] = (
+                    tuple((var, slots[id(load.buffer)], load.index)
+                          for var, load in expr.loads.items()),
+                    tuple(expr.stmts), expr.result)
+        return expr
+
+    def _expression_key(self, root):
+        """(key, loaded) for `expression(root, loopvars of root)`: `loaded` the nodes whose
+        buffers it loads, in the order it meets them, and `key` everything else it is made
+        of, node by node as `value_of` walks them (a loaded node by its place in `loaded`,
+        shape and dtype; an inlined constant by itself; a size op by its source; an op by
+        its name, attrs, dtype, shape, node name and what it reads). Nodes with one key are
+        one node for everything but their loads (nodes are hash-consed), so the expression
+        is the same but for the loads' buffers. None when an attr is not hashable."""
+        loaded, tokens = [], {}
+
+        def token(node):
+            found = tokens.get(node)
+            if found is not None:
+                return found
+            opdef = OPS[node.op]
+            if node.op == "const" and self.inlined(node):
+                found = ("const", node)
+            elif opdef.kind == "size":
+                found = ("size", opdef.lower(self, node))
+            elif node is root or self.inlined(node):
+                attrs = node._attrs
+                if attrs and any(isinstance(v, (float, np.floating)) for _, v in attrs):
+                    attrs = tuple((k, (type(v), repr(v)) if isinstance(
+                        v, (float, np.floating)) else v) for k, v in attrs)
+                if opdef.kind == "pattern":
+                    reads = (token(opdef.lower(node, ("i",) * node.ndim)[0]),)
+                else:
+                    read = self.reads(node)
+                    reads = tuple(token(i) if len(read) == len(node.inputs) or
+                                  any(i is r for r in read) else None for i in node.inputs)
+                found = (node.op, attrs, node.dtype, node.sym_shape, node.name, reads)
+            else:
+                loaded.append(node)
+                found = ("load", len(loaded) - 1, node.sym_shape, node.dtype)
+            tokens[node] = found
+            return found
+        key = token(root)
+        try:
+            hash(key)
+        except TypeError:
+            return None, loaded
+        return key, loaded
+
     def _code(self, node, opdef, args, index, flat):
         """The scalar code of elementwise `node` on the variables `args`."""
         attrs = {k: _attr_source(node, k, v) for k, v in node.attrs.items()}
@@ -520,7 +586,7 @@ class Lowering:
         """The Elementwise step of `node` with every node that fuses into it."""
         out = self.result_buffer(node)
         loopvars = [f"i{k}" for k in range(node.ndim)]
-        expr = self.expression(node, loopvars)
+        expr = self.group_expression(node, loopvars)
         nodes = self.group_nodes(node)
         if len(nodes) > 1:
             comment += "  <- fused: " + ", ".join(self.describe(n) for n in nodes[1:][:6]) + (
@@ -544,7 +610,7 @@ class Lowering:
             out = self.new_buffer(finish)
         loopvars = [f"i{k}" for k in range(x.ndim)]
         if self.inlined(x):
-            expr = self.expression(x, loopvars)
+            expr = self.group_expression(x, loopvars)
             nodes = [node] + self.group_nodes(x)
         else:
             buf = self.buffer_of(x)

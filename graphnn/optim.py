@@ -27,7 +27,7 @@ from .autodiff import grad
 from .errors import GraphError, OptionError, user_location
 from .node import Node
 from .ops import cast, maximum, minimum, sqrt, sum as reduce_sum
-from .registry import active_scope, const_node
+from .registry import active_scope, applied_alike, const_node
 
 
 def _scalar(value, dtype):
@@ -274,6 +274,7 @@ class Optimizer:
             raise OptionError(f"{name}: clipnorm must be positive, got {self.clipnorm!r} "
                               f"(at {user_location()})")
 
+    @applied_alike()  # (each parameter's update: the same ops on the same shapes)
     def _param_updates(self, loss, params, grads=None):
         owner = f"{type(self).__name__}.updates"
         self._check_options()

@@ -7,6 +7,7 @@ see KINDS), and its Netron category. `register` checks a stanza and adds it to `
 `apply` builds a Node when any argument is a Node (graph mode) and otherwise computes at
 once on NumPy arrays (eager mode), recording on an active tape.
 """
+import contextlib
 import contextvars
 import inspect
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ active_tape = contextvars.ContextVar("graphnn_active_tape", default=None)
 active_scope = contextvars.ContextVar("graphnn_active_scope", default=None)
 # An eager profiler (eager.OpProfile), when one is collecting: time per op name.
 profiler = None
+# While gn.grad or an optimizer builds nodes (see `applied_alike`): what each op applied
+# to arguments of the same kind came to, by `_alike_key`. A context variable, not a global.
+active_alike = contextvars.ContextVar("graphnn_active_alike", default=None)
 
 
 class WrongDType(Exception):
@@ -259,11 +263,19 @@ def _apply(opname, args, attrs=None, name=None):
         if isinstance(a, Node):
             graph_mode = True
             break
+    alike = key = None
     if graph_mode:
         scope = active_scope.get()
         if scope is not None:  # eager: parameters, variables and constants are read
             args = scope.resolve(opname, args)
             graph_mode = False
+        else:
+            alike = active_alike.get()
+            if alike is not None and name is None:
+                key = _alike_key(opname, args, attrs)
+                found = alike.get(key) if key is not None else None
+                if found is not None and found.holds():
+                    return found.node(opname, args, attrs)
     specs = [spec_of(a) for a in args]
     for spec in specs:
         if spec.dtype.kind not in "fiu":
@@ -271,7 +283,7 @@ def _apply(opname, args, attrs=None, name=None):
             raise DTypeError(f"{opname}: argument {_describe(arg)} has dtype {spec.dtype}; "
                              f"graphnn computes on float and int arrays (at {user_location()})")
     try:
-        with S.undo_unification_on_error(s.sym_shape for s in specs):
+        with S.undo_unification_on_error(s.sym_shape for s in specs) as unification:
             sym_shape, dtype = opdef.infer(specs, **attrs)
     except Mismatch as exc:
         inputs = ", ".join(_describe(a) for a in args)
@@ -290,6 +302,9 @@ def _apply(opname, args, attrs=None, name=None):
         folded = _fold_scalar_constants(opdef, nodes, attrs, sym_shape, dtype, name)
         if folded is None:
             folded = _identity(opname, nodes, sym_shape, dtype, name)
+        if key is not None:
+            _Alike.remember(alike, key, args, nodes, unification.roots, sym_shape, dtype,
+                            folded)
         return folded if folded is not None else make_node(opname, attrs, nodes, sym_shape,
                                                            dtype, name)
     arrays = [np.asarray(a, dtype=dtype) if s.weak else np.asarray(a)
@@ -309,6 +324,101 @@ def _apply(opname, args, attrs=None, name=None):
     tape.record(opdef, [a if isinstance(a, np.ndarray) else t for a, t in zip(args, arrays)],
                 attrs, out)
     return out
+
+
+@contextlib.contextmanager
+def applied_alike():
+    """For the block, ops applied to arguments of the same kind skip what they found once.
+
+    A derivative graph repeats a few patterns thousands of times (every residual block's
+    gradient is the same ops on inputs of the same shapes), and most of `apply`'s work is
+    the same for each: checking and promoting the arguments, the shape rule, turning
+    Python numbers into constants, folding and identities. Inside this block, an op whose
+    name, attrs and arguments (each node by its shape and dtype, a constant node and a
+    Python number by itself) are those of an earlier call makes its node straight from
+    what that call found (`_Alike`); the node is the one `apply` would make, interned
+    alike. gn.grad and the optimizers' updates run inside it. (Blocks nest: the outer one
+    keeps its memo.)"""
+    if active_alike.get() is not None:
+        yield
+        return
+    token = active_alike.set({})
+    try:
+        yield
+    finally:
+        active_alike.reset(token)
+
+
+def _alike_key(opname, args, attrs):
+    """What `apply`'s result depends on besides the identity of the (non-constant) node
+    arguments, or None when an argument or attr is of a kind not looked up (an array, an
+    unhashable value). Numbers go in with their type and repr (0.0 and -0.0, 1 and True
+    are different constants)."""
+    parts = []
+    for a in args:
+        if isinstance(a, Node):
+            parts.append(a if a.op == "const" else (a.sym_shape, a.dtype))
+        elif isinstance(a, (int, float)) and not isinstance(a, np.generic):
+            parts.append((type(a), repr(a)))
+        else:
+            return None
+    items = []
+    for k, v in attrs.items():
+        if isinstance(v, (float, np.floating)):
+            v = (type(v), repr(v))
+        items.append((k, v))
+    key = (opname, tuple(items), tuple(parts))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+class _Alike:
+    """What `apply` found for one `_alike_key`: the result's shape and dtype, the constant
+    nodes that stand for its Python-number arguments, and whether the result was one of
+    its arguments (an identity such as x * 1) or a folded constant. Valid while the
+    symbols of the arguments' shapes are not unified with others (`holds`)."""
+
+    __slots__ = ("roots", "sym_shape", "dtype", "consts", "result")
+
+    @staticmethod
+    def remember(memo, key, args, nodes, roots, sym_shape, dtype, folded):
+        """Keep what `apply` found for `key`, unless the shape rule unified symbols, made
+        a new one, or casts were added (those are made again each time)."""
+        if any(root.parent is not None for root in roots):
+            return  # (the rule unified symbols: the next call may not)
+        known = {d for d in roots} | {d for a in nodes for d in a.sym_shape
+                                      if isinstance(d, S.Sym)}
+        if any(isinstance(d, S.Sym) and d not in known for d in sym_shape):
+            return  # (a new symbol: each call makes its own)
+        consts = [None if isinstance(a, Node) else n for a, n in zip(args, nodes)]
+        if any(a is not n for a, n in zip(args, nodes) if isinstance(a, Node)):
+            return  # (a cast was added)
+        entry = _Alike()
+        entry.roots, entry.sym_shape, entry.dtype, entry.consts = roots, sym_shape, dtype, \
+            consts
+        entry.result = None
+        if folded is not None:
+            # an identity: the argument at its place; a folded constant: that constant
+            # (its arguments are all constants, each in the key by itself)
+            entry.result = next((k for k, n in enumerate(nodes) if n is folded), folded)
+        memo[key] = entry
+
+    def holds(self):
+        return all(root.parent is None for root in self.roots)
+
+    def node(self, opname, args, attrs):
+        """`apply(opname, args, attrs)` for arguments of this entry's key."""
+        result = self.result
+        if result is not None:
+            if not isinstance(result, int):
+                return result
+            const = self.consts[result]
+            return args[result] if const is None else const
+        nodes = [a if c is None else c for a, c in zip(args, self.consts)]
+        return make_node(opname, attrs, nodes, self.sym_shape, self.dtype)
 
 
 def input_count(opdef):

@@ -164,19 +164,33 @@ class Program:
 
 def step_reads(step):
     """The buffers a step reads."""
-    if isinstance(step, Reduce) and step.post is not None:
-        return [load.buffer for e in (step.expr, step.post) for load in e.loads.values()]
-    if isinstance(step, (Elementwise, Reduce)):
+    reads = _READS.get(type(step))  # (looked up by class: every pass asks for every step)
+    if reads is None:  # (a subclass)
+        reads = next((r for kind, r in _READS.items() if isinstance(step, kind)), _reads_nothing)
+    return reads(step)
+
+
+def _loads_read(step):
+    return [load.buffer for load in step.expr.loads.values()]
+
+
+def _reduce_reads(step):
+    if step.post is None:
         return [load.buffer for load in step.expr.loads.values()]
-    if isinstance(step, ArgmaxMask):
-        return [step.src]
-    if isinstance(step, (Matmul, BatchMatmul)):
-        return [step.a, step.b]
-    if isinstance(step, Window):
-        bias = step.epilogue and step.epilogue[0]
-        return list(step.args) + ([bias] if bias is not None else [])
-    if isinstance(step, Reshape):
-        return [step.src]
-    if isinstance(step, Place):
-        return [part[0] for part in step.parts]
+    return [load.buffer for e in (step.expr, step.post) for load in e.loads.values()]
+
+
+def _window_reads(step):
+    bias = step.epilogue and step.epilogue[0]
+    return list(step.args) + ([bias] if bias is not None else [])
+
+
+def _reads_nothing(step):
     return []
+
+
+# step_reads of each step class
+_READS = {Elementwise: _loads_read, Reduce: _reduce_reads,
+          ArgmaxMask: lambda step: [step.src], Matmul: lambda step: [step.a, step.b],
+          BatchMatmul: lambda step: [step.a, step.b], Window: _window_reads,
+          Reshape: lambda step: [step.src], Place: lambda step: [part[0] for part in step.parts]}

@@ -666,3 +666,95 @@ def test_gradient_with_a_symbolic_batch_dim():
     loss = gn.mean(gn.tanh(x @ W + b))
     for batch in (1, 4):
         assert_grads_match(loss, [W, b], {"x": rng.normal(size=(batch, 3))})
+
+
+# -- ops applied alike (registry.applied_alike): gn.grad and the optimizers make each node
+# of a repeated pattern from what the first one found; the graph is the one made without --
+
+def _graph_text(roots):
+    """Every node of the graph reachable from `roots`, in order: op, attrs, inputs (by
+    place), shape, dtype and name."""
+    from graphnn.graph import topological_order
+    order = topological_order(roots)
+    place = {id(n): k for k, n in enumerate(order)}
+    return [(n.op, repr(n._attrs), [place[id(i)] for i in n.inputs],
+             gn.shapes.format_shape(n.sym_shape), str(n.dtype), n.name) for n in order]
+
+
+def _residual_training_graph(blocks, width=6):
+    rng = rng_for(3)
+    x = gn.input("x", (None, width), dtype="float32")
+    y = gn.input("y", (None,), dtype="int64")
+    params, h = [], x
+    for k in range(blocks):
+        W = gn.param(f"W{k}", rng.normal(size=(width, width)).astype(np.float32) * 0.3)
+        b = gn.param(f"b{k}", rng.normal(size=width).astype(np.float32) * 0.1)
+        params += [W, b]
+        h = h + gn.relu(h @ W + b) * 0.5 - 0.0 * h  # (Python numbers: constants by value)
+    Wo = gn.param("Wo", rng.normal(size=(width, 3)).astype(np.float32))
+    params.append(Wo)
+    loss = gn.softmax_cross_entropy(h @ Wo, y)
+    updates = gn.optim.SGD(lr=0.1, weight_decay=1e-3).updates(loss, params)
+    return loss, params, updates
+
+
+@pytest.mark.parametrize("blocks", [1, 5])
+def test_grad_makes_the_same_graph_with_and_without_the_alike_memo(monkeypatch, blocks):
+    import graphnn.registry as registry
+    made = []
+    remember = registry._Alike.node
+    monkeypatch.setattr(registry._Alike, "node",
+                        lambda self, *a: made.append(a[0]) or remember(self, *a))
+    loss, params, updates = _residual_training_graph(blocks)
+    with_memo = _graph_text([loss] + [updates[p] for p in params])
+    assert len(made) >= 10 * (blocks - 1)  # (the memo was used: each block after the first)
+    monkeypatch.setattr(registry, "_alike_key", lambda *a: None)  # (never looked up)
+    loss, params, updates = _residual_training_graph(blocks)
+    without = _graph_text([loss] + [updates[p] for p in params])
+    assert with_memo == without
+    assert len(with_memo) > 30 * blocks
+
+
+def test_grad_with_the_alike_memo_computes_the_values_it_computed_without(monkeypatch):
+    import graphnn.registry as registry
+    feeds = {"x": rng_for(4).normal(size=(5, 6)).astype(np.float32),
+             "y": np.array([0, 2, 1, 1, 0])}
+    results = []
+    for memo in (True, False):
+        if not memo:
+            monkeypatch.setattr(registry, "_alike_key", lambda *a: None)
+        loss, params, updates = _residual_training_graph(4)
+        f = gn.compile(loss, updates=updates, backend="numpy")
+        losses = [float(f(**feeds)) for _ in range(2)]
+        results.append((losses, [p.value.copy() for p in params]))
+    (l1, p1), (l2, p2) = results
+    assert l1 == l2 and l1[1] < l1[0]
+    assert all(np.array_equal(a, b) for a, b in zip(p1, p2))
+
+
+def test_applied_alike_tells_numbers_apart_by_type_and_sign():
+    from graphnn.registry import applied_alike
+    x = gn.input("x", (3,), dtype="float64")
+    with applied_alike():
+        nodes = [x * 0.0, x * -0.0, x * 1, x * 1.0, x + 0, x * 2, x * 2.0]
+    assert nodes[2] is x and nodes[3] is x and nodes[4] is x  # (identities, as without)
+    zero, minus_zero = nodes[0].inputs[1].value, nodes[1].inputs[1].value
+    assert np.signbit(minus_zero) and not np.signbit(zero)
+    assert nodes[5] is nodes[6]  # (2 and 2.0 become the same float64 constant)
+    assert nodes[5].inputs[1].value == 2.0 and nodes[5].shape == (3,)
+
+
+def test_applied_alike_forgets_a_shape_whose_symbols_were_unified_since():
+    from graphnn.registry import applied_alike
+    # a and c share one named batch symbol; b has a symbol of its own
+    a = gn.input("a", ("alike_test_batch", 2), dtype="float64")
+    c = gn.input("c", ("alike_test_batch", 2), dtype="float64")
+    b = gn.input("b", (None, 2), dtype="float64")
+    with applied_alike():
+        first = gn.relu(a)  # (its shape rule gives the batch symbol's representative)
+        assert first.sym_shape[0] is gn.shapes.resolve(a.sym_shape[0])
+        a + b  # unifies the batch symbol with b's: the representative changes
+        fresh = gn.relu(c)  # (same key as relu(a): the shape must not be the old one)
+    assert gn.shapes.resolve(a.sym_shape[0]) is not first.sym_shape[0]
+    assert fresh.sym_shape[0] is gn.shapes.resolve(c.sym_shape[0])
+    assert fresh.sym_shape[0] is gn.shapes.resolve(b.sym_shape[0])

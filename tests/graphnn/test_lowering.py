@@ -231,3 +231,64 @@ def test_a_dead_temporary_is_reused_by_a_later_step_of_its_shape():
     W = w.value.astype(np.float64)
     np.testing.assert_allclose(gn.compile(out, backend="cpu")(a=A), A @ W @ W @ W @ W,
                                rtol=1e-5, atol=1e-6)
+
+
+# -- expressions made once per structure (Lowering.group_expression): the program is the
+# one made expression by expression --
+
+def _lowered_text(roots, inputs, states, monkeypatch=None):
+    """repr of the program lowered from `roots` (after the passes), and how many
+    expressions were built node by node."""
+    built = []
+    expression = L.Lowering.expression
+
+    def counted(self, *args, **kwargs):
+        built.append(args[0])
+        return expression(self, *args, **kwargs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(L.Lowering, "expression", counted)
+        if monkeypatch == "off":
+            patch.setattr(L.Lowering, "_expression_key", lambda self, root: (None, []))
+        optimized, _ = passes.optimize(roots)
+        program, _ = L.lower(optimized, inputs, states, optimized, [])
+    return repr(program), len(built)
+
+
+def _twice(seed):
+    """Two copies of fuzz graph `seed` (inputs and parameters of their own), as one graph."""
+    import graph_fuzzer
+    from graphnn.graph import topological_order
+    copies = [graph_fuzzer.build(seed) for _ in range(2)]
+    roots = [r for fg in copies for r in list(fg.outputs) + list(fg.updates.values())]
+    order = topological_order(roots)
+    return (roots, [n for n in order if n.op == "input"],
+            [n for n in order if n.op in ("param", "variable")])
+
+
+@pytest.mark.parametrize("seed", range(0, 120, 3))
+def test_expressions_found_by_structure_lower_as_they_did_node_by_node(seed):
+    roots, inputs, states = _twice(seed)
+    with_memo, built = _lowered_text(roots, inputs, states)
+    without, built_without = _lowered_text(roots, inputs, states, "off")
+    assert with_memo == without
+    assert built <= built_without
+
+
+def test_a_residual_stack_builds_each_block_expression_once():
+    x = gn.input("x", (None, 8))
+    h, params = x, []
+    for k in range(6):
+        W, b = gn.param(f"W{k}", shape=(8, 8), seed=k), gn.param(f"b{k}", shape=(8,))
+        params += [W, b]
+        h = h + gn.relu(h @ W + b) * 0.5
+    loss = gn.mean(gn.square(h))
+    roots = [loss] + gn.grad(loss, params)
+    with_memo, built = _lowered_text(roots, [x], params)
+    without, built_without = _lowered_text(roots, [x], params, "off")
+    assert with_memo == without
+    assert built_without >= 6 * 4 and built <= built_without - 5 * 3  # (blocks 2-6: found)
+    feeds = {"x": np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)}
+    got = gn.compile(roots, backend="cpu", library=True, progress=False)(**feeds)
+    expected = gn.compile(roots, backend="numpy")(**feeds)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-6)
