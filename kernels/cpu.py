@@ -167,7 +167,8 @@ def generate(program, parallel=False, approximate=True):
     # shared step functions are only called from `program`: no Python or C entry points
     shared = deco.replace("@njit(", "@njit(no_cpython_wrapper=True, no_cfunc_wrapper=True, ")
     body = _program_functions(program, parallel, deco, shared)
-    helpers_used = sorted({s.helper for s in program.steps if isinstance(s, ir.Window)})
+    helpers_used = sorted({s.helper for s in program.steps if isinstance(s, ir.Window)} |
+                          ({EPILOGUES_USED} if _has_epilogues(program) else set()))
     matmul = any(isinstance(s, (ir.Matmul, ir.BatchMatmul)) for s in program.steps)
     batched = any(isinstance(s, ir.BatchMatmul) for s in program.steps)
     vector = any(uses_gemv(s) for s in program.steps)
@@ -189,7 +190,8 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
     out = list(out)
     # convolutions run as BLAS products (kernels/windows.py, *_gemm)
     gemm_used = [h for h in helpers_used if h in GEMM_HELPERS]
-    helpers_used = [h for h in helpers_used if h not in GEMM_HELPERS]
+    epilogues = EPILOGUES_USED in helpers_used
+    helpers_used = [h for h in helpers_used if h not in GEMM_HELPERS and h != EPILOGUES_USED]
     if approximate:
         # Numba inlines a helper at each call site (so the loop can vectorise) at a compile
         # cost of about 0.2 s per site: inline only where the sites are few.
@@ -222,7 +224,7 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
                 "(kernels/packed.py)", f"PACKED = {uses_packed}",
                 f"PACK_VECTOR_BYTES = {packed.PACK_VECTOR_BYTES}",
                 f"PACK_DEPTH = {packed.PACK_DEPTH}", f"PACK_PREFETCH = {packed.PACK_PREFETCH}",
-                f"PACK_UNROLL = {packed.PACK_UNROLL}",
+                f"PACK_UNROLL = {packed.PACK_UNROLL}", f"EPILOGUES = {epilogues}",
                 f"DIRECT_MIN_WIDTH = {windows.DIRECT_MIN_WIDTH}",
                 f"EPILOGUE_ROWS = {windows.EPILOGUE_ROWS}", "",
                 inspect.getsource(packed._packed_tile).rstrip(), ""]
@@ -474,7 +476,7 @@ def fold_conv_pads(program, step_nodes=None):
     return folded
 
 
-def place_in_concat(program, step_nodes=None):
+def place_in_concat(program, step_nodes=None, training=False):
     """Write parts of concatenations in place: an elementwise step whose result is a part
     of a concat (a Place step without zero fill) and is read by nothing else (the bias and
     relu after each branch of a SqueezeNet fire module or an Inception block) stores its
@@ -498,7 +500,8 @@ def place_in_concat(program, step_nodes=None):
             parts = []
             for part in step.parts:
                 i = writer.get(part[0].name)
-                if i is not None and _placeable(steps, i, j, part, step.out, kept, viewed):
+                if i is not None and _placeable(steps, i, j, part, step.out, kept, viewed,
+                                                training):
                     producer = steps[i]
                     if isinstance(producer, ir.Window):  # a convolution: its channels
                         producer.epilogue = (None, 0, part[0].shape[3], part[2])
@@ -522,11 +525,13 @@ def place_in_concat(program, step_nodes=None):
     return placed
 
 
-def _placeable(steps, i, j, part, out, kept, viewed):
+def _placeable(steps, i, j, part, out, kept, viewed, training):
     src, axis, start = part
     producer = steps[i]
     if isinstance(producer, ir.Window):  # a forward convolution writing channels of out
+        # (not in a training step: see fold_conv_epilogues)
         if producer.helper not in FORWARD_CONVOLUTIONS or producer.epilogue is not None or \
+                training or \
                 axis != 3 or src.dtype not in ("float32", "float64") or \
                 not all(isinstance(d, int) and d > 0 for d in producer.args[1].shape):
             return False
@@ -553,20 +558,32 @@ def _placeable(steps, i, j, part, out, kept, viewed):
     return all(p[0].name != src.name for p in others) and _dead_after(steps, j, src.name)
 
 
+EPILOGUES_USED = "(epilogues)"  # in a module's helpers: its conv_gemm needs EPILOGUES
+
+
+def _has_epilogues(program):
+    return any(getattr(s, "epilogue", None) for s in program.steps)
+
+
 FORWARD_CONVOLUTIONS = ("conv2d", "conv2d_packed", "conv2d_winograd",
                         "conv2d_winograd_packed")
 
 
-def fold_conv_epilogues(program, step_nodes=None):
+def fold_conv_epilogues(program, step_nodes=None, training=False):
     """Finish convolutions as they are written: an elementwise step right after a forward
     convolution that reads its result element for element and adds a per-channel bias,
     applies relu, or both (or only copies it into a concatenation, see place_in_concat)
     becomes the convolution's epilogue (ir.Window.epilogue, kernels/windows.py conv_gemm),
     and the convolution writes where that step wrote (in place, a concatenation's
     channels or another buffer); the step is removed (`step_nodes` as in fold_conv_pads).
-    Only when the convolution's own result is read by nothing else. Returns the steps
+    Only when the convolution's own result is read by nothing else, and not in a
+    training step (`training`: the program updates parameters): a training step gains little from it (its convolutions'
+    products dominate), and conv_gemm without epilogues compiles 0.3 s quicker
+    (windows.EPILOGUES), which cnn-mnist's cold compile (<= 5 s) needs. Returns the steps
     folded."""
     steps = program.steps
+    if training:
+        return 0
     kept = {b.name for b in program.outputs} | {b.name for pair in program.updates
                                                  for b in pair}
     viewed = {b.base.name for s in steps for b in [s.out] + list(ir.step_reads(s))
@@ -1550,7 +1567,8 @@ def generate_library(program, parallel=False, approximate=True):
             kernels.append(source)
         return f"K{numbers[source]}"
     convolutions = tuple(sorted({s.helper for s in program.steps
-                                 if isinstance(s, ir.Window) and s.helper in GEMM_HELPERS}))
+                                 if isinstance(s, ir.Window) and s.helper in GEMM_HELPERS} |
+                                ({EPILOGUES_USED} if _has_epilogues(program) else set())))
     # a deep graph repeats a few step structures thousands of times: each structure's
     # kernel and call are found once (see _loops_key), then each step costs a lookup
     calls = {}

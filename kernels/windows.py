@@ -238,6 +238,9 @@ PACKED = True
 # outputs at least this wide: a tile's rows are outputs of one row
 DIRECT_MIN_WIDTH = 24
 EPILOGUE_ROWS = 256  # rows per block at most, when an epilogue finishes each block
+# a generated module whose convolutions have no epilogue says EPILOGUES = False, and Numba
+# leaves the epilogues' code out of conv_gemm (0.3 s of compile time; see PACKED)
+EPILOGUES = True
 
 
 def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off=0):
@@ -329,7 +332,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     # (direct: a block is one output row)
     block = total if pointwise else ow if direct else min(total, scratch.size // cols)
     finish = act != 0  # an epilogue to apply
-    if finish and mode != 1 and mode != 2:  # blocks whose rows are still in cache after
+    if EPILOGUES and finish and mode != 1 and mode != 2:  # blocks whose rows are still in cache after
         block = min(block, max(EPILOGUE_ROWS, ow))  # their products
     # the windows im2col copies: kh x kw, s apart, one per output (th x tw of them);
     # Winograd: 4 x 4, 2 apart, one per 2x2 tile of outputs
@@ -501,10 +504,14 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                     e0, e1 = scratch[np.uintp(first + k)], scratch[np.uintp(first + k + co)]
                     e2 = scratch[np.uintp(first + k + 2 * co)]
                     e3 = scratch[np.uintp(first + k + 3 * co)]
-                    ep = bias[k] if act >= 2 else zero  # (the epilogue)
-                    v1, v0 = e1 - e2 - e3 + ep, e0 + e1 + e2 + ep
-                    yf[np.uintp(p1 + k)] = zero if act % 2 == 1 and v1 <= zero else v1
-                    yf[np.uintp(p0 + k)] = zero if act % 2 == 1 and v0 <= zero else v0
+                    v1, v0 = e1 - e2 - e3, e0 + e1 + e2
+                    if EPILOGUES:  # (the epilogue)
+                        ep = bias[k] if act >= 2 else zero
+                        v1, v0 = v1 + ep, v0 + ep
+                        v1 = zero if act % 2 == 1 and v1 <= zero else v1
+                        v0 = zero if act % 2 == 1 and v0 <= zero else v0
+                    yf[np.uintp(p1 + k)] = v1
+                    yf[np.uintp(p0 + k)] = v0
                 if step % 2 == 1:
                     x0 += 1
                     if x0 == tw:
@@ -526,11 +533,12 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
             c, m_, n_c, ldc = w.reshape(-1), cols, co, co
         _cblas_gemm(ta, tb, m_, n_c, p.shape[0] if ta == 112 else p.shape[1],
                     one, p, p.shape[1], q, q.shape[1], beta, c, ldc)
-        for r in range(r0, r0 + rows if mode == 0 and finish else r0):  # the epilogue
-            base = r * pitch + off
-            for q_ in range(co):
-                v = yf[np.uintp(base + q_)] + (bias[q_] if act >= 2 else zero)
-                yf[np.uintp(base + q_)] = zero if act % 2 == 1 and v <= zero else v
+        if EPILOGUES:
+            for r in range(r0, r0 + rows if mode == 0 and finish else r0):  # the epilogue
+                base = r * pitch + off
+                for q_ in range(co):
+                    v = yf[np.uintp(base + q_)] + (bias[q_] if act >= 2 else zero)
+                    yf[np.uintp(base + q_)] = zero if act % 2 == 1 and v <= zero else v
         for r in range(rows if mode == 1 and not pointwise else 0):  # col2im
             # x += col[r] put back where im2col took it from (the padding's share dropped)
             xs = x0 * s - pw

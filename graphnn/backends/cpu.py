@@ -58,10 +58,12 @@ class CpuFunction(LoweredFunction):
         folded = cpu_codegen.fold_conv_pads(self.program, lowering.step_nodes)
         steps = len(self.program.steps)
         # (and the parts of concatenations stored in place by the steps that make them)
-        placed = cpu_codegen.place_in_concat(self.program, lowering.step_nodes) \
+        training = bool(self.update_pairs)
+        placed = cpu_codegen.place_in_concat(self.program, lowering.step_nodes, training) \
             if self.passes["concat_in_place"] else 0
         # (and bias + relu after a convolution done as it writes its result)
-        epilogues = cpu_codegen.fold_conv_epilogues(self.program, lowering.step_nodes) \
+        epilogues = cpu_codegen.fold_conv_epilogues(self.program, lowering.step_nodes,
+                                                    training) \
             if self.passes["conv_epilogues"] else 0
         if folded or len(self.program.steps) != steps:  # (steps renumbered: the kernels list again, as LoweredFunction makes it)
             self.kernels = [{"name": f"step {k}: {type(step).__name__.lower()}",

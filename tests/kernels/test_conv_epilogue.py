@@ -331,3 +331,24 @@ def test_dense_block_convolutions_write_their_new_channels_into_the_concatenatio
     feed = rng.standard_normal((1, 9, 9, 8)).astype("f4")
     np.testing.assert_allclose(f(x=feed), gn.compile(out, backend="numpy")(x=feed),
                                rtol=2e-5, atol=2e-5)
+
+
+def test_training_steps_keep_their_bias_and_relu_steps_and_compile_no_epilogue_code():
+    """Epilogues are for inference programs: a training step's conv_gemm module says
+    EPILOGUES = False (Numba leaves the epilogues' code out), an inference one's True."""
+    rng = np.random.default_rng(15)
+    x = gn.input("x", (2, 8, 8, 3))
+    w = gn.param("w", (0.3 * rng.standard_normal((3, 3, 3, 4))).astype("f4"))
+    b = gn.param("b", np.zeros(4, "f4"))
+    y = gn.relu(gn.conv2d(x, w, padding="same") + b)
+    loss = gn.sum(y * y)
+    train = gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, [w, b]),
+                       backend="cpu", library=True)
+    infer = gn.compile(y, backend="cpu", library=True)
+    assert train.stats["conv_epilogues"] == 0 and infer.stats["conv_epilogues"] == 1
+    flags = [[m.EPILOGUES for m, _ in f._kernels if hasattr(m, "conv_gemm")]
+             for f in (train, infer)]
+    assert flags == [[False], [True]]
+    feed = rng.standard_normal((2, 8, 8, 3)).astype("f4")
+    np.testing.assert_allclose(infer(x=feed), gn.compile(y, backend="numpy")(x=feed),
+                               rtol=2e-5, atol=2e-5)
