@@ -28,13 +28,13 @@ from . import blas, ir, loader
 from .approx import APPROXIMATIONS, WIDE_VECTORS_ATTRIBUTE, WIDE_VECTORS_IMPORTS, wide_vectors
 from . import grouped, packed, random, windows
 from .windows import GEMM_HELPERS, GEMM_SUPPORT, col_block_rows, is_pointwise, \
-    use_winograd, winograd_block_tiles, winograd_scratch_items
+    use_winograd, winograd_block_tiles, winograd_scratch_items, winograd_side, winograd_tiles
 
 # the window helpers a generated module may copy: convolutions, pooling (windows.py) and
 # depthwise and grouped convolutions (grouped.py)
 HELPERS = {**windows.HELPERS, **grouped.HELPERS}
 
-GENERATOR_VERSION = "cpu-22"
+GENERATOR_VERSION = "cpu-23"
 # What `program` raises, before any step, when the input arrays' shapes are not its own.
 SHAPE_MISMATCH = "graphnn: input shapes differ from the compiled program's"
 # ... and when an integer input holds a value outside its index range (program.index_checks).
@@ -168,7 +168,7 @@ def generate(program, parallel=False, approximate=True):
     shared = deco.replace("@njit(", "@njit(no_cpython_wrapper=True, no_cfunc_wrapper=True, ")
     body = _program_functions(program, parallel, deco, shared)
     helpers_used = sorted({s.helper for s in program.steps if isinstance(s, ir.Window)} |
-                          ({EPILOGUES_USED} if _has_epilogues(program) else set()))
+                          _conv_code_used(program))
     matmul = any(isinstance(s, (ir.Matmul, ir.BatchMatmul)) for s in program.steps)
     batched = any(isinstance(s, ir.BatchMatmul) for s in program.steps)
     vector = any(uses_gemv(s) for s in program.steps)
@@ -191,7 +191,9 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
     # convolutions run as BLAS products (kernels/windows.py, *_gemm)
     gemm_used = [h for h in helpers_used if h in GEMM_HELPERS]
     epilogues = EPILOGUES_USED in helpers_used
-    helpers_used = [h for h in helpers_used if h not in GEMM_HELPERS and h != EPILOGUES_USED]
+    winograd_f4 = WINOGRAD_F4_USED in helpers_used
+    helpers_used = [h for h in helpers_used if h not in GEMM_HELPERS and
+                    h not in (EPILOGUES_USED, WINOGRAD_F4_USED)]
     if approximate:
         # Numba inlines a helper at each call site (so the loop can vectorise) at a compile
         # cost of about 0.2 s per site: inline only where the sites are few.
@@ -225,6 +227,7 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
                 f"PACK_VECTOR_BYTES = {packed.PACK_VECTOR_BYTES}",
                 f"PACK_DEPTH = {packed.PACK_DEPTH}", f"PACK_PREFETCH = {packed.PACK_PREFETCH}",
                 f"PACK_UNROLL = {packed.PACK_UNROLL}", f"EPILOGUES = {epilogues}",
+                f"WINOGRAD_F4 = {winograd_f4}",
                 f"DIRECT_MIN_WIDTH = {windows.DIRECT_MIN_WIDTH}",
                 f"EPILOGUE_ROWS = {windows.EPILOGUE_ROWS}", "",
                 inspect.getsource(packed._packed_tile).rstrip(), ""]
@@ -433,10 +436,12 @@ def _winograd(step):
     if not pre and (not all(isinstance(d, int) for d in (kh, kw, ci, co, oh, ow)) or
                     not use_winograd(kh, kw, s, ci, co, oh, ow)):
         return None
-    block = winograd_block_tiles(ci, co, _itemsize(step.out.dtype))
-    tiles = f"{step.out.shape[0]} * {((oh + 1) // 2) * ((ow + 1) // 2)}"
-    fixed = winograd_scratch_items(ci, co, 0, pre)
-    per_tile = winograd_scratch_items(ci, co, 1, pre) - fixed
+    side = step.args[1].shape[0] - 2 if pre else 2  # (U is 6 x 6 for F(4x4, 3x3))
+    taps = (side + 2) ** 2
+    block = winograd_block_tiles(ci, co, _itemsize(step.out.dtype), taps)
+    tiles = f"{step.out.shape[0]} * {winograd_tiles(oh, ow, side)}"
+    fixed = winograd_scratch_items(ci, co, 0, pre, taps)
+    per_tile = winograd_scratch_items(ci, co, 1, pre, taps) - fixed
     return block, f"{fixed} + min({tiles}, {block}) * {per_tile}"
 
 
@@ -559,10 +564,20 @@ def _placeable(steps, i, j, part, out, kept, viewed, training):
 
 
 EPILOGUES_USED = "(epilogues)"  # in a module's helpers: its conv_gemm needs EPILOGUES
+WINOGRAD_F4_USED = "(winograd f4)"  # ... needs WINOGRAD_F4
 
 
 def _has_epilogues(program):
     return any(getattr(s, "epilogue", None) for s in program.steps)
+
+
+def _conv_code_used(program):
+    """The markers of the parts of conv_gemm that `program`'s convolutions need beyond its
+    modes (see _with_support): epilogues, F(4x4, 3x3) Winograd."""
+    return ({EPILOGUES_USED} if _has_epilogues(program) else set()) | (
+        {WINOGRAD_F4_USED} if any(isinstance(s, ir.Window) and s.helper in (
+            "conv2d_winograd", "conv2d_winograd_packed") and s.args[1].shape[0] == 6
+            for s in program.steps) else set())
 
 
 FORWARD_CONVOLUTIONS = ("conv2d", "conv2d_packed", "conv2d_winograd",
@@ -708,12 +723,13 @@ def winograd_constants(program, values, pack=False):
             continue
         if w.name not in made:
             index = len(program.consts)
-            u = windows.winograd_kernel(np.asarray(values[w.arg_index]))
+            side = winograd_side(oh, ow)
+            u = windows.winograd_kernel(np.asarray(values[w.arg_index]), side)
             helper = "conv2d_winograd"
             if pack and u.dtype == np.float32 and u.shape[3] >= packed.WINOGRAD_MIN_OUTPUTS:
-                ci = u.shape[2]
+                t, ci = u.shape[0], u.shape[2]
                 u = np.stack([packed.pack_kernel(m.reshape(1, 1, ci, -1))
-                              for m in u.reshape(16, ci, -1)]).reshape(4, 4, ci, -1)
+                              for m in u.reshape(t * t, ci, -1)]).reshape(t, t, ci, -1)
                 helper = "conv2d_winograd_packed"
             made[w.name] = ir.Buffer(f"c{index}", u.shape, w.dtype, "const", index), helper
             program.consts.append(made[w.name][0])
@@ -1568,7 +1584,7 @@ def generate_library(program, parallel=False, approximate=True):
         return f"K{numbers[source]}"
     convolutions = tuple(sorted({s.helper for s in program.steps
                                  if isinstance(s, ir.Window) and s.helper in GEMM_HELPERS} |
-                                ({EPILOGUES_USED} if _has_epilogues(program) else set())))
+                                _conv_code_used(program)))
     # a deep graph repeats a few step structures thousands of times: each structure's
     # kernel and call are found once (see _loops_key), then each step costs a lookup
     calls = {}

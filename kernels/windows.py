@@ -241,6 +241,9 @@ EPILOGUE_ROWS = 256  # rows per block at most, when an epilogue finishes each bl
 # a generated module whose convolutions have no epilogue says EPILOGUES = False, and Numba
 # leaves the epilogues' code out of conv_gemm (0.3 s of compile time; see PACKED)
 EPILOGUES = True
+# a generated module with no F(4x4, 3x3) Winograd convolution (a U of 6 x 6 x ci x co)
+# says WINOGRAD_F4 = False, and Numba leaves that code out of conv_gemm (see PACKED)
+WINOGRAD_F4 = True
 
 
 def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off=0):
@@ -339,16 +342,21 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     wh, ww, ws, th, tw, at = kh, kw, s, oh, ow, 0
     uf, us, taps = scratch, 0, 0  # the transformed kernel: where, how far apart, how many
     winograd = mode == 3 or mode == 4 or mode == 6
+    wt = 4  # a Winograd window's side (4 or 6, below)
     yf = out.reshape(-1)
     bv = yf if bias is None else bias  # (the bias: not read without act's 2)
     width = 2 * PACK_VECTOR_BYTES // out.itemsize  # a packed kernel's panel (mode 5)
     whole = co // width * width                    # columns in whole panels
     if winograd:
         half = out.dtype.type(0.5)
-        wh, ww, ws, th, tw = 4, 4, 2, (oh + 1) // 2, (ow + 1) // 2
+        # F(2x2, 3x3): 4x4 windows 2 apart; F(4x4, 3x3), when U is 6 x 6 x ci x co: 6x6
+        # windows 4 apart (mode CONV2D_WINOGRAD transforms its kernel for F(2x2, 3x3))
+        wt = w.shape[0] if mode != 3 else 4
+        tm = wt - 2
+        wh, ww, ws, th, tw = wt, wt, tm, (oh + tm - 1) // tm, (ow + tm - 1) // tm
         total = n_ * th * tw
         block = max(1, min(s, total))
-        cols = 16 * ci
+        cols = wt * wt * ci
         plane = ci * co
         # (loop bounds read from arrays, not literals: LLVM would unroll the loops)
         if mode == 4 or mode == 6:
@@ -405,7 +413,26 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                 x0, y = 0, y + 1
                 if y == th:
                     y, n = 0, n + 1
-        if winograd:
+        if WINOGRAD_F4 and winograd and wt == 6:
+            # F(4x4, 3x3)'s V = B^T d B in place: B^T's rows (4 0 -5 0 1 0),
+            # (0 -4 -4 1 1 0), (0 4 -4 -1 1 0), (0 -2 -1 2 1 0), (0 2 -1 -2 1 0),
+            # (0 4 0 -5 0 1) down the columns of each window (6 apart), then along its rows
+            f2, f4, f5 = out.dtype.type(2), out.dtype.type(4), out.dtype.type(5)
+            for step in range(rows * 12):
+                rw, k = step // 12, step % 12
+                apart = ci if k >= 6 else 6 * ci
+                first = at + rw * cols + (6 * (k - 6) * ci if k >= 6 else k * ci)
+                for c in range(first, first + ci):
+                    d0, d1 = scratch[np.uintp(c)], scratch[np.uintp(c + apart)]
+                    d2, d3 = scratch[np.uintp(c + 2 * apart)], scratch[np.uintp(c + 3 * apart)]
+                    d4, d5 = scratch[np.uintp(c + 4 * apart)], scratch[np.uintp(c + 5 * apart)]
+                    scratch[np.uintp(c)] = f4 * d0 - f5 * d2 + d4
+                    scratch[np.uintp(c + apart)] = d3 + d4 - f4 * (d1 + d2)
+                    scratch[np.uintp(c + 2 * apart)] = f4 * (d1 - d2) + d4 - d3
+                    scratch[np.uintp(c + 3 * apart)] = f2 * (d3 - d1) + d4 - d2
+                    scratch[np.uintp(c + 4 * apart)] = f2 * (d1 - d3) + d4 - d2
+                    scratch[np.uintp(c + 5 * apart)] = f4 * d1 - f5 * d3 + d5
+        elif winograd:
             # V = B^T d B in place: B^T's rows (1 0 -1 0), (0 1 1 0), (0 -1 1 0), (0 1 0 -1)
             # applied down the columns of each window (4 apart), then along its rows
             for step in range(rows * 8):
@@ -444,7 +471,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                     a0 = (r0 // ow // oh * h_ + r0 // ow % oh * s) * w_ * c_
                 elif mode == 6:
                     src, a0, dst0, d0, ldd = scratch, at + g * ci + k0, scratch, mt + g * co, \
-                        16 * co
+                        taps * co
                 dst, o, ld = (dst0, d0 + p, ldd) if p < whole else (edge, 0, width)
                 # the epilogue (mode 5) by the tile kernel on the panel's last block, in its
                 # registers; a partial panel's as its columns are copied out of `edge`
@@ -475,9 +502,50 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
             if mode == 5:
                 continue
         if winograd:
-            for k in range(taps if mode != 6 else 0):  # products[k] = V[k] @ U[k], k < 16
+            for k in range(taps if mode != 6 else 0):  # products[k] = V[k] @ U[k]
                 _cblas_gemm(111, 111, rows, co, ci, one, scratch[at + k * ci:], cols,
-                            uf[k * us:], co, zero, scratch[mt + k * co:], 16 * co)
+                            uf[k * us:], co, zero, scratch[mt + k * co:], taps * co)
+        if WINOGRAD_F4 and winograd and wt == 6:
+            # F(4x4, 3x3)'s 4x4 tile = A^T M A: A^T's rows (1 1 1 1 1 0), (0 1 -1 2 -2 0),
+            # (0 1 1 4 4 0), (0 1 -1 8 -8 1) down the columns of M (6 apart, into its first
+            # four rows), then along those rows (into their first four entries), in place;
+            # then each output copied out (with the epilogue), those past y's edge left
+            f2, f4, f8 = out.dtype.type(2), out.dtype.type(4), out.dtype.type(8)
+            for step in range(rows * 10):
+                rw, k = step // 10, step % 10
+                apart = co if k >= 6 else 6 * co
+                first = mt + rw * 36 * co + (6 * (k - 6) * co if k >= 6 else k * co)
+                for c in range(first, first + co):
+                    e0, e1 = scratch[np.uintp(c)], scratch[np.uintp(c + apart)]
+                    e2, e3 = scratch[np.uintp(c + 2 * apart)], scratch[np.uintp(c + 3 * apart)]
+                    e4, e5 = scratch[np.uintp(c + 4 * apart)], scratch[np.uintp(c + 5 * apart)]
+                    s12, d12, s34, d34 = e1 + e2, e1 - e2, e3 + e4, e3 - e4
+                    scratch[np.uintp(c)] = e0 + s12 + s34
+                    scratch[np.uintp(c + apart)] = d12 + f2 * d34
+                    scratch[np.uintp(c + 2 * apart)] = s12 + f4 * s34
+                    scratch[np.uintp(c + 3 * apart)] = d12 + f8 * d34 + e5
+            n = r0 // (th * tw)
+            y = (r0 - n * th * tw) // tw
+            x0 = r0 - (n * th + y) * tw
+            for step in range(rows * 16):
+                i, j = step % 16 // 4, step % 4
+                if 4 * y + i < oh and 4 * x0 + j < ow:
+                    src = mt + (step // 16 * 36 + i * 6 + j) * co
+                    dst = ((n * oh + 4 * y + i) * ow + 4 * x0 + j) * pitch + off
+                    for k in range(co):
+                        v = scratch[np.uintp(src + k)]
+                        if EPILOGUES:  # (the epilogue)
+                            v += bias[k] if act >= 2 else zero
+                            v = zero if act % 2 == 1 and v <= zero else v
+                        yf[np.uintp(dst + k)] = v
+                if step % 16 == 15:
+                    x0 += 1
+                    if x0 == tw:
+                        x0, y = 0, y + 1
+                        if y == th:
+                            y, n = 0, n + 1
+            continue
+        if winograd:
             # y's 2x2 tile = A^T M A: A^T's rows (1 1 1 0), (0 1 -1 -1) applied down the
             # columns of M (4 apart, in place), then along its first two rows into y; a
             # tile's outputs past y's edge go to its first output, which is written last
@@ -576,11 +644,26 @@ WINOGRAD_MIN_TILES = 36    # fewer tiles per image: the kernel's transform domin
 # (U, 16/9 of the kernel's size, is read from the last-level cache at batch 1), so the
 # same 36 tiles (12x12 outputs) as for CONV2D_WINOGRAD.
 WINOGRAD_MIN_TILES_U = 36
+# F(4x4, 3x3) from outputs this wide and high (winograd_side). Its U is 36/16 of F(2x2,
+# 3x3)'s, and at batch 1 a network's U is read from beyond L2 at each call: alone, a
+# 13x13 or 14x14 layer was 0.79-0.90x F(2x2, 3x3)'s time, but inside SqueezeNet,
+# DenseNet-121, ResNet-50 and VGG-19 (other layers' weights read in between) the whole
+# model was as fast or 2-4% faster with F(2x2, 3x3) there; from 28x28 up F(4x4, 3x3) takes
+# 0.66-0.70x the time (docs/BENCHMARKS.md, "Winograd F(4x4, 3x3)")
+WINOGRAD_F4_MIN_SIDE = 24
 
 
-def winograd_tiles(oh, ow):
-    """Tiles of 2x2 outputs covering an oh x ow output, per image."""
-    return ((oh + 1) // 2) * ((ow + 1) // 2)
+def winograd_tiles(oh, ow, side=2):
+    """Tiles of side x side outputs covering an oh x ow output, per image."""
+    return ((oh + side - 1) // side) * ((ow + side - 1) // side)
+
+
+def winograd_side(oh, ow):
+    """The output tile of a Winograd convolution whose kernel is transformed beforehand
+    (CONV2D_WINOGRAD_U, see use_winograd): 4 (F(4x4, 3x3), 4x fewer multiplies than im2col
+    + gemm, and 6x6 transformed windows per 16 outputs instead of 4x4 per 4) when the
+    output is at least WINOGRAD_F4_MIN_SIDE each way, else 2."""
+    return 4 if min(oh, ow) >= WINOGRAD_F4_MIN_SIDE else 2
 
 
 def use_winograd(kh, kw, s, ci, co, oh, ow, pretransformed=False):
@@ -593,12 +676,18 @@ def use_winograd(kh, kw, s, ci, co, oh, ow, pretransformed=False):
             and winograd_tiles(oh, ow) >= least)
 
 
-def winograd_kernel(w):
+def winograd_kernel(w, tile=2):
     """U = G g G^T for each (input, output) channel pair of a 3x3 HWIO kernel `w`: the
-    4 x 4 x ci x co array conv_gemm's CONV2D_WINOGRAD_U mode reads, in w's dtype. The
-    same product CONV2D_WINOGRAD computes at every call."""
-    g = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+    4 x 4 x ci x co array conv_gemm's CONV2D_WINOGRAD_U mode reads for F(2x2, 3x3), in w's
+    dtype (the same product CONV2D_WINOGRAD computes at every call); with `tile` 4, the
+    6 x 6 x ci x co array it reads for F(4x4, 3x3)."""
     w = np.ascontiguousarray(w)
+    if tile == 4:  # (G's entries 1/4, 1/6, 1/12, 1/24: the product in float64, then rounded)
+        g = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                      [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+        u = np.kron(g, g) @ w.reshape(9, -1).astype(np.float64)
+        return u.astype(w.dtype).reshape((6, 6) + w.shape[2:])
+    g = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
     # (G kron G) @ w as 9 x (ci co): one BLAS product in w's dtype, as CONV2D_WINOGRAD
     # computes it (G's entries are 0, +-1/2 and 1: exact in float32; a 512x512 kernel
     # takes about 10 ms; einsum's loop took 0.1 s, which every gn.compile of VGG-19 would
@@ -607,19 +696,19 @@ def winograd_kernel(w):
     return u.reshape((4, 4) + w.shape[2:])
 
 
-def winograd_block_tiles(ci, co, itemsize):
+def winograd_block_tiles(ci, co, itemsize, taps=16):
     """Tiles per gemm round of a Winograd convolution (before capping at the tiles there
-    are)."""
-    return max(WINOGRAD_MIN_ROUND, WINOGRAD_BYTES // (16 * (ci + co) * itemsize))
+    are); `taps`: 16 for F(2x2, 3x3), 36 for F(4x4, 3x3)."""
+    return max(WINOGRAD_MIN_ROUND * 16 // taps, WINOGRAD_BYTES // (taps * (ci + co) * itemsize))
 
 
-def winograd_scratch_items(ci, co, tiles, pretransformed=False):
+def winograd_scratch_items(ci, co, tiles, pretransformed=False, taps=16):
     """Items of scratch conv_gemm's Winograd mode needs for rounds of `tiles` tiles: the
     transformed kernel (16 matrices ci x co, 16 items apart), G kron G (16 x 9), and one
-    round's transformed windows and products; with `pretransformed` (CONV2D_WINOGRAD_U)
-    only the round's."""
+    round's transformed windows and products (`taps` per tile, see winograd_block_tiles);
+    with `pretransformed` (CONV2D_WINOGRAD_U) only the round's."""
     fixed = 0 if pretransformed else 16 * (ci * co + 16) + 144
-    return fixed + 16 * (ci + co) * tiles
+    return fixed + taps * (ci + co) * tiles
 
 
 HELPERS = {f.__name__: f for f in (conv2d, conv2d_grad_input, conv2d_grad_filter, max_pool2d,

@@ -34,24 +34,29 @@ EPILOGUE_CASES = {
     "packed": (windows.CONV2D_PACKED, (2, 6, 7, 5), (3, 3, 5, 40), 1, 1),
     "packed-direct": (windows.CONV2D_PACKED, (1, 5, 30, 3), (3, 3, 3, 33), 1, 0),
     "winograd-packed": (windows.CONV2D_WINOGRAD_PACKED, (1, 8, 9, 6), (3, 3, 6, 35), 1, 1),
+    # F(4x4, 3x3) (a 6 x 6 U): partial 4x4 tiles on both edges
+    "winograd-f4-u": (windows.CONV2D_WINOGRAD_U, (2, 10, 11, 5), (3, 3, 5, 7), 1, 1),
+    "winograd-f4-packed": (windows.CONV2D_WINOGRAD_PACKED, (1, 9, 7, 6), (3, 3, 6, 35), 1, 1),
 }
 
 
-def _operands(mode, x, w, oh, ow):
-    """(b, s) conv_gemm takes in `mode` for kernel w, and a scratch large enough."""
+def _operands(mode, x, w, oh, ow, side=2):
+    """(b, s) conv_gemm takes in `mode` for kernel w (a Winograd mode: for output tiles
+    side x side), and a scratch large enough."""
     ci, co = w.shape[2], w.shape[3]
     s = 1
     if mode in (windows.CONV2D_WINOGRAD, windows.CONV2D_WINOGRAD_U,
                 windows.CONV2D_WINOGRAD_PACKED):
         s = 3  # tiles per round: several rounds, the last partial
         b = w
+        t = side + 2
         if mode != windows.CONV2D_WINOGRAD:
-            b = windows.winograd_kernel(w)
+            b = windows.winograd_kernel(w, side)
         if mode == windows.CONV2D_WINOGRAD_PACKED:
             b = np.stack([packed.pack_kernel(m.reshape(1, 1, ci, co))
-                          for m in b.reshape(16, ci, co)]).reshape(4, 4, ci, -1)
-        items = windows.winograd_scratch_items(ci, co, s,
-                                               mode != windows.CONV2D_WINOGRAD)
+                          for m in b.reshape(t * t, ci, co)]).reshape(t, t, ci, -1)
+        items = windows.winograd_scratch_items(ci, co, s, mode != windows.CONV2D_WINOGRAD,
+                                               t * t)
     else:
         b = packed.pack_kernel(w) if mode == windows.CONV2D_PACKED else w
         items = 3 * w.shape[0] * w.shape[1] * ci  # three patch rows per block
@@ -78,18 +83,21 @@ def test_conv_gemm_epilogue_writes_bias_and_relu_into_its_channels_of_a_larger_o
     if act:
         want = np.where(want <= 0, 0, want)
     co, before, after = kernel[3], 3, 5
-    b, s, scratch = _operands(mode, x, w, oh, ow)
+    b, s, scratch = _operands(mode, x, w, oh, ow, 4 if "-f4" in name else 2)
     if mode in (windows.CONV2D, windows.CONV2D_PACKED):
         s = stride
     out = np.full((image[0], oh, ow, before + co + after), -7.0, np.float32)
     windows.conv_gemm(mode, x, b, s, pad, pad, scratch, out, bias, act + 2, co, before)
-    np.testing.assert_allclose(out[..., before:before + co], want, rtol=2e-5, atol=2e-5)
+    # (F(4x4, 3x3)'s transforms multiply by up to 8 and 1/24: float32 rounding relative to
+    # the largest output)
+    tol = 1e-5 * np.abs(want).max() if "-f4" in name else 2e-5
+    np.testing.assert_allclose(out[..., before:before + co], want, rtol=2e-5, atol=tol)
     assert (out[..., :before] == -7).all() and (out[..., before + co:] == -7).all()
     # no epilogue, the whole output: the plain convolution
     plain = np.full((image[0], oh, ow, co), np.nan, np.float32)
     windows.conv_gemm(mode, x, b, s, pad, pad, scratch, plain)
     np.testing.assert_allclose(plain, _reference(x, w, stride, pad, pad, oh, ow),
-                               rtol=2e-5, atol=2e-5)
+                               rtol=2e-5, atol=tol)
 
 
 def test_conv_gemm_epilogue_relu_keeps_nan_as_graphnns_relu_does():

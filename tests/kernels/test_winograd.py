@@ -79,6 +79,76 @@ def test_pretransformed_winograd_mode_equals_the_direct_loops(name, dtype):
                                    err_msg=f"{name} rounds of {block}")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_f4_winograd_mode_equals_the_direct_loops(name, dtype):
+    """F(4x4, 3x3): conv_gemm's CONV2D_WINOGRAD_U mode with U = winograd_kernel(w, 4), 6 x 6
+    x ci x co (4x4 output tiles from 6x6 windows 4 apart, the edge tiles partial), in
+    rounds of one tile, two and all, with a NaN scratch of the size it asks for."""
+    image, co, padding = CASES[name]
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(image).astype(dtype)
+    w = rng.standard_normal((3, 3, image[3], co)).astype(dtype)
+    want, ph, pw = _reference(x, w, padding)
+    u = windows.winograd_kernel(w, 4)
+    assert u.shape == (6, 6, image[3], co) and u.dtype == dtype
+    tiles = image[0] * windows.winograd_tiles(want.shape[1], want.shape[2], 4)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for block in sorted({1, 2, tiles}):
+        scratch = np.full(windows.winograd_scratch_items(
+            image[3], co, min(block, tiles), pretransformed=True, taps=36), np.nan, dtype)
+        got = np.full(want.shape, np.nan, dtype)
+        windows.conv_gemm(windows.CONV2D_WINOGRAD_U, x, u, block, ph, pw, scratch, got)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max(),
+                                   err_msg=f"{name} rounds of {block}")
+
+
+def test_f4_winograd_is_chosen_for_outputs_at_least_24_wide_and_high():
+    assert windows.winograd_side(24, 24) == 4
+    assert windows.winograd_side(56, 56) == 4
+    assert windows.winograd_side(23, 56) == 2   # (a 6 x 6 U read for too few tiles)
+    assert windows.winograd_side(14, 14) == 2
+    assert windows.winograd_tiles(13, 11, 4) == 4 * 3
+    assert windows.winograd_tiles(24, 25, 4) == 6 * 7
+
+
+def _f4_graph(rng):
+    """Inference convolutions with constant kernels: 26x25 'same' (F(4x4, 3x3), edge tiles
+    partial), 24x24 'valid' from 26x26 with 128 outputs (F(4x4, 3x3), U packed where the
+    tile kernel runs), and 12x12 (F(2x2, 3x3)); each + bias, relu."""
+    outs, feeds = [], {}
+    for k, (image, co, padding) in enumerate([((2, 26, 25, 8), 12, "same"),
+                                              ((1, 26, 26, 9), 128, "valid"),
+                                              ((1, 12, 12, 8), 16, "same")]):
+        x = gn.input(f"x{k}", image)
+        feeds[f"x{k}"] = rng.standard_normal(image).astype(np.float32)
+        w = gn.const((0.3 * rng.standard_normal((3, 3, image[3], co))).astype(np.float32))
+        b = gn.const(rng.standard_normal(co).astype(np.float32))
+        outs.append(gn.relu(gn.conv2d(x, w, padding=padding) + b))
+    return feeds, outs
+
+
+@pytest.mark.parametrize("library", [False, True])
+def test_compiled_f4_winograd_convolutions_equal_the_numpy_backend(library):
+    feeds, outs = _f4_graph(np.random.default_rng(12))
+    f = gn.compile(outs, backend="cpu", library=library)
+    sides = sorted(c.shape[:2] for c in f.program.consts
+                   if len(c.shape) == 4 and c.shape[0] != 3)  # (the U, not the kernels)
+    assert sides == [(4, 4), (6, 6), (6, 6)], "two 6 x 6 U (F(4x4, 3x3)), one 4 x 4"
+    assert "WINOGRAD_F4 = True" in f.source  # (library mode: the kernels' sources too)
+    want = gn.compile(outs, backend="numpy")(**feeds)
+    for a, b in zip(f(**feeds), want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+def test_programs_without_f4_winograd_leave_its_code_out():
+    """A training step's convolutions (kernels that change) and small inference outputs
+    run F(2x2, 3x3) or none: their conv_gemm says WINOGRAD_F4 = False."""
+    feeds, targets = _graph("float32")
+    f = gn.compile(targets, backend="cpu")
+    assert "WINOGRAD_F4 = False" in f.source and "WINOGRAD_F4 = True" not in f.source
+
+
 def test_winograd_is_chosen_for_3x3_stride_1_with_enough_channels_and_tiles():
     use = windows.use_winograd
     assert use(3, 3, 1, 8, 8, 12, 12)          # 36 tiles of 2x2 outputs
