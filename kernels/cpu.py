@@ -703,12 +703,13 @@ def winograd_constants(program, values, pack=False):
     graph's weights; `values` holds the program's constants in order) and that pays as
     Winograd with the kernel transformed beforehand (use_winograd(..., pretransformed))
     becomes a `conv2d_winograd` step (conv_gemm's CONV2D_WINOGRAD_U) reading a new
-    constant U = winograd_kernel(w), appended to `program.consts` (one per kernel, however
-    many steps read it). Returns the new constants' arrays, to pass after `values`.
+    constant U = winograd_kernel(w, side), appended to `program.consts` (one per kernel,
+    however many steps read it; `side` 4, F(4x4, 3x3), for outputs at least
+    WINOGRAD_F4_MIN_SIDE each way, see windows.winograd_side, else 2). Returns the new constants' arrays, to pass after `values`.
     A kernel that is a parameter (training) keeps CONV2D_WINOGRAD: it changes at every
     step. With `pack`, on a CPU where graphnn's tile kernel runs (packed.available()), a
     float32 U with at least packed.WINOGRAD_MIN_OUTPUTS output channels is also packed (its
-    16 matrices ci x co, each by packed.pack_kernel) and the step is a
+    16 or 36 matrices ci x co, each by packed.pack_kernel) and the step is a
     `conv2d_winograd_packed` (CONV2D_WINOGRAD_PACKED)."""
     pack = pack and packed.available()
     made, arrays = {}, []

@@ -17,7 +17,9 @@ Gradients: input = col2im(dY @ W^T) (a scatter-add of each block of columns), fi
 sum over blocks of im2col(X)^T @ dY (gemm's transpose flags, no transposed copies).
 Stride-1 3x3 convolutions with enough channels and outputs (`use_winograd`) run as
 Winograd F(2x2, 3x3) instead: 16 gemms per round of 2x2 output tiles, 2.25x fewer
-multiplies (conv_gemm's CONV2D_WINOGRAD mode).
+multiplies (conv_gemm's CONV2D_WINOGRAD mode); with a constant kernel transformed
+beforehand and outputs at least 24 wide and high (`winograd_side`), as F(4x4, 3x3): 36
+gemms per round of 4x4 output tiles, 4x fewer multiplies.
 """
 import numpy as np
 
@@ -257,7 +259,8 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     CONV2D_WINOGRAD     a = x, b = w, out = y, a 3x3 kernel and stride 1, as Winograd
                         F(2x2, 3x3) in rounds of `s` tiles (below)
     CONV2D_WINOGRAD_U   the same, b = U = winograd_kernel(w) (4 x 4 x ci x co), the
-                        kernel transformed once beforehand (a constant kernel)
+                        kernel transformed once beforehand (a constant kernel); with
+                        U = winograd_kernel(w, 4) (6 x 6 x ci x co), as F(4x4, 3x3)
     CONV2D_PACKED       a = x, b = pack_kernel(w) (kernels/packed.py), out = y: the
                         forward product by graphnn's own tile kernel, reading the kernel
                         in the layout it was packed into once beforehand
@@ -288,7 +291,10 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     the scratch starts with the windows), G kron G, then one round's windows
     (tiles x 16 x ci: the patch matrix of 4x4 windows 2 apart, transformed in place) and
     products (tiles x 16 x co); the gemms read these with leading dimensions of 16 channel
-    rows, so nothing is copied for them.
+    rows, so nothing is copied for them. F(4x4, 3x3) (a 6 x 6 U, modes CONV2D_WINOGRAD_U
+    and CONV2D_WINOGRAD_PACKED) is the same with 6x6 windows 4 apart, B^T and A^T of
+    Lavin and Gray's F(4x4, 3x3), 36 products per round, and each output of a tile copied
+    out (with the epilogue) once A^T M A is in the scratch.
 
     The forward modes finish their result as they write it (an epilogue, `act`: 0 none,
     1 relu, 2 bias, 3 bias then relu): `bias` (1-D, co items; not read without act's 2)

@@ -1,6 +1,7 @@
-"""Stride-1 3x3 convolutions as Winograd F(2x2, 3x3) (kernels/windows.py, conv_gemm's mode
-CONV2D_WINOGRAD): the helper against the direct loops, when the cpu back end chooses it,
-and compiled graphs that use it against the numpy back end (the reference)."""
+"""Stride-1 3x3 convolutions as Winograd F(2x2, 3x3) and F(4x4, 3x3) (kernels/windows.py,
+conv_gemm's Winograd modes): the helper against the direct loops, when the cpu back end
+chooses which, and compiled graphs that use them against the numpy back end (the
+reference)."""
 import re
 
 import numpy as np
