@@ -246,6 +246,10 @@ EPILOGUES = True
 # a generated module with no F(4x4, 3x3) Winograd convolution (a U of 6 x 6 x ci x co)
 # says WINOGRAD_F4 = False, and Numba leaves that code out of conv_gemm (see PACKED)
 WINOGRAD_F4 = True
+# a generated module none of whose convolutions is a gradient (modes CONV2D_GRAD_INPUT,
+# CONV2D_GRAD_FILTER) or transforms its kernel at each call (CONV2D_WINOGRAD) says
+# TRAINING_MODES = False, and Numba leaves their code out of conv_gemm (see PACKED)
+TRAINING_MODES = True
 
 
 def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off=0):
@@ -330,7 +334,8 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
             (oh - 1) * s + kh <= h_ and (ow - 1) * s + kw <= w_ and \
             kh * kw * ci <= PACK_DEPTH and ow >= DIRECT_MIN_WIDTH
     empty = total == 0 or co == 0 or cols == 0  # (BLAS wants sizes >= 1)
-    if empty or (mode == 1 and not pointwise):  # zeros: the result, or col2im's start
+    if empty or (TRAINING_MODES and mode == 1 and not pointwise):  # zeros: the result, or
+        # col2im's start
         of = out.reshape(-1)
         for k in range(of.size):
             of[k] = zero
@@ -365,7 +370,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
         cols = wt * wt * ci
         plane = ci * co
         # (loop bounds read from arrays, not literals: LLVM would unroll the loops)
-        if mode == 4 or mode == 6:
+        if mode == 4 or mode == 6 or not TRAINING_MODES:
             uf, us, taps = w.reshape(-1), plane, w.shape[0] * w.shape[1]
         else:
             us = plane + 16
@@ -613,7 +618,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                 for q_ in range(co):
                     v = yf[np.uintp(base + q_)] + (bias[q_] if act >= 2 else zero)
                     yf[np.uintp(base + q_)] = zero if act % 2 == 1 and v <= zero else v
-        for r in range(rows if mode == 1 and not pointwise else 0):  # col2im
+        for r in range(rows if TRAINING_MODES and mode == 1 and not pointwise else 0):  # col2im
             # x += col[r] put back where im2col took it from (the padding's share dropped)
             xs = x0 * s - pw
             j0 = max(0, -xs)

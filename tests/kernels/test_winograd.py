@@ -137,6 +137,8 @@ def test_compiled_f4_winograd_convolutions_equal_the_numpy_backend(library):
                    if len(c.shape) == 4 and c.shape[0] != 3)  # (the U, not the kernels)
     assert sides == [(4, 4), (6, 6), (6, 6)], "two 6 x 6 U (F(4x4, 3x3)), one 4 x 4"
     assert "WINOGRAD_F4 = True" in f.source  # (library mode: the kernels' sources too)
+    # (no gradient, no kernel transformed at each call: that code is left out too)
+    assert "TRAINING_MODES = False" in f.source and "TRAINING_MODES = True" not in f.source
     want = gn.compile(outs, backend="numpy")(**feeds)
     for a, b in zip(f(**feeds), want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
@@ -144,10 +146,12 @@ def test_compiled_f4_winograd_convolutions_equal_the_numpy_backend(library):
 
 def test_programs_without_f4_winograd_leave_its_code_out():
     """A training step's convolutions (kernels that change) and small inference outputs
-    run F(2x2, 3x3) or none: their conv_gemm says WINOGRAD_F4 = False."""
+    run F(2x2, 3x3) or none: their conv_gemm says WINOGRAD_F4 = False (and, with gradients
+    and kernels transformed at each call, TRAINING_MODES = True)."""
     feeds, targets = _graph("float32")
     f = gn.compile(targets, backend="cpu")
     assert "WINOGRAD_F4 = False" in f.source and "WINOGRAD_F4 = True" not in f.source
+    assert "TRAINING_MODES = True" in f.source
 
 
 def test_winograd_is_chosen_for_3x3_stride_1_with_enough_channels_and_tiles():
