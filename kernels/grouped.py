@@ -29,10 +29,28 @@ def depthwise_conv2d(x, w, s, ph, pw, out):
     xf, wf, of = x.reshape(-1), w.reshape(-1), out.reshape(-1)
     zero = out.dtype.type(0)
     c = np.uintp(c_)
+    r1 = w_ * c_  # the next image row
+    taps = ((c_, c_), (2 * c_, 2 * c_), (r1, 3 * c_), (r1 + c_, 4 * c_),
+            (r1 + 2 * c_, 5 * c_), (2 * r1, 6 * c_), (2 * r1 + c_, 7 * c_),
+            (2 * r1 + 2 * c_, 8 * c_))
     for n in range(n_):
         for y in range(oh):
             for x0 in range(ow):
                 o = np.uintp(((n * oh + y) * ow + x0) * c_)
+                y0, xs = y * s - ph, x0 * s - pw
+                if kh == 3 and kw == 3 and y0 >= 0 and xs >= 0 and y0 + 3 <= h_ and \
+                        xs + 3 <= w_:
+                    # (the window wholly inside the image: its sum over the taps in a
+                    # register, each tap (input, kernel offset) in the order of the loops
+                    # below, so the same sum)
+                    a0 = ((n * h_ + y0) * w_ + xs) * c_
+                    for q in range(c_):
+                        a = a0 + q
+                        acc = zero + xf[np.uintp(a)] * wf[np.uintp(q)]
+                        for t, u in taps:
+                            acc += xf[np.uintp(a + t)] * wf[np.uintp(q + u)]
+                        of[o + np.uintp(q)] = acc
+                    continue
                 for k in range(c):
                     of[o + k] = zero
                 for i in range(kh):

@@ -53,6 +53,9 @@ DEPTHWISE_CASES = [
     ((1, 7, 7, 4), (3, 3, 1, 4), 2, (1, 1, 1, 1), (1, 1, 1, 1)),   # ShuffleNet's
     ((1, 4, 5, 2), (2, 3, 1, 2), 3, (2, 0, 1, 3), (2, 0, 1, 3)),   # uneven, wide stride
     ((1, 3, 3, 5), (3, 3, 1, 5), 1, (2, 2, 2, 2), (2, 2, 2, 2)),   # taps wholly in the pad
+    # 3x3 windows mostly wholly inside the image (the kernels' register path), odd channels
+    ((2, 9, 8, 19), (3, 3, 1, 19), 1, (1, 1, 1, 1), (1, 1, 1, 1)),
+    ((1, 11, 10, 7), (3, 3, 1, 7), 2, (0, 1, 1, 0), (0, 1, 1, 0)),
 ]
 
 
