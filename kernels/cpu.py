@@ -744,7 +744,9 @@ def winograd_constants(program, values, pack=False):
             program.consts.append(made[w.name][0])
             arrays.append(u)
         u, step.helper = made[w.name]
-        step.args = [x, u]
+        # (F(4x4, 3x3) also reads the 3x3 kernel, for windows that hold a NaN or an
+        # infinity: see windows.conv_gemm)
+        step.args = [x, u, w] if u.shape[0] == 6 else [x, u]
         step.comment = (step.comment + "\n" if step.comment else "") + \
             f"(Winograd, {w.name} transformed beforehand" \
             f"{' and packed' if step.helper.endswith('_packed') else ''}: {u.name})"
@@ -1148,7 +1150,10 @@ def _emit_step(em, step, allocated, loop, needed):
                        else f"np.empty(0, {_dtype_src(step.out.dtype)})")
             # np.intp: Numba compiles conv_gemm once, not once per mode, stride and padding
             ints = [f"np.intp({p})" for p in (GEMM_HELPERS[step.helper],) + step.params]
-            buffers = [b.name for b in step.args]
+            buffers = [b.name for b in step.args[:2]]
+            # (F(4x4, 3x3): the 3x3 kernel U was made from, see winograd_constants)
+            kernel = step.args[2].name if len(step.args) > 2 else \
+                f"np.empty((0, 0, 0, 0), {_dtype_src(step.out.dtype)})"
             winograd = _winograd(step)
             if winograd:  # mode CONV2D_WINOGRAD(_U), whose "stride" is the tiles per round
                 mode = GEMM_HELPERS[step.helper] if step.helper != "conv2d" \
@@ -1163,7 +1168,7 @@ def _emit_step(em, step, allocated, loop, needed):
             code = act + (2 if step.epilogue and step.epilogue[0] is not None else 0)
             em.emit(f"conv_gemm({', '.join(ints[:1] + buffers + ints[1:])}, {scratch}, "
                     f"{step.out.name}, {bias}, np.intp({code}), np.intp({cout}), "
-                    f"np.intp({off}))")
+                    f"np.intp({off}), {kernel})")
         else:
             # np.intp: one compiled helper for every window size and stride
             ints = [f"np.intp({p})" for p in step.params]

@@ -252,7 +252,8 @@ WINOGRAD_F4 = True
 TRAINING_MODES = True
 
 
-def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off=0):
+def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off=0,
+              kernel=None):
     """A convolution or one of its gradients as BLAS products, block by block of output
     rows:
 
@@ -306,7 +307,12 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     kept), while the rows are still in cache; and
     with `cout` > 0 the result has `cout` channels that go to channels off .. off + cout of
     `out` (a concatenation's buffer: out.shape[3] channels per position, kernels/cpu.py
-    fold_conv_epilogues). The gradient modes take neither."""
+    fold_conv_epilogues). The gradient modes take neither.
+
+    F(4x4, 3x3) spreads a NaN or an infinity of its windows over whole tiles (its
+    transforms' terms cancel only for finite numbers): given the 3x3 `kernel` (the one U
+    was made from), a round of tiles whose windows hold one is computed directly from it
+    instead, so that exactly the outputs whose windows hold it are not finite."""
     if not PACKED and mode >= 5:
         raise ValueError("conv_gemm: modes 5 and 6 are left out of this module (PACKED)")
     if mode == 1:
@@ -424,6 +430,39 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                 x0, y = 0, y + 1
                 if y == th:
                     y, n = 0, n + 1
+        if WINOGRAD_F4 and winograd and wt == 6 and kernel is not None and kernel.size:
+            bad = zero  # (NaN when a window holds a NaN or an infinity: x * 0 is NaN)
+            for t in range(rows * cols):
+                bad += cf[np.uintp(t)] * zero
+            if bad != bad:  # this round's outputs directly (see the docstring)
+                n = r0 // (th * tw)
+                y = (r0 - n * th * tw) // tw
+                x0 = r0 - (n * th + y) * tw
+                kf = kernel.reshape(-1)
+                for step in range(rows * 16):
+                    yo, xo = 4 * y + step % 16 // 4, 4 * x0 + step % 4
+                    dst = ((n * oh + yo) * ow + xo) * pitch + off
+                    beta = zero  # (each output: the sum of one product per tap inside)
+                    for tap in range(9 if yo < oh and xo < ow else 0):
+                        yy, xx = yo + tap // 3 - ph, xo + tap % 3 - pw
+                        if yy >= 0 and yy < h_ and xx >= 0 and xx < w_:
+                            _cblas_gemm(111, 111, 1, co, ci, one,
+                                        xf[((n * h_ + yy) * w_ + xx) * c_:], ci,
+                                        kf[tap * ci * co:], co, beta, yf[dst:], pitch)
+                            beta = one
+                    for k in range(co if yo < oh and xo < ow else 0):
+                        v = yf[np.uintp(dst + k)] if beta == one else zero
+                        if EPILOGUES:
+                            v += bias[k] if act >= 2 else zero
+                            v = zero if act % 2 == 1 and v <= zero else v
+                        yf[np.uintp(dst + k)] = v
+                    if step % 16 == 15:
+                        x0 += 1
+                        if x0 == tw:
+                            x0, y = 0, y + 1
+                            if y == th:
+                                y, n = 0, n + 1
+                continue
         if WINOGRAD_F4 and winograd and wt == 6:
             # F(4x4, 3x3)'s V = B^T d B in place: B^T's rows (4 0 -5 0 1 0),
             # (0 -4 -4 1 1 0), (0 4 -4 -1 1 0), (0 -2 -1 2 1 0), (0 2 -1 -2 1 0),

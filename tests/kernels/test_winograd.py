@@ -144,6 +144,54 @@ def test_compiled_f4_winograd_convolutions_equal_the_numpy_backend(library):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_f4_winograd_keeps_a_nan_or_infinity_to_the_outputs_whose_windows_hold_it(
+        monkeypatch, bad):
+    """F(4x4, 3x3)'s transforms would spread a non-finite input over its whole 4x4 tiles;
+    the rounds of tiles whose windows hold one are computed directly, so exactly the
+    outputs the numpy back end makes non-finite are, and the other rounds' outputs stay
+    Winograd's (rounds of 4 tiles: most rounds hold no bad value)."""
+    monkeypatch.setattr(windows, "WINOGRAD_BYTES", 0)
+    monkeypatch.setattr(windows, "WINOGRAD_MIN_ROUND", 8)  # (36 taps: rounds of 3 tiles)
+    rng = np.random.default_rng(13)
+    x = gn.input("x", (2, 26, 25, 8))
+    w = gn.const((0.3 * rng.standard_normal((3, 3, 8, 10))).astype(np.float32))
+    b = gn.const(rng.standard_normal(10).astype(np.float32))
+    y = gn.relu(gn.conv2d(x, w, padding="same") + b)
+    f = gn.compile(y, backend="cpu")
+    assert any(c.shape[:2] == (6, 6) for c in f.program.consts), "F(4x4, 3x3)"
+    X = rng.standard_normal((2, 26, 25, 8)).astype(np.float32)
+    X[0, 7, 9, 2] = bad    # inside
+    X[1, 0, 24, 5] = bad   # a corner
+    X[1, 13, 0, 0] = bad   # an edge
+    got, want = f(x=X), gn.compile(y, backend="numpy")(x=X)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert (~np.isfinite(want)).any(axis=-1).sum() == 9 + 4 + 6
+    ok = np.isfinite(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-5, atol=1e-5 * np.abs(want[ok]).max())
+
+
+def test_f4_winograd_direct_rounds_equal_the_direct_loops():
+    """conv_gemm as plain Python with the 3x3 kernel given: a round whose windows hold a NaN
+    is computed directly (bias and relu too), the others by F(4x4, 3x3)."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((1, 9, 10, 3))
+    w = rng.standard_normal((3, 3, 3, 5))
+    bias = rng.standard_normal(5)
+    x[0, 4, 5, 1] = np.nan  # (d1 of its row's tile: F(4x4, 3x3) would spread it to o3)
+    want, ph, pw = _reference(x, w, "same")
+    want = np.where(np.isnan(want), np.nan, np.maximum(want + bias, 0))
+    u = windows.winograd_kernel(w, 4)
+    scratch = np.full(windows.winograd_scratch_items(3, 5, 2, True, 36), np.nan)
+    got = np.full(want.shape, np.nan)
+    windows.conv_gemm(windows.CONV2D_WINOGRAD_U, x, u, 2, ph, pw, scratch, got, bias, 3, 0,
+                      0, w)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got).any(axis=-1).sum() == 9
+    np.testing.assert_allclose(np.nan_to_num(got), np.nan_to_num(want), rtol=1e-12, atol=1e-12)
+
+
 def test_programs_without_f4_winograd_leave_its_code_out():
     """A training step's convolutions (kernels that change) and small inference outputs
     run F(2x2, 3x3) or none: their conv_gemm says WINOGRAD_F4 = False (and, with gradients
