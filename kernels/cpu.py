@@ -744,9 +744,9 @@ def winograd_constants(program, values, pack=False):
             program.consts.append(made[w.name][0])
             arrays.append(u)
         u, step.helper = made[w.name]
-        # (F(4x4, 3x3) also reads the 3x3 kernel, for windows that hold a NaN or an
-        # infinity: see windows.conv_gemm)
-        step.args = [x, u, w] if u.shape[0] == 6 else [x, u]
+        # (the 3x3 kernel too, for windows that hold a NaN or an infinity: see
+        # windows.conv_gemm)
+        step.args = [x, u, w]
         step.comment = (step.comment + "\n" if step.comment else "") + \
             f"(Winograd, {w.name} transformed beforehand" \
             f"{' and packed' if step.helper.endswith('_packed') else ''}: {u.name})"
@@ -1151,7 +1151,7 @@ def _emit_step(em, step, allocated, loop, needed):
             # np.intp: Numba compiles conv_gemm once, not once per mode, stride and padding
             ints = [f"np.intp({p})" for p in (GEMM_HELPERS[step.helper],) + step.params]
             buffers = [b.name for b in step.args[:2]]
-            # (F(4x4, 3x3): the 3x3 kernel U was made from, see winograd_constants)
+            # (Winograd from U: the 3x3 kernel U was made from, see winograd_constants)
             kernel = step.args[2].name if len(step.args) > 2 else \
                 f"np.empty((0, 0, 0, 0), {_dtype_src(step.out.dtype)})"
             winograd = _winograd(step)

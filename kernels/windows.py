@@ -309,10 +309,12 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     `out` (a concatenation's buffer: out.shape[3] channels per position, kernels/cpu.py
     fold_conv_epilogues). The gradient modes take neither.
 
-    F(4x4, 3x3) spreads a NaN or an infinity of its windows over whole tiles (its
-    transforms' terms cancel only for finite numbers): given the 3x3 `kernel` (the one U
-    was made from), a round of tiles whose windows hold one is computed directly from it
-    instead, so that exactly the outputs whose windows hold it are not finite."""
+    Winograd's transforms would spread a NaN or an infinity of a window over its tile
+    (their terms cancel only for finite numbers; F(2x2, 3x3) turns an infinity into NaNs,
+    F(4x4, 3x3) spreads both to outputs whose windows do not hold them): a round of tiles
+    whose windows hold one is computed directly from the 3x3 kernel instead (mode
+    CONV2D_WINOGRAD's b; `kernel`, the one U was made from, in the other modes), so the
+    outputs are those of the direct loops."""
     if not PACKED and mode >= 5:
         raise ValueError("conv_gemm: modes 5 and 6 are left out of this module (PACKED)")
     if mode == 1:
@@ -359,7 +361,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     wh, ww, ws, th, tw, at = kh, kw, s, oh, ow, 0
     uf, us, taps = scratch, 0, 0  # the transformed kernel: where, how far apart, how many
     winograd = mode == 3 or mode == 4 or mode == 6
-    wt = 4  # a Winograd window's side (4 or 6, below)
+    wt, tm = 4, 2  # a Winograd window's side and its tile's (below)
     yf = out.reshape(-1)
     bv = yf if bias is None else bias  # (the bias: not read without act's 2)
     width = 2 * PACK_VECTOR_BYTES // out.itemsize  # a packed kernel's panel (mode 5)
@@ -430,7 +432,9 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                 x0, y = 0, y + 1
                 if y == th:
                     y, n = 0, n + 1
-        if WINOGRAD_F4 and winograd and wt == 6 and kernel is not None and kernel.size:
+        kf = w.reshape(-1) if mode == 3 else kernel.reshape(-1) if kernel is not None \
+            else scratch[:0]  # (the 3x3 kernel, when there is one)
+        if winograd and kf.size:
             bad = zero  # (NaN when a window holds a NaN or an infinity: x * 0 is NaN)
             for t in range(rows * cols):
                 bad += cf[np.uintp(t)] * zero
@@ -438,9 +442,8 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                 n = r0 // (th * tw)
                 y = (r0 - n * th * tw) // tw
                 x0 = r0 - (n * th + y) * tw
-                kf = kernel.reshape(-1)
-                for step in range(rows * 16):
-                    yo, xo = 4 * y + step % 16 // 4, 4 * x0 + step % 4
+                for step in range(rows * tm * tm):
+                    yo, xo = tm * y + step % (tm * tm) // tm, tm * x0 + step % tm
                     dst = ((n * oh + yo) * ow + xo) * pitch + off
                     beta = zero  # (each output: the sum of one product per tap inside)
                     for tap in range(9 if yo < oh and xo < ow else 0):
@@ -456,7 +459,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                             v += bias[k] if act >= 2 else zero
                             v = zero if act % 2 == 1 and v <= zero else v
                         yf[np.uintp(dst + k)] = v
-                    if step % 16 == 15:
+                    if step % (tm * tm) == tm * tm - 1:
                         x0 += 1
                         if x0 == tw:
                             x0, y = 0, y + 1

@@ -144,29 +144,42 @@ def test_compiled_f4_winograd_convolutions_equal_the_numpy_backend(library):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
 
+# (image, kernel a constant (transformed beforehand) or a parameter, U's side)
+NONFINITE_CASES = {"f4": ((2, 26, 25, 8), True, 6), "f2-u": ((2, 13, 12, 8), True, 4),
+                   "f2": ((2, 13, 12, 8), False, None)}
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_f4_winograd_keeps_a_nan_or_infinity_to_the_outputs_whose_windows_hold_it(
-        monkeypatch, bad):
-    """F(4x4, 3x3)'s transforms would spread a non-finite input over its whole 4x4 tiles;
-    the rounds of tiles whose windows hold one are computed directly, so exactly the
-    outputs the numpy back end makes non-finite are, and the other rounds' outputs stay
-    Winograd's (rounds of 4 tiles: most rounds hold no bad value)."""
+@pytest.mark.parametrize("case", sorted(NONFINITE_CASES))
+def test_winograd_keeps_a_nan_or_infinity_to_the_outputs_whose_windows_hold_it(
+        monkeypatch, case, bad):
+    """Winograd's transforms would spread a non-finite input over its tile (F(4x4, 3x3):
+    to outputs whose windows do not hold it; F(2x2, 3x3): an infinity as NaNs); the rounds
+    of tiles whose windows hold one are computed directly, so exactly the outputs the
+    numpy back end makes non-finite are, NaN or infinite as there, and the other rounds'
+    outputs stay Winograd's (rounds of 3-8 tiles: most rounds hold no bad value)."""
+    image, constant, side = NONFINITE_CASES[case]
     monkeypatch.setattr(windows, "WINOGRAD_BYTES", 0)
-    monkeypatch.setattr(windows, "WINOGRAD_MIN_ROUND", 8)  # (36 taps: rounds of 3 tiles)
+    monkeypatch.setattr(windows, "WINOGRAD_MIN_ROUND", 8)
     rng = np.random.default_rng(13)
-    x = gn.input("x", (2, 26, 25, 8))
-    w = gn.const((0.3 * rng.standard_normal((3, 3, 8, 10))).astype(np.float32))
+    x = gn.input("x", image)
+    kernel = (0.3 * rng.standard_normal((3, 3, image[3], 10))).astype(np.float32)
+    w = gn.const(kernel) if constant else gn.param(f"nonfinite_{case}_w", kernel)
     b = gn.const(rng.standard_normal(10).astype(np.float32))
     y = gn.relu(gn.conv2d(x, w, padding="same") + b)
     f = gn.compile(y, backend="cpu")
-    assert any(c.shape[:2] == (6, 6) for c in f.program.consts), "F(4x4, 3x3)"
-    X = rng.standard_normal((2, 26, 25, 8)).astype(np.float32)
+    sides = [c.shape[0] for c in f.program.consts if len(c.shape) == 4 and c.shape[0] != 3]
+    if side:  # (U transformed beforehand)
+        assert sides == [side]
+    else:  # (the kernel transformed at each call)
+        assert not sides and f"conv_gemm(np.intp({windows.CONV2D_WINOGRAD}), in0" in f.source
+    X = rng.standard_normal(image).astype(np.float32)
     X[0, 7, 9, 2] = bad    # inside
-    X[1, 0, 24, 5] = bad   # a corner
-    X[1, 13, 0, 0] = bad   # an edge
+    X[1, 0, image[2] - 1, 5] = bad   # a corner
+    X[1, 6, 0, 0] = bad   # an edge
     got, want = f(x=X), gn.compile(y, backend="numpy")(x=X)
-    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
     assert (~np.isfinite(want)).any(axis=-1).sum() == 9 + 4 + 6
     ok = np.isfinite(want)
     np.testing.assert_allclose(got[ok], want[ok], rtol=1e-5, atol=1e-5 * np.abs(want[ok]).max())
