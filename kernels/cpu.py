@@ -193,8 +193,9 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
     epilogues = EPILOGUES_USED in helpers_used
     winograd_f4 = WINOGRAD_F4_USED in helpers_used
     training_modes = TRAINING_MODES_USED in helpers_used
-    helpers_used = [h for h in helpers_used if h not in GEMM_HELPERS and
-                    h not in (EPILOGUES_USED, WINOGRAD_F4_USED, TRAINING_MODES_USED)]
+    winograd_u = WINOGRAD_U_USED in helpers_used
+    helpers_used = [h for h in helpers_used if h not in GEMM_HELPERS and h not in (
+        EPILOGUES_USED, WINOGRAD_F4_USED, TRAINING_MODES_USED, WINOGRAD_U_USED)]
     if approximate:
         # Numba inlines a helper at each call site (so the loop can vectorise) at a compile
         # cost of about 0.2 s per site: inline only where the sites are few.
@@ -229,6 +230,7 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
                 f"PACK_DEPTH = {packed.PACK_DEPTH}", f"PACK_PREFETCH = {packed.PACK_PREFETCH}",
                 f"PACK_UNROLL = {packed.PACK_UNROLL}", f"EPILOGUES = {epilogues}",
                 f"WINOGRAD_F4 = {winograd_f4}", f"TRAINING_MODES = {training_modes}",
+                f"WINOGRAD_U = {winograd_u}",
                 f"DIRECT_MIN_WIDTH = {windows.DIRECT_MIN_WIDTH}",
                 f"EPILOGUE_ROWS = {windows.EPILOGUE_ROWS}", "",
                 inspect.getsource(packed._packed_tile).rstrip(), ""]
@@ -567,6 +569,7 @@ def _placeable(steps, i, j, part, out, kept, viewed, training):
 EPILOGUES_USED = "(epilogues)"  # in a module's helpers: its conv_gemm needs EPILOGUES
 WINOGRAD_F4_USED = "(winograd f4)"  # ... needs WINOGRAD_F4
 TRAINING_MODES_USED = "(training modes)"  # ... needs TRAINING_MODES
+WINOGRAD_U_USED = "(winograd u)"  # ... needs WINOGRAD_U
 
 
 def _has_epilogues(program):
@@ -577,7 +580,7 @@ def _conv_code_used(program):
     """The markers of the parts of conv_gemm that `program`'s convolutions need beyond its
     modes (see _with_support): epilogues, F(4x4, 3x3) Winograd, the gradients and the kernel
     transformed at each call (modes CONV2D_GRAD_INPUT, CONV2D_GRAD_FILTER,
-    CONV2D_WINOGRAD)."""
+    CONV2D_WINOGRAD), Winograd from a U transformed beforehand."""
     convolutions = [s for s in program.steps if isinstance(s, ir.Window)]
     return ({EPILOGUES_USED} if _has_epilogues(program) else set()) | (
         {WINOGRAD_F4_USED} if any(s.helper in ("conv2d_winograd", "conv2d_winograd_packed")
@@ -585,7 +588,9 @@ def _conv_code_used(program):
         else set()) | (
         {TRAINING_MODES_USED} if any(s.helper in ("conv2d_grad_input", "conv2d_grad_filter")
                                      or _winograd(s) and s.helper == "conv2d"
-                                     for s in convolutions) else set())
+                                     for s in convolutions) else set()) | (
+        {WINOGRAD_U_USED} if any(s.helper in ("conv2d_winograd", "conv2d_winograd_packed")
+                                 for s in convolutions) else set())
 
 
 FORWARD_CONVOLUTIONS = ("conv2d", "conv2d_packed", "conv2d_winograd",

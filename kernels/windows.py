@@ -250,6 +250,10 @@ WINOGRAD_F4 = True
 # CONV2D_GRAD_FILTER) or transforms its kernel at each call (CONV2D_WINOGRAD) says
 # TRAINING_MODES = False, and Numba leaves their code out of conv_gemm (see PACKED)
 TRAINING_MODES = True
+# a generated module with no Winograd convolution from a U transformed beforehand says
+# WINOGRAD_U = False, and Numba leaves out the direct recomputation of a round whose
+# outputs are not all finite (0.75 s of cnn-mnist's compile time; see PACKED)
+WINOGRAD_U = True
 
 
 def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off=0,
@@ -311,10 +315,11 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
 
     Winograd's transforms would spread a NaN or an infinity of a window over its tile
     (their terms cancel only for finite numbers; F(2x2, 3x3) turns an infinity into NaNs,
-    F(4x4, 3x3) spreads both to outputs whose windows do not hold them): a round of tiles
-    whose windows hold one is computed directly from the 3x3 kernel instead (mode
-    CONV2D_WINOGRAD's b; `kernel`, the one U was made from, in the other modes), so the
-    outputs are those of the direct loops."""
+    F(4x4, 3x3) spreads both to outputs whose windows do not hold them): from a U, given
+    the 3x3 `kernel` it was made from, a round of tiles with an output that is not finite
+    (seen as it is written: no pass of its own) is computed again directly from `kernel`,
+    so the outputs are those of the direct loops. (Mode CONV2D_WINOGRAD, a training step's,
+    keeps F(2x2, 3x3)'s NaNs for an infinity: the check would cost its compile 0.75 s.)"""
     if not PACKED and mode >= 5:
         raise ValueError("conv_gemm: modes 5 and 6 are left out of this module (PACKED)")
     if mode == 1:
@@ -397,6 +402,9 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     edge = np.empty(max(block, ow) * width if PACKED and mode >= 5 and whole < co else 0,
                     out.dtype)
     seg = ww * c_
+    # the 3x3 kernel a Winograd round from U is computed from directly when its outputs
+    # are not all finite (none: none is)
+    kf = kernel.reshape(-1) if kernel is not None else scratch[:0]
     for r0 in range(0, total, block):
         rows = min(block, total - r0)
         n = r0 // (th * tw)  # (n, y, x) of row r0: image, output (or tile) row and column
@@ -432,40 +440,6 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                 x0, y = 0, y + 1
                 if y == th:
                     y, n = 0, n + 1
-        kf = w.reshape(-1) if mode == 3 else kernel.reshape(-1) if kernel is not None \
-            else scratch[:0]  # (the 3x3 kernel, when there is one)
-        if winograd and kf.size:
-            bad = zero  # (NaN when a window holds a NaN or an infinity: x * 0 is NaN)
-            for t in range(rows * cols):
-                bad += cf[np.uintp(t)] * zero
-            if bad != bad:  # this round's outputs directly (see the docstring)
-                n = r0 // (th * tw)
-                y = (r0 - n * th * tw) // tw
-                x0 = r0 - (n * th + y) * tw
-                for step in range(rows * tm * tm):
-                    yo, xo = tm * y + step % (tm * tm) // tm, tm * x0 + step % tm
-                    dst = ((n * oh + yo) * ow + xo) * pitch + off
-                    beta = zero  # (each output: the sum of one product per tap inside)
-                    for tap in range(9 if yo < oh and xo < ow else 0):
-                        yy, xx = yo + tap // 3 - ph, xo + tap % 3 - pw
-                        if yy >= 0 and yy < h_ and xx >= 0 and xx < w_:
-                            _cblas_gemm(111, 111, 1, co, ci, one,
-                                        xf[((n * h_ + yy) * w_ + xx) * c_:], ci,
-                                        kf[tap * ci * co:], co, beta, yf[dst:], pitch)
-                            beta = one
-                    for k in range(co if yo < oh and xo < ow else 0):
-                        v = yf[np.uintp(dst + k)] if beta == one else zero
-                        if EPILOGUES:
-                            v += bias[k] if act >= 2 else zero
-                            v = zero if act % 2 == 1 and v <= zero else v
-                        yf[np.uintp(dst + k)] = v
-                    if step % (tm * tm) == tm * tm - 1:
-                        x0 += 1
-                        if x0 == tw:
-                            x0, y = 0, y + 1
-                            if y == th:
-                                y, n = 0, n + 1
-                continue
         if WINOGRAD_F4 and winograd and wt == 6:
             # F(4x4, 3x3)'s V = B^T d B in place: B^T's rows (4 0 -5 0 1 0),
             # (0 -4 -4 1 1 0), (0 4 -4 -1 1 0), (0 -2 -1 2 1 0), (0 2 -1 -2 1 0),
@@ -580,6 +554,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
             n = r0 // (th * tw)
             y = (r0 - n * th * tw) // tw
             x0 = r0 - (n * th + y) * tw
+            bad = zero  # (NaN when an output is a NaN or an infinity: x * 0 is NaN)
             for step in range(rows * 16):
                 i, j = step % 16 // 4, step % 4
                 if 4 * y + i < oh and 4 * x0 + j < ow:
@@ -587,6 +562,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                     dst = ((n * oh + 4 * y + i) * ow + 4 * x0 + j) * pitch + off
                     for k in range(co):
                         v = scratch[np.uintp(src + k)]
+                        bad += v * zero
                         if EPILOGUES:  # (the epilogue)
                             v += bias[k] if act >= 2 else zero
                             v = zero if act % 2 == 1 and v <= zero else v
@@ -597,8 +573,9 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                         x0, y = 0, y + 1
                         if y == th:
                             y, n = 0, n + 1
-            continue
-        if winograd:
+            if not WINOGRAD_U or bad == bad or not kf.size:
+                continue
+        if winograd and wt == 4:
             # y's 2x2 tile = A^T M A: A^T's rows (1 1 1 0), (0 1 -1 -1) applied down the
             # columns of M (4 apart, in place), then along its first two rows into y; a
             # tile's outputs past y's edge go to its first output, which is written last
@@ -612,6 +589,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
             n = r0 // (th * tw)
             y = (r0 - n * th * tw) // tw
             x0 = r0 - (n * th + y) * tw
+            bad = zero  # (as F(4x4, 3x3)'s)
             for step in range(rows * 2):
                 if step % 2 == 0:
                     p00 = ((n * oh + 2 * y) * ow + 2 * x0) * pitch + off
@@ -626,6 +604,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                     e2 = scratch[np.uintp(first + k + 2 * co)]
                     e3 = scratch[np.uintp(first + k + 3 * co)]
                     v1, v0 = e1 - e2 - e3, e0 + e1 + e2
+                    bad += (v0 + v1) * zero
                     if EPILOGUES:  # (the epilogue)
                         ep = bias[k] if act >= 2 else zero
                         v1, v0 = v1 + ep, v0 + ep
@@ -634,6 +613,37 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                     yf[np.uintp(p1 + k)] = v1
                     yf[np.uintp(p0 + k)] = v0
                 if step % 2 == 1:
+                    x0 += 1
+                    if x0 == tw:
+                        x0, y = 0, y + 1
+                        if y == th:
+                            y, n = 0, n + 1
+            if not WINOGRAD_U or bad == bad or not kf.size:
+                continue
+        if WINOGRAD_U and winograd:
+            # an output that is a NaN or an infinity: the round again, directly from the
+            # 3x3 kernel (see the docstring)
+            n = r0 // (th * tw)
+            y = (r0 - n * th * tw) // tw
+            x0 = r0 - (n * th + y) * tw
+            for step in range(rows * tm * tm):
+                yo, xo = tm * y + step % (tm * tm) // tm, tm * x0 + step % tm
+                dst = ((n * oh + yo) * ow + xo) * pitch + off
+                beta = zero  # (each output: the sum of one product per tap inside)
+                for tap in range(9 if yo < oh and xo < ow else 0):
+                    yy, xx = yo + tap // 3 - ph, xo + tap % 3 - pw
+                    if yy >= 0 and yy < h_ and xx >= 0 and xx < w_:
+                        _cblas_gemm(111, 111, 1, co, ci, one,
+                                    xf[((n * h_ + yy) * w_ + xx) * c_:], ci,
+                                    kf[tap * ci * co:], co, beta, yf[dst:], pitch)
+                        beta = one
+                for k in range(co if yo < oh and xo < ow else 0):
+                    v = yf[np.uintp(dst + k)] if beta == one else zero
+                    if EPILOGUES:
+                        v += bias[k] if act >= 2 else zero
+                        v = zero if act % 2 == 1 and v <= zero else v
+                    yf[np.uintp(dst + k)] = v
+                if step % (tm * tm) == tm * tm - 1:
                     x0 += 1
                     if x0 == tw:
                         x0, y = 0, y + 1

@@ -144,9 +144,9 @@ def test_compiled_f4_winograd_convolutions_equal_the_numpy_backend(library):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
 
-# (image, kernel a constant (transformed beforehand) or a parameter, U's side)
-NONFINITE_CASES = {"f4": ((2, 26, 25, 8), True, 6), "f2-u": ((2, 13, 12, 8), True, 4),
-                   "f2": ((2, 13, 12, 8), False, None)}
+# (image, U's side): a constant kernel transformed beforehand (a training step's kernel,
+# transformed at each call, keeps F(2x2, 3x3)'s NaNs for an infinity: see conv_gemm)
+NONFINITE_CASES = {"f4": ((2, 26, 25, 8), 6), "f2-u": ((2, 13, 12, 8), 4)}
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -154,25 +154,23 @@ NONFINITE_CASES = {"f4": ((2, 26, 25, 8), True, 6), "f2-u": ((2, 13, 12, 8), Tru
 def test_winograd_keeps_a_nan_or_infinity_to_the_outputs_whose_windows_hold_it(
         monkeypatch, case, bad):
     """Winograd's transforms would spread a non-finite input over its tile (F(4x4, 3x3):
-    to outputs whose windows do not hold it; F(2x2, 3x3): an infinity as NaNs); the rounds
-    of tiles whose windows hold one are computed directly, so exactly the outputs the
-    numpy back end makes non-finite are, NaN or infinite as there, and the other rounds'
-    outputs stay Winograd's (rounds of 3-8 tiles: most rounds hold no bad value)."""
-    image, constant, side = NONFINITE_CASES[case]
+    to outputs whose windows do not hold it; F(2x2, 3x3): an infinity as NaNs); from a U,
+    the rounds of tiles with an output that is not finite are computed again directly, so
+    exactly the outputs the numpy back end makes non-finite are, NaN or infinite as there,
+    and the other rounds' outputs stay Winograd's (rounds of 3-8 tiles: most rounds hold
+    no bad value)."""
+    image, side = NONFINITE_CASES[case]
     monkeypatch.setattr(windows, "WINOGRAD_BYTES", 0)
     monkeypatch.setattr(windows, "WINOGRAD_MIN_ROUND", 8)
     rng = np.random.default_rng(13)
     x = gn.input("x", image)
     kernel = (0.3 * rng.standard_normal((3, 3, image[3], 10))).astype(np.float32)
-    w = gn.const(kernel) if constant else gn.param(f"nonfinite_{case}_w", kernel)
+    w = gn.const(kernel)
     b = gn.const(rng.standard_normal(10).astype(np.float32))
     y = gn.relu(gn.conv2d(x, w, padding="same") + b)
     f = gn.compile(y, backend="cpu")
     sides = [c.shape[0] for c in f.program.consts if len(c.shape) == 4 and c.shape[0] != 3]
-    if side:  # (U transformed beforehand)
-        assert sides == [side]
-    else:  # (the kernel transformed at each call)
-        assert not sides and f"conv_gemm(np.intp({windows.CONV2D_WINOGRAD}), in0" in f.source
+    assert sides == [side] and "WINOGRAD_U = True" in f.source
     X = rng.standard_normal(image).astype(np.float32)
     X[0, 7, 9, 2] = bad    # inside
     X[1, 0, image[2] - 1, 5] = bad   # a corner
@@ -212,7 +210,7 @@ def test_programs_without_f4_winograd_leave_its_code_out():
     feeds, targets = _graph("float32")
     f = gn.compile(targets, backend="cpu")
     assert "WINOGRAD_F4 = False" in f.source and "WINOGRAD_F4 = True" not in f.source
-    assert "TRAINING_MODES = True" in f.source
+    assert "TRAINING_MODES = True" in f.source and "WINOGRAD_U = False" in f.source
 
 
 def test_winograd_is_chosen_for_3x3_stride_1_with_enough_channels_and_tiles():
