@@ -21,20 +21,29 @@ def rebuild(roots, rule, order=None):
     """Apply `rule(node, new_inputs) -> Node or None` bottom-up; None keeps the node (rebuilt
     with new inputs when they changed). Returns the new roots. `order` is
     topological_order(roots) when the caller has it already."""
-    memo = {}
-    new_of = memo.__getitem__
+    # id(node) -> its replacement, for the nodes replaced: most passes change few nodes of a
+    # deep graph (this loop runs for every node of every pass), and until the first change
+    # every node keeps its inputs
+    replaced = {}
+    replacement_of = replaced.get
     for node in topological_order(roots) if order is None else order:
-        # (map over builtins: this loop runs for every node of every pass)
-        new_inputs = list(map(new_of, map(id, node.inputs)))
+        inputs = node.inputs
+        if not replaced:
+            new_inputs = list(inputs)
+            replacement = rule(node, new_inputs)
+            if replacement is not None and replacement is not node:
+                replaced[id(node)] = replacement
+            continue
+        new_inputs = [replacement_of(id(i), i) for i in inputs]
         replacement = rule(node, new_inputs)
         if replacement is None:
-            if all(map(operator.is_, new_inputs, node.inputs)):
-                replacement = node
-            else:
-                replacement = make_node(node.op, node._attrs, new_inputs, node.sym_shape,
-                                        node.dtype, node.name, where=node.where)
-        memo[id(node)] = replacement
-    return [memo[id(r)] for r in roots]
+            if all(map(operator.is_, new_inputs, inputs)):
+                continue
+            replacement = make_node(node.op, node._attrs, new_inputs, node.sym_shape,
+                                    node.dtype, node.name, where=node.where)
+        if replacement is not node:
+            replaced[id(node)] = replacement
+    return [replacement_of(id(r), r) for r in roots]
 
 
 def decompose(roots, order=None):
@@ -44,19 +53,52 @@ def decompose(roots, order=None):
 
 def _decompose(roots, order):
     """decompose(); returns (new roots, their topological order)."""
-    def rule(node, inputs):
-        opdef = OPS.get(node.op)
-        if opdef is None or opdef.decompose is None:
-            return None
-        out = opdef.decompose(*inputs, **node.attrs)
-        if node.name and not out.name:
-            out.name = node.name
-        return out
-    while True:
-        roots = rebuild(roots, rule, order)
-        order = topological_order(roots)
-        if not any(OPS[n.op].decompose for n in order):
-            return roots, order
+    # node -> the node in primitive ops it becomes (each of those maps to itself). A
+    # rewrite may hold composite ops (softmax_cross_entropy's holds a mean): they are
+    # rewritten as soon as they are made, so one walk over the graph rebuilds it. (Keyed
+    # by the nodes, not their ids: the nodes a rewrite makes and drops must live on.)
+    new_of = {}
+
+    def rewrite(nodes):
+        for node in nodes:
+            inputs = [new_of[i] for i in node.inputs]
+            opdef = OPS.get(node.op)
+            if opdef is not None and opdef.decompose is not None:
+                out = opdef.decompose(*inputs, **node.attrs)
+                if node.name and not out.name:
+                    out.name = node.name
+                rewrite(_unknown_order(out, new_of))
+                new = new_of[out]
+            elif all(map(operator.is_, inputs, node.inputs)):
+                new = node
+            else:
+                new = make_node(node.op, node._attrs, inputs, node.sym_shape, node.dtype,
+                                node.name, where=node.where)
+            new_of[node] = new_of[new] = new
+    rewrite(topological_order(roots) if order is None else order)
+    roots = [new_of[r] for r in roots]
+    return roots, topological_order(roots)
+
+
+def _unknown_order(root, known):
+    """topological_order([root]) but for the nodes in `known` (and the nodes only they
+    reach)."""
+    order, done = [], set()
+    if root in known:
+        return order
+    stack = [(root, iter(root.inputs))]
+    done.add(id(root))
+    while stack:
+        node, pending = stack[-1]
+        for inp in pending:
+            if id(inp) not in done and inp not in known:
+                done.add(id(inp))
+                stack.append((inp, iter(inp.inputs)))
+                break
+        else:
+            stack.pop()
+            order.append(node)
+    return order
 
 
 def fold_constants(roots, order=None):
