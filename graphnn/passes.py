@@ -4,6 +4,7 @@ Nodes are immutable, so a pass rebuilds what changes and keeps the rest; rebuilt
 through hash-consing, so two nodes that become equal become one (common subexpressions are
 shared). Dead code never survives a pass: only what the outputs reach is kept.
 """
+import collections
 import operator
 
 import numpy as np
@@ -21,7 +22,7 @@ def rebuild(roots, rule, order=None):
     """Apply `rule(node, new_inputs) -> Node or None` bottom-up; None keeps the node (rebuilt
     with new inputs when they changed). Returns the new roots. `order` is
     topological_order(roots) when the caller has it already."""
-    # id(node) -> its replacement, for the nodes replaced: most passes change few nodes of a
+    # node -> its replacement, for the nodes replaced: most passes change few nodes of a
     # deep graph (this loop runs for every node of every pass), and until the first change
     # every node keeps its inputs
     replaced = {}
@@ -32,9 +33,9 @@ def rebuild(roots, rule, order=None):
             new_inputs = list(inputs)
             replacement = rule(node, new_inputs)
             if replacement is not None and replacement is not node:
-                replaced[id(node)] = replacement
+                replaced[node] = replacement
             continue
-        new_inputs = [replacement_of(id(i), i) for i in inputs]
+        new_inputs = [replacement_of(i, i) for i in inputs]
         replacement = rule(node, new_inputs)
         if replacement is None:
             if all(map(operator.is_, new_inputs, inputs)):
@@ -42,8 +43,8 @@ def rebuild(roots, rule, order=None):
             replacement = make_node(node.op, node._attrs, new_inputs, node.sym_shape,
                                     node.dtype, node.name, where=node.where)
         if replacement is not node:
-            replaced[id(node)] = replacement
-    return [replacement_of(id(r), r) for r in roots]
+            replaced[node] = replacement
+    return [replacement_of(r, r) for r in roots]
 
 
 def decompose(roots, order=None):
@@ -87,12 +88,12 @@ def _unknown_order(root, known):
     if root in known:
         return order
     stack = [(root, iter(root.inputs))]
-    done.add(id(root))
+    done.add(root)
     while stack:
         node, pending = stack[-1]
         for inp in pending:
-            if id(inp) not in done and inp not in known:
-                done.add(id(inp))
+            if inp not in done and inp not in known:
+                done.add(inp)
                 stack.append((inp, iter(inp.inputs)))
                 break
         else:
@@ -135,11 +136,9 @@ def simplify(roots, order=None):
     pool goes before the relu and per-channel bias it reads (see _pool_first)."""
     if order is None:
         order = topological_order(roots)
-    readers = {}  # id(node) -> nodes that read its values (a count reads only its shape)
-    for n in order:
-        for i in n.inputs:
-            if kind_of(n) != "size":
-                readers[id(i)] = readers.get(id(i), 0) + 1
+    # id(node) -> nodes that read its values (a count reads only its shape)
+    readers = collections.Counter(id(i) for n in order if OPS[n.op].kind != "size"
+                                  for i in n.inputs)
 
     def keeps(node, x):
         return x.sym_shape == node.sym_shape and x.dtype == node.dtype
@@ -246,13 +245,13 @@ def common_subexpressions(roots, order=None):
     def rule(node, inputs):
         if node.op in ("input", "param", "variable"):
             return None
-        key = (node.op, node._attrs, tuple(map(id, inputs)))
-        if key in seen:
-            return seen[key]
-        same = all(map(operator.is_, inputs, node.inputs))
-        seen[key] = node if same else make_node(node.op, node._attrs, inputs, node.sym_shape,
-                                                node.dtype, node.name)
-        return seen[key]
+        key = (node.op, node._attrs, *inputs)  # (nodes hash and compare by identity)
+        found = seen.get(key)
+        if found is None:
+            same = all(map(operator.is_, inputs, node.inputs))
+            found = seen[key] = node if same else make_node(
+                node.op, node._attrs, inputs, node.sym_shape, node.dtype, node.name)
+        return found
     return rebuild(roots, rule, order)
 
 
