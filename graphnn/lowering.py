@@ -54,9 +54,17 @@ def read_inputs(node):
     if opdef.kind == "size":
         return ()
     if opdef.kind == "elementwise" and opdef.scalar is not None:
-        used = template_fields(opdef.scalar)
-        return tuple(i for k, i in enumerate(node.inputs) if str(k) in used)
+        unread = _unread_inputs(opdef.scalar, len(node.inputs))
+        if unread:
+            return tuple(i for k, i in enumerate(node.inputs) if k not in unread)
     return node.inputs
+
+
+@functools.lru_cache(maxsize=None)
+def _unread_inputs(scalar, count):
+    """The places of the inputs, of `count`, that the template `scalar` does not name."""
+    used = template_fields(scalar)
+    return frozenset(k for k in range(count) if str(k) not in used)
 
 
 @functools.lru_cache(maxsize=None)
@@ -701,18 +709,27 @@ class Lowering:
         elementwise step, so it runs after every earlier read of the old W. Returns the
         updates still to apply."""
         producer = {id(step.out): s for s, step in enumerate(self.steps)}
-        readers = {}
-        for s, step in enumerate(self.steps):
-            for buf in _reads(step):
-                readers.setdefault(buf.name, []).append(s)
-                if buf.base is not None and buf.base.name != buf.name:
-                    readers.setdefault(buf.base.name, []).append(s)
-        output_names = {b.name for b in outputs} | {b.base.name for b in outputs if b.base}
-        remaining, drop = [], set()
+        # each update's (state, value, scaled product or None, value's step, product's step)
+        candidates = []
+        wanted = set()  # the names of the buffers whose readers those need
         for (p, v), (state, value) in zip(self.update_pairs, updates):
             found = self._scaled_product(p, v)
             s = producer.get(id(value))
             m = producer.get(id(self.buffers.get(id(found[1])))) if found else None
+            candidates.append((state, value, found, s, m))
+            if found is not None and s is not None and m is not None:
+                wanted.update((self.steps[m].out.name, value.name, state.name))
+        readers = {}  # a wanted buffer's name -> the steps that read it or a view of it
+        for s, step in enumerate(self.steps):
+            for buf in _reads(step):
+                if buf.name in wanted:
+                    readers.setdefault(buf.name, []).append(s)
+                if buf.base is not None and buf.base.name != buf.name and \
+                        buf.base.name in wanted:
+                    readers.setdefault(buf.base.name, []).append(s)
+        output_names = {b.name for b in outputs} | {b.base.name for b in outputs if b.base}
+        remaining, drop = [], set()
+        for state, value, found, s, m in candidates:
             if found is None or s is None or m is None or m in drop:
                 remaining.append((state, value))
                 continue

@@ -940,7 +940,11 @@ def lifetimes(program):
             touch(of(step.src), k, False)
             continue
         for buf in ir.step_reads(step):
-            touch(of(buf), k, False)
+            # (most buffers are no view: their own root, found without a call)
+            span = life.get(buf.name if buf.base is None and buf.name not in root
+                             else of(buf))
+            if span is not None:
+                span[1] = k
         if isinstance(step, ir.Window) and step.helper in GEMM_HELPERS:
             touch(SCRATCH, k, True)
         touch(of(step.out), k, True)
