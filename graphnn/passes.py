@@ -104,19 +104,30 @@ def _unknown_order(root, known):
 
 def fold_constants(roots, order=None):
     """Evaluate ops whose inputs are all constants (results up to FOLD_LIMIT elements)."""
-    def rule(node, inputs):
+    def foldable(node, inputs):  # (what `rule` checks before it computes)
         if kind_of(node) == "leaf" or not inputs or not all(i.op == "const" for i in inputs):
-            return None
+            return False
         if OPS[node.op].impl is None:
-            return None
+            return False
         size = S.static_size(node.sym_shape)
-        if size is None or size > FOLD_LIMIT:  # (known before computing: a transposed
-            return None                          # 100M-element weight is not copied)
+        return size is not None and size <= FOLD_LIMIT  # (known before computing: a
+        # transposed 100M-element weight is not copied)
+
+    def rule(node, inputs):
+        if not foldable(node, inputs):
+            return None
         with np.errstate(all="ignore"):
             value = np.asarray(OPS[node.op].impl(*[i.value for i in inputs], **node.attrs))
         if value.size > FOLD_LIMIT or value.shape != node.shape:
             return None
         return const_node(value.astype(node.dtype))
+    if order is None:
+        order = topological_order(roots)
+    # Most graphs have nothing left to fold (`apply` folds ops of scalar constants as it
+    # makes them): until a node is folded, every node keeps its inputs, so when none is
+    # foldable with those, the graph stays as it is, with no walk that rebuilds it.
+    if not any(foldable(n, n.inputs) for n in order if n.inputs and n.inputs[0].op == "const"):
+        return list(roots)
     return rebuild(roots, rule, order)
 
 
