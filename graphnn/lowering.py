@@ -159,6 +159,8 @@ class Lowering:
         self._codes = {}  # (op, dtype, argument variables) -> scalar code
         self._shapes = {}  # sym_shape -> shape (see `shape`)
         self._expressions = {}  # _expression_key -> an expression's template (see there)
+        self._finishers = None  # the sole_elementwise_reader of each reduction
+        self._read_lists = None  # see _reads_of_steps
         self._bind_dims()
 
     # -- shapes -------------------------------------------------------------------------
@@ -266,6 +268,11 @@ class Lowering:
         """The reductions elementwise `user` could finish as their results are stored (see
         `sole_elementwise_reader`), in the order it reads them."""
         if not self.fusion:
+            return []
+        if self._finishers is None:  # (asked for every elementwise step: found once)
+            self._finishers = {self.sole_elementwise_reader(n) for n in self.nodes
+                               if kind_of(n) == "reduce"}
+        if user not in self._finishers:
             return []
         return [i for n in self.group_nodes(user) if is_elementwise(n) for i in self.reads(n)
                 if kind_of(i) == "reduce" and self.sole_elementwise_reader(i) is user]
@@ -468,8 +475,10 @@ class Lowering:
                     reads = (token(opdef.lower(node, ("i",) * node.ndim)[0]),)
                 else:
                     read = self.reads(node)
-                    reads = tuple(token(i) if len(read) == len(node.inputs) or
-                                  any(i is r for r in read) else None for i in node.inputs)
+                    reads = tuple([token(i) for i in node.inputs]) \
+                        if len(read) == len(node.inputs) else \
+                        tuple([token(i) if any(i is r for r in read) else None
+                               for i in node.inputs])
                 found = (node.op, attrs, node.dtype, node.sym_shape, node.name, reads)
             else:
                 loaded.append(node)
@@ -558,6 +567,15 @@ class Lowering:
     def add_step(self, step, nodes):
         self.steps.append(step)
         self.step_nodes.append(nodes)
+        self._read_lists = None
+
+    def _reads_of_steps(self):
+        """step_reads of each step, in order: found once for the passes over the steps
+        after lowering (a deep graph has 11,000 steps). accumulate_updates, which replaces
+        steps, keeps it up to date; update_in_place changes no step's reads."""
+        if self._read_lists is None:
+            self._read_lists = list(map(_reads, self.steps))
+        return self._read_lists
 
     def group_nodes(self, root):
         """The nodes fused into root's step (root first): a new list each time, found once
@@ -720,8 +738,9 @@ class Lowering:
             if found is not None and s is not None and m is not None:
                 wanted.update((self.steps[m].out.name, value.name, state.name))
         readers = {}  # a wanted buffer's name -> the steps that read it or a view of it
-        for s, step in enumerate(self.steps):
-            for buf in _reads(step):
+        reads = self._reads_of_steps()
+        for s, read in enumerate(reads):
+            for buf in read:
                 if buf.name in wanted:
                     readers.setdefault(buf.name, []).append(s)
                 if buf.base is not None and buf.base.name != buf.name and \
@@ -751,11 +770,13 @@ class Lowering:
                                       f"{mm.comment}  (accumulated into {state.name}: "
                                       f"{state.name} - {scale!r} * product)",
                                       alpha=-scale, beta=1.0)
+            reads[s] = _reads(self.steps[s])
             self.step_nodes[s] = self.step_nodes[m] + self.step_nodes[s]
             drop.add(m)
         keep = [k for k in range(len(self.steps)) if k not in drop]
         self.steps = [self.steps[k] for k in keep]
         self.step_nodes = [self.step_nodes[k] for k in keep]
+        self._read_lists = [reads[k] for k in keep]
         return remaining
 
     def _scaled_product(self, param, value):
@@ -781,8 +802,8 @@ class Lowering:
         moments) then read it from the state. Returns the updates still to copy at the end."""
         producer = {id(step.out): s for s, step in enumerate(self.steps)}
         last_read = {}
-        for s, step in enumerate(self.steps):
-            for buf in _reads(step):
+        for s, read in enumerate(self._reads_of_steps()):
+            for buf in read:
                 last_read[buf.name] = s
                 if buf.base is not None:  # a view reads its base's memory
                     last_read[buf.base.name] = s
@@ -809,7 +830,7 @@ class Lowering:
 
     def plan_memory(self, outputs, updates):
         """Reuse dead temporaries (same shape and dtype) and write in place where safe."""
-        reads = list(map(_reads, self.steps))
+        reads = self._reads_of_steps()
         last_use = {}
         for s, read in enumerate(reads):
             for buf in read:
