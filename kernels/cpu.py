@@ -18,6 +18,7 @@ zero-size array, and a new array is made). `run(module, *arrays)` calls a progra
 import functools
 import inspect
 import itertools
+import math
 import re
 import textwrap
 
@@ -856,7 +857,7 @@ class _Memory:
             em.emit_setup(f"{buf.name} = np.empty({shape}, {dtype})")
         else:
             k = len(self.parts)
-            size = " * ".join(str(d) for d in buf.shape + (_itemsize(buf.dtype),))
+            size = " * ".join([str(d) for d in buf.shape + (_itemsize(buf.dtype),)])
             self.parts.append((size, static is None, buf.name))
             view = f"workspace[_w{k}:_w{k} + {size}].view({dtype})"
             if buf.ndim > 1:
@@ -1015,9 +1016,10 @@ def _static_bytes(buf):
     """The buffer's size in bytes, or None when a dim variable is part of its shape."""
     if any(isinstance(d, str) for d in buf.shape):
         return None
-    return int(np.prod(buf.shape, dtype=np.int64)) * _itemsize(buf.dtype)
+    return int(math.prod(buf.shape)) * _itemsize(buf.dtype)
 
 
+@functools.lru_cache(maxsize=None)  # (asked for every temporary of a deep graph)
 def _itemsize(dtype):
     return np.dtype(dtype).itemsize
 
