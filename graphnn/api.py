@@ -171,7 +171,8 @@ def _stateful(op, name, value, shape, init, seed, dtype):
             raise DTypeError(f"{op} '{name}': value has dtype {value.dtype}; use one of "
                              f"{', '.join(FLOAT_DTYPES)} (at {where})")
         value = np.array(value, order="C")
-    node = make_node(op, {"name": name}, (), value.shape, value.dtype, name=name, intern=False)
+    node = make_node(op, {"name": name}, (), value.shape, value.dtype, name=name, intern=False,
+                     where=where)
     node.state = ValueState(value)
     return node
 

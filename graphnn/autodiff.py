@@ -8,7 +8,7 @@ differentiated again.
 """
 import numpy as np
 
-from .errors import GradError, user_location
+from .errors import GradError, located, user_location
 from .graph import topological_order
 from .node import Node, collector_paused
 from .registry import OPS, applied_alike, const_node
@@ -17,6 +17,7 @@ from . import ops
 
 @collector_paused()  # (a deep graph: see node.collector_paused)
 @applied_alike()  # (its blocks' gradients: the same ops on the same shapes, see there)
+@located  # (the nodes it makes: see errors.located)
 def grad(y, wrt, seed=None):
     """Gradient of `y` with respect to `wrt` (a node or a list of nodes; same structure back).
 

@@ -28,22 +28,25 @@ def topological_order(outputs):
     """Every node the outputs depend on, each after its inputs: a depth-first post-order
     from the outputs, inputs visited left to right, so the order follows how the user wrote
     the expression. (Nodes are immutable, so a cycle cannot be built.)"""
+    # (a set of the nodes themselves, hashed by identity, rather than of their ids: a
+    # deep graph has tens of thousands of nodes, and the passes ask for its order often)
     order, done = [], set()
+    add, append = done.add, order.append
     for root in outputs:
-        if id(root) in done:
+        if root in done:
             continue
         stack = [(root, iter(root.inputs))]
-        done.add(id(root))
+        add(root)
         while stack:
             node, pending = stack[-1]
             for inp in pending:
-                if id(inp) not in done:
-                    done.add(id(inp))
+                if inp not in done:
+                    add(inp)
                     stack.append((inp, iter(inp.inputs)))
                     break
             else:
                 stack.pop()
-                order.append(node)
+                append(node)
     return order
 
 

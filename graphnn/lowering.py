@@ -54,9 +54,17 @@ def read_inputs(node):
     if opdef.kind == "size":
         return ()
     if opdef.kind == "elementwise" and opdef.scalar is not None:
-        used = template_fields(opdef.scalar)
-        return tuple(i for k, i in enumerate(node.inputs) if str(k) in used)
+        unread = _unread_inputs(opdef.scalar, len(node.inputs))
+        if unread:
+            return tuple(i for k, i in enumerate(node.inputs) if k not in unread)
     return node.inputs
+
+
+@functools.lru_cache(maxsize=None)
+def _unread_inputs(scalar, count):
+    """The places of the inputs, of `count`, that the template `scalar` does not name."""
+    used = template_fields(scalar)
+    return frozenset(k for k in range(count) if str(k) not in used)
 
 
 @functools.lru_cache(maxsize=None)
@@ -151,6 +159,8 @@ class Lowering:
         self._codes = {}  # (op, dtype, argument variables) -> scalar code
         self._shapes = {}  # sym_shape -> shape (see `shape`)
         self._expressions = {}  # _expression_key -> an expression's template (see there)
+        self._finishers = None  # the sole_elementwise_reader of each reduction
+        self._read_lists = None  # see _reads_of_steps
         self._bind_dims()
 
     # -- shapes -------------------------------------------------------------------------
@@ -258,6 +268,11 @@ class Lowering:
         """The reductions elementwise `user` could finish as their results are stored (see
         `sole_elementwise_reader`), in the order it reads them."""
         if not self.fusion:
+            return []
+        if self._finishers is None:  # (asked for every elementwise step: found once)
+            self._finishers = {self.sole_elementwise_reader(n) for n in self.nodes
+                               if kind_of(n) == "reduce"}
+        if user not in self._finishers:
             return []
         return [i for n in self.group_nodes(user) if is_elementwise(n) for i in self.reads(n)
                 if kind_of(i) == "reduce" and self.sole_elementwise_reader(i) is user]
@@ -460,8 +475,10 @@ class Lowering:
                     reads = (token(opdef.lower(node, ("i",) * node.ndim)[0]),)
                 else:
                     read = self.reads(node)
-                    reads = tuple(token(i) if len(read) == len(node.inputs) or
-                                  any(i is r for r in read) else None for i in node.inputs)
+                    reads = tuple([token(i) for i in node.inputs]) \
+                        if len(read) == len(node.inputs) else \
+                        tuple([token(i) if any(i is r for r in read) else None
+                               for i in node.inputs])
                 found = (node.op, attrs, node.dtype, node.sym_shape, node.name, reads)
             else:
                 loaded.append(node)
@@ -550,6 +567,15 @@ class Lowering:
     def add_step(self, step, nodes):
         self.steps.append(step)
         self.step_nodes.append(nodes)
+        self._read_lists = None
+
+    def _reads_of_steps(self):
+        """step_reads of each step, in order: found once for the passes over the steps
+        after lowering (a deep graph has 11,000 steps). accumulate_updates, which replaces
+        steps, keeps it up to date; update_in_place changes no step's reads."""
+        if self._read_lists is None:
+            self._read_lists = list(map(_reads, self.steps))
+        return self._read_lists
 
     def group_nodes(self, root):
         """The nodes fused into root's step (root first): a new list each time, found once
@@ -701,18 +727,28 @@ class Lowering:
         elementwise step, so it runs after every earlier read of the old W. Returns the
         updates still to apply."""
         producer = {id(step.out): s for s, step in enumerate(self.steps)}
-        readers = {}
-        for s, step in enumerate(self.steps):
-            for buf in _reads(step):
-                readers.setdefault(buf.name, []).append(s)
-                if buf.base is not None and buf.base.name != buf.name:
-                    readers.setdefault(buf.base.name, []).append(s)
-        output_names = {b.name for b in outputs} | {b.base.name for b in outputs if b.base}
-        remaining, drop = [], set()
+        # each update's (state, value, scaled product or None, value's step, product's step)
+        candidates = []
+        wanted = set()  # the names of the buffers whose readers those need
         for (p, v), (state, value) in zip(self.update_pairs, updates):
             found = self._scaled_product(p, v)
             s = producer.get(id(value))
             m = producer.get(id(self.buffers.get(id(found[1])))) if found else None
+            candidates.append((state, value, found, s, m))
+            if found is not None and s is not None and m is not None:
+                wanted.update((self.steps[m].out.name, value.name, state.name))
+        readers = {}  # a wanted buffer's name -> the steps that read it or a view of it
+        reads = self._reads_of_steps()
+        for s, read in enumerate(reads):
+            for buf in read:
+                if buf.name in wanted:
+                    readers.setdefault(buf.name, []).append(s)
+                if buf.base is not None and buf.base.name != buf.name and \
+                        buf.base.name in wanted:
+                    readers.setdefault(buf.base.name, []).append(s)
+        output_names = {b.name for b in outputs} | {b.base.name for b in outputs if b.base}
+        remaining, drop = [], set()
+        for state, value, found, s, m in candidates:
             if found is None or s is None or m is None or m in drop:
                 remaining.append((state, value))
                 continue
@@ -734,11 +770,13 @@ class Lowering:
                                       f"{mm.comment}  (accumulated into {state.name}: "
                                       f"{state.name} - {scale!r} * product)",
                                       alpha=-scale, beta=1.0)
+            reads[s] = _reads(self.steps[s])
             self.step_nodes[s] = self.step_nodes[m] + self.step_nodes[s]
             drop.add(m)
         keep = [k for k in range(len(self.steps)) if k not in drop]
         self.steps = [self.steps[k] for k in keep]
         self.step_nodes = [self.step_nodes[k] for k in keep]
+        self._read_lists = [reads[k] for k in keep]
         return remaining
 
     def _scaled_product(self, param, value):
@@ -764,8 +802,8 @@ class Lowering:
         moments) then read it from the state. Returns the updates still to copy at the end."""
         producer = {id(step.out): s for s, step in enumerate(self.steps)}
         last_read = {}
-        for s, step in enumerate(self.steps):
-            for buf in _reads(step):
+        for s, read in enumerate(self._reads_of_steps()):
+            for buf in read:
                 last_read[buf.name] = s
                 if buf.base is not None:  # a view reads its base's memory
                     last_read[buf.base.name] = s
@@ -792,7 +830,7 @@ class Lowering:
 
     def plan_memory(self, outputs, updates):
         """Reuse dead temporaries (same shape and dtype) and write in place where safe."""
-        reads = list(map(_reads, self.steps))
+        reads = self._reads_of_steps()
         last_use = {}
         for s, read in enumerate(reads):
             for buf in read:

@@ -20,12 +20,6 @@ from .errors import user_location
 _interned = {}
 
 
-def _interned_node(key):
-    """The living node interned under `key`, or None."""
-    ref = _interned.get(key)
-    return None if ref is None else ref()
-
-
 def _intern(key, node):
     # (_remove_dead_weakref drops the entry only while it is still this dead reference, in
     # one step, as WeakValueDictionary does; the callback holds what it uses, so it works
@@ -168,12 +162,17 @@ def make_node(op, attrs, inputs, sym_shape, dtype, name=None, intern=True, where
     equal stay two named values, each drawn in its own layer). `where` is the user's
     file:line for a new node (by default found on the stack; a pass that rebuilds a node
     with new inputs gives the old node's)."""
-    attrs = tuple(sorted(attrs.items())) if isinstance(attrs, dict) else tuple(attrs)
+    # (a deep graph makes tens of thousands of nodes: most have no attrs)
+    if isinstance(attrs, dict):
+        attrs = tuple(sorted(attrs.items())) if attrs else ()
+    else:
+        attrs = tuple(attrs)
+    inputs = tuple(inputs)
     if not intern:
         return Node(op, attrs, inputs, sym_shape, dtype, name, where)
-    key = (op, attrs, tuple(inputs)) if not (op == "const" and name) else \
-        (op, attrs, (), name)
-    existing = _interned_node(key)
+    key = (op, attrs, inputs) if not (op == "const" and name) else (op, attrs, (), name)
+    ref = _interned.get(key)
+    existing = None if ref is None else ref()
     if existing is not None:
         if name and not existing.name:
             existing.name = name

@@ -24,7 +24,7 @@ import numpy as np
 
 from .api import variable
 from .autodiff import grad
-from .errors import GraphError, OptionError, user_location
+from .errors import GraphError, OptionError, located, user_location
 from .node import Node
 from .ops import cast, maximum, minimum, sqrt, sum as reduce_sum
 from .registry import active_scope, applied_alike, const_node
@@ -275,6 +275,7 @@ class Optimizer:
                               f"(at {user_location()})")
 
     @applied_alike()  # (each parameter's update: the same ops on the same shapes)
+    @located  # (the nodes it makes: see errors.located)
     def _param_updates(self, loss, params, grads=None):
         owner = f"{type(self).__name__}.updates"
         self._check_options()

@@ -4,6 +4,7 @@ Nodes are immutable, so a pass rebuilds what changes and keeps the rest; rebuilt
 through hash-consing, so two nodes that become equal become one (common subexpressions are
 shared). Dead code never survives a pass: only what the outputs reach is kept.
 """
+import collections
 import operator
 
 import numpy as np
@@ -21,20 +22,29 @@ def rebuild(roots, rule, order=None):
     """Apply `rule(node, new_inputs) -> Node or None` bottom-up; None keeps the node (rebuilt
     with new inputs when they changed). Returns the new roots. `order` is
     topological_order(roots) when the caller has it already."""
-    memo = {}
-    new_of = memo.__getitem__
+    # node -> its replacement, for the nodes replaced: most passes change few nodes of a
+    # deep graph (this loop runs for every node of every pass), and until the first change
+    # every node keeps its inputs
+    replaced = {}
+    replacement_of = replaced.get
     for node in topological_order(roots) if order is None else order:
-        # (map over builtins: this loop runs for every node of every pass)
-        new_inputs = list(map(new_of, map(id, node.inputs)))
+        inputs = node.inputs
+        if not replaced:
+            new_inputs = list(inputs)
+            replacement = rule(node, new_inputs)
+            if replacement is not None and replacement is not node:
+                replaced[node] = replacement
+            continue
+        new_inputs = [replacement_of(i, i) for i in inputs]
         replacement = rule(node, new_inputs)
         if replacement is None:
-            if all(map(operator.is_, new_inputs, node.inputs)):
-                replacement = node
-            else:
-                replacement = make_node(node.op, node._attrs, new_inputs, node.sym_shape,
-                                        node.dtype, node.name, where=node.where)
-        memo[id(node)] = replacement
-    return [memo[id(r)] for r in roots]
+            if all(map(operator.is_, new_inputs, inputs)):
+                continue
+            replacement = make_node(node.op, node._attrs, new_inputs, node.sym_shape,
+                                    node.dtype, node.name, where=node.where)
+        if replacement is not node:
+            replaced[node] = replacement
+    return [replacement_of(r, r) for r in roots]
 
 
 def decompose(roots, order=None):
@@ -44,36 +54,80 @@ def decompose(roots, order=None):
 
 def _decompose(roots, order):
     """decompose(); returns (new roots, their topological order)."""
-    def rule(node, inputs):
-        opdef = OPS.get(node.op)
-        if opdef is None or opdef.decompose is None:
-            return None
-        out = opdef.decompose(*inputs, **node.attrs)
-        if node.name and not out.name:
-            out.name = node.name
-        return out
-    while True:
-        roots = rebuild(roots, rule, order)
-        order = topological_order(roots)
-        if not any(OPS[n.op].decompose for n in order):
-            return roots, order
+    # node -> the node in primitive ops it becomes (each of those maps to itself). A
+    # rewrite may hold composite ops (softmax_cross_entropy's holds a mean): they are
+    # rewritten as soon as they are made, so one walk over the graph rebuilds it. (Keyed
+    # by the nodes, not their ids: the nodes a rewrite makes and drops must live on.)
+    new_of = {}
+
+    def rewrite(nodes):
+        for node in nodes:
+            inputs = [new_of[i] for i in node.inputs]
+            opdef = OPS.get(node.op)
+            if opdef is not None and opdef.decompose is not None:
+                out = opdef.decompose(*inputs, **node.attrs)
+                if node.name and not out.name:
+                    out.name = node.name
+                rewrite(_unknown_order(out, new_of))
+                new = new_of[out]
+            elif all(map(operator.is_, inputs, node.inputs)):
+                new = node
+            else:
+                new = make_node(node.op, node._attrs, inputs, node.sym_shape, node.dtype,
+                                node.name, where=node.where)
+            new_of[node] = new_of[new] = new
+    rewrite(topological_order(roots) if order is None else order)
+    roots = [new_of[r] for r in roots]
+    return roots, topological_order(roots)
+
+
+def _unknown_order(root, known):
+    """topological_order([root]) but for the nodes in `known` (and the nodes only they
+    reach)."""
+    order, done = [], set()
+    if root in known:
+        return order
+    stack = [(root, iter(root.inputs))]
+    done.add(root)
+    while stack:
+        node, pending = stack[-1]
+        for inp in pending:
+            if inp not in done and inp not in known:
+                done.add(inp)
+                stack.append((inp, iter(inp.inputs)))
+                break
+        else:
+            stack.pop()
+            order.append(node)
+    return order
 
 
 def fold_constants(roots, order=None):
     """Evaluate ops whose inputs are all constants (results up to FOLD_LIMIT elements)."""
-    def rule(node, inputs):
+    def foldable(node, inputs):  # (what `rule` checks before it computes)
         if kind_of(node) == "leaf" or not inputs or not all(i.op == "const" for i in inputs):
-            return None
+            return False
         if OPS[node.op].impl is None:
-            return None
+            return False
         size = S.static_size(node.sym_shape)
-        if size is None or size > FOLD_LIMIT:  # (known before computing: a transposed
-            return None                          # 100M-element weight is not copied)
+        return size is not None and size <= FOLD_LIMIT  # (known before computing: a
+        # transposed 100M-element weight is not copied)
+
+    def rule(node, inputs):
+        if not foldable(node, inputs):
+            return None
         with np.errstate(all="ignore"):
             value = np.asarray(OPS[node.op].impl(*[i.value for i in inputs], **node.attrs))
         if value.size > FOLD_LIMIT or value.shape != node.shape:
             return None
         return const_node(value.astype(node.dtype))
+    if order is None:
+        order = topological_order(roots)
+    # Most graphs have nothing left to fold (`apply` folds ops of scalar constants as it
+    # makes them): until a node is folded, every node keeps its inputs, so when none is
+    # foldable with those, the graph stays as it is, with no walk that rebuilds it.
+    if not any(foldable(n, n.inputs) for n in order if n.inputs and n.inputs[0].op == "const"):
+        return list(roots)
     return rebuild(roots, rule, order)
 
 
@@ -93,11 +147,9 @@ def simplify(roots, order=None):
     pool goes before the relu and per-channel bias it reads (see _pool_first)."""
     if order is None:
         order = topological_order(roots)
-    readers = {}  # id(node) -> nodes that read its values (a count reads only its shape)
-    for n in order:
-        for i in n.inputs:
-            if kind_of(n) != "size":
-                readers[id(i)] = readers.get(id(i), 0) + 1
+    # id(node) -> nodes that read its values (a count reads only its shape)
+    readers = collections.Counter(id(i) for n in order if OPS[n.op].kind != "size"
+                                  for i in n.inputs)
 
     def keeps(node, x):
         return x.sym_shape == node.sym_shape and x.dtype == node.dtype
@@ -204,13 +256,13 @@ def common_subexpressions(roots, order=None):
     def rule(node, inputs):
         if node.op in ("input", "param", "variable"):
             return None
-        key = (node.op, node._attrs, tuple(map(id, inputs)))
-        if key in seen:
-            return seen[key]
-        same = all(map(operator.is_, inputs, node.inputs))
-        seen[key] = node if same else make_node(node.op, node._attrs, inputs, node.sym_shape,
-                                                node.dtype, node.name)
-        return seen[key]
+        key = (node.op, node._attrs, *inputs)  # (nodes hash and compare by identity)
+        found = seen.get(key)
+        if found is None:
+            same = all(map(operator.is_, inputs, node.inputs))
+            found = seen[key] = node if same else make_node(
+                node.op, node._attrs, inputs, node.sym_shape, node.dtype, node.name)
+        return found
     return rebuild(roots, rule, order)
 
 

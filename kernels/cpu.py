@@ -18,6 +18,7 @@ zero-size array, and a new array is made). `run(module, *arrays)` calls a progra
 import functools
 import inspect
 import itertools
+import math
 import re
 import textwrap
 
@@ -888,7 +889,7 @@ class _Memory:
             em.emit_setup(f"{buf.name} = np.empty({shape}, {dtype})")
         else:
             k = len(self.parts)
-            size = " * ".join(str(d) for d in buf.shape + (_itemsize(buf.dtype),))
+            size = " * ".join([str(d) for d in buf.shape + (_itemsize(buf.dtype),)])
             self.parts.append((size, static is None, buf.name))
             view = f"workspace[_w{k}:_w{k} + {size}].view({dtype})"
             if buf.ndim > 1:
@@ -972,7 +973,11 @@ def lifetimes(program):
             touch(of(step.src), k, False)
             continue
         for buf in ir.step_reads(step):
-            touch(of(buf), k, False)
+            # (most buffers are no view: their own root, found without a call)
+            span = life.get(buf.name if buf.base is None and buf.name not in root
+                             else of(buf))
+            if span is not None:
+                span[1] = k
         if isinstance(step, ir.Window) and step.helper in GEMM_HELPERS:
             touch(SCRATCH, k, True)
         touch(of(step.out), k, True)
@@ -1043,9 +1048,10 @@ def _static_bytes(buf):
     """The buffer's size in bytes, or None when a dim variable is part of its shape."""
     if any(isinstance(d, str) for d in buf.shape):
         return None
-    return int(np.prod(buf.shape, dtype=np.int64)) * _itemsize(buf.dtype)
+    return int(math.prod(buf.shape)) * _itemsize(buf.dtype)
 
 
+@functools.lru_cache(maxsize=None)  # (asked for every temporary of a deep graph)
 def _itemsize(dtype):
     return np.dtype(dtype).itemsize
 
@@ -1714,19 +1720,30 @@ _STEPS_HERE = "\0steps"  # where the steps go in the driver's lines, until they 
 # views <name>_f), dims d<k>, workspace offsets _w<k>, _wend and rooms _room<k>, wide sums,
 # recycled and copied outputs, the convolution scratch; _fold_repeats checks that it names
 # them all
-_LOCAL = re.compile(r"(?<![.\w])(?:b\d+_\w+|(?:in|st|c|d|_w|_room|wide|recycled|out|new)\d+(?:_f)?"
-                    r"|_wend|workspace|conv_scratch(?:_f)?)(?!\w)")
+_LOCAL_FORMS = (r"b\d+_\w+", *(rf"{prefix}\d+(?:_f)?" for prefix in (
+    "in", "st", "c", "d", "_w", "_room", "wide", "recycled", "out", "new")),
+    "_wend", "workspace", r"conv_scratch(?:_f)?")
+# (each form's first character comes first, then the check that no name character or dot
+# precedes it: a pattern whose branches each begin with a character lets the regex engine
+# skip to where one of those occurs, twice as fast over the megabyte of a deep graph's
+# driver text as one that begins with the check)
+_LOCAL = re.compile("(?:" + "|".join(rf"{form[0]}(?<![.\w]{form[0]}){form[1:]}"
+                                     for form in _LOCAL_FORMS) + r")(?!\w)")
+# any number of local variables, each on a line of its own
+_LOCAL_LINES = re.compile(rf"(?:{_LOCAL.pattern}\n)*")
 _ASSIGNED = re.compile(r"\s*([A-Za-z_]\w*) (\+?=) ")
 _ASSIGNED_LINE = re.compile(r"\n[ \t]*([A-Za-z_]\w*) \+?= ")
 _LOCAL_SPLIT = re.compile(f"({_LOCAL.pattern})")
 # lines a folded run may not hold: blocks (if, for ...), strings, comments after code,
 # anything returned, assignments other than `name = ...` and `name += ...` to a name (a
-# tuple, `-=`, `:=`: _reads_and_writes would not see what they assign) (patterns each quick
-# to look for, over text whose every line follows a newline)
-_UNFOLDABLE = (re.compile(r"""['"#]"""), re.compile(r":[ \t]*(?:\n|\Z)|:="),
-               re.compile(r"\n[ \t]*(?:if|for|while|return|raise|def|with|try|else|elif|del"
-                          r"|global|nonlocal|lambda|async|await|yield)\b"),
-               re.compile(r"\n[ \t]*[A-Za-z_]\w*[ \t]*(?:,|(?:[-*/%&|^@]|\*\*|//|<<|>>)=)"))
+# tuple, `-=`, `:=`: _reads_and_writes would not see what they assign). The patterns look
+# at a step's skeleton (its code, each line after a newline, each local variable replaced
+# by "\1"), once per skeleton: a name at the start of a line is a variable or another name.
+_UNFOLDABLE = re.compile(
+    r"""['"#]|:[ \t]*(?:\n|\Z)|:="""
+    r"|\n[ \t]*(?:if|for|while|return|raise|def|with|try|else|elif|del"
+    r"|global|nonlocal|lambda|async|await|yield)\b"
+    r"|\n[ \t]*(?:[A-Za-z_]\w*|\x01)[ \t]*(?:,|(?:[-*/%&|^@]|\*\*|//|<<|>>)=)")
 _COMMENT_LINE = re.compile(r"\n[ \t]*#[^\n]*")
 
 
@@ -1741,9 +1758,8 @@ def _fold_repeats(steps, args, body):
     before its call. `args` and `body` (the program's other lines, _STEPS_HERE where the
     steps go) are read for the local variables: when one is not of a form _LOCAL knows,
     nothing is folded."""
-    flat = [line for lines in steps for line in lines]
     if len(steps) < FOLD_STEPS * FOLD_REPEATS:
-        return [], flat
+        return [], [line for lines in steps for line in lines]
     # (each pattern runs once over the text of every step, steps apart by lines "\0": a
     # deep graph has 11,000 steps; each line follows a newline, which the patterns find)
     text = "\n" + "\n\0\n".join("\n".join(lines) for lines in steps) + "\n"
@@ -1751,22 +1767,22 @@ def _fold_repeats(steps, args, body):
     at = body.index(_STEPS_HERE)
     before, after = "\n" + "\n".join(body[:at]), "\n" + "\n".join(body[at + 1:])
     local = set(args).union(*(_ASSIGNED_LINE.findall(t) for t in (before, code, after)))
-    if not all(_LOCAL.fullmatch(name) for name in local):
-        return [], flat
+    if not _LOCAL_LINES.fullmatch("".join(f"{name}\n" for name in local)):
+        return [], [line for lines in steps for line in lines]
     parts = _LOCAL_SPLIT.split(code)  # text, variable, text, variable, ..., text
     skeletons = "\1".join(parts[0::2]).split("\0")
     counts = [skeleton.count("\1") for skeleton in skeletons]
     found = parts[1::2]  # the variables the steps name, in order; step k's from offset[k]
     offset = [0, *itertools.accumulate(counts)]
     # variable -> the last step that names it (len(steps): named after the steps)
-    last_use = dict(zip(found, itertools.chain.from_iterable(
-        itertools.repeat(number, count) for number, count in enumerate(counts))))
+    last_use = dict(zip(found, np.repeat(np.arange(len(steps)), counts).tolist()))
     last_use.update(dict.fromkeys(_LOCAL.findall(after), len(steps)))
     ids = {}  # skeleton -> its number: a step's shape
     shapes = [ids.setdefault(skeleton, len(ids)) for skeleton in skeletons]
-    for pattern in _UNFOLDABLE:
-        for m in pattern.finditer(code):
-            shapes[code.count("\0", 0, m.start())] = None
+    # (None: a step that is never folded)
+    unfoldable = {ids[skeleton] for skeleton in ids if _UNFOLDABLE.search(skeleton)}
+    if unfoldable:
+        shapes = [None if shape in unfoldable else shape for shape in shapes]
     functions, out, made, analysed, number = [], [], {}, {}, 0
     while number < len(steps):
         run, period = _longest_repeat(shapes, number)
