@@ -220,8 +220,12 @@ def _with_support(out, body, helpers_used, matmul, approximate, batched=False,
     if gemm_used:
         out += ["", "# convolutions as BLAS products: patch-matrix blocks (im2col) and gemm "
                 "(kernels/windows.py)"]
+        # (the blocks of the parts the module does not use are left out of the source
+        # itself: Numba would still type and lower them, 0.1-0.3 s of compile time)
+        left_out = [flag for flag, used in (("WINOGRAD_F4", winograd_f4),
+                                            ("WINOGRAD_U", winograd_u)) if not used]
         for fn in GEMM_SUPPORT:
-            out += ["", plain, inspect.getsource(fn).rstrip(), ""]
+            out += ["", plain, _without_blocks(inspect.getsource(fn).rstrip(), left_out), ""]
         # conv_gemm's modes 5 and 6 (graphnn's tile kernel) only where used: Numba then
         # leaves their code out of the others (1-1.5 s less compile time)
         uses_packed = any(h in windows.PACKED_HELPERS for h in gemm_used)
@@ -575,6 +579,29 @@ WINOGRAD_U_USED = "(winograd u)"  # ... needs WINOGRAD_U
 
 def _has_epilogues(program):
     return any(getattr(s, "epilogue", None) for s in program.steps)
+
+
+_FLAG_BLOCK = re.compile(r"(\s*)if (\w+):\s*(?:#.*)?")
+
+
+def _without_blocks(source, flags):
+    """`source` without the blocks `if FLAG:` (the test alone on its line, no else) of the
+    names `flags`, each a module constant that is False where the source goes."""
+    out, skip = [], None  # skip: the indent of the block being left out
+    for line in source.splitlines():
+        indent = len(line) - len(line.lstrip())
+        if skip is not None:
+            if not line.strip() or indent > skip:
+                continue
+            if line.lstrip().startswith(("else", "elif")):
+                raise ValueError(f"{line.strip()!r} after a block of {flags}")
+            skip = None
+        m = _FLAG_BLOCK.fullmatch(line)
+        if m and m.group(2) in flags:
+            skip = indent
+            continue
+        out.append(line)
+    return "\n".join(out)
 
 
 def _conv_code_used(program):

@@ -375,8 +375,9 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
         half = out.dtype.type(0.5)
         # F(2x2, 3x3): 4x4 windows 2 apart; F(4x4, 3x3), when U is 6 x 6 x ci x co: 6x6
         # windows 4 apart (mode CONV2D_WINOGRAD transforms its kernel for F(2x2, 3x3))
-        wt = w.shape[0] if mode != 3 else 4
-        tm = wt - 2
+        if WINOGRAD_F4:
+            if mode != 3 and w.shape[0] == 6:
+                wt, tm = 6, 4
         wh, ww, ws, th, tw = wt, wt, tm, (oh + tm - 1) // tm, (ow + tm - 1) // tm
         total = n_ * th * tw
         block = max(1, min(s, total))
@@ -404,7 +405,10 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     seg = ww * c_
     # the 3x3 kernel a Winograd round from U is computed from directly when its outputs
     # are not all finite (none: none is)
-    kf = kernel.reshape(-1) if kernel is not None else scratch[:0]
+    kf = scratch[:0]
+    if WINOGRAD_U:
+        if kernel is not None:
+            kf = kernel.reshape(-1)
     for r0 in range(0, total, block):
         rows = min(block, total - r0)
         n = r0 // (th * tw)  # (n, y, x) of row r0: image, output (or tile) row and column
@@ -440,26 +444,27 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                 x0, y = 0, y + 1
                 if y == th:
                     y, n = 0, n + 1
-        if WINOGRAD_F4 and winograd and wt == 6:
-            # F(4x4, 3x3)'s V = B^T d B in place: B^T's rows (4 0 -5 0 1 0),
-            # (0 -4 -4 1 1 0), (0 4 -4 -1 1 0), (0 -2 -1 2 1 0), (0 2 -1 -2 1 0),
-            # (0 4 0 -5 0 1) down the columns of each window (6 apart), then along its rows
-            f2, f4, f5 = out.dtype.type(2), out.dtype.type(4), out.dtype.type(5)
-            for step in range(rows * 12):
-                rw, k = step // 12, step % 12
-                apart = ci if k >= 6 else 6 * ci
-                first = at + rw * cols + (6 * (k - 6) * ci if k >= 6 else k * ci)
-                for c in range(first, first + ci):
-                    d0, d1 = scratch[np.uintp(c)], scratch[np.uintp(c + apart)]
-                    d2, d3 = scratch[np.uintp(c + 2 * apart)], scratch[np.uintp(c + 3 * apart)]
-                    d4, d5 = scratch[np.uintp(c + 4 * apart)], scratch[np.uintp(c + 5 * apart)]
-                    scratch[np.uintp(c)] = f4 * d0 - f5 * d2 + d4
-                    scratch[np.uintp(c + apart)] = d3 + d4 - f4 * (d1 + d2)
-                    scratch[np.uintp(c + 2 * apart)] = f4 * (d1 - d2) + d4 - d3
-                    scratch[np.uintp(c + 3 * apart)] = f2 * (d3 - d1) + d4 - d2
-                    scratch[np.uintp(c + 4 * apart)] = f2 * (d1 - d3) + d4 - d2
-                    scratch[np.uintp(c + 5 * apart)] = f4 * d1 - f5 * d3 + d5
-        elif winograd:
+        if WINOGRAD_F4:
+            if winograd and wt == 6:
+                # F(4x4, 3x3)'s V = B^T d B in place: B^T's rows (4 0 -5 0 1 0),
+                # (0 -4 -4 1 1 0), (0 4 -4 -1 1 0), (0 -2 -1 2 1 0), (0 2 -1 -2 1 0),
+                # (0 4 0 -5 0 1) down the columns of each window (6 apart), then along its rows
+                f2, f4, f5 = out.dtype.type(2), out.dtype.type(4), out.dtype.type(5)
+                for step in range(rows * 12):
+                    rw, k = step // 12, step % 12
+                    apart = ci if k >= 6 else 6 * ci
+                    first = at + rw * cols + (6 * (k - 6) * ci if k >= 6 else k * ci)
+                    for c in range(first, first + ci):
+                        d0, d1 = scratch[np.uintp(c)], scratch[np.uintp(c + apart)]
+                        d2, d3 = scratch[np.uintp(c + 2 * apart)], scratch[np.uintp(c + 3 * apart)]
+                        d4, d5 = scratch[np.uintp(c + 4 * apart)], scratch[np.uintp(c + 5 * apart)]
+                        scratch[np.uintp(c)] = f4 * d0 - f5 * d2 + d4
+                        scratch[np.uintp(c + apart)] = d3 + d4 - f4 * (d1 + d2)
+                        scratch[np.uintp(c + 2 * apart)] = f4 * (d1 - d2) + d4 - d3
+                        scratch[np.uintp(c + 3 * apart)] = f2 * (d3 - d1) + d4 - d2
+                        scratch[np.uintp(c + 4 * apart)] = f2 * (d1 - d3) + d4 - d2
+                        scratch[np.uintp(c + 5 * apart)] = f4 * d1 - f5 * d3 + d5
+        if winograd and wt == 4:
             # V = B^T d B in place: B^T's rows (1 0 -1 0), (0 1 1 0), (0 -1 1 0), (0 1 0 -1)
             # applied down the columns of each window (4 apart), then along its rows
             for step in range(rows * 8):
@@ -532,49 +537,54 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
             for k in range(taps if mode != 6 else 0):  # products[k] = V[k] @ U[k]
                 _cblas_gemm(111, 111, rows, co, ci, one, scratch[at + k * ci:], cols,
                             uf[k * us:], co, zero, scratch[mt + k * co:], taps * co)
-        if WINOGRAD_F4 and winograd and wt == 6:
-            # F(4x4, 3x3)'s 4x4 tile = A^T M A: A^T's rows (1 1 1 1 1 0), (0 1 -1 2 -2 0),
-            # (0 1 1 4 4 0), (0 1 -1 8 -8 1) down the columns of M (6 apart, into its first
-            # four rows), then along those rows (into their first four entries), in place;
-            # then each output copied out (with the epilogue), those past y's edge left
-            f2, f4, f8 = out.dtype.type(2), out.dtype.type(4), out.dtype.type(8)
-            for step in range(rows * 10):
-                rw, k = step // 10, step % 10
-                apart = co if k >= 6 else 6 * co
-                first = mt + rw * 36 * co + (6 * (k - 6) * co if k >= 6 else k * co)
-                for c in range(first, first + co):
-                    e0, e1 = scratch[np.uintp(c)], scratch[np.uintp(c + apart)]
-                    e2, e3 = scratch[np.uintp(c + 2 * apart)], scratch[np.uintp(c + 3 * apart)]
-                    e4, e5 = scratch[np.uintp(c + 4 * apart)], scratch[np.uintp(c + 5 * apart)]
-                    s12, d12, s34, d34 = e1 + e2, e1 - e2, e3 + e4, e3 - e4
-                    scratch[np.uintp(c)] = e0 + s12 + s34
-                    scratch[np.uintp(c + apart)] = d12 + f2 * d34
-                    scratch[np.uintp(c + 2 * apart)] = s12 + f4 * s34
-                    scratch[np.uintp(c + 3 * apart)] = d12 + f8 * d34 + e5
-            n = r0 // (th * tw)
-            y = (r0 - n * th * tw) // tw
-            x0 = r0 - (n * th + y) * tw
-            bad = zero  # (NaN when an output is a NaN or an infinity: x * 0 is NaN)
-            for step in range(rows * 16):
-                i, j = step % 16 // 4, step % 4
-                if 4 * y + i < oh and 4 * x0 + j < ow:
-                    src = mt + (step // 16 * 36 + i * 6 + j) * co
-                    dst = ((n * oh + 4 * y + i) * ow + 4 * x0 + j) * pitch + off
-                    for k in range(co):
-                        v = scratch[np.uintp(src + k)]
-                        bad += v * zero
-                        if EPILOGUES:  # (the epilogue)
-                            v += bias[k] if act >= 2 else zero
-                            v = zero if act % 2 == 1 and v <= zero else v
-                        yf[np.uintp(dst + k)] = v
-                if step % 16 == 15:
-                    x0 += 1
-                    if x0 == tw:
-                        x0, y = 0, y + 1
-                        if y == th:
-                            y, n = 0, n + 1
-            if not WINOGRAD_U or bad == bad or not kf.size:
-                continue
+        if WINOGRAD_F4:
+            if winograd and wt == 6:
+                # F(4x4, 3x3)'s 4x4 tile = A^T M A: A^T's rows (1 1 1 1 1 0), (0 1 -1 2 -2 0),
+                # (0 1 1 4 4 0), (0 1 -1 8 -8 1) down the columns of M (6 apart, into its first
+                # four rows), then along those rows (into their first four entries), in place;
+                # then each output copied out (with the epilogue), those past y's edge left
+                f2, f4, f8 = out.dtype.type(2), out.dtype.type(4), out.dtype.type(8)
+                for step in range(rows * 10):
+                    rw, k = step // 10, step % 10
+                    apart = co if k >= 6 else 6 * co
+                    first = mt + rw * 36 * co + (6 * (k - 6) * co if k >= 6 else k * co)
+                    for c in range(first, first + co):
+                        e0, e1 = scratch[np.uintp(c)], scratch[np.uintp(c + apart)]
+                        e2, e3 = scratch[np.uintp(c + 2 * apart)], scratch[np.uintp(c + 3 * apart)]
+                        e4, e5 = scratch[np.uintp(c + 4 * apart)], scratch[np.uintp(c + 5 * apart)]
+                        s12, d12, s34, d34 = e1 + e2, e1 - e2, e3 + e4, e3 - e4
+                        scratch[np.uintp(c)] = e0 + s12 + s34
+                        scratch[np.uintp(c + apart)] = d12 + f2 * d34
+                        scratch[np.uintp(c + 2 * apart)] = s12 + f4 * s34
+                        scratch[np.uintp(c + 3 * apart)] = d12 + f8 * d34 + e5
+                n = r0 // (th * tw)
+                y = (r0 - n * th * tw) // tw
+                x0 = r0 - (n * th + y) * tw
+                bad = zero  # (NaN when an output is a NaN or an infinity: x * 0 is NaN)
+                for step in range(rows * 16):
+                    i, j = step % 16 // 4, step % 4
+                    if 4 * y + i < oh and 4 * x0 + j < ow:
+                        src = mt + (step // 16 * 36 + i * 6 + j) * co
+                        dst = ((n * oh + 4 * y + i) * ow + 4 * x0 + j) * pitch + off
+                        for k in range(co):
+                            v = scratch[np.uintp(src + k)]
+                            if WINOGRAD_U:
+                                bad += v * zero
+                            if EPILOGUES:  # (the epilogue)
+                                v += bias[k] if act >= 2 else zero
+                                v = zero if act % 2 == 1 and v <= zero else v
+                            yf[np.uintp(dst + k)] = v
+                    if step % 16 == 15:
+                        x0 += 1
+                        if x0 == tw:
+                            x0, y = 0, y + 1
+                            if y == th:
+                                y, n = 0, n + 1
+                redo = False  # (True: the round again, below)
+                if WINOGRAD_U:
+                    redo = bad != bad and kf.size > 0
+                if not redo:
+                    continue
         if winograd and wt == 4:
             # y's 2x2 tile = A^T M A: A^T's rows (1 1 1 0), (0 1 -1 -1) applied down the
             # columns of M (4 apart, in place), then along its first two rows into y; a
@@ -604,7 +614,8 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                     e2 = scratch[np.uintp(first + k + 2 * co)]
                     e3 = scratch[np.uintp(first + k + 3 * co)]
                     v1, v0 = e1 - e2 - e3, e0 + e1 + e2
-                    bad += (v0 + v1) * zero
+                    if WINOGRAD_U:
+                        bad += (v0 + v1) * zero
                     if EPILOGUES:  # (the epilogue)
                         ep = bias[k] if act >= 2 else zero
                         v1, v0 = v1 + ep, v0 + ep
@@ -618,38 +629,42 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                         x0, y = 0, y + 1
                         if y == th:
                             y, n = 0, n + 1
-            if not WINOGRAD_U or bad == bad or not kf.size:
+            redo = False  # (True: the round again, below)
+            if WINOGRAD_U:
+                redo = bad != bad and kf.size > 0
+            if not redo:
                 continue
-        if WINOGRAD_U and winograd:
-            # an output that is a NaN or an infinity: the round again, directly from the
-            # 3x3 kernel (see the docstring)
-            n = r0 // (th * tw)
-            y = (r0 - n * th * tw) // tw
-            x0 = r0 - (n * th + y) * tw
-            for step in range(rows * tm * tm):
-                yo, xo = tm * y + step % (tm * tm) // tm, tm * x0 + step % tm
-                dst = ((n * oh + yo) * ow + xo) * pitch + off
-                beta = zero  # (each output: the sum of one product per tap inside)
-                for tap in range(9 if yo < oh and xo < ow else 0):
-                    yy, xx = yo + tap // 3 - ph, xo + tap % 3 - pw
-                    if yy >= 0 and yy < h_ and xx >= 0 and xx < w_:
-                        _cblas_gemm(111, 111, 1, co, ci, one,
-                                    xf[((n * h_ + yy) * w_ + xx) * c_:], ci,
-                                    kf[tap * ci * co:], co, beta, yf[dst:], pitch)
-                        beta = one
-                for k in range(co if yo < oh and xo < ow else 0):
-                    v = yf[np.uintp(dst + k)] if beta == one else zero
-                    if EPILOGUES:
-                        v += bias[k] if act >= 2 else zero
-                        v = zero if act % 2 == 1 and v <= zero else v
-                    yf[np.uintp(dst + k)] = v
-                if step % (tm * tm) == tm * tm - 1:
-                    x0 += 1
-                    if x0 == tw:
-                        x0, y = 0, y + 1
-                        if y == th:
-                            y, n = 0, n + 1
-            continue
+        if WINOGRAD_U:
+            if winograd:
+                # an output that is a NaN or an infinity: the round again, directly from the
+                # 3x3 kernel (see the docstring)
+                n = r0 // (th * tw)
+                y = (r0 - n * th * tw) // tw
+                x0 = r0 - (n * th + y) * tw
+                for step in range(rows * tm * tm):
+                    yo, xo = tm * y + step % (tm * tm) // tm, tm * x0 + step % tm
+                    dst = ((n * oh + yo) * ow + xo) * pitch + off
+                    beta = zero  # (each output: the sum of one product per tap inside)
+                    for tap in range(9 if yo < oh and xo < ow else 0):
+                        yy, xx = yo + tap // 3 - ph, xo + tap % 3 - pw
+                        if yy >= 0 and yy < h_ and xx >= 0 and xx < w_:
+                            _cblas_gemm(111, 111, 1, co, ci, one,
+                                        xf[((n * h_ + yy) * w_ + xx) * c_:], ci,
+                                        kf[tap * ci * co:], co, beta, yf[dst:], pitch)
+                            beta = one
+                    for k in range(co if yo < oh and xo < ow else 0):
+                        v = yf[np.uintp(dst + k)] if beta == one else zero
+                        if EPILOGUES:
+                            v += bias[k] if act >= 2 else zero
+                            v = zero if act % 2 == 1 and v <= zero else v
+                        yf[np.uintp(dst + k)] = v
+                    if step % (tm * tm) == tm * tm - 1:
+                        x0 += 1
+                        if x0 == tw:
+                            x0, y = 0, y + 1
+                            if y == th:
+                                y, n = 0, n + 1
+                continue
         gy = g2[r0:r0 + rows]
         # (one BLAS call site for the three modes; the product is written through a flat
         # view: in mode 0 its rows are `pitch` apart, from channel `off`)
@@ -745,11 +760,12 @@ def winograd_kernel(w, tile=2):
     dtype (the same product CONV2D_WINOGRAD computes at every call); with `tile` 4, the
     6 x 6 x ci x co array it reads for F(4x4, 3x3)."""
     w = np.ascontiguousarray(w)
-    if tile == 4:  # (G's entries 1/4, 1/6, 1/12, 1/24: the product in float64, then rounded)
+    if tile == 4:  # (G's entries 1/4, 1/6, 1/12, 1/24, rounded to w's dtype: in float32,
+        # U within 3e-8 of its float64 product, and a 512x512 kernel's in 15 ms, not 40)
         g = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                       [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
-        u = np.kron(g, g) @ w.reshape(9, -1).astype(np.float64)
-        return u.astype(w.dtype).reshape((6, 6) + w.shape[2:])
+        u = np.kron(g, g).astype(w.dtype) @ w.reshape(9, -1)
+        return u.reshape((6, 6) + w.shape[2:])
     g = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
     # (G kron G) @ w as 9 x (ci co): one BLAS product in w's dtype, as CONV2D_WINOGRAD
     # computes it (G's entries are 0, +-1/2 and 1: exact in float32; a 512x512 kernel

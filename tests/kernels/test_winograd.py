@@ -211,6 +211,16 @@ def test_programs_without_f4_winograd_leave_its_code_out():
     f = gn.compile(targets, backend="cpu")
     assert "WINOGRAD_F4 = False" in f.source and "WINOGRAD_F4 = True" not in f.source
     assert "TRAINING_MODES = True" in f.source and "WINOGRAD_U = False" in f.source
+    # (the blocks of the parts left out are not in the generated source at all)
+    assert "if WINOGRAD_U:" not in f.source and "if WINOGRAD_F4:" not in f.source
+
+
+def test_blocks_of_unused_parts_are_left_out_of_the_source():
+    source = "x = 1\nif A:\n    y = 2\n\n    z = 3\nif B:  # (kept)\n    w = 4\nv = 5"
+    assert cpu._without_blocks(source, ["A"]) == "x = 1\nif B:  # (kept)\n    w = 4\nv = 5"
+    assert cpu._without_blocks(source, []) == source
+    with pytest.raises(ValueError, match="else"):
+        cpu._without_blocks("if A:\n    y = 2\nelse:\n    y = 3", ["A"])
 
 
 def test_winograd_is_chosen_for_3x3_stride_1_with_enough_channels_and_tiles():
