@@ -617,8 +617,9 @@ def _conv_code_used(program):
         {TRAINING_MODES_USED} if any(s.helper in ("conv2d_grad_input", "conv2d_grad_filter")
                                      or _winograd(s) and s.helper == "conv2d"
                                      for s in convolutions) else set()) | (
-        {WINOGRAD_U_USED} if any(s.helper in ("conv2d_winograd", "conv2d_winograd_packed")
-                                 for s in convolutions) else set())
+        {WINOGRAD_U_USED, "conv2d_direct"} if any(
+            s.helper in ("conv2d_winograd", "conv2d_winograd_packed")
+            for s in convolutions) else set())
 
 
 FORWARD_CONVOLUTIONS = ("conv2d", "conv2d_packed", "conv2d_winograd",
@@ -1189,9 +1190,6 @@ def _emit_step(em, step, allocated, loop, needed):
             # np.intp: Numba compiles conv_gemm once, not once per mode, stride and padding
             ints = [f"np.intp({p})" for p in (GEMM_HELPERS[step.helper],) + step.params]
             buffers = [b.name for b in step.args[:2]]
-            # (Winograd from U: the 3x3 kernel U was made from, see winograd_constants)
-            kernel = step.args[2].name if len(step.args) > 2 else \
-                f"np.empty((0, 0, 0, 0), {_dtype_src(step.out.dtype)})"
             winograd = _winograd(step)
             if winograd:  # mode CONV2D_WINOGRAD(_U), whose "stride" is the tiles per round
                 mode = GEMM_HELPERS[step.helper] if step.helper != "conv2d" \
@@ -1204,9 +1202,16 @@ def _emit_step(em, step, allocated, loop, needed):
             bias = f"np.empty(0, {_dtype_src(step.out.dtype)})" if bias is None else \
                 bias.name if bias.ndim == 1 else f"{bias.name}_f"
             code = act + (2 if step.epilogue and step.epilogue[0] is not None else 0)
-            em.emit(f"conv_gemm({', '.join(ints[:1] + buffers + ints[1:])}, {scratch}, "
-                    f"{step.out.name}, {bias}, np.intp({code}), np.intp({cout}), "
-                    f"np.intp({off}), {kernel})")
+            epilogue = f"{bias}, np.intp({code}), np.intp({cout}), np.intp({off})"
+            call = f"conv_gemm({', '.join(ints[:1] + buffers + ints[1:])}, {scratch}, " \
+                   f"{step.out.name}, {epilogue})"
+            if len(step.args) > 2:  # Winograd from U: True when an output was not finite
+                em.emit(f"if {call}:")  # (then the direct loops: windows.conv2d_direct)
+                em.emit(f"    conv2d_direct({step.args[0].name}, {step.args[2].name}, "
+                        f"np.intp({step.params[1]}), np.intp({step.params[2]}), "
+                        f"{step.out.name}, {epilogue})")
+            else:
+                em.emit(call)
         else:
             # np.intp: one compiled helper for every window size and stride
             ints = [f"np.intp({p})" for p in step.params]
@@ -1640,6 +1645,7 @@ def generate_library(program, parallel=False, approximate=True):
     # a deep graph repeats a few step structures thousands of times: each structure's
     # kernel and call are found once (see _loops_key), then each step costs a lookup
     calls = {}
+    on_demand = set()  # kernels called only when needed (conv2d_direct)
     head, steps = em.lines, []  # each step's driver lines (see _fold_repeats)
     for number, step in enumerate(program.steps):
         em.lines = []
@@ -1701,8 +1707,16 @@ def generate_library(program, parallel=False, approximate=True):
                 parallel, helper == "batch_gemm", helper == "gemv"))
             for line in se.lines:
                 code = line.lstrip()
+                test = "if " if code.startswith(f"if {helper}(") else ""
+                code = code[len(test):]
                 if code.startswith(f"{helper}("):  # the call: of the kernel instead
-                    line = line[:len(line) - len(code)] + name + code[len(helper):]
+                    line = line[:len(line) - len(code) - len(test)] + test + name + \
+                        code[len(helper):]
+                elif code.startswith("conv2d_direct("):  # (compiled only if called)
+                    direct = kernel(_kernel_module(("kernel = conv2d_direct",),
+                                                   ("conv2d_direct",), False, False, parallel))
+                    on_demand.add(int(direct[1:]))
+                    line = line[:len(line) - len(code)] + direct + code[len("conv2d_direct"):]
                 em.lines.append(_SCALAR_ARG.sub(
                     lambda m: constants.setdefault(m.group(0), f"C{len(constants)}"), line))
             if key is not None and own_named and len(se.lines) == 1 and key not in calls:
@@ -1724,6 +1738,9 @@ def generate_library(program, parallel=False, approximate=True):
         "# kernels.cpu.bind_library to the `kernel` of the modules KERNELS names).",
         "import numpy as np", "",
         f"KERNELS = {tuple(names)!r}",
+        "# kernels a first call may not call (a convolution computed again only when an",
+        "# output was not finite): left out of the compile progress and counts",
+        f"ON_DEMAND = {tuple(sorted(on_demand))!r}",
         "".join(f"K{k} = " for k in range(len(kernels))) + "None" if kernels else "", "",
         "# outputs whose earlier results the caller may pass back (see kernels/cpu.py)",
         f"RECYCLED = {tuple(recycled)!r}", "",

@@ -67,6 +67,33 @@ def conv2d(x, w, s, ph, pw, out):
                                 out[n, y, x0, o] += v * w[i, j, c, o]
 
 
+def conv2d_direct(x, w, ph, pw, out, bias, act, cout, off):
+    """A stride-1 convolution with conv_gemm's epilogue (`bias`, `act`, `cout`, `off`, as
+    there), by the direct loops: what a Winograd convolution from U is computed with again
+    when its outputs were not all finite (conv_gemm returned True), so that exactly the
+    outputs whose windows hold a NaN or an infinity are not finite, as the numpy back end
+    makes them. Compiled only if it is ever called."""
+    n_, h_, w_, c_ = x.shape
+    kh, kw, ci = w.shape[0], w.shape[1], w.shape[2]
+    oh, ow, pitch = out.shape[1], out.shape[2], out.shape[3]
+    co = cout if cout > 0 else pitch
+    zero = out.dtype.type(0)
+    for n in range(n_):
+        for y in range(oh):
+            for x0 in range(ow):
+                for k in range(co):
+                    v = zero
+                    for i in range(kh):
+                        yy = y + i - ph
+                        for j in range(kw if yy >= 0 and yy < h_ else 0):
+                            xx = x0 + j - pw
+                            if xx >= 0 and xx < w_:
+                                for c in range(ci):
+                                    v += x[n, yy, xx, c] * w[i, j, c, k]
+                    v += bias[k] if act >= 2 else zero
+                    out[n, y, x0, off + k] = zero if act % 2 == 1 and v <= zero else v
+
+
 def conv2d_grad_input(g, w, s, ph, pw, out):
     n_, h_, w_, c_ = out.shape
     kh, kw, ci, co = w.shape
@@ -256,8 +283,7 @@ TRAINING_MODES = True
 WINOGRAD_U = True
 
 
-def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off=0,
-              kernel=None):
+def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off=0):
     """A convolution or one of its gradients as BLAS products, block by block of output
     rows:
 
@@ -315,11 +341,11 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
 
     Winograd's transforms would spread a NaN or an infinity of a window over its tile
     (their terms cancel only for finite numbers; F(2x2, 3x3) turns an infinity into NaNs,
-    F(4x4, 3x3) spreads both to outputs whose windows do not hold them): from a U, given
-    the 3x3 `kernel` it was made from, a round of tiles with an output that is not finite
-    (seen as it is written: no pass of its own) is computed again directly from `kernel`,
-    so the outputs are those of the direct loops. (Mode CONV2D_WINOGRAD, a training step's,
-    keeps F(2x2, 3x3)'s NaNs for an infinity: the check would cost its compile 0.75 s.)"""
+    F(4x4, 3x3) spreads both to outputs whose windows do not hold them): from a U, each
+    output is checked as it is written (no pass of its own), and conv_gemm returns True
+    when one is a NaN or an infinity; the caller then computes the convolution again with
+    conv2d_direct. (Mode CONV2D_WINOGRAD, a training step's, keeps F(2x2, 3x3)'s NaNs for
+    an infinity.) Otherwise it returns False."""
     if not PACKED and mode >= 5:
         raise ValueError("conv_gemm: modes 5 and 6 are left out of this module (PACKED)")
     if mode == 1:
@@ -353,7 +379,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
         for k in range(of.size):
             of[k] = zero
         if empty:
-            return
+            return False
     w2 = w.reshape((cols, w.shape[3]))
     g2 = g.reshape((total, pitch))
     # (direct: a block is one output row)
@@ -405,10 +431,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     seg = ww * c_
     # the 3x3 kernel a Winograd round from U is computed from directly when its outputs
     # are not all finite (none: none is)
-    kf = scratch[:0]
-    if WINOGRAD_U:
-        if kernel is not None:
-            kf = kernel.reshape(-1)
+    nonfinite = False  # (a Winograd output that is a NaN or an infinity: see the docstring)
     for r0 in range(0, total, block):
         rows = min(block, total - r0)
         n = r0 // (th * tw)  # (n, y, x) of row r0: image, output (or tile) row and column
@@ -580,11 +603,9 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                             x0, y = 0, y + 1
                             if y == th:
                                 y, n = 0, n + 1
-                redo = False  # (True: the round again, below)
                 if WINOGRAD_U:
-                    redo = bad != bad and kf.size > 0
-                if not redo:
-                    continue
+                    nonfinite = nonfinite or bad != bad
+                continue
         if winograd and wt == 4:
             # y's 2x2 tile = A^T M A: A^T's rows (1 1 1 0), (0 1 -1 -1) applied down the
             # columns of M (4 apart, in place), then along its first two rows into y; a
@@ -629,42 +650,9 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                         x0, y = 0, y + 1
                         if y == th:
                             y, n = 0, n + 1
-            redo = False  # (True: the round again, below)
             if WINOGRAD_U:
-                redo = bad != bad and kf.size > 0
-            if not redo:
-                continue
-        if WINOGRAD_U:
-            if winograd:
-                # an output that is a NaN or an infinity: the round again, directly from the
-                # 3x3 kernel (see the docstring)
-                n = r0 // (th * tw)
-                y = (r0 - n * th * tw) // tw
-                x0 = r0 - (n * th + y) * tw
-                for step in range(rows * tm * tm):
-                    yo, xo = tm * y + step % (tm * tm) // tm, tm * x0 + step % tm
-                    dst = ((n * oh + yo) * ow + xo) * pitch + off
-                    beta = zero  # (each output: the sum of one product per tap inside)
-                    for tap in range(9 if yo < oh and xo < ow else 0):
-                        yy, xx = yo + tap // 3 - ph, xo + tap % 3 - pw
-                        if yy >= 0 and yy < h_ and xx >= 0 and xx < w_:
-                            _cblas_gemm(111, 111, 1, co, ci, one,
-                                        xf[((n * h_ + yy) * w_ + xx) * c_:], ci,
-                                        kf[tap * ci * co:], co, beta, yf[dst:], pitch)
-                            beta = one
-                    for k in range(co if yo < oh and xo < ow else 0):
-                        v = yf[np.uintp(dst + k)] if beta == one else zero
-                        if EPILOGUES:
-                            v += bias[k] if act >= 2 else zero
-                            v = zero if act % 2 == 1 and v <= zero else v
-                        yf[np.uintp(dst + k)] = v
-                    if step % (tm * tm) == tm * tm - 1:
-                        x0 += 1
-                        if x0 == tw:
-                            x0, y = 0, y + 1
-                            if y == th:
-                                y, n = 0, n + 1
-                continue
+                nonfinite = nonfinite or bad != bad
+            continue
         gy = g2[r0:r0 + rows]
         # (one BLAS call site for the three modes; the product is written through a flat
         # view: in mode 0 its rows are `pitch` apart, from channel `off`)
@@ -703,6 +691,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                 x0, y = 0, y + 1
                 if y == th:
                     y, n = 0, n + 1
+    return nonfinite
 
 
 # Winograd F(2x2, 3x3) for stride-1 3x3 convolutions (see conv_gemm). Measured against
@@ -791,7 +780,8 @@ def winograd_scratch_items(ci, co, tiles, pretransformed=False, taps=16):
 
 
 HELPERS = {f.__name__: f for f in (conv2d, conv2d_grad_input, conv2d_grad_filter, max_pool2d,
-                                   max_pool2d_grad, avg_pool2d, avg_pool2d_grad)}
+                                   max_pool2d_grad, avg_pool2d, avg_pool2d_grad,
+                                   conv2d_direct)}
 # the convolutions the CPU generator emits as conv_gemm(mode, ...) (BLAS products), and
 # the functions conv_gemm calls (copied into the generated module with it)
 GEMM_HELPERS = {"conv2d": CONV2D, "conv2d_grad_input": CONV2D_GRAD_INPUT,

@@ -181,7 +181,8 @@ class CpuFunction(LoweredFunction):
         elif self.library:
             lines.append(f"  first call {compiled:.2f} s: {self.stats['kernels_compiled']} "
                          f"kernels compiled, {self.stats['kernels_cached']} from the cache")
-            slow = sorted(self.stats["kernel_seconds"], key=lambda e: -e["seconds"])[:5]
+            slow = sorted((e for e in self.stats["kernel_seconds"] if e["seconds"] is not None),
+                          key=lambda e: -e["seconds"])[:5]
             lines.append("  slowest first kernel calls: " + ", ".join(
                 f"{e['kernel']} {e['seconds']:.2f} s" for e in slow))
         else:
@@ -266,7 +267,9 @@ class CpuFunction(LoweredFunction):
         arrays, tail = args[:len(self._feed_types)], args[len(self._feed_types):]
         kernels = [module.kernel for module, _ in self._kernels]
         misses = [_misses(d) for d in kernels]
-        ready = [bool(d.overloads) or _cache_on_disk(d) for d in kernels]
+        on_demand = set(getattr(self.module, "ON_DEMAND", ()))
+        ready = [bool(d.overloads) or _cache_on_disk(d) or k in on_demand
+                 for k, d in enumerate(kernels)]
         todo = ready.count(False)
         bar = None
         if todo and self._progress:
@@ -286,11 +289,12 @@ class CpuFunction(LoweredFunction):
                 bar.close()
         compiled = [_misses(module.kernel) > before
                     for (module, _), before in zip(self._kernels, misses)]
+        called = [k not in on_demand or seconds[k] is not None for k in range(len(kernels))]
         self._epoch = None
         self.stats["compile_seconds"] = time.perf_counter() - started
         self.stats.update(
             cache_hit=not any(compiled), kernels_compiled=sum(compiled),
-            kernels_cached=len(compiled) - sum(compiled),
+            kernels_cached=sum(called) - sum(compiled),
             kernel_seconds=[{"kernel": f"K{k}", "module": os.path.basename(path),
                              "seconds": t, "compiled": c}
                             for k, ((_, path), t, c) in enumerate(

@@ -149,10 +149,11 @@ def test_compiled_f4_winograd_convolutions_equal_the_numpy_backend(library):
 NONFINITE_CASES = {"f4": ((2, 26, 25, 8), 6), "f2-u": ((2, 13, 12, 8), 4)}
 
 
+@pytest.mark.parametrize("library", [False, True])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("case", sorted(NONFINITE_CASES))
 def test_winograd_keeps_a_nan_or_infinity_to_the_outputs_whose_windows_hold_it(
-        monkeypatch, case, bad):
+        monkeypatch, case, bad, library):
     """Winograd's transforms would spread a non-finite input over its tile (F(4x4, 3x3):
     to outputs whose windows do not hold it; F(2x2, 3x3): an infinity as NaNs); from a U,
     the rounds of tiles with an output that is not finite are computed again directly, so
@@ -168,10 +169,17 @@ def test_winograd_keeps_a_nan_or_infinity_to_the_outputs_whose_windows_hold_it(
     w = gn.const(kernel)
     b = gn.const(rng.standard_normal(10).astype(np.float32))
     y = gn.relu(gn.conv2d(x, w, padding="same") + b)
-    f = gn.compile(y, backend="cpu")
+    f = gn.compile(y, backend="cpu", library=library)
     sides = [c.shape[0] for c in f.program.consts if len(c.shape) == 4 and c.shape[0] != 3]
     assert sides == [side] and "WINOGRAD_U = True" in f.source
     X = rng.standard_normal(image).astype(np.float32)
+    if library:  # (a first call with finite inputs: conv2d_direct's kernel not compiled)
+        f(x=X)
+        uncalled = [e for e in f.stats["kernel_seconds"] if e["seconds"] is None]
+        assert len(uncalled) == 1 and not uncalled[0]["compiled"]
+        assert f.stats["kernels_compiled"] + f.stats["kernels_cached"] == \
+            len(f.stats["kernel_seconds"]) - 1
+        assert "slowest first kernel calls" in f.explain()
     X[0, 7, 9, 2] = bad    # inside
     X[1, 0, image[2] - 1, 5] = bad   # a corner
     X[1, 6, 0, 0] = bad   # an edge
@@ -183,21 +191,30 @@ def test_winograd_keeps_a_nan_or_infinity_to_the_outputs_whose_windows_hold_it(
     np.testing.assert_allclose(got[ok], want[ok], rtol=1e-5, atol=1e-5 * np.abs(want[ok]).max())
 
 
-def test_f4_winograd_direct_rounds_equal_the_direct_loops():
-    """conv_gemm as plain Python with the 3x3 kernel given: a round whose windows hold a NaN
-    is computed directly (bias and relu too), the others by F(4x4, 3x3)."""
+def test_winograd_from_u_says_when_an_output_is_not_finite_and_conv2d_direct_redoes_it():
+    """conv_gemm as plain Python: from U it returns True when an output it wrote is a NaN
+    (a NaN input that F(4x4, 3x3) spreads over its tiles), False when all are finite;
+    conv2d_direct (bias and relu too, into channels 2.. of a wider output) then gives the
+    direct loops' outputs, NaN exactly where their windows hold the NaN."""
     rng = np.random.default_rng(14)
     x = rng.standard_normal((1, 9, 10, 3))
     w = rng.standard_normal((3, 3, 3, 5))
     bias = rng.standard_normal(5)
-    x[0, 4, 5, 1] = np.nan  # (d1 of its row's tile: F(4x4, 3x3) would spread it to o3)
     want, ph, pw = _reference(x, w, "same")
-    want = np.where(np.isnan(want), np.nan, np.maximum(want + bias, 0))
     u = windows.winograd_kernel(w, 4)
     scratch = np.full(windows.winograd_scratch_items(3, 5, 2, True, 36), np.nan)
     got = np.full(want.shape, np.nan)
-    windows.conv_gemm(windows.CONV2D_WINOGRAD_U, x, u, 2, ph, pw, scratch, got, bias, 3, 0,
-                      0, w)
+    assert not windows.conv_gemm(windows.CONV2D_WINOGRAD_U, x, u, 2, ph, pw, scratch, got)
+    x[0, 4, 5, 1] = np.nan  # (d1 of its row's tile: F(4x4, 3x3) would spread it to o3)
+    want, ph, pw = _reference(x, w, "same")
+    want = np.where(np.isnan(want), np.nan, np.maximum(want + bias, 0))
+    assert windows.conv_gemm(windows.CONV2D_WINOGRAD_U, x, u, 2, ph, pw, scratch, got, bias,
+                             3, 0, 0)
+    assert np.isnan(got).any(axis=-1).sum() > 9  # (spread)
+    wide = np.full((1, 9, 10, 8), -7.0)
+    windows.conv2d_direct(x, w, ph, pw, wide, bias, 3, 5, 2)
+    assert (wide[..., :2] == -7).all() and (wide[..., 7:] == -7).all()
+    got = wide[..., 2:7]
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     assert np.isnan(got).any(axis=-1).sum() == 9
     np.testing.assert_allclose(np.nan_to_num(got), np.nan_to_num(want), rtol=1e-12, atol=1e-12)
@@ -213,6 +230,7 @@ def test_programs_without_f4_winograd_leave_its_code_out():
     assert "TRAINING_MODES = True" in f.source and "WINOGRAD_U = False" in f.source
     # (the blocks of the parts left out are not in the generated source at all)
     assert "if WINOGRAD_U:" not in f.source and "if WINOGRAD_F4:" not in f.source
+    assert "def conv2d_direct" not in f.source
 
 
 def test_blocks_of_unused_parts_are_left_out_of_the_source():
