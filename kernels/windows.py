@@ -429,8 +429,6 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     edge = np.empty(max(block, ow) * width if PACKED and mode >= 5 and whole < co else 0,
                     out.dtype)
     seg = ww * c_
-    # the 3x3 kernel a Winograd round from U is computed from directly when its outputs
-    # are not all finite (none: none is)
     nonfinite = False  # (a Winograd output that is a NaN or an infinity: see the docstring)
     for r0 in range(0, total, block):
         rows = min(block, total - r0)
