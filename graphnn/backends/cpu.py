@@ -5,8 +5,13 @@ module whose single `program` function Numba compiles and caches on disk (kernel
 and at call time checks the feeds in Python, then makes ONE call into compiled code, which
 also writes the parameter updates in place.
 """
+import inspect
+import json
 import os
+import select
+import signal
 import sys
+import threading
 import time
 import weakref
 
@@ -29,6 +34,11 @@ KEEP_RESULTS = 3
 PROGRESS_DELAY = 1.0
 # Programs of at least this many steps run in library mode (see library_steps()).
 LIBRARY_STEPS = 48
+# A first call compiles its kernels in this many processes at most (see compile_jobs()).
+COMPILE_JOBS = 2
+# Seconds the forked compiling process may go without using the CPU before it is taken for
+# stuck, killed, and its kernels compiled by this process (see _report_of).
+STALLED_SECONDS = 10.0
 
 
 class CpuFunction(LoweredFunction):
@@ -179,8 +189,11 @@ class CpuFunction(LoweredFunction):
         if compiled is None:
             lines.append("  not called yet")
         elif self.library:
+            processes = self.stats.get("compile_processes", 1)
             lines.append(f"  first call {compiled:.2f} s: {self.stats['kernels_compiled']} "
-                         f"kernels compiled, {self.stats['kernels_cached']} from the cache")
+                         f"kernels compiled" + (f" in {processes} processes"
+                                                if processes > 1 else "") +
+                         f", {self.stats['kernels_cached']} from the cache")
             slow = sorted((e for e in self.stats["kernel_seconds"] if e["seconds"] is not None),
                           key=lambda e: -e["seconds"])[:5]
             lines.append("  slowest first kernel calls: " + ", ".join(
@@ -271,14 +284,25 @@ class CpuFunction(LoweredFunction):
         ready = [bool(d.overloads) or _cache_on_disk(d) or k in on_demand
                  for k, d in enumerate(kernels)]
         todo = ready.count(False)
-        bar = None
-        if todo and self._progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=todo, unit="kernel", file=sys.stderr, delay=PROGRESS_DELAY,
-                       leave=False,
-                       desc=f"graphnn: compiling {todo} kernels ({len(kernels) - todo} "
-                            "cached)")
+        made = []  # the progress bar, once made
+
+        def progress():
+            if not made:
+                bar = None
+                if todo and self._progress:
+                    from tqdm.auto import tqdm
+                    bar = tqdm(total=todo, unit="kernel", file=sys.stderr,
+                               delay=PROGRESS_DELAY, leave=False,
+                               desc=f"graphnn: compiling {todo} kernels "
+                                    f"({len(kernels) - todo} cached)")
+                made.append(bar)
+            return made[0]
         seconds = [None] * len(kernels)
+        # (kernel -> seconds compiling it before the first call; and those compiled in
+        # another process)
+        earlier, elsewhere, processes = self._compile_in_parallel(
+            arrays, tail, ready, progress) if todo > 1 and compile_jobs() > 1 else ({}, set(), 1)
+        bar = progress()
         for k in range(len(kernels)):
             setattr(self.module, f"K{k}", self._first_kernel_call(k, seconds, bar, ready))
         try:
@@ -287,13 +311,16 @@ class CpuFunction(LoweredFunction):
             cpu_codegen.bind_library(self.module, [module for module, _ in self._kernels])
             if bar is not None:
                 bar.close()
-        compiled = [_misses(module.kernel) > before
-                    for (module, _), before in zip(self._kernels, misses)]
+        for k, t in earlier.items():
+            seconds[k] = t + (seconds[k] or 0.0)
+        compiled = [_misses(module.kernel) > before or k in elsewhere
+                    for k, ((module, _), before) in enumerate(zip(self._kernels, misses))]
         called = [k not in on_demand or seconds[k] is not None for k in range(len(kernels))]
         self._epoch = None
         self.stats["compile_seconds"] = time.perf_counter() - started
         self.stats.update(
             cache_hit=not any(compiled), kernels_compiled=sum(compiled),
+            compile_processes=processes,
             kernels_cached=sum(called) - sum(compiled),
             kernel_seconds=[{"kernel": f"K{k}", "module": os.path.basename(path),
                              "seconds": t, "compiled": c}
@@ -303,6 +330,112 @@ class CpuFunction(LoweredFunction):
         self._fast_path_ready = not self.check_finite
         self.stats["buffer_bytes"] = self._buffer_bytes(arrays)
         return result
+
+    def _compile_in_parallel(self, arrays, tail, ready, progress):
+        """Compile the kernels that are not ready in two processes: the driver runs once
+        with each kernel replaced by a recorder of its argument types (kernels write in
+        place, so the driver needs nothing they compute), a forked process compiles the
+        costliest of them into Numba's disk cache, this one compiles the rest, and the
+        real first call then loads the forked process's kernels from the cache. Kernels
+        it did not compile (a failure, an unexpected signature) are compiled at their
+        first call as before: only the time differs. `progress()` gives the progress bar
+        (made after the fork: its monitor is a thread). Returns ({kernel: seconds
+        compiling it}, the kernels the other process compiled, the number of processes)."""
+        kernels = [module.kernel for module, _ in self._kernels]
+        types = self._kernel_argument_types(arrays, tail, kernels)
+        todo = [k for k in range(len(kernels)) if not ready[k] and k in types]
+        if len(todo) < 2:
+            return {}, set(), 1
+        # the costliest kernel (by its source's length) and as many others as balance the
+        # two shares go to the forked process
+        cost = {k: 2000 + _source_length(self._kernels[k][1]) for k in todo}
+        todo.sort(key=cost.get, reverse=True)
+        theirs, ours, load = [], [], [0, 0]
+        for k in todo:
+            side = 0 if load[0] <= load[1] else 1
+            (theirs, ours)[side].append(k)
+            load[side] += cost[k]
+        read, write = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read)
+            os.close(write)
+            return {}, set(), 1
+        if pid == 0:  # the forked process: compile, report the seconds, exit
+            status = 1
+            try:
+                os.close(read)
+                done = {}
+                for k in theirs:
+                    started = time.perf_counter()
+                    try:
+                        _compile(kernels[k], types[k])
+                    except Exception:  # (the first call compiles it, and raises there)
+                        continue
+                    if _cache_on_disk(kernels[k]):  # (else the first call compiles it)
+                        done[k] = time.perf_counter() - started
+                os.write(write, json.dumps(done).encode())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write)
+        seconds, report, bar = {}, None, progress()
+        try:
+            for k in ours:
+                started = time.perf_counter()
+                try:
+                    _compile(kernels[k], types[k])
+                except Exception:  # (the first call compiles it again and raises there)
+                    continue
+                seconds[k] = time.perf_counter() - started
+                ready[k] = True
+                if bar is not None:
+                    bar.update(1)
+            report = _report_of(pid, read)
+        finally:
+            os.close(read)
+            if report is None:  # (interrupted: the other process's work is not needed)
+                _kill(pid)
+            os.waitpid(pid, 0)
+        try:
+            done = {int(k): float(t) for k, t in json.loads(report or b"{}").items()
+                    if int(k) in theirs}
+        except (ValueError, TypeError, AttributeError):
+            done = {}
+        for k, t in done.items():
+            seconds[k], ready[k] = t, True
+        if bar is not None:
+            bar.update(len(done))
+        return seconds, set(done), 2
+
+    def _kernel_argument_types(self, arrays, tail, kernels):
+        """{kernel number: the Numba types of its first call's arguments}, from running the
+        driver with each kernel replaced by a recorder ({} when that run raises). The
+        states and constants are replaced by new arrays like them: the driver copies
+        results into states, and the results of this run are not computed."""
+        types = {}
+        tail = [np.empty_like(a) if isinstance(a, np.ndarray) else a for a in tail]
+
+        def recorder(k):
+            dispatcher = kernels[k]
+
+            def record(*args):
+                if k not in types:
+                    types[k] = _argument_types(dispatcher, args)
+                return False
+            return record
+        for k in range(len(kernels)):
+            setattr(self.module, f"K{k}", recorder(k))
+        spare = self.module.recycle_nothing()
+        try:
+            with np.errstate(all="ignore"):  # (the driver's own sums add what is there)
+                if self.module.workspace_bytes(*arrays) > self._workspace.size:
+                    self._grow_workspace(arrays)
+                self._fn(*arrays, *tail, *spare, self._workspace)
+        except Exception:
+            return {}
+        return types
 
     def _first_kernel_call(self, k, seconds, bar, ready):
         """What the driver calls as K<k> during the first call: the kernel, timed at its
@@ -489,6 +622,81 @@ def library_steps():
     $GRAPHNN_LIBRARY_STEPS, else LIBRARY_STEPS."""
     value = os.environ.get("GRAPHNN_LIBRARY_STEPS", "")
     return int(value) if value.strip().isdigit() else LIBRARY_STEPS
+
+
+def compile_jobs():
+    """How many processes a first call in library mode compiles its kernels in:
+    $GRAPHNN_JOBS, else COMPILE_JOBS, at most the CPUs this process may run on; 1 where
+    this process is not forked: not on Linux, while another thread runs (a lock it holds
+    would never be released in the copy), under MPI."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork") or \
+            threading.active_count() > 1 or "mpi4py.MPI" in sys.modules:
+        return 1  # (a fork copies no other thread, nor would MPI allow it)
+    value = os.environ.get("GRAPHNN_JOBS", "").strip()
+    jobs = int(value) if value.isdigit() else COMPILE_JOBS
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(jobs, cpus, 2))
+
+
+def _report_of(pid, read):
+    """What the forked process `pid` writes to the pipe `read` until it closes it; b""
+    when it stops using the CPU for STALLED_SECONDS before that (it is then killed:
+    compiling is all CPU work, so it waits on something that will never come)."""
+    chunks, ticks, since = [], _cpu_ticks(pid), time.monotonic()
+    while True:
+        if select.select([read], [], [], 0.5)[0]:
+            data = os.read(read, 1 << 16)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+            continue
+        now, used = time.monotonic(), _cpu_ticks(pid)
+        if used is None or used != ticks:
+            ticks, since = used, now
+        elif now - since > STALLED_SECONDS:
+            _kill(pid)
+            return b""
+
+
+def _cpu_ticks(pid):
+    """The CPU time process `pid` has used, in clock ticks (None when /proc cannot say)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # (utime and stime)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _argument_types(dispatcher, args):
+    """The Numba types the dispatcher would compile `args` for (defaults left out of the
+    call as Omitted, as Numba's own dispatch does)."""
+    params = list(inspect.signature(dispatcher.py_func).parameters.values())
+    found = [dispatcher.typeof_pyval(a) for a in args]
+    found += [numba.types.Omitted(p.default) for p in params[len(args):]]
+    return tuple(found)
+
+
+def _compile(dispatcher, types):
+    dispatcher._compilation_chain_init_hook()
+    dispatcher.compile(types)
+
+
+def _source_length(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _misses(dispatcher):

@@ -1,0 +1,203 @@
+"""A first call in library mode compiles its kernels in two processes (backends/cpu.py
+_compile_in_parallel): the types recorded by running the driver once must be the ones the
+real call compiles for, that run must leave the parameters alone, and the results must be
+those of one process."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import graphnn as gn
+from graphnn.backends import cpu as cpu_backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def conv_step(seed=0):
+    """conv 3x3 relu, max-pool 2, dense, softmax cross-entropy, SGD: a training step with a
+    convolution's three modes, pooling and its gradient, gemm and loops."""
+    rng = np.random.default_rng(seed)
+    x = gn.input("x", (None, 8, 8, 2))
+    y = gn.input("y", (None,), dtype="int64")
+    w = gn.param("w", (rng.standard_normal((3, 3, 2, 4)) * 0.3).astype(np.float32))
+    b = gn.param("b", np.zeros(4, np.float32))
+    v = gn.param("v", (rng.standard_normal((36, 3)) * 0.3).astype(np.float32))
+    h = gn.max_pool2d(gn.relu(gn.conv2d(x, w) + b), 2)
+    loss = gn.softmax_cross_entropy(gn.reshape(h, (-1, 36)) @ v, y)
+    params = [w, b, v]
+    feeds = {"x": rng.standard_normal((3, 8, 8, 2)).astype(np.float32),
+             "y": np.array([0, 2, 1])}
+    return loss, params, feeds
+
+
+def residual_step(blocks=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = gn.input("x", (None, 6))
+    y = gn.input("y", (None,), dtype="int64")
+    h, params = x, []
+    for k in range(blocks):
+        W = gn.param(f"W{k}", (rng.standard_normal((6, 6)) * 0.2).astype(np.float32))
+        c = gn.param(f"c{k}", np.zeros(6, np.float32))
+        params += [W, c]
+        h = h + gn.tanh(h @ W + c)
+    loss = gn.softmax_cross_entropy(h, y)
+    feeds = {"x": rng.standard_normal((4, 6)).astype(np.float32),
+             "y": np.array([0, 5, 1, 3])}
+    return loss, params, feeds
+
+
+@pytest.mark.parametrize("make", [conv_step, residual_step])
+def test_recorded_types_are_those_compiled_and_parameters_are_untouched(make):
+    loss, params, feeds = make()
+    f = gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, params),
+                   backend="cpu", library=True, progress=False)
+    first = f(**feeds)
+    kernels = [module.kernel for module, _ in f._kernels]
+    arrays = [feeds[name] for name, _, _ in f._feed_types]
+    tail = [s.value for s in f._states] + f._const_arrays
+    before = [p.value.copy() for p in params]
+    types = f._kernel_argument_types(arrays, tail, kernels)
+    on_demand = set(f.module.ON_DEMAND)
+    called = [k for k in range(len(kernels)) if k not in on_demand]
+    assert sorted(types) == called
+    for k in called:
+        # a signature the real call compiled (or loaded) this kernel for (kernels are
+        # shared: other graphs of this process may have added others)
+        assert types[k] in kernels[k].signatures, f"K{k}"
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p.value, b)
+    # the driver's kernels are the real ones again
+    second = f(**feeds)
+    assert float(second) < float(first)
+
+
+SCRIPT = """
+import json, sys
+import numpy as np
+import graphnn as gn
+sys.path.insert(0, {tests!r})
+from test_parallel_compile import conv_step
+loss, params, feeds = conv_step()
+f = gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, params), backend="cpu",
+               library=True)
+losses = [float(f(**feeds)) for _ in range(3)]
+print(json.dumps({{"losses": losses, "w": params[0].value.tolist(),
+                  "stats": {{k: f.stats[k] for k in ("compile_processes", "kernels_compiled",
+                                                  "kernels_cached", "library_kernels")}},
+                  "seconds": [e["seconds"] for e in f.stats["kernel_seconds"]],
+                  "explain": f.explain()}}))
+"""
+
+
+def _run(cache_dir, jobs):
+    env = dict(os.environ, GRAPHNN_CACHE_DIR=str(cache_dir), GRAPHNN_QUIET="1",
+               GRAPHNN_JOBS=str(jobs))
+    out = subprocess.run([sys.executable, "-c",
+                          SCRIPT.format(tests=os.path.join(ROOT, "tests", "graphnn"))],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_two_processes_compile_what_one_does_with_the_same_results(tmp_path):
+    one = _run(tmp_path / "one", 1)
+    two = _run(tmp_path / "two", 2)
+    assert one["stats"]["compile_processes"] == 1
+    assert two["stats"]["compile_processes"] == 2
+    for run in (one, two):
+        stats = run["stats"]
+        assert stats["kernels_compiled"] == stats["library_kernels"] >= 4
+        assert stats["kernels_cached"] == 0
+        assert all(s is not None and s > 0 for s in run["seconds"])
+    assert "kernels compiled in 2 processes" in two["explain"]
+    assert two["losses"] == one["losses"]
+    assert two["w"] == one["w"]
+    # a new process finds every kernel in the cache the two processes filled
+    again = _run(tmp_path / "two", 2)
+    assert again["stats"]["kernels_compiled"] == 0
+    assert again["stats"]["compile_processes"] == 1
+    assert again["losses"] == one["losses"]
+
+
+def test_compile_jobs_reads_the_environment_and_stays_in_one_process_when_unsafe(
+        monkeypatch):
+    if not sys.platform.startswith("linux"):
+        assert cpu_backend.compile_jobs() == 1
+        return
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setenv("GRAPHNN_JOBS", "1")
+    assert cpu_backend.compile_jobs() == 1
+    monkeypatch.setenv("GRAPHNN_JOBS", "8")
+    assert cpu_backend.compile_jobs() == 2  # (one forked process at most)
+    monkeypatch.setenv("GRAPHNN_JOBS", "two")
+    assert cpu_backend.compile_jobs() == cpu_backend.COMPILE_JOBS
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert cpu_backend.compile_jobs() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert cpu_backend.compile_jobs() == 1  # another thread runs
+    finally:
+        stop.set()
+        other.join()
+    monkeypatch.setattr(threading, "active_count", lambda: 1)  # (whatever other tests left)
+    assert cpu_backend.compile_jobs() == 2
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", object())
+    assert cpu_backend.compile_jobs() == 1
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI")
+    assert cpu_backend.compile_jobs() == 1
+
+
+def test_a_compiling_process_that_stalls_is_killed_and_its_report_is_empty(monkeypatch):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the compiling process is forked on Linux only")
+    monkeypatch.setattr(cpu_backend, "STALLED_SECONDS", 1.0)
+    read, write = os.pipe()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             pass_fds=(write,))
+    os.close(write)
+    try:
+        started = time.monotonic()
+        assert cpu_backend._report_of(child.pid, read) == b""
+        assert time.monotonic() - started < 30
+        assert child.wait(timeout=30) == -9  # (killed)
+    finally:
+        os.close(read)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    # a process that writes its report and exits: the report
+    read, write = os.pipe()
+    child = subprocess.Popen([sys.executable, "-c", f"import os; os.write({write}, b'{{\"3\": 0.5}}')"],
+                             pass_fds=(write,))
+    os.close(write)
+    try:
+        assert cpu_backend._report_of(child.pid, read) == b'{"3": 0.5}'
+    finally:
+        os.close(read)
+        child.wait()
+
+
+def test_a_driver_that_cannot_run_ahead_compiles_in_one_process(monkeypatch):
+    loss, params, feeds = residual_step(blocks=2, seed=3)
+    f = gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, params),
+                   backend="cpu", library=True, progress=False)
+    kernels = [module.kernel for module, _ in f._kernels]
+
+    def broken(*arrays):
+        raise RuntimeError("no plan")
+    monkeypatch.setattr(f.module, "workspace_bytes", broken)
+    arrays = [feeds[name] for name, _, _ in f._feed_types]
+    tail = [s.value for s in f._states] + f._const_arrays
+    assert f._kernel_argument_types(arrays, tail, kernels) == {}
+    ready = [False] * len(kernels)
+    assert f._compile_in_parallel(arrays, tail, ready, lambda: None) == ({}, set(), 1)
+    assert ready == [False] * len(kernels)
