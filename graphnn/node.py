@@ -35,12 +35,19 @@ LEAF_OPS = ("input", "param", "variable", "const")
 class ConstValue:
     """A constant array, hashable by its dtype, shape and bytes (so equal constants share)."""
 
-    __slots__ = ("array", "_key")
+    __slots__ = ("array", "_key", "_owner")
 
     def __init__(self, array):
-        self.array = np.array(array, order="C", copy=True)
+        # (`array`, what node.value gives, is a read-only view of an array only this holds)
+        self._owner = np.array(array, order="C", copy=True)
+        self.array = self._owner.view()
         self.array.setflags(write=False)
         self._key = (self.array.dtype.str, self.array.shape, self.array.tobytes())
+
+    def argument(self):
+        """The constant as compiled code takes it, without a copy: a writeable array (the
+        type compiled kernels are made for) that compiled code only reads."""
+        return self._owner
 
     def __hash__(self):
         return hash(self._key)

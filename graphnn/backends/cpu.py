@@ -116,7 +116,8 @@ class CpuFunction(LoweredFunction):
         else:
             self.module, self.path = loader.load_module(self.source)
         self._fn = self.module.program
-        self._const_arrays = [np.array(n.value, order="C") for n in lowering.consts] + \
+        # (the constants themselves, not copies: a large model's weights are not doubled)
+        self._const_arrays = [n.attr("value").argument() for n in lowering.consts] + \
             self._pretransformed
         self.stats.update({
             "passes": self.pass_report,

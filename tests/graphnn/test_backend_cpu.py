@@ -576,3 +576,22 @@ def test_a_paused_block_that_leaves_many_objects_moves_them_to_the_oldest_genera
     with node.collector_paused():  # (fewer objects: left to the young generation)
         few = [[k] for k in range(100)]
     assert gc.get_count()[0] >= len(few)
+
+
+def test_constants_are_passed_without_a_copy_and_stay_read_only():
+    # (a large model's weights are not doubled in memory by compiling it)
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((64, 32)).astype(np.float32)
+    w = gn.const(weights)
+    x = gn.input("x", (None, 64))
+    f = gn.compile(gn.relu(x @ w), backend="cpu")
+    data = rng.standard_normal((3, 64)).astype(np.float32)
+    np.testing.assert_allclose(f(x=data), np.maximum(data @ weights, 0), rtol=1e-5,
+                               atol=1e-5)
+    assert any(np.shares_memory(a, w.value) for a in f._const_arrays)
+    assert not w.value.flags.writeable
+    with pytest.raises(ValueError):
+        w.value[0, 0] = 1.0
+    weights[0, 0] = 100.0  # the caller's array was copied once, when the node was made
+    np.testing.assert_allclose(f(x=data), np.maximum(data @ w.value, 0), rtol=1e-5,
+                               atol=1e-5)
