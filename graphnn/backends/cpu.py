@@ -436,6 +436,8 @@ class CpuFunction(LoweredFunction):
                 self._fn(*arrays, *tail, *spare, self._workspace)
         except Exception:
             return {}
+        finally:  # (the kernels again, whatever happened)
+            cpu_codegen.bind_library(self.module, [module for module, _ in self._kernels])
         return types
 
     def _first_kernel_call(self, k, seconds, bar, ready):
