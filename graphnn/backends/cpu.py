@@ -398,7 +398,10 @@ class CpuFunction(LoweredFunction):
             os.close(read)
             if report is None:  # (interrupted: the other process's work is not needed)
                 _kill(pid)
-            os.waitpid(pid, 0)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:  # (SIGCHLD ignored: the system reaped it)
+                pass
         try:
             done = {int(k): float(t) for k, t in json.loads(report or b"{}").items()
                     if int(k) in theirs}

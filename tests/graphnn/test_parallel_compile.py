@@ -201,3 +201,30 @@ def test_a_driver_that_cannot_run_ahead_compiles_in_one_process(monkeypatch):
     ready = [False] * len(kernels)
     assert f._compile_in_parallel(arrays, tail, ready, lambda: None) == ({}, set(), 1)
     assert ready == [False] * len(kernels)
+
+
+def test_a_program_that_ignores_sigchld_still_compiles_in_two_processes(tmp_path):
+    # (the system then reaps the forked process itself: waiting for it finds no child)
+    script = f"""
+import json, signal, sys
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+import graphnn as gn
+sys.path.insert(0, {os.path.join(ROOT, "tests", "graphnn")!r})
+from test_parallel_compile import residual_step
+loss, params, feeds = residual_step()
+f = gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, params), backend="cpu",
+               library=True)
+print(json.dumps([float(f(**feeds)), float(f(**feeds)), f.stats["compile_processes"]]))
+"""
+    env = dict(os.environ, GRAPHNN_CACHE_DIR=str(tmp_path), GRAPHNN_QUIET="1",
+               GRAPHNN_JOBS="2")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    first, second, processes = json.loads(out.stdout.strip().splitlines()[-1])
+    loss, params, feeds = residual_step()
+    step = gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, params),
+                      backend="numpy")
+    expected = [float(step(**feeds)), float(step(**feeds))]
+    np.testing.assert_allclose([first, second], expected, rtol=1e-5)
+    assert processes == 2
