@@ -12,6 +12,8 @@ Each workload is one training step (forward, loss, backward, SGD update) unless 
   torch   PyTorch eager, when installed (optional peer)
   torch-compile  torch.compile of the loss (forward and backward), opt-in: slow to compile
   jax     jax.jit of the whole step, when installed (optional peer)
+  onnxruntime  the ONNX workloads (onnx-<model>, or `--workloads onnx` for all nine) run by
+          onnxruntime on --threads (default one) intra-op threads, when installed
 
 Every mode starts from the same initial weights and data. Before timing, each runs two
 steps and its two losses (for inference and elementwise workloads: the whole output) are
@@ -37,8 +39,14 @@ the growth of the process's peak resident set (VmHWM) while it builds the step a
 above the process with its libraries imported and the data made, and the transient peak of
 steady-state steps alone.
 
+The ONNX workloads are the ImageNet models the onnx package ships as test data (its light
+copies, tools/bench_onnx.py), batch-1 inference of the file's own input; their rows also
+give each mode's largest difference from the file's reference output. They need the onnx
+package; onnxruntime is skipped when it is not installed.
+
     graphnn bench --quick
     graphnn bench --workloads xor,mlp-small --repeat 500 --json out.json --plot out.png
+    OPENBLAS_NUM_THREADS=1 graphnn bench --workloads onnx --modes cpu,onnxruntime
 """
 import argparse
 import contextlib
@@ -61,8 +69,8 @@ LR = 0.1
 SCHEMA = "graphnn-bench/1"
 RTOL, ATOL = 1e-3, 1e-4
 ALL_MODES = ["eager", "numpy", "cpu", "cpu-fused", "cpu-library", "cuda", "torch",
-             "torch-compile", "jax"]
-DEFAULT_MODES = ["eager", "numpy", "cpu", "cuda", "torch", "jax"]
+             "torch-compile", "jax", "onnxruntime"]
+DEFAULT_MODES = ["eager", "numpy", "cpu", "cuda", "torch", "jax", "onnxruntime"]
 
 
 class Skip(Exception):
@@ -410,6 +418,76 @@ class ResidualCNN(Model):
         return ops.matmul(ops.flatten(h), params[-1])
 
 
+class OnnxModel(Model):
+    """An ImageNet model from an ONNX file: the onnx package's light test copy of
+    `model` (tools/bench_onnx.py light_case), batch-1 inference of the file's input. Built
+    by gn.onnx.load for the graph modes, run by onnxruntime in mode "onnxruntime"; the
+    file (and the onnx package) is read at the first build."""
+
+    train = False
+
+    def __init__(self, model):
+        from .bench_onnx import TITLES
+        super().__init__(f"onnx-{model}", f"{TITLES[model]} from its ONNX file, batch 1, "
+                                          "infer")
+        self.onnx_model = model
+        self.param_inits = []
+        self._case = self._outputs = None
+
+    def case(self):
+        """(path, input name, input, reference output), read once."""
+        if self._case is None:
+            if importlib.util.find_spec("onnx") is None:
+                raise Skip("the onnx package is not installed (pip install onnx)")
+            from .bench_onnx import light_case
+            self._case = light_case(self.onnx_model)
+        return self._case
+
+    @property
+    def feeds(self):
+        _, name, x, _ = self.case()
+        return {name: x}
+
+    def prepare(self, mode):
+        """Read the file (and for the graph modes, import it with gn.onnx.load) before
+        the build is timed: importing is not compiling (tools/bench_onnx.py times it
+        apart)."""
+        with contextlib.suppress(Skip):
+            path = self.case()[0]
+            if mode not in ("onnxruntime", "eager", "torch", "torch-compile", "jax") and \
+                    self._outputs is None:
+                self._outputs = gn.onnx.load(path)[0]
+
+    def graph(self):
+        """The model's output node (gn.onnx.load, once)."""
+        self.prepare("cpu")
+        return self._outputs[0]
+
+
+def _onnx_graph_runner(model, backend, **options):
+    _, name, x, reference = model.case()
+    out = model.graph()
+    t0 = time.perf_counter()
+    f = gn.compile(out, backend=backend, **options)
+    feeds = {name: x}
+    return Runner(lambda: f(**feeds), info={"build_s": time.perf_counter() - t0,
+                                            "function": f, "reference": reference})
+
+
+def _onnxruntime_runner(model):
+    if not isinstance(model, OnnxModel):
+        raise Skip("runs the ONNX workloads only")
+    _peer_missing("onnxruntime")
+    import onnxruntime as ort
+    path, name, x, reference = model.case()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = _thread_count(None) or 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feeds = {name: x}
+    return Runner(lambda: session.run(None, feeds)[0], info={"reference": reference})
+
+
 def _eltwise_chain(ops, x):
     return ops.sigmoid(x) * ops.tanh(x) + x * x - 0.5 * x
 
@@ -438,6 +516,11 @@ SCALE_WORKLOADS = {
     **{f"resconv-{n}": (lambda n=n: ResidualCNN(n)) for n in (10, 100, 1000)},
 }
 WORKLOADS.update(SCALE_WORKLOADS)
+# the ImageNet models from ONNX files (`--workloads onnx`: all nine), asked for by name
+ONNX_WORKLOADS = {f"onnx-{m}": (lambda m=m: OnnxModel(m)) for m in (
+    "resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet",
+    "vgg19", "bvlc_alexnet", "zfnet512")}
+WORKLOADS.update(ONNX_WORKLOADS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -455,6 +538,10 @@ class Runner:
 
 
 def _graph_runner(model, backend, **options):
+    if isinstance(model, OnnxModel):
+        if backend == "numpy":  # (VGG-19: seconds per image)
+            raise Skip("an ImageNet model interpreted node by node takes seconds per call")
+        return _onnx_graph_runner(model, backend, **options)
     feeds_in = {name: gn.input(name, shape, dtype=dtype)
                 for name, (shape, dtype) in model.inputs.items()}
     params = [gn.param(name, value.copy()) for name, value in model.param_inits]
@@ -472,6 +559,8 @@ def _graph_runner(model, backend, **options):
 
 
 def _eager_runner(model):
+    if isinstance(model, OnnxModel):
+        raise Skip("an ONNX file is a graph: no eager form")
     values = [v.copy() for _, v in model.param_inits]
     X, Y = model.feeds["x"], model.feeds.get("y")
     if not model.train:
@@ -510,6 +599,8 @@ def _peer_missing(module):
 
 
 def _torch_runner(model, compiled=False):
+    if isinstance(model, OnnxModel):
+        raise Skip("an ONNX file: see mode onnxruntime")
     _peer_missing("torch")
     import torch
     ops = TorchOps()
@@ -540,6 +631,8 @@ def _torch_runner(model, compiled=False):
 
 
 def _jax_runner(model):
+    if isinstance(model, OnnxModel):
+        raise Skip("an ONNX file: see mode onnxruntime")
     _peer_missing("jax")
     import jax
     import jax.numpy as jnp
@@ -577,6 +670,7 @@ MODE_BUILDERS = {
     "torch": _torch_runner,
     "torch-compile": lambda m: _torch_runner(m, compiled=True),
     "jax": _jax_runner,
+    "onnxruntime": _onnxruntime_runner,
 }
 
 
@@ -615,6 +709,8 @@ def _matmuls_fn():
 def _references(model):
     """{name: (callable, description)} timed beside the modes."""
     refs = {}
+    if not (model.eltwise or model.mlp_sizes):
+        return refs
     x = model.feeds["x"]
     if model.eltwise:
         dst = np.empty_like(x)
@@ -666,6 +762,8 @@ def run_workload(name, modes, repeat=200, budget=20.0, warmup=3, subprocess_info
     for mode in modes:
         entry = row["modes"][mode] = {"status": "ok"}
         try:
+            if hasattr(model, "prepare"):  # (an ONNX file: read and imported untimed)
+                model.prepare(mode)
             t0 = time.perf_counter()
             runner = MODE_BUILDERS[mode](model)
             built = time.perf_counter() - t0
@@ -681,6 +779,11 @@ def run_workload(name, modes, repeat=200, budget=20.0, warmup=3, subprocess_info
             continue
         runners[mode] = runner
         checks[mode] = (first, second)
+        if runner.info.get("reference") is not None:  # (an ONNX file's reference output)
+            reference = runner.info["reference"]
+            entry["max_abs_diff_vs_file"] = float(np.max(np.abs(
+                np.asarray(first, np.float64) - reference))) \
+                if np.shape(first) == reference.shape else float("inf")
         entry["first_value"] = _flat_first(first)
         entry["second_value"] = _flat_first(second)
         entry["compile"] = {"build_s": built, "first_call_s": first_call,
@@ -722,6 +825,10 @@ def run_workload(name, modes, repeat=200, budget=20.0, warmup=3, subprocess_info
         for m in ok:
             ratios = [e / t for e, t in zip(times["eager"], times[m])]
             row["modes"][m]["speedup_vs_eager"] = statistics.median(ratios)
+    if "onnxruntime" in ok:  # (an ONNX workload: each mode's time against onnxruntime's)
+        for m in ok:
+            ratios = [t / o for t, o in zip(times[m], times["onnxruntime"])]
+            row["modes"][m]["time_vs_onnxruntime"] = statistics.median(ratios)
     if LOOP_BLOCK > 1 and ok:
         _time_in_a_loop(row, [(m, runners[m].step) for m in ok], repeat, budget)
     if model.eltwise and "np.copyto" in row["references"]:
@@ -823,11 +930,14 @@ def _child(args_json):
     t0 = time.perf_counter()
     importlib.import_module("numba")  # imported before the baseline by every mode alike
     numba_import = time.perf_counter() - t0
-    peer = {"torch": "torch", "torch-compile": "torch", "jax": "jax"}.get(args["mode"])
+    peer = {"torch": "torch", "torch-compile": "torch", "jax": "jax",
+            "onnxruntime": "onnxruntime"}.get(args["mode"])
     if peer:
         __import__(peer)
     _limit_threads(args["threads"])
     model = WORKLOADS[args["workload"]]()
+    if hasattr(model, "prepare"):  # (an ONNX file: read and imported untimed)
+        model.prepare(args["mode"])
     base_kib = _rss_kib("VmRSS")
     _reset_peak()
     t0 = time.perf_counter()
@@ -954,6 +1064,15 @@ def format_row(row):
                          for m, r in loops))
     for name, r in row["references"].items():
         lines.append(f"  {name:14s} median {_fmt_time(r['median_s']):>10s}  ({r['description']})")
+    versus = [(m, r) for m, r in row["modes"].items()
+              if "time_vs_onnxruntime" in r and m != "onnxruntime"]
+    if versus:
+        lines.append("  time / onnxruntime's (median of per-round ratios): " + ", ".join(
+            f"{m} {r['time_vs_onnxruntime']:.2f}x" for m, r in versus))
+    diffs = [(m, r) for m, r in row["modes"].items() if "max_abs_diff_vs_file" in r]
+    if diffs:
+        lines.append("  largest difference from the file's reference output: " + ", ".join(
+            f"{m} {r['max_abs_diff_vs_file']:.1e}" for m, r in diffs))
     if "bandwidth" in row:
         lines.append(f"  np.copyto moves {row['bandwidth']['copyto_GBps']:.1f} GB/s "
                      "(read + write)")
@@ -1288,7 +1407,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default="all",
                         help=f"comma-separated, or 'all': {','.join(DEFAULT_WORKLOADS)}; "
-                             f"compile at scale: {','.join(SCALE_WORKLOADS)}")
+                             f"compile at scale: {','.join(SCALE_WORKLOADS)}; ImageNet "
+                             f"models from ONNX files: 'onnx' or {','.join(ONNX_WORKLOADS)}")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
                         help=f"comma-separated from {','.join(ALL_MODES)} "
                              f"(default {','.join(DEFAULT_MODES)})")
@@ -1315,6 +1435,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     workloads = list(DEFAULT_WORKLOADS) if args.workloads == "all" else \
         [w for w in args.workloads.split(",") if w]
+    workloads = [n for w in workloads for n in (ONNX_WORKLOADS if w == "onnx" else [w])]
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown or not workloads:
         parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}")

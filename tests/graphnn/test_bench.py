@@ -1,6 +1,7 @@
 """The benchmark harness's logic on tiny workloads: cross-check, JSON schema, plot, options.
 No test here asserts a timing."""
 import copy
+import importlib.util
 import json
 
 import numpy as np
@@ -242,3 +243,42 @@ def test_deep_stacks_take_steps_divided_by_their_depth(name):
     runner = bench.MODE_BUILDERS["numpy"](model)
     first, second = float(runner.value()), float(runner.value())
     assert np.isfinite(second) and second < first
+
+
+def test_onnx_workloads_check_the_file_and_compare_with_onnxruntime_when_installed():
+    pytest.importorskip("onnx")
+    result = _run(["onnx-squeezenet"], ["eager", "numpy", "cpu", "torch", "onnxruntime"])
+    bench.check_schema(result)
+    (row,) = result["workloads"]
+    modes = row["modes"]
+    assert modes["eager"]["status"] == "skipped" and "no eager form" in modes["eager"]["reason"]
+    assert modes["numpy"]["status"] == "skipped" and modes["torch"]["status"] == "skipped"
+    assert modes["cpu"]["status"] == "ok" and modes["cpu"]["agrees"]
+    assert row["reference_mode"] == "cpu"
+    assert modes["cpu"]["max_abs_diff_vs_file"] < 1e-3
+    text = bench.format_row(row)
+    assert "largest difference from the file's reference output: cpu" in text
+    if importlib.util.find_spec("onnxruntime") is not None:
+        assert modes["onnxruntime"]["status"] == "ok" and modes["onnxruntime"]["agrees"]
+        assert modes["onnxruntime"]["max_abs_diff_vs_file"] < 1e-3
+        assert modes["cpu"]["time_vs_onnxruntime"] > 0
+        assert "time / onnxruntime's (median of per-round ratios): cpu " in text
+    else:
+        assert modes["onnxruntime"] == {"status": "skipped", "reason": "not installed"}
+
+
+def test_onnx_workloads_are_named_together_and_need_the_onnx_package(monkeypatch):
+    args = bench.parse_args(["--workloads", "xor,onnx", "--modes", "cpu,onnxruntime"])
+    assert args.workload_list == ["xor"] + list(bench.ONNX_WORKLOADS)
+    assert len(bench.ONNX_WORKLOADS) == 9
+    assert "onnxruntime" in bench.DEFAULT_MODES
+    # onnxruntime only runs ONNX files
+    row = _run(["xor"], ["onnxruntime"])["workloads"][0]
+    assert row["modes"]["onnxruntime"] == {"status": "skipped",
+                                           "reason": "runs the ONNX workloads only"}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnx" else real(name, *a))
+    row = _run(["onnx-resnet50"], ["cpu"])["workloads"][0]
+    assert row["modes"]["cpu"]["status"] == "skipped"
+    assert "onnx package is not installed" in row["modes"]["cpu"]["reason"]
