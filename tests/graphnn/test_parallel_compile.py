@@ -129,6 +129,17 @@ def test_compile_jobs_reads_the_environment_and_stays_in_one_process_when_unsafe
     if not sys.platform.startswith("linux"):
         assert cpu_backend.compile_jobs() == 1
         return
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert cpu_backend.compile_jobs() == 1  # another thread runs
+    finally:
+        stop.set()
+        other.join()
+    # (whatever other tests of this process left running or imported)
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setenv("GRAPHNN_JOBS", "1")
     assert cpu_backend.compile_jobs() == 1
@@ -139,15 +150,10 @@ def test_compile_jobs_reads_the_environment_and_stays_in_one_process_when_unsafe
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert cpu_backend.compile_jobs() == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    stop = threading.Event()
-    other = threading.Thread(target=stop.wait)
-    other.start()
-    try:
-        assert cpu_backend.compile_jobs() == 1  # another thread runs
-    finally:
-        stop.set()
-        other.join()
-    monkeypatch.setattr(threading, "active_count", lambda: 1)  # (whatever other tests left)
+    assert cpu_backend.compile_jobs() == 2
+    monkeypatch.setattr(threading, "active_count", lambda: 2)
+    assert cpu_backend.compile_jobs() == 1
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
     assert cpu_backend.compile_jobs() == 2
     monkeypatch.setitem(sys.modules, "mpi4py.MPI", object())
     assert cpu_backend.compile_jobs() == 1
