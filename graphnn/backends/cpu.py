@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 import weakref
 
 import numba
@@ -367,6 +368,7 @@ class CpuFunction(LoweredFunction):
             status = 1
             try:
                 os.close(read)
+                warnings.simplefilter("ignore")  # (writes nothing: see _BAR_THREADS)
                 done = {}
                 for k in theirs:
                     started = time.perf_counter()
@@ -634,9 +636,9 @@ def compile_jobs():
     """How many processes a first call in library mode compiles its kernels in:
     $GRAPHNN_JOBS, else COMPILE_JOBS, at most the CPUs this process may run on; 1 where
     this process is not forked: not on Linux, while another thread runs (a lock it holds
-    would never be released in the copy), under MPI."""
+    would never be released in the copy; see _other_threads), under MPI."""
     if not sys.platform.startswith("linux") or not hasattr(os, "fork") or \
-            threading.active_count() > 1 or "mpi4py.MPI" in sys.modules:
+            _other_threads() or "mpi4py.MPI" in sys.modules:
         return 1  # (a fork copies no other thread, nor would MPI allow it)
     value = os.environ.get("GRAPHNN_JOBS", "").strip()
     jobs = int(value) if value.isdigit() else COMPILE_JOBS
@@ -645,6 +647,19 @@ def compile_jobs():
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
     return max(1, min(jobs, cpus, 2))
+
+
+# Threads a fork may leave behind: they only draw progress bars (gn.fit's redraws while
+# its first call compiles, tqdm's monitor), whose locks and streams the forked copy never
+# takes (it writes nothing: its warnings are ignored).
+_BAR_THREADS = ("graphnn-fit-progress",)
+
+
+def _other_threads():
+    """Whether a thread other than this one runs, bar threads aside."""
+    this = threading.current_thread()
+    return any(t is not this and t.name not in _BAR_THREADS
+               and type(t).__name__ != "TMonitor" for t in threading.enumerate())
 
 
 def _report_of(pid, read):

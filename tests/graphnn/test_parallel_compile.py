@@ -137,9 +137,16 @@ def test_compile_jobs_reads_the_environment_and_stays_in_one_process_when_unsafe
     finally:
         stop.set()
         other.join()
-    # (whatever other tests of this process left running or imported)
-    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    # a thread that only redraws gn.fit's progress bar is no reason to stay in one process
     monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.delenv("GRAPHNN_JOBS", raising=False)
+    alone = [threading.current_thread()]
+    bar = threading.Thread(target=stop.wait, name="graphnn-fit-progress")
+    monkeypatch.setattr(threading, "enumerate", lambda: alone + [bar])
+    assert cpu_backend.compile_jobs() == 2
+    # (whatever other tests of this process left running)
+    monkeypatch.setattr(threading, "enumerate", lambda: alone)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setenv("GRAPHNN_JOBS", "1")
     assert cpu_backend.compile_jobs() == 1
@@ -151,9 +158,9 @@ def test_compile_jobs_reads_the_environment_and_stays_in_one_process_when_unsafe
     assert cpu_backend.compile_jobs() == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert cpu_backend.compile_jobs() == 2
-    monkeypatch.setattr(threading, "active_count", lambda: 2)
+    monkeypatch.setattr(threading, "enumerate", lambda: alone + [other])
     assert cpu_backend.compile_jobs() == 1
-    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    monkeypatch.setattr(threading, "enumerate", lambda: alone)
     assert cpu_backend.compile_jobs() == 2
     monkeypatch.setitem(sys.modules, "mpi4py.MPI", object())
     assert cpu_backend.compile_jobs() == 1
@@ -234,3 +241,31 @@ print(json.dumps([float(f(**feeds)), float(f(**feeds)), f.stats["compile_process
     expected = [float(step(**feeds)), float(step(**feeds))]
     np.testing.assert_allclose([first, second], expected, rtol=1e-5)
     assert processes == 2
+
+
+def test_gn_fit_compiles_its_first_call_in_two_processes_under_its_progress_bar(tmp_path):
+    # (gn.fit redraws its bar from a thread while the first call compiles: that thread and
+    # tqdm's monitor only draw the bar, which the forked copy never touches)
+    script = f"""
+import json, sys
+import numpy as np
+import graphnn as gn
+sys.path.insert(0, {os.path.join(ROOT, "tests", "graphnn")!r})
+from test_parallel_compile import residual_step
+loss, params, feeds = residual_step()
+f = gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, params), backend="cpu",
+               library=True)
+data = {{"x": np.tile(feeds["x"], (4, 1)), "y": np.tile(feeds["y"], 4)}}
+history = gn.fit(f, data, epochs=2, batch_size=8, shuffle=False, progress=True)
+print(json.dumps([f.stats["compile_processes"], f.stats["kernels_compiled"],
+                  f.stats["library_kernels"]]))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("GRAPHNN_QUIET", "GRAPHNN_JOBS")}
+    env["GRAPHNN_CACHE_DIR"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    processes, compiled, kernels = json.loads(out.stdout.strip().splitlines()[-1])
+    assert processes == (2 if sys.platform.startswith("linux") else 1)
+    assert compiled == kernels
+    assert "compiled in" in out.stderr  # (gn.fit's bar after the first call)
