@@ -13,7 +13,8 @@ Each workload is one training step (forward, loss, backward, SGD update) unless 
   torch-compile  torch.compile of the loss (forward and backward), opt-in: slow to compile
   jax     jax.jit of the whole step, when installed (optional peer)
   onnxruntime  the ONNX workloads (onnx-<model>, or `--workloads onnx` for all nine) run by
-          onnxruntime on --threads (default one) intra-op threads, when installed
+          onnxruntime, when installed, on as many intra-op threads as graphnn's BLAS has
+          (--threads, else OPENBLAS_NUM_THREADS, else one)
 
 Every mode starts from the same initial weights and data. Before timing, each runs two
 steps and its two losses (for inference and elementwise workloads: the whole output) are
