@@ -16,6 +16,9 @@ import graphnn as gn
 from graphnn.backends import cpu as cpu_backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# how many processes a first call compiles in on this machine (one CPU, or not Linux: one)
+PROCESSES = 2 if sys.platform.startswith("linux") and hasattr(os, "sched_getaffinity") \
+    and len(os.sched_getaffinity(0)) >= 2 else 1
 
 
 def conv_step(seed=0):
@@ -108,13 +111,13 @@ def test_two_processes_compile_what_one_does_with_the_same_results(tmp_path):
     one = _run(tmp_path / "one", 1)
     two = _run(tmp_path / "two", 2)
     assert one["stats"]["compile_processes"] == 1
-    assert two["stats"]["compile_processes"] == 2
+    assert two["stats"]["compile_processes"] == PROCESSES
     for run in (one, two):
         stats = run["stats"]
         assert stats["kernels_compiled"] == stats["library_kernels"] >= 4
         assert stats["kernels_cached"] == 0
         assert all(s is not None and s > 0 for s in run["seconds"])
-    assert "kernels compiled in 2 processes" in two["explain"]
+    assert ("kernels compiled in 2 processes" in two["explain"]) == (PROCESSES == 2)
     assert two["losses"] == one["losses"]
     assert two["w"] == one["w"]
     # a new process finds every kernel in the cache the two processes filled
@@ -240,7 +243,7 @@ print(json.dumps([float(f(**feeds)), float(f(**feeds)), f.stats["compile_process
                       backend="numpy")
     expected = [float(step(**feeds)), float(step(**feeds))]
     np.testing.assert_allclose([first, second], expected, rtol=1e-5)
-    assert processes == 2
+    assert processes == PROCESSES
 
 
 def test_gn_fit_compiles_its_first_call_in_two_processes_under_its_progress_bar(tmp_path):
@@ -266,6 +269,6 @@ print(json.dumps([f.stats["compile_processes"], f.stats["kernels_compiled"],
                          env=env, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     processes, compiled, kernels = json.loads(out.stdout.strip().splitlines()[-1])
-    assert processes == (2 if sys.platform.startswith("linux") else 1)
+    assert processes == PROCESSES
     assert compiled == kernels
     assert "compiled in" in out.stderr  # (gn.fit's bar after the first call)
