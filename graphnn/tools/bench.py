@@ -32,9 +32,11 @@ steps of other modes finds its code and data evicted from the caches; a training
 the same step back to back. So each workload is also timed "in a training loop": rounds in
 which every mode runs 10 steps back to back (interleaved as before, up to half the budget).
 
-Compile time is apart from step time: "cold" is the first build and call of the cpu mode in
-this process, with an empty cache directory (a fresh temporary one unless --cache-dir);
-"warm" is a new process that builds the same step and calls it once, hitting that cache.
+Compile time is apart from step time: "cold" is the build and first call of the cpu mode in
+a fresh process with an empty cache directory (with --quick or --no-new-process: the first
+build and call in this run, whose cache directory is a fresh temporary one unless
+--cache-dir, so a workload may find kernels an earlier one compiled); "warm" is a new
+process that builds the same step and calls it once, hitting the filled cache.
 The same new process (one per workload and mode, skipped with --quick) measures peak memory:
 the growth of the process's peak resident set (VmHWM) while it builds the step and runs it,
 above the process with its libraries imported and the data made, and the transient peak of
@@ -1148,6 +1150,8 @@ def format_table(result):
             cell = _fmt_time(r["median_s"])
             if "speedup_vs_eager" in r and m != "eager":
                 cell += f" ({r['speedup_vs_eager']:.1f}x)"
+            if "time_vs_onnxruntime" in r and m != "onnxruntime":
+                cell += f" ({r['time_vs_onnxruntime']:.2f}x onnxruntime's time)"
             if not r["agrees"]:
                 cell += " DIFFERS"
             cells.append(cell)
@@ -1159,7 +1163,11 @@ def format_table(result):
                 loop += f" ({cpu['loop_speedup_vs_eager']:.1f}x)"
         comp = "–"
         if cpu.get("status") == "ok":
-            comp = f"{cpu['compile']['total_s']:.2f} s"
+            # cold: a fresh process with an empty cache when it was measured; else the first
+            # build in this run (which may find kernels an earlier workload compiled)
+            scale = row.get("compile_at_scale") or {}
+            cold = scale.get("cold_s") if "error" not in scale else None
+            comp = f"{cpu['compile']['total_s'] if cold is None else cold:.2f} s"
             n = cpu.get("new_process")
             if n and "error" not in n:
                 comp += f" / {n['warm_total_s']:.2f} s"
