@@ -796,9 +796,9 @@ class Lowering:
         return float(scale.value.reshape(-1)[0]), product
 
     def update_in_place(self, outputs, updates):
-        """Let the elementwise step that computes a state's new value write straight into
-        the state when nothing reads the old value afterwards (an SGD step then touches W
-        once). Later steps that read the new value (Adam's parameter step reads the new
+        """Let the elementwise step that computes a state's new value (or the reduction it
+        finishes: a bias's summed gradient) write straight into the state when nothing
+        reads the old value afterwards (an SGD step then touches W once). Later steps that read the new value (Adam's parameter step reads the new
         moments) then read it from the state. Returns the updates still to copy at the end."""
         producer = {id(step.out): s for s, step in enumerate(self.steps)}
         last_read = {}
@@ -812,12 +812,10 @@ class Lowering:
         for state, value in updates:
             s = producer.get(id(value))
             step = self.steps[s] if s is not None else None
-            ok = (isinstance(step, ir.Elementwise) and value.role == "temp"
+            ok = (_reads_state_at_its_index(step, state) and value.role == "temp"
                   and value.name not in output_names and state.name not in output_names
                   and last_read.get(state.name, -1) <= s
-                  and value.shape == state.shape and value.dtype == state.dtype
-                  and all(tuple(l.index) == tuple(f"i{k}" for k in range(state.ndim))
-                          for l in step.expr.loads.values() if l.buffer is state))
+                  and value.shape == state.shape and value.dtype == state.dtype)
             if ok:
                 step.out = state
                 step.comment += f"  (written in place into {state.name})"
@@ -879,6 +877,23 @@ def _only_elementwise_reads(step, buf):
 
 
 _reads = ir.step_reads
+
+
+def _reads_state_at_its_index(step, state):
+    """Whether `step` may write its result into `state` in place: an elementwise step
+    that reads the state only at the index it writes, or a reduction that reads it only
+    as it finishes each result, at that result's index (kernels/cpu.py then sums into rows
+    of its own)."""
+    if isinstance(step, ir.Elementwise):
+        expr, index = step.expr, tuple(f"i{k}" for k in range(state.ndim))
+    elif isinstance(step, ir.Reduce) and step.post is not None:
+        if any(l.buffer is state for l in step.expr.loads.values()):
+            return False
+        expr = step.post
+        index = tuple(f"i{k}" for k in range(len(step.domain)) if k not in step.axes)
+    else:
+        return False
+    return all(tuple(l.index) == index for l in expr.loads.values() if l.buffer is state)
 
 
 def _describe(node):

@@ -121,6 +121,8 @@ def sum_to(g, x):
         gd = gshape[lead + i]
         if S.resolve(d) == 1 and S.resolve(gd) != 1:
             axes.append(lead + i)
+    if axes and len(axes) == lead:  # (only leading axes: a bias's gradient) no reshape
+        return sum(g, axis=tuple(axes))
     if axes:
         g = sum(g, axis=tuple(axes), keepdims=True)
     if lead or axes:

@@ -1343,14 +1343,21 @@ def _emit_reduce(em, step, allocated, loop):
         return
     if kept and max(step.axes) < max(kept):
         # A kept axis is innermost in memory (e.g. a bias gradient summed over the batch):
-        # walk the domain in memory order and accumulate into the output row.
-        em.emit(f"{out.name}[...] = {_typed(init, out.dtype)}")
+        # walk the domain in memory order and accumulate into the output row (into rows of
+        # its own when the finishing expression reads the output's old values: an SGD step
+        # on a bias written in place, b - c * sum(g, axis=0))
+        rows = out.name
+        if step.post is not None and any(l.buffer.name == out.name
+                                         for l in step.post.loads.values()):
+            rows = "acc_rows"
+            em.emit(f"acc_rows = np.empty_like({out.name})")
+        em.emit(f"{rows}[...] = {_typed(init, out.dtype)}")
         for k in range(len(domain)):
             em.emit(f"for i{k} in range({domain[k]}):")
             em.indent()
         _emit_loads(em, body, lambda l: ", ".join(l.index))
         _emit_stmts(em, body, out.dtype)
-        target = f"{out.name}[{', '.join(f'i{k}' for k in kept)}]"
+        target = f"{rows}[{', '.join(f'i{k}' for k in kept)}]"
         em.emit(combine.replace("acc", target).format(r=_typed(expr.result, out.dtype)))
         em.dedent(len(domain))
         if step.post is not None:  # finish each result in a second pass

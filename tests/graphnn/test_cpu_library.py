@@ -276,16 +276,17 @@ def _train_step(blocks, prefix):
 
 
 def test_a_deep_stack_runs_its_repeated_steps_as_calls_of_one_function(monkeypatch):
-    # kernels/cpu.py _fold_repeats: 60 blocks repeat the same driver lines (but for the
-    # variables' names) 60 times forward, backward and in the update; each run becomes
+    # kernels/cpu.py _fold_repeats: 70 blocks repeat the same driver lines (but for the
+    # variables' names) 70 times forward, backward and in the update (two steps a block
+    # there: at least FOLD_STEPS * FOLD_REPEATS = 128 steps fold); each run becomes
     # calls of a function of FOLD_STEPS steps or more. Same numbers as the unfolded driver
     # (bit for bit) and as the numpy back end.
     from kernels import cpu as kernels_cpu
     repeats = kernels_cpu.FOLD_REPEATS
-    loss, updates, params = _train_step(60, "fold_")
+    loss, updates, params = _train_step(70, "fold_")
     folded = gn.compile(loss, updates=updates, backend="cpu")
     monkeypatch.setattr(kernels_cpu, "FOLD_REPEATS", 10 ** 9)  # nothing repeats that often
-    loss2, updates2, params2 = _train_step(60, "plain_")
+    loss2, updates2, params2 = _train_step(70, "plain_")
     plain = gn.compile(loss2, updates=updates2, backend="cpu")
     ref = gn.compile(loss, updates=updates, backend="numpy")
     driver, plain_driver = (f.source.split("# K0: kernel module")[0] for f in (folded, plain))

@@ -415,12 +415,15 @@ def test_mlp_gradient_graph_reuses_forward_activations():
     users_of_out = [n.op for n in new if out in n.inputs]
     assert sorted(users_of_hidden) == ["mul", "sub", "transpose"]  # h(1-h) and h^T for dW2
     assert sorted(users_of_out) == ["mul", "sub", "sub"]  # out(1-out) and out - t
-    # 13 forward nodes; 22 backward: mse (2, out-t, *, 1/count, *: the seed 1 times 2
+    # 13 forward nodes; 20 backward: mse (2, out-t, *, 1/count, *: the seed 1 times 2
     # folds to 2); sigmoid (*out, 1, 1-out, *) then (*out, 1-out, *); W2^T and a matmul for
-    # dh; h^T and a matmul for dW2; sum + reshape for each bias; x^T and a matmul for dW1
-    # (x itself needs no gradient).
+    # dh; h^T and a matmul for dW2; a sum over the batch axis for each bias (no reshape);
+    # x^T and a matmul for dW1 (x itself needs no gradient).
     assert len(forward.nodes) == 13
-    assert len(both.nodes) == 13 + 22
+    assert len(both.nodes) == 13 + 20
+    bias_grads = [n for n in new if n.op == "sum" and n.sym_shape in ((5,), (2,))]
+    assert [n.attr("keepdims") for n in bias_grads] == [False, False]
+    assert not any(n.op == "reshape" for n in new)
 
 
 # ---------------------------------------------------------------------------------------
