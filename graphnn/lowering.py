@@ -871,6 +871,80 @@ class Lowering:
                     free.append((buf.shape, buf.dtype, buf))
 
 
+    def accumulate_products(self, outputs, updates):
+        """x + A @ B, when the add writes its result over x (plan_memory) and nothing else
+        reads the product, becomes one BLAS call that accumulates into x (beta = 1): no
+        product buffer and no pass over x. A residual network's backward pass adds each
+        block's input gradient to the gradient that skips the block this way. The call takes
+        the matmul's place, so nothing may read or write x between the two steps."""
+        reads = self._reads_of_steps()
+        readers, writers = {}, {}  # a buffer's name -> the steps that read / write it
+        for s, (step, read) in enumerate(zip(self.steps, reads)):
+            for b in read:
+                readers.setdefault(b.name, []).append(s)
+                if b.base is not None:
+                    readers.setdefault(b.base.name, []).append(s)
+            writers.setdefault(step.out.name, []).append(s)
+            if step.out.base is not None:
+                writers.setdefault(step.out.base.name, []).append(s)
+        kept = {b.name for b in outputs} | {v.name for _, v in updates}
+        drop = set()
+        for s, step in enumerate(self.steps):
+            found = _sum_of_two(step)
+            if found is None:
+                continue
+            x, p = found
+            # (plan_memory gives names again: the product is the value p's name holds from
+            # its last write before s to its next write)
+            m = max((w for w in writers.get(p.name, ()) if w < s), default=None)
+            mm = self.steps[m] if m is not None else None
+            after = min((w for w in writers.get(p.name, ()) if w > s), default=len(self.steps))
+            if not (isinstance(mm, ir.Matmul) and mm.beta == 0 and mm.out.name == p.name
+                    and [t for t in readers.get(p.name, ()) if m <= t < after] == [s]
+                    and p.role == "temp" and p.base is None and p.name not in kept
+                    and p.shape == step.out.shape and p.dtype == step.out.dtype
+                    and x.name not in (mm.a.name, mm.b.name,
+                                       getattr(mm.a.base, "name", None),
+                                       getattr(mm.b.base, "name", None))
+                    and any(w < m for w in writers.get(x.name, ()))
+                    and not any(m < t < s for t in readers.get(x.name, ()))
+                    and not any(m < t < s for t in writers.get(x.name, ()))):
+                continue
+            self.steps[m] = ir.Matmul(step.out, mm.a, mm.b, mm.trans_a, mm.trans_b,
+                                      f"{mm.comment}  (accumulated into {x.name}: "
+                                      f"{x.name} + product)", alpha=mm.alpha, beta=1.0)
+            reads[m] = _reads(self.steps[m])
+            self.step_nodes[m] = self.step_nodes[m] + self.step_nodes[s]
+            readers[x.name].append(m)  # (the name's other entries stay: conservative)
+            writers[x.name].append(m)
+            drop.add(s)
+        if drop:
+            keep = [k for k in range(len(self.steps)) if k not in drop]
+            self.steps = [self.steps[k] for k in keep]
+            self.step_nodes = [self.step_nodes[k] for k in keep]
+            self._read_lists = [reads[k] for k in keep]
+
+
+def _sum_of_two(step):
+    """(x, p) when `step` is the elementwise out = x + p (either order, both read at the
+    index written, same shape and dtype) and writes its result over x; else None."""
+    if type(step) is not ir.Elementwise or step.placed is not None or \
+            step.inplace_of is not None or len(step.expr.loads) != 2 or \
+            len(step.expr.stmts) != 1 or step.out.role != "temp" or step.out.base is not None:
+        return None
+    (var, code), = step.expr.stmts
+    (a, la), (b, lb) = step.expr.loads.items()
+    index = tuple(f"i{k}" for k in range(step.out.ndim))
+    if var != step.expr.result or code not in (f"{a} + {b}", f"{b} + {a}") or \
+            tuple(la.index) != index or tuple(lb.index) != index:
+        return None
+    for x, p in ((la.buffer, lb.buffer), (lb.buffer, la.buffer)):
+        if x.name == step.out.name and p.name != x.name and x.role == "temp" and \
+                x.base is None and x.shape == step.out.shape and x.dtype == step.out.dtype:
+            return x, p
+    return None
+
+
 def _only_elementwise_reads(step, buf):
     loops = tuple(f"i{k}" for k in range(step.out.ndim))
     return all(tuple(l.index) == loops for l in step.expr.loads.values() if l.buffer is buf)
@@ -920,6 +994,8 @@ def lower(roots, inputs, states, outputs, update_pairs, plan_memory=True, fusion
         updates = lowering.update_in_place(out_bufs, updates)
     if plan_memory:
         lowering.plan_memory(out_bufs, updates)
+        if fusion:
+            lowering.accumulate_products(out_bufs, updates)
     in_bufs = [lowering.leaf_buffer(n) for n in lowering.inputs]
     state_bufs = [lowering.leaf_buffer(n) for n in lowering.states]
     const_bufs = [lowering.leaf_buffer(n) for n in list(lowering.consts)]

@@ -191,6 +191,8 @@ def _reads_nothing(step):
 
 # step_reads of each step class
 _READS = {Elementwise: _loads_read, Reduce: _reduce_reads,
-          ArgmaxMask: lambda step: [step.src], Matmul: lambda step: [step.a, step.b],
+          ArgmaxMask: lambda step: [step.src],
+          # (beta != 0: the old contents of out are read too)
+          Matmul: lambda step: [step.a, step.b] + ([step.out] if step.beta else []),
           BatchMatmul: lambda step: [step.a, step.b], Window: _window_reads,
           Reshape: lambda step: [step.src], Place: lambda step: [part[0] for part in step.parts]}

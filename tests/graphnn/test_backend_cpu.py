@@ -239,7 +239,7 @@ def test_an_output_that_is_updated_returns_its_value_before_the_update():
         np.testing.assert_array_equal(W.value, 0.5 * np.ones((2, 2)))
 
 
-def _dense_sgd(backend, extra=None):
+def _dense_sgd(backend, extra=None, compile_options=None):
     rng = np.random.default_rng(5)
     W = gn.param("W", rng.standard_normal((3, 4)).astype(np.float32))
     b = gn.param("b", np.zeros(4, np.float32))
@@ -248,7 +248,8 @@ def _dense_sgd(backend, extra=None):
     updates = gn.optim.SGD(lr=0.1).updates(loss, [W, b])
     if extra:
         updates = extra(W, b, x, loss, updates)
-    return gn.compile(loss, updates=updates, backend=backend), (W, b)
+    return gn.compile(loss, updates=updates, backend=backend, **(compile_options or {})), \
+        (W, b)
 
 
 def test_an_sgd_step_on_a_weight_matrix_is_one_gemm_accumulating_into_the_weights():
@@ -293,6 +294,77 @@ def test_an_sgd_step_accumulates_into_weights_read_through_a_flattened_image():
     assert len(into) == 1 and into[0].a.base is not None  # reads the flattened image
     np.testing.assert_allclose(results["cpu"][0], results["numpy"][0], rtol=1e-5)
     np.testing.assert_allclose(results["cpu"][1], results["numpy"][1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_bias_sgd_step_is_finished_in_its_gradient_sum_and_written_into_the_bias():
+    """b - lr * sum(g, axis=0): the bias's gradient is one sum over the batch (no keepdims
+    and reshape), the update finishes each summed value in that step, and the step writes
+    straight into the bias (the kernel sums into rows of its own, since it reads the old
+    bias as it finishes): one step, nothing copied at the end, the numpy back end's numbers."""
+    X = np.random.default_rng(6).standard_normal((8, 3)).astype(np.float32)
+    results = {}
+    for backend, library in (("numpy", None), ("cpu", False), ("cpu", True)):
+        step, params = _dense_sgd(backend) if library is None else \
+            _dense_sgd(backend, compile_options={"library": library})
+        results[backend, library] = ([float(step(x=X)) for _ in range(4)],
+                                     [p.value.copy() for p in params])
+        if backend == "cpu":
+            into_b = [s for s in step.program.steps if s.out.name == "st1"]
+            assert [type(s).__name__ for s in into_b] == ["Reduce"]
+            assert into_b[0].post is not None and into_b[0].axes == (0,)
+            assert "written in place into st1" in step.source
+            assert "acc_rows = np.empty_like(" in step.source
+            assert not step.program.updates  # no copy into a state at the end
+            assert not any(type(s).__name__ == "Reshape" for s in step.program.steps)
+    for key in (("cpu", False), ("cpu", True)):
+        np.testing.assert_allclose(results[key][0], results["numpy", None][0], rtol=1e-5)
+        for got, expected in zip(results[key][1], results["numpy", None][1]):
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def _residual_step(backend, read_again=False):
+    rng = np.random.default_rng(11)
+    x = gn.input("x", (None, 4))
+    Ws = [gn.param(f"Wres{k}", (0.5 * rng.standard_normal((4, 4))).astype(np.float32))
+          for k in range(5)]
+    h0 = gn.tanh(x @ Ws[0])
+    h1 = h0 + gn.relu(h0 @ Ws[1])
+    h2 = h1 + gn.relu(h1 @ Ws[2])
+    h3 = h2 + gn.relu(h2 @ Ws[3])
+    out = h3 @ Ws[4]
+    loss = gn.mean(gn.square(out * h2 if read_again else out))
+    return gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, Ws),
+                      backend=backend), Ws
+
+
+def test_a_residual_blocks_input_gradient_is_accumulated_by_its_gemm():
+    """dh1 = dh2 + (dr * relu') @ W2^T: the add that sums the gradient skipping the block
+    and the one through it is the gemm's beta = 1 into dh2's buffer, as plan_memory wrote
+    the add over dh2 (h0's gradient is not a plain add: tanh's derivative is fused into
+    it). Same numbers as the numpy back end; with h2 read again by the loss the numbers
+    still agree."""
+    X = np.random.default_rng(12).standard_normal((6, 4)).astype(np.float32)
+    for read_again in (False, True):
+        results = {}
+        for backend in ("numpy", "cpu"):
+            step, Ws = _residual_step(backend, read_again)
+            results[backend] = ([float(step(x=X)) for _ in range(3)],
+                                [W.value.copy() for W in Ws])
+        into_temps = [s for s in step.program.steps if type(s).__name__ == "Matmul" and
+                      s.beta == 1.0 and s.out.role == "temp"]
+        if not read_again:
+            assert len(into_temps) == 2  # h2's and h1's gradients
+            assert all(s.alpha == 1.0 for s in into_temps)
+            assert f"accumulated into {into_temps[0].out.name}: " in step.source
+        np.testing.assert_allclose(results["cpu"][0], results["numpy"][0], rtol=1e-5)
+        for got, expected in zip(results["cpu"][1], results["numpy"][1]):
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # (it rides on memory planning's in-place add: without it, no gemm accumulates a temp)
+    step, Ws = _residual_step("cpu")
+    planless = gn.compile(step.outputs[0], updates=dict(step.update_pairs), backend="cpu",
+                          passes={"memory_planning": False})
+    assert not [s for s in planless.program.steps if type(s).__name__ == "Matmul" and
+                s.beta == 1.0 and s.out.role == "temp"]
 
 
 def test_no_gemm_accumulation_when_the_old_weights_are_read_later():

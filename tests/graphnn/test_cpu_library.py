@@ -295,9 +295,10 @@ def test_a_deep_stack_runs_its_repeated_steps_as_calls_of_one_function(monkeypat
     assert functions and "_steps" not in plain_driver
     assert len(calls) >= repeats
     assert {a or b for a, b in calls} == functions  # each function is called
-    def code_lines(text):
-        return [line for line in text.splitlines() if line.strip()[:1] not in ("", "#")]
-    assert len(code_lines(driver)) < 0.5 * len(code_lines(plain_driver))
+    def code_lines(text):  # (the workspace's offsets, a line per temporary, are not steps)
+        return [line for line in text.splitlines() if line.strip()[:1] not in ("", "#")
+                and not re.match(r"\s*_w\d+ = _w\d+ \+ _room\d+$", line)]
+    assert len(code_lines(driver)) < 0.4 * len(code_lines(plain_driver))
     # every step's comment is still in the program, in order
     numbers = [int(n) for n in re.findall(r"^    # step (\d+):", driver, re.MULTILINE)]
     assert numbers == list(range(len(folded.program.steps)))
