@@ -84,9 +84,14 @@ class FeedChecker:
                             f"{expected} (call at {where})")
         missing = [n for n in self.inputs if n.name not in feeds]
         if missing:
+            # (feeds named like another graph's inputs pass without error, but when one is
+            # missing here, such a feed may be the typo: name it too)
+            others = sorted(k for k in feeds if k not in self.by_name)
+            also = f"; fed also {', '.join(map(repr, others))}, which this function does " \
+                "not take" if others else ""
             raise FeedError("missing feed " + ", ".join(
                 f"'{n.name}' {S.format_shape(n.sym_shape)} {n.dtype} (declared at {n.where})"
-                for n in missing) + f" (call at {where})")
+                for n in missing) + f"{also} (call at {where})")
         binding = S.Binding()
         arrays = []
         for node in self.inputs:

@@ -17,6 +17,7 @@ Decisions made here:
   same shape and dtype, and an elementwise step may write in place over an input it reads
   element for element and that dies there.
 """
+import bisect
 import functools
 import string
 
@@ -895,34 +896,42 @@ class Lowering:
                 continue
             x, p = found
             # (plan_memory gives names again: the product is the value p's name holds from
-            # its last write before s to its next write)
-            m = max((w for w in writers.get(p.name, ()) if w < s), default=None)
+            # its last write before s to its next write; the lists are in step order)
+            wp, rp = writers.get(p.name, ()), readers.get(p.name, ())
+            at = bisect.bisect_left(wp, s)
+            m = wp[at - 1] if at else None
             mm = self.steps[m] if m is not None else None
-            after = min((w for w in writers.get(p.name, ()) if w > s), default=len(self.steps))
+            after = wp[at] if at < len(wp) else len(self.steps)
+            product_readers = rp[bisect.bisect_left(rp, m or 0):bisect.bisect_left(rp, after)]
             if not (isinstance(mm, ir.Matmul) and mm.beta == 0 and mm.out.name == p.name
-                    and [t for t in readers.get(p.name, ()) if m <= t < after] == [s]
+                    and product_readers and all(t == s for t in product_readers)
                     and p.role == "temp" and p.base is None and p.name not in kept
                     and p.shape == step.out.shape and p.dtype == step.out.dtype
                     and x.name not in (mm.a.name, mm.b.name,
                                        getattr(mm.a.base, "name", None),
                                        getattr(mm.b.base, "name", None))
-                    and any(w < m for w in writers.get(x.name, ()))
-                    and not any(m < t < s for t in readers.get(x.name, ()))
-                    and not any(m < t < s for t in writers.get(x.name, ()))):
+                    and writers.get(x.name, [s])[0] < m
+                    and not _any_between(readers.get(x.name, ()), m, s)
+                    and not _any_between(writers.get(x.name, ()), m, s)):
                 continue
             self.steps[m] = ir.Matmul(step.out, mm.a, mm.b, mm.trans_a, mm.trans_b,
                                       f"{mm.comment}  (accumulated into {x.name}: "
                                       f"{x.name} + product)", alpha=mm.alpha, beta=1.0)
             reads[m] = _reads(self.steps[m])
             self.step_nodes[m] = self.step_nodes[m] + self.step_nodes[s]
-            readers[x.name].append(m)  # (the name's other entries stay: conservative)
-            writers[x.name].append(m)
+            bisect.insort(readers[x.name], m)  # (the name's other entries stay: conservative)
+            bisect.insort(writers[x.name], m)
             drop.add(s)
         if drop:
             keep = [k for k in range(len(self.steps)) if k not in drop]
             self.steps = [self.steps[k] for k in keep]
             self.step_nodes = [self.step_nodes[k] for k in keep]
             self._read_lists = [reads[k] for k in keep]
+
+
+def _any_between(steps, first, last):
+    """Whether the sorted list `steps` holds a step strictly between first and last."""
+    return bisect.bisect_right(steps, first) < bisect.bisect_left(steps, last)
 
 
 def _sum_of_two(step):

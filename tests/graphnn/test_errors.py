@@ -343,6 +343,20 @@ def test_missing_feed(classifier):
                               f"(call at {call})")
 
 
+def test_missing_feed_names_a_feed_of_another_graphs_input_given_instead(classifier):
+    # 'labels' is an input of another graph, so feeding it here is no error by itself; with
+    # 'y' missing it may be the typo, and the message names it too
+    f, made = classifier
+    other = gn.input("labels", (None,), dtype="int64")  # (kept: a dropped input is forgotten)
+    with pytest.raises(gn.FeedError) as err:
+        call = location(1)
+        f(x=np.zeros((4, 3), np.float32), labels=np.array([0, 1, 1, 0]))
+    assert str(err.value) == (f"missing feed 'y' (?,) int64 (declared at {made['y']}); "
+                              f"fed also 'labels', which this function does not take "
+                              f"(call at {call})")
+    del other
+
+
 def test_unknown_feed_name(classifier):
     f, _ = classifier
     with pytest.raises(gn.FeedError) as err:
