@@ -105,3 +105,40 @@ def test_two_compiled_functions_share_a_parameter():
     train(**FEEDS)  # continues from the cpu step's weights
     assert float(on_cpu(**FEEDS)) == pytest.approx(float(evaluate(**FEEDS)), rel=1e-12)
     assert float(on_cpu(**FEEDS)) < after_cpu
+
+
+def _residual_dense_step(backend, tag):
+    """Two residual blocks with biases, SGD: the bias updates are reductions written into
+    the biases, and the gradient that skips a block is accumulated by the block's gemm
+    (lowering.py update_in_place and accumulate_products, shared by the compiled back ends)."""
+    rng = np.random.default_rng(21)
+    x = gn.input("x", (None, 4))
+    params = [gn.param(f"{tag}W{k}", (0.5 * rng.standard_normal((4, 4))).astype(np.float32))
+              for k in range(4)] + [gn.param(f"{tag}b{k}", np.full(4, 0.1 * k, np.float32))
+                                    for k in range(3)]
+    W, b = params[:4], params[4:]
+    h = gn.tanh(x @ W[0] + b[0])
+    h = h + gn.relu(h @ W[1] + b[1])
+    h = h + gn.relu(h @ W[2] + b[2])
+    loss = gn.mean(gn.square(h @ W[3]))
+    kw = SMALL if backend == "cuda" else {}
+    return gn.compile(loss, updates=gn.optim.SGD(0.1).updates(loss, params), backend=backend,
+                      **kw), params
+
+
+def test_bias_updates_in_their_sums_and_residual_gemms_accumulating_agree_with_numpy():
+    X = np.random.default_rng(22).standard_normal((6, 4)).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "cuda"):
+        step, params = _residual_dense_step(backend, backend)
+        results[backend] = [float(step(x=X)) for _ in range(3)], [p.value.copy()
+                                                                 for p in params]
+    kinds = {s.out.name: type(s).__name__ for s in step.program.steps if s.out.role == "state"}
+    buffer_of = {p.name: f"st{k}" for k, p in enumerate(step.state_nodes)}
+    assert [kinds[buffer_of[f"cudab{k}"]] for k in range(3)] == ["Reduce"] * 3  # in place
+    assert not step.program.updates
+    assert any(type(s).__name__ == "Matmul" and s.beta == 1.0 and s.out.role == "temp"
+               for s in step.program.steps)
+    np.testing.assert_allclose(results["cuda"][0], results["numpy"][0], rtol=1e-5)
+    for got, expected in zip(results["cuda"][1], results["numpy"][1]):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
