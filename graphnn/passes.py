@@ -282,11 +282,14 @@ OPTIONAL_PASSES = {
     "fusion": "compute elementwise ops inside their consumer's loop, reductions with their "
               "prologue and finishing op, and 2-D transposes read in place by a matmul "
               "(lowering.Lowering.inlined)",
-    "update_in_place": "write a parameter's new value straight into the parameter, and "
-                       "W - c * (A @ B) as one gemm accumulating into W "
+    "update_in_place": "write a parameter's new value straight into the parameter (also "
+                       "from the reduction that finishes it: a bias's summed gradient), "
+                       "and W - c * (A @ B) as one gemm accumulating into W "
                        "(lowering.Lowering.update_in_place, accumulate_updates)",
     "memory_planning": "reuse dead temporaries and write an elementwise step over an input "
-                       "that dies there (lowering.Lowering.plan_memory)",
+                       "that dies there (lowering.Lowering.plan_memory); with fusion, x + "
+                       "A @ B written over x as one gemm accumulating into x "
+                       "(accumulate_products)",
     "output_recycling": "cpu only: write a new result into an earlier result the caller no "
                         "longer holds (backends/cpu.py, CpuFunction._recycle)",
     "packed_kernels": "cpu only: pack each constant float32 convolution kernel once and "
