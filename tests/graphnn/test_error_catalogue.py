@@ -175,6 +175,14 @@ CASES = [
         f = gn.compile(gn.softmax_cross_entropy(x @ W, y), backend="cpu")
         f(x=np.ones((4, 3)))
      """, gn.FeedError, ["'y'"]),
+    (None, "a missing feed, and a feed named like another graph's input", """
+        x = gn.input("x", (None, 3))
+        y = gn.input("y", (None,), dtype="int64")
+        labels = gn.input("labels", (None,), dtype="int64")
+        W = gn.param("W", np.ones((3, 2), np.float32))
+        f = gn.compile(gn.softmax_cross_entropy(x @ W, y), backend="cpu")
+        f(x=np.ones((4, 3)), labels=np.zeros(4, np.int64))
+     """, gn.FeedError, ["'y'", "fed also 'labels'"]),
     (None, "an extra feed that no input has", """
         x = gn.input("x", (None, 3))
         f = gn.compile(x * 2, backend="cpu")
