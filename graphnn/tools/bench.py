@@ -1183,6 +1183,39 @@ def format_table(result):
     return "\n".join(lines + [f"\n{s}" for s in skipped])
 
 
+def format_scale_table(result):
+    """A Markdown table of the residual stacks' cold compiles, one row per family measured
+    at two depths or more (resmlp-10, resmlp-100, ...): each depth's time, the deepest
+    against the shallowest, the time each block adds between them, the kernels compiled
+    at each depth and the largest peak RSS. "" when no family has two depths."""
+    families = {}
+    for row in result["workloads"]:
+        scale = row.get("compile_at_scale") or {}
+        if "error" in scale or not scale.get("blocks") or scale.get("cold_s") is None:
+            continue
+        family = row["workload"].rsplit("-", 1)[0]
+        families.setdefault(family, []).append((scale["blocks"], scale))
+    lines = []
+    for family, depths in families.items():
+        if len(depths) < 2:
+            continue
+        depths.sort(key=lambda d: d[0])
+        (n0, first), (n1, last) = depths[0], depths[-1]
+        added = (last["cold_s"] - first["cold_s"]) / (n1 - n0)
+        kernels = sorted({d["kernels_compiled"] for _, d in depths if d.get("kernels_compiled")
+                          is not None})
+        lines.append(f"| {family} | " + ", ".join(f"{n}: {d['cold_s']:.2f} s" for n, d in depths)
+                     + f" | {last['cold_s'] / first['cold_s']:.2f}x | {added * 1e3:.2f} ms | "
+                     + (f"{kernels[0]} at every depth" if len(kernels) == 1 else
+                        ", ".join(f"{n}: {d.get('kernels_compiled')}" for n, d in depths))
+                     + f" | {max(d['peak_rss_MB'] for _, d in depths):.0f} MB |")
+    if not lines:
+        return ""
+    return "\n".join(["| stack | cold compile (blocks: fresh process, empty cache) | deepest / "
+                      "shallowest | added per block | kernels compiled | peak RSS |",
+                      "|---|---|---|---|---|---|"] + lines)
+
+
 def plot(result, path):
     """Bar chart (log scale) of the median step time per workload and mode; the whiskers
     span the interquartile range."""
@@ -1500,6 +1533,10 @@ def main(argv=None):
 def _report(result, args):
     print("\nmedian step time (speed-up over eager, median of per-round ratios):\n")
     print(format_table(result))
+    scale = format_scale_table(result)
+    if scale:
+        print("\ncompile at scale (cold compile against depth):\n")
+        print(scale)
     print(_trust_note(result))
     if args.json and not args.load:
         print("wrote", args.json)

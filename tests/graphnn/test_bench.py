@@ -282,3 +282,23 @@ def test_onnx_workloads_are_named_together_and_need_the_onnx_package(monkeypatch
     row = _run(["onnx-resnet50"], ["cpu"])["workloads"][0]
     assert row["modes"]["cpu"]["status"] == "skipped"
     assert "onnx package is not installed" in row["modes"]["cpu"]["reason"]
+
+
+def test_the_scale_table_compares_depths_of_one_family():
+    """format_scale_table: one row per family measured at two depths or more, with the
+    deepest against the shallowest and the time each block adds (from the cold compiles)."""
+    def row(name, blocks, cold, kernels, rss):
+        return {"workload": name, "compile_at_scale": {
+            "blocks": blocks, "cold_s": cold, "kernels_compiled": kernels, "peak_rss_MB": rss}}
+    result = {"workloads": [row("resmlp-10", 10, 1.0, 12, 180.0),
+                            row("resmlp-1000", 1000, 1.99, 12, 281.0),
+                            row("resconv-10", 10, 2.5, 15, 200.0),  # (one depth: no row)
+                            {"workload": "xor", "compile_at_scale": None}]}
+    table = bench.format_scale_table(result)
+    lines = table.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("| stack |")
+    assert lines[2] == ("| resmlp | 10: 1.00 s, 1000: 1.99 s | 1.99x | 1.00 ms | "
+                        "12 at every depth | 281 MB |")
+    result["workloads"][1]["compile_at_scale"]["kernels_compiled"] = 13
+    assert "10: 12, 1000: 13" in bench.format_scale_table(result)
+    assert bench.format_scale_table({"workloads": result["workloads"][2:]}) == ""
