@@ -6,6 +6,7 @@ Every back end shares this front: the graph is collected, updates are checked, f
 checked by name before any kernel runs, and updates are applied after all new values are
 computed from the old ones.
 """
+import threading
 import time
 
 import numpy as np
@@ -75,6 +76,11 @@ class CompiledFunction:
         self.stats = {"backend": self.backend, "nodes": len(self.graph.nodes)}
         self._state_shapes = {id(p): p.shape for p in self.state_nodes}
         self._state_versions = None
+        # One call at a time: a call uses memory the function keeps (its workspace of
+        # temporaries, recycled outputs, device buffers), and a library-mode driver lets
+        # other threads run between its kernels, so two threads calling at once got each
+        # other's temporaries. Reentrant: a call may call again (after growing the workspace).
+        self._lock = threading.RLock()
         self.stats["build_seconds"] = time.perf_counter() - started
 
     @property
@@ -96,6 +102,11 @@ class CompiledFunction:
     def __call__(self, *args, **feeds):
         if args:
             raise_positional(self, args)
+        with self._lock:
+            return self._locked_call(feeds)
+
+    def _locked_call(self, feeds):
+        """The call's work, with the function's lock held."""
         arrays = None if self.check_finite else self.feeds.fast_check(feeds)
         binding = None
         if arrays is None:

@@ -40,6 +40,10 @@ COMPILE_JOBS = 2
 # Seconds the forked compiling process may go without using the CPU before it is taken for
 # stuck, killed, and its kernels compiled by this process (see _report_of).
 STALLED_SECONDS = 10.0
+# what the generated program raises before its first step (nothing is written yet, so the
+# call can be made again: after growing the workspace, or to name the bad feed)
+_RAISED_BEFORE_ANY_STEP = (cpu_codegen.WORKSPACE_TOO_SMALL, cpu_codegen.SHAPE_MISMATCH,
+                           cpu_codegen.INDEX_OUT_OF_RANGE)
 
 
 class CpuFunction(LoweredFunction):
@@ -163,6 +167,7 @@ class CpuFunction(LoweredFunction):
         self._feed_types = tuple((n.name, n.dtype, n.ndim) for n in self.graph.inputs)
         self._n_inputs = len(self._feed_types)
         self._fast_path_ready = False  # after the first call, unless check_finite
+        self._lock_free = False  # the same, for a fused program that recycles no output
         self._args_after_inputs = self._entry_point = self._epoch = None
 
     def explain(self):
@@ -270,6 +275,7 @@ class CpuFunction(LoweredFunction):
         self.stats.update(kernels_compiled=compiled, kernels_cached=1 - compiled)
         self._compiled = True
         self._fast_path_ready = not self.check_finite
+        self._lock_free = self._fast_path_ready and not self.library and not self._returned
         self.stats["buffer_bytes"] = self._buffer_bytes(arrays)
         return result
 
@@ -330,6 +336,7 @@ class CpuFunction(LoweredFunction):
                                 zip(self._kernels, seconds, compiled))])
         self._compiled = True
         self._fast_path_ready = not self.check_finite
+        self._lock_free = self._fast_path_ready and not self.library and not self._returned
         self.stats["buffer_bytes"] = self._buffer_bytes(arrays)
         return result
 
@@ -488,46 +495,76 @@ class CpuFunction(LoweredFunction):
 
     def __call__(self, *args, **feeds):
         """The common call takes a fast path (a training step on small arrays is over in
-        microseconds): exactly the inputs' names, each a C-contiguous writeable ndarray of the input's
-        dtype and rank. Their shapes are checked by the generated program before any step
-        runs; when they are wrong, the full check names the problem (gn.FeedError). Any
-        other call, and every call with check_finite, takes the full path."""
+        microseconds): exactly the inputs' names, each a C-contiguous writeable ndarray of
+        the input's dtype and rank. Their shapes are checked by the generated program before
+        any step runs; when they are wrong, the full check names the problem
+        (gn.FeedError). Any other call, and every call with check_finite, takes the full
+        path.
+
+        One call runs at a time (other threads wait: see CompiledFunction). A fused program
+        that recycles no output needs no lock on the fast path: its one compiled call holds
+        the GIL from the first step to the last, and nothing else it does can interleave
+        with another thread's call."""
         if args:
             raise_positional(self, args)
-        if self._fast_path_ready and len(feeds) == self._n_inputs:
-            arrays = []
-            for name, dtype, ndim in self._feed_types:
-                a = feeds.get(name)
-                if a.__class__ is not np.ndarray or a.dtype is not dtype or a.ndim != ndim \
-                        or not a.flags.carray:
-                    break
-                arrays.append(a)
-            else:
-                if self._epoch != ValueState.epoch:
-                    self._new_states(arrays)
+        if self._lock_free and len(feeds) == self._n_inputs and \
+                self._epoch == ValueState.epoch:
+            arrays = self._fast_feeds(feeds)
+            if arrays is not None:
                 if self._updated_ids:
                     arrays = self._unaliased(arrays)
                 try:
-                    if self._returned:
-                        results = self._call(self._entry_point, arrays,
-                                             self._args_after_inputs)
-                    else:  # (the same as _call, in fewer steps)
-                        results = self._entry_point(*arrays, *self._args_after_inputs, self._workspace)
+                    results = self._entry_point(*arrays, *self._args_after_inputs,
+                                                self._workspace)
                 except ValueError as exc:
-                    if str(exc) == cpu_codegen.WORKSPACE_TOO_SMALL:
-                        self._grow_workspace(arrays)
-                        return self(**feeds)
-                    if str(exc) not in (cpu_codegen.SHAPE_MISMATCH,
-                                        cpu_codegen.INDEX_OUT_OF_RANGE):
+                    if str(exc) not in _RAISED_BEFORE_ANY_STEP:
                         raise
-                    self.feeds.check(feeds)  # raises FeedError naming the bad feed
-                    raise
-                if self._writes_states:
-                    ValueState.host_writes += 1
-                if self._shared_outputs:
-                    results = self._separated(results)
-                return results[0] if self.single else results
-        return super().__call__(**feeds)
+                else:  # (else the locked path grows the workspace or names the bad feed)
+                    return self._fast_results(results)
+        with self._lock:  # (a with statement: no Ctrl-C lands between taking and the try)
+            if self._fast_path_ready and len(feeds) == self._n_inputs:
+                arrays = self._fast_feeds(feeds)
+                if arrays is not None:
+                    if self._epoch != ValueState.epoch:
+                        self._new_states(arrays)
+                    if self._updated_ids:
+                        arrays = self._unaliased(arrays)
+                    try:
+                        if self._returned:
+                            results = self._call(self._entry_point, arrays,
+                                                 self._args_after_inputs)
+                        else:  # (the same as _call, in fewer steps)
+                            results = self._entry_point(*arrays, *self._args_after_inputs,
+                                                        self._workspace)
+                    except ValueError as exc:
+                        if str(exc) == cpu_codegen.WORKSPACE_TOO_SMALL:
+                            self._grow_workspace(arrays)
+                            return self(**feeds)
+                        if str(exc) not in _RAISED_BEFORE_ANY_STEP:
+                            raise
+                        self.feeds.check(feeds)  # raises FeedError naming the bad feed
+                        raise
+                    return self._fast_results(results)
+            return self._locked_call(feeds)
+
+    def _fast_feeds(self, feeds):
+        """The feeds as the fast path takes them (the inputs' arrays in order), or None
+        when one is not a C-contiguous writeable ndarray of its input's dtype and rank."""
+        arrays = []
+        for name, dtype, ndim in self._feed_types:
+            a = feeds.get(name)
+            if a.__class__ is not np.ndarray or a.dtype is not dtype or a.ndim != ndim \
+                    or not a.flags.carray:
+                return None
+            arrays.append(a)
+        return arrays
+
+    def _fast_results(self, results):
+        if self._writes_states:
+            ValueState.host_writes += 1
+        if self._shared_outputs:
+            results = self._separated(results)
+        return results[0] if self.single else results
 
     def _new_states(self, arrays):
         """After a state got a new array (and before the first fast call): check the states,

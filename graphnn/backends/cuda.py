@@ -40,7 +40,7 @@ from kernels import cuda as cuda_codegen, loader
 from .. import shapes as S
 from ..api import ValueState
 from ..errors import BackendError, FeedError, GraphError, user_location
-from .base import LoweredFunction, raise_positional
+from .base import LoweredFunction
 
 SIMULATOR_HINT = ("To run the generated kernels without a GPU, use Numba's CUDA simulator: "
                   "set NUMBA_ENABLE_CUDASIM=1 in the environment before Python starts "
@@ -220,14 +220,12 @@ class CudaFunction(LoweredFunction):
             return self.cuda.as_cuda_array(value)
         return None
 
-    def __call__(self, *args, **feeds):
+    def _locked_call(self, feeds):
         device = {k: self._device_array(v) for k, v in feeds.items()
                   if not isinstance(v, np.ndarray)}
         device = {k: v for k, v in device.items() if v is not None}
         if not device:
-            return super().__call__(*args, **feeds)
-        if args:
-            raise_positional(self, args)
+            return super()._locked_call(feeds)
         # the names are checked as for host feeds (device arrays stand in by their shape)
         if set(feeds) != set(self.feeds.by_name):
             self.feeds.check({k: (np.empty(0) if k in device else v)

@@ -1,7 +1,10 @@
 """Bad input, part 2: numbers the compiled back ends must get right (integer maxima, NaN,
 masked logits, exp near float32's limit), shape rules that refuse what kernels cannot
 run (whatever built the graph: user code, a saved file, the registry), declarations and
-options refused with a typed error, and saving that cannot lose a model."""
+options refused with a typed error, saving that cannot lose a model, and threads calling
+one compiled function."""
+import threading
+
 import numpy as np
 import pytest
 from numba.core import config as numba_config
@@ -444,3 +447,67 @@ def test_a_scalar_variable_learning_rate_can_change_between_steps(backend):
         lr.value = np.float32(0.5)
         step(x=np.ones((1, 2), np.float32))
         assert (W.value < before).all()
+
+
+# ---------------------------------------------------------------------------------------
+# Two threads calling one compiled function
+
+
+def _threaded_results(f, feeds_list, calls=40, threads=4):
+    """Each thread calls f with its own feeds `calls` times; the results that differ from
+    one call made alone, per thread."""
+    expected = [np.array(f(**feeds), copy=True) for feeds in feeds_list]
+    wrong = [0] * threads
+
+    def worker(i):
+        for _ in range(calls):
+            if not np.array_equal(f(**feeds_list[i]), expected[i]):
+                wrong[i] += 1
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return wrong
+
+
+@pytest.mark.parametrize("library", [True, False])
+def test_threads_calling_one_function_get_their_own_results(library):
+    """A library-mode driver lets other threads run between its kernels, and every call
+    uses the workspace the function keeps: without one call at a time, threads read each
+    other's temporaries (every thread got wrong numbers). Fused programs too, whether
+    they recycle their output (the large one here) or not (the sums)."""
+    rng = np.random.default_rng(3)
+    x = gn.input("x", (None, 64))
+    h = x
+    for _ in range(20):
+        h = h + gn.tanh(h @ gn.const((0.1 * rng.standard_normal((64, 64))).astype(np.float32)))
+    for out in (gn.sum(h * h, axis=1), h * 2.0):
+        f = gn.compile(out, backend="cpu", library=library)
+        feeds = [{"x": rng.standard_normal((256, 64)).astype(np.float32)} for _ in range(4)]
+        assert _threaded_results(f, feeds) == [0, 0, 0, 0]
+        assert f.stats["mode"] == ("library" if library else "fused")
+
+
+def test_threads_training_one_step_apply_every_update_once():
+    """Calls that update parameters run one at a time: after 4 threads x 10 SGD steps the
+    weights are those of 40 steps in one thread (the same feeds every step, so the order of
+    the calls does not matter)."""
+    rng = np.random.default_rng(4)
+    W0 = (0.3 * rng.standard_normal((8, 8))).astype(np.float32)
+    X = rng.standard_normal((16, 8)).astype(np.float32)
+    weights = []
+    for threads, calls in ((1, 40), (4, 10)):
+        W = gn.param(f"W_threads{threads}", W0.copy())
+        x = gn.input("x", (None, 8))
+        loss = gn.mean(gn.square(gn.tanh(x @ W)))
+        step = gn.compile(loss, updates=gn.optim.SGD(0.1).updates(loss, [W]),
+                          backend="cpu", library=True)
+        pool = [threading.Thread(target=lambda: [step(x=X) for _ in range(calls)])
+                for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        weights.append(W.value.copy())
+    np.testing.assert_allclose(weights[1], weights[0], rtol=1e-6, atol=1e-7)
