@@ -799,8 +799,9 @@ class Lowering:
     def update_in_place(self, outputs, updates):
         """Let the elementwise step that computes a state's new value (or the reduction it
         finishes: a bias's summed gradient) write straight into the state when nothing
-        reads the old value afterwards (an SGD step then touches W once). Later steps that read the new value (Adam's parameter step reads the new
-        moments) then read it from the state. Returns the updates still to copy at the end."""
+        reads the old value afterwards (an SGD step then touches W once). Later steps that
+        read the new value (Adam's parameter step reads the new moments) then read it from
+        the state. Returns the updates still to copy at the end."""
         producer = {id(step.out): s for s, step in enumerate(self.steps)}
         last_read = {}
         for s, read in enumerate(self._reads_of_steps()):
