@@ -127,11 +127,11 @@ def _residual_dense_step(backend, tag):
 
 
 def test_bias_updates_in_their_sums_and_residual_gemms_accumulating_agree_with_numpy():
-    X = np.random.default_rng(22).standard_normal((6, 4)).astype(np.float32)
+    X = np.random.default_rng(22).standard_normal((2, 4)).astype(np.float32)
     results = {}
     for backend in ("numpy", "cuda"):
         step, params = _residual_dense_step(backend, backend)
-        results[backend] = [float(step(x=X)) for _ in range(3)], [p.value.copy()
+        results[backend] = [float(step(x=X)) for _ in range(2)], [p.value.copy()
                                                                  for p in params]
     kinds = {s.out.name: type(s).__name__ for s in step.program.steps if s.out.role == "state"}
     buffer_of = {p.name: f"st{k}" for k, p in enumerate(step.state_nodes)}
