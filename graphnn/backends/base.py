@@ -6,8 +6,10 @@ Every back end shares this front: the graph is collected, updates are checked, f
 checked by name before any kernel runs, and updates are applied after all new values are
 computed from the old ones.
 """
+import os
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -47,6 +49,22 @@ def check_updates(updates):
     return pairs
 
 
+# Every compiled function, for _new_locks_after_fork
+_FUNCTIONS = weakref.WeakSet()
+
+
+def _new_locks_after_fork():
+    """In a forked child, every compiled function gets a new lock: one that a thread of the
+    parent held at the fork would never be released in the child (no such thread runs
+    there), and the child's first call would wait for ever."""
+    for f in list(_FUNCTIONS):
+        f._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # (POSIX)
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
+
+
 class CompiledFunction:
     """What every backend shares: the graph, feed checks, state access and the call."""
 
@@ -81,6 +99,7 @@ class CompiledFunction:
         # other threads run between its kernels, so two threads calling at once got each
         # other's temporaries. Reentrant: a call may call again (after growing the workspace).
         self._lock = threading.RLock()
+        _FUNCTIONS.add(self)
         self.stats["build_seconds"] = time.perf_counter() - started
 
     @property

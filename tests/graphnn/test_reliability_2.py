@@ -3,7 +3,10 @@ masked logits, exp near float32's limit), shape rules that refuse what kernels c
 run (whatever built the graph: user code, a saved file, the registry), declarations and
 options refused with a typed error, saving that cannot lose a model, and threads calling
 one compiled function."""
+import os
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -511,3 +514,42 @@ def test_threads_training_one_step_apply_every_update_once():
             t.join()
         weights.append(W.value.copy())
     np.testing.assert_allclose(weights[1], weights[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_process_forked_while_another_thread_calls_can_call_too():
+    """A thread inside a call holds the function's lock when the process forks; no such
+    thread runs in the child, so the child gets a new lock (os.register_at_fork) instead of
+    waiting for ever at its first call."""
+    x = gn.input("x", (None, 4))
+    f = gn.compile(gn.sum(gn.tanh(x) * 2.0), backend="cpu")
+    X = np.ones((3, 4), np.float32)
+    expected = float(f(x=X))
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with f._lock:  # (as a thread in the middle of a call)
+            held.set()
+            release.wait()
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one call, its result on the pipe
+        try:
+            os.write(write, repr(float(f(x=X))).encode())
+        finally:
+            os._exit(0)
+    release.set()
+    t.join()
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's call waited for a lock no thread would release")
+        time.sleep(0.05)
+    with os.fdopen(read, "rb") as fh:
+        assert float(fh.read()) == pytest.approx(expected, rel=1e-6)
