@@ -336,7 +336,6 @@ class CpuFunction(LoweredFunction):
                                 zip(self._kernels, seconds, compiled))])
         self._compiled = True
         self._fast_path_ready = not self.check_finite
-        self._lock_free = self._fast_path_ready and not self.library and not self._returned
         self.stats["buffer_bytes"] = self._buffer_bytes(arrays)
         return result
 
