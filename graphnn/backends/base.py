@@ -257,6 +257,7 @@ class LoweredFunction(CompiledFunction):
                  passes=None):
         self.passes = pass_options(passes, self.backend, self.optional_passes)
         super().__init__(outputs, updates, check_finite)
+        self._graph_ready()
         roots = self.outputs + [v for _, v in self.update_pairs]
         self.pass_report = []
         order = self.graph.nodes  # (the order of these roots: topological_order(roots))
@@ -278,3 +279,7 @@ class LoweredFunction(CompiledFunction):
                          "nodes": nodes, "buffer": step.out.name}
                         for k, (step, nodes) in enumerate(zip(self.lowering.steps,
                                                               self.lowering.step_nodes))]
+
+    def _graph_ready(self):
+        """Called once the graph is known, before the passes and lowering (a back end may
+        start work that runs alongside them)."""

@@ -6,7 +6,6 @@ and at call time checks the feeds in Python, then makes ONE call into compiled c
 also writes the parameter updates in place.
 """
 import inspect
-import json
 import os
 import select
 import signal
@@ -27,6 +26,7 @@ from ..errors import BackendError, user_location
 from ..node import collector_spares_existing
 from ..passes import OPTIONAL_PASSES
 from .base import LoweredFunction, raise_positional
+from .compile_helper import CompileHelper, pending as helpers_pending
 
 
 # The arrays kept per recycled output: the next call writes one nobody else holds.
@@ -37,6 +37,9 @@ PROGRESS_DELAY = 1.0
 LIBRARY_STEPS = 48
 # A first call compiles its kernels in this many processes at most (see compile_jobs()).
 COMPILE_JOBS = 2
+# Graphs of at least this many nodes fork their compile helper when gn.compile has the graph
+# (their build takes long enough to hide Numba's start-up in the helper; see _graph_ready).
+EARLY_HELPER_NODES = 1000
 # Seconds the forked compiling process may go without using the CPU before it is taken for
 # stuck, killed, and its kernels compiled by this process (see _report_of).
 STALLED_SECONDS = 10.0
@@ -62,6 +65,33 @@ class CpuFunction(LoweredFunction):
     def __init__(self, outputs, updates=None, check_finite=False, parallel=False,
                  optimize_graph=True, library=None, progress=True, passes=None):
         started = time.perf_counter()
+        self._helper, self._library_choice = None, library
+        try:
+            self._build(outputs, updates, check_finite, optimize_graph, passes, library,
+                        parallel, progress)
+        except BaseException:
+            if self._helper is not None:
+                self._helper.close(kill=True)
+            raise
+        self.stats["lower_seconds"] = time.perf_counter() - started - \
+            self.stats["build_seconds"]
+        if self._helper is not None:
+            if self.library:  # (a function never called lets its helper go)
+                weakref.finalize(self, self._helper.close)
+            else:
+                self._helper.close(kill=True)
+                self._helper = None
+
+    def _graph_ready(self):
+        """A large graph that will run in library mode forks its compile helper now: it
+        sets Numba up while this process lowers the graph (compile_helper.py)."""
+        if len(self.graph.nodes) >= EARLY_HELPER_NODES and self._library_choice is not False \
+                and not helpers_pending() and compile_jobs() > 1:
+            helper = CompileHelper(early=True)
+            self._helper = helper if helper.pid is not None else None
+
+    def _build(self, outputs, updates, check_finite, optimize_graph, passes, library, parallel,
+               progress):
         super().__init__(outputs, updates, check_finite, optimize_graph, passes)
         lowering = self.lowering
         chosen = library is not None
@@ -129,7 +159,6 @@ class CpuFunction(LoweredFunction):
             "kernels": len(self.program.steps),
             "fused_nodes": sum(max(len(k["nodes"]) - 1, 0) for k in self.kernels),
             "module": self.path,
-            "lower_seconds": time.perf_counter() - started - self.stats["build_seconds"],
             "compile_seconds": None,
             "cache_hit": None,
             "mode": "library" if self.library else "fused",
@@ -342,56 +371,41 @@ class CpuFunction(LoweredFunction):
     def _compile_in_parallel(self, arrays, tail, ready, progress):
         """Compile the kernels that are not ready in two processes: the driver runs once
         with each kernel replaced by a recorder of its argument types (kernels write in
-        place, so the driver needs nothing they compute), a forked process compiles the
-        costliest of them into Numba's disk cache, this one compiles the rest, and the
-        real first call then loads the forked process's kernels from the cache. Kernels
-        it did not compile (a failure, an unexpected signature) are compiled at their
-        first call as before: only the time differs. `progress()` gives the progress bar
-        (made after the fork: its monitor is a thread). Returns ({kernel: seconds
-        compiling it}, the kernels the other process compiled, the number of processes)."""
+        place, so the driver needs nothing they compute); a forked helper (forked when
+        `gn.compile` had the graph, for a large one, else now: see compile_helper.py) and
+        this process take them from one queue, costliest first, the helper compiling into
+        Numba's disk cache; the real first call then loads the helper's kernels from the
+        cache. Kernels it did not compile (a failure, an unexpected signature) are compiled
+        at their first call as before: only the time differs. `progress()` gives the
+        progress bar (made after the fork: its monitor is a thread). Returns ({kernel:
+        seconds compiling it}, the kernels the other process compiled, the number of
+        processes)."""
         kernels = [module.kernel for module, _ in self._kernels]
         types = self._kernel_argument_types(arrays, tail, kernels)
         todo = [k for k in range(len(kernels)) if not ready[k] and k in types]
+        helper, self._helper = self._helper, None
         if len(todo) < 2:
+            if helper is not None:
+                helper.close()
             return {}, set(), 1
-        # the costliest kernel (by its source's length) and as many others as balance the
-        # two shares go to the forked process
+        # the costliest kernels (by their sources' length) first: the last ones taken are
+        # the cheap ones, so the two processes finish close together
         cost = {k: 2000 + _source_length(self._kernels[k][1]) for k in todo}
         todo.sort(key=cost.get, reverse=True)
-        theirs, ours, load = [], [], [0, 0]
-        for k in todo:
-            side = 0 if load[0] <= load[1] else 1
-            (theirs, ours)[side].append(k)
-            load[side] += cost[k]
-        read, write = os.pipe()
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(read)
-            os.close(write)
+        if helper is None or not helper.alive():
+            if helper is not None:
+                helper.close()
+            helper = CompileHelper(early=False)
+        if helper.pid is None or not helper.share(
+                [(self._kernels[k][1], types[k]) for k in todo]):
+            helper.close(kill=True)
             return {}, set(), 1
-        if pid == 0:  # the forked process: compile, report the seconds, exit
-            status = 1
-            try:
-                os.close(read)
-                warnings.simplefilter("ignore")  # (writes nothing: see _BAR_THREADS)
-                done = {}
-                for k in theirs:
-                    started = time.perf_counter()
-                    try:
-                        _compile(kernels[k], types[k])
-                    except Exception:  # (the first call compiles it, and raises there)
-                        continue
-                    if _cache_on_disk(kernels[k]):  # (else the first call compiles it)
-                        done[k] = time.perf_counter() - started
-                os.write(write, json.dumps(done).encode())
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(write)
-        seconds, report, bar = {}, None, progress()
+        self.stats["compile_helper"] = "forked by gn.compile" if helper.early else \
+            "forked by the first call"
+        seconds, report, bar = {}, {}, progress()
         try:
-            for k in ours:
+            while (i := helper.next()) is not None:
+                k = todo[i]
                 started = time.perf_counter()
                 try:
                     _compile(kernels[k], types[k])
@@ -401,20 +415,10 @@ class CpuFunction(LoweredFunction):
                 ready[k] = True
                 if bar is not None:
                     bar.update(1)
-            report = _report_of(pid, read)
+            report = helper.finish(_report_of)
         finally:
-            os.close(read)
-            if report is None:  # (interrupted: the other process's work is not needed)
-                _kill(pid)
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:  # (SIGCHLD ignored: the system reaped it)
-                pass
-        try:
-            done = {int(k): float(t) for k, t in json.loads(report or b"{}").items()
-                    if int(k) in theirs}
-        except (ValueError, TypeError, AttributeError):
-            done = {}
+            helper.close(kill=True)  # (interrupted: the other process's work is not needed)
+        done = {todo[i]: t for i, t in report.items() if 0 <= i < len(todo)}
         for k, t in done.items():
             seconds[k], ready[k] = t, True
         if bar is not None:

@@ -272,3 +272,128 @@ print(json.dumps([f.stats["compile_processes"], f.stats["kernels_compiled"],
     assert processes == PROCESSES
     assert compiled == kernels
     assert "compiled in" in out.stderr  # (gn.fit's bar after the first call)
+
+
+HELPER_SCRIPT = """
+import json, os, sys, time
+import graphnn as gn
+from graphnn.backends import compile_helper, cpu
+sys.path.insert(0, {tests!r})
+from test_parallel_compile import residual_step
+cpu.EARLY_HELPER_NODES = 20
+compile_helper.IDLE_SECONDS = {idle!r}
+loss, params, feeds = residual_step(blocks=4)
+f = gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, params), backend="cpu",
+               library=True)
+forked = f._helper is not None and f._helper.pid is not None
+time.sleep({wait!r})
+losses = [float(f(**feeds)) for _ in range(3)]
+for _ in range(100):  # (the helper exits once it has reported)
+    compile_helper._reap()
+    if not compile_helper._UNREAPED:
+        break
+    time.sleep(0.05)
+print(json.dumps({{"forked": forked, "losses": losses, "open": compile_helper.pending(),
+                  "unreaped": len(compile_helper._UNREAPED),
+                  "stats": {{k: f.stats.get(k) for k in (
+                      "compile_helper", "compile_processes", "kernels_compiled",
+                      "library_kernels")}}}}))
+"""
+
+
+def _run_helper(cache_dir, idle=120.0, wait=0.0):
+    env = dict(os.environ, GRAPHNN_CACHE_DIR=str(cache_dir), GRAPHNN_QUIET="1",
+               GRAPHNN_JOBS="2")
+    script = HELPER_SCRIPT.format(tests=os.path.join(ROOT, "tests", "graphnn"), idle=idle,
+                                  wait=wait)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _numpy_losses(blocks=4, steps=3):
+    loss, params, feeds = residual_step(blocks=blocks)
+    step = gn.compile(loss, updates=gn.optim.SGD(lr=0.1).updates(loss, params),
+                      backend="numpy")
+    return [float(step(**feeds)) for _ in range(steps)]
+
+
+@pytest.mark.skipif(PROCESSES == 1, reason="the helper is forked on Linux with 2 CPUs")
+def test_a_large_graph_forks_its_compile_helper_while_it_is_lowered(tmp_path):
+    run = _run_helper(tmp_path)
+    assert run["forked"]
+    stats = run["stats"]
+    assert stats["compile_helper"] == "forked by gn.compile"
+    assert stats["compile_processes"] == 2
+    assert stats["kernels_compiled"] == stats["library_kernels"] >= 4
+    np.testing.assert_allclose(run["losses"], _numpy_losses(), rtol=1e-5)
+    assert run["open"] == 0 and run["unreaped"] == 0  # (nothing left behind)
+
+
+@pytest.mark.skipif(PROCESSES == 1, reason="the helper is forked on Linux with 2 CPUs")
+def test_a_helper_whose_idle_time_is_up_is_replaced_by_one_the_first_call_forks(tmp_path):
+    run = _run_helper(tmp_path, idle=0.2, wait=2.5)
+    assert run["forked"]
+    assert run["stats"]["compile_helper"] == "forked by the first call"
+    assert run["stats"]["compile_processes"] == 2
+    np.testing.assert_allclose(run["losses"], _numpy_losses(), rtol=1e-5)
+    assert run["open"] == 0 and run["unreaped"] == 0
+
+
+def _gone(pid, seconds=20.0):
+    """Whether process `pid`, a child of this one, exits within `seconds` (reaped here)."""
+    from graphnn.backends import compile_helper
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        compile_helper._reap()
+        if pid not in compile_helper._UNREAPED and not os.path.exists(f"/proc/{pid}"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(PROCESSES == 1, reason="the helper is forked on Linux with 2 CPUs")
+def test_a_helper_nobody_needs_exits(monkeypatch):
+    import gc
+
+    from graphnn.backends import compile_helper
+    monkeypatch.setattr(cpu_backend, "EARLY_HELPER_NODES", 20)
+    monkeypatch.setenv("GRAPHNN_JOBS", "2")
+    monkeypatch.setattr(cpu_backend, "_other_threads", lambda: False)
+    loss, params, feeds = residual_step(blocks=4, seed=5)
+    updates = gn.optim.SGD(lr=0.1).updates(loss, params)
+    # a function never called: its helper goes when the function does
+    f = gn.compile(loss, updates=updates, backend="cpu", library=True)
+    pid = f._helper.pid
+    assert compile_helper.pending() == 1
+    del f
+    gc.collect()
+    assert compile_helper.pending() == 0
+    assert _gone(pid)
+    # one that runs fused: no helper (asked for, or chosen for a short program)
+    g = gn.compile(loss, updates=updates, backend="cpu", library=False)
+    assert g._helper is None
+    monkeypatch.setattr(cpu_backend, "LIBRARY_STEPS", 10_000)
+    monkeypatch.delenv("GRAPHNN_LIBRARY_STEPS", raising=False)
+    h = gn.compile(loss, updates=updates, backend="cpu")
+    assert h.stats["mode"] == "fused" and h._helper is None
+    assert compile_helper.pending() == 0
+    # a build that fails after the fork kills its helper
+    started = []
+    real = compile_helper.CompileHelper
+
+    def spy(early):
+        helper = real(early)
+        started.append(helper.pid)
+        return helper
+    monkeypatch.setattr(cpu_backend, "CompileHelper", spy)
+    monkeypatch.setattr(cpu_backend.cpu_codegen, "generate_library",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no driver")))
+    with pytest.raises(RuntimeError, match="no driver"):
+        gn.compile(loss, updates=updates, backend="cpu", library=True)
+    assert len(started) == 1 and compile_helper.pending() == 0
+    assert _gone(started[0])
+    # (the fused function computes what it did before)
+    expected = float(gn.compile(loss, backend="numpy")(**feeds))
+    np.testing.assert_allclose(float(g(**feeds)), expected, rtol=1e-5)
