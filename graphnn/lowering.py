@@ -34,6 +34,9 @@ from .registry import OPS, kind_of
 FUSIBLE_KINDS = ("elementwise", "pattern", "size")
 
 
+_UNKNOWN = object()  # (a memo's miss, where None is an answer)
+
+
 def is_elementwise(node):
     """Whether `node` is computed element by element, so it can fuse into a loop."""
     return kind_of(node) in FUSIBLE_KINDS
@@ -161,6 +164,8 @@ class Lowering:
         self._shapes = {}  # sym_shape -> shape (see `shape`)
         self._expressions = {}  # _expression_key -> an expression's template (see there)
         self._finishers = None  # the sole_elementwise_reader of each reduction
+        self._roots_above = {}  # node -> group_root_above(node)
+        self._finished_by = {}  # group root -> reductions_finished_by(root)
         self._read_lists = None  # see _reads_of_steps
         self._bind_dims()
 
@@ -275,8 +280,12 @@ class Lowering:
                                if kind_of(n) == "reduce"}
         if user not in self._finishers:
             return []
-        return [i for n in self.group_nodes(user) if is_elementwise(n) for i in self.reads(n)
+        found = self._finished_by.get(user)  # (each reduction under a group asks: once)
+        if found is None:
+            found = self._finished_by[user] = [
+                i for n in self.group_nodes(user) if is_elementwise(n) for i in self.reads(n)
                 if kind_of(i) == "reduce" and self.sole_elementwise_reader(i) is user]
+        return found
 
     def sole_elementwise_reader(self, node):
         """The root of the fused elementwise group, of the same shape and dtype, that alone
@@ -285,20 +294,39 @@ class Lowering:
         if kind_of(node) != "reduce" or node.attr("keepdims") or id(node) in self.pinned or \
                 self.summed_product(node.inputs[0]) is node:
             return None
-        user = node
-        while True:  # up to the root of the fused group that reads the result
-            users = self.consumers[id(user)]
-            if len(users) != 1 or not is_elementwise(users[0]) or \
-                    kind_of(users[0]) == "pattern":
-                return None
-            user = users[0]
-            if not self.inlined(user):
-                break
+        user = self.group_root_above(node)
+        if user is None:
+            return None
         if user.dtype != node.dtype or not all(
                 S.dims_equal(a, b) for a, b in zip(node.sym_shape, user.sym_shape)) or \
                 user.ndim != node.ndim:
             return None
         return user
+
+    def group_root_above(self, node):
+        """The root of the fused elementwise group that alone reads `node`: up from its
+        sole consumer through inlined consumers, each the sole, elementwise (not pattern)
+        consumer of the one before. None when a consumer on the way is not. Memoised with
+        every node on the way: a recurrent graph's gradient is a chain of T inlined adds,
+        each asked about from below (walked once, not once per reduction under it)."""
+        path, found = [], None
+        while True:
+            known = self._roots_above.get(node, _UNKNOWN)
+            if known is not _UNKNOWN:
+                found = known
+                break
+            path.append(node)
+            users = self.consumers[id(node)]
+            if len(users) != 1 or not is_elementwise(users[0]) or \
+                    kind_of(users[0]) == "pattern":
+                break
+            node = users[0]
+            if not self.inlined(node):
+                found = node
+                break
+        for n in path:
+            self._roots_above[n] = found
+        return found
 
     def transposed_view(self, node):
         """A transpose of the last two axes (a 2-D transpose, or each matrix of a stack)

@@ -15,6 +15,7 @@ outputs (a fresh allocation of megabytes costs a page fault per 4 KiB touched).
 of that output that nobody holds any more, written again when its shape fits (else a
 zero-size array, and a new array is made). `run(module, *arrays)` calls a program as a test would.
 """
+import collections
 import functools
 import inspect
 import itertools
@@ -1468,6 +1469,7 @@ WIDE_SUM = 8  # see _wide_sum()
 _SCALAR_ARG = re.compile(r"\bnp\.(?:bool_|float32|float64)\([^()]*\)")
 _LOAD_LINE = re.compile(r"^(\s+)(x\d+) = (\w+)\[k\]$")
 _ADD_LINE = re.compile(r"^(\s+)(v\d+) = (\w+) \+ (\w+)$")
+_WORD = re.compile(r"\w+")
 
 
 def _wide_sum(lines, wide):
@@ -1487,10 +1489,11 @@ def _wide_sum(lines, wide):
         m = _ADD_LINE.match(line)
         if m:
             adds.append((number, m.group(2), m.group(3), m.group(4)))
-    text = "\n".join(lines)
+    # (each word's count, found once: a sum of T terms asks about each of them)
+    counts = collections.Counter(_WORD.findall("\n".join(lines)))
 
     def used_once(var):
-        return len(re.findall(rf"\b{var}\b", text)) == 2  # defined once, read once
+        return counts[var] == 2  # defined once, read once
     best = None
     for start, (number, var, a, b) in enumerate(adds):
         if a not in loads or b not in loads or not used_once(a) or not used_once(b):

@@ -292,3 +292,48 @@ def test_a_residual_stack_builds_each_block_expression_once():
     expected = gn.compile(roots, backend="numpy")(**feeds)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-6)
+
+
+def _rnn_gradient(steps):
+    """The gradient graph of a tanh RNN unrolled over `steps` (one Wy shared by every time
+    step: its gradient is a sum of `steps` products, the biases' a chain of adds)."""
+    rng = np.random.default_rng(steps)
+    x = gn.input("x", (None, steps, 4))
+    Wx = gn.param("Wx", (rng.standard_normal((4, 6)) * 0.3).astype(np.float32))
+    Wy = gn.param("Wy", (rng.standard_normal((6, 6)) * 0.3).astype(np.float32))
+    b = gn.param("b", np.zeros(6, np.float32))
+    y = None
+    for t in range(steps):
+        z = gn.reshape(gn.slice_axis(x, 1, t, t + 1), (-1, 4)) @ Wx + b
+        y = gn.tanh(z if y is None else z + y @ Wy)
+    loss = gn.mean(gn.square(y))
+    return [loss] + gn.grad(loss, [Wx, Wy, b]), [x], [Wx, Wy, b]
+
+
+def test_lowering_a_recurrent_gradient_asks_about_each_node_a_bounded_number_of_times(
+        monkeypatch):
+    # (each reduction under the chain of adds used to walk the whole chain up to its root:
+    # quadratic in the time steps, 0.15 s of lowering at T=100. Counted, not timed.)
+    calls = []
+    real = L.Lowering.inlined
+
+    def counted(self, node):
+        calls.append(1)
+        return real(self, node)
+    monkeypatch.setattr(L.Lowering, "inlined", counted)
+    per_node = {}
+    for steps in (25, 100):
+        roots, inputs, params = _rnn_gradient(steps)
+        calls.clear()
+        graph_roots, _ = passes.optimize(roots)
+        _, lowering = L.lower(graph_roots, inputs, params, graph_roots, [])
+        per_node[steps] = len(calls) / len(lowering.nodes)
+    assert per_node[100] < 12
+    assert per_node[100] < 1.5 * per_node[25]  # (as many per node at 4x the length)
+    # and the numbers are the numpy back end's
+    roots, inputs, params = _rnn_gradient(12)
+    feeds = {"x": np.random.default_rng(1).standard_normal((3, 12, 4)).astype(np.float32)}
+    got = gn.compile(roots, backend="cpu", library=True, progress=False)(**feeds)
+    expected = gn.compile(roots, backend="numpy")(**feeds)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-6)
