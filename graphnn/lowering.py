@@ -35,6 +35,12 @@ FUSIBLE_KINDS = ("elementwise", "pattern", "size")
 
 
 _UNKNOWN = object()  # (a memo's miss, where None is an answer)
+# A reduction is not finished in the step of a fused group that reads this many values or
+# more: such a group is a sum of many terms (the gradient of a bias used at every time step
+# of a recurrent layer: T per-step sums added up), which the cpu back end adds in its driver
+# with NumPy (kernels/cpu.py, WIDE_SUM) so that one kernel serves every length. Finished in
+# a reduction, the sum stayed in the kernel, which grew with T (2.5 s to compile at T=200).
+WIDE_GROUP = 8
 
 
 def is_elementwise(node):
@@ -166,6 +172,7 @@ class Lowering:
         self._finishers = None  # the sole_elementwise_reader of each reduction
         self._roots_above = {}  # node -> group_root_above(node)
         self._finished_by = {}  # group root -> reductions_finished_by(root)
+        self._group_loads = {}  # group root -> group_loads(root)
         self._read_lists = None  # see _reads_of_steps
         self._bind_dims()
 
@@ -295,13 +302,23 @@ class Lowering:
                 self.summed_product(node.inputs[0]) is node:
             return None
         user = self.group_root_above(node)
-        if user is None:
+        if user is None or self.group_loads(user) >= WIDE_GROUP:
             return None
         if user.dtype != node.dtype or not all(
                 S.dims_equal(a, b) for a, b in zip(node.sym_shape, user.sym_shape)) or \
                 user.ndim != node.ndim:
             return None
         return user
+
+    def group_loads(self, root):
+        """How many values the fused group of `root` reads from outside it (memoised)."""
+        found = self._group_loads.get(root)
+        if found is None:
+            group = self.group_nodes(root)
+            inside = {id(n) for n in group}
+            found = self._group_loads[root] = len(
+                {id(i) for n in group for i in self.reads(n) if id(i) not in inside})
+        return found
 
     def group_root_above(self, node):
         """The root of the fused elementwise group that alone reads `node`: up from its

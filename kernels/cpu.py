@@ -1470,6 +1470,7 @@ _SCALAR_ARG = re.compile(r"\bnp\.(?:bool_|float32|float64)\([^()]*\)")
 _LOAD_LINE = re.compile(r"^(\s+)(x\d+) = (\w+)\[k\]$")
 _ADD_LINE = re.compile(r"^(\s+)(v\d+) = (\w+) \+ (\w+)$")
 _WORD = re.compile(r"\w+")
+_VALUE = re.compile(r"\b([xv])\d+\b")  # a step's loaded and computed values: x0, v3
 
 
 def _wide_sum(lines, wide):
@@ -1519,6 +1520,11 @@ def _wide_sum(lines, wide):
             out.append(f"{indent}{last} = {wide}[k]")
         if number not in drop:
             out.append(line)
+    # the kernel's values renumbered in order of appearance: their numbers counted the
+    # terms, and one kernel is to serve sums of every length
+    names = {}
+    out = [_VALUE.sub(lambda m: names.setdefault(m.group(0), f"{m.group(1)}{len(names)}"),
+                      line) for line in out]
     arrays = [loads[t][1] for t in terms]
     driver = [f"{wide} = {arrays[0]} + {arrays[1]}"]
     driver += [f"{wide} += {name}" for name in arrays[2:]]

@@ -268,6 +268,36 @@ def test_a_sum_of_many_arrays_is_added_by_the_driver_in_library_mode():
                                            for k in range(3))), rtol=1e-5, atol=1e-6)
 
 
+
+def _lstm_step(steps, seed):
+    rng = np.random.default_rng(seed)
+    x = gn.input("x", (None, steps, 5))
+    y = gn.input("y", (None, 1))
+    out = gn.nn.Dense(1, seed=seed)(gn.nn.LSTM(12, seed=seed)(x))
+    loss = gn.mean(gn.square(out - y))
+    params = gn.Graph(loss).params
+    feeds = {"x": rng.standard_normal((4, steps, 5)).astype(np.float32),
+             "y": rng.standard_normal((4, 1)).astype(np.float32)}
+    return loss, params, feeds
+
+
+def test_an_lstm_of_any_length_is_served_by_the_kernels_of_a_shorter_one():
+    # The gradient of a bias used at every time step is a sum of T per-step sums: it was
+    # finished in one of them, in a kernel that grew with T (2.5 s to compile at T=200),
+    # and a wide sum's kernel numbered its values by T. Both are one kernel for every T.
+    counts = {}
+    for steps in (10, 30):
+        loss, params, feeds = _lstm_step(steps, seed=steps)
+        grads = gn.grad(loss, params)
+        f = gn.compile([loss] + grads, backend="cpu", library=True, progress=False)
+        got = f(**feeds)
+        counts[steps] = f.stats["kernels_compiled"]
+        expected = gn.compile([loss] + grads, backend="numpy")(**feeds)
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-6)
+    assert counts[30] == 0  # (every kernel of T=30 was compiled for T=10)
+
+
 def _train_step(blocks, prefix):
     # (small weights and steps: 60 residual blocks of 0.1 diverge at once)
     x, y, h, logits, loss, params = residual_mlp(blocks, prefix=prefix, scale=0.02)
