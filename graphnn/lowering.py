@@ -41,6 +41,8 @@ _UNKNOWN = object()  # (a memo's miss, where None is an answer)
 # with NumPy (kernels/cpu.py, WIDE_SUM) so that one kernel serves every length. Finished in
 # a reduction, the sum stayed in the kernel, which grew with T (2.5 s to compile at T=200).
 WIDE_GROUP = 8
+# A fused group is at most this many nodes deep (see Lowering._decide_chain).
+MAX_GROUP_DEPTH = 64
 
 
 def is_elementwise(node):
@@ -164,6 +166,7 @@ class Lowering:
         self.pinned = {id(n) for n in self.outputs} | {id(v) for _, v in self.update_pairs}
         self.counter = 0
         self._inlined = {}  # node -> whether it is inlined (see `inlined`)
+        self._depths = {}  # inlined node -> how far below its group's root (see there)
         self._groups = {}  # root node -> group_nodes(root)
         self._described = {}  # (name, op, sym_shape) -> _describe(node)
         self._codes = {}  # (op, dtype, argument variables) -> scalar code
@@ -223,8 +226,42 @@ class Lowering:
         # pinned nodes are fixed once lowering starts)
         known = self._inlined.get(node)
         if known is None:
-            known = self._inlined[node] = self._decide_inlined(node)
+            if kind_of(node) in ("leaf", "size"):  # (no group below it)
+                known = self._inlined[node] = self._decide_inlined(node)
+            else:
+                known = self._decide_chain(node)
         return known
+
+    def _decide_chain(self, node):
+        """Decide `inlined` for `node` and the chain of sole consumers above it that
+        `_decide_inlined` would inline, from the top down: a node MAX_GROUP_DEPTH below
+        its group's root starts a group of its own. (An expression is built by recursion
+        over its group: a chain of 400 inlined adds, the gradient of a bias at every time
+        step of a long sequence, went past Python's recursion limit.) Iterative: the chain
+        may be thousands of nodes long."""
+        chain, n = [], node
+        while True:
+            decided = self._inlined.get(n)
+            if decided is not None:
+                depth = self._depths.get(n, 0) if decided else 0
+                break
+            if not self._decide_inlined(n):
+                self._inlined[n], depth = False, 0
+                break
+            users = self.consumers[id(n)]
+            if len(users) != 1:  # (a recomputed mask of leaves: in every consumer)
+                self._inlined[n], depth = True, 1
+                break
+            chain.append(n)
+            n = users[0]
+        for n in reversed(chain):  # (top down: each below the one before)
+            depth += 1
+            if depth > MAX_GROUP_DEPTH:
+                depth = 0
+            self._inlined[n] = depth > 0
+            if depth:
+                self._depths[n] = depth
+        return self._inlined[node]
 
     def _decide_inlined(self, node):
         kind = OPS[node.op].kind

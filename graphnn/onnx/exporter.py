@@ -52,12 +52,20 @@ class _Exporter:
         self.nodes, self.initializers = [], []
         self.names = {}   # id(graphnn node) -> ONNX value name
         self.used = set()
+        self.next_suffix = {}  # base -> the suffix fresh(base) tries first
         self.unsupported = {}
 
     def fresh(self, base):
-        name, i = base, 1
-        while name in self.used:
-            name, i = f"{base}_{i}", i + 1
+        """`base`, or `base_1`, `base_2`... the first not used yet (each base's count is
+        kept: a long sequence exports thousands of constants named alike, and probing
+        from 1 each time took seconds)."""
+        name, i = base, self.next_suffix.get(base, 1)
+        if name in self.used:
+            name = f"{base}_{i}"
+            while name in self.used:
+                i += 1
+                name = f"{base}_{i}"
+            self.next_suffix[base] = i + 1
         self.used.add(name)
         return name
 

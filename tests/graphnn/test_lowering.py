@@ -337,3 +337,20 @@ def test_lowering_a_recurrent_gradient_asks_about_each_node_a_bounded_number_of_
     expected = gn.compile(roots, backend="numpy")(**feeds)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("library", [False, True])
+def test_a_chain_hundreds_of_ops_deep_is_fused_in_groups_of_bounded_depth(library):
+    # (an expression is built by recursion over its fused group: a chain of 400 inlined
+    # ops, a bias's gradient over 400 time steps, raised RecursionError)
+    x = gn.input("x", (None, 4))
+    h = x
+    for _ in range(400):
+        h = h * 0.5 + x
+    program, lowering = lowered([h])
+    depth = L.MAX_GROUP_DEPTH
+    assert len(program.steps) >= 800 // depth
+    assert all(len(nodes) <= 2 * depth for nodes in lowering.step_nodes)
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)}
+    got = gn.compile(h, backend="cpu", library=library, progress=False)(**feeds)
+    np.testing.assert_allclose(got, gn.compile(h, backend="numpy")(**feeds), rtol=1e-5)

@@ -496,3 +496,34 @@ def test_cli_export_render_and_run(tmp_path, capsys):
     picture = tmp_path / "model.dot"
     assert graphnn_main(["render", str(onnx_path), "-o", str(picture)]) == 0
     assert "matmul" in picture.read_text()
+
+
+def test_export_names_values_alike_in_linear_time():
+    # (a long sequence exports thousands of constants named "const": each name probed
+    # const_1, const_2, ... from the start, 4 s for an LSTM over 500 steps)
+    from graphnn.onnx.exporter import _Exporter
+
+    class Counting(set):
+        asked = 0
+
+        def __contains__(self, name):
+            Counting.asked += 1
+            return super().__contains__(name)
+    ex = _Exporter(gn.Graph(gn.input("x", (2,)) * 2.0), opset=17)
+    ex.used = Counting({"c_2"})  # (taken by another base)
+    names = [ex.fresh("c") for _ in range(2000)]
+    assert names[:4] == ["c", "c_1", "c_3", "c_4"]  # (the first free, as before)
+    assert len(set(names)) == 2000 and "c_2" not in names
+    assert Counting.asked < 3 * 2000
+
+
+def test_a_long_lstm_exports_and_comes_back_with_the_same_outputs(tmp_path):
+    x = gn.input("x", (None, 300, 3))
+    out = gn.nn.Dense(1, seed=1)(gn.nn.LSTM(4, seed=2)(x))
+    path = str(tmp_path / "lstm.onnx")
+    gn.onnx.export(out, path)
+    (back,), _ = gn.onnx.load(path)[:2]
+    feeds = {"x": np.random.default_rng(3).random((2, 300, 3)).astype(np.float32)}
+    expected = gn.compile(out, backend="numpy")(**feeds)
+    got = gn.compile(back, backend="numpy")(**{gn.Graph(back).inputs[0].name: feeds["x"]})
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
