@@ -89,6 +89,7 @@ class GraphnnOps:
 
     matmul = staticmethod(gn.matmul)
     add = staticmethod(gn.add)
+    mul = staticmethod(gn.mul)
     sigmoid = staticmethod(gn.sigmoid)
     tanh = staticmethod(gn.tanh)
     relu = staticmethod(gn.relu)
@@ -127,6 +128,9 @@ class TorchOps:
 
     def add(self, a, b):
         return a + b
+
+    def mul(self, a, b):
+        return a * b
 
     def conv2d_same(self, x, w, padding="same"):
         # NHWC data seen as NCHW is PyTorch's channels_last layout, which its convolutions
@@ -167,6 +171,9 @@ class JaxOps:
 
     def add(self, a, b):
         return a + b
+
+    def mul(self, a, b):
+        return a * b
 
     def conv2d_same(self, x, w, padding="SAME"):
         return self.jax.lax.conv_general_dilated(x, w, (1, 1), padding,
@@ -345,6 +352,41 @@ class RNN(Model):
         return y
 
 
+
+class LSTM(RNN):
+    """An LSTM unrolled over T steps: gates i, f, o = sigmoid and g = tanh of x_t Wx_k +
+    h_{t-1} Wh_k + b_k (each gate its own weights; the forget gate's bias starts at 1),
+    c_t = f c_{t-1} + i g, h_t = o tanh(c_t), h_0 = c_0 = 0; MSE of the last h against a
+    target. The recurrent model of the real-models issue: lstm-T times compile at scale."""
+
+    def __init__(self, name="lstm", batch=32, steps=10, features=8, units=32, seed=0):
+        super().__init__(name, batch, steps, features, units, seed)
+        self.description = (f"LSTM unrolled over T={steps}, {features} inputs, {units} "
+                            f"units, MSE on the last state, batch {batch}, train")
+        rng = np.random.default_rng(seed)
+        self.param_inits = []
+        for gate in "ifgo":
+            self.param_inits += [
+                (f"Wx_{gate}", _glorot(rng, (features, units))),
+                (f"Wh_{gate}", _glorot(rng, (units, units))),
+                (f"b_{gate}", np.full(units, 1.0 if gate == "f" else 0.0, np.float32))]
+
+    def forward(self, ops, x, params):
+        weights = [params[3 * k:3 * k + 3] for k in range(4)]
+        h = c = None
+        for t in range(self.steps):
+            xt = ops.time_step(x, t, self.features)
+            z = []
+            for Wx, Wh, b in weights:
+                zk = ops.add(ops.matmul(xt, Wx), b)
+                if h is not None:  # h_0 = 0 adds nothing
+                    zk = ops.add(zk, ops.matmul(h, Wh))
+                z.append(zk)
+            i, f, g, o = ops.sigmoid(z[0]), ops.sigmoid(z[1]), ops.tanh(z[2]), ops.sigmoid(z[3])
+            c = ops.mul(i, g) if c is None else ops.add(ops.mul(f, c), ops.mul(i, g))
+            h = ops.mul(o, ops.tanh(c))
+        return h
+
 class Eltwise(Model):
     """An elementwise chain on a large float32 vector (no parameters, no training)."""
 
@@ -515,6 +557,7 @@ WORKLOADS = {
 DEFAULT_WORKLOADS = list(WORKLOADS)
 SCALE_WORKLOADS = {
     "rnn-100": lambda: RNN("rnn-100", steps=100),
+    **{f"lstm-{n}": (lambda n=n: LSTM(f"lstm-{n}", steps=n)) for n in (10, 100, 1000)},
     **{f"resmlp-{n}": (lambda n=n: ResidualMLP(n)) for n in (10, 100, 1000)},
     **{f"resconv-{n}": (lambda n=n: ResidualCNN(n)) for n in (10, 100, 1000)},
 }
