@@ -18,6 +18,7 @@ Decisions made here:
   element for element and that dies there.
 """
 import bisect
+import collections
 import functools
 import string
 
@@ -176,6 +177,7 @@ class Lowering:
         self._roots_above = {}  # node -> group_root_above(node)
         self._finished_by = {}  # group root -> reductions_finished_by(root)
         self._group_loads = {}  # group root -> group_loads(root)
+        self._transposed = {}  # transpose node -> transposed_view(node)
         self._read_lists = None  # see _reads_of_steps
         self._bind_dims()
 
@@ -389,9 +391,13 @@ class Lowering:
         if not self.fusion or node.op != "transpose" or node.ndim < 2 or \
                 id(node) in self.pinned:
             return False
-        n = node.ndim
-        return node.attr("axes") == tuple(range(n - 2)) + (n - 1, n - 2) and \
-            all(kind_of(c) == "matmul" for c in self.consumers[id(node)])
+        found = self._transposed.get(node)  # (a weight's transpose, read by the matmul of
+        if found is None:                   # every time step, is asked about by each)
+            n = node.ndim
+            found = self._transposed[node] = \
+                node.attr("axes") == tuple(range(n - 2)) + (n - 1, n - 2) and \
+                all(kind_of(c) == "matmul" for c in self.consumers[id(node)])
+        return found
 
     def summed_product(self, node):
         """A batched matmul (both operands of rank >= 2) read only by a sum over some of its
@@ -926,7 +932,10 @@ class Lowering:
                 last_use[buf.base.name] = end
         no_reuse = {b.base.name for step in self.steps for b in [step.out]
                     if b.base is not None}
-        free = []  # (shape, dtype, Buffer)
+        # (shape, dtype) -> the dead temporaries of that shape and dtype, oldest first (a
+        # long sequence leaves thousands of them: one list searched from the start for
+        # each step took seconds)
+        free = collections.defaultdict(collections.deque)
         for s, step in enumerate(self.steps):
             out = step.out
             if out.role == "temp" and out.name not in no_reuse and \
@@ -941,10 +950,9 @@ class Lowering:
                             candidate = b
                             break
                 if candidate is None:
-                    for k, (shape, dtype, b) in enumerate(free):
-                        if shape == out.shape and dtype == out.dtype:
-                            candidate = free.pop(k)[2]
-                            break
+                    dead = free.get((tuple(out.shape), out.dtype))
+                    if dead:
+                        candidate = dead.popleft()
                 if candidate is not None:
                     old = out.name
                     out.name = candidate.name
@@ -952,7 +960,7 @@ class Lowering:
             for buf in dict.fromkeys(b for b in reads[s] if b.role == "temp"):
                 if last_use.get(buf.name) == s and buf.name not in no_reuse and \
                         buf is not out and buf.name != out.name:
-                    free.append((buf.shape, buf.dtype, buf))
+                    free[(tuple(buf.shape), buf.dtype)].append(buf)
 
 
     def accumulate_products(self, outputs, updates):

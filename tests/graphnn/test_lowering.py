@@ -314,22 +314,32 @@ def test_lowering_a_recurrent_gradient_asks_about_each_node_a_bounded_number_of_
         monkeypatch):
     # (each reduction under the chain of adds used to walk the whole chain up to its root:
     # quadratic in the time steps, 0.15 s of lowering at T=100. Counted, not timed.)
-    calls = []
-    real = L.Lowering.inlined
+    # (and a weight's transpose, read by the matmul of every time step, was asked about by
+    # each of them, looking at all of its readers: kind_of counted)
+    calls, kinds = [], []
+    real, real_kind_of = L.Lowering.inlined, L.kind_of
 
     def counted(self, node):
         calls.append(1)
         return real(self, node)
+
+    def counted_kind_of(node):
+        kinds.append(1)
+        return real_kind_of(node)
     monkeypatch.setattr(L.Lowering, "inlined", counted)
-    per_node = {}
+    monkeypatch.setattr(L, "kind_of", counted_kind_of)
+    per_node, kinds_per_node = {}, {}
     for steps in (25, 100):
         roots, inputs, params = _rnn_gradient(steps)
         calls.clear()
+        kinds.clear()
         graph_roots, _ = passes.optimize(roots)
         _, lowering = L.lower(graph_roots, inputs, params, graph_roots, [])
         per_node[steps] = len(calls) / len(lowering.nodes)
+        kinds_per_node[steps] = len(kinds) / len(lowering.nodes)
     assert per_node[100] < 12
     assert per_node[100] < 1.5 * per_node[25]  # (as many per node at 4x the length)
+    assert kinds_per_node[100] < 1.5 * kinds_per_node[25]
     # and the numbers are the numpy back end's
     roots, inputs, params = _rnn_gradient(12)
     feeds = {"x": np.random.default_rng(1).standard_normal((3, 12, 4)).astype(np.float32)}
