@@ -15,6 +15,7 @@ outputs (a fresh allocation of megabytes costs a page fault per 4 KiB touched).
 of that output that nobody holds any more, written again when its shape fits (else a
 zero-size array, and a new array is made). `run(module, *arrays)` calls a program as a test would.
 """
+import bisect
 import collections
 import functools
 import inspect
@@ -1774,7 +1775,7 @@ def generate_library(program, parallel=False, approximate=True):
 # calls once per repeat with its own variables (see _fold_repeats).
 FOLD_STEPS = 32    # steps per call of a folded run, at least (fewer calls, each ~1 µs)
 FOLD_REPEATS = 4   # calls in a row, at least: smaller programs keep every line
-FOLD_PERIOD = 24   # the longest run of distinct steps a repeat is looked for in
+FOLD_PERIOD = 96   # the longest run of distinct steps a repeat is looked for in
 _STEPS_HERE = "\0steps"  # where the steps go in the driver's lines, until they are folded
 # the driver's local variables: buffers (b<n>_<label>, in<k>, st<k>, c<k>, their flat
 # views <name>_f), dims d<k>, workspace offsets _w<k>, _wend and rooms _room<k>, wide sums,
@@ -1843,9 +1844,17 @@ def _fold_repeats(steps, args, body):
     unfoldable = {ids[skeleton] for skeleton in ids if _UNFOLDABLE.search(skeleton)}
     if unfoldable:
         shapes = [None if shape in unfoldable else shape for shape in shapes]
+    where = collections.defaultdict(list)  # shape -> the steps of that shape, in order
+    for k, shape in enumerate(shapes):
+        if shape is not None:
+            where[shape].append(k)
+    ends = {}  # see _longest_repeat
+    unfolded = [len(shapes)] * (len(shapes) + 1)
+    for k in range(len(shapes) - 1, -1, -1):
+        unfolded[k] = k if shapes[k] is None else unfolded[k + 1]
     functions, out, made, analysed, number = [], [], {}, {}, 0
     while number < len(steps):
-        run, period = _longest_repeat(shapes, number)
+        run, period = _longest_repeat(shapes, number, where, ends, unfolded)
         size = -(-FOLD_STEPS // period) * period  # whole periods, at least FOLD_STEPS steps
         calls, first, live = [], None, set()
         for start in range(number, number + run - size + 1, size):
@@ -1884,20 +1893,45 @@ def _fold_repeats(steps, args, body):
     return functions, out
 
 
-def _longest_repeat(shapes, start):
+def _longest_repeat(shapes, start, where=None, ends=None, unfolded=None):
     """(steps covered, period): the longest stretch from `start` in which each step's shape
     is that of the step `period` before it (after the first period), over periods up to
-    FOLD_PERIOD, the shortest period among the longest; (1, 1) when none repeats."""
+    FOLD_PERIOD, the shortest period among the longest; (1, 1) when none repeats.
+    `where` ({shape: the sorted steps of that shape}, None: found here) gives the periods
+    worth trying: a stretch of two periods or more has the first step's shape one period
+    on (a recurrent layer's chunks of 65 steps are found without trying 64 periods at
+    each step). `ends` ({period: (start, end)}, kept by the caller for starts that only
+    grow) remembers where each period's stretch ends: a stretch from `start` ends where
+    the one from an earlier start did, when it starts a period or more before that end (a
+    stretch too short to fold is not walked again from each of its steps). `unfolded[k]`:
+    the first step from k on that is never folded (len(shapes) when none)."""
     best, repeating = (1, 1), []
-    for period in range(1, FOLD_PERIOD + 1):
-        if start + period > len(shapes) or shapes[start + period - 1] is None:
+    first = shapes[start] if start < len(shapes) else None
+    if first is None:
+        return best
+    if where is None:
+        where = {first: [k for k in range(start, min(len(shapes), start + FOLD_PERIOD + 1))
+                         if shapes[k] == first]}
+    steps = where[first]
+    for at in steps[bisect.bisect_right(steps, start):]:
+        period = at - start
+        if period > FOLD_PERIOD:
             break
+        if (unfolded[start + 1] < at) if unfolded is not None else \
+                (None in shapes[start + 1:at]):
+            break  # (a step that is never folded, within the first period)
         if any(period % p == 0 for p in repeating):
             continue  # (a multiple of a period that repeats covers about as much)
-        end = start + period
-        while end < len(shapes) and shapes[end] is not None and \
-                shapes[end] == shapes[end - period]:
-            end += 1
+        known = ends.get(period) if ends is not None else None
+        if known is not None and known[0] <= start and start + period <= known[1]:
+            end = known[1]
+        else:
+            end = start + period
+            while end < len(shapes) and shapes[end] is not None and \
+                    shapes[end] == shapes[end - period]:
+                end += 1
+            if ends is not None:
+                ends[period] = (start, end)
         if end - start >= 2 * period:
             repeating.append(period)
             if end - start > best[0]:

@@ -92,3 +92,48 @@ def test_steps_that_hold_blocks_or_unknown_forms_are_left_as_written():
     # too few steps to repeat FOLD_REPEATS times
     steps = [_block(k) for k in range(cpu.FOLD_STEPS * cpu.FOLD_REPEATS - 1)]
     assert _run(steps, args)[0] == []
+
+
+def test_the_longest_repeat_is_found_alike_with_the_tables_of_a_long_program():
+    # (_fold_repeats hands _longest_repeat the steps of each shape, where each period's
+    # stretch ended, and where the next unfoldable step is: the same answers as the plain
+    # search, which tries every period at every step)
+    rng = np.random.default_rng(4)
+    for trial in range(40):
+        period = int(rng.integers(1, 90))
+        unit = [int(x) for x in rng.integers(0, 4, period)]
+        shapes = unit * int(rng.integers(1, 6)) + [int(x) for x in rng.integers(0, 6, 30)]
+        for k in rng.integers(0, len(shapes), int(rng.integers(0, 3))):
+            shapes[k] = None  # (steps that are never folded)
+        where = {}
+        for k, shape in enumerate(shapes):
+            if shape is not None:
+                where.setdefault(shape, []).append(k)
+        unfolded = [len(shapes)] * (len(shapes) + 1)
+        for k in range(len(shapes) - 1, -1, -1):
+            unfolded[k] = k if shapes[k] is None else unfolded[k + 1]
+        ends = {}
+        for start in range(len(shapes)):  # (starts only grow, as in _fold_repeats)
+            assert cpu._longest_repeat(shapes, start, where, ends, unfolded) == \
+                cpu._longest_repeat(shapes, start), (trial, start)
+
+
+def test_a_run_of_chunks_longer_than_the_old_period_limit_is_folded():
+    # a recurrent layer's bias gradient: 64 per-step sums, then the step adding them up,
+    # again and again (a period of 65 steps)
+    steps, k = [], 0
+    for chunk in range(6):
+        for _ in range(64):
+            steps.append(_block(k))
+            k += 1
+        steps.append([f"    # step {k}: elementwise",
+                      f"    b{k + 1}_add = b{k}_add + b{k - 1}_add",
+                      f"    b{k + 1}_add_f = b{k + 1}_add.reshape(-1)"])
+        k += 1
+    args = ["in0", "workspace"] + [f"st{j}" for j in range(k)] + [f"_w{j}" for j in range(k)]
+    functions, lines = cpu._fold_repeats(steps, args, PROLOGUE + [
+        cpu._STEPS_HERE, f"    return (b{k}_add,)"])
+    assert cpu._longest_repeat([0] * 64 + [1] + [0] * 64 + [1], 0)[1] == 1
+    calls = [line for line in lines if "_steps" in line and "(" in line]
+    assert functions and len(calls) >= 4
+    assert sum(len(s) for s in steps) > 2 * len(lines)
