@@ -14,7 +14,8 @@ two finish together whatever each kernel costs. Two end marks close the queue (o
 each reader: a process forked meanwhile may hold the pipe's write end, so its end of file
 would never come). The helper reports the kernels it compiled as JSON and exits; this
 process then loads them from the cache. A helper nobody sends work to exits after
-IDLE_SECONDS, at end of file, or when this process is gone.
+IDLE_SECONDS, at end of file, or when this process is gone; one this process lets go is
+killed and reaped.
 """
 import json
 import os
@@ -114,26 +115,29 @@ class CompileHelper:
         try:
             data = report_of(self.pid, self._report)
         finally:
-            self.close(kill=True)
+            self.close()
         try:
             return {int(k): float(t) for k, t in json.loads(data or b"{}").items()}
         except (ValueError, TypeError, AttributeError):
             return {}
 
-    def close(self, kill=False):
-        """Let the helper go (end of file on its work pipe) and reap it when it is done;
-        `kill`: stop it now (its work is not needed)."""
+    def close(self):
+        """Stop the helper (what it has not reported is not needed: it has written nothing
+        but whole cache entries) and reap it (within a second: else at the next fork)."""
         if self.pid is None or self.pid not in _OPEN:
             return
         for fd in _OPEN.pop(self.pid):
             _close(fd)
-        if kill:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except OSError:
-                pass
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
         _UNREAPED.add(self.pid)
-        _reap()
+        deadline = time.monotonic() + 1.0
+        while self.pid in _UNREAPED and time.monotonic() < deadline:
+            _reap()
+            if self.pid in _UNREAPED:
+                time.sleep(0.001)
 
 
 def _serve(jobs, queue, report, warm, parent):

@@ -71,7 +71,7 @@ class CpuFunction(LoweredFunction):
                         parallel, progress)
         except BaseException:
             if self._helper is not None:
-                self._helper.close(kill=True)
+                self._helper.close()
             raise
         self.stats["lower_seconds"] = time.perf_counter() - started - \
             self.stats["build_seconds"]
@@ -79,7 +79,7 @@ class CpuFunction(LoweredFunction):
             if self.library:  # (a function never called lets its helper go)
                 weakref.finalize(self, self._helper.close)
             else:
-                self._helper.close(kill=True)
+                self._helper.close()
                 self._helper = None
 
     def _graph_ready(self):
@@ -339,6 +339,9 @@ class CpuFunction(LoweredFunction):
         # another process)
         earlier, elsewhere, processes = self._compile_in_parallel(
             arrays, tail, ready, progress) if todo > 1 and compile_jobs() > 1 else ({}, set(), 1)
+        if self._helper is not None:  # (nothing for it to compile: every kernel was cached)
+            self._helper.close()
+            self._helper = None
         bar = progress()
         for k in range(len(kernels)):
             setattr(self.module, f"K{k}", self._first_kernel_call(k, seconds, bar, ready))
@@ -398,7 +401,7 @@ class CpuFunction(LoweredFunction):
             helper = CompileHelper(early=False)
         if helper.pid is None or not helper.share(
                 [(self._kernels[k][1], types[k]) for k in todo]):
-            helper.close(kill=True)
+            helper.close()
             return {}, set(), 1
         self.stats["compile_helper"] = "forked by gn.compile" if helper.early else \
             "forked by the first call"
@@ -417,7 +420,7 @@ class CpuFunction(LoweredFunction):
                     bar.update(1)
             report = helper.finish(_report_of)
         finally:
-            helper.close(kill=True)  # (interrupted: the other process's work is not needed)
+            helper.close()  # (interrupted: the other process's work is not needed)
         done = {todo[i]: t for i, t in report.items() if 0 <= i < len(todo)}
         for k, t in done.items():
             seconds[k], ready[k] = t, True

@@ -397,3 +397,15 @@ def test_a_helper_nobody_needs_exits(monkeypatch):
     # (the fused function computes what it did before)
     expected = float(gn.compile(loss, backend="numpy")(**feeds))
     np.testing.assert_allclose(float(g(**feeds)), expected, rtol=1e-5)
+    # one whose kernels are all in the cache by its first call: its helper goes then
+    monkeypatch.undo()
+    monkeypatch.setattr(cpu_backend, "EARLY_HELPER_NODES", 20)
+    monkeypatch.setenv("GRAPHNN_JOBS", "2")
+    monkeypatch.setattr(cpu_backend, "_other_threads", lambda: False)
+    first = gn.compile(loss, backend="cpu", library=True)
+    before = float(first(**feeds))  # (its kernels compiled, or found)
+    again = gn.compile(loss, backend="cpu", library=True)
+    pid = again._helper.pid
+    assert float(again(**feeds)) == before
+    assert again.stats["kernels_compiled"] == 0 and again._helper is None
+    assert compile_helper.pending() == 0 and _gone(pid)
