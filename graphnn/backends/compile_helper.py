@@ -42,7 +42,7 @@ class CompileHelper:
     """The forked helper, from this process's side. `pid` is None when the fork failed."""
 
     def __init__(self, early):
-        self.early, self.pid, self.sent = early, None, False
+        self.early, self.pid, self.sent, self._gone = early, None, False, False
         _reap()
         fds = []
         try:
@@ -76,12 +76,20 @@ class CompileHelper:
 
     def alive(self):
         """Whether the helper still waits for its work."""
-        if self.pid is None or self.sent:
+        return not self.sent and self._running()
+
+    def _running(self):
+        """Whether the helper has not exited (reaped here when it has). Once it has, its
+        process id may be another process's: it is never signalled again."""
+        if self.pid is None or self._gone:
             return False
         try:
-            return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
-        except ChildProcessError:
-            return False
+            if os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+                return True
+        except ChildProcessError:  # (reaped by the system: SIGCHLD ignored)
+            pass
+        self._gone = True
+        return False
 
     def share(self, kernels):
         """Send the helper `kernels`, [(module path, argument types)], in the order to take
@@ -128,16 +136,17 @@ class CompileHelper:
             return
         for fd in _OPEN.pop(self.pid):
             _close(fd)
-        try:
+        if not self._running():
+            return
+        try:  # (not reaped yet: the id is still the helper's)
             os.kill(self.pid, signal.SIGKILL)
         except OSError:
             pass
-        _UNREAPED.add(self.pid)
         deadline = time.monotonic() + 1.0
-        while self.pid in _UNREAPED and time.monotonic() < deadline:
-            _reap()
-            if self.pid in _UNREAPED:
-                time.sleep(0.001)
+        while self._running() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if not self._gone:
+            _UNREAPED.add(self.pid)
 
 
 def _serve(jobs, queue, report, warm, parent):
