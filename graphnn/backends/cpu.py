@@ -12,7 +12,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 import weakref
 
 import numba
