@@ -36,6 +36,8 @@ PROGRESS_DELAY = 1.0
 LIBRARY_STEPS = 48
 # A first call compiles its kernels in this many processes at most (see compile_jobs()).
 COMPILE_JOBS = 2
+# The helpers of a convolution's gradient: a program that has them runs in library mode.
+CONV_GRADIENT_HELPERS = ("conv2d_grad_input", "conv2d_grad_filter")
 # Graphs of at least this many nodes fork their compile helper when gn.compile has the graph
 # (their build takes long enough to hide Numba's start-up in the helper; see _graph_ready).
 EARLY_HELPER_NODES = 1000
@@ -129,6 +131,13 @@ class CpuFunction(LoweredFunction):
         # ZFNet-512's 36 steps compiled in 9.6-10.2 s, as a library in 6-7 s, and a call
         # from the driver costs microseconds against milliseconds per convolution
         if not chosen and any(getattr(step, "helper", "") in PACKED_HELPERS
+                              for step in self.program.steps):
+            self.library = True
+        # and so does a program that trains convolutions: fused, a convolution's three
+        # modes compile inside one function (cnn-mnist's 37 steps: 7.5-8.4 s cold, as a
+        # library 2.5-3 s for the same step, 44.7 against 45.0 ms; a tiny convolutional
+        # net's step costs more from the driver: cnn-digits 345 against 389 µs)
+        if not chosen and any(getattr(step, "helper", "") in CONV_GRADIENT_HELPERS
                               for step in self.program.steps):
             self.library = True
         try:
