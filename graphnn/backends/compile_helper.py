@@ -44,15 +44,16 @@ class CompileHelper:
     def __init__(self, early):
         self.early, self.pid, self.sent, self._gone = early, None, False, False
         _reap()
-        fds = []
+        pipes = []
         try:
-            jobs, queue, report = os.pipe(), os.pipe(), os.pipe()
-            fds = [*jobs, *queue, *report]
+            for _ in range(3):
+                pipes.append(os.pipe())
             pid = os.fork()
-        except OSError:
-            for fd in fds:
+        except OSError:  # (out of file descriptors or processes: one process compiles)
+            for fd in (fd for pipe in pipes for fd in pipe):
                 os.close(fd)
             return
+        jobs, queue, report = pipes
         if pid == 0:  # the helper
             status = 1
             try:
