@@ -252,7 +252,7 @@ class Lowering:
                 break
             users = self.consumers[id(n)]
             if len(users) != 1:  # (a recomputed mask of leaves: in every consumer)
-                self._inlined[n], depth = True, 1
+                self._inlined[n], self._depths[n], depth = True, 1, 1
                 break
             chain.append(n)
             n = users[0]
