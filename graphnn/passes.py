@@ -144,7 +144,9 @@ def simplify(roots, order=None):
     """x*1, 1*x, x+0, 0+x, x-0, x/1, x**1 -> x; --x -> x (when shape and dtype stay);
     the count of a reduction's result is counted on its input; a sum of all of a sum read
     by nothing else is one sum (a mean of row sums, as in a loss, is one reduction); a max
-    pool goes before the relu and per-channel bias it reads (see _pool_first)."""
+    pool goes before the relu and per-channel bias it reads (see _pool_first); a
+    concatenation of parts the graph concatenates anyway adds to that concatenation (see
+    _concat_of_prefix)."""
     if order is None:
         order = topological_order(roots)
     # id(node) -> nodes that read its values (a count reads only its shape)
@@ -154,8 +156,12 @@ def simplify(roots, order=None):
     def keeps(node, x):
         return x.sym_shape == node.sym_shape and x.dtype == node.dtype
 
+    concats = {}  # (axis, dtype, its parts) -> the concatenation in the new graph
+
     def rule(node, inputs):
         op = node.op
+        if op == "concat":
+            return _concat_of_prefix(node, inputs, concats)
         if op == "neg" and inputs[0].op == "neg" and keeps(node, inputs[0].inputs[0]):
             return inputs[0].inputs[0]
         if op == "reciprocal_count" and kind_of(inputs[0]) == "reduce" and \
@@ -239,6 +245,30 @@ def _pool_first(pool, old, x, readers):
         out = make_node(node.op, node._attrs, [out] if b is None else [out, b],
                         pool.sym_shape, pool.dtype, node.name, where=node.where)
     return out
+
+
+def _concat_of_prefix(node, inputs, concats):
+    """concat(a1, ..., ak, b) -> concat(concat(a1, ..., ak), b) when the graph has
+    concat(a1, ..., ak) (along the same axis, of the same dtype): the same numbers, in one
+    copy of that concatenation and one of b. A DenseNet as torchvision writes it
+    concatenates all the earlier features at each layer: each count of parts was a kernel
+    of its own (24 in the third dense block, each compiled), every feature was copied again
+    at every later layer, and none could be written in place (kernels/cpu.py
+    place_in_concat). `concats` maps (axis, dtype, parts) to the concatenation of those
+    parts in the new graph (this node's entry is added). Returns the replacement or None."""
+    axis = node.attr("axis") % node.ndim
+    parts = tuple(inputs)
+    prefix = concats.get((axis, node.dtype, parts[:-1])) if len(parts) > 2 else None
+    if prefix is not None:
+        new = make_node("concat", node._attrs, [prefix, parts[-1]], node.sym_shape,
+                        node.dtype, node.name, where=node.where)
+    elif all(map(operator.is_, inputs, node.inputs)):
+        new = node
+    else:
+        new = make_node("concat", node._attrs, inputs, node.sym_shape, node.dtype,
+                        node.name, where=node.where)
+    concats[(axis, node.dtype, parts)] = new
+    return new if prefix is not None else None
 
 
 def _per_channel(y, b, total):

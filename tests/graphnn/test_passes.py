@@ -106,3 +106,51 @@ def test_folding_leaves_results_beyond_the_limit_uncomputed(monkeypatch):
     small = gn.transpose(gn.const(np.arange(6.0).reshape(2, 3)))
     (done,) = passes.fold_constants([small])
     assert done.op == "const" and done.value.shape == (3, 2)
+
+
+def _dense_block(layers, growth=4, channels=6):
+    """A dense block as torchvision writes DenseNet: each layer reads the concatenation of
+    all the features before it (the block's input and every earlier layer's output)."""
+    rng = np.random.default_rng(3)
+    x = gn.input("x", (None, 5, 5, channels))
+    features = [x]
+    for k in range(layers):
+        joined = gn.concat(features, axis=-1) if len(features) > 1 else x
+        w = gn.const(rng.standard_normal((1, 1, joined.shape[-1], growth)).astype(np.float32))
+        features.append(gn.relu(gn.conv2d(joined, w)))
+    return x, gn.concat(features, axis=3)
+
+
+def test_a_concatenation_of_all_earlier_features_adds_to_the_one_before():
+    x, out = _dense_block(6)
+    (simple,) = passes.simplify([out])
+    concats = [n for n in topological_order([simple]) if n.op == "concat"]
+    assert len(concats) == 6 and all(len(c.inputs) == 2 for c in concats)
+    # each joins the concatenation before it and one new feature
+    assert [c.shape[-1] for c in concats] == [10, 14, 18, 22, 26, 30]
+    assert all(c.inputs[0].op == "concat" for c in concats[1:])
+    assert concats[0].inputs[0] is x
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 5, 5, 6)).astype(np.float32)}
+    want = gn.compile(out, backend="numpy")(**feeds)  # (no graph passes)
+    for passes_on in (True, False):
+        got = gn.compile(out, backend="cpu", passes={"simplification": passes_on})(**feeds)
+        np.testing.assert_array_equal(got, want)  # (copies only: the same numbers)
+    # a concatenation whose prefix the graph does not have, or along another axis, stays
+    a, b, c = (gn.input(n, (2, 3)) for n in "abc")
+    assert passes.simplify([gn.concat([a, b, c])])[0].inputs == (a, b, c)
+    pair, rows = passes.simplify([gn.concat([a, b], axis=1), gn.concat([a, b, c], axis=0)])
+    assert pair.inputs == (a, b) and rows.inputs == (a, b, c)
+
+
+def test_a_deeper_dense_block_compiles_no_new_concatenation_kernel(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHNN_CACHE_DIR", str(tmp_path))
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 5, 5, 6)).astype(np.float32)}
+    counts = []
+    for layers in (4, 9):
+        _, out = _dense_block(layers)
+        f = gn.compile(out, backend="cpu", library=True)
+        want = gn.compile(out, backend="numpy")(**feeds)
+        np.testing.assert_array_equal(f(**feeds), want)
+        counts.append(f.stats["kernels_compiled"])
+    # 9 layers: the same kernels as 4 (it was one place kernel per count of parts)
+    assert counts[0] > 0 and counts[1] == 0, counts
