@@ -1369,12 +1369,25 @@ def _repeat_block(x, axis, r):
     return ops.reshape(y, shape[:axis] + (r * d,) + shape[axis + 1:])
 
 
+# A Gather with indices known when importing is made of at most this many slices
+GATHER_SLICES = 64
+
+
 def import_gather(imp, node, attrs):
-    """Gather along axis 0 of a 2-D table (an embedding): one_hot(indices) @ table."""
+    """Gather along axis 0 of a 2-D table (an embedding): one_hot(indices) @ table; along
+    any axis of any tensor with indices known when importing (a transformer's q, k, v =
+    qkv[0], qkv[1], qkv[2]): slices of runs of consecutive indices, joined."""
     data = imp.node(node.input[0])
     axis = int(attrs.get("axis", 0))
+    if not -builtins.max(data.ndim, 1) <= axis < builtins.max(data.ndim, 1):
+        raise _Unsupported(f"axis={axis} outside a rank-{data.ndim} input")
+    if data.ndim and imp.is_static(node.input[1]) and (data.ndim != 2 or axis % 2 != 0):
+        imp.set(node.output[0], _gather_slices(data, axis % data.ndim,
+                                               imp.static[node.input[1]]))
+        return
     if axis % builtins.max(data.ndim, 1) != 0 or data.ndim != 2:
-        raise _Unsupported("Gather other than rows of a 2-D table")
+        raise _Unsupported("Gather other than rows of a 2-D table, or at indices known "
+                           "when importing")
     rows = _static_dim(data.sym_shape[0], "Gather")
     if imp.is_static(node.input[1]):
         idx = imp.static[node.input[1]].astype(np.int64)
@@ -1385,6 +1398,29 @@ def import_gather(imp, node, attrs):
     else:
         hot = ops.one_hot(imp.node(node.input[1]), rows, data.dtype)
     imp.set(node.output[0], _matmul(hot, data))
+
+
+def _gather_slices(data, axis, idx):
+    """data gathered along `axis` at the known indices `idx`."""
+    size = _static_dim(data.sym_shape[axis], "Gather")
+    idx = np.asarray(idx).astype(np.int64)
+    if idx.size and (idx.min() < -size or idx.max() >= size):
+        raise _Unsupported(f"indices outside [-{size}, {size - 1}]")
+    flat = (idx % size).reshape(-1) if size else idx.reshape(-1)
+    runs = []  # (start, stop) of consecutive indices
+    for i in flat.tolist():
+        if runs and runs[-1][1] == i:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, i + 1])
+    if not runs or len(runs) > GATHER_SLICES:
+        raise _Unsupported(f"{flat.size} indices in {len(runs)} runs (graphnn joins at most "
+                           f"{GATHER_SLICES} slices)")
+    parts = [data if (a, b) == (0, size) else ops.slice_axis(data, axis, a, b)
+             for a, b in runs]
+    out = parts[0] if len(parts) == 1 else ops.concat(parts, axis=axis)
+    shape = data.sym_shape
+    return _reshape(out, tuple(shape[:axis]) + tuple(idx.shape) + tuple(shape[axis + 1:]))
 
 
 def import_constant(imp, node, attrs):
@@ -1429,6 +1465,45 @@ def import_identity(imp, node, attrs):
         imp.set(node.output[0], imp.nhwc(name), channels_last=True)
     else:
         imp.set(node.output[0], imp.node(name))
+
+
+def import_layer_norm(imp, node, attrs):
+    """LayerNormalization: (x - mean) / sqrt(var + epsilon) * scale + bias, the mean and
+    the biased variance over the axes from `axis` on (ViT, ConvNeXt)."""
+    if len([o for o in node.output if o]) > 1:
+        raise _Unsupported("only its first output (Y): its Mean and InvStdDev outputs are "
+                           "not computed")
+    x = imp.node(node.input[0])
+    axis = int(attrs.get("axis", -1))
+    if not -x.ndim <= axis < x.ndim:
+        raise _Unsupported(f"axis={axis} outside a rank-{x.ndim} input")
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    eps = float(attrs.get("epsilon", 1e-5))
+    centred = x - ops.mean(x, axis=axes, keepdims=True)
+    var = ops.mean(ops.square(centred), axis=axes, keepdims=True)
+    y = centred / ops.sqrt(var + eps) * imp.node(node.input[1])
+    if len(node.input) > 2 and node.input[2]:
+        y = y + imp.node(node.input[2])
+    imp.set(node.output[0], y)
+
+
+def import_expand(imp, node, attrs):
+    """Expand: x broadcast against a shape known when importing (times ones of that
+    shape: the same numbers, NaN and -0.0 included)."""
+    x = imp.node(node.input[0])
+    shape = tuple(int(d) for d in imp.static_value(node, 1, "Expand's shape").reshape(-1))
+    if any(d < 0 for d in shape):
+        raise _Unsupported(f"a negative dim in its shape {shape}")
+    _check_size(shape, "Expand's shape")
+    imp.set(node.output[0], x * const_node(np.ones(shape, dtype=x.dtype)))
+
+
+def _hard_sigmoid(x, alpha=0.2, beta=0.5):
+    return ops.clip(x * alpha + beta, 0.0, 1.0)
+
+
+def _hard_swish(x):  # (ONNX's alpha 1/6 and beta 1/2)
+    return x * _hard_sigmoid(x, 1.0 / 6.0, 0.5)
 
 
 def import_dropout(imp, node, attrs):
@@ -1512,7 +1587,9 @@ IMPORTERS = {
     "Elu": _elementwise(lambda x, alpha=1.0: ops.elu(x, alpha)),
     "Selu": _elementwise(_selu),
     "Sigmoid": _elementwise(ops.sigmoid), "Tanh": _elementwise(ops.tanh),
-    "Softplus": _elementwise(ops.softplus),
+    "Softplus": _elementwise(ops.softplus), "Erf": _elementwise(ops.erf),
+    "HardSigmoid": _elementwise(_hard_sigmoid), "HardSwish": _elementwise(_hard_swish),
+    "LayerNormalization": import_layer_norm, "Expand": import_expand,
     # opsets < 13 normalise over all trailing axes: the decompositions take a tuple of axes
     "Softmax": _softmax(ops.softmax, ops._softmax_decompose),
     "LogSoftmax": _softmax(ops.log_softmax, ops._log_softmax_decompose),
@@ -1547,7 +1624,8 @@ IMPORTERS = {
 # parameters unless the op only rearranges a shape.
 FOLDABLE = {"Add", "Sub", "Mul", "Div", "Neg", "Cast", "Concat", "Gather", "Unsqueeze",
             "Squeeze", "Slice", "Reshape", "Range", "Equal", "Where", "Transpose", "Sqrt",
-            "ConstantOfShape", "Identity", "Floor", "Ceil", "Min", "Max", "Abs"}
+            "ConstantOfShape", "Identity", "Floor", "Ceil", "Min", "Max", "Abs", "Mod",
+            "Expand"}
 SHAPE_OPS = {"Shape", "Size"}
 
 
@@ -1555,4 +1633,4 @@ def _only_constant(imp, node, attrs):
     raise _Unsupported("only on constants known when importing (graphnn has no such op)")
 
 
-IMPORTERS.update({op: _only_constant for op in ("Range", "Where", "Floor", "Ceil")})
+IMPORTERS.update({op: _only_constant for op in ("Range", "Where", "Floor", "Ceil", "Mod")})

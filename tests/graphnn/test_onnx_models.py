@@ -336,6 +336,55 @@ def test_tile_with_many_repeats_is_one_broadcast_and_edge_pad_too():
     assert len(gn.Graph(outputs).nodes) < 30
 
 
+# ---- the ops of torchvision's MobileNet v3, ViT and ConvNeXt exports --------------------
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_hard_sigmoid_hard_swish_erf_and_expand(backend):
+    x = (RNG.standard_normal((2, 3, 4, 5)) * 4).astype(np.float32)
+    x[0, 0, 0, :4] = [-3.0, 3.0, 0.0, np.nan]  # (the bends, and NaN through them)
+    model = make_model([helper.make_node("HardSigmoid", ["x"], ["a"], alpha=0.25, beta=0.4),
+                        helper.make_node("HardSigmoid", ["x"], ["b"]),
+                        helper.make_node("HardSwish", ["x"], ["c"]),
+                        helper.make_node("Erf", ["x"], ["d"]),
+                        helper.make_node("Expand", ["v", "s"], ["e"])],
+                       [tensor("x", [2, 3, 4, 5]), tensor("v", [3, 1])],
+                       [tensor(n) for n in "abcde"],
+                       [init("s", np.array([2, 1, 4], np.int64))])
+    v = np.array([[1.5], [-0.0], [np.inf]], np.float32)
+    outputs = check_against_reference(model, {"x": x, "v": v}, backend=backend, rtol=1e-6,
+                                      atol=1e-7)
+    assert outputs[4].shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize("axis,bias", [(-1, True), (2, False), (1, True)])
+def test_layer_normalization(axis, bias):
+    x = RNG.standard_normal((2, 3, 4, 5)).astype(np.float32) * 3 + 1
+    shape = x.shape[axis:] if axis >= 0 else x.shape[axis:]
+    inits = [init("scale", RNG.standard_normal(shape).astype(np.float32))]
+    if bias:
+        inits.append(init("bias", RNG.standard_normal(shape).astype(np.float32)))
+    model = make_model([helper.make_node("LayerNormalization",
+                                         ["x", "scale"] + (["bias"] if bias else []), ["y"],
+                                         axis=axis, epsilon=1e-3)],
+                       [tensor("x", [2, 3, 4, 5])], [tensor("y")], inits)
+    for backend in ("numpy", "cpu"):
+        check_against_reference(model, {"x": x}, backend=backend)
+
+
+@pytest.mark.parametrize("axis,indices", [(0, 1), (2, [3, 0, 1]), (-1, [[4, 4], [1, 2]]),
+                                          (1, -1), (0, [0, 1])])
+def test_gather_at_known_indices_of_any_axis(axis, indices):
+    x = RNG.standard_normal((3, 2, 4, 5)).astype(np.float32)
+    model = make_model([helper.make_node("Gather", ["x", "i"], ["y"], axis=axis)],
+                       [tensor("x", [3, 2, 4, 5])], [tensor("y")],
+                       [init("i", np.array(indices, np.int64))])
+    outputs = check_against_reference(model, {"x": x}, rtol=0, atol=0)
+    want = np.take(x, np.array(indices), axis=axis)
+    assert outputs[0].shape == want.shape
+    # (the same slices when compiled)
+    np.testing.assert_array_equal(gn.compile(outputs, backend="cpu")(x=x)[0], want)
+
+
 # ---- malformed models: gn.GraphError naming the node ----------------------------------
 
 W = init("w", np.ones((4, 2, 3, 3), np.float32))
@@ -402,6 +451,19 @@ BAD = {
                                                              axis=9)],
                                            [tensor("x", [2, 4])], [tensor("y")], opset=11),
                                 "axis 9 out of range"),
+    "Gather of too many slices": (make_model([helper.make_node("Gather", ["x", "i"], ["y"],
+                                                                axis=1)],
+                                             [tensor("x", [2, 300])], [tensor("y")],
+                                             [init("i", np.arange(300)[::-2].copy())]),
+                                  "Gather node 'y'.*150 runs"),
+    "LayerNormalization with its Mean output": (
+        make_model([helper.make_node("LayerNormalization", ["x", "s"], ["y", "m"])],
+                   [tensor("x", [2, 3])], [tensor("y")], [init("s", np.ones(3, np.float32))]),
+        "LayerNormalization node 'y'.*Mean"),
+    "Expand to a negative dim": (make_model([helper.make_node("Expand", ["x", "s"], ["y"])],
+                                            [tensor("x", [2, 3])], [tensor("y")],
+                                            [init("s", np.array([-1, 3], np.int64))]),
+                                 "Expand node 'y'.*negative"),
     "Clip with vector bounds": (make_model([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])],
                                            [X], [tensor("y")],
                                            [init("lo", np.zeros(3, np.float32)),
