@@ -1,9 +1,9 @@
-"""Vectorisable float32 versions of exp and tanh for the CPU back end.
+"""Vectorisable float32 versions of exp, tanh and erf for the CPU back end.
 
-Numba calls libm's scalar expf/tanhf one element at a time (no vector math library here),
+Numba calls libm's scalar expf/tanhf/erff one element at a time (no vector math library here),
 which keeps fused loops from vectorising. These versions use only arithmetic, floor,
 comparisons and a bit cast, so LLVM turns a fused loop into SIMD code. The CPU generator
-copies them into float32 modules under the names `exp` and `tanh`; float64 modules keep
+copies them into float32 modules under the names `exp`, `tanh` and `erf`; float64 modules keep
 libm's. tests/kernels/test_approx.py measures their error against float64 references:
 
 - exp: Cephes' expf scheme (range reduction by ln 2 in two parts, degree-6 polynomial,
@@ -15,7 +15,12 @@ libm's. tests/kernels/test_approx.py measures their error against float64 refere
   division and no exp. Measured max error 3.8 ulp on [-1, 1] and 4.6 ulp on [-10, 10]
   (on [3, 7.9]); exactly +-1 at +-inf.
 - sigmoid, written as 1/(1 + exp(-x)), then has max 2.6 ulp on [-10, 10].
-Both return NaN for NaN.
+- erf: the rational approximation of Eigen's generic_fast_erf_float (odd degree-13
+  numerator over even degree-8 denominator) on [-4, 4], +-1 beyond: one division and no
+  exp (GELU's erf ran at 7 ns an element through libm's erff, 20% of a ConvNeXt's time).
+  Measured max error 3.7 ulp on [-1, 1] and 5.5 ulp on [-4, 4] (3.3e-7 absolute, where
+  erf(x) is within 1e-5 of +-1); exactly +-1 at +-inf.
+All return NaN for NaN.
 
 A loop that calls them is compute-bound (about 50 vector instructions per element for
 sigmoid(x) * tanh(x)), so `wide_vectors()`, called first in a generated function that
@@ -82,6 +87,27 @@ def tanh(x):
     return y
 
 
+def erf(x):
+    if x != x:
+        return x
+    t = min(max(x, np.float32(-4.0)), np.float32(4.0))
+    x2 = t * t
+    p = np.float32(-2.72614225801306e-10)
+    p = p * x2 + np.float32(2.77068142495902e-08)
+    p = p * x2 + np.float32(-2.10102402082508e-06)
+    p = p * x2 + np.float32(-5.69250639462346e-05)
+    p = p * x2 + np.float32(-7.34990630326855e-04)
+    p = p * x2 + np.float32(-2.95459980854025e-03)
+    p = p * x2 + np.float32(-1.60960333262415e-02)
+    p = p * t
+    q = np.float32(-1.45660718464996e-05)
+    q = q * x2 + np.float32(-2.13374055278905e-04)
+    q = q * x2 + np.float32(-1.68282697438203e-03)
+    q = q * x2 + np.float32(-7.37332916720468e-03)
+    q = q * x2 + np.float32(-1.42647390514189e-02)
+    return p / q
+
+
 @intrinsic
 def wide_vectors(typingctx):
     # Marks the calling function "prefer-vector-width"="512" (a string attribute, which
@@ -93,7 +119,7 @@ def wide_vectors(typingctx):
 
 
 WIDE_VECTORS_ATTRIBUTE = '"prefer-vector-width"="512"'
-APPROXIMATIONS = {"exp": exp, "tanh": tanh}
+APPROXIMATIONS = {"exp": exp, "tanh": tanh, "erf": erf}
 # What a generated module needs to define wide_vectors (its source is copied in)
 WIDE_VECTORS_IMPORTS = ["from numba.core import types as _types",
                         "from numba.extending import intrinsic"]

@@ -16,7 +16,7 @@ def max_ulps(got, reference):
 def functions():
     x = gn.input("approx_x", (None,))
     f = gn.compile([gn.exp(x), gn.tanh(x), gn.sigmoid(x)], backend="cpu")
-    assert "vectorisable float32 exp and tanh" in f.source
+    assert "vectorisable float32 exp, tanh and erf" in f.source
     return lambda values: f(approx_x=values)
 
 
@@ -41,6 +41,27 @@ def test_special_values(functions):
     np.testing.assert_array_equal(t[1:], np.array([1, -1, 1, -1, 0, 1e-30, -1e-30], np.float32))
     np.testing.assert_array_equal(s[1:], [1, 0, 1, 0, 0.5, 0.5, 0.5])
     assert np.isnan(e[0]) and np.isnan(t[0]) and np.isnan(s[0])
+
+
+def test_erf_error_bounds_and_special_values():
+    import math
+    x = gn.input("approx_erf", (None,))
+    f = gn.compile([gn.erf(x), gn.gelu(x)], backend="cpu")
+    assert "def erf(x):" in f.source or any(
+        "def erf(x):" in open(path).read() for _, path in getattr(f, "_kernels", []))
+    for low, high, bound in ((-1, 1, 4.0), (-4, 4, 6.0), (-20, 20, 6.0)):
+        values = np.linspace(low, high, 200_001).astype(np.float32)
+        x64 = values.astype(np.float64)
+        erf, gelu = f(approx_erf=values)
+        assert max_ulps(erf, np.array([math.erf(v) for v in x64.tolist()])) <= bound
+        exact = x64 * 0.5 * (1 + np.array([math.erf(v) for v in (x64 / math.sqrt(2)).tolist()]))
+        np.testing.assert_allclose(gelu, exact, rtol=1e-6, atol=2e-6)
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-8, 1e30], np.float32)
+    erf, _ = f(approx_erf=special)
+    assert np.isnan(erf[0])
+    np.testing.assert_array_equal(erf[[1, 2, 3, 4, 7]], [1, -1, 0, 0, 1])
+    np.testing.assert_allclose(erf[5:7], [1.1283792e-30, -1.1283792e-08], rtol=3e-7)
+    assert np.signbit(erf[4]) and not np.signbit(erf[3])
 
 
 def test_float64_graphs_keep_libm():

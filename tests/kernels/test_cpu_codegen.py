@@ -123,7 +123,7 @@ def _program_of(dtype):
     return ir.Program([x], [], [], [step], [y], [], {})
 
 
-APPROX_MARK = "# vectorisable float32 exp and tanh (kernels/approx.py) replace libm's"
+APPROX_MARK = "# vectorisable float32 exp, tanh and erf (kernels/approx.py) replace libm's"
 
 
 def test_float32_programs_use_the_vectorisable_exp_and_float64_ones_libm():
