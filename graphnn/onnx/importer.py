@@ -1390,7 +1390,7 @@ def import_gather(imp, node, attrs):
                            "when importing")
     rows = _static_dim(data.sym_shape[0], "Gather")
     if imp.is_static(node.input[1]):
-        idx = imp.static[node.input[1]].astype(np.int64)
+        idx = _integer_indices(imp.static[node.input[1]])
         if idx.size and (idx.min() < -rows or idx.max() >= rows):
             raise _Unsupported(f"indices outside [-{rows}, {rows - 1}]")
         idx = idx % rows
@@ -1400,10 +1400,17 @@ def import_gather(imp, node, attrs):
     imp.set(node.output[0], _matmul(hot, data))
 
 
+def _integer_indices(idx):
+    idx = np.asarray(idx)
+    if idx.dtype.kind not in "iu":
+        raise _Unsupported(f"indices of dtype {idx.dtype} (int32 or int64 only)")
+    return idx.astype(np.int64)
+
+
 def _gather_slices(data, axis, idx):
     """data gathered along `axis` at the known indices `idx`."""
     size = _static_dim(data.sym_shape[axis], "Gather")
-    idx = np.asarray(idx).astype(np.int64)
+    idx = _integer_indices(idx)
     if idx.size and (idx.min() < -size or idx.max() >= size):
         raise _Unsupported(f"indices outside [-{size}, {size - 1}]")
     flat = (idx % size).reshape(-1) if size else idx.reshape(-1)
@@ -1413,7 +1420,9 @@ def _gather_slices(data, axis, idx):
             runs[-1][1] += 1
         else:
             runs.append([i, i + 1])
-    if not runs or len(runs) > GATHER_SLICES:
+    if not runs:
+        raise _Unsupported("no indices (an empty result)")
+    if len(runs) > GATHER_SLICES:
         raise _Unsupported(f"{flat.size} indices in {len(runs)} runs (graphnn joins at most "
                            f"{GATHER_SLICES} slices)")
     parts = [data if (a, b) == (0, size) else ops.slice_axis(data, axis, a, b)
@@ -1473,6 +1482,8 @@ def import_layer_norm(imp, node, attrs):
     if len([o for o in node.output if o]) > 1:
         raise _Unsupported("only its first output (Y): its Mean and InvStdDev outputs are "
                            "not computed")
+    if len(node.input) < 2 or not node.input[1]:
+        raise _Unsupported("no Scale input (it needs X and Scale)")
     x = imp.node(node.input[0])
     axis = int(attrs.get("axis", -1))
     if not -x.ndim <= axis < x.ndim:
@@ -1491,7 +1502,10 @@ def import_expand(imp, node, attrs):
     """Expand: x broadcast against a shape known when importing (times ones of that
     shape: the same numbers, NaN and -0.0 included)."""
     x = imp.node(node.input[0])
-    shape = tuple(int(d) for d in imp.static_value(node, 1, "Expand's shape").reshape(-1))
+    shape = imp.static_value(node, 1, "Expand's shape")
+    if shape is None or shape.dtype.kind not in "iu":
+        raise _Unsupported("its shape must be int64")
+    shape = tuple(int(d) for d in shape.reshape(-1))
     if any(d < 0 for d in shape):
         raise _Unsupported(f"a negative dim in its shape {shape}")
     _check_size(shape, "Expand's shape")
@@ -1499,6 +1513,8 @@ def import_expand(imp, node, attrs):
 
 
 def _hard_sigmoid(x, alpha=0.2, beta=0.5):
+    if np.dtype(x.dtype).kind != "f":
+        raise _Unsupported(f"an input of dtype {x.dtype} (float only)")
     return ops.clip(x * alpha + beta, 0.0, 1.0)
 
 
