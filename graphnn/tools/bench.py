@@ -45,11 +45,16 @@ steady-state steps alone.
 The ONNX workloads are the ImageNet models the onnx package ships as test data (its light
 copies, tools/bench_onnx.py), batch-1 inference of the file's own input; their rows also
 give each mode's largest difference from the file's reference output. They need the onnx
-package; onnxruntime is skipped when it is not installed.
+package; onnxruntime is skipped when it is not installed. The torchvision workloads
+(`--workloads torchvision`, tv-<arch>) are torchvision's models with random weights as
+torch.onnx exports them (tools/torchvision_models.py): mode torch runs the same model in
+PyTorch, and each mode's output is compared with PyTorch's. They need torch and
+torchvision (skipped without them).
 
     graphnn bench --quick
     graphnn bench --workloads xor,mlp-small --repeat 500 --json out.json --plot out.png
     OPENBLAS_NUM_THREADS=1 graphnn bench --workloads onnx --modes cpu,onnxruntime
+    OPENBLAS_NUM_THREADS=1 graphnn bench --workloads torchvision --modes cpu,onnxruntime,torch
 """
 import argparse
 import contextlib
@@ -470,6 +475,7 @@ class OnnxModel(Model):
     file (and the onnx package) is read at the first build."""
 
     train = False
+    frozen = False  # (gn.onnx.load's: the light models' weights are constants anyway)
 
     def __init__(self, model):
         from .bench_onnx import TITLES
@@ -501,12 +507,36 @@ class OnnxModel(Model):
             path = self.case()[0]
             if mode not in ("onnxruntime", "eager", "torch", "torch-compile", "jax") and \
                     self._outputs is None:
-                self._outputs = gn.onnx.load(path)[0]
+                self._outputs = gn.onnx.load(path, frozen=self.frozen)[0]
 
     def graph(self):
         """The model's output node (gn.onnx.load, once)."""
         self.prepare("cpu")
         return self._outputs[0]
+
+
+class TorchvisionModel(OnnxModel):
+    """torchvision's `arch` exported to ONNX with random weights (tools/
+    torchvision_models.py), batch-1 inference; imported frozen (inference: its weights
+    constants, so convolution kernels are prepared once). Mode "torch" runs the same model
+    in PyTorch, eager, under no_grad."""
+
+    frozen = True
+
+    def __init__(self, arch):
+        Model.__init__(self, f"tv-{arch}", f"torchvision {arch} (random weights) exported "
+                                           "to ONNX, batch 1, infer")
+        self.onnx_model = self.arch = arch
+        self.param_inits = []
+        self._case = self._outputs = None
+
+    def case(self):
+        if self._case is None:
+            from . import torchvision_models
+            if importlib.util.find_spec("onnx") is None or not torchvision_models.available():
+                raise Skip("needs torch, torchvision and onnx (pip install torchvision onnx)")
+            self._case = torchvision_models.case(self.arch)
+        return self._case
 
 
 def _onnx_graph_runner(model, backend, **options):
@@ -567,6 +597,11 @@ ONNX_WORKLOADS = {f"onnx-{m}": (lambda m=m: OnnxModel(m)) for m in (
     "resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet",
     "vgg19", "bvlc_alexnet", "zfnet512")}
 WORKLOADS.update(ONNX_WORKLOADS)
+# torchvision's models exported by torch.onnx (`--workloads torchvision`: all of them)
+TORCHVISION_WORKLOADS = {f"tv-{a}": (lambda a=a: TorchvisionModel(a))
+                         for a in __import__("graphnn.tools.torchvision_models",
+                                             fromlist=["ARCHS"]).ARCHS}
+WORKLOADS.update(TORCHVISION_WORKLOADS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -645,6 +680,8 @@ def _peer_missing(module):
 
 
 def _torch_runner(model, compiled=False):
+    if isinstance(model, TorchvisionModel) and not compiled:
+        return _torchvision_runner(model)
     if isinstance(model, OnnxModel):
         raise Skip("an ONNX file: see mode onnxruntime")
     _peer_missing("torch")
@@ -674,6 +711,19 @@ def _torch_runner(model, compiled=False):
                 p.grad = None
         return loss.detach()
     return Runner(step, lambda t: t.numpy(), info)
+
+
+def _torchvision_runner(model):
+    import torch
+    from . import torchvision_models
+    _, _, x, reference = model.case()
+    net = torchvision_models.build(model.arch)
+    image = torch.from_numpy(x.copy())
+
+    def forward():
+        with torch.no_grad():
+            return net(image)
+    return Runner(forward, lambda t: t.numpy(), {"reference": reference})
 
 
 def _jax_runner(model):
@@ -1493,7 +1543,9 @@ def parse_args(argv=None):
     parser.add_argument("--workloads", default="all",
                         help=f"comma-separated, or 'all': {','.join(DEFAULT_WORKLOADS)}; "
                              f"compile at scale: {','.join(SCALE_WORKLOADS)}; ImageNet "
-                             f"models from ONNX files: 'onnx' or {','.join(ONNX_WORKLOADS)}")
+                             f"models from ONNX files: 'onnx' or {','.join(ONNX_WORKLOADS)}; "
+                             f"torchvision's exports: 'torchvision' or "
+                             f"{','.join(TORCHVISION_WORKLOADS)}")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
                         help=f"comma-separated from {','.join(ALL_MODES)} "
                              f"(default {','.join(DEFAULT_MODES)})")
@@ -1520,7 +1572,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     workloads = list(DEFAULT_WORKLOADS) if args.workloads == "all" else \
         [w for w in args.workloads.split(",") if w]
-    workloads = [n for w in workloads for n in (ONNX_WORKLOADS if w == "onnx" else [w])]
+    groups = {"onnx": ONNX_WORKLOADS, "torchvision": TORCHVISION_WORKLOADS}
+    workloads = [n for w in workloads for n in groups.get(w, [w])]
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown or not workloads:
         parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}")

@@ -284,6 +284,34 @@ def test_onnx_workloads_are_named_together_and_need_the_onnx_package(monkeypatch
     assert "onnx package is not installed" in row["modes"]["cpu"]["reason"]
 
 
+def test_torchvision_workloads_need_torchvision_and_compare_with_pytorch(monkeypatch,
+                                                                          tmp_path):
+    args = bench.parse_args(["--workloads", "torchvision", "--modes", "cpu"])
+    assert args.workload_list == list(bench.TORCHVISION_WORKLOADS)
+    assert "tv-densenet121" in args.workload_list and "tv-vit_b_16" in args.workload_list
+    from graphnn.tools import torchvision_models
+    installed = torchvision_models.available() and importlib.util.find_spec("onnx") is not None
+    with monkeypatch.context() as m:
+        m.setattr(torchvision_models, "available", lambda: False)
+        row = _run(["tv-squeezenet1_1"], ["cpu"])["workloads"][0]
+    assert row["modes"]["cpu"]["status"] == "skipped"
+    assert "needs torch, torchvision and onnx" in row["modes"]["cpu"]["reason"]
+    if not installed:
+        return
+    monkeypatch.setattr(torchvision_models, "case", lambda arch, d=None, case=torchvision_models
+                        .case: case(arch, str(tmp_path)))
+    result = _run(["tv-squeezenet1_1"], ["eager", "cpu", "torch", "onnxruntime"])
+    bench.check_schema(result)
+    modes = result["workloads"][0]["modes"]
+    assert modes["eager"]["status"] == "skipped"
+    assert modes["cpu"]["status"] == "ok" and modes["torch"]["status"] == "ok"
+    assert modes["cpu"]["agrees"] and modes["torch"]["agrees"]
+    # the reference is PyTorch's own output: torch matches it exactly, graphnn closely
+    assert modes["torch"]["max_abs_diff_vs_file"] == 0
+    assert 0 < modes["cpu"]["max_abs_diff_vs_file"] < 1e-4
+    assert len(list(tmp_path.glob("squeezenet1_1-*.onnx"))) == 1
+
+
 def test_the_scale_table_compares_depths_of_one_family():
     """format_scale_table: one row per family measured at two depths or more, with the
     deepest against the shallowest and the time each block adds (from the cold compiles)."""
