@@ -65,18 +65,22 @@ def image(arch):
 
 def case(arch, directory=None):
     """(path, input name, input, torch's output) of `arch` exported to ONNX."""
+    from importlib.metadata import version
+
     import numpy as np
-    import torch
-    import torchvision
     from kernels.loader import cache_dir
     directory = directory or os.path.join(os.path.dirname(cache_dir()), "torchvision")
     os.makedirs(directory, exist_ok=True)
-    stem = os.path.join(directory, f"{arch}-torch{torch.__version__}-tv"
-                                   f"{torchvision.__version__}".replace("+", "_"))
+    # (named by the versions without importing torch: a process that finds the file
+    # never loads it, 0.5 GB and a second or two)
+    stem = os.path.join(directory, f"{arch}-torch{version('torch')}-tv"
+                                   f"{version('torchvision')}".replace("+", "_"))
     path, saved = stem + ".onnx", stem + ".npz"
     x = image(arch)
     if not (os.path.exists(path) and os.path.exists(saved)):
         import warnings
+
+        import torch
         model = build(arch)
         with torch.no_grad():
             reference = model(torch.from_numpy(x)).numpy()
