@@ -714,9 +714,9 @@ def _torch_runner(model, compiled=False):
 
 
 def _torchvision_runner(model):
+    _, _, x, reference = model.case()  # (Skip without torch, torchvision or onnx)
     import torch
     from . import torchvision_models
-    _, _, x, reference = model.case()
     net = torchvision_models.build(model.arch)
     image = torch.from_numpy(x.copy())
 
