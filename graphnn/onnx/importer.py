@@ -1390,30 +1390,30 @@ def import_gather(imp, node, attrs):
                            "when importing")
     rows = _static_dim(data.sym_shape[0], "Gather")
     if imp.is_static(node.input[1]):
-        idx = _integer_indices(imp.static[node.input[1]])
-        if idx.size and (idx.min() < -rows or idx.max() >= rows):
-            raise _Unsupported(f"indices outside [-{rows}, {rows - 1}]")
-        idx = idx % rows
+        idx = _known_indices(imp.static[node.input[1]], rows)
         hot = const_node((idx[..., None] == np.arange(rows)).astype(data.dtype))
     else:
         hot = ops.one_hot(imp.node(node.input[1]), rows, data.dtype)
     imp.set(node.output[0], _matmul(hot, data))
 
 
-def _integer_indices(idx):
+def _known_indices(idx, size):
+    """Gather's indices known when importing, checked against an axis of `size` and made
+    non-negative."""
     idx = np.asarray(idx)
     if idx.dtype.kind not in "iu":
         raise _Unsupported(f"indices of dtype {idx.dtype} (int32 or int64 only)")
-    return idx.astype(np.int64)
+    idx = idx.astype(np.int64)
+    if idx.size and (idx.min() < -size or idx.max() >= size):
+        raise _Unsupported(f"indices outside [-{size}, {size - 1}]")
+    return idx % size if size else idx
 
 
 def _gather_slices(data, axis, idx):
     """data gathered along `axis` at the known indices `idx`."""
     size = _static_dim(data.sym_shape[axis], "Gather")
-    idx = _integer_indices(idx)
-    if idx.size and (idx.min() < -size or idx.max() >= size):
-        raise _Unsupported(f"indices outside [-{size}, {size - 1}]")
-    flat = (idx % size).reshape(-1) if size else idx.reshape(-1)
+    idx = _known_indices(idx, size)
+    flat = idx.reshape(-1)
     runs = []  # (start, stop) of consecutive indices
     for i in flat.tolist():
         if runs and runs[-1][1] == i:

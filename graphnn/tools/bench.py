@@ -73,6 +73,8 @@ import numpy as np
 
 import graphnn as gn
 
+from . import torchvision_models
+
 LR = 0.1
 SCHEMA = "graphnn-bench/1"
 RTOL, ATOL = 1e-3, 1e-4
@@ -532,7 +534,6 @@ class TorchvisionModel(OnnxModel):
 
     def case(self):
         if self._case is None:
-            from . import torchvision_models
             if importlib.util.find_spec("onnx") is None or not torchvision_models.available():
                 raise Skip("needs torch, torchvision and onnx (pip install torchvision onnx)")
             self._case = torchvision_models.case(self.arch)
@@ -599,8 +600,7 @@ ONNX_WORKLOADS = {f"onnx-{m}": (lambda m=m: OnnxModel(m)) for m in (
 WORKLOADS.update(ONNX_WORKLOADS)
 # torchvision's models exported by torch.onnx (`--workloads torchvision`: all of them)
 TORCHVISION_WORKLOADS = {f"tv-{a}": (lambda a=a: TorchvisionModel(a))
-                         for a in __import__("graphnn.tools.torchvision_models",
-                                             fromlist=["ARCHS"]).ARCHS}
+                         for a in torchvision_models.ARCHS}
 WORKLOADS.update(TORCHVISION_WORKLOADS)
 
 
@@ -716,7 +716,6 @@ def _torch_runner(model, compiled=False):
 def _torchvision_runner(model):
     _, _, x, reference = model.case()  # (Skip without torch, torchvision or onnx)
     import torch
-    from . import torchvision_models
     net = torchvision_models.build(model.arch)
     image = torch.from_numpy(x.copy())
 
