@@ -312,8 +312,9 @@ square = define_elementwise("square", np.square, lambda g, out, x: (lambda: g * 
                             "{0} * {0}", float_only=False, doc="x*x")
 sigmoid = define_elementwise(
     "sigmoid", _sigmoid_impl, lambda g, out, x: (lambda: g * out * (1 - out),),
-    # branch-free (both sides are cheap selects) and never exponentiates a positive number
-    "({T}(1) / ({T}(1) + exp(-abs({0})))) * ({T}(1) if {0} >= {T}(0) else exp(-abs({0})))",
+    # branch-free (a cheap select over one division, which LLVM can merge with a
+    # neighbour's, e.g. tanh's) and never exponentiates a positive number
+    "({T}(1) if {0} >= {T}(0) else exp(-abs({0}))) / ({T}(1) + exp(-abs({0})))",
     category="Activation", doc="1 / (1 + e**-x), computed stably for large |x|")
 tanh = define_elementwise("tanh", np.tanh, lambda g, out, x: (lambda: g * (1 - out * out),),
                           "tanh({0})", category="Activation", doc="hyperbolic tangent")
@@ -429,8 +430,7 @@ selu = define_elementwise(
 silu = define_elementwise(
     "silu", lambda x: (x * _sigmoid_impl(x)).astype(x.dtype),
     lambda g, out, x: (lambda: g * (sigmoid(x) + out * (1 - sigmoid(x))),),
-    "{0} * (({T}(1) / ({T}(1) + exp(-abs({0})))) * "
-    "({T}(1) if {0} >= {T}(0) else exp(-abs({0}))))",
+    "{0} * (({T}(1) if {0} >= {T}(0) else exp(-abs({0}))) / ({T}(1) + exp(-abs({0}))))",
     category="Activation", doc="""x·sigmoid(x), also called swish (`gn.swish` is the same op).
     Elementwise, any shape.
 

@@ -3,18 +3,25 @@
 Numba calls libm's scalar expf/tanhf/erff one element at a time (no vector math library here),
 which keeps fused loops from vectorising. These versions use only arithmetic, floor,
 comparisons and a bit cast, so LLVM turns a fused loop into SIMD code. The CPU generator
-copies them into float32 modules under the names `exp`, `tanh` and `erf`; float64 modules keep
-libm's. tests/kernels/test_approx.py measures their error against float64 references:
+copies them into float32 modules under the names `exp`, `exp_nonpositive`, `tanh` and
+`erf`; float64 modules keep libm's. tests/kernels/test_approx.py measures their error
+against float64 references:
 
 - exp: Cephes' expf scheme (range reduction by ln 2 in two parts, degree-6 polynomial,
   2**k built from the float's exponent bits). Measured max error 1.1 ulp on [-10, 10] and
   4.5 ulp on [-87, 88]; finite up to 88.72283 (FLT_MAX is exp(88.722839)), inf above;
   0 below -87.34 (no subnormal results).
+- exp_nonpositive: the same scheme for arguments that are never positive (the CPU generator
+  calls it for each exp(-abs(e)): sigmoid's, softplus's, silu's), without the handling
+  of large arguments: a third fewer vector instructions, the same results.
 - tanh: the rational approximation of Eigen's ptanh_float (odd degree-13 numerator over
   even degree-6 denominator) on |x| < 7.905, x itself below 0.0004, +-1 above 7.905: one
   division and no exp. Measured max error 3.8 ulp on [-1, 1] and 4.6 ulp on [-10, 10]
-  (on [3, 7.9]); exactly +-1 at +-inf.
-- sigmoid, written as 1/(1 + exp(-x)), then has max 2.6 ulp on [-10, 10].
+  (on [3, 7.9]); exactly +-1 at +-inf. The edge cases pick the numerator and denominator
+  rather than the quotient, so the quotient stays a division LLVM can merge with another
+  (fastmath 'arcp' and 'reassoc': a/b * c/d becomes (a*c)/(b*d)).
+- sigmoid, written as (1 if x >= 0 else exp(-|x|)) / (1 + exp(-|x|)), then has max 2.6 ulp
+  on [-10, 10]; sigmoid(x) * tanh(x) is one division.
 - erf: the rational approximation of Eigen's generic_fast_erf_float (odd degree-13
   numerator over even degree-8 denominator) on [-4, 4], +-1 beyond: one division and no
   exp (GELU's erf ran at 7 ns an element through libm's erff, 20% of a ConvNeXt's time).
@@ -22,11 +29,13 @@ libm's. tests/kernels/test_approx.py measures their error against float64 refere
   erf(x) is within 1e-5 of +-1); exactly +-1 at +-inf.
 All return NaN for NaN.
 
-A loop that calls them is compute-bound (about 50 vector instructions per element for
-sigmoid(x) * tanh(x)), so `wide_vectors()`, called first in a generated function that
-uses them, lets LLVM vectorise that function's loops with 512-bit registers on a CPU with
-AVX-512 (LLVM's default for such CPUs is 256-bit): the 4M-element sigmoid * tanh chain
-runs 1.2x faster (docs/BENCHMARKS.md, "Vectorisable float32 exp and tanh"). Elsewhere the
+A loop that calls them is compute-bound: the 4M-element chain sigmoid(x) * tanh(x) + x*x
+- 0.5*x takes about 60 vector instructions per 16 elements besides loads, and a 512-bit
+division, the slowest of them (sharing one division between sigmoid and tanh took the
+chain from 2.9 to 2.55 ms). So `wide_vectors()`, called first in a generated function
+that uses them, lets LLVM vectorise that function's loops with 512-bit registers on a CPU
+with AVX-512 (LLVM's default for such CPUs is 256-bit): the chain runs 1.2x faster
+(docs/BENCHMARKS.md, "Vectorisable float32 exp and tanh"). Elsewhere the
 attribute changes nothing: LLVM never uses registers wider than the CPU has.
 """
 import numpy as np
@@ -61,6 +70,26 @@ def exp(x):
     return y
 
 
+def exp_nonpositive(x):
+    # exp for x <= 0 (or NaN), as in sigmoid's exp(-|x|): exp's scheme without the
+    # handling of large arguments, about a third fewer vector instructions
+    t = max(x, np.float32(-87.33654))
+    k = np.floor(t * np.float32(1.4426950408889634) + np.float32(0.5))
+    r = t - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
+    z = r * r
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    y = p * z + r + np.float32(1.0)
+    y = y * np.int32((np.int32(k) + np.int32(127)) << np.int32(23)).view(np.float32)
+    if x < np.float32(-87.33654):
+        return np.float32(0.0)
+    return y
+
+
 def tanh(x):
     t = min(max(x, np.float32(-7.90531110763549805)), np.float32(7.90531110763549805))
     x2 = t * t
@@ -76,15 +105,16 @@ def tanh(x):
     q = q * x2 + np.float32(1.18534705686654e-04)
     q = q * x2 + np.float32(2.26843463243900e-03)
     q = q * x2 + np.float32(4.89352518554385e-03)
-    y = p / q
+    # The edge cases choose the numerator and the denominator, not the quotient, so the
+    # result stays one division that LLVM can merge with a neighbour's (see above).
+    # Where |x| >= 7.905 (tanh within 4.6 ulp of +-1) t is +-7.905 and t / 7.905 is +-1;
+    # below 0.0004 the result is x itself. A NaN goes through the clamp and the quotient.
     a = abs(x)
-    if a >= np.float32(7.90531110763549805):  # here tanh is within 4.6 ulp of +-1
-        y = np.float32(1.0) if x > np.float32(0.0) else np.float32(-1.0)
-    if a < np.float32(0.0004):
-        return x
-    if x != x:
-        return x
-    return y
+    big = a >= np.float32(7.90531110763549805)
+    tiny = a < np.float32(0.0004)
+    p = t if big else (x if tiny else p)
+    q = np.float32(7.90531110763549805) if big else (np.float32(1.0) if tiny else q)
+    return p / q
 
 
 def erf(x):
@@ -119,7 +149,7 @@ def wide_vectors(typingctx):
 
 
 WIDE_VECTORS_ATTRIBUTE = '"prefer-vector-width"="512"'
-APPROXIMATIONS = {"exp": exp, "tanh": tanh, "erf": erf}
+APPROXIMATIONS = {"exp": exp, "exp_nonpositive": exp_nonpositive, "tanh": tanh, "erf": erf}
 # What a generated module needs to define wide_vectors (its source is copied in)
 WIDE_VECTORS_IMPORTS = ["from numba.core import types as _types",
                         "from numba.extending import intrinsic"]

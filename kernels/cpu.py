@@ -177,7 +177,7 @@ def generate(program, parallel=False, approximate=True):
     vector = any(uses_gemv(s) for s in program.steps)
     approximate = approximate and _float32_only(program)
     out = _with_support(out, body, helpers_used, matmul, approximate, batched, vector)
-    out += _widened(body) if approximate else body
+    out += _approximated(body) if approximate else body
     return "\n".join(out) + "\n"
 
 
@@ -1607,12 +1607,39 @@ def _kernel_module(def_lines, calls_helpers, matmul, approximate, parallel, batc
             "from numba import njit, prange", ""]
     approximate = approximate and any(_APPROXIMATION_CALL.search(line) for line in def_lines)
     out = _with_support(head, def_lines, calls_helpers, matmul, approximate, batched, vector)
-    def_lines = _widened(def_lines) if approximate else list(def_lines)
+    def_lines = _approximated(def_lines) if approximate else list(def_lines)
     return "\n".join(out + [""] + def_lines) + "\n"
 
 
 def _calls_approximation(line):
     return not line.lstrip().startswith("#") and _APPROXIMATION_CALL.search(line) is not None
+
+
+_EXP_OF_NEGATED_ABS = "exp(-abs("
+
+
+def _nonpositive_exps(line):
+    """`line` with each exp(-abs(e)) (sigmoid's, softplus's and silu's) calling
+    `exp_nonpositive`, the float32 exp for arguments that are never positive."""
+    start = 0
+    while (at := line.find(_EXP_OF_NEGATED_ABS, start)) >= 0:
+        start = at + len(_EXP_OF_NEGATED_ABS)
+        if at and (line[at - 1].isalnum() or line[at - 1] in "_."):
+            continue  # another function's name ending in exp
+        depth, end = 1, start
+        while end < len(line) and depth:
+            depth += {"(": 1, ")": -1}.get(line[end], 0)
+            end += 1
+        if depth == 0 and line[end:end + 1] == ")":  # abs's parenthesis closes exp's
+            line = line[:at] + "exp_nonpositive(" + line[at + len("exp("):]
+            start = at + len("exp_nonpositive(")
+    return line
+
+
+def _approximated(lines):
+    """`lines` (whole functions) as a float32 module runs them: with the vectorisable
+    approximations of kernels/approx.py (see `_nonpositive_exps` and `_widened`)."""
+    return _widened([_nonpositive_exps(line) for line in lines])
 
 
 def _widened(lines):

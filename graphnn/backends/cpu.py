@@ -30,6 +30,11 @@ from .compile_helper import CompileHelper, pending as helpers_pending
 
 # The arrays kept per recycled output: the next call writes one nobody else holds.
 KEEP_RESULTS = 3
+# Recycled outputs of at least this size are NumPy's arrays, not Numba's: NumPy asks Linux
+# for transparent huge pages for them (madvise, from 4 MiB), and a loop streaming through
+# 16 MB of output then takes 8-10% less time (fewer TLB misses); a new result nobody
+# recycles costs 8 page faults instead of 4096.
+HUGE_PAGE_BYTES = 1 << 22
 # Seconds a first call compiles before its progress bar shows (stderr, library mode).
 PROGRESS_DELAY = 1.0
 # Programs of at least this many steps run in library mode (see library_steps()).
@@ -258,7 +263,14 @@ class CpuFunction(LoweredFunction):
                 if sys.getrefcount(a) == _HELD_BY_US and not weakref.getweakrefcount(a) \
                         and a.flags.writeable:
                     spare[k] = returned.pop(i)
+                    if a.nbytes >= HUGE_PAGE_BYTES and not a.flags.owndata:
+                        # Numba allocated it: NumPy's array instead (see HUGE_PAGE_BYTES),
+                        # once, as the arrays recycled later are the ones passed in
+                        spare[k] = np.empty(a.shape, a.dtype)
                     break
+            else:  # all held: a new array, NumPy's when the last one was large
+                if returned and returned[-1].nbytes >= HUGE_PAGE_BYTES:
+                    spare[k] = np.empty(returned[-1].shape, returned[-1].dtype)
         return spare
 
     def _keep(self, results):

@@ -245,6 +245,29 @@ def test_recycled_outputs_never_write_an_array_the_caller_holds(library):
     assert len(addresses) <= cpu_backend.KEEP_RESULTS
 
 
+@pytest.mark.parametrize("library", [False, True])
+def test_large_recycled_outputs_are_numpys_arrays(library):
+    # graphnn/backends/cpu.py HUGE_PAGE_BYTES: from the second call on, a recycled output
+    # of 4 MiB or more is an array NumPy allocated (huge pages), never one the caller holds
+    x = gn.input("x", (None,))
+    f = gn.compile(x * x - 0.5 * x, backend="cpu", library=library)
+    data = [np.full(cpu_backend.HUGE_PAGE_BYTES // 4, v, np.float32) for v in (1.0, 2.0, 3.0)]
+    out = f(x=data[0])
+    addresses = set()
+    for k in range(1, 7):  # the loop rebinds `out`: one result held during each call
+        out = f(x=data[k % 3])
+        np.testing.assert_array_equal(out, data[k % 3] * data[k % 3] - 0.5 * data[k % 3])
+        assert out.flags.owndata and out.base is None
+        addresses.add(out.ctypes.data)
+    assert len(addresses) <= cpu_backend.KEEP_RESULTS
+    held = [f(x=data[k % 3]) for k in range(4)]  # every result held: each one new
+    assert len({a.ctypes.data for a in held}) == 4 and all(a.flags.owndata for a in held)
+    for k, a in enumerate(held):
+        np.testing.assert_array_equal(a, data[k % 3] * data[k % 3] - 0.5 * data[k % 3])
+    small = f(x=data[0][:1000])  # a different shape: the program allocates its own
+    np.testing.assert_array_equal(small, np.full(1000, 0.5, np.float32))
+
+
 def test_a_sum_of_many_arrays_is_added_by_the_driver_in_library_mode():
     # kernels/cpu.py _wide_sum: from WIDE_SUM terms on, the driver adds the arrays with
     # NumPy (in order) and the step's kernel reads the sum; a short sum stays in the kernel

@@ -1,5 +1,8 @@
 """Accuracy of the vectorisable float32 exp/tanh used by float32 CPU modules, measured in
 ulps against float64 references through compiled graphs (the way users get them)."""
+import re
+
+import numba
 import numpy as np
 import pytest
 
@@ -41,6 +44,41 @@ def test_special_values(functions):
     np.testing.assert_array_equal(t[1:], np.array([1, -1, 1, -1, 0, 1e-30, -1e-30], np.float32))
     np.testing.assert_array_equal(s[1:], [1, 0, 1, 0, 0.5, 0.5, 0.5])
     assert np.isnan(e[0]) and np.isnan(t[0]) and np.isnan(s[0])
+
+
+def test_sigmoid_uses_the_exp_of_nonpositive_arguments_and_shares_tanhs_division():
+    # kernels/cpu.py _nonpositive_exps: sigmoid's exp(-|x|) calls exp_nonpositive (no
+    # handling of large arguments); its quotient and tanh's merge into one division per
+    # vector loop (fastmath arcp/reassoc), which halves the divider's work
+    x = gn.input("share_x", (None,))
+    f = gn.compile(gn.sigmoid(x) * gn.tanh(x) + x * x, backend="cpu")
+    assert "exp_nonpositive(-abs(x0))" in f.source and " exp(-abs(" not in f.source
+    values = np.concatenate([np.linspace(-90, 90, 200_001), [-1e4, 1e4, -0.0]])
+    values = values.astype(np.float32)
+    x64 = values.astype(np.float64)
+    product = 1 / (1 + np.exp(-x64)) * np.tanh(x64)
+    # within 5 ulps of the terms' size (the sum cancels near x = -0.1)
+    scale = np.spacing((np.abs(product) + x64 * x64).astype(np.float32))
+    assert np.all(np.abs(f(share_x=values) - (product + x64 * x64)) <= 5 * scale)
+    assert np.isnan(f(share_x=np.array([np.nan], np.float32))[0])
+    divisions = re.findall(r"= fdiv [a-z ]*(<\d+ x float>|float) ", _llvm_ir(f.module.program))
+    assert divisions and len(divisions) == len(set(divisions))  # one per loop version
+
+
+def test_exp_nonpositive():
+    from kernels.approx import exp_nonpositive
+    from kernels.cpu import _nonpositive_exps
+    assert _nonpositive_exps("v = exp(-abs(x0)) + exp(-abs(f(a, b))) * exp(-abs(x0) + 1)") == \
+        "v = exp_nonpositive(-abs(x0)) + exp_nonpositive(-abs(f(a, b))) * exp(-abs(x0) + 1)"
+    assert _nonpositive_exps("y = np.exp(-abs(x)) + myexp(-abs(x))") == \
+        "y = np.exp(-abs(x)) + myexp(-abs(x))"
+    compiled = numba.njit(exp_nonpositive)
+    x = np.linspace(-87, 0, 100_001).astype(np.float32)
+    got = np.array([compiled(v) for v in x[::97]])
+    assert max_ulps(got, np.exp(x[::97].astype(np.float64))) <= 1.5
+    special = [compiled(np.float32(v)) for v in (-np.inf, -100.0, -87.4, -0.0, 0.0)]
+    assert special == [0, 0, 0, 1, 1]
+    assert np.isnan(compiled(np.float32(np.nan)))
 
 
 def test_erf_error_bounds_and_special_values():
