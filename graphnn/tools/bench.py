@@ -905,17 +905,24 @@ def run_workload(name, modes, repeat=200, budget=20.0, warmup=3, subprocess_info
         for _, fn in calls:
             fn()
     started = time.perf_counter()
+    # the process's CPU time per mode (all its threads) against the wall time around it
+    cpu, wall = dict.fromkeys(times, 0.0), dict.fromkeys(times, 0.0)
     for r in range(max(repeat, 1)):
         for key, fn in calls:
+            w0, c0 = time.perf_counter(), time.process_time()
             t0 = time.perf_counter()
             fn()
-            times[key].append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            cpu[key] += time.process_time() - c0
+            times[key].append(t1 - t0)
+            wall[key] += time.perf_counter() - w0
         if r >= 4 and time.perf_counter() - started > budget:
             break
     row["rounds"] = len(times[calls[0][0]]) if calls else 0
     for key, samples in times.items():
         target = row["modes"][key] if key in runners else row["references"][key]
         target.update(_summary(samples))
+        target["cores_used"] = cpu[key] / wall[key] if wall[key] else None
     if "eager" in ok:
         for m in ok:
             ratios = [e / t for e, t in zip(times["eager"], times[m])]
@@ -1027,7 +1034,9 @@ def _child(args_json):
     numba_import = time.perf_counter() - t0
     peer = {"torch": "torch", "torch-compile": "torch", "jax": "jax",
             "onnxruntime": "onnxruntime"}.get(args["mode"])
-    if peer:
+    if peer == "jax" and _thread_count(args["threads"]):
+        _start_jax(_thread_count(args["threads"]))
+    elif peer:
         __import__(peer)
     _limit_threads(args["threads"])
     model = WORKLOADS[args["workload"]]()
@@ -1146,6 +1155,8 @@ def format_row(row):
         extra = ""
         if "share_of_copyto" in r:
             extra = f"  {r['GBps']:.1f} GB/s = {100 * r['share_of_copyto']:.0f}% of copyto"
+        if r.get("cores_used") and r["median_s"] >= CORES_SHOWN_FROM_S:
+            extra += f"  on {r['cores_used']:.1f} cores"
         lines.append(f"  {m:14s} median {_fmt_time(r['median_s']):>10s}  IQR "
                      f"[{_fmt_time(r['q1_s'])} .. {_fmt_time(r['q3_s'])}]  {ratio}  "
                      f"loss/out {r['first_value']:.6g}, {r['second_value']:.6g} {check}{extra}")
@@ -1474,7 +1485,29 @@ def environment():
     return env
 
 
-JAX_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+JAX_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
+# A mode's cores (its process CPU time over wall time while it runs) are printed for steps
+# of at least this long (shorter ones are dominated by the timers' own cost)
+CORES_SHOWN_FROM_S = 1e-4
+
+
+def _start_jax(threads):
+    """Import jax and start its CPU client on `threads` cores. XLA_FLAGS reach only Eigen's
+    threads (matmuls, convolutions); XLA also splits large elementwise loops over a pool it
+    sizes from the CPU affinity when the client starts (an eltwise step ran on 1.8 cores
+    with the flags alone). So the affinity is narrowed while the client starts, then
+    restored: the pool keeps its size."""
+    os.environ.setdefault("XLA_FLAGS", JAX_ONE_THREAD)
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    narrowed = bool(allowed) and len(allowed) > threads
+    if narrowed:
+        os.sched_setaffinity(0, sorted(allowed)[:threads])
+    try:
+        import jax
+        jax.numpy.zeros(1).block_until_ready()  # (creates the client and its pool)
+    finally:
+        if narrowed:
+            os.sched_setaffinity(0, allowed)
 
 
 def _thread_count(threads):
@@ -1502,9 +1535,13 @@ def run(workloads, modes, repeat=200, budget=20.0, warmup=3, subprocess_info=Tru
     t0 = time.perf_counter()
     importlib.import_module("numba")  # not to be counted in the first cold compile
     numba_import = time.perf_counter() - t0
-    if "jax" in modes and "jax" not in sys.modules and _thread_count(threads) == 1:
-        # XLA reads its thread settings once, when jax is imported: one thread like the rest
-        os.environ.setdefault("XLA_FLAGS", JAX_ONE_THREAD)
+    jax_threads = None
+    if "jax" in modes and "jax" not in sys.modules and _thread_count(threads) \
+            and importlib.util.find_spec("jax") is not None:
+        # XLA sizes its threads once, when its client starts: as many as the rest
+        with contextlib.suppress(Exception):
+            _start_jax(_thread_count(threads))
+            jax_threads = _thread_count(threads)
     for peer, module in (("torch", "torch"), ("torch-compile", "torch"), ("jax", "jax")):
         if peer in modes and importlib.util.find_spec(module) is not None:
             with contextlib.suppress(Exception):
@@ -1512,8 +1549,9 @@ def run(workloads, modes, repeat=200, budget=20.0, warmup=3, subprocess_info=Tru
     _limit_threads(threads)
     if "jax" in modes and "jax" in sys.modules:
         flags = os.environ.get("XLA_FLAGS", "")
-        log(f"jax: XLA_FLAGS={flags!r}" + ("" if flags == JAX_ONE_THREAD else
-            " (XLA's own thread count: may use every core)"))
+        log(f"jax: XLA_FLAGS={flags!r}, " + (
+            f"its client started on {jax_threads} core(s)" if jax_threads else
+            "XLA's own thread count (may use every core)"))
     env = environment()
     env["numba_import_s"] = numba_import
     log(f"graphnn bench on {env['cpu']} ({env['cores']} cores), numpy {env['numpy']}, "

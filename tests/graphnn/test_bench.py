@@ -1,8 +1,12 @@
 """The benchmark harness's logic on tiny workloads: cross-check, JSON schema, plot, options.
-No test here asserts a timing."""
+No test here asserts a timing (the cores a step used, CPU time over wall time, are
+bounded from above)."""
 import copy
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -67,6 +71,37 @@ def test_modes_agree_and_schema_holds(tiny):
     assert elt["train"] is False and "np.copyto" in elt["references"]
     assert {"share_of_copyto", "GBps"} <= set(elt["modes"]["numpy"])
     assert elt["bandwidth"]["bytes_moved"] == 2 * 64 * 4
+    # each mode's cores: its process CPU time over wall time (every mode here: one thread)
+    for r in (*row["modes"].values(), *elt["modes"].values()):
+        assert 0 < r["cores_used"] < 1.5
+
+
+JAX_CORES = """
+import os, time
+import graphnn.tools.bench as bench
+bench._start_jax(1)
+import jax, jax.numpy as jnp
+assert os.sched_getaffinity(0) == AFFINITY, os.sched_getaffinity(0)  # restored
+x = jnp.ones(1 << 22)
+f = jax.jit(lambda v: jnp.tanh(v) * 2.0 + v)
+f(x).block_until_ready()
+c0, w0 = time.process_time(), time.perf_counter()
+for _ in range(40):
+    f(x).block_until_ready()
+print((time.process_time() - c0) / (time.perf_counter() - w0))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core")
+def test_jax_starts_on_the_bench_thread_count():
+    # XLA_FLAGS alone left XLA's loop pool at every core (an eltwise step on 1.8 cores)
+    script = JAX_CORES.replace("AFFINITY", repr(os.sched_getaffinity(0)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.split()[-1]) < 1.2
 
 
 def test_a_wrong_loss_is_flagged(tiny, monkeypatch):
