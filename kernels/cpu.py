@@ -631,7 +631,8 @@ FORWARD_CONVOLUTIONS = ("conv2d", "conv2d_packed", "conv2d_winograd",
 def fold_conv_epilogues(program, step_nodes=None, training=False):
     """Finish convolutions as they are written: an elementwise step right after a forward
     convolution that reads its result element for element and adds a per-channel bias,
-    applies relu, or both (or only copies it into a concatenation, see place_in_concat)
+    applies relu or ReLU6 (clip(x, 0, 6)), or both (or only copies it into a
+    concatenation, see place_in_concat)
     becomes the convolution's epilogue (ir.Window.epilogue, kernels/windows.py conv_gemm),
     and the convolution writes where that step wrote (in place, a concatenation's
     channels or another buffer); the step is removed (`step_nodes` as in fold_conv_pads).
@@ -669,6 +670,10 @@ def fold_conv_epilogues(program, step_nodes=None, training=False):
 
 
 _RELU = "T(0) if {0} <= T(0) else {0}"
+# ReLU6 as torchvision's models export it, Clip(x, 0, 6): graphnn's clip(x, 0.0, 6.0) as
+# graphnn/ops.py _CLIP_TEMPLATE writes it (tests/kernels/test_conv_epilogue.py folds it)
+_CLIP_LOW = "({0} if {0} >= T(0.0) or {0} != {0} else T(0.0))"
+_RELU6 = f"{_CLIP_LOW} if {_CLIP_LOW} <= T(6.0) or {_CLIP_LOW} != {_CLIP_LOW} else T(6.0)"
 
 
 def _conv_epilogue(conv, step, kept, viewed):
@@ -710,6 +715,8 @@ def _conv_epilogue(conv, step, kept, viewed):
         bias, current = b, stmts.pop(0)[0]
     if stmts and stmts[0][1] == _RELU.format(current):
         act, current = 1, stmts.pop(0)[0]
+    elif stmts and stmts[0][1] == _RELU6.format(current):
+        act, current = 4, stmts.pop(0)[0]
     if stmts or step.expr.result != current:
         return None
     return bias, act, cout, off

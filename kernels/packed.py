@@ -89,8 +89,9 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs,
     # j < width (two vectors): `segs` runs of kc columns of a, `step` apart (one run: a
     # block of a patch matrix's rows; several: a convolution's windows read in place, one
     # run per kernel row); then, with act != 0, a convolution's epilogue on the tile in
-    # its registers: + bias[at + j] when act >= 2, relu (zero where <= 0, NaN kept) when
-    # act is odd (kernels/windows.py conv_gemm)
+    # its registers: + bias[at + j] when act & 2, relu (zero where <= 0, NaN kept) when
+    # act is odd, ReLU6 (zero where < 0, six where > 6) when act >= 4 (kernels/windows.py
+    # conv_gemm)
     if not isinstance(rows, _types.IntegerLiteral):
         return None
     height = rows.literal_value
@@ -234,7 +235,8 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs,
             builder.store(phi, vector(rowp[k // 2], k % 2 * width), align=4)
         builder.branch(end)
         builder.position_at_end(finish)
-        builder.cbranch(builder.icmp_signed(">=", act, count(2)), biased, finished)
+        builder.cbranch(builder.icmp_signed("!=", builder.and_(act, count(2)), count(0)),
+                        biased, finished)
         builder.position_at_end(biased)
         bp_ = _cgutils.gep(builder, context.make_array(ty[14])(context, builder, bias).data,
                            at)
@@ -248,16 +250,24 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs,
             phi.add_incoming(zero, finish)
             phi.add_incoming(loaded[h], biased)
             added.append(phi)
-        # relu's flag (act odd) in every lane
+        # relu's flag (act odd) and ReLU6's (act >= 4) in every lane
         flags = _llir.VectorType(_llir.IntType(1), width)
-        relu = builder.insert_element(
-            _llir.Constant(flags, _llir.Undefined),
-            builder.icmp_signed("!=", builder.and_(act, count(1)), count(0)), i32(0))
-        relu = builder.shuffle_vector(relu, _llir.Constant(flags, _llir.Undefined), broadcast)
+
+        def lanes(flag):
+            one = builder.insert_element(_llir.Constant(flags, _llir.Undefined), flag, i32(0))
+            return builder.shuffle_vector(one, _llir.Constant(flags, _llir.Undefined),
+                                          broadcast)
+        relu = lanes(builder.icmp_signed("!=", builder.and_(act, count(1)), count(0)))
+        relu6 = lanes(builder.icmp_signed(">=", act, count(4)))
+        six = _llir.Constant(vt, [_llir.Constant(item, 6.0)] * width)
         for k, phi in enumerate(final):
             v = builder.fadd(phi, added[k % 2])
             low = builder.fcmp_ordered("<=", v, zero)
             v = builder.select(builder.and_(low, relu), zero, v)
+            below = builder.fcmp_ordered("<", v, zero)
+            v = builder.select(builder.and_(below, relu6), zero, v)
+            above = builder.fcmp_ordered(">", v, six)
+            v = builder.select(builder.and_(above, relu6), six, v)
             builder.store(v, vector(rowp[k // 2], k % 2 * width), align=4)
         builder.branch(end)
         builder.position_at_end(end)
@@ -272,7 +282,7 @@ def _packed_tile_call(rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs=1, ste
                       bias=None, at=0):
     # (each tile height the kernels use is its own literal)
     if bias is None:
-        tb = c  # (not read: act < 2)
+        tb = c  # (not read: act without its 2)
     else:
         tb = bias
     if rows == 12:

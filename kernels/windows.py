@@ -77,7 +77,7 @@ def conv2d_direct(x, w, ph, pw, out, bias, act, cout, off):
     kh, kw, ci = w.shape[0], w.shape[1], w.shape[2]
     oh, ow, pitch = out.shape[1], out.shape[2], out.shape[3]
     co = cout if cout > 0 else pitch
-    zero = out.dtype.type(0)
+    zero, six = out.dtype.type(0), out.dtype.type(6)  # (six: ReLU6's bound, act >= 4)
     for n in range(n_):
         for y in range(oh):
             for x0 in range(ow):
@@ -90,8 +90,11 @@ def conv2d_direct(x, w, ph, pw, out, bias, act, cout, off):
                             if xx >= 0 and xx < w_:
                                 for c in range(ci):
                                     v += x[n, yy, xx, c] * w[i, j, c, k]
-                    v += bias[k] if act >= 2 else zero
-                    out[n, y, x0, off + k] = zero if act % 2 == 1 and v <= zero else v
+                    v += bias[k] if act & 2 else zero
+                    v = zero if act % 2 == 1 and v <= zero else v
+                    v = zero if act >= 4 and v < zero else v
+                    v = six if act >= 4 and v > six else v
+                    out[n, y, x0, off + k] = v
 
 
 def conv2d_grad_input(g, w, s, ph, pw, out):
@@ -331,10 +334,11 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     Lavin and Gray's F(4x4, 3x3), 36 products per round, and each output of a tile copied
     out (with the epilogue) once A^T M A is in the scratch.
 
-    The forward modes finish their result as they write it (an epilogue, `act`: 0 none,
-    1 relu, 2 bias, 3 bias then relu): `bias` (1-D, co items; not read without act's 2)
-    is added per channel and relu applied (as graphnn's relu: zero where x <= 0, NaN
-    kept), while the rows are still in cache; and
+    The forward modes finish their result as they write it (an epilogue, `act`, bits:
+    2 bias, then 1 relu or 4 ReLU6; 0 none): `bias` (1-D, co items; not read without
+    act's 2) is added per channel, then relu applied (as graphnn's relu: zero where
+    x <= 0, NaN kept) or ReLU6 (as graphnn's clip(x, 0, 6): zero where x < 0, six where
+    x > 6, NaN and -0.0 kept), while the rows are still in cache; and
     with `cout` > 0 the result has `cout` channels that go to channels off .. off + cout of
     `out` (a concatenation's buffer: out.shape[3] channels per position, kernels/cpu.py
     fold_conv_epilogues). The gradient modes take neither.
@@ -362,7 +366,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     co = cout if cout > 0 else pitch
     cols = kh * kw * ci
     total = n_ * oh * ow
-    one, zero = out.dtype.type(1), out.dtype.type(0)
+    one, zero, six = out.dtype.type(1), out.dtype.type(0), out.dtype.type(6)
     xf = x.reshape(-1)
     pointwise = kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0
     # mode 5 reading the windows in place, an output row at a time ("direct"): unpadded
@@ -547,10 +551,12 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                 for r in range(count if p >= whole and k0 + kb >= depth else 0):
                     for q in range(co - whole):
                         v = edge[np.uintp(r * width + q)]
-                        if mode == 5 and act >= 2:
+                        if mode == 5 and act & 2:
                             v += bv[whole + q]
                         if mode == 5 and act % 2 == 1 and v <= zero:
                             v = zero
+                        if mode == 5 and act >= 4:
+                            v = zero if v < zero else (six if v > six else v)
                         dst0[np.uintp(d0 + r * ldd + whole + q)] = v
             if mode == 5:
                 continue
@@ -592,8 +598,10 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                             if WINOGRAD_U:
                                 bad += v * zero
                             if EPILOGUES:  # (the epilogue)
-                                v += bias[k] if act >= 2 else zero
+                                v += bias[k] if act & 2 else zero
                                 v = zero if act % 2 == 1 and v <= zero else v
+                                v = zero if act >= 4 and v < zero else v
+                                v = six if act >= 4 and v > six else v
                             yf[np.uintp(dst + k)] = v
                     if step % 16 == 15:
                         x0 += 1
@@ -636,10 +644,14 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                     if WINOGRAD_U:
                         bad += (v0 + v1) * zero
                     if EPILOGUES:  # (the epilogue)
-                        ep = bias[k] if act >= 2 else zero
+                        ep = bias[k] if act & 2 else zero
                         v1, v0 = v1 + ep, v0 + ep
                         v1 = zero if act % 2 == 1 and v1 <= zero else v1
                         v0 = zero if act % 2 == 1 and v0 <= zero else v0
+                        v1 = zero if act >= 4 and v1 < zero else v1
+                        v1 = six if act >= 4 and v1 > six else v1
+                        v0 = zero if act >= 4 and v0 < zero else v0
+                        v0 = six if act >= 4 and v0 > six else v0
                     yf[np.uintp(p1 + k)] = v1
                     yf[np.uintp(p0 + k)] = v0
                 if step % 2 == 1:
@@ -669,8 +681,11 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
             for r in range(r0, r0 + rows if mode == 0 and finish else r0):  # the epilogue
                 base = r * pitch + off
                 for q_ in range(co):
-                    v = yf[np.uintp(base + q_)] + (bias[q_] if act >= 2 else zero)
-                    yf[np.uintp(base + q_)] = zero if act % 2 == 1 and v <= zero else v
+                    v = yf[np.uintp(base + q_)] + (bias[q_] if act & 2 else zero)
+                    v = zero if act % 2 == 1 and v <= zero else v
+                    v = zero if act >= 4 and v < zero else v
+                    v = six if act >= 4 and v > six else v
+                    yf[np.uintp(base + q_)] = v
         for r in range(rows if TRAINING_MODES and mode == 1 and not pointwise else 0):  # col2im
             # x += col[r] put back where im2col took it from (the padding's share dropped)
             xs = x0 * s - pw

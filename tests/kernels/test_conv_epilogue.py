@@ -63,25 +63,29 @@ def _operands(mode, x, w, oh, ow, side=2):
     return b, s, np.full(items, np.nan, x.dtype)
 
 
-@pytest.mark.parametrize("act", [0, 1])
+@pytest.mark.parametrize("act", [0, 1, 4])
 @pytest.mark.parametrize("name", sorted(EPILOGUE_CASES))
 def test_conv_gemm_epilogue_writes_bias_and_relu_into_its_channels_of_a_larger_output(
         name, act):
-    """conv_gemm (plain Python, its tile kernel and gemm compiled) with bias, relu and
-    cout/off: the convolution's channels of a wider output hold relu(conv + bias), the
-    others keep what they held."""
+    """conv_gemm (plain Python, its tile kernel and gemm compiled) with bias, relu (act 1)
+    or ReLU6 (act 4) and cout/off: the convolution's channels of a wider output hold
+    act(conv + bias), the others keep what they held."""
     mode, image, kernel, stride, pad = EPILOGUE_CASES[name]
     if mode >= windows.CONV2D_PACKED and not packed.available():
         pytest.skip("the tile kernel needs AVX-512")
     rng = np.random.default_rng(3)
     x = rng.standard_normal(image).astype(np.float32)
-    w = rng.standard_normal(kernel).astype(np.float32)
+    w = (3 * rng.standard_normal(kernel)).astype(np.float32)
     bias = rng.standard_normal(kernel[3]).astype(np.float32)
     oh = (image[1] + 2 * pad - kernel[0]) // stride + 1
     ow = (image[2] + 2 * pad - kernel[1]) // stride + 1
     want = _reference(x, w, stride, pad, pad, oh, ow) + bias
-    if act:
+    largest = np.abs(want).max()
+    if act == 1:
         want = np.where(want <= 0, 0, want)
+    elif act == 4:
+        assert (want > 6).any() and (want < 0).any()  # both bounds met
+        want = np.clip(want, 0, 6)
     co, before, after = kernel[3], 3, 5
     b, s, scratch = _operands(mode, x, w, oh, ow, 4 if "-f4" in name else 2)
     if mode in (windows.CONV2D, windows.CONV2D_PACKED):
@@ -90,7 +94,7 @@ def test_conv_gemm_epilogue_writes_bias_and_relu_into_its_channels_of_a_larger_o
     windows.conv_gemm(mode, x, b, s, pad, pad, scratch, out, bias, act + 2, co, before)
     # (F(4x4, 3x3)'s transforms multiply by up to 8 and 1/24: float32 rounding relative to
     # the largest output)
-    tol = 1e-5 * np.abs(want).max() if "-f4" in name else 2e-5
+    tol = 1e-5 * largest if "-f4" in name else 2e-5
     np.testing.assert_allclose(out[..., before:before + co], want, rtol=2e-5, atol=tol)
     assert (out[..., :before] == -7).all() and (out[..., before + co:] == -7).all()
     # no epilogue, the whole output: the plain convolution
@@ -109,6 +113,38 @@ def test_conv_gemm_epilogue_relu_keeps_nan_as_graphnns_relu_does():
                       np.array([-5, 0, 1], np.float32), 3, 0, 0)
     assert np.isnan(out[0, 1, 1]).all()
     assert (out[0, 0, 0] == [0, 2, 3]).all()
+
+
+@pytest.mark.parametrize("library", [False, True])
+@pytest.mark.parametrize("kernel, padding", [((1, 1), "valid"), ((3, 3), "same")])
+def test_relu6_after_a_convolution_is_its_epilogue_as_clip_computes_it(kernel, padding,
+                                                                       library):
+    # MobileNet's ReLU6 as exported (Clip(x, 0, 6)) folds into conv_gemm: bit for bit the
+    # unfused steps' numbers, NaN, infinities and -0.0 included
+    rng = np.random.default_rng(11)
+    x = gn.input("x", (1, 9, 9, 8))
+    w = gn.const((2 * rng.standard_normal(kernel + (8, 40))).astype(np.float32))
+    b = rng.standard_normal(40).astype(np.float32)
+    b[:3] = [-0.0, 0.0, np.inf]
+    y = gn.clip(gn.conv2d(x, w, padding=padding) + gn.const(b), 0, 6)
+    z = gn.clip(gn.conv2d(x, w * 0.5, padding=padding), 0, 6)  # no bias
+    # (each read by a 1x1 convolution that picks channels out, as a block's next layer)
+    pick = np.zeros((1, 1, 40, 80), np.float32)
+    pick[0, 0, np.arange(40), np.arange(40)] = pick[0, 0, np.arange(40), 40 + np.arange(40)] = 1
+    outs = [gn.conv2d(y, gn.const(pick[..., :40])), gn.conv2d(z, gn.const(pick[..., 40:]))]
+    feed = rng.standard_normal((1, 9, 9, 8)).astype(np.float32)
+    feed[0, 4, 4, 2], feed[0, 0, 0, 0] = np.nan, -np.inf
+    f = gn.compile(outs, backend="cpu", library=library)
+    off = gn.compile(outs, backend="cpu", library=library, passes={"conv_epilogues": False})
+    assert f.stats["conv_epilogues"] == 2 and off.stats["conv_epilogues"] == 0
+    assert sorted(s.epilogue[1] for s in f.program.steps if getattr(s, "epilogue", None)) \
+        == [4, 4]
+    got, plain = f(x=feed), off(x=feed)
+    want = gn.compile(outs, backend="numpy")(x=feed)
+    for g, p, n in zip(got, plain, want):
+        assert np.isnan(g).any() and (g == 6).any() and (g == 0).any()
+        np.testing.assert_array_equal(g, p)  # (NaN where NaN)
+        np.testing.assert_allclose(g, n, rtol=2e-5, atol=2e-5)
 
 
 def _fire(dtype, rng, squeeze=4, expand=16, image=(1, 12, 12, 6)):
