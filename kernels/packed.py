@@ -244,10 +244,12 @@ def _packed_tile(typingctx, rows, kc, a, ao, lda, b, bo, c, co, ldc, keep, segs,
         builder.branch(finished)
         builder.position_at_end(finished)
         zero = _llir.Constant(vt, None)
+        # (no bias: -0.0 added, which leaves every value as it is, -0.0 included)
+        nzero = _llir.Constant(vt, [_llir.Constant(item, -0.0)] * width)
         added = []
         for h in (0, 1):
             phi = builder.phi(vt)
-            phi.add_incoming(zero, finish)
+            phi.add_incoming(nzero, finish)
             phi.add_incoming(loaded[h], biased)
             added.append(phi)
         # relu's flag (act odd) and ReLU6's (act >= 4) in every lane

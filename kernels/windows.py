@@ -78,6 +78,7 @@ def conv2d_direct(x, w, ph, pw, out, bias, act, cout, off):
     oh, ow, pitch = out.shape[1], out.shape[2], out.shape[3]
     co = cout if cout > 0 else pitch
     zero, six = out.dtype.type(0), out.dtype.type(6)  # (six: ReLU6's bound, act >= 4)
+    nzero = out.dtype.type(-0.0)  # (x + -0.0 is x, -0.0 included: no bias)
     for n in range(n_):
         for y in range(oh):
             for x0 in range(ow):
@@ -90,7 +91,7 @@ def conv2d_direct(x, w, ph, pw, out, bias, act, cout, off):
                             if xx >= 0 and xx < w_:
                                 for c in range(ci):
                                     v += x[n, yy, xx, c] * w[i, j, c, k]
-                    v += bias[k] if act & 2 else zero
+                    v += bias[k] if act & 2 else nzero
                     v = zero if act % 2 == 1 and v <= zero else v
                     v = zero if act >= 4 and v < zero else v
                     v = six if act >= 4 and v > six else v
@@ -367,6 +368,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
     cols = kh * kw * ci
     total = n_ * oh * ow
     one, zero, six = out.dtype.type(1), out.dtype.type(0), out.dtype.type(6)
+    nzero = out.dtype.type(-0.0)  # (x + -0.0 is x, -0.0 included: no bias)
     xf = x.reshape(-1)
     pointwise = kh == 1 and kw == 1 and s == 1 and ph == 0 and pw == 0
     # mode 5 reading the windows in place, an output row at a time ("direct"): unpadded
@@ -598,7 +600,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                             if WINOGRAD_U:
                                 bad += v * zero
                             if EPILOGUES:  # (the epilogue)
-                                v += bias[k] if act & 2 else zero
+                                v += bias[k] if act & 2 else nzero
                                 v = zero if act % 2 == 1 and v <= zero else v
                                 v = zero if act >= 4 and v < zero else v
                                 v = six if act >= 4 and v > six else v
@@ -644,7 +646,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
                     if WINOGRAD_U:
                         bad += (v0 + v1) * zero
                     if EPILOGUES:  # (the epilogue)
-                        ep = bias[k] if act & 2 else zero
+                        ep = bias[k] if act & 2 else nzero
                         v1, v0 = v1 + ep, v0 + ep
                         v1 = zero if act % 2 == 1 and v1 <= zero else v1
                         v0 = zero if act % 2 == 1 and v0 <= zero else v0
@@ -681,7 +683,7 @@ def conv_gemm(mode, a, b, s, ph, pw, scratch, out, bias=None, act=0, cout=0, off
             for r in range(r0, r0 + rows if mode == 0 and finish else r0):  # the epilogue
                 base = r * pitch + off
                 for q_ in range(co):
-                    v = yf[np.uintp(base + q_)] + (bias[q_] if act & 2 else zero)
+                    v = yf[np.uintp(base + q_)] + (bias[q_] if act & 2 else nzero)
                     v = zero if act % 2 == 1 and v <= zero else v
                     v = zero if act >= 4 and v < zero else v
                     v = six if act >= 4 and v > six else v

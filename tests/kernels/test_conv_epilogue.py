@@ -147,6 +147,34 @@ def test_relu6_after_a_convolution_is_its_epilogue_as_clip_computes_it(kernel, p
         np.testing.assert_allclose(g, n, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("library", [False, True])
+def test_a_mobilenet_block_runs_its_activations_in_its_convolutions(library):
+    # expand 1x1 + bias + ReLU6, depthwise 3x3 + bias + ReLU6, project 1x1 + bias + the
+    # residual (an inverted residual block as torchvision exports it): the expansion's
+    # bias and ReLU6 are its epilogue; the depthwise convolution's stay a step (an
+    # epilogue in grouped.depthwise_conv2d measured no faster than the step after it),
+    # and so do the projection's bias and the residual; the unfused numbers bit for bit
+    rng = np.random.default_rng(12)
+    x = gn.input("x", (1, 10, 10, 8))
+
+    def const(*shape, scale=1.0):
+        return gn.const((scale * rng.standard_normal(shape)).astype(np.float32))
+    h = gn.clip(gn.conv2d(x, const(1, 1, 8, 48)) + const(48), 0, 6)
+    h = gn.clip(gn.depthwise_conv2d(h, const(3, 3, 1, 48), padding="same") + const(48), 0, 6)
+    y = x + gn.conv2d(h, const(1, 1, 48, 8, scale=0.2)) + const(8)
+    feed = (2 * rng.standard_normal((1, 10, 10, 8))).astype(np.float32)
+    f = gn.compile(y, backend="cpu", library=library)
+    off = gn.compile(y, backend="cpu", library=library, passes={"conv_epilogues": False})
+    assert f.stats["conv_epilogues"] == 1 and off.stats["conv_epilogues"] == 0
+    assert [getattr(s, "epilogue", None) and s.epilogue[1] for s in f.program.steps
+            if isinstance(s, cpu.ir.Window)] == [4, None, None]
+    assert [type(s).__name__ for s in f.program.steps].count("Elementwise") == 2
+    got = f(x=feed)
+    np.testing.assert_array_equal(got, off(x=feed))
+    np.testing.assert_allclose(got, gn.compile(y, backend="numpy")(x=feed), rtol=2e-5,
+                               atol=2e-5)
+
+
 def _fire(dtype, rng, squeeze=4, expand=16, image=(1, 12, 12, 6)):
     """A SqueezeNet fire module on a constant image size: squeeze 1x1 + bias + relu, two
     expands (1x1 and 3x3 'same', each + bias + relu) concatenated on channels, then a
