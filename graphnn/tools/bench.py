@@ -11,7 +11,9 @@ Each workload is one training step (forward, loss, backward, SGD update) unless 
   cuda    the same on a GPU (backend="cuda"); skipped without one
   torch   PyTorch eager, when installed (optional peer)
   torch-compile  torch.compile of the loss (forward and backward), opt-in: slow to compile
-  jax     jax.jit of the whole step, when installed (optional peer)
+  jax     jax.jit of the whole step, when installed (optional peer); with --threads N (or
+          OPENBLAS_NUM_THREADS) its XLA client starts on N cores (each row prints the cores
+          every mode used)
   onnxruntime  the ONNX workloads (onnx-<model>, or `--workloads onnx` for all nine) run by
           onnxruntime, when installed, on as many intra-op threads as graphnn's BLAS has
           (--threads, else OPENBLAS_NUM_THREADS, else one)
