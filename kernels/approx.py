@@ -4,7 +4,7 @@ Numba calls libm's scalar expf/tanhf/erff one element at a time (no vector math 
 which keeps fused loops from vectorising. These versions use only arithmetic, floor,
 comparisons and a bit cast, so LLVM turns a fused loop into SIMD code. The CPU generator
 copies them into float32 modules under the names `exp`, `exp_nonpositive`, `tanh` and
-`erf`; float64 modules keep libm's. tests/kernels/test_approx.py measures their error
+`erf` (with `exp_reduced`, the two exps' polynomial); float64 modules keep libm's. tests/kernels/test_approx.py measures their error
 against float64 references:
 
 - exp: Cephes' expf scheme (range reduction by ln 2 in two parts, degree-6 polynomial,
@@ -44,11 +44,9 @@ from numba.core import types as _types
 from numba.extending import intrinsic
 
 
-def exp(x):
-    if x != x:
-        return x
-    t = min(max(x, np.float32(-87.33654)), np.float32(88.72283))
-    k = np.floor(t * np.float32(1.4426950408889634) + np.float32(0.5))
+def exp_reduced(t, k):
+    # e**(t - k ln 2), |t - k ln 2| <= ln 2 / 2: Cephes' degree-6 polynomial (exp's and
+    # exp_nonpositive's)
     r = t - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
     z = r * r
     p = np.float32(1.9875691500e-4)
@@ -57,7 +55,15 @@ def exp(x):
     p = p * r + np.float32(4.1665795894e-2)
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
-    y = p * z + r + np.float32(1.0)
+    return p * z + r + np.float32(1.0)
+
+
+def exp(x):
+    if x != x:
+        return x
+    t = min(max(x, np.float32(-87.33654)), np.float32(88.72283))
+    k = np.floor(t * np.float32(1.4426950408889634) + np.float32(0.5))
+    y = exp_reduced(t, k)
     # 2**k overflows float32 for k = 128 (x from 88.38 to 88.72, where exp(x) is finite):
     # for k > 0 the scale is 2**(k - 1) and y is doubled (exact)
     high = k > np.float32(0.0)
@@ -79,15 +85,7 @@ def exp_nonpositive(x):
     t = max(x, np.float32(-87.33654))
     shifted = t * np.float32(1.4426950408889634) + np.float32(12582912.0)
     k = shifted - np.float32(12582912.0)
-    r = t - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
-    z = r * r
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    y = p * z + r + np.float32(1.0)
+    y = exp_reduced(t, k)
     # 2**k: the exponent field k + 127, from the low bits of shifted (0x4B400000 + k)
     field = (np.float32(shifted).view(np.int32) - np.int32(0x4B400000 - 127)) << np.int32(23)
     y = y * np.int32(field).view(np.float32)
@@ -155,7 +153,8 @@ def wide_vectors(typingctx):
 
 
 WIDE_VECTORS_ATTRIBUTE = '"prefer-vector-width"="512"'
-APPROXIMATIONS = {"exp": exp, "exp_nonpositive": exp_nonpositive, "tanh": tanh, "erf": erf}
+APPROXIMATIONS = {"exp_reduced": exp_reduced, "exp": exp, "exp_nonpositive": exp_nonpositive,
+                  "tanh": tanh, "erf": erf}
 # What a generated module needs to define wide_vectors (its source is copied in)
 WIDE_VECTORS_IMPORTS = ["from numba.core import types as _types",
                         "from numba.extending import intrinsic"]
