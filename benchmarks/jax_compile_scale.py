@@ -6,8 +6,8 @@ graphnn's compile-at-scale table (docs/BENCHMARKS.md).
 
 Each measurement is a fresh process (no persistent compilation cache, XLA_FLAGS as `graphnn
 bench` sets them: Eigen on one thread; XLA's own thread pool is left at both cores, as
-graphnn compiles in two processes; OPENBLAS_NUM_THREADS=1) that imports jax and runs a trivial jitted
-function first (not counted), then times: the model and its jitted training step made
+graphnn compiles in two processes; OPENBLAS_NUM_THREADS=1) that imports jax and runs a
+trivial jitted function first (not counted), then times: the model and its jitted training step made
 (`bench._jax_runner`: value_and_grad and SGD in one jax.jit), the first call (trace, XLA
 compile and one step, blocked), and the median of 5 more steps. jax is an optional peer
 (`pip install jax`), never a dependency of graphnn.

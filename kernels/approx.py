@@ -4,8 +4,8 @@ Numba calls libm's scalar expf/tanhf/erff one element at a time (no vector math 
 which keeps fused loops from vectorising. These versions use only arithmetic, floor,
 comparisons and a bit cast, so LLVM turns a fused loop into SIMD code. The CPU generator
 copies them into float32 modules under the names `exp`, `exp_nonpositive`, `tanh` and
-`erf` (with `exp_reduced`, the two exps' polynomial); float64 modules keep libm's. tests/kernels/test_approx.py measures their error
-against float64 references:
+`erf` (with `exp_reduced`, the two exps' polynomial); float64 modules keep libm's.
+tests/kernels/test_approx.py measures their error against float64 references:
 
 - exp: Cephes' expf scheme (range reduction by ln 2 in two parts, degree-6 polynomial,
   2**k built from the float's exponent bits). Measured max error 1.1 ulp on [-10, 10] and

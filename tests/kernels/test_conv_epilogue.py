@@ -115,6 +115,12 @@ def test_conv_gemm_epilogue_relu_keeps_nan_as_graphnns_relu_does():
     assert (out[0, 0, 0] == [0, 2, 3]).all()
 
 
+def test_the_relu6_pattern_is_graphnns_clip_template():
+    # kernels/ does not import graphnn: its copy of clip's scalar code must stay the same
+    from graphnn import ops
+    assert cpu._RELU6 == ops._CLIP_TEMPLATE.format("{0}", T="T", low="0.0", high="6.0")
+
+
 @pytest.mark.parametrize("kernel, padding, library", [((1, 1), "valid", False),
                                                      ((3, 3), "same", True)])
 def test_relu6_after_a_convolution_is_its_epilogue_as_clip_computes_it(kernel, padding,
