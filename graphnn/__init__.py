@@ -23,6 +23,7 @@ from .ops import (add, sub, mul, div, neg, pow, exp, log, sqrt, abs, square, max
                   selu, silu, swish, gelu, softsign, hard_sigmoid, erf, random_uniform,
                   training_branch)
 from .ops import embedding
+from .repeat import repeat
 from .registry import OpDef, register as register_op, unregister as unregister_op
 from .graph import Graph
 from .autodiff import grad

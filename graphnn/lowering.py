@@ -808,6 +808,13 @@ class Lowering:
         self.add_step(ir.Window(out, helper, ins[:reads], tuple(int(p) for p in params),
                                 comment), [node])
 
+    def host_call(self, node, call, comment):
+        """A HostCall step: `call(out, *inputs)` writes `node`'s value from the buffers of
+        its inputs (see ir.HostCall)."""
+        out = self.result_buffer(node)
+        ins = [self.buffer_of(i) for i in node.inputs]
+        self.add_step(ir.HostCall(out, call, ins, comment), [node])
+
     # -- memory planning -------------------------------------------------------------------
     def accumulate_updates(self, outputs, updates):
         """An update W - c * (A @ B) whose product nothing else reads becomes one BLAS call

@@ -63,6 +63,9 @@ KINDS = {
     "view": "`lower(lowering, node, comment)`: a Reshape step, a view of its input",
     "place": "`lower(lowering, node, comment)`: a Place step (copies into a zeroed or "
              "fully covered output: concat, pad)",
+    "host": "`lower(lowering, node, comment)`: a HostCall step, a Python function of the "
+            "compiled program (gn.repeat's loop over a block compiled on its own); only "
+            "the back ends whose programs are Python (numpy, cpu) run it",
     "composite": "`decompose(*inputs, **attrs)`: rewritten in primitive ops by "
                  "passes.decompose before lowering",
 }

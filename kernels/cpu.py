@@ -175,6 +175,8 @@ def generate(program, parallel=False, approximate=True):
     matmul = any(isinstance(s, (ir.Matmul, ir.BatchMatmul)) for s in program.steps)
     batched = any(isinstance(s, ir.BatchMatmul) for s in program.steps)
     vector = any(uses_gemv(s) for s in program.steps)
+    if any(isinstance(s, ir.HostCall) for s in program.steps):
+        raise ValueError("a program with Python steps (gn.repeat) runs in library mode only")
     approximate = approximate and _float32_only(program)
     out = _with_support(out, body, helpers_used, matmul, approximate, batched, vector)
     out += _approximated(body) if approximate else body
@@ -1167,8 +1169,25 @@ def uses_gemv(step):
     return (m == 1 or n == 1) and k * max(m, n) >= GEMV_MIN_ITEMS
 
 
+def host_constants(program):
+    """Give each HostCall step of `program` its function as a new constant (appended to
+    `program.consts`, its `fn`); returns the functions, to pass after the other constants.
+    Only a library driver, which is Python, calls them (see generate_library)."""
+    functions = []
+    for step in program.steps:
+        if isinstance(step, ir.HostCall):
+            index = len(program.consts)
+            step.fn = ir.Buffer(f"c{index}", (), "object", "const", index)
+            program.consts.append(step.fn)
+            functions.append(step.call)
+    return functions
+
+
 def _emit_step(em, step, allocated, loop, needed):
-    if isinstance(step, ir.Elementwise):
+    if isinstance(step, ir.HostCall):  # (a library driver's line: Python)
+        _alloc(em, step.out, allocated)
+        em.emit(f"{step.fn.name}({', '.join(b.name for b in [step.out, *step.args])})")
+    elif isinstance(step, ir.Elementwise):
         _emit_elementwise(em, step, allocated, loop)
     elif isinstance(step, ir.Reduce):
         _emit_reduce(em, step, allocated, loop)

@@ -148,6 +148,19 @@ class Place:
     comment: str = ""
 
 
+@dataclass(eq=False)
+class HostCall:
+    """out = call(*args), computed by a Python function of the compiled program (a
+    `gn.repeat` loop, which calls a block's own compiled function once per repeat). The
+    back end that runs it passes the function as constant `fn` (set before code is
+    generated); back ends whose programs are not Python refuse it."""
+    out: Buffer
+    call: object                       # (out array, *argument arrays) -> None
+    args: List[Buffer]
+    comment: str = ""
+    fn: Optional[Buffer] = None
+
+
 @dataclass
 class Program:
     inputs: List[Buffer]
@@ -195,4 +208,5 @@ _READS = {Elementwise: _loads_read, Reduce: _reduce_reads,
           # (beta != 0: the old contents of out are read too)
           Matmul: lambda step: [step.a, step.b] + ([step.out] if step.beta else []),
           BatchMatmul: lambda step: [step.a, step.b], Window: _window_reads,
-          Reshape: lambda step: [step.src], Place: lambda step: [part[0] for part in step.parts]}
+          Reshape: lambda step: [step.src], Place: lambda step: [part[0] for part in step.parts],
+          HostCall: lambda step: list(step.args)}

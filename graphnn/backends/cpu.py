@@ -145,6 +145,14 @@ class CpuFunction(LoweredFunction):
         if not chosen and any(getattr(step, "helper", "") in CONV_GRADIENT_HELPERS
                               for step in self.program.steps):
             self.library = True
+        # (and the Python functions of gn.repeat's loops, which only the library mode's
+        # driver calls)
+        hosts = cpu_codegen.host_constants(self.program)
+        if hosts and chosen and not self.library:
+            raise BackendError(f"backend 'cpu': library=False makes one compiled function, "
+                               f"which cannot run gn.repeat's loop: leave library unset "
+                               f"(at {user_location()})")
+        self.library = self.library or bool(hosts)
         try:
             if self.library:
                 driver, kernel_sources = cpu_codegen.generate_library(self.program,
@@ -166,7 +174,7 @@ class CpuFunction(LoweredFunction):
         self._fn = self.module.program
         # (the constants themselves, not copies: a large model's weights are not doubled)
         self._const_arrays = [n.attr("value").argument() for n in lowering.consts] + \
-            self._pretransformed
+            self._pretransformed + hosts
         self.stats.update({
             "passes": self.pass_report,
             "kernels": len(self.program.steps),
@@ -404,8 +412,17 @@ class CpuFunction(LoweredFunction):
         seconds compiling it}, the kernels the other process compiled, the number of
         processes)."""
         kernels = [module.kernel for module, _ in self._kernels]
-        types = self._kernel_argument_types(arrays, tail, kernels)
+        types, hosted = self._kernel_argument_types(arrays, tail, kernels)
+        # (jobs: [dispatcher, module path, argument types], this program's kernels first,
+        # then those of the functions its Python steps call: gn.repeat's blocks)
+        jobs = [(kernels[k], self._kernels[k][1], types[k]) for k in range(len(kernels))]
         todo = [k for k in range(len(kernels)) if not ready[k] and k in types]
+        seen = {(path, str(t)) for _, path, t in jobs}
+        for job in hosted:  # (a kernel two of them share is compiled once)
+            if (job[1], str(job[2])) not in seen:
+                seen.add((job[1], str(job[2])))
+                todo.append(len(jobs))
+                jobs.append(job)
         helper, self._helper = self._helper, None
         if len(todo) < 2:
             if helper is not None:
@@ -413,14 +430,13 @@ class CpuFunction(LoweredFunction):
             return {}, set(), 1
         # the costliest kernels (by their sources' length) first: the last ones taken are
         # the cheap ones, so the two processes finish close together
-        cost = {k: 2000 + _source_length(self._kernels[k][1]) for k in todo}
+        cost = {k: 2000 + _source_length(jobs[k][1]) for k in todo}
         todo.sort(key=cost.get, reverse=True)
         if helper is None or not helper.alive():
             if helper is not None:
                 helper.close()
             helper = CompileHelper(early=False)
-        if helper.pid is None or not helper.share(
-                [(self._kernels[k][1], types[k]) for k in todo]):
+        if helper.pid is None or not helper.share([jobs[k][1:] for k in todo]):
             helper.close()
             return {}, set(), 1
         self.stats["compile_helper"] = "forked by gn.compile" if helper.early else \
@@ -431,17 +447,19 @@ class CpuFunction(LoweredFunction):
                 k = todo[i]
                 started = time.perf_counter()
                 try:
-                    _compile(kernels[k], types[k])
+                    _compile(jobs[k][0], jobs[k][2])
                 except Exception:  # (the first call compiles it again and raises there)
                     continue
-                seconds[k] = time.perf_counter() - started
-                ready[k] = True
-                if bar is not None:
-                    bar.update(1)
+                if k < len(kernels):
+                    seconds[k] = time.perf_counter() - started
+                    ready[k] = True
+                    if bar is not None:
+                        bar.update(1)
             report = helper.finish(_report_of)
         finally:
             helper.close()  # (interrupted: the other process's work is not needed)
-        done = {todo[i]: t for i, t in report.items() if 0 <= i < len(todo)}
+        done = {todo[i]: t for i, t in report.items()
+                if 0 <= i < len(todo) and todo[i] < len(kernels)}
         for k, t in done.items():
             seconds[k], ready[k] = t, True
         if bar is not None:
@@ -449,12 +467,21 @@ class CpuFunction(LoweredFunction):
         return seconds, set(done), 2
 
     def _kernel_argument_types(self, arrays, tail, kernels):
-        """{kernel number: the Numba types of its first call's arguments}, from running the
-        driver with each kernel replaced by a recorder ({} when that run raises). The
-        states and constants are replaced by new arrays like them: the driver copies
-        results into states, and the results of this run are not computed."""
-        types = {}
-        tail = [np.empty_like(a) if isinstance(a, np.ndarray) else a for a in tail]
+        """({kernel number: the Numba types of its first call's arguments}, [dispatcher,
+        module path, types] of each kernel of the functions the program's Python steps
+        call that is not compiled yet), from running the driver with each kernel replaced
+        by a recorder (({}, []) when that run raises). The states and constants are
+        replaced by new arrays like them: the driver copies results into states, and the
+        results of this run are not computed. A Python step (gn.repeat's loop) is not run:
+        it names the kernels its block's functions would compile (`kernels_to_compile`)."""
+        types, hosted = {}, []
+
+        def recording(host):
+            def record(*arrays):
+                hosted.extend(host.kernels_to_compile(*arrays))
+            return record if hasattr(host, "kernels_to_compile") else _not_run
+        tail = [np.empty_like(a) if isinstance(a, np.ndarray) else
+                recording(a) if callable(a) else a for a in tail]
 
         def recorder(k):
             dispatcher = kernels[k]
@@ -473,10 +500,29 @@ class CpuFunction(LoweredFunction):
                     self._grow_workspace(arrays)
                 self._fn(*arrays, *tail, *spare, self._workspace)
         except Exception:
-            return {}
+            return {}, []
         finally:  # (the kernels again, whatever happened)
             cpu_codegen.bind_library(self.module, [module for module, _ in self._kernels])
-        return types
+        return types, hosted
+
+    def kernels_to_compile(self, feeds):
+        """[dispatcher, module path, argument types] of each kernel this function would
+        compile at a first call with `feeds` (library mode; [] once called, or in fused
+        mode): what a program that calls this function from a Python step (gn.repeat's
+        loop) compiles alongside its own kernels, in the same processes."""
+        if self._compiled or not self.library:
+            return []
+        with self._lock:
+            arrays, _ = self.feeds.check(feeds)
+            if self.module.workspace_bytes(*arrays) > self._workspace.size:
+                self._grow_workspace(arrays)
+            tail = [s.value for s in self._states] + self._const_arrays
+            kernels = [module.kernel for module, _ in self._kernels]
+            types, hosted = self._kernel_argument_types(arrays, tail, kernels)
+        on_demand = set(getattr(self.module, "ON_DEMAND", ()))
+        return [(kernels[k], self._kernels[k][1], t) for k, t in types.items()
+                if not (kernels[k].overloads or _cache_on_disk(kernels[k]) or
+                        k in on_demand)] + hosted
 
     def _first_kernel_call(self, k, seconds, bar, ready):
         """What the driver calls as K<k> during the first call: the kernel, timed at its
@@ -650,6 +696,11 @@ class CpuFunction(LoweredFunction):
         for k in self._shared_outputs:
             results[k] = results[k].copy()
         return tuple(results)
+
+
+def _not_run(*arrays):
+    """Stands for a Python step of the program (gn.repeat's loop) in a run that only
+    records the kernels' argument types."""
 
 
 def _owners(states):

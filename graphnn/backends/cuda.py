@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from kernels import cuda as cuda_codegen, loader
+from kernels import cuda as cuda_codegen, ir, loader
 
 from .. import shapes as S
 from ..api import ValueState
@@ -148,6 +148,13 @@ class CudaFunction(LoweredFunction):
         started = time.perf_counter()
         super().__init__(outputs, updates, check_finite, optimize_graph, passes)
         lowering = self.lowering
+        hosted = next((nodes[0] for step, nodes in zip(self.program.steps,
+                                                       lowering.step_nodes)
+                       if isinstance(step, ir.HostCall)), None)
+        if hosted is not None:
+            raise BackendError(f"backend='cuda': {hosted.label()} is a gn.repeat loop, which "
+                               f"runs on the numpy and cpu back ends only (at "
+                               f"{user_location()})")
         try:
             self.source = cuda_codegen.generate(self.program, block=block, tile=tile,
                                                 thread_tile=thread_tile)

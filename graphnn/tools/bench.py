@@ -105,6 +105,7 @@ class GraphnnOps:
     flatten = staticmethod(gn.flatten)
     mse = staticmethod(gn.mse)
     softmax_cross_entropy = staticmethod(gn.softmax_cross_entropy)
+    repeat = staticmethod(gn.repeat)
 
     @staticmethod
     def conv2d_same(x, w):
@@ -150,6 +151,11 @@ class TorchOps:
     def conv2d_valid(self, x, w):
         return self.conv2d_same(x, w, padding="valid")
 
+    def repeat(self, block, n, x, *stacked):
+        for k in range(n):
+            x = block(x, *[s[k] for s in stacked])
+        return x
+
     def max_pool2(self, x):
         return self.F.max_pool2d(x.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
 
@@ -190,6 +196,9 @@ class JaxOps:
 
     def conv2d_valid(self, x, w):
         return self.conv2d_same(x, w, padding="VALID")
+
+    def repeat(self, block, n, x, *stacked):  # (jax's own: lax.scan, traced once)
+        return self.jax.lax.scan(lambda h, s: (block(h, *s), None), x, stacked)[0]
 
     def max_pool2(self, x):
         return self.jax.lax.reduce_window(x, -self.jnp.inf, self.jax.lax.max, (1, 2, 2, 1),
@@ -442,6 +451,27 @@ class ResidualMLP(Model):
         return ops.matmul(h, params[-1])
 
 
+class RepeatedMLP(ResidualMLP):
+    """ResidualMLP's stack declared with gn.repeat: the block traced once, its weights
+    stacked in two parameters W (blocks, width, width) and b (blocks, width), the same
+    initial values (jax: lax.scan; torch: a Python loop over the slices)."""
+
+    def __init__(self, blocks, **kwargs):
+        super().__init__(blocks, **kwargs)
+        self.name = f"resmlp-repeat-{blocks}"
+        self.description = self.description.replace("residual blocks", "repeated blocks")
+        inits = dict(self.param_inits)
+        self.param_inits = [("W", np.stack([inits[f"W{k}"] for k in range(blocks)])),
+                            ("b", np.stack([inits[f"b{k}"] for k in range(blocks)])),
+                            ("Wo", inits["Wo"])]
+
+    def forward(self, ops, x, params):
+        W, b, Wo = params
+        h = ops.repeat(lambda h, w, c: ops.add(h, ops.relu(ops.add(ops.matmul(h, w), c))),
+                       self.blocks, x, W, b)
+        return ops.matmul(h, Wo)
+
+
 class ResidualCNN(Model):
     """`blocks` residual 3x3 convolutions h = h + relu(conv2d(h, W_k, "same")) on tiny
     images (8x8, 8 channels), then flatten, dense 10, softmax CE, SGD."""
@@ -470,6 +500,25 @@ class ResidualCNN(Model):
         for k in range(self.blocks):
             h = ops.add(h, ops.relu(ops.conv2d_same(h, params[k])))
         return ops.matmul(ops.flatten(h), params[-1])
+
+
+class RepeatedCNN(ResidualCNN):
+    """ResidualCNN's stack declared with gn.repeat: one block traced, the kernels stacked
+    in one parameter W (blocks, 3, 3, channels, channels), the same initial values."""
+
+    def __init__(self, blocks, **kwargs):
+        super().__init__(blocks, **kwargs)
+        self.name = f"resconv-repeat-{blocks}"
+        self.description = self.description.replace("residual blocks", "repeated blocks")
+        inits = dict(self.param_inits)
+        self.param_inits = [("W", np.stack([inits[f"W{k}"] for k in range(blocks)])),
+                            ("Wd", inits["Wd"])]
+
+    def forward(self, ops, x, params):
+        W, Wd = params
+        h = ops.repeat(lambda h, w: ops.add(h, ops.relu(ops.conv2d_same(h, w))),
+                       self.blocks, x, W)
+        return ops.matmul(ops.flatten(h), Wd)
 
 
 class OnnxModel(Model):
@@ -593,6 +642,9 @@ SCALE_WORKLOADS = {
     **{f"lstm-{n}": (lambda n=n: LSTM(f"lstm-{n}", steps=n)) for n in (10, 100, 1000)},
     **{f"resmlp-{n}": (lambda n=n: ResidualMLP(n)) for n in (10, 100, 1000)},
     **{f"resconv-{n}": (lambda n=n: ResidualCNN(n)) for n in (10, 100, 1000)},
+    # the same stacks declared with gn.repeat: one block traced, differentiated, compiled
+    **{f"resmlp-repeat-{n}": (lambda n=n: RepeatedMLP(n)) for n in (10, 100, 1000)},
+    **{f"resconv-repeat-{n}": (lambda n=n: RepeatedCNN(n)) for n in (10, 100, 1000)},
 }
 WORKLOADS.update(SCALE_WORKLOADS)
 # the ImageNet models from ONNX files (`--workloads onnx`: all nine), asked for by name

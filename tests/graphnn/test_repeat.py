@@ -1,0 +1,177 @@
+"""gn.repeat: one block applied n times, traced, differentiated and compiled once."""
+import numpy as np
+import pytest
+
+import graphnn as gn
+from graphnn.node import Node
+
+
+N, WIDTH = 5, 6
+
+
+def residual(h, W, b):
+    return h + gn.relu(h @ W + b)
+
+
+def _values(seed=0, n=N, width=WIDTH):
+    rng = np.random.default_rng(seed)
+    return ((rng.standard_normal((n, width, width)) * 0.4).astype(np.float32),
+            (rng.standard_normal((n, width)) * 0.2).astype(np.float32),
+            rng.standard_normal((3, width)).astype(np.float32))
+
+
+def _unrolled(Wv, bv, X, backend):
+    """The same stack written as a Python loop: h, loss and the stacked gradients."""
+    x = gn.input("x", (None, WIDTH))
+    Ws = [gn.param(f"W{k}", Wv[k].copy()) for k in range(len(Wv))]
+    bs = [gn.param(f"b{k}", bv[k].copy()) for k in range(len(bv))]
+    h = x
+    for W, b in zip(Ws, bs):
+        h = residual(h, W, b)
+    loss = gn.sum(h * h)
+    grads = gn.grad(loss, Ws + bs + [x])
+    out = gn.compile([h, loss] + grads, backend=backend)(x=X)
+    n = len(Wv)
+    return out[0], out[1], np.stack(out[2:2 + n]), np.stack(out[2 + n:2 + 2 * n]), out[-1]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_repeat_matches_the_unrolled_stack_values_and_gradients(backend):
+    Wv, bv, X = _values()
+    x = gn.input("x", (None, WIDTH))
+    W, b = gn.param("W", Wv.copy()), gn.param("b", bv.copy())
+    h = gn.repeat(residual, N, x, W, b)
+    assert h.shape == (None, WIDTH) and h.dtype == np.float32
+    loss = gn.sum(h * h)
+    gW, gb, gx = gn.grad(loss, [W, b, x])
+    assert (gW.shape, gb.shape, gx.shape) == ((N, WIDTH, WIDTH), (N, WIDTH), (None, WIDTH))
+    got = gn.compile([h, loss, gW, gb, gx], backend=backend)(x=X)
+    want = _unrolled(Wv, bv, X, "numpy")
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5)
+    # against NumPy written by hand
+    ref = X
+    for k in range(N):
+        ref = ref + np.maximum(ref @ Wv[k] + bv[k], 0)
+    np.testing.assert_allclose(got[0], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_the_step_is_one_node_whatever_the_depth():
+    x = gn.input("x", (None, WIDTH))
+    sizes = []
+    for n in (3, 300):
+        W = gn.param(f"W{n}", shape=(n, WIDTH, WIDTH), seed=1)
+        b = gn.param(f"b{n}", shape=(n, WIDTH), init="zeros")
+        loss = gn.sum(gn.repeat(residual, n, x, W, b))
+        updates = gn.optim.SGD(0.01).updates(loss, [W, b])
+        sizes.append(len(gn.Graph([loss] + list(updates.values())).nodes))
+    assert sizes[0] == sizes[1]
+
+
+def test_training_with_sgd_on_cpu_follows_numpy():
+    Wv, bv, X = _values(3)
+    Y = np.random.default_rng(4).standard_normal((3, WIDTH)).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "cpu"):
+        x, y = gn.input("x", (None, WIDTH)), gn.input("y", (None, WIDTH))
+        W, b = gn.param("W", Wv.copy()), gn.param("b", bv.copy())
+        loss = gn.mse(gn.repeat(residual, N, x, W, b), y)
+        step = gn.compile(loss, updates=gn.optim.SGD(0.05).updates(loss, [W, b]),
+                          backend=backend)
+        losses = [float(step(x=X, y=Y)) for _ in range(4)]
+        results[backend] = losses, W.value.copy(), b.value.copy()
+        assert losses[-1] < losses[0]
+    for got, want in zip(results["cpu"], results["numpy"]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_convolutional_block_compiles_its_kernels_with_the_program():
+    rng = np.random.default_rng(5)
+    Wv = (rng.standard_normal((4, 3, 3, 2, 2)) * 0.2).astype(np.float32)
+    X = rng.standard_normal((2, 5, 5, 2)).astype(np.float32)
+    got = {}
+    for backend in ("numpy", "cpu"):
+        x = gn.input("x", (None, 5, 5, 2))
+        W = gn.param("W", Wv.copy())
+        h = gn.repeat(lambda h, w: h + gn.relu(gn.conv2d(h, w, padding="same")), 4, x, W)
+        loss = gn.sum(h * h)
+        f = gn.compile([loss, gn.grad(loss, W)], backend=backend)
+        got[backend] = f(x=X)
+    for g, w in zip(got["cpu"], got["numpy"]):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    # the block's functions were compiled alongside the program: nothing left at their call
+    body = next(n for n in f.graph.nodes if n.op == "repeat").attr("body")
+    for key in (("forward", "cpu"), ("backward", "cpu")):
+        assert body._functions[key].stats["kernels_compiled"] == 0
+
+
+def test_eager_repeat_applies_the_block_n_times_and_records_on_the_tape():
+    Wv, bv, X = _values(6)
+    out = gn.repeat(residual, N, X, Wv, bv)
+    assert isinstance(out, np.ndarray) and not isinstance(out, Node)
+    want = _unrolled(Wv, bv, X, "numpy")
+    np.testing.assert_allclose(out, want[0], rtol=1e-5, atol=1e-5)
+    loss, (gW, gb) = gn.eager.value_and_grad(
+        lambda W, b: gn.sum(gn.square(gn.repeat(residual, N, X, W, b))), argnums=(0, 1))(Wv, bv)
+    np.testing.assert_allclose(gW, want[2], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gb, want[3], rtol=1e-4, atol=1e-5)
+
+
+def test_a_block_that_ignores_an_argument_and_a_carry_only_block():
+    X = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for backend in ("numpy", "cpu"):
+        x = gn.input("x", (None, 3))
+        s = gn.param("s", np.ones((4, 3), np.float32))
+        h = gn.repeat(lambda h, unused: h * 2.0, 4, x, s)
+        twice = gn.repeat(lambda h: h + 1.0, 3, x)
+        loss = gn.sum(h)
+        out = gn.compile([h, twice, gn.grad(loss, s), gn.grad(loss, x)], backend=backend)(x=X)
+        np.testing.assert_array_equal(out[0], X * 16)
+        np.testing.assert_array_equal(out[1], X + 3)
+        np.testing.assert_array_equal(out[2], np.zeros((4, 3), np.float32))
+        np.testing.assert_array_equal(out[3], np.full((2, 3), 16, np.float32))
+
+
+def test_bad_blocks_and_arguments_are_refused_naming_the_user_line():
+    x = gn.input("x", (None, 4))
+    W = gn.param("W", shape=(3, 4, 4), seed=0)
+    outside = gn.param("outside", shape=(4, 4), seed=1)
+    with pytest.raises(gn.GraphError, match=r"reads 'outside'.*pass per-repeat values "
+                                            r"stacked.*test_repeat\.py:\d+"):
+        gn.repeat(lambda h, w: h @ w @ outside, 3, x, W)
+    with pytest.raises(gn.ShapeError, match=r"returns \(\?, 5\).*carry \(\?, 4\).*"
+                                            r"test_repeat\.py:\d+"):
+        gn.repeat(lambda h, w: gn.concat([h @ w, h[:, :1] if False else
+                                          gn.slice_axis(h, 1, 0, 1)], axis=1), 3, x, W)
+    with pytest.raises(gn.ShapeError, match=r"first dim must be 4.*test_repeat\.py:\d+"):
+        gn.repeat(lambda h, w: h @ w, 4, x, W)
+    with pytest.raises(gn.GraphError, match=r"returned int, not a graph node"):
+        gn.repeat(lambda h, w: 3, 3, x, W)
+    for n in (0, -1, 2.0, True):
+        with pytest.raises(gn.GraphError, match=r"n must be"):
+            gn.repeat(lambda h, w: h @ w, n, x, W)
+    with pytest.raises(gn.GraphError, match=r"block must be a function"):
+        gn.repeat("block", 3, x, W)
+
+
+def test_back_ends_and_formats_that_cannot_run_it_say_so(tmp_path):
+    x = gn.input("x", (None, 4))
+    W = gn.param("W", shape=(3, 4, 4), seed=0)
+    h = gn.repeat(lambda h, w: gn.tanh(h @ w), 3, x, W)
+    with pytest.raises(gn.BackendError, match=r"library=False.*gn\.repeat"):
+        gn.compile(h, backend="cpu", library=False)
+    with pytest.raises(gn.GraphError, match=r"save: attr"):
+        gn.save(h, tmp_path / "h.json")
+    with pytest.raises(gn.GradError, match=r"repeat_grad.*no gradient rule"):
+        g = gn.grad(gn.sum(h), W)
+        gn.grad(gn.sum(g), W)
+    assert not (tmp_path / "h.json").exists()
+
+
+def test_a_nan_in_a_block_is_named_with_check_finite():
+    x = gn.input("x", (None, 2))
+    W = gn.param("W", np.ones((3, 2, 2), np.float32))
+    h = gn.repeat(lambda h, w: gn.log(h @ w), 3, x, W)
+    f = gn.compile(h, backend="cpu", check_finite=True)
+    with pytest.raises(gn.NumericalError):
+        f(x=-np.ones((1, 2), np.float32))
