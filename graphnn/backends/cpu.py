@@ -415,7 +415,7 @@ class CpuFunction(LoweredFunction):
         types, hosted = self._kernel_argument_types(arrays, tail, kernels)
         # (jobs: [dispatcher, module path, argument types], this program's kernels first,
         # then those of the functions its Python steps call: gn.repeat's blocks)
-        jobs = [(kernels[k], self._kernels[k][1], types[k]) for k in range(len(kernels))]
+        jobs = [(kernels[k], self._kernels[k][1], types.get(k)) for k in range(len(kernels))]
         todo = [k for k in range(len(kernels)) if not ready[k] and k in types]
         seen = {(path, str(t)) for _, path, t in jobs}
         for job in hosted:  # (a kernel two of them share is compiled once)

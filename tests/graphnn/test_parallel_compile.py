@@ -64,7 +64,8 @@ def test_recorded_types_are_those_compiled_and_parameters_are_untouched(make):
     arrays = [feeds[name] for name, _, _ in f._feed_types]
     tail = [s.value for s in f._states] + f._const_arrays
     before = [p.value.copy() for p in params]
-    types = f._kernel_argument_types(arrays, tail, kernels)
+    types, hosted = f._kernel_argument_types(arrays, tail, kernels)
+    assert hosted == []  # (no Python step: no other function's kernels)
     on_demand = set(f.module.ON_DEMAND)
     called = [k for k in range(len(kernels)) if k not in on_demand]
     assert sorted(types) == called
@@ -213,7 +214,7 @@ def test_a_driver_that_cannot_run_ahead_compiles_in_one_process(monkeypatch):
     monkeypatch.setattr(f.module, "workspace_bytes", broken)
     arrays = [feeds[name] for name, _, _ in f._feed_types]
     tail = [s.value for s in f._states] + f._const_arrays
-    assert f._kernel_argument_types(arrays, tail, kernels) == {}
+    assert f._kernel_argument_types(arrays, tail, kernels) == ({}, [])
     ready = [False] * len(kernels)
     assert f._compile_in_parallel(arrays, tail, ready, lambda: None) == ({}, set(), 1)
     assert ready == [False] * len(kernels)
