@@ -38,10 +38,10 @@ from .registry import INPUT_COUNTS, OpDef, Mismatch, apply, register
 
 # The most repeats one node takes (the carries kept are n + 1 arrays).
 MAX_REPEATS = 1 << 24
-# Options of the block's functions by back end: on the cpu, library mode, whose kernels the
-# program calling them compiles alongside its own (see Loop.kernels_to_compile), and which
-# shares them with every other graph
-_LIBRARY = {"cpu": {"library": True, "passes": {"output_recycling": False}}}
+# Options of the block's functions by back end: on the cpu, no output recycling (the loop
+# copies each result at once). Their kernels (a small block's one fused function, else
+# library kernels) are compiled alongside the calling program's (Loop.kernels_to_compile).
+_OPTIONS = {"cpu": {"library": True, "passes": {"output_recycling": False}}}
 
 
 class Block:
@@ -84,8 +84,9 @@ class Block:
                     f"axis {n}) as arguments of gn.repeat (at {where})")
         self.out = out
         self.size = len(nodes)
+        self.differentiated = False  # (set by its gradient rule: see forward)
         self._functions = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def __repr__(self):  # (in generated comments and pictures: the same text every run)
         return f"<block {self.name}: {self.size} nodes>"
@@ -97,73 +98,111 @@ class Block:
                 found = self._functions[key] = make()
             return found
 
+    def _compile(self, outputs, backend, **options):
+        from .backends import compile as compile_graph
+        return compile_graph(outputs, backend=backend, **_OPTIONS.get(backend, {}), **options)
+
     def forward(self, backend):
         """The block compiled for `backend`: feeds carry, s0, s1, ... -> next carry."""
-        from .backends import compile as compile_graph
-        return self._function(("forward", backend),
-                              lambda: compile_graph(self.out, backend=backend,
-                                                    **_LIBRARY.get(backend, {})))
+        if self.differentiated and backend == "cpu":
+            return self._pair(backend)[0]
+        return self._function(("forward", backend), lambda: self._compile(self.out, backend))
 
     def gradient_nodes(self):
         """(g, adjoint of the carry, the slices' gradients flattened and concatenated or
         None): the block's derivative graph for an adjoint `g` of its result."""
         from .api import input as declare_input
         from .autodiff import grad
-        with self._lock:
-            found = self._functions.get("gradient")
-            if found is not None:
-                return found
-        g = declare_input("g", self.carry.shape, self.carry.dtype.name)
-        wrt = [self.carry] + self.args
-        grads = grad(self.out, wrt, seed=g)
-        packed = None
-        if self.args:
-            packed = ops.concat([ops.reshape(gi, (-1,)) for gi in grads[1:]], axis=0) \
-                if len(grads) > 2 else ops.reshape(grads[1], (-1,))
-        with self._lock:
-            return self._functions.setdefault("gradient", (g, grads[0], packed))
+
+        def make():
+            g = declare_input("g", self.carry.shape, self.carry.dtype.name)
+            grads = grad(self.out, [self.carry] + self.args, seed=g)
+            packed = None
+            if self.args:
+                packed = ops.concat([ops.reshape(gi, (-1,)) for gi in grads[1:]], axis=0) \
+                    if len(grads) > 2 else ops.reshape(grads[1], (-1,))
+            return g, grads[0], packed
+        return self._function("gradient", make)
+
+    def _gradient_outputs(self):
+        _, carry_grad, packed = self.gradient_nodes()
+        return [carry_grad] + ([packed] if packed is not None else [])
 
     def backward(self, backend):
         """The block's derivative compiled for `backend`: feeds carry, s0, ..., g ->
         [adjoint of the carry, packed slice gradients] (the second when there are slices)."""
-        from .backends import compile as compile_graph
-        _, carry_grad, packed = self.gradient_nodes()
-        outputs = [carry_grad] + ([packed] if packed is not None else [])
+        if backend == "cpu":
+            return self._pair(backend)[1]
         return self._function(("backward", backend),
-                              lambda: compile_graph(outputs, backend=backend,
-                                                    **_LIBRARY.get(backend, {})))
+                              lambda: self._compile(self._gradient_outputs(), backend))
+
+    def _pair(self, backend):
+        """The block's function and its derivative's, compiled for the cpu so that their
+        convolutions share one conv_gemm module (each serves the other's modes too: one
+        module compiled instead of two)."""
+        def make():
+            from kernels.cpu import conv_code
+            f = self._compile(self.out, backend)
+            b = self._compile(self._gradient_outputs(), backend)
+            both = conv_code(f.program) | conv_code(b.program)
+            if conv_code(f.program) and conv_code(f.program) != both:
+                f = self._compile(self.out, backend, conv_code=both)
+            if conv_code(b.program) and conv_code(b.program) != both:
+                b = self._compile(self._gradient_outputs(), backend, conv_code=both)
+            return f, b
+        return self._function(("pair", backend), make)
 
     @staticmethod
-    def _feeds(read, k, carry, stacked):
-        """The feeds of repeat k: those of the block's arguments its function reads (`read`:
-        their names; a block may ignore some)."""
-        feeds = {"carry": carry} if "carry" in read else {}
-        for i, s in enumerate(stacked):
-            if f"s{i}" in read:
-                feeds[f"s{i}"] = s[k]
-        return feeds
+    def _caller(f, stacked):
+        """(names, arrays_at): the names of f's inputs in order, and arrays_at(k, carry,
+        extra) -> their arrays at repeat k (a block may ignore some of its arguments;
+        `extra` is the adjoint g of the backward loop)."""
+        names = [node.name for node in f.graph.inputs]
+        picks = [-1 if name == "carry" else -2 if name == "g" else int(name[1:])
+                 for name in names]
+
+        def arrays_at(k, carry, extra=None):
+            return [carry if p == -1 else extra if p == -2 else stacked[p][k] for p in picks]
+        return names, arrays_at
+
+    @staticmethod
+    def _looped(f, names, arrays):
+        """f's call for the loop, given the arrays of its second repeat: the compiled
+        program's direct entry when f has one and the arrays allow it (C-contiguous, as
+        the first call had them), else a call by name."""
+        entry = getattr(f, "direct_entry", None)
+        if entry is not None and all(a.flags.c_contiguous for a in arrays):
+            found = entry(arrays)
+            if found is not None:
+                return found
+        return lambda *arrays: f(**dict(zip(names, arrays)))
 
     def run(self, backend, out, x, *stacked):
         """The forward loop: out[0] = x, out[k + 1] = block(out[k], slices k)."""
         f = self.forward(backend)
-        read = {node.name for node in f.graph.inputs}
+        names, arrays_at = self._caller(f, stacked)
+        n = out.shape[0] - 1
         out[0] = x
-        for k in range(out.shape[0] - 1):
-            out[k + 1] = f(**self._feeds(read, k, out[k], stacked))
+        out[1] = f(**dict(zip(names, arrays_at(0, out[0]))))
+        if n > 1:
+            call = self._looped(f, names, arrays_at(1, out[1]))
+            for k in range(1, n):
+                out[k + 1] = call(*arrays_at(k, out[k]))
 
     def run_gradient(self, backend, part, out, h, g, *stacked):
         """The backward loop from the carries `h` (n + 1) and their adjoints `g`: writes the
         adjoint of h[0] (part "carry") or each repeat's packed slice gradients (part
         "stacked", out of shape (n, size))."""
         f = self.backward(backend)
+        names, arrays_at = self._caller(f, stacked)
         n = h.shape[0] - 1
         adjoint = np.array(g[n])
-        read = {node.name for node in f.graph.inputs}
+        call = lambda *arrays: f(**dict(zip(names, arrays)))  # noqa: E731
         for k in range(n - 1, -1, -1):
-            feeds = self._feeds(read, k, h[k], stacked)
-            if "g" in read:
-                feeds["g"] = adjoint
-            results = f(**feeds)
+            arrays = arrays_at(k, h[k], adjoint)
+            results = call(*arrays)
+            if k == n - 1 and k:
+                call = self._looped(f, names, arrays)
             if part == "stacked":
                 out[k] = results[1]
             np.add(results[0], g[k], out=adjoint)
@@ -270,6 +309,7 @@ def _packed_layout(body):
 
 def _repeat_vjp(g, out, x, *stacked, body, n):
     where = user_location()
+    body.differentiated = True
 
     def gradient(part):
         return apply("repeat_grad", (out, g) + stacked, {"body": body, "n": n, "part": part})
@@ -331,16 +371,14 @@ class Loop:
         body = self.body
         if self.part is None:
             f, (carry, *stacked) = body.forward(self.backend), arrays
-            extra = {}
+            extra = None
         else:
             f, (h, g, *stacked) = body.backward(self.backend), arrays
-            carry, extra = h[0], {"g": g[0]}
+            carry, extra = h[0], g[0]
         if not hasattr(f, "kernels_to_compile"):
             return []
-        read = {node.name for node in f.graph.inputs}
-        feeds = body._feeds(read, 0, carry, stacked)
-        feeds.update((k, v) for k, v in extra.items() if k in read)
-        return f.kernels_to_compile(feeds)
+        names, arrays_at = body._caller(f, stacked)
+        return f.kernels_to_compile(dict(zip(names, arrays_at(0, carry, extra))))
 
 
 def _lower_repeat(lowering, node, comment):

@@ -579,6 +579,9 @@ EPILOGUES_USED = "(epilogues)"  # in a module's helpers: its conv_gemm needs EPI
 WINOGRAD_F4_USED = "(winograd f4)"  # ... needs WINOGRAD_F4
 TRAINING_MODES_USED = "(training modes)"  # ... needs TRAINING_MODES
 WINOGRAD_U_USED = "(winograd u)"  # ... needs WINOGRAD_U
+# everything conv_code() may name (a library's conv_gemm module can be asked for more)
+CONV_CODE = frozenset(GEMM_HELPERS) | {EPILOGUES_USED, WINOGRAD_F4_USED, TRAINING_MODES_USED,
+                                       WINOGRAD_U_USED, "conv2d_direct"}
 
 
 def _has_epilogues(program):
@@ -1685,11 +1688,21 @@ def _widened(lines):
     return out
 
 
-def generate_library(program, parallel=False, approximate=True):
+def conv_code(program):
+    """What the one `conv_gemm` module of `program`'s library serves: its convolutions'
+    helpers and the markers of the parts they need (see _conv_code_used)."""
+    return frozenset({s.helper for s in program.steps
+                      if isinstance(s, ir.Window) and s.helper in GEMM_HELPERS} |
+                     _conv_code_used(program))
+
+
+def generate_library(program, parallel=False, approximate=True, more_conv_code=()):
     """Library mode (see above): (driver source, [kernel sources]); the driver's global
     `K<k>` is the `kernel` of the k-th kernel source. The driver module has the calling
     convention of `generate`'s: `program(*inputs, *states, *consts, *recycled, workspace)`,
-    `workspace_bytes(*inputs)`, `RECYCLED`, `recycle_nothing()`."""
+    `workspace_bytes(*inputs)`, `RECYCLED`, `recycle_nothing()`. `more_conv_code` (see
+    conv_code) is served by its conv_gemm module too when it has convolutions: programs
+    that give the same set share that module (gn.repeat's block and its gradient)."""
     deco = (f"@njit(cache=True, no_cfunc_wrapper=True, error_model='numpy', "
             f"fastmath={FASTMATH}, "
             f"parallel={bool(parallel)})")
@@ -1709,9 +1722,8 @@ def generate_library(program, parallel=False, approximate=True):
             numbers[source] = len(kernels)
             kernels.append(source)
         return f"K{numbers[source]}"
-    convolutions = tuple(sorted({s.helper for s in program.steps
-                                 if isinstance(s, ir.Window) and s.helper in GEMM_HELPERS} |
-                                _conv_code_used(program)))
+    convolutions = conv_code(program)
+    convolutions = tuple(sorted(convolutions | set(more_conv_code) if convolutions else ()))
     # a deep graph repeats a few step structures thousands of times: each structure's
     # kernel and call are found once (see _loops_key), then each step costs a lookup
     calls = {}

@@ -41,7 +41,9 @@ def compile(outputs, updates=None, backend="cpu", check_finite=False, **options)
     `check_finite=True` raises gn.NumericalError naming the first node that produces NaN/Inf.
     Back-end options: "cpu" `parallel`, `optimize_graph`, `library` (None: by the number
     of steps; True: shared kernels and a Python driver; False: one fused function),
-    `progress` (a compile progress bar on stderr; GRAPHNN_QUIET=1 also silences it);
+    `progress` (a compile progress bar on stderr; GRAPHNN_QUIET=1 also silences it),
+    `conv_code` (more modes for its library's conv_gemm module to serve, names of
+    kernels.cpu.CONV_CODE: gn.repeat gives a block and its gradient one module);
     "cuda" `block`, `tile`, `thread_tile`, `outputs_on` ("host" or "device": outputs as
     device arrays), `sync_params`, `generate_only`, `optimize_graph` (cuda feeds may be
     device arrays, used without a copy).

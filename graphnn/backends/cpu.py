@@ -21,7 +21,7 @@ from kernels import blas, cpu as cpu_codegen, loader
 from kernels.windows import PACKED_HELPERS
 
 from ..api import ValueState
-from ..errors import BackendError, user_location
+from ..errors import BackendError, OptionError, user_location
 from ..node import collector_spares_existing
 from ..passes import OPTIONAL_PASSES
 from .base import LoweredFunction, raise_positional
@@ -69,9 +69,16 @@ class CpuFunction(LoweredFunction):
     optional_passes = tuple(OPTIONAL_PASSES)
 
     def __init__(self, outputs, updates=None, check_finite=False, parallel=False,
-                 optimize_graph=True, library=None, progress=True, passes=None):
+                 optimize_graph=True, library=None, progress=True, passes=None,
+                 conv_code=()):
         started = time.perf_counter()
         self._helper, self._library_choice = None, library
+        self._more_conv_code = frozenset(conv_code)
+        unknown = sorted(map(repr, self._more_conv_code - cpu_codegen.CONV_CODE))
+        if unknown:
+            raise OptionError(f"backend 'cpu': conv_code takes names of "
+                              f"{', '.join(sorted(cpu_codegen.CONV_CODE))}; got "
+                              f"{', '.join(unknown)} (at {user_location()})")
         try:
             self._build(outputs, updates, check_finite, optimize_graph, passes, library,
                         parallel, progress)
@@ -155,8 +162,8 @@ class CpuFunction(LoweredFunction):
         self.library = self.library or bool(hosts)
         try:
             if self.library:
-                driver, kernel_sources = cpu_codegen.generate_library(self.program,
-                                                                      parallel=parallel)
+                driver, kernel_sources = cpu_codegen.generate_library(
+                    self.program, parallel=parallel, more_conv_code=self._more_conv_code)
             else:
                 self.source = cpu_codegen.generate(self.program, parallel=parallel)
         except blas.BlasNotFound as exc:
@@ -505,18 +512,52 @@ class CpuFunction(LoweredFunction):
             cpu_codegen.bind_library(self.module, [module for module, _ in self._kernels])
         return types, hosted
 
+    def direct_entry(self, arrays):
+        """After the first call: `call(*arrays)` runs the compiled program on input arrays
+        of the same types as `arrays` (C-contiguous, in the order of `self.graph.inputs`),
+        without the feed checks, lock and output recycling of a call, for a caller that
+        makes thousands of calls with arrays it made itself (gn.repeat's loop). The
+        program still compares the shapes with its own and raises before any step: the
+        call is then made again the full way, which grows the workspace or names the bad
+        feed. None when this function cannot be called so (not called yet, check_finite,
+        parameters it updates)."""
+        if not self._compiled or self.check_finite or self.update_pairs:
+            return None
+        names = [name for name, _, _ in self._feed_types]
+        with self._lock:
+            if self._epoch != ValueState.epoch:
+                self._new_states(list(arrays))
+            entry, after = self._entry_point, list(self._args_after_inputs)
+            spare = tuple(self.module.recycle_nothing())
+        single = self.single
+
+        def call(*arrays):
+            try:
+                results = entry(*arrays, *after, *spare, self._workspace)
+            except ValueError as exc:
+                if str(exc) not in _RAISED_BEFORE_ANY_STEP:
+                    raise
+                return self(**dict(zip(names, arrays)))
+            return results[0] if single else results
+        return call
+
     def kernels_to_compile(self, feeds):
         """[dispatcher, module path, argument types] of each kernel this function would
-        compile at a first call with `feeds` (library mode; [] once called, or in fused
-        mode): what a program that calls this function from a Python step (gn.repeat's
+        compile at a first call with `feeds` (in fused mode its one function; [] once
+        called): what a program that calls this function from a Python step (gn.repeat's
         loop) compiles alongside its own kernels, in the same processes."""
-        if self._compiled or not self.library:
+        if self._compiled:
             return []
         with self._lock:
             arrays, _ = self.feeds.check(feeds)
             if self.module.workspace_bytes(*arrays) > self._workspace.size:
                 self._grow_workspace(arrays)
             tail = [s.value for s in self._states] + self._const_arrays
+            if not self.library:
+                if self._fn.overloads or _cache_on_disk(self._fn):
+                    return []
+                args = [*arrays, *tail, *self.module.recycle_nothing(), self._workspace]
+                return [(self._fn, self.path, _argument_types(self._fn, args))]
             kernels = [module.kernel for module, _ in self._kernels]
             types, hosted = self._kernel_argument_types(arrays, tail, kernels)
         on_demand = set(getattr(self.module, "ON_DEMAND", ()))

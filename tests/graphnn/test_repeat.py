@@ -101,8 +101,13 @@ def test_a_convolutional_block_compiles_its_kernels_with_the_program():
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
     # the block's functions were compiled alongside the program: nothing left at their call
     body = next(n for n in f.graph.nodes if n.op == "repeat").attr("body")
-    for key in (("forward", "cpu"), ("backward", "cpu")):
-        assert body._functions[key].stats["kernels_compiled"] == 0
+    forward, backward = body.forward("cpu"), body.backward("cpu")
+    for function in (forward, backward):
+        assert function.stats["kernels_compiled"] == 0
+    # and one conv_gemm module serves the block and its gradient
+    conv = [{path for _, path in function._kernels if "conv_gemm" in open(path).read()}
+            for function in (forward, backward)]
+    assert len(conv[0]) == 1 and conv[0] == conv[1]
 
 
 def test_eager_repeat_applies_the_block_n_times_and_records_on_the_tape():
@@ -175,3 +180,24 @@ def test_a_nan_in_a_block_is_named_with_check_finite():
     f = gn.compile(h, backend="cpu", check_finite=True)
     with pytest.raises(gn.NumericalError):
         f(x=-np.ones((1, 2), np.float32))
+
+
+def test_the_cuda_back_end_and_onnx_export_refuse_it_naming_the_node(tmp_path):
+    x = gn.input("x", (None, 4))
+    W = gn.param("W", shape=(3, 4, 4), seed=0)
+    h = gn.repeat(lambda h, w: gn.tanh(h @ w), 3, x, W)
+    with pytest.raises(gn.BackendError, match=r"repeat \(4, \?, 4\) \(made at .*"
+                                              r"test_repeat\.py:\d+\) is a gn\.repeat "
+                                              r"loop.*numpy and cpu"):
+        gn.compile(h, backend="cuda", generate_only=True)
+    pytest.importorskip("onnx")
+    with pytest.raises(gn.GraphError, match=r"no ONNX form for these ops: repeat"):
+        gn.onnx.export(h, tmp_path / "h.onnx")
+
+
+def test_conv_code_takes_only_the_names_of_conv_gemm_parts():
+    x = gn.input("x", (None, 4, 4, 1))
+    w = gn.param("w", shape=(3, 3, 1, 2), seed=0)
+    with pytest.raises(gn.OptionError, match=r"conv_code takes names of .*conv2d_grad_input"
+                                             r".*got 'print\(1\)'"):
+        gn.compile(gn.conv2d(x, w), backend="cpu", conv_code=["print(1)"])
