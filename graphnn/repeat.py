@@ -189,14 +189,15 @@ class Block:
             for k in range(1, n):
                 out[k + 1] = call(*arrays_at(k, out[k]))
 
-    def run_gradient(self, backend, part, out, h, g, *stacked):
-        """The backward loop from the carries `h` (n + 1) and their adjoints `g`: writes the
-        adjoint of h[0] (part "carry") or each repeat's packed slice gradients (part
-        "stacked", out of shape (n, size))."""
+    def run_gradient(self, backend, part, last, out, h, g, *stacked):
+        """The backward loop from the carries `h` (n + 1) and their adjoints `g` (with
+        `last`, the adjoint of h[n] alone: the others are zero): writes the adjoint of h[0]
+        (part "carry") or each repeat's packed slice gradients (part "stacked", out of
+        shape (n, size))."""
         f = self.backward(backend)
         names, arrays_at = self._caller(f, stacked)
         n = h.shape[0] - 1
-        adjoint = np.array(g[n])
+        adjoint = np.array(g if last else g[n])
         call = lambda *arrays: f(**dict(zip(names, arrays)))  # noqa: E731
         for k in range(n - 1, -1, -1):
             arrays = arrays_at(k, h[k], adjoint)
@@ -205,7 +206,10 @@ class Block:
                 call = self._looped(f, names, arrays)
             if part == "stacked":
                 out[k] = results[1]
-            np.add(results[0], g[k], out=adjoint)
+            if last:
+                np.copyto(adjoint, results[0])
+            else:
+                np.add(results[0], g[k], out=adjoint)
         if part == "carry":
             out[...] = adjoint
 
@@ -311,8 +315,15 @@ def _repeat_vjp(g, out, x, *stacked, body, n):
     where = user_location()
     body.differentiated = True
 
+    # the public result's gradient reaches the carries as pad(reshape(adjoint of h[n])):
+    # zero but at n, so the backward loop takes that adjoint alone (no (n + 1) array)
+    last = g.op == "pad_axis" and g.attr("axis") == 0 and g.attr("before") == n and \
+        g.attr("after") == 0 and g.inputs[0].op == "reshape"
+    adjoint = ops.reshape(g.inputs[0], x.sym_shape) if last else g
+
     def gradient(part):
-        return apply("repeat_grad", (out, g) + stacked, {"body": body, "n": n, "part": part})
+        return apply("repeat_grad", (out, adjoint) + stacked,
+                     {"body": body, "n": n, "part": part, "last": last})
 
     def slice_gradient(i):
         layout, _ = _packed_layout(body)
@@ -334,8 +345,11 @@ def _repeat_vjp(g, out, x, *stacked, body, n):
         for i, s in enumerate(stacked))
 
 
-def _infer_repeat_grad(specs, body, n, part):
-    h = specs[0]
+def _infer_repeat_grad(specs, body, n, part, last):
+    h, g = specs[0], specs[1]
+    if len(g.sym_shape) != len(h.sym_shape) - (1 if last else 0):
+        raise Mismatch(f"the adjoint {S.format_shape(g.sym_shape)} does not go with the "
+                       f"carries {S.format_shape(h.sym_shape)}")
     if part == "carry":
         return tuple(h.sym_shape[1:]), h.dtype
     if part != "stacked":
@@ -343,9 +357,9 @@ def _infer_repeat_grad(specs, body, n, part):
     return (n, _packed_layout(body)[1]), h.dtype
 
 
-def _repeat_grad_impl(h, g, *stacked, body, n, part):
+def _repeat_grad_impl(h, g, *stacked, body, n, part, last):
     out = np.empty(h.shape[1:] if part == "carry" else (n, _packed_layout(body)[1]), h.dtype)
-    body.run_gradient("numpy", part, out, h, g, *stacked)
+    body.run_gradient("numpy", part, last, out, h, g, *stacked)
     return out
 
 
@@ -356,16 +370,16 @@ class Loop:
     function's first call would compile, so that the program compiles them alongside its
     own (see CpuFunction.kernels_to_compile)."""
 
-    __slots__ = ("body", "backend", "part")
+    __slots__ = ("body", "backend", "part", "last")
 
-    def __init__(self, body, backend, part=None):
-        self.body, self.backend, self.part = body, backend, part
+    def __init__(self, body, backend, part=None, last=False):
+        self.body, self.backend, self.part, self.last = body, backend, part, last
 
     def __call__(self, out, *arrays):
         if self.part is None:
             self.body.run(self.backend, out, *arrays)
         else:
-            self.body.run_gradient(self.backend, self.part, out, *arrays)
+            self.body.run_gradient(self.backend, self.part, self.last, out, *arrays)
 
     def kernels_to_compile(self, out, *arrays):
         body = self.body
@@ -374,7 +388,7 @@ class Loop:
             extra = None
         else:
             f, (h, g, *stacked) = body.backward(self.backend), arrays
-            carry, extra = h[0], g[0]
+            carry, extra = h[0], (g if self.last else g[0])
         if not hasattr(f, "kernels_to_compile"):
             return []
         names, arrays_at = body._caller(f, stacked)
@@ -386,7 +400,8 @@ def _lower_repeat(lowering, node, comment):
 
 
 def _lower_repeat_grad(lowering, node, comment):
-    lowering.host_call(node, Loop(node.attr("body"), "cpu", node.attr("part")), comment)
+    lowering.host_call(node, Loop(node.attr("body"), "cpu", node.attr("part"), node.attr("last")),
+                       comment)
 
 
 register(OpDef("repeat", "Layer", _infer_repeat, _repeat_impl, _repeat_vjp, kind="host",

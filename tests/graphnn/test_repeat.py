@@ -201,3 +201,30 @@ def test_conv_code_takes_only_the_names_of_conv_gemm_parts():
     with pytest.raises(gn.OptionError, match=r"conv_code takes names of .*conv2d_grad_input"
                                              r".*got 'print\(1\)'"):
         gn.compile(gn.conv2d(x, w), backend="cpu", conv_code=["print(1)"])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_every_carry_read_gets_its_adjoint_in_the_backward_loop(backend):
+    # the carries node itself (h[0] .. h[n]) read by a loss: the backward loop adds each
+    # carry's own adjoint, not only the last one's
+    Wv, bv, X = _values(8)
+    x = gn.input("x", (None, WIDTH))
+    W, b = gn.param("W", Wv.copy()), gn.param("b", bv.copy())
+    h = gn.repeat(residual, N, x, W, b)
+    carries = h.inputs[0].inputs[0]
+    assert carries.op == "repeat" and carries.shape == (N + 1, None, WIDTH)
+    loss = gn.sum(carries * carries) + gn.sum(h)
+    got = gn.compile([loss] + gn.grad(loss, [W, b, x]), backend=backend)(x=X)
+    # unrolled: every carry squared and summed, plus the last
+    x2 = gn.input("x", (None, WIDTH))
+    Wp = gn.param("Wp", Wv.copy())
+    bp = gn.param("bp", bv.copy())
+    hs = [x2]
+    for k in range(N):
+        Wk = gn.reshape(gn.slice_axis(Wp, 0, k, k + 1), (WIDTH, WIDTH))
+        bk = gn.reshape(gn.slice_axis(bp, 0, k, k + 1), (WIDTH,))
+        hs.append(residual(hs[-1], Wk, bk))
+    want_loss = sum(gn.sum(c * c) for c in hs) + gn.sum(hs[-1])
+    want = gn.compile([want_loss] + gn.grad(want_loss, [Wp, bp, x2]), backend="numpy")(x=X)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
