@@ -183,11 +183,14 @@ class Block:
         names, arrays_at = self._caller(f, stacked)
         n = out.shape[0] - 1
         out[0] = x
-        out[1] = f(**dict(zip(names, arrays_at(0, out[0]))))
-        if n > 1:
-            call = self._looped(f, names, arrays_at(1, out[1]))
-            for k in range(1, n):
-                out[k + 1] = call(*arrays_at(k, out[k]))
+        # (the function's lock held throughout: its workspace serves the whole loop, and
+        # another program with this block may call it from another thread)
+        with f._lock:
+            out[1] = f(**dict(zip(names, arrays_at(0, out[0]))))
+            if n > 1:
+                call = self._looped(f, names, arrays_at(1, out[1]))
+                for k in range(1, n):
+                    out[k + 1] = call(*arrays_at(k, out[k]))
 
     def run_gradient(self, backend, part, last, out, h, g, *stacked):
         """The backward loop from the carries `h` (n + 1) and their adjoints `g` (with
@@ -199,17 +202,18 @@ class Block:
         n = h.shape[0] - 1
         adjoint = np.array(g if last else g[n])
         call = lambda *arrays: f(**dict(zip(names, arrays)))  # noqa: E731
-        for k in range(n - 1, -1, -1):
-            arrays = arrays_at(k, h[k], adjoint)
-            results = call(*arrays)
-            if k == n - 1 and k:
-                call = self._looped(f, names, arrays)
-            if part == "stacked":
-                out[k] = results[1]
-            if last:
-                np.copyto(adjoint, results[0])
-            else:
-                np.add(results[0], g[k], out=adjoint)
+        with f._lock:  # (as in run)
+            for k in range(n - 1, -1, -1):
+                arrays = arrays_at(k, h[k], adjoint)
+                results = call(*arrays)
+                if k == n - 1 and k:
+                    call = self._looped(f, names, arrays)
+                if part == "stacked":
+                    out[k] = results[1]
+                if last:
+                    np.copyto(adjoint, results[0])
+                else:
+                    np.add(results[0], g[k], out=adjoint)
         if part == "carry":
             out[...] = adjoint
 

@@ -1,4 +1,6 @@
 """gn.repeat: one block applied n times, traced, differentiated and compiled once."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -228,3 +230,39 @@ def test_every_carry_read_gets_its_adjoint_in_the_backward_loop(backend):
     want = gn.compile([want_loss] + gn.grad(want_loss, [Wp, bp, x2]), backend="numpy")(x=X)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_two_programs_with_one_block_run_from_two_threads():
+    # they share the block's compiled function (its workspace too): each thread must get
+    # its own program's numbers
+    import threading
+    Wv, bv, _ = _values(9, n=40)
+    # (a batch whose temporaries live in the function's workspace: 32 KB and more)
+    X = np.random.default_rng(9).standard_normal((2048, WIDTH)).astype(np.float32)
+    x = gn.input("x", (None, WIDTH))
+    W, b = gn.param("W", Wv.copy()), gn.param("b", bv.copy())
+    h = gn.repeat(residual, 40, x, W, b)
+    X2 = X[::-1].copy()  # (each thread its own feed: a race would mix their values)
+    first, second = gn.compile(h, backend="cpu"), gn.compile(gn.sum(h), backend="cpu")
+    want = first(x=X)
+    want_sum = float(second(x=X2))
+    results, errors = [], []
+
+    def work(f, feed, check):
+        try:
+            for _ in range(10):
+                results.append(check(f(x=feed)))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=work, args=(first, X, lambda r: np.array_equal(r, want))),
+               threading.Thread(target=work, args=(second, X2, lambda r: float(r) == want_sum))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # (the threads take turns inside the loops)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors and len(results) == 20 and all(results)
