@@ -308,7 +308,7 @@ class Scene:
     def op_label(self, node):
         gradient = id(node) in self.gradient_ids
         colour = st.header_colour(node.op)
-        title = escape(f"{st.NABLA} {node.op}" if gradient else node.op)
+        title = escape(f"{st.NABLA} {_op_title(node)}" if gradient else _op_title(node))
         header = f'<FONT COLOR="white">{title}</FONT>'
         if self.show_names:
             header += (f'<BR/><FONT COLOR="#DDDDDD" POINT-SIZE="{st.EDGE_FONT_SIZE}">'
@@ -624,3 +624,10 @@ def to_dot(target, **options):
         print(visualize.to_dot(loss, show_attrs=True))
     """
     return build_digraph(target, **options).source
+
+
+def _op_title(node):
+    """A box's header: its op, and for gn.repeat's loops how often which block runs."""
+    if node.op in ("repeat", "repeat_grad"):
+        return f"{node.op} \u00d7{node.attr('n')}: {node.attr('body').name}"
+    return node.op

@@ -266,3 +266,13 @@ def test_two_programs_with_one_block_run_from_two_threads():
     finally:
         sys.setswitchinterval(interval)
     assert not errors and len(results) == 20 and all(results)
+
+
+def test_the_picture_says_how_often_which_block_runs():
+    visualize = pytest.importorskip("visualize")
+    x = gn.input("x", (None, WIDTH))
+    W = gn.param("W", shape=(7, WIDTH, WIDTH), seed=0)
+    b = gn.param("b", shape=(7, WIDTH), init="zeros")
+    h = gn.repeat(residual, 7, x, W, b)
+    dot = visualize.to_dot([h], grads={W: gn.grad(gn.sum(h), W)})
+    assert "repeat \u00d77: residual" in dot and "repeat_grad \u00d77: residual" in dot
