@@ -69,10 +69,9 @@ class Block:
         if out.dtype != carry.dtype or len(out.sym_shape) != len(carry.sym_shape) or \
                 not all(S.dims_equal(a, b) for a, b in zip(out.sym_shape, self.carry.sym_shape)):
             raise ShapeError(f"repeat: the block {self.name} returns "
-                             f"{S.format_shape(out.sym_shape)} {out.dtype} from a carry "
-                             f"{S.format_shape(self.carry.sym_shape)} {carry.dtype}: its "
-                             f"result is the next repeat's carry, so both must agree "
-                             f"(at {where})")
+                             f"{S.format_shape(out.sym_shape)} {out.dtype} from the carry "
+                             f"{carry.label()} {carry.dtype}: its result is the next "
+                             f"repeat's carry, so both must agree (at {where})")
         own = {id(self.carry)} | {id(a) for a in self.args}
         nodes = topological_order([out])
         for node in nodes:

@@ -347,6 +347,22 @@ CASES = [
         model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
         outputs, inputs = gn.onnx.load(model)
      """, gn.GraphError, ["Tile node 'y'", "268435456"]),
+    ("Repeated blocks (gn.repeat)", "a block that reads a parameter it was not given", """
+        x = gn.input("x", (None, 4))
+        W = gn.param("W", shape=(3, 4, 4), seed=0)
+        V = gn.param("V", shape=(4, 4), seed=1)
+        h = gn.repeat(lambda h, w: gn.tanh(h @ w @ V), 3, x, W)
+     """, gn.GraphError, ["'V'", "pass per-repeat values stacked"]),
+    (None, "stacked weights for another number of repeats", """
+        x = gn.input("x", (None, 4))
+        W = gn.param("W", shape=(3, 4, 4), seed=0)
+        h = gn.repeat(lambda h, w: gn.tanh(h @ w), 10, x, W)
+     """, gn.ShapeError, ["'W'", "first dim must be 10"]),
+    (None, "a block whose result is not its next carry", """
+        x = gn.input("x", (None, 4))
+        W = gn.param("W", shape=(3, 4, 2), seed=0)
+        h = gn.repeat(lambda h, w: gn.tanh(h @ w), 3, x, W)
+     """, gn.ShapeError, ["(?, 2)", "carry 'x' (?, 4)"]),
     ("Embedding ids (checked with the feeds)", "an embedding id outside the table", """
         ids = gn.input("ids", (None,), dtype="int64")
         f = gn.compile(gn.nn.Embedding(10, 4)(ids), backend="cpu")

@@ -146,7 +146,7 @@ def test_bad_blocks_and_arguments_are_refused_naming_the_user_line():
     with pytest.raises(gn.GraphError, match=r"reads 'outside'.*pass per-repeat values "
                                             r"stacked.*test_repeat\.py:\d+"):
         gn.repeat(lambda h, w: h @ w @ outside, 3, x, W)
-    with pytest.raises(gn.ShapeError, match=r"returns \(\?, 5\).*carry \(\?, 4\).*"
+    with pytest.raises(gn.ShapeError, match=r"returns \(\?, 5\).*carry 'x' \(\?, 4\).*"
                                             r"test_repeat\.py:\d+"):
         gn.repeat(lambda h, w: gn.concat([h @ w, h[:, :1] if False else
                                           gn.slice_axis(h, 1, 0, 1)], axis=1), 3, x, W)
