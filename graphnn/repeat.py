@@ -30,6 +30,7 @@ import threading
 import numpy as np
 
 from . import ops
+from .api import const
 from . import shapes as S
 from .errors import GradError, GraphError, ShapeError, user_location
 from .graph import topological_order
@@ -114,7 +115,8 @@ class Block:
         from .autodiff import grad
 
         def make():
-            g = declare_input("g", self.carry.shape, self.carry.dtype.name)
+            # (the result's own symbols: the adjoint has its shape, dim for dim)
+            g = declare_input("g", self.out.sym_shape, self.carry.dtype.name)
             grads = grad(self.out, [self.carry] + self.args, seed=g)
             packed = None
             if self.args:
@@ -161,7 +163,9 @@ class Block:
                  for name in names]
 
         def arrays_at(k, carry, extra=None):
-            return [carry if p == -1 else extra if p == -2 else stacked[p][k] for p in picks]
+            # (s[k, ...]: a 0-d array, not a NumPy scalar, when s is 1-D)
+            return [carry if p == -1 else extra if p == -2 else stacked[p][k, ...]
+                    for p in picks]
         return names, arrays_at
 
     @staticmethod
@@ -247,9 +251,9 @@ def repeat(block, n, x, *stacked, name=None):
                          f"each stacked argument, got {type(block).__name__} (at {where})")
     if not isinstance(x, Node) and not any(isinstance(s, Node) for s in stacked):
         return _eager_repeat(block, n, x, stacked, where)
-    if not isinstance(x, Node):
-        x = ops.const(x) if not isinstance(x, (int, float)) else ops.const(np.float32(x))
-    stacked = tuple(s if isinstance(s, Node) else ops.const(s) for s in stacked)
+    # (arrays beside nodes: constants of the graph)
+    x = x if isinstance(x, Node) else const(x)
+    stacked = tuple(s if isinstance(s, Node) else const(s) for s in stacked)
     for i, s in enumerate(stacked):
         first = S.resolve(s.sym_shape[0]) if s.ndim else None
         if first != n:

@@ -276,3 +276,42 @@ def test_the_picture_says_how_often_which_block_runs():
     h = gn.repeat(residual, 7, x, W, b)
     dot = visualize.to_dot([h], grads={W: gn.grad(gn.sum(h), W)})
     assert "repeat \u00d77: residual" in dot and "repeat_grad \u00d77: residual" in dot
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_nested_repeats_per_block_scalars_and_integer_carries(backend):
+    rng = np.random.default_rng(10)
+    Wv = (rng.standard_normal((3, 2, 4, 4)) * 0.3).astype(np.float32)
+    av = np.array([0.5, 2.0, -1.0], np.float32)
+    X = rng.standard_normal((2, 4)).astype(np.float32)
+    x = gn.input("x", (None, 4))
+    W, a = gn.param("W", Wv.copy()), gn.param("a", av.copy())
+    # each outer block: two inner tanh layers, then a per-block scalar (slices of shape ())
+    h = gn.repeat(lambda h, w, s: gn.repeat(lambda c, v: gn.tanh(c @ v), 2, h, w) * s,
+                  3, x, W, a)
+    loss = gn.sum(h * h)
+    got = gn.compile([h, loss] + gn.grad(loss, [W, a]), backend=backend)(x=X)
+    ref = X
+    for k in range(3):
+        for j in range(2):
+            ref = np.tanh(ref @ Wv[k, j])
+        ref = ref * av[k]
+    np.testing.assert_allclose(got[0], ref, rtol=1e-5, atol=1e-6)
+    # the gradients against the same stack written as a loop
+    x2 = gn.input("x", (None, 4))
+    W2, a2 = gn.param("W2", Wv.copy()), gn.param("a2", av.copy())
+    h2 = x2
+    for k in range(3):
+        for j in range(2):
+            w = gn.reshape(gn.slice_axis(gn.slice_axis(W2, 0, k, k + 1), 1, j, j + 1), (4, 4))
+            h2 = gn.tanh(h2 @ w)
+        h2 = h2 * gn.reshape(gn.slice_axis(a2, 0, k, k + 1), ())
+    loss2 = gn.sum(h2 * h2)
+    want = gn.compile([loss2] + gn.grad(loss2, [W2, a2]), backend="numpy")(x=X)
+    for g, w in zip(got[1:], want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+    # an integer carry with per-repeat integers given as an array
+    i = gn.input("i", (None,), dtype="int64")
+    doubled = gn.repeat(lambda h, s: h * 2 + s, 4, i, np.arange(4, dtype=np.int64))
+    np.testing.assert_array_equal(
+        gn.compile(doubled, backend=backend)(i=np.array([1, 2], np.int64)), [27, 43])
