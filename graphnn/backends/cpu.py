@@ -7,6 +7,7 @@ also writes the parameter updates in place.
 """
 import inspect
 import os
+import re
 import select
 import signal
 import sys
@@ -449,6 +450,10 @@ class CpuFunction(LoweredFunction):
         self.stats["compile_helper"] = "forked by gn.compile" if helper.early else \
             "forked by the first call"
         seconds, report, bar = {}, {}, progress()
+        hosted_todo = sum(1 for k in todo if k >= len(kernels))
+        if bar is not None and hosted_todo:  # (the bar counts the blocks' kernels too)
+            bar.total += hosted_todo
+            bar.set_description(_COUNT.sub(str(bar.total), bar.desc, count=1))
         try:
             while (i := helper.next()) is not None:
                 k = todo[i]
@@ -460,17 +465,18 @@ class CpuFunction(LoweredFunction):
                 if k < len(kernels):
                     seconds[k] = time.perf_counter() - started
                     ready[k] = True
-                    if bar is not None:
-                        bar.update(1)
+                if bar is not None:
+                    bar.update(1)
             report = helper.finish(_report_of)
         finally:
             helper.close()  # (interrupted: the other process's work is not needed)
+        finished = [todo[i] for i in report if 0 <= i < len(todo)]
         done = {todo[i]: t for i, t in report.items()
                 if 0 <= i < len(todo) and todo[i] < len(kernels)}
         for k, t in done.items():
             seconds[k], ready[k] = t, True
         if bar is not None:
-            bar.update(len(done))
+            bar.update(len(finished))
         return seconds, set(done), 2
 
     def _kernel_argument_types(self, arrays, tail, kernels):
@@ -737,6 +743,9 @@ class CpuFunction(LoweredFunction):
         for k in self._shared_outputs:
             results[k] = results[k].copy()
         return tuple(results)
+
+
+_COUNT = re.compile(r"\d+")  # the kernel count in the progress bar's description
 
 
 def _not_run(*arrays):

@@ -123,6 +123,18 @@ class GraphnnOps:
     def time_step(x, t, features):
         return gn.reshape(gn.slice_axis(x, 1, t, t + 1), (-1, features))
 
+    @staticmethod
+    def time_major(x, start):  # steps start.. of a (batch, T, features) sequence, time first
+        return gn.transpose(gn.slice_axis(x, 1, start, x.shape[1]), (1, 0, 2))
+
+    @staticmethod
+    def concat(xs, axis):
+        return gn.concat(xs, axis=axis)
+
+    @staticmethod
+    def columns(x, start, stop):
+        return gn.slice_axis(x, 1, start, stop)
+
 
 class TorchOps:
     """The same ops in PyTorch, NHWC images and HWIO kernels as in graphnn."""
@@ -164,6 +176,15 @@ class TorchOps:
 
     def time_step(self, x, t, features):
         return x[:, t, :]
+
+    def time_major(self, x, start):
+        return x[:, start:].permute(1, 0, 2)
+
+    def concat(self, xs, axis):
+        return self.torch.cat(xs, dim=axis)
+
+    def columns(self, x, start, stop):
+        return x[:, start:stop]
 
     def mse(self, p, t):
         return self.F.mse_loss(p, t)
@@ -209,6 +230,15 @@ class JaxOps:
 
     def time_step(self, x, t, features):
         return x[:, t, :]
+
+    def time_major(self, x, start):
+        return self.jnp.transpose(x[:, start:], (1, 0, 2))
+
+    def concat(self, xs, axis):
+        return self.jnp.concatenate(xs, axis=axis)
+
+    def columns(self, x, start, stop):
+        return x[:, start:stop]
 
     def mse(self, p, t):
         return self.jnp.mean((p - t) ** 2)
@@ -404,6 +434,54 @@ class LSTM(RNN):
             c = ops.mul(i, g) if c is None else ops.add(ops.mul(f, c), ops.mul(i, g))
             h = ops.mul(o, ops.tanh(c))
         return h
+
+class RepeatedRNN(RNN):
+    """RNN's recurrence declared with gn.repeat: the first step, then the T - 1 others as
+    one traced step, its weights shared (read from outside the block) and the sequence
+    time first. The same numbers as the unrolled RNN."""
+
+    def __init__(self, name="rnn-repeat", **kwargs):
+        super().__init__(name, **kwargs)
+        self.description = self.description.replace("unrolled over", "repeated (gn.repeat) over")
+
+    def forward(self, ops, x, params):
+        Wx, Wy, b = params
+        y = ops.tanh(ops.add(ops.matmul(ops.time_step(x, 0, self.features), Wx), b))
+        return ops.repeat(
+            lambda y, xt: ops.tanh(ops.add(ops.add(ops.matmul(xt, Wx), b), ops.matmul(y, Wy))),
+            self.steps - 1, y, ops.time_major(x, 1))
+
+
+class RepeatedLSTM(LSTM):
+    """LSTM's recurrence declared with gn.repeat: the first step, then the T - 1 others as
+    one traced step whose carry is [h, c] side by side, the weights shared. The same
+    numbers as the unrolled LSTM."""
+
+    def __init__(self, name="lstm-repeat", steps=10, **kwargs):
+        super().__init__(name, steps=steps, **kwargs)
+        self.description = self.description.replace("unrolled over", "repeated (gn.repeat) over")
+
+    def _step(self, ops, xt, weights, h, c):
+        z = []
+        for Wx, Wh, b in weights:
+            zk = ops.add(ops.matmul(xt, Wx), b)
+            z.append(zk if h is None else ops.add(zk, ops.matmul(h, Wh)))
+        i, f, g, o = ops.sigmoid(z[0]), ops.sigmoid(z[1]), ops.tanh(z[2]), ops.sigmoid(z[3])
+        c = ops.mul(i, g) if c is None else ops.add(ops.mul(f, c), ops.mul(i, g))
+        return ops.mul(o, ops.tanh(c)), c
+
+    def forward(self, ops, x, params):
+        weights = [params[3 * k:3 * k + 3] for k in range(4)]
+        units = self.param_inits[2][1].shape[0]
+        h, c = self._step(ops, ops.time_step(x, 0, self.features), weights, None, None)
+
+        def block(hc, xt):
+            h, c = self._step(ops, xt, weights, ops.columns(hc, 0, units),
+                              ops.columns(hc, units, 2 * units))
+            return ops.concat([h, c], 1)
+        hc = ops.repeat(block, self.steps - 1, ops.concat([h, c], 1), ops.time_major(x, 1))
+        return ops.columns(hc, 0, units)
+
 
 class Eltwise(Model):
     """An elementwise chain on a large float32 vector (no parameters, no training)."""
@@ -640,6 +718,11 @@ DEFAULT_WORKLOADS = list(WORKLOADS)
 SCALE_WORKLOADS = {
     "rnn-100": lambda: RNN("rnn-100", steps=100),
     **{f"lstm-{n}": (lambda n=n: LSTM(f"lstm-{n}", steps=n)) for n in (10, 100, 1000)},
+    # the recurrences declared with gn.repeat: one step traced, its weights shared
+    **{f"rnn-repeat-{n}": (lambda n=n: RepeatedRNN(f"rnn-repeat-{n}", steps=n))
+       for n in (10, 100)},
+    **{f"lstm-repeat-{n}": (lambda n=n: RepeatedLSTM(f"lstm-repeat-{n}", steps=n))
+       for n in (10, 100, 1000)},
     **{f"resmlp-{n}": (lambda n=n: ResidualMLP(n)) for n in (10, 100, 1000)},
     **{f"resconv-{n}": (lambda n=n: ResidualCNN(n)) for n in (10, 100, 1000)},
     # the same stacks declared with gn.repeat: one block traced, differentiated, compiled

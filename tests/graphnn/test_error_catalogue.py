@@ -347,12 +347,11 @@ CASES = [
         model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
         outputs, inputs = gn.onnx.load(model)
      """, gn.GraphError, ["Tile node 'y'", "268435456"]),
-    ("Repeated blocks (gn.repeat)", "a block that reads a parameter it was not given", """
+    ("Repeated blocks (gn.repeat)", "a block that does not return a graph node", """
         x = gn.input("x", (None, 4))
         W = gn.param("W", shape=(3, 4, 4), seed=0)
-        V = gn.param("V", shape=(4, 4), seed=1)
-        h = gn.repeat(lambda h, w: gn.tanh(h @ w @ V), 3, x, W)
-     """, gn.GraphError, ["'V'", "pass per-repeat values stacked"]),
+        h = gn.repeat(lambda h, w: [h @ w], 3, x, W)
+     """, gn.GraphError, ["returned list", "'x' (?, 4)"]),
     (None, "stacked weights for another number of repeats", """
         x = gn.input("x", (None, 4))
         W = gn.param("W", shape=(3, 4, 4), seed=0)

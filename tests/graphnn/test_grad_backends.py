@@ -259,6 +259,10 @@ case("pad_axis", lambda x: weighted_sum(gn.ops.pad_axis(x, 0, 1, 2)) + weighted_
 # Convolution and pooling (and the gradient ops themselves, whose rules give second
 # derivatives).
 CONVS = [(1, "valid"), (2, "same"), (1, "same"), (2, "valid")]
+# gn.repeat: x the carry, w stacked (one matrix per repeat), v read from outside (shared)
+case("repeat", lambda x, w, v: weighted_sum(
+    gn.repeat(lambda h, wk: gn.tanh(h @ wk + h * v), 3, x, w)),
+     {"x": R.normal(size=(2, 3)), "w": R.normal(size=(3, 3, 3)) * 0.5, "v": R.normal(size=3)})
 case("conv2d", lambda x, k, j: sum(
     weighted_sum(gn.conv2d(x if s == 1 else j, k, stride=s, padding=p), seed=n)
     for n, (s, p) in enumerate(CONVS)),
@@ -492,6 +496,9 @@ SKIP = {
                       "(the gradient through Dropout, mask x scale, is in test_dropout.py)",
     "max_pool2d_padded_grad": "has no gradient rule (no second derivative through "
                               "max-pooling), as max_pool2d_grad",
+    "repeat_grad": "gn.repeat's backward loop (checked through the repeat case); no "
+                   "gradient rule of its own: gn.grad raises GradError "
+                   "(test_repeat.py, test_back_ends_and_formats_that_cannot_run_it_say_so)",
     "max_pool2d_grad": "has no gradient rule (no second derivative through max-pooling): "
                        "gn.grad raises GradError (test_max_pool2d_grad_refuses_a_gradient)",
 }
