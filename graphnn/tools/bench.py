@@ -132,6 +132,13 @@ class GraphnnOps:
         return gn.concat(xs, axis=axis)
 
     @staticmethod
+    def zero_state(x, width):  # zeros (batch, width) for a (batch, T, features) sequence
+        if not isinstance(x, gn.Node):  # (eager)
+            return np.zeros((x.shape[0], width), x.dtype)
+        return gn.matmul(gn.reshape(gn.slice_axis(x, 1, 0, 1), (-1, x.shape[2])),
+                         gn.const(np.zeros((x.shape[2], width), x.dtype)))
+
+    @staticmethod
     def columns(x, start, stop):
         return gn.slice_axis(x, 1, start, stop)
 
@@ -182,6 +189,9 @@ class TorchOps:
 
     def concat(self, xs, axis):
         return self.torch.cat(xs, dim=axis)
+
+    def zero_state(self, x, width):
+        return self.torch.zeros((x.shape[0], width), dtype=x.dtype)
 
     def columns(self, x, start, stop):
         return x[:, start:stop]
@@ -236,6 +246,9 @@ class JaxOps:
 
     def concat(self, xs, axis):
         return self.jnp.concatenate(xs, axis=axis)
+
+    def zero_state(self, x, width):
+        return self.jnp.zeros((x.shape[0], width), x.dtype)
 
     def columns(self, x, start, stop):
         return x[:, start:stop]
@@ -436,9 +449,9 @@ class LSTM(RNN):
         return h
 
 class RepeatedRNN(RNN):
-    """RNN's recurrence declared with gn.repeat: the first step, then the T - 1 others as
-    one traced step, its weights shared (read from outside the block) and the sequence
-    time first. The same numbers as the unrolled RNN."""
+    """RNN's recurrence declared with gn.repeat: one traced step from y_0 = 0, its weights
+    shared (read from outside the block), the sequence time first. The same numbers as
+    the unrolled RNN (0 Wy adds nothing)."""
 
     def __init__(self, name="rnn-repeat", **kwargs):
         super().__init__(name, **kwargs)
@@ -446,16 +459,15 @@ class RepeatedRNN(RNN):
 
     def forward(self, ops, x, params):
         Wx, Wy, b = params
-        y = ops.tanh(ops.add(ops.matmul(ops.time_step(x, 0, self.features), Wx), b))
         return ops.repeat(
             lambda y, xt: ops.tanh(ops.add(ops.add(ops.matmul(xt, Wx), b), ops.matmul(y, Wy))),
-            self.steps - 1, y, ops.time_major(x, 1))
+            self.steps, ops.zero_state(x, Wy.shape[0]), ops.time_major(x, 0))
 
 
 class RepeatedLSTM(LSTM):
-    """LSTM's recurrence declared with gn.repeat: the first step, then the T - 1 others as
-    one traced step whose carry is [h, c] side by side, the weights shared. The same
-    numbers as the unrolled LSTM."""
+    """LSTM's recurrence declared with gn.repeat: one traced step from h_0 = c_0 = 0 whose
+    carry is [h, c] side by side, the weights shared. The same numbers as the unrolled
+    LSTM."""
 
     def __init__(self, name="lstm-repeat", steps=10, **kwargs):
         super().__init__(name, steps=steps, **kwargs)
@@ -473,13 +485,12 @@ class RepeatedLSTM(LSTM):
     def forward(self, ops, x, params):
         weights = [params[3 * k:3 * k + 3] for k in range(4)]
         units = self.param_inits[2][1].shape[0]
-        h, c = self._step(ops, ops.time_step(x, 0, self.features), weights, None, None)
 
         def block(hc, xt):
             h, c = self._step(ops, xt, weights, ops.columns(hc, 0, units),
                               ops.columns(hc, units, 2 * units))
             return ops.concat([h, c], 1)
-        hc = ops.repeat(block, self.steps - 1, ops.concat([h, c], 1), ops.time_major(x, 1))
+        hc = ops.repeat(block, self.steps, ops.zero_state(x, 2 * units), ops.time_major(x, 0))
         return ops.columns(hc, 0, units)
 
 
