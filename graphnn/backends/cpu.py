@@ -255,10 +255,12 @@ class CpuFunction(LoweredFunction):
             lines.append("  not called yet")
         elif self.library:
             processes = self.stats.get("compile_processes", 1)
+            blocks = self.stats.get("block_kernels_compiled")
             lines.append(f"  first call {compiled:.2f} s: {self.stats['kernels_compiled']} "
                          f"kernels compiled" + (f" in {processes} processes"
                                                 if processes > 1 else "") +
-                         f", {self.stats['kernels_cached']} from the cache")
+                         f", {self.stats['kernels_cached']} from the cache" +
+                         (f", and {blocks} kernels of gn.repeat's blocks" if blocks else ""))
             slow = sorted((e for e in self.stats["kernel_seconds"] if e["seconds"] is not None),
                           key=lambda e: -e["seconds"])[:5]
             lines.append("  slowest first kernel calls: " + ", ".join(
@@ -396,6 +398,7 @@ class CpuFunction(LoweredFunction):
         self.stats["compile_seconds"] = time.perf_counter() - started
         self.stats.update(
             cache_hit=not any(compiled), kernels_compiled=sum(compiled),
+            block_kernels_compiled=getattr(self, "_block_kernels", 0),
             compile_processes=processes,
             kernels_cached=sum(called) - sum(compiled),
             kernel_seconds=[{"kernel": f"K{k}", "module": os.path.basename(path),
@@ -471,6 +474,9 @@ class CpuFunction(LoweredFunction):
         finally:
             helper.close()  # (interrupted: the other process's work is not needed)
         finished = [todo[i] for i in report if 0 <= i < len(todo)]
+        # (the blocks' kernels compiled here: for stats["block_kernels_compiled"])
+        self._block_kernels = len({k for k in todo if k >= len(kernels) and
+                                   (k in finished or jobs[k][0].overloads)})
         done = {todo[i]: t for i, t in report.items()
                 if 0 <= i < len(todo) and todo[i] < len(kernels)}
         for k, t in done.items():

@@ -1216,6 +1216,9 @@ def _child(args_json):
     if f is not None and args["mode"].startswith("cpu"):
         result.update({k: f.stats.get(k) for k in (
             "mode", "kernels", "library_kernels", "kernels_compiled", "kernels_cached")})
+        # (and the kernels of gn.repeat's blocks it compiled with its own)
+        if result["kernels_compiled"] is not None:
+            result["kernels_compiled"] += f.stats.get("block_kernels_compiled") or 0
     print(json.dumps(result))
 
 
