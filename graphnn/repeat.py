@@ -43,9 +43,10 @@ from .registry import INPUT_COUNTS, OpDef, Mismatch, apply, register
 
 # The most repeats one node takes (the carries kept are n + 1 arrays).
 MAX_REPEATS = 1 << 24
-# Options of the block's functions by back end: on the cpu, no output recycling (the loop
-# copies each result at once). Their kernels (a small block's one fused function, else
-# library kernels) are compiled alongside the calling program's (Loop.kernels_to_compile).
+# Options of the block's functions by back end: on the cpu, library mode, whose kernels are
+# compiled alongside the calling program's (Loop.kernels_to_compile; as one fused function
+# a small block stepped faster but compiled 0.5-0.7 s longer, docs/BENCHMARKS.md), and no
+# output recycling (the loop copies each result at once).
 _OPTIONS = {"cpu": {"library": True, "passes": {"output_recycling": False}}}
 
 
@@ -102,13 +103,14 @@ class Block:
                 free.add(id(node))
             if any(id(i) in varies for i in node.inputs):
                 varies.add(id(node))
-        values = []
+        values = {}  # id -> node, in the order first read
         for node in nodes:
             if id(node) in varies:
-                values += [i for i in node.inputs if id(i) not in varies and id(i) in free
-                           and not any(i is v for v in values)]
-        if out is not None and id(out) not in varies and id(out) in free:
-            values.append(out)  # (a block whose result ignores its arguments)
+                values.update((id(i), i) for i in node.inputs
+                              if id(i) not in varies and id(i) in free)
+        if id(out) not in varies and id(out) in free:
+            values[id(out)] = out  # (a block whose result ignores its arguments)
+        values = list(values.values())
         # (the outside node's own symbols: the block's nodes were shaped with them)
         shared = [declare_input(f"w{j}", v.sym_shape, v.dtype.name)
                   for j, v in enumerate(values)]
@@ -150,10 +152,10 @@ class Block:
         return compile_graph(outputs, backend=backend, **_OPTIONS.get(backend, {}), **options)
 
     def forward(self, backend):
-        """The block compiled for `backend`: feeds carry, s0, s1, ... -> next carry."""
-        if self.differentiated and backend == "cpu":
-            return self._pair(backend)[0]
-        return self._function(("forward", backend), lambda: self._compile(self.out, backend))
+        """The block compiled for `backend`: feeds carry, s0, ..., w0, ... -> next carry."""
+        options = self._conv_options(backend)
+        return self._function(("forward", backend, bool(options)),
+                              lambda: self._compile(self.out, backend, **options))
 
     def _differentiable(self):
         """(packed, apart): the positions (among the stacked arguments, then the shared
@@ -184,34 +186,41 @@ class Block:
             return g, grads[0], joined, grads[1 + len(packed):]
         return self._function("gradient", make)
 
-    def _gradient_outputs(self):
+    def _gradient_outputs(self, part=None):
+        """What the block's derivative function computes for `part` of the gradient (see
+        run_gradient): the carry's adjoint, which every backward loop passes on, and the
+        part's own gradients (None: every part's, to know its convolutions)."""
         _, carry_grad, packed, apart = self.gradient_nodes()
+        if part == "carry":
+            return [carry_grad]
+        if part == "weights":
+            return [carry_grad, packed]
+        if part is not None:
+            return [carry_grad, apart[self._differentiable()[1].index(int(part[5:]))]]
         return [carry_grad] + ([packed] if packed is not None else []) + list(apart)
 
-    def backward(self, backend):
-        """The block's derivative compiled for `backend`: feeds carry, s0, ..., w0, ..., g
-        -> [adjoint of the carry, packed gradients] (the second when there are slices or
-        shared values)."""
-        if backend == "cpu":
-            return self._pair(backend)[1]
-        return self._function(("backward", backend),
-                              lambda: self._compile(self._gradient_outputs(), backend))
+    def backward(self, backend, part):
+        """The block's derivative compiled for `backend` and one `part` of the gradient:
+        feeds carry, s0, ..., w0, ..., g -> [adjoint of the carry, the part's gradients]
+        (only what that part needs: an RNN's sequence, an input, gets no gradient in a
+        loop that trains its weights)."""
+        return self._function(("backward", backend, part), lambda: self._compile(
+            self._gradient_outputs(part), backend, **self._conv_options(backend)))
 
-    def _pair(self, backend):
-        """The block's function and its derivative's, compiled for the cpu so that their
-        convolutions share one conv_gemm module (each serves the other's modes too: one
-        module compiled instead of two)."""
+    def _conv_options(self, backend):
+        """On the cpu, for a block that is differentiated: the conv_gemm modes of the
+        block's function and of all of its derivative's, which each of them then serves
+        (one module compiled, not one per function; cpu option conv_code). {} otherwise."""
+        if backend != "cpu" or not self.differentiated:
+            return {}
+
         def make():
             from kernels.cpu import conv_code
-            f = self._compile(self.out, backend)
-            b = self._compile(self._gradient_outputs(), backend)
-            both = conv_code(f.program) | conv_code(b.program)
-            if conv_code(f.program) and conv_code(f.program) != both:
-                f = self._compile(self.out, backend, conv_code=both)
-            if conv_code(b.program) and conv_code(b.program) != both:
-                b = self._compile(self._gradient_outputs(), backend, conv_code=both)
-            return f, b
-        return self._function(("pair", backend), make)
+            # (lowered and generated only, never called: nothing of them is compiled)
+            both = conv_code(self._compile(self.out, backend).program) | \
+                conv_code(self._compile(self._gradient_outputs(), backend).program)
+            return {"conv_code": both} if both else {}
+        return self._function(("conv code", backend), make)
 
     def _caller(self, f, arrays):
         """(names, arrays_at): the names of f's inputs in order, and arrays_at(k, carry,
@@ -263,18 +272,16 @@ class Block:
         (part "weights", see weights_layout), or the gradient of the k-th of them when it
         is computed apart (part "value<k>": (n, *slice shape) for a stacked argument, the
         sum over the repeats for a shared value)."""
-        f = self.backward(backend)
+        f = self.backward(backend, part)
         names, arrays_at = self._caller(f, arrays)
         n = h.shape[0] - 1
-        packed, apart = self._differentiable()
         stacked_rows = summed = None
+        index = 1  # (the part's gradient: the function's second result)
         if part == "weights":
             (_, size), _ = self.weights_layout()
-            stacked_rows, summed, first, index = out[:n * size].reshape(n, size), \
-                out[n * size:], size, 1
+            stacked_rows, summed, first = out[:n * size].reshape(n, size), out[n * size:], size
         elif part != "carry":
             k = int(part[len("value"):])
-            index = 1 + bool(packed) + apart.index(k)
             first = None  # (the whole result: no packed row to cut)
             if k < len(self.args):
                 stacked_rows = out
@@ -492,7 +499,7 @@ class Loop:
             f, (carry, *rest) = body.forward(self.backend), arrays
             extra = None
         else:
-            f, (h, g, *rest) = body.backward(self.backend), arrays
+            f, (h, g, *rest) = body.backward(self.backend, self.part), arrays
             carry, extra = h[0], (g if self.last else g[0])
         if not hasattr(f, "kernels_to_compile"):
             return []

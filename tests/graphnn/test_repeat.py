@@ -107,7 +107,7 @@ def test_a_convolutional_block_compiles_its_kernels_with_the_program():
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
     # one conv_gemm module serves the block and its gradient
     body = next(n for n in f.graph.nodes if n.op == "repeat").attr("body")
-    forward, backward = body.forward("cpu"), body.backward("cpu")
+    forward, backward = body.forward("cpu"), body.backward("cpu", "weights")
     conv = [{path for _, path in function._kernels if "conv_gemm" in open(path).read()}
             for function in (forward, backward)]
     assert len(conv[0]) == 1 and conv[0] == conv[1]
@@ -126,7 +126,7 @@ f(x=np.ones((2, 5, 5, 2), np.float32))
 body = next(n for n in f.graph.nodes if n.op == "repeat").attr("body")
 print(json.dumps([f.stats["compile_processes"], f.stats["kernels_compiled"]] +
                  [g.stats["kernels_compiled"] for g in (body.forward("cpu"),
-                                                        body.backward("cpu"))]))
+                                                        body.backward("cpu", "weights"))]))
 """
     env = dict(os.environ, GRAPHNN_CACHE_DIR=str(tmp_path), GRAPHNN_QUIET="1",
                GRAPHNN_JOBS="2")
