@@ -211,8 +211,9 @@ class Block:
         """On the cpu, for a block that is differentiated: the conv_gemm modes of the
         block's function and of all of its derivative's, which each of them then serves
         (one module compiled, not one per function; cpu option conv_code). {} otherwise."""
-        if backend != "cpu" or not self.differentiated:
-            return {}
+        if backend != "cpu" or not self.differentiated or \
+                not any(node.op == "conv2d" for node in topological_order([self.out])):
+            return {}  # (conv2d: the op whose steps, and gradients', conv_gemm computes)
 
         def make():
             from kernels.cpu import conv_code
