@@ -540,6 +540,15 @@ class ResidualMLP(Model):
         return ops.matmul(h, params[-1])
 
 
+def _stacked(param_inits, families, blocks, kept):
+    """`param_inits` of a residual stack for gn.repeat: each family's per-block arrays
+    (W0, W1, ...) stacked into one (blocks, ...) array named after the family, then the
+    `kept` ones as they are."""
+    inits = dict(param_inits)
+    return [(f, np.stack([inits[f"{f}{k}"] for k in range(blocks)])) for f in families] + \
+        [(name, inits[name]) for name in kept]
+
+
 class RepeatedMLP(ResidualMLP):
     """ResidualMLP's stack declared with gn.repeat: the block traced once, its weights
     stacked in two parameters W (blocks, width, width) and b (blocks, width), the same
@@ -549,10 +558,7 @@ class RepeatedMLP(ResidualMLP):
         super().__init__(blocks, **kwargs)
         self.name = f"resmlp-repeat-{blocks}"
         self.description = self.description.replace("residual blocks", "repeated blocks")
-        inits = dict(self.param_inits)
-        self.param_inits = [("W", np.stack([inits[f"W{k}"] for k in range(blocks)])),
-                            ("b", np.stack([inits[f"b{k}"] for k in range(blocks)])),
-                            ("Wo", inits["Wo"])]
+        self.param_inits = _stacked(self.param_inits, ("W", "b"), blocks, ("Wo",))
 
     def forward(self, ops, x, params):
         W, b, Wo = params
@@ -599,9 +605,7 @@ class RepeatedCNN(ResidualCNN):
         super().__init__(blocks, **kwargs)
         self.name = f"resconv-repeat-{blocks}"
         self.description = self.description.replace("residual blocks", "repeated blocks")
-        inits = dict(self.param_inits)
-        self.param_inits = [("W", np.stack([inits[f"W{k}"] for k in range(blocks)])),
-                            ("Wd", inits["Wd"])]
+        self.param_inits = _stacked(self.param_inits, ("W",), blocks, ("Wd",))
 
     def forward(self, ops, x, params):
         W, Wd = params

@@ -366,3 +366,19 @@ def test_the_scale_table_compares_depths_of_one_family():
     result["workloads"][1]["compile_at_scale"]["kernels_compiled"] = 13
     assert "10: 12, 1000: 13" in bench.format_scale_table(result)
     assert bench.format_scale_table({"workloads": result["workloads"][2:]}) == ""
+
+
+@pytest.mark.parametrize("loop, repeated", [("resmlp-10", "resmlp-repeat-10"),
+                                            ("resconv-10", "resconv-repeat-10"),
+                                            ("rnn", "rnn-repeat-10"),
+                                            ("lstm-10", "lstm-repeat-10")])
+def test_the_repeated_workloads_are_their_loops_declared_with_gn_repeat(loop, repeated):
+    # the same starting weights and the same numbers, step after step (numpy back end)
+    a = bench.MODE_BUILDERS["numpy"](bench.WORKLOADS[loop]())
+    b = bench.MODE_BUILDERS["numpy"](bench.WORKLOADS[repeated]())
+    first = [float(a.value()) for _ in range(2)]
+    second = [float(b.value()) for _ in range(2)]
+    assert first[1] != first[0]
+    np.testing.assert_allclose(second, first, rtol=2e-6)
+    graph = b.info["function"].graph
+    assert [n.op for n in graph.nodes].count("repeat") == 1
