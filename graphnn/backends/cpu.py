@@ -126,6 +126,8 @@ class CpuFunction(LoweredFunction):
         epilogues = cpu_codegen.fold_conv_epilogues(self.program, lowering.step_nodes,
                                                     training) \
             if self.passes["conv_epilogues"] else 0
+        # (and input gradients of 3x3 convolutions as Winograd convolutions, as the forward)
+        cpu_codegen.grad_inputs_as_winograd(self.program, lowering.step_nodes)
         if folded or len(self.program.steps) != steps:  # (steps renumbered: the kernels list again, as LoweredFunction makes it)
             self.kernels = [{"name": f"step {k}: {type(step).__name__.lower()}",
                              "nodes": nodes, "buffer": step.out.name}

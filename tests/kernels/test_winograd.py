@@ -324,3 +324,25 @@ def test_generator_sizes_the_scratch_for_the_rounds_it_asks_for():
     tiles = 36
     assert eval(items.replace(step.out.shape[0], "1")) == \
         windows.winograd_scratch_items(8, 16, min(block, tiles))
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_a_3x3_input_gradient_runs_as_a_winograd_convolution_of_the_output_gradient(padding):
+    # 16 -> 24 channels, 12x12 images: the input gradient pays as Winograd (channels
+    # swapped); as a conv2d step of the output gradient with the kernel turned, it agrees
+    # with the numpy back end's col2im sum, and a stride-2 gradient keeps its own step
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((4, 12, 12, 16)).astype(np.float32)
+    Wv = (rng.standard_normal((3, 3, 16, 24)) * 0.2).astype(np.float32)
+    got = {}
+    for backend in ("numpy", "cpu"):
+        x, w = gn.input("x", (None, 12, 12, 16)), gn.param("w", Wv.copy())
+        loss = gn.sum(gn.square(gn.conv2d(x, w, padding=padding))) + \
+            gn.sum(gn.square(gn.conv2d(x, w, stride=2, padding=padding)))
+        f = gn.compile([loss] + gn.grad(loss, [x, w]), backend=backend)
+        got[backend] = f(x=X)
+    helpers = [getattr(s, "helper", None) for s in f.program.steps]
+    assert helpers.count("conv2d_grad_input") == 1  # (the stride-2 one)
+    assert helpers.count("conv2d") == 3  # (two forwards, one input gradient)
+    for a, b in zip(got["cpu"], got["numpy"]):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * np.abs(b).max())
