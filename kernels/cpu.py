@@ -468,13 +468,13 @@ def grad_inputs_as_winograd(program, step_nodes=None):
     convolution: its input gradient took 12.4 ms as im2col-free gemm + col2im against
     7.6 ms for its Winograd forward.) Returns the number of gradients rewritten."""
     steps, nodes, rewritten = [], [], 0
-    step_nodes = step_nodes if step_nodes is not None else [None] * len(program.steps)
-    for k, (step, made) in enumerate(zip(program.steps, step_nodes)):
+    made_by = step_nodes if step_nodes is not None else [None] * len(program.steps)
+    for k, (step, made) in enumerate(zip(program.steps, made_by)):
         if isinstance(step, ir.Window) and step.helper == "conv2d_grad_input" and \
                 step.params[0] == 1 and step.epilogue is None:
             g, w = step.args
             kh, kw, ci, co = w.shape
-            n, h, wd, _ = step.out.shape
+            h, wd = step.out.shape[1:3]
             if (kh, kw) == (3, 3) and all(isinstance(d, int) for d in (ci, co, h, wd)) and \
                     use_winograd(kh, kw, 1, co, ci, h, wd):
                 _, ph, pw = step.params
